@@ -1,0 +1,1 @@
+"""satura.engine: op registry, Graph, ONNX import, shapes, rule language, e-graph, saturation."""

@@ -1,0 +1,164 @@
+"""Elementwise ops: unary maths, binary arithmetic with numpy broadcasting, comparisons, logic."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from satura.engine.ops.registry import AttrSpec, OpInfo, elementwise_work, register, same_dtype
+from satura.engine.shapes import DimOps, Shape
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    return np.asarray(_erf(x.astype(np.float64)), dtype=np.float64).astype(x.dtype)
+
+
+def gelu_ref(x: np.ndarray, approximate: str = "none") -> np.ndarray:
+    if approximate == "tanh":
+        c = np.sqrt(2.0 / np.pi)
+        return (0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x**3)))).astype(x.dtype)
+    return (0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))).astype(x.dtype)
+
+
+def unary_shape(d: DimOps, ins: Sequence[Shape | None], attrs: Any) -> list[Shape]:
+    assert ins[0] is not None
+    return [tuple(ins[0])]
+
+
+def broadcast_shape(d: DimOps, ins: Sequence[Shape | None], attrs: Any) -> list[Shape]:
+    return [d.broadcast_shapes(*[s for s in ins if s is not None])]
+
+
+def _bool_dtype(ins: Sequence[str | None], attrs: Any) -> list[str]:
+    return ["bool"]
+
+
+def _keep(x: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.asarray(x).astype(like.dtype, copy=False)
+
+
+# name: (onnx op, numpy function, flops per element, extra traits)
+UNARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]] = {
+    "neg": ("Neg", np.negative, 1, ()),
+    "abs": ("Abs", np.abs, 1, ()),
+    "sqrt": ("Sqrt", np.sqrt, 4, ()),
+    "reciprocal": ("Reciprocal", np.reciprocal, 4, ()),
+    "exp": ("Exp", np.exp, 8, ("transcendental",)),
+    "log": ("Log", np.log, 8, ("transcendental",)),
+    "tanh": ("Tanh", np.tanh, 10, ("transcendental",)),
+    "erf": ("Erf", erf, 10, ("transcendental",)),
+    "relu": ("Relu", lambda x: np.maximum(x, np.zeros((), x.dtype)), 1, ()),
+    "sigmoid": ("Sigmoid", lambda x: _keep(1.0 / (1.0 + np.exp(-x)), x), 10,
+                ("transcendental",)),
+    "silu": ("", lambda x: _keep(x / (1.0 + np.exp(-x)), x), 11, ("transcendental",)),
+    "floor": ("Floor", np.floor, 1, ()),
+    "ceil": ("Ceil", np.ceil, 1, ()),
+    "sin": ("Sin", np.sin, 10, ("transcendental",)),
+    "cos": ("Cos", np.cos, 10, ("transcendental",)),
+    "not": ("Not", np.logical_not, 1, ("logic",)),
+    "isnan": ("IsNaN", np.isnan, 1, ("predicate",)),
+    "identity": ("Identity", lambda x: x, 0, ("view",)),
+}
+
+for _name, (_onnx, _fn, _flops, _traits) in UNARY.items():
+    register(OpInfo(
+        name=_name,
+        shape=unary_shape,
+        reference=(lambda fn: lambda ins, at: [np.asarray(fn(ins[0]))])(_fn),
+        dtype=_bool_dtype if _name == "isnan" else same_dtype,
+        work=(lambda f: lambda i, o, a: elementwise_work(i, o, a, f))(_flops),
+        onnx=(_onnx,) if _onnx else (),
+        traits=frozenset({"elementwise", "unary", *_traits}),
+        doc=f"elementwise {_name}",
+    ))
+
+register(OpInfo(
+    name="gelu", shape=unary_shape,
+    reference=lambda ins, at: [gelu_ref(ins[0], at["approximate"])],
+    attrs={"approximate": AttrSpec("str", "none")},
+    work=lambda i, o, a: elementwise_work(i, o, a, 14),
+    onnx=("Gelu",), traits=frozenset({"elementwise", "unary", "transcendental"}),
+    doc="GELU: x·Φ(x) (erf form) or its tanh approximation"))
+
+register(OpInfo(
+    name="leaky_relu", shape=unary_shape,
+    reference=lambda ins, at: [_keep(np.where(ins[0] >= 0, ins[0], ins[0] * at["alpha"]), ins[0])],
+    attrs={"alpha": AttrSpec("float", 0.01)}, onnx=("LeakyRelu",),
+    traits=frozenset({"elementwise", "unary"}), doc="x if x >= 0 else alpha·x"))
+
+register(OpInfo(
+    name="cast", shape=unary_shape,
+    reference=lambda ins, at: [ins[0].astype(at["to"])],
+    dtype=lambda ins, at: [at["to"]],
+    attrs={"to": AttrSpec("dtype")}, onnx=("Cast",),
+    traits=frozenset({"elementwise", "unary"}), doc="convert to dtype `to`"))
+
+
+def _clip_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x, lo, hi = (list(ins) + [None, None])[:3]
+    out = x
+    if lo is not None:
+        out = np.maximum(out, lo.astype(x.dtype))
+    if hi is not None:
+        out = np.minimum(out, hi.astype(x.dtype))
+    return [np.asarray(out, dtype=x.dtype)]
+
+
+register(OpInfo(
+    name="clip", shape=lambda d, ins, at: [tuple(ins[0])],  # type: ignore[index]
+    reference=_clip_ref, inputs=(1, 3), onnx=("Clip",),
+    traits=frozenset({"elementwise"}), doc="clamp to [min, max] (scalar inputs 2 and 3)"))
+
+# name: (onnx op, numpy function, flops per element, traits)
+BINARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]] = {
+    "add": ("Add", np.add, 1, ("commutative", "associative")),
+    "sub": ("Sub", np.subtract, 1, ()),
+    "mul": ("Mul", np.multiply, 1, ("commutative", "associative")),
+    "div": ("Div", lambda a, b: (a // b if np.issubdtype(a.dtype, np.integer) else a / b), 4, ()),
+    "pow": ("Pow", lambda a, b: np.power(a, b.astype(a.dtype)), 10, ("transcendental",)),
+    "max": ("Max", np.maximum, 1, ("commutative", "associative")),
+    "min": ("Min", np.minimum, 1, ("commutative", "associative")),
+    "equal": ("Equal", np.equal, 1, ("commutative", "predicate")),
+    "less": ("Less", np.less, 1, ("predicate",)),
+    "less_equal": ("LessOrEqual", np.less_equal, 1, ("predicate",)),
+    "greater": ("Greater", np.greater, 1, ("predicate",)),
+    "greater_equal": ("GreaterOrEqual", np.greater_equal, 1, ("predicate",)),
+    "and": ("And", np.logical_and, 1, ("commutative", "associative", "logic")),
+    "or": ("Or", np.logical_or, 1, ("commutative", "associative", "logic")),
+}
+
+
+def _binary_ref(fn: Callable[..., np.ndarray]) -> Callable[..., list[np.ndarray]]:
+    def ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+        a, b = ins
+        assert a is not None and b is not None
+        out = np.asarray(fn(a, b))
+        if out.dtype != np.bool_ and out.dtype != a.dtype:
+            out = out.astype(a.dtype)
+        return [out]
+
+    return ref
+
+
+for _name, (_onnx, _fn, _flops, _traits) in BINARY.items():
+    register(OpInfo(
+        name=_name, shape=broadcast_shape, reference=_binary_ref(_fn), inputs=(2, 2),
+        dtype=_bool_dtype if "predicate" in _traits else same_dtype,
+        work=(lambda f: lambda i, o, a: elementwise_work(i, o, a, f))(_flops),
+        onnx=(_onnx,), traits=frozenset({"elementwise", "binary", *_traits}),
+        doc=f"elementwise {_name} with numpy broadcasting"))
+
+
+def _where_dtype(ins: Sequence[str | None], at: Any) -> list[str]:
+    return [ins[1] or "float32"]
+
+
+register(OpInfo(
+    name="where", shape=broadcast_shape, inputs=(3, 3), dtype=_where_dtype,
+    reference=lambda ins, at: [np.where(ins[0], ins[1], ins[2])],  # type: ignore[arg-type]
+    onnx=("Where",), traits=frozenset({"elementwise"}), doc="cond ? a : b, broadcast"))
