@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sympy
-
 from satura.engine.errors import ShapeError
 
 Dim = Any  # int | sympy.Expr | z3.ArithRef
@@ -45,6 +44,9 @@ class DimOps:
         raise NotImplementedError
 
     def or_(self, *conds: Any) -> Any:
+        raise NotImplementedError
+
+    def not_(self, cond: Any) -> Any:
         raise NotImplementedError
 
     # Derived helpers, shared by every domain.
@@ -111,6 +113,9 @@ class IntDims(DimOps):
 
     def or_(self, *conds: Any) -> bool:
         return any(conds)
+
+    def not_(self, cond: Any) -> bool:
+        return not cond
 
 
 class SymDims(DimOps):
@@ -185,6 +190,10 @@ class SymDims(DimOps):
             return False
         return sympy.Or(*[c for c, t in zip(conds, truths, strict=True) if t is None])
 
+    def not_(self, cond: Any) -> Any:
+        t = self._truth(cond)
+        return (not t) if t is not None else sympy.Not(cond)
+
 
 class Z3Dims(DimOps):
     """Z3 integer dimensions: conditions are collected, not checked (the verifier proves them)."""
@@ -226,6 +235,9 @@ class Z3Dims(DimOps):
 
     def or_(self, *conds: Any) -> Any:
         return self.z3.Or(*[self._b(c) for c in conds])
+
+    def not_(self, cond: Any) -> Any:
+        return (not cond) if isinstance(cond, bool) else self.z3.Not(cond)
 
 
 def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
