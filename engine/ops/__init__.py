@@ -3,7 +3,14 @@
 Families live in their own modules; each op is declared once with :class:`OpInfo`.
 """
 
-from satura.engine.ops import elementwise  # noqa: F401  (registers)
+from satura.engine.ops import (  # noqa: F401  (importing registers the ops)
+    elementwise,
+    fused,
+    linalg,
+    nn,
+    reduce,
+    shape,
+)
 from satura.engine.ops.registry import (
     OPS,
     REQUIRED,

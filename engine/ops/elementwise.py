@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
 from satura.engine.ops.registry import AttrSpec, OpInfo, elementwise_work, register, same_dtype
 from satura.engine.shapes import DimOps, Shape
 
@@ -100,7 +99,7 @@ register(OpInfo(
 
 
 def _clip_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
-    x, lo, hi = (list(ins) + [None, None])[:3]
+    x, lo, hi = ([*list(ins), None, None])[:3]
     out = x
     if lo is not None:
         out = np.maximum(out, lo.astype(x.dtype))
@@ -136,7 +135,8 @@ BINARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]]
 def _binary_ref(fn: Callable[..., np.ndarray]) -> Callable[..., list[np.ndarray]]:
     def ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
         a, b = ins
-        assert a is not None and b is not None
+        assert a is not None
+        assert b is not None
         out = np.asarray(fn(a, b))
         if out.dtype != np.bool_ and out.dtype != a.dtype:
             out = out.astype(a.dtype)

@@ -1,0 +1,319 @@
+"""Data-movement ops: transpose, reshape, concat, split, slice, gather, expand, pad, tile, and the
+shape ops (``shape_of``, ``constant_of_shape``). Every static parameter is an attribute."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from satura.engine.ops.registry import AttrSpec, OpInfo, Work, register
+from satura.engine.shapes import DimOps, IntDims, Shape, normalize_axis
+
+
+def _numel(shape: Sequence[Any]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def move_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
+    """Data movement: no arithmetic, read what is written plus the outputs."""
+    out_bytes = sum(_numel(t.shape) * t.itemsize for t in outs)
+    return Work(0.0, float(2 * out_bytes))
+
+
+def _view_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
+    return Work(0.0, 0.0)
+
+
+def _x(ins: Sequence[Shape | None]) -> Shape:
+    x = ins[0]
+    assert x is not None
+    return tuple(x)
+
+
+# -- transpose ---------------------------------------------------------------------------------
+def _transpose_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x = _x(ins)
+    perm = at["perm"]
+    d.require(sorted(perm) == list(range(len(x))), f"transpose: perm {perm} is not a "
+              f"permutation of rank {len(x)}")
+    return [tuple(x[p] for p in perm)]
+
+
+register(OpInfo(
+    name="transpose", shape=_transpose_shape, attrs={"perm": AttrSpec("ints")},
+    reference=lambda ins, at: [np.transpose(ins[0], at["perm"])],  # type: ignore[arg-type]
+    work=move_work, onnx=("Transpose",), traits=frozenset({"layout"}),
+    doc="permute dimensions: out.shape[i] = x.shape[perm[i]]"))
+
+
+# -- reshape -----------------------------------------------------------------------------------
+def _reshape_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x = _x(ins)
+    shape = tuple(at["shape"])
+    d.require(d.eq(d.prod(x), d.prod(shape)),
+              f"reshape: {len(x)}-D input and target {shape} differ in element count")
+    return [shape]
+
+
+def _concrete(dims: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(int(v) for v in dims)
+
+
+register(OpInfo(
+    name="reshape", shape=_reshape_shape, attrs={"shape": AttrSpec("dims")},
+    reference=lambda ins, at: [np.reshape(ins[0], _concrete(at["shape"]))],  # type: ignore
+    work=_view_work, onnx=("Reshape", "Flatten", "Squeeze", "Unsqueeze"),
+    traits=frozenset({"view", "layout"}),
+    doc="same elements in a new shape (explicit dims: the importer resolves -1 and 0)"))
+
+
+# -- concat / split ----------------------------------------------------------------------------
+def _concat_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    shapes = [tuple(s) for s in ins if s is not None]
+    rank = len(shapes[0])
+    axis = normalize_axis(at["axis"], rank)
+    total: Any = 0
+    for s in shapes:
+        d.require(len(s) == rank, "concat: inputs differ in rank")
+        for i in range(rank):
+            if i != axis:
+                d.require(d.eq(s[i], shapes[0][i]), f"concat: dimension {i} differs")
+        total = total + s[axis]
+    return [(*shapes[0][:axis], total, *shapes[0][axis + 1:])]
+
+
+register(OpInfo(
+    name="concat", shape=_concat_shape, inputs=(1, None), attrs={"axis": AttrSpec("int")},
+    reference=lambda ins, at: [np.concatenate(list(ins), axis=at["axis"])],  # type: ignore
+    work=move_work, onnx=("Concat",), traits=frozenset({"layout"}),
+    doc="join inputs along axis"))
+
+
+def _split_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x = _x(ins)
+    axis = normalize_axis(at["axis"], len(x))
+    sizes = at["sizes"]
+    d.require(len(sizes) >= 1, "split: sizes is empty")
+    total: Any = 0
+    for s in sizes:
+        total = total + s
+    d.require(d.eq(total, x[axis]), f"split: sizes {tuple(sizes)} do not sum to the axis length")
+    return [(*x[:axis], s, *x[axis + 1:]) for s in sizes]
+
+
+def _split_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    cuts = np.cumsum([int(s) for s in at["sizes"]])[:-1]
+    return list(np.split(x, cuts, axis=at["axis"]))
+
+
+register(OpInfo(
+    name="split", shape=_split_shape, reference=_split_ref, outputs=0,
+    dtype=lambda ins, at: [ins[0] or "float32"] * len(at["sizes"]),
+    num_outputs_fn=lambda at: len(at["sizes"]),
+    attrs={"axis": AttrSpec("int", 0), "sizes": AttrSpec("dims")},
+    work=move_work, onnx=("Split",), traits=frozenset({"layout"}),
+    doc="cut x along axis into pieces of the given sizes (one output each)"))
+
+
+# -- slice -------------------------------------------------------------------------------------
+BIG = 2**31  # ONNX exporters write INT_MAX / INT64_MAX for "to the end"
+
+
+def _clamp(d: DimOps, v: Any, lo: Any, hi: Any) -> Any:
+    """v clamped to [lo, hi]; where sympy cannot decide, v is kept (an in-range index)."""
+    return d.select(d.ge(hi, v), d.select(d.ge(v, lo), v, lo), hi)
+
+
+def _nonneg(d: DimOps, v: Any) -> Any:
+    """max(v, 0); where sympy cannot decide, v is kept (a non-empty slice)."""
+    return d.select(d.ge(v, 0), v, 0)
+
+
+def slice_bounds(d: DimOps, size: Any, start: Any, end: Any, step: int) -> tuple[Any, Any, Any]:
+    """ONNX Slice clamping of one axis: (start, end, length); end -1 means 'before index 0'."""
+    if step == 0:
+        d.require(False, "slice: step 0")
+    if isinstance(start, int):
+        if start >= BIG:
+            start = size if step > 0 else size - 1
+        elif start < 0:
+            start = start + size
+    if isinstance(end, int):
+        if end >= BIG:
+            end = size
+        elif end <= -BIG:
+            end = 0 if step > 0 else -1
+        elif end < 0:
+            end = end + size
+    if step > 0:
+        start = _clamp(d, start, 0, size)
+        end = _clamp(d, end, 0, size)
+        return start, end, _nonneg(d, d.floordiv(end - start + step - 1, step))
+    start = _clamp(d, start, 0, size - 1)
+    end = _clamp(d, end, -1, size - 1)
+    return start, end, _nonneg(d, d.floordiv(start - end - step - 1, -step))
+
+
+def _slice_params(rank: int, at: Any) -> list[tuple[int, Any, Any, int]]:
+    starts, ends = at["starts"], at["ends"]
+    axes = at["axes"] if at["axes"] is not None else tuple(range(len(starts)))
+    steps = at["steps"] if at["steps"] is not None else (1,) * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        IntDims().require(False, "slice: starts, ends, axes, steps differ in length")
+    return [(normalize_axis(a, rank), s, e, st)
+            for a, s, e, st in zip(axes, starts, ends, steps, strict=True)]
+
+
+def _slice_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    out = list(_x(ins))
+    for axis, s, e, st in _slice_params(len(out), at):
+        out[axis] = slice_bounds(d, out[axis], s, e, st)[2]
+    return [tuple(out)]
+
+
+def _slice_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    idx: list[slice] = [slice(None)] * x.ndim
+    d = IntDims()
+    for axis, s, e, st in _slice_params(x.ndim, at):
+        b, f, _ = slice_bounds(d, x.shape[axis], int(s), int(e), st)
+        idx[axis] = slice(b, None if f < 0 else f, st)
+    return [x[tuple(idx)]]
+
+
+register(OpInfo(
+    name="slice", shape=_slice_shape, reference=_slice_ref, work=move_work,
+    attrs={"starts": AttrSpec("dims"), "ends": AttrSpec("dims"), "axes": AttrSpec("ints", None),
+           "steps": AttrSpec("ints", None)},
+    onnx=("Slice",), traits=frozenset({"layout"}),
+    doc="ONNX Slice: per axis, start:end:step with negative indices and clamping"))
+
+
+# -- gather ------------------------------------------------------------------------------------
+def _gather_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x, idx = ins[0], ins[1]
+    assert x is not None
+    assert idx is not None
+    axis = normalize_axis(at["axis"], len(x))
+    return [(*x[:axis], *idx, *x[axis + 1:])]
+
+
+def _gather_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x, idx = ins[0], ins[1]
+    assert x is not None
+    assert idx is not None
+    axis = normalize_axis(at["axis"], x.ndim)
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    return [np.take(x, idx, axis=axis)]
+
+
+register(OpInfo(
+    name="gather", shape=_gather_shape, reference=_gather_ref, inputs=(2, 2),
+    attrs={"axis": AttrSpec("int", 0)}, work=move_work,
+    dtype=lambda ins, at: [ins[0] or "float32"], onnx=("Gather",), traits=frozenset({"index"}),
+    doc="take x's slices at integer indices along axis (negative indices count from the end)"))
+
+
+# -- expand / tile / pad -----------------------------------------------------------------------
+def _expand_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    return [d.broadcast_shapes(_x(ins), tuple(at["shape"]))]
+
+
+def _expand_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    shape = _expand_shape(IntDims(), [x.shape], {"shape": _concrete(at["shape"])})[0]
+    return [np.array(np.broadcast_to(x, shape))]
+
+
+register(OpInfo(
+    name="expand", shape=_expand_shape, reference=_expand_ref, work=move_work,
+    attrs={"shape": AttrSpec("dims")}, onnx=("Expand",), traits=frozenset({"layout"}),
+    doc="broadcast x with a shape (ONNX Expand: both ways, numpy rules)"))
+
+
+def _tile_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x = _x(ins)
+    reps = at["repeats"]
+    d.require(len(reps) == len(x), "tile: repeats must have one entry per dimension")
+    return [tuple(a * r for a, r in zip(x, reps, strict=True))]
+
+
+register(OpInfo(
+    name="tile", shape=_tile_shape, work=move_work, attrs={"repeats": AttrSpec("ints")},
+    reference=lambda ins, at: [np.tile(ins[0], at["repeats"])],  # type: ignore[arg-type]
+    onnx=("Tile",), traits=frozenset({"layout"}), doc="repeat x repeats[i] times along axis i"))
+
+
+def _pad_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x = _x(ins)
+    pads = at["pads"]
+    d.require(len(pads) == 2 * len(x), "pad: pads must be (begin..., end...) for every axis")
+    d.require(at["mode"] in ("constant", "reflect", "edge"), f"pad: unknown mode {at['mode']}")
+    return [tuple(x[i] + pads[i] + pads[len(x) + i] for i in range(len(x)))]
+
+
+def _pad_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    r = x.ndim
+    pads = at["pads"]
+    crop = tuple(slice(max(0, -pads[i]), x.shape[i] - max(0, -pads[r + i])) for i in range(r))
+    x = x[crop]
+    width = [(max(0, pads[i]), max(0, pads[r + i])) for i in range(r)]
+    if at["mode"] == "constant":
+        return [np.pad(x, width, constant_values=np.asarray(at["value"]).astype(x.dtype))]
+    return [np.pad(x, width, mode=at["mode"])]
+
+
+register(OpInfo(
+    name="pad", shape=_pad_shape, reference=_pad_ref, work=move_work,
+    attrs={"pads": AttrSpec("ints"), "mode": AttrSpec("str", "constant"),
+           "value": AttrSpec("float", 0.0)},
+    onnx=("Pad",), traits=frozenset({"layout"}),
+    doc="pad (or crop, when negative) each axis by (begin..., end...); constant/reflect/edge"))
+
+
+# -- shape ops ---------------------------------------------------------------------------------
+def _shape_range(rank: int, at: Any) -> tuple[int, int]:
+    start, end = at["start"], at["end"]
+    end = rank if end is None else end
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = min(max(end + rank if end < 0 else end, 0), rank)
+    return start, max(start, end)
+
+
+def _shape_of_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    b, e = _shape_range(len(_x(ins)), at)
+    return [(e - b,)]
+
+
+def _shape_of_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    b, e = _shape_range(x.ndim, at)
+    return [np.array(x.shape[b:e], dtype=np.int64)]
+
+
+register(OpInfo(
+    name="shape_of", shape=_shape_of_shape, reference=_shape_of_ref, work=_view_work,
+    attrs={"start": AttrSpec("int", 0), "end": AttrSpec("int", None)},
+    dtype=lambda ins, at: ["int64"], onnx=("Shape",), traits=frozenset({"shape"}),
+    doc="x's dimensions start:end as an int64 vector"))
+
+
+register(OpInfo(
+    name="constant_of_shape", inputs=(0, 0), work=move_work,
+    shape=lambda d, ins, at: [tuple(at["shape"])],
+    reference=lambda ins, at: [np.full(_concrete(at["shape"]), at["value"], dtype=at["dtype"])],
+    attrs={"shape": AttrSpec("dims"), "value": AttrSpec("float", 0.0),
+           "dtype": AttrSpec("dtype", "float32")},
+    dtype=lambda ins, at: [at["dtype"]], onnx=("ConstantOfShape",), traits=frozenset({"shape"}),
+    doc="a tensor of the given shape filled with value"))
