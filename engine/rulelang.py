@@ -423,7 +423,7 @@ class _Parser:
             for s in walk(t):
                 if isinstance(s, Call):
                     for k, e in s.attrs:
-                        if isinstance(e, ast.Constant | ast.List | ast.Tuple):
+                        if not any(isinstance(x, (ast.Name, ast.Call)) for x in ast.walk(e)):
                             try:
                                 val = evaluate(e, {}, None)
                                 OPS[s.op].attrs[k].check(s.op, k, _freeze(val))

@@ -151,6 +151,17 @@ class SymDims(DimOps):
         if t is None:
             self.assumptions.append(f"{msg}: assumed {cond}")
 
+    def broadcast(self, a: Dim, b: Dim) -> Dim:
+        # A symbolic dimension against 1 is the symbol; two different symbols are assumed equal.
+        if self._truth(self.eq(a, b)) is True or self._truth(self.eq(b, 1)) is True:
+            return a
+        if self._truth(self.eq(a, 1)) is True:
+            return b
+        if isinstance(a, int) and isinstance(b, int):
+            raise ShapeError(f"dimensions {a} and {b} do not broadcast")
+        self.assumptions.append(f"assumed {a} == {b} (broadcast)")
+        return b if isinstance(b, int) else a
+
     def select(self, cond: Any, a: Dim, b: Dim) -> Dim:
         t = self._truth(cond)
         if t is None:
