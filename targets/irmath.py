@@ -1,0 +1,214 @@
+"""An LLVM IR text emitter and vectorizable fp32 maths (exp, tanh, erf, GELU, sigmoid) on it.
+
+Every maths function is straight-line code (FMA polynomials, bit tricks, ``select``), never a libm
+call, so it runs on scalars or on ``<L x float>`` vectors alike and lets the loop vectorizer work.
+``Emitter`` works on one LLVM type at a time (``float`` or ``<8 x float>``): constants are splat.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import struct
+
+from satura.engine.errors import CodegenError
+
+
+def fconst(c: float) -> str:
+    """An fp32 constant in LLVM's exact hexadecimal double notation."""
+    f32 = struct.unpack("<f", struct.pack("<f", float(c)))[0]
+    if math.isinf(f32):
+        return "0x7FF0000000000000" if f32 > 0 else "0xFFF0000000000000"
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", f32))[0]
+
+
+def vec_type(lanes: int) -> str:
+    return "float" if lanes == 1 else f"<{lanes} x float>"
+
+
+class Emitter:
+    """Appends SSA instructions of one type to ``lines``; each method returns the result's name."""
+
+    _ids = itertools.count()
+
+    def __init__(self, lines: list[str], lanes: int = 1, fast: bool = False) -> None:
+        self.lines, self.lanes, self.ty = lines, lanes, vec_type(lanes)
+        self.ity = "i32" if lanes == 1 else f"<{lanes} x i32>"
+        self.fm = " reassoc nsz arcp contract afn" if fast else ""
+        self.sfx = "f32" if lanes == 1 else f"v{lanes}f32"
+
+    def tmp(self) -> str:
+        return f"%e{next(self._ids)}"
+
+    def const(self, c: float) -> str:
+        if self.lanes == 1:
+            return fconst(c)
+        return "<" + ", ".join([f"float {fconst(c)}"] * self.lanes) + ">"
+
+    def iconst(self, c: int) -> str:
+        return str(c) if self.lanes == 1 else "<" + ", ".join([f"i32 {c}"] * self.lanes) + ">"
+
+    def op(self, opcode: str, a: str, b: str) -> str:
+        r = self.tmp()
+        self.lines.append(f"  {r} = {opcode}{self.fm} {self.ty} {a}, {b}")
+        return r
+
+    def add(self, a: str, b: str) -> str:
+        return self.op("fadd", a, b)
+
+    def sub(self, a: str, b: str) -> str:
+        return self.op("fsub", a, b)
+
+    def mul(self, a: str, b: str) -> str:
+        return self.op("fmul", a, b)
+
+    def div(self, a: str, b: str) -> str:
+        return self.op("fdiv", a, b)
+
+    def call(self, intrinsic: str, *args: str) -> str:
+        r = self.tmp()
+        params = ", ".join(f"{self.ty} {a}" for a in args)
+        self.lines.append(f"  {r} = call{self.fm} {self.ty} @llvm.{intrinsic}.{self.sfx}({params})")
+        return r
+
+    def fma(self, a: str, b: str, c: str) -> str:
+        return self.call("fma", a, b, c)
+
+    def neg(self, a: str) -> str:
+        r = self.tmp()
+        self.lines.append(f"  {r} = fneg {self.ty} {a}")
+        return r
+
+    def max(self, a: str, b: str) -> str:
+        return self.call("maxnum", a, b)
+
+    def min(self, a: str, b: str) -> str:
+        return self.call("minnum", a, b)
+
+    def select_lt(self, a: str, b: str, if_lt: str, otherwise: str) -> str:
+        """``a < b ? if_lt : otherwise``."""
+        c, r = self.tmp(), self.tmp()
+        cty = "i1" if self.lanes == 1 else f"<{self.lanes} x i1>"
+        self.lines.append(f"  {c} = fcmp olt {self.ty} {a}, {b}")
+        self.lines.append(f"  {r} = select {cty} {c}, {self.ty} {if_lt}, {self.ty} {otherwise}")
+        return r
+
+    def poly(self, x: str, coeffs: list[float]) -> str:
+        """Horner's rule, highest degree first."""
+        acc = self.const(coeffs[0])
+        for c in coeffs[1:]:
+            acc = self.fma(acc, x, self.const(c))
+        return acc
+
+    # -- maths ------------------------------------------------------------------------------------
+    def exp(self, x: str) -> str:
+        """e**x: Cody-Waite range reduction, degree-6 polynomial, 2**n by exponent bits."""
+        x = self.min(self.max(x, self.const(-87.33654)), self.const(88.37626))
+        n = self.call("rint", self.mul(x, self.const(1.4426950408889634)))
+        r = self.fma(n, self.const(-0.693359375), x)
+        r = self.fma(n, self.const(2.12194440e-4), r)
+        p = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                          1.6666665459e-1, 5.0000001201e-1])
+        y = self.add(self.fma(self.mul(p, r), r, r), self.const(1.0))
+        ni, sh, bits, scale = self.tmp(), self.tmp(), self.tmp(), self.tmp()
+        self.lines += [
+            f"  {ni} = fptosi {self.ty} {n} to {self.ity}",
+            f"  {sh} = add {self.ity} {ni}, {self.iconst(127)}",
+            f"  {bits} = shl {self.ity} {sh}, {self.iconst(23)}",
+            f"  {scale} = bitcast {self.ity} {bits} to {self.ty}",
+        ]
+        return self.mul(y, scale)
+
+    def tanh(self, x: str) -> str:
+        """Odd polynomial below |x| < 0.625, 1 - 2/(e**2|x| + 1) above, sign restored."""
+        ax = self.call("fabs", x)
+        z = self.mul(x, x)
+        small = self.fma(self.mul(x, z), self.poly(z, [
+            -5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1,
+            -3.33332819422e-1]), x)
+        e = self.exp(self.mul(ax, self.const(2.0)))
+        big = self.sub(self.const(1.0), self.div(self.const(2.0), self.add(e, self.const(1.0))))
+        big = self.call("copysign", big, x)
+        return self.select_lt(ax, self.const(0.625), small, big)
+
+    def erf(self, x: str) -> str:
+        """erf: odd/even rational minimax on [-4, 4] (absolute error ~4e-7)."""
+        xc = self.min(self.max(x, self.const(-4.0)), self.const(4.0))
+        x2 = self.mul(xc, xc)
+        p = self.poly(x2, [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                           -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                           -1.60960333262415e-02])
+        q = self.poly(x2, [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                           -7.37332916720468e-03, -1.42647390514189e-02])
+        return self.div(self.mul(xc, p), q)
+
+    def erfc_pos(self, z: str) -> str:
+        """erfc(z) for z >= 0 with ~1e-7 relative error (Numerical Recipes' Chebyshev fit)."""
+        t = self.div(self.const(1.0), self.fma(z, self.const(0.5), self.const(1.0)))
+        p = self.poly(t, [0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807,
+                          -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223])
+        arg = self.sub(p, self.mul(z, z))
+        return self.mul(t, self.exp(arg))
+
+    def gelu(self, x: str) -> str:
+        """x·Φ(x): 1 + erf(x/√2) for x >= 0, erfc(-x/√2) for x < 0 (no cancellation)."""
+        u = self.mul(x, self.const(0.7071067811865476))
+        pos = self.add(self.const(1.0), self.erf(u))
+        neg = self.erfc_pos(self.neg(u))
+        phi2 = self.select_lt(x, self.const(0.0), neg, pos)
+        return self.mul(self.mul(x, self.const(0.5)), phi2)
+
+    def gelu_tanh(self, x: str) -> str:
+        x3 = self.mul(self.mul(x, x), x)
+        inner = self.mul(self.fma(x3, self.const(0.044715), x), self.const(0.7978845608028654))
+        return self.mul(self.mul(x, self.const(0.5)), self.add(self.const(1.0), self.tanh(inner)))
+
+    def sigmoid(self, x: str) -> str:
+        e = self.exp(self.neg(x))
+        return self.div(self.const(1.0), self.add(self.const(1.0), e))
+
+    def unary(self, name: str, x: str, alpha: float = 0.01) -> str:
+        """Apply the satura unary op or activation ``name``. Raises CodegenError if unknown."""
+        if name in ("identity", "none"):
+            return x
+        simple = {"neg": self.neg, "exp": self.exp, "tanh": self.tanh, "erf": self.erf,
+                  "gelu": self.gelu, "gelu_tanh": self.gelu_tanh, "sigmoid": self.sigmoid}
+        if name in simple:
+            return simple[name](x)
+        if name == "abs":
+            return self.call("fabs", x)
+        if name == "sqrt":
+            return self.call("sqrt", x)
+        if name in ("floor", "ceil"):
+            return self.call(name, x)
+        if name == "reciprocal":
+            return self.div(self.const(1.0), x)
+        if name == "relu":
+            return self.max(x, self.const(0.0))
+        if name == "silu":
+            return self.mul(x, self.sigmoid(x))
+        if name == "leaky_relu":
+            return self.select_lt(x, self.const(0.0), self.mul(x, self.const(alpha)), x)
+        raise CodegenError(f"no LLVM lowering for elementwise op '{name}'")
+
+    def binary(self, name: str, a: str, b: str) -> str:
+        """Apply the satura binary op ``name``. Raises CodegenError if unknown."""
+        table = {"add": self.add, "sub": self.sub, "mul": self.mul, "div": self.div,
+                 "max": self.max, "min": self.min}
+        if name not in table:
+            raise CodegenError(f"no LLVM lowering for elementwise op '{name}'")
+        return table[name](a, b)
+
+
+UNARY_OPS = frozenset({"identity", "neg", "exp", "tanh", "erf", "gelu", "sigmoid", "abs", "sqrt",
+                       "floor", "ceil", "reciprocal", "relu", "silu", "leaky_relu"})
+BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max", "min"})
+ACTIVATIONS = frozenset({"none", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"})
+
+INTRINSICS = [
+    f"declare {t} @llvm.{name}.{s}({', '.join([t] * n)})"
+    for t, s in (("float", "f32"), ("<8 x float>", "v8f32"), ("<16 x float>", "v16f32"),
+                 ("<4 x float>", "v4f32"))
+    for name, n in (("fma", 3), ("maxnum", 2), ("minnum", 2), ("rint", 1), ("fabs", 1),
+                    ("sqrt", 1), ("floor", 1), ("ceil", 1), ("copysign", 2))
+]

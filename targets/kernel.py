@@ -1,0 +1,62 @@
+"""What every generated kernel shares: operands addressed through the model's pointer table.
+
+A kernel is exported as ``void NAME(ptr table, i64 part, i64 nparts)``: operand ``k`` lives at
+``table[slot] + offset`` (the arena, a graph input or output, or a constant), and the kernel does
+the ``part``-th of ``nparts`` equal shares of its work, so the runtime can run shares on several
+cores. The body is an internal function whose pointer parameters are ``noalias``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A buffer: ``table[slot] + offset`` bytes."""
+
+    slot: int
+    offset: int = 0
+
+
+def wrapper(name: str, operands: list[Operand | None]) -> str:
+    """The exported entry that loads operand pointers from the table and calls ``NAME_body``.
+
+    An absent operand (None) is passed as a null pointer.
+    """
+    lines = [f"define void @{name}(ptr %t, i64 %part, i64 %nparts) {{", "entry:"]
+    args = []
+    for k, op in enumerate(operands):
+        if op is None:
+            args.append("ptr null")
+            continue
+        lines += [f"  %s{k}p = getelementptr ptr, ptr %t, i64 {op.slot}",
+                  f"  %s{k} = load ptr, ptr %s{k}p, align 8",
+                  f"  %p{k} = getelementptr i8, ptr %s{k}, i64 {op.offset}"]
+        args.append(f"ptr %p{k}")
+    args += ["i64 %part", "i64 %nparts"]
+    lines += [f"  call void @{name}_body({', '.join(args)})", "  ret void", "}"]
+    return "\n".join(lines)
+
+
+def body_header(name: str, nptrs: int) -> str:
+    params = ", ".join(f"ptr noalias %a{k}" for k in range(nptrs))
+    return f"define internal void @{name}_body({params}, i64 %part, i64 %nparts) {{"
+
+
+def share(lines: list[str], total: int, grain: int, lo: str, hi: str) -> None:
+    """Emit ``lo``/``hi``: the ``part``-th share of ``range(total)``, cut at multiples of grain."""
+    units = -(-total // grain)
+    lines += [f"  {lo}u0 = mul i64 %part, {units}", f"  {lo}u = udiv i64 {lo}u0, %nparts",
+              f"  {hi}u0 = add i64 %part, 1", f"  {hi}u1 = mul i64 {hi}u0, {units}",
+              f"  {hi}u = udiv i64 {hi}u1, %nparts",
+              f"  {lo}g = mul i64 {lo}u, {grain}", f"  {hi}g = mul i64 {hi}u, {grain}",
+              f"  {lo} = call i64 @llvm.umin.i64(i64 {lo}g, i64 {total})",
+              f"  {hi} = call i64 @llvm.umin.i64(i64 {hi}g, i64 {total})"]
+
+
+PRELUDE = """declare i64 @llvm.umin.i64(i64, i64)
+declare i64 @llvm.smin.i64(i64, i64)
+declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)
+declare float @llvm.vector.reduce.fmax.v8f32(<8 x float>)
+"""
