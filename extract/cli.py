@@ -1,0 +1,89 @@
+"""``satura extract EGRAPH.json``: run the extractors on a serialized e-graph and compare them.
+
+The lead wires this into ``satura/cli.py``; this module only does the work and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from satura.engine.errors import ExtractError
+from satura.extract.egraph_data import EGraphData, load_serialized
+from satura.extract.greedy import (
+    Choices,
+    check_choices,
+    dag_cost,
+    dag_greedy,
+    tree_cost,
+    tree_greedy,
+)
+from satura.extract.ilp import ilp_extract
+
+EXTRACTORS = ("tree", "dag", "ilp")
+
+
+def _run_ilp(time_limit_s: float) -> Callable[[EGraphData], Choices]:
+    return lambda g: ilp_extract(g, time_limit_s).choices
+
+
+def extract_command(path: str, out: str | None = None, extractor: str = "dag",
+                    ilp_time_limit_s: float = 10.0, stream: TextIO | None = None) -> dict[str, Any]:
+    """Load ``path``, run tree-greedy, DAG-greedy and (when ``extractor == "ilp"``) the ILP.
+
+    Prints a table (extractor, DAG cost, tree cost, time in ms) to ``stream`` (stdout), and writes
+    ``{"choices": {eclass: node_id}}`` of ``extractor``'s result to ``out`` (temp file + rename).
+    Returns ``{"file", "nodes", "classes", "extractor", "results": {name: {"dag_cost",
+    "tree_cost", "ms"}}}``. Raises ExtractError for a bad file, an unknown extractor or an
+    e-graph with no finite extraction.
+    """
+    if extractor not in EXTRACTORS:
+        raise ExtractError(f"unknown extractor '{extractor}' (known: {', '.join(EXTRACTORS)})")
+    stream = stream or sys.stdout
+    g = load_serialized(path)
+    runs: list[tuple[str, Callable[[EGraphData], Choices]]] = [("tree", tree_greedy),
+                                                                ("dag", dag_greedy)]
+    if extractor == "ilp":
+        runs.append(("ilp", _run_ilp(ilp_time_limit_s)))
+    results: dict[str, dict[str, float]] = {}
+    chosen: dict[str, Choices] = {}
+    for name, fn in runs:
+        t0 = time.perf_counter()
+        choices = fn(g)
+        ms = (time.perf_counter() - t0) * 1e3
+        check_choices(g, choices)
+        chosen[name] = choices
+        results[name] = {"dag_cost": dag_cost(g, choices), "tree_cost": tree_cost(g, choices),
+                         "ms": ms}
+    print(f"{path}: {len(g.nodes)} e-nodes, {len(g.classes)} e-classes, "
+          f"{len(g.roots)} roots", file=stream)
+    print(f"{'extractor':<10} {'DAG cost':>14} {'tree cost':>14} {'time ms':>10}", file=stream)
+    for name, r in results.items():
+        print(f"{name:<10} {r['dag_cost']:>14.6g} {r['tree_cost']:>14.6g} {r['ms']:>10.2f}",
+              file=stream)
+    if out is not None:
+        write_choices(out, chosen[extractor])
+    return {"file": path, "nodes": len(g.nodes), "classes": len(g.classes),
+            "extractor": extractor, "results": results}
+
+
+def write_choices(out: str, choices: Choices) -> None:
+    """Write ``{"choices": {eclass: node_id}}`` (extraction-gym's format) atomically."""
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".choices-", suffix=".json", dir=folder)
+    except OSError as e:
+        raise ExtractError(f"{out}: cannot write: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"choices": choices}, f, indent=1, sort_keys=True)
+        os.replace(tmp, out)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ExtractError(f"{out}: cannot write: {e.strerror}") from None
