@@ -11,7 +11,6 @@ import functools
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
-
 from satura.engine.errors import CodegenError
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from satura.targets.irmath import Emitter, vec_type
-from satura.targets.kernel import Operand, body_header, share, wrapper
+from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 
 KC = 256
 MC = 96
@@ -132,30 +131,12 @@ def _ukernel(name: str, s: GemmSpec, mr: int) -> str:
     return "\n".join(out)
 
 
-class _Loops:
-    """Structured loops over i64 allocas (promoted to registers by SROA)."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self.L, self.n = lines, 0
-
-    def open(self, var: str, start: str, end: str, step: int) -> str:
-        self.L += [f"  store i64 {start}, ptr %{var}.a", f"  br label %{var}.h", f"{var}.h:",
-                   f"  %{var} = load i64, ptr %{var}.a",
-                   f"  %{var}.c = icmp slt i64 %{var}, {end}",
-                   f"  br i1 %{var}.c, label %{var}.b, label %{var}.x", f"{var}.b:"]
-        return f"%{var}"
-
-    def close(self, var: str, step: int) -> None:
-        self.L += [f"  %{var}.n = add i64 %{var}, {step}", f"  store i64 %{var}.n, ptr %{var}.a",
-                   f"  br label %{var}.h", f"{var}.x:"]
-
-
 def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
                 bias: Operand | None, res: Operand | None) -> str:
     """LLVM IR of one batched GEMM with its fused epilogue (all parts' shares)."""
     parts = [_ukernel(name, s, mr) for mr in range(1, s.mr + 1)]
     L = [body_header(name, 5), "entry:"]
-    loops = _Loops(L)
+    loops = Loops(L)
     for v in ("bi", "pc", "ic", "jp", "ir", "ti", "tj"):
         L.append(f"  %{v}.a = alloca i64, align 8")
     L.append(f"  %tmp = alloca [{s.mr * s.nr} x float], align 64")
@@ -219,7 +200,7 @@ def _tail_copy(s: GemmSpec, tail: int) -> list[str]:
     if tail == 0:
         return []
     L: list[str] = []
-    sub = _Loops(L)
+    sub = Loops(L)
     sub.open("ti", "0", "%mr", 1)
     sub.open("tj", "0", str(tail), 1)
     L += [f"  %to0 = mul i64 %ti, {s.nr}", "  %to = add i64 %to0, %tj",
@@ -252,7 +233,7 @@ def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
     """LLVM IR that packs a runtime B ([batch, K, N]) into zero-padded NR-column panels."""
     panels = -(-n // nr)
     L = [body_header(name, 2), "entry:"]
-    loops = _Loops(L)
+    loops = Loops(L)
     for v in ("pp", "pk", "pj"):
         L.append(f"  %{v}.a = alloca i64, align 8")
     share(L, batch * panels, 1, "%q0", "%q1")

@@ -55,6 +55,24 @@ def share(lines: list[str], total: int, grain: int, lo: str, hi: str) -> None:
               f"  {hi} = call i64 @llvm.umin.i64(i64 {hi}g, i64 {total})"]
 
 
+class Loops:
+    """Structured loops over i64 allocas (promoted to registers by SROA)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.L, self.n = lines, 0
+
+    def open(self, var: str, start: str, end: str, step: int) -> str:
+        self.L += [f"  store i64 {start}, ptr %{var}.a", f"  br label %{var}.h", f"{var}.h:",
+                   f"  %{var} = load i64, ptr %{var}.a",
+                   f"  %{var}.c = icmp slt i64 %{var}, {end}",
+                   f"  br i1 %{var}.c, label %{var}.b, label %{var}.x", f"{var}.b:"]
+        return f"%{var}"
+
+    def close(self, var: str, step: int) -> None:
+        self.L += [f"  %{var}.n = add i64 %{var}, {step}", f"  store i64 %{var}.n, ptr %{var}.a",
+                   f"  br label %{var}.h", f"{var}.x:"]
+
+
 PRELUDE = """declare i64 @llvm.umin.i64(i64, i64)
 declare i64 @llvm.smin.i64(i64, i64)
 declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)

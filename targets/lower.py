@@ -1,0 +1,334 @@
+"""Lowering: a static-shaped Graph becomes a list of steps, each a generated kernel or a fallback.
+
+Phase 1 (``plan_steps``) picks a lowering per node (a table keyed by op) and records which values
+each step reads and writes; phase 2 (``generate``) plans memory over those steps and writes the
+LLVM IR of every kernel with concrete operands (``table[slot] + offset``). Nodes without a lowering
+run their numpy reference (``fallback``). ``reshape``/``identity`` are zero-copy aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from satura.engine.errors import CodegenError
+from satura.engine.graph import Graph, Node, Value
+from satura.engine.shapes import normalize_axis
+from satura.targets.codegen import HostTarget
+from satura.targets.elementwise import ew_kernel, expr_supported
+from satura.targets.gemm import GemmSpec, gemm_kernel, pack_b_numpy, pack_kernel
+from satura.targets.irmath import ACTIVATIONS, BINARY_OPS, INTRINSICS, UNARY_OPS
+from satura.targets.kernel import PRELUDE, Operand
+from satura.targets.memory import Buffer, MemoryPlan
+from satura.targets.rows import row_kernel
+
+PARALLEL_FLOPS = 4e6  # below this a second core costs more (thread hand-off) than it saves
+PARALLEL_BYTES = 1 << 20
+
+
+@dataclass
+class Scratch:
+    """A temporary buffer a kernel needs (a runtime-packed B)."""
+
+    name: str
+    nbytes: int
+
+
+Ref = Value | Scratch
+
+
+@dataclass
+class Step:
+    """One kernel (``gen`` makes its IR from resolved operands) or one fallback node."""
+
+    name: str
+    reads: list[Ref]
+    writes: list[Ref]
+    gen: Callable[[Callable[[Ref | None], Operand | None]], str] | None = None
+    node: Node | None = None
+    parallel: bool = False
+    op: str = ""
+
+
+@dataclass
+class Program:
+    """Steps plus everything the runtime needs to bind pointers."""
+
+    steps: list[Step]
+    consts: list[Value]                      # slots after inputs and outputs
+    extra_consts: dict[int, np.ndarray] = field(default_factory=dict)  # id(Value) -> packed data
+    alias: dict[int, Value] = field(default_factory=dict)             # id(view) -> storage value
+
+
+def _is_f32(vals: list[Value | None]) -> bool:
+    return all(v is None or v.type.dtype == "float32" for v in vals)
+
+
+def _numel(shape: tuple[Any, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _work(node: Node) -> float:
+    return float(sum(_numel(v.type.shape) for v in [*node.inputs, *node.outputs] if v is not None))
+
+
+class Lowerer:
+    """Builds the step list of one graph for one host target."""
+
+    def __init__(self, graph: Graph, host: HostTarget) -> None:
+        self.g, self.host = graph, host
+        self.steps: list[Step] = []
+        self.alias: dict[int, Value] = {}
+        self.extra: dict[int, np.ndarray] = {}
+        self.outputs = {id(v) for v in graph.outputs}
+
+    def root(self, v: Value) -> Value:
+        while id(v) in self.alias:
+            v = self.alias[id(v)]
+        return v
+
+    def run(self) -> Program:
+        for i, node in enumerate(self.g.nodes):
+            lower = LOWERINGS.get(node.op)
+            done = False
+            if lower is not None and _is_f32([*node.inputs, *node.outputs]):
+                done = lower(self, node, f"k{i}_{node.op}")
+            if not done:
+                self.steps.append(Step(f"fallback_{node.name}", [x for x in node.inputs if x],
+                                       list(node.outputs), node=node, op=node.op))
+        consts: dict[int, Value] = {}
+        for st in self.steps:
+            for r in st.reads:
+                if isinstance(r, Value) and r.is_const:
+                    consts.setdefault(id(r), r)
+        for v in self.g.outputs:
+            if v.is_const:
+                consts.setdefault(id(v), v)
+        return Program(self.steps, list(consts.values()), self.extra, self.alias)
+
+    # -- lowerings --------------------------------------------------------------------------------
+    def ew(self, node: Node, name: str, expr: tuple[Any, ...]) -> bool:
+        if not expr_supported(expr):
+            return False
+        out = node.outputs[0]
+        ins = [x for x in node.inputs if x is not None]
+        shape = tuple(int(d) for d in out.type.shape)
+        in_shapes = [tuple(int(d) for d in x.type.shape) for x in ins]
+
+        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return ew_kernel(name, expr, loc(out), shape,  # type: ignore[arg-type]
+                             [(loc(x), s) for x, s in zip(ins, in_shapes, strict=True)],
+                             self.host.lanes)
+
+        self.steps.append(Step(name, ins, [out], gen, parallel=_work(node) * 4 > PARALLEL_BYTES,
+                               op=node.op))
+        return True
+
+    def view(self, node: Node, name: str) -> bool:
+        src, out = node.inputs[0], node.outputs[0]
+        assert src is not None
+        if id(out) in self.outputs:
+            return self.ew(node, name, ("identity", ("in", 0))) if _numel(
+                src.type.shape) == _numel(out.type.shape) and src.type.shape == out.type.shape \
+                else self._copy(node, name)
+        self.alias[id(out)] = src
+        return True
+
+    def _copy(self, node: Node, name: str) -> bool:
+        src, out = node.inputs[0], node.outputs[0]
+        assert src is not None
+        n = _numel(out.type.shape)
+
+        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return ew_kernel(name, ("identity", ("in", 0)), loc(out), (n,),  # type: ignore[arg-type]
+                             [(loc(src), (n,))], self.host.lanes)
+
+        self.steps.append(Step(name, [src], [out], gen, op=node.op))
+        return True
+
+    def gemm(self, node: Node, name: str, a: Value, b: Value | np.ndarray, bias: Value | None,
+             res: Value | None, act: str) -> bool:
+        out = node.outputs[0]
+        oshape = [int(d) for d in out.type.shape]
+        ashape = [int(d) for d in a.type.shape]
+        bshape = list(b.shape) if isinstance(b, np.ndarray) else [int(d) for d in b.type.shape]
+        if act not in ACTIVATIONS or len(ashape) < 2 or len(bshape) < 2:
+            return False
+        k, n = bshape[-2], bshape[-1]
+        if len(bshape) == 2:
+            batch, m, b_batched = 1, _numel(tuple(ashape[:-1])), False
+        elif ashape[:-2] == bshape[:-2] and oshape[:-2] == ashape[:-2]:
+            batch, m, b_batched = _numel(tuple(ashape[:-2])), ashape[-2], True
+        else:
+            return False
+        if bias is not None and (_numel(bias.type.shape) != n
+                                 or int(bias.type.shape[-1]) != n):
+            return False
+        if res is not None and [int(d) for d in res.type.shape] != oshape:
+            return False
+        mr, nr = self.host.gemm_tile
+        spec = GemmSpec(batch, m, n, k, m * k, b_batched, bias is not None, res is not None, act,
+                        mr, nr, self.host.lanes)
+        packed: Ref
+        reads: list[Ref] = [x for x in (a, bias, res) if x is not None]
+        data = b if isinstance(b, np.ndarray) else (b.data if b.is_const else None)
+        if data is not None:
+            pv = Value(f"{name}_packed", out.type, data=pack_b_numpy(np.asarray(data), nr))
+            self.extra[id(pv)] = pv.data  # type: ignore[assignment]
+            packed = pv
+        else:
+            assert isinstance(b, Value)
+            packed = Scratch(f"{name}_bpack", 4 * spec.packed_elems * batch)
+            src = b
+
+            def gen_pack(loc: Callable[[Ref | None], Operand | None]) -> str:
+                return pack_kernel(f"{name}_pack", batch, k, n, nr, loc(src),  # type: ignore
+                                   loc(packed))  # type: ignore[arg-type]
+
+            self.steps.append(Step(f"{name}_pack", [b], [packed], gen_pack, op="pack"))
+        reads.append(packed)
+
+        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return gemm_kernel(name, spec, loc(out), loc(a), loc(packed), loc(bias),  # type: ignore
+                               loc(res))
+
+        flops = 2.0 * batch * m * n * k
+        self.steps.append(Step(name, reads, [out], gen, parallel=flops > PARALLEL_FLOPS and m > mr,
+                               op=node.op))
+        return True
+
+    def rows(self, node: Node, name: str, kind: str, axis: int, eps: float) -> bool:
+        x, out = node.inputs[0], node.outputs[0]
+        assert x is not None
+        shape = [int(d) for d in x.type.shape]
+        ax = normalize_axis(axis, len(shape))
+        if kind == "softmax" and ax != len(shape) - 1:
+            return False
+        rows, n = _numel(tuple(shape[:ax])), _numel(tuple(shape[ax:]))
+        params = [p for p in node.inputs[1:]]
+        for p in params:
+            if p is not None and _numel(p.type.shape) != n:
+                return False
+        scale = params[0] if params else None
+        bias = params[1] if len(params) > 1 else None
+
+        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return row_kernel(name, kind, rows, n, loc(out), loc(x), loc(scale),  # type: ignore
+                              loc(bias), eps)
+
+        self.steps.append(Step(name, [v for v in node.inputs if v is not None], [out], gen,
+                               parallel=_work(node) * 4 > PARALLEL_BYTES and rows > 1, op=node.op))
+        return True
+
+
+def _lower_ew(lw: Lowerer, node: Node, name: str) -> bool:
+    return lw.ew(node, name, node.attrs["expr"])
+
+
+def _lower_unary(lw: Lowerer, node: Node, name: str) -> bool:
+    op = node.op
+    if op == "gelu" and node.attrs.get("approximate", "none") == "tanh":
+        op = "gelu_tanh"
+    if op == "leaky_relu" and node.attrs.get("alpha", 0.01) != 0.01:
+        return False
+    return lw.ew(node, name, (op, ("in", 0)))
+
+
+def _lower_binary(lw: Lowerer, node: Node, name: str) -> bool:
+    return lw.ew(node, name, (node.op, ("in", 0), ("in", 1)))
+
+
+def _lower_linear(lw: Lowerer, node: Node, name: str) -> bool:
+    ins = [*node.inputs, None, None]
+    x, w, b, r = ins[:4]
+    assert x is not None and w is not None
+    return lw.gemm(node, name, x, w, b, r, node.attrs.get("act", "none"))
+
+
+def _lower_matmul(lw: Lowerer, node: Node, name: str) -> bool:
+    a, b = node.inputs
+    assert a is not None and b is not None
+    return lw.gemm(node, name, a, b, None, None, "none")
+
+
+def _lower_onnx_gemm(lw: Lowerer, node: Node, name: str) -> bool:
+    at = node.attrs
+    a, b = node.inputs[0], node.inputs[1]
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    assert a is not None and b is not None
+    if at.get("trans_a", 0) or at.get("alpha", 1.0) != 1.0 or at.get("beta", 1.0) != 1.0:
+        return False
+    if at.get("trans_b", 0):
+        if not b.is_const:
+            return False
+        return lw.gemm(node, name, a, np.ascontiguousarray(np.asarray(b.data).T), c, None, "none")
+    return lw.gemm(node, name, a, b, c, None, "none")
+
+
+def _lower_norm(lw: Lowerer, node: Node, name: str) -> bool:
+    return lw.rows(node, name, node.op, node.attrs.get("axis", -1),
+                   float(node.attrs.get("epsilon", 1e-5)))
+
+
+def _lower_softmax(lw: Lowerer, node: Node, name: str) -> bool:
+    return lw.rows(node, name, "softmax", node.attrs.get("axis", -1), 0.0)
+
+
+def _lower_view(lw: Lowerer, node: Node, name: str) -> bool:
+    return lw.view(node, name)
+
+
+LOWERINGS: dict[str, Callable[[Lowerer, Node, str], bool]] = {
+    "ew": _lower_ew, "linear": _lower_linear, "matmul": _lower_matmul, "gemm": _lower_onnx_gemm,
+    "layer_norm": _lower_norm, "rms_norm": _lower_norm, "softmax": _lower_softmax,
+    "reshape": _lower_view, "identity": _lower_view,
+    **{op: _lower_unary for op in UNARY_OPS | {"gelu"} if op != "identity"},
+    **{op: _lower_binary for op in BINARY_OPS},
+}
+
+
+def lifetimes(program: Program, graph: Graph, root: Callable[[Value], Value]) -> list[Buffer]:
+    """Intermediate buffers (not inputs, outputs or constants) with their step intervals."""
+    external = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+    spans: dict[int, list[Any]] = {}
+    for i, st in enumerate(program.steps):
+        for r in [*st.writes, *st.reads]:
+            if isinstance(r, Value):
+                r = root(r)
+                if r.is_const or id(r) in external:
+                    continue
+                size = 4 * _numel(r.type.shape) if r.type.dtype == "float32" else (
+                    r.type.itemsize * _numel(r.type.shape))
+            else:
+                size = r.nbytes
+            span = spans.setdefault(id(r), [r, size, i, i])
+            span[3] = i
+    return [Buffer(id(r), size, first, last) for r, size, first, last in spans.values()]
+
+
+def generate(program: Program, graph: Graph, plan: MemoryPlan,
+             slot_of: Callable[[Ref], int | None], root: Callable[[Value], Value]) -> str:
+    """The whole module's LLVM IR, operands resolved through ``slot_of`` and the memory plan."""
+
+    def loc(r: Ref | None) -> Operand | None:
+        if r is None:
+            return None
+        if isinstance(r, Value):
+            r = root(r)
+        slot = slot_of(r)
+        if slot is not None:
+            return Operand(slot)
+        if id(r) not in plan.offsets:
+            raise CodegenError(f"no buffer was planned for {r!r}")
+        return Operand(0, plan.offsets[id(r)])
+
+    parts = [PRELUDE, *INTRINSICS]
+    for st in program.steps:
+        if st.gen is not None:
+            parts.append(st.gen(loc))
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,233 @@
+"""The compiled model: one arena, a pointer table, kernels called through cached ctypes pointers.
+
+``compile_graph`` lowers a static-shaped graph, plans memory, generates one LLVM module for all
+kernels, and loads its machine code (from the disk cache when the module's IR hash is there). A
+call validates the inputs before any generated code runs, binds the input and output addresses
+into the pointer table, and runs the steps in order: kernels (split between cores when large)
+and, for nodes without a lowering, their numpy references.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from satura.engine.errors import CodegenError, InputError
+from satura.engine.graph import Graph, Value
+from satura.engine.ops import run_reference
+from satura.targets import codegen
+from satura.targets.lower import Lowerer, Ref, generate, lifetimes
+from satura.targets.memory import ALIGN, plan_memory
+
+import satura
+
+KernelFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+_OBJECTS: dict[str, bytes] = {}  # IR hash -> object code, for this process
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = (-raw.ctypes.data) % ALIGN
+    return raw[start:start + nbytes]
+
+
+def _addr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _object_code(ir: str, cache_dir: str | None) -> tuple[bytes, bool]:
+    """Machine code for ``ir``: from this process's memo, the disk cache, or LLVM. (obj, hit)."""
+    key = hashlib.sha256(
+        f"{satura.__version__}|{codegen.host_target().key()}|{ir}".encode()).hexdigest()
+    if key in _OBJECTS:
+        return _OBJECTS[key], True
+    path = Path(cache_dir) / f"{key}.o" if cache_dir else None
+    if path is not None and path.exists():
+        obj = path.read_bytes()
+        _OBJECTS[key] = obj
+        return obj, True
+    obj = codegen.emit_object(codegen.optimize_ir(ir))
+    _OBJECTS[key] = obj
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(obj)
+        tmp.replace(path)
+    return obj, False
+
+
+class CompiledModel:
+    """A graph compiled for the host CPU. Call it with the graph's inputs by name."""
+
+    def __init__(self, graph: Graph, threads: int | None = None,
+                 cache_dir: str | None = None) -> None:
+        t0 = time.perf_counter()
+        for v in graph.inputs:
+            if not v.type.is_static:
+                raise CodegenError(f"input '{v.name}' has symbolic shape {v.type}: the CPU target "
+                                   "compiles static shapes only (bind the dimensions first)")
+        self.graph = graph
+        self.threads = max(1, threads or len(os.sched_getaffinity(0)))
+        host = codegen.host_target()
+        lw = Lowerer(graph, host)
+        prog = lw.run()
+        self._prog, self._root = prog, lw.root
+        # Pointer table: [arena, inputs..., outputs..., constants...].
+        self._slot: dict[int, int] = {}
+        for v in graph.inputs:
+            self._slot.setdefault(id(v), len(self._slot) + 1)
+        self._out_vals: list[Value] = []
+        for v in graph.outputs:
+            if id(v) not in self._slot and not v.is_const:
+                self._slot[id(v)] = len(self._slot) + 1
+                self._out_vals.append(v)
+        self._consts: list[tuple[int, np.ndarray]] = []
+        const_vals = list(prog.consts)
+        for st in prog.steps:
+            const_vals += [r for r in st.reads if isinstance(r, Value) and id(r) in prog.extra_consts]
+        for v in const_vals:
+            if id(v) in self._slot:
+                continue
+            self._slot[id(v)] = len(self._slot) + 1
+            data = np.ascontiguousarray(prog.extra_consts.get(id(v), v.data))
+            aligned = _aligned_empty(data.nbytes).view(data.dtype).reshape(data.shape)
+            aligned[...] = data
+            self._consts.append((self._slot[id(v)], aligned))
+        bufs = lifetimes(prog, graph, lw.root)
+        self._plan = plan_memory(bufs)
+        ir = generate(prog, graph, self._plan, self._slot_of, lw.root)
+        self.llvm_ir = ir
+        obj, self.cache_hit = _object_code(ir, cache_dir)
+        self._jit = codegen.JitModule(obj)
+        self._arena = _aligned_empty(max(self._plan.arena_bytes, ALIGN))
+        self._table = (ctypes.c_void_p * (len(self._slot) + 1))()
+        self._table[0] = _addr(self._arena)
+        for slot, arr in self._consts:
+            self._table[slot] = _addr(arr)
+        self._table_addr = ctypes.addressof(self._table)
+        self._run: list[tuple[str, Any, bool]] = []
+        for st in prog.steps:
+            if st.gen is not None:
+                self._run.append(("k", KernelFn(self._jit.address(st.name)), st.parallel))
+            else:
+                self._run.append(("f", st, False))
+        self._pool = (ThreadPoolExecutor(self.threads - 1, thread_name_prefix="satura")
+                      if self.threads > 1 else None)
+        self.compile_seconds = time.perf_counter() - t0
+
+    # -- facts ------------------------------------------------------------------------------------
+    @property
+    def arena_bytes(self) -> int:
+        return self._plan.arena_bytes
+
+    @property
+    def arena_lower_bound(self) -> int:
+        return self._plan.lower_bound
+
+    @property
+    def kernels(self) -> list[str]:
+        return [st.name for st in self._prog.steps if st.gen is not None]
+
+    @property
+    def fallback_nodes(self) -> list[str]:
+        return [st.node.name for st in self._prog.steps if st.node is not None]
+
+    def _slot_of(self, r: Ref) -> int | None:
+        return self._slot.get(id(r)) if isinstance(r, Value) else None
+
+    # -- running ----------------------------------------------------------------------------------
+    def _validate(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        names = {v.name for v in self.graph.inputs}
+        extra = sorted(set(inputs) - names)
+        if extra:
+            raise InputError(f"unknown input '{extra[0]}' (the model takes: {', '.join(sorted(names))})")
+        out: dict[str, np.ndarray] = {}
+        for v in self.graph.inputs:
+            if v.name not in inputs:
+                raise InputError(f"missing input '{v.name}' ({v.type})")
+            a = inputs[v.name]
+            if not isinstance(a, np.ndarray):
+                raise InputError(f"input '{v.name}' must be a numpy array, got {type(a).__name__}")
+            want = tuple(int(d) for d in v.type.shape)
+            if a.dtype.name != v.type.dtype or tuple(a.shape) != want:
+                raise InputError(f"input '{v.name}': expected {v.type.dtype}{list(want)}, got "
+                                 f"{a.dtype.name}{list(a.shape)}")
+            if not a.flags.c_contiguous:
+                raise InputError(f"input '{v.name}' must be C-contiguous "
+                                 "(pass np.ascontiguousarray(x))")
+            out[v.name] = a
+        return out
+
+    def __call__(self, inputs: Mapping[str, Any] | None = None, /,
+                 **kw: Any) -> dict[str, np.ndarray]:
+        """Run the model: ``model(x=arr)`` or ``model({"x": arr})``. Raises InputError."""
+        given = {**(inputs or {}), **kw}
+        arrays = self._validate(given)
+        table = self._table
+        bound: dict[int, np.ndarray] = {}
+        for v in self.graph.inputs:
+            a = arrays[v.name]
+            bound[id(v)] = a
+            table[self._slot[id(v)]] = _addr(a)
+        for v in self._out_vals:
+            a = np.empty(tuple(int(d) for d in v.type.shape), v.type.dtype)
+            bound[id(v)] = a
+            table[self._slot[id(v)]] = _addr(a)
+        addr, n = self._table_addr, self.threads
+        for kind, what, parallel in self._run:
+            if kind == "k":
+                if parallel and self._pool is not None:
+                    futs = [self._pool.submit(what, addr, p, n) for p in range(1, n)]
+                    what(addr, 0, n)
+                    for f in futs:
+                        f.result()
+                else:
+                    what(addr, 0, 1)
+            else:
+                self._fallback(what, bound)
+        result: dict[str, np.ndarray] = {}
+        for v in self.graph.outputs:
+            a = self._array(v, bound)
+            result[v.name] = a.copy() if (v.is_const or id(v) not in bound
+                                          or v.name in result) else a
+        return result
+
+    def _array(self, v: Value, bound: dict[int, np.ndarray]) -> np.ndarray:
+        r = self._root(v)
+        shape = tuple(int(d) for d in v.type.shape)
+        if id(r) in bound:
+            return bound[id(r)].reshape(shape)
+        if r.is_const:
+            return np.asarray(r.data).reshape(shape)
+        off = self._plan.offsets[id(r)]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(v.type.dtype).itemsize
+        return self._arena[off:off + nbytes].view(v.type.dtype).reshape(shape)
+
+    def _fallback(self, st: Any, bound: dict[int, np.ndarray]) -> None:
+        node = st.node
+        ins = [None if x is None else self._array(x, bound) for x in node.inputs]
+        outs = run_reference(node.op, ins, node.attrs)
+        for o, res in zip(node.outputs, outs, strict=True):
+            np.copyto(self._array(o, bound), np.asarray(res).reshape(
+                tuple(int(d) for d in o.type.shape)), casting="unsafe")
+
+
+def compile_graph(graph: Graph, target: str = "cpu", threads: int | None = None,
+                  cache_dir: str | None = None) -> CompiledModel:
+    """Compile ``graph`` (static shapes) for the host CPU.
+
+    ``threads``: cores used by large kernels (default: all this process may use). ``cache_dir``:
+    where object code is cached on disk, keyed by a hash of the module's LLVM IR, the host CPU
+    and the satura version (a hit skips LLVM). Raises CodegenError (unsupported target, symbolic
+    input shapes, LLVM failure).
+    """
+    if target not in ("cpu", "host", "x86_64"):
+        raise CodegenError(f"unknown target '{target}' (this backend compiles for: cpu)")
+    return CompiledModel(graph, threads, cache_dir)
