@@ -87,3 +87,50 @@ def write_choices(out: str, choices: Choices) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise ExtractError(f"{out}: cannot write: {e.strerror}") from None
+
+
+def benchmark_folder(folder: str, ilp_time_limit_s: float | None = None,
+                     stream: TextIO | None = None) -> dict[str, Any]:
+    """Run the extractors on every ``*.json`` under ``folder``; print one line per file and totals.
+
+    Files that fail to load are listed under ``"errors"`` (one-line messages), not raised.
+    Returns ``{"files", "errors", "totals": {name: {"dag_cost", "ms"}}, "per_file": [...]}``;
+    DAG costs of every extractor are summed over the files that extract.
+    """
+    stream = stream or sys.stdout
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
+                   if f.endswith(".json"))
+    names = ["tree", "dag"] + (["ilp"] if ilp_time_limit_s is not None else [])
+    totals = {n: {"dag_cost": 0.0, "ms": 0.0} for n in names}
+    per_file: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            g = load_serialized(path)
+        except ExtractError as e:
+            errors.append(str(e))
+            continue
+        row: dict[str, Any] = {"file": os.path.relpath(path, folder), "nodes": len(g.nodes)}
+        start: Choices | None = None
+        for name in names:
+            t0 = time.perf_counter()
+            if name == "tree":
+                choices = tree_greedy(g)
+            elif name == "dag":
+                choices = start = dag_greedy(g)
+            else:
+                choices = ilp_extract(g, ilp_time_limit_s or 0.0, start).choices
+            ms = (time.perf_counter() - t0) * 1e3
+            check_choices(g, choices)
+            row[name] = dag_cost(g, choices)
+            totals[name]["dag_cost"] += row[name]
+            totals[name]["ms"] += ms
+        per_file.append(row)
+        print(f"{row['file']:<60} {row['nodes']:>7} " +
+              " ".join(f"{n}={row[n]:.6g}" for n in names), file=stream)
+    for n in names:
+        print(f"total {n:<5} DAG cost {totals[n]['dag_cost']:.6g}  time {totals[n]['ms']:.0f} ms",
+              file=stream)
+    for e in errors:
+        print(f"error: {e}", file=stream)
+    return {"files": len(paths), "errors": errors, "totals": totals, "per_file": per_file}

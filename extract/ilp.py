@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import z3
 from satura.engine.errors import ExtractError
-from satura.extract.egraph_data import EGraphData
+from satura.extract.egraph_data import EGraphData, EGraphIndex
 from satura.extract.greedy import Choices, _knuth_tree, check_choices, dag_cost, dag_greedy
 
 
@@ -52,12 +52,14 @@ def ilp_extract(g: EGraphData, time_limit_s: float = 10.0,
               ix.uniq_children[n] for n in range(len(ix.node_ids))]
     reach = _reachable(ix, usable)
 
+    deadline = t0 + time_limit_s
     opt = z3.Optimize()
-    opt.set("timeout", max(1, int(time_limit_s * 1000)))
     used = {c: z3.Bool(f"c{c}") for c in reach}
     level = {c: z3.Real(f"l{c}") for c in reach}
     pick: dict[int, z3.BoolRef] = {}
-    for c in reach:
+    for i, c in enumerate(reach):
+        if i % 256 == 0 and time.perf_counter() > deadline:
+            return IlpResult(best, best_cost, False, False, time.perf_counter() - t0)
         nodes = [n for n in ix.class_nodes[c] if usable[n]]
         for n in nodes:
             pick[n] = z3.Bool(f"n{n}")
@@ -72,21 +74,15 @@ def ilp_extract(g: EGraphData, time_limit_s: float = 10.0,
                         for n, p in pick.items()])
     opt.add(objective <= z3.RealVal(best_cost + 1e-9 * (1.0 + abs(best_cost))))
     handle = opt.minimize(objective)
+    opt.set("timeout", max(1, int((deadline - time.perf_counter()) * 1000)))
 
-    found: list[Choices] = []
-
-    def on_model(m: z3.ModelRef) -> None:
-        chosen = {}
-        for n, p in pick.items():
-            if z3.is_true(m.eval(p, model_completion=True)):
-                chosen.setdefault(ix.node_class[n], n)
-        found.append({ix.class_ids[c]: ix.node_ids[n] for c, n in chosen.items()})
-
-    opt.set_on_model(on_model)
-    status = opt.check()
+    last: list[z3.ModelRef] = []
+    opt.set_on_model(lambda m: last.append(m))  # each call improves on the one before
+    status = opt.check() if time.perf_counter() < deadline else z3.unknown
     del handle
     if status == z3.sat:
-        on_model(opt.model())
+        last.append(opt.model())
+    found = [_choices_of(ix, last[-1], pick)] if last else []
     improved = False
     for cand in found:
         trimmed = _trim(g, cand)
@@ -98,7 +94,26 @@ def ilp_extract(g: EGraphData, time_limit_s: float = 10.0,
     return IlpResult(best, best_cost, status == z3.sat, improved, time.perf_counter() - t0)
 
 
-def _reachable(ix, usable: list[bool]) -> list[int]:  # type: ignore[no-untyped-def]
+def _choices_of(ix: EGraphIndex, m: z3.ModelRef, pick: dict[int, z3.BoolRef]) -> Choices:
+    """The node each class reachable from the roots picks in model ``m`` (first true one)."""
+    out: Choices = {}
+    stack = list(dict.fromkeys(ix.roots))
+    seen = set(stack)
+    while stack:
+        c = stack.pop()
+        n = next((n for n in ix.class_nodes[c]
+                  if n in pick and z3.is_true(m.eval(pick[n], model_completion=True))), None)
+        if n is None:
+            continue  # incomplete: _trim rejects it
+        out[ix.class_ids[c]] = ix.node_ids[n]
+        for ch in ix.uniq_children[n]:
+            if ch not in seen:
+                seen.add(ch)
+                stack.append(ch)
+    return out
+
+
+def _reachable(ix: EGraphIndex, usable: list[bool]) -> list[int]:
     seen = dict.fromkeys(ix.roots, True)
     stack = list(seen)
     while stack:
