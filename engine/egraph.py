@@ -11,6 +11,7 @@ e-graph.
 
 from __future__ import annotations
 
+import ast
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,17 @@ import numpy as np
 from satura.engine.errors import RuleError, SaturationError, ShapeError
 from satura.engine.graph import Graph, TensorType, Value, freeze_attr
 from satura.engine.ops import OPS, get_op, infer_types
-from satura.engine.rulelang import Call, Lit, Rule, Star, Var, eval_attr, guard_holds, walk
+from satura.engine.rulelang import (
+    VALUES,
+    Call,
+    Lit,
+    Rule,
+    Star,
+    Var,
+    eval_attr,
+    guard_holds,
+    walk,
+)
 from satura.engine.shapes import SymDims
 
 # Python objects the egglog program refers to, by key (``py-eval`` looks them up here).
@@ -439,6 +450,14 @@ class _RuleCompiler:
             self.roots.append(self.pattern(root))
         for r in self.roots:
             self.tensor_args.setdefault(f"__root_{r}", f"(ty {r})")
+        exprs = [e for t in self.rule.rhs for s in walk(t) if isinstance(s, Call)
+                 for _, e in s.attrs] + ([self.rule.guard] if self.rule.guard is not None else [])
+        self.valued = sorted({n.args[0].id for e in exprs for n in ast.walk(e)
+                              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                              and n.func.id == "value" and n.args
+                              and isinstance(n.args[0], ast.Name)})
+        for v in self.valued:
+            self.tensor_args[f"{VALUES}{v}"] = f"(scalar p_{v})"
         # Lookups of functions may stand only in the query: bind each to a variable there.
         binds: dict[str, str] = {}
         for lookup in [*self.tensor_args.values(), *self.list_args.values(),
@@ -515,6 +534,7 @@ class _RuleCompiler:
             attr_objs = args[i:i + len(calls)]
             i += len(calls)
             scalars = args[i:]
+            _split_values(env)
             if any(isinstance(v, str) and v == INVALID for v in env.values()):
                 return False
             for want, got in zip(lit_values, scalars, strict=True):
@@ -624,6 +644,7 @@ class _RuleCompiler:
 
         def attrs_fn(*args: Any) -> tuple:
             env = dict(zip(tnames + lnames, args, strict=False))
+            _split_values(env)
             attr_objs = args[len(tnames) + len(lnames):len(tnames) + len(lnames) + ncalls]
             for c, at in zip([c for c, _ in compiler.call_attrs], attr_objs, strict=True):
                 ad = dict(at)
@@ -640,9 +661,13 @@ class _RuleCompiler:
         return f"(py-call {fn} {args})"
 
 
-def _is_literal(e: Any) -> bool:
-    import ast
+def _split_values(env: dict[str, Any]) -> None:
+    """Move the scalar lookups (``__values__x``) into ``env[VALUES]`` as plain floats."""
+    vals = {k[len(VALUES):]: env.pop(k) for k in [k for k in env if k.startswith(VALUES)]}
+    env[VALUES] = {k: (None if v is None else v[0]) for k, v in vals.items()}
 
+
+def _is_literal(e: Any) -> bool:
     return isinstance(e, ast.Constant) or (
         isinstance(e, (ast.List, ast.Tuple)) and all(_is_literal(x) for x in e.elts)) or (
         isinstance(e, ast.UnaryOp) and _is_literal(e.operand))

@@ -257,3 +257,35 @@ class Graph:
         lines += [f"  {n!r}" for n in self.nodes]
         lines.append("  return " + ", ".join(f"%{v.name}" for v in self.outputs))
         return "\n".join(lines)
+
+
+def _subs_attr(v: Any, env: Mapping[sympy.Symbol, int]) -> Any:
+    if isinstance(v, tuple):
+        return tuple(_subs_attr(x, env) for x in v)
+    if isinstance(v, sympy.Basic):
+        return as_dim(v.subs(env))
+    return v
+
+
+def specialize(graph: Graph, env: Mapping[sympy.Symbol, int]) -> Graph:
+    """A copy of ``graph`` with every symbolic dimension replaced by its value in ``env``."""
+    g = Graph(graph.name)
+    new: dict[int, Value | None] = {}
+    for v in graph.inputs:
+        new[id(v)] = g.add_input(v.name, v.type.bind(env).shape, v.type.dtype)
+    for n in graph.nodes:
+        ins = []
+        for v in n.inputs:
+            if v is None:
+                ins.append(None)
+            elif v.is_const:
+                ins.append(new.setdefault(id(v), v))
+            else:
+                ins.append(new[id(v)])
+        attrs = {k: _subs_attr(a, env) for k, a in n.attrs.items()}
+        node = g.add(n.op, ins, attrs, name=n.name, out_names=[o.name for o in n.outputs])
+        for o, o2 in zip(n.outputs, node.outputs, strict=True):
+            new[id(o)] = o2
+    g.set_outputs(*[new[id(v)] if id(v) in new else v for v in graph.outputs])  # type: ignore[misc]
+    return g
+

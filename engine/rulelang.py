@@ -33,6 +33,13 @@ from satura.engine.shapes import DimOps
 
 EXACTNESS = ("exact", "real", "approx")
 
+# Named real constants a pattern may use; a model's constant matches when it equals the value
+# after rounding to its dtype (the verifier sees the exact real).
+NAMED_CONSTANTS = {
+    "PI": math.pi, "E": math.e, "SQRT2": math.sqrt(2.0), "SQRT1_2": math.sqrt(0.5),
+    "SQRT_2_OVER_PI": math.sqrt(2.0 / math.pi),
+}
+
 
 # -- the rule AST ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class Lit:
     """A scalar constant tensor (``mul(x, 0.5)``); in a pattern it matches a one-element constant."""
 
     value: float
+    name: str = ""  # a NAMED_CONSTANTS name, when the rule wrote one
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,7 @@ def to_text(term: Any) -> str:
     if isinstance(term, Star):
         return f"*{term.name}"
     if isinstance(term, Lit):
-        return repr(term.value)
+        return term.name or repr(term.value)
     parts = [to_text(a) for a in term.args] + [f"{k}={ast.unparse(v)}" for k, v in term.attrs]
     return f"{term.op}({', '.join(parts)})"
 
@@ -316,6 +324,8 @@ class _Parser:
         return tuple(self._term(r, rename) for r in roots)
 
     def _term(self, node: ast.expr, rename: Mapping[str, str]) -> Term:
+        if isinstance(node, ast.Name) and node.id in NAMED_CONSTANTS:
+            return Lit(NAMED_CONSTANTS[node.id], node.id)
         if isinstance(node, ast.Name):
             if node.id in OPS or node.id in rename:
                 raise self.error(f"'{node.id}' is an op: call it, '{node.id}(...)'",
@@ -409,7 +419,7 @@ class _Parser:
                         raise self.error(f"{node.func.id}() takes {arity} argument"
                                          f"{'s' if arity != 1 else ''}, got {len(node.args)}",
                                          node.lineno, node.col_offset)
-                    if node.func.id in TENSOR_QUERIES and node.args and not (
+                    if node.func.id in (*TENSOR_QUERIES, "value") and node.args and not (
                             isinstance(node.args[0], ast.Name) and node.args[0].id in bound):
                         raise self.error(f"{node.func.id}() takes a tensor variable of the "
                                          f"pattern", node.lineno, node.col_offset)
@@ -484,8 +494,9 @@ def load_rules(path: str | Path) -> list[Rule]:
 
 # -- guard and attribute expressions ----------------------------------------------------------------
 TENSOR_QUERIES = ("rank", "shape", "dim", "dtype", "numel")
-BUILTIN_ARITY = {"rank": 1, "shape": 1, "dim": 2, "dtype": 1, "numel": 1, "len": 1}
-BUILTINS = (*TENSOR_QUERIES, "len")
+BUILTIN_ARITY = {"rank": 1, "shape": 1, "dim": 2, "dtype": 1, "numel": 1, "len": 1, "value": 1}
+BUILTINS = (*TENSOR_QUERIES, "len", "value")
+VALUES = "__values__"  # env key: tensor variable -> its scalar value, for value(x)
 
 
 def _freeze(v: Any) -> Any:
@@ -640,6 +651,12 @@ class _Eval:
     def v_Call(self, n: ast.Call) -> Any:
         assert isinstance(n.func, ast.Name)
         name = n.func.id
+        if name == "value":
+            arg = n.args[0]
+            vals = self.env.get(VALUES, {})
+            if not isinstance(arg, ast.Name) or vals.get(arg.id) is None:
+                raise _GuardFalse  # not a one-element constant: the rule does not apply
+            return vals[arg.id]
         args = [self.visit(a) for a in n.args]
         if name in TENSOR_QUERIES:
             t = args[0]

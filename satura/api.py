@@ -1,0 +1,112 @@
+"""The public facade: load, optimize, compile, verify (DESIGN §8)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satura.engine.errors import SaturaError
+from satura.engine.graph import Graph
+from satura.engine.saturate import Limits, Report, load_rule_sets, saturate
+
+TARGETS = ("cpu", "reference")
+
+
+@dataclass
+class OptimizeResult:
+    """What :func:`optimize` returns: the extracted graph and the numbers behind it."""
+
+    graph: Graph
+    report: Report
+    cost_before: float
+    cost_after: float
+
+
+def load(path: str | Path) -> Graph:
+    """Load an ONNX model file into a Graph. Raises ModelError / UnsupportedOpError."""
+    from satura.engine.onnx_import import load_onnx
+
+    return load_onnx(str(path))
+
+
+def _profile_for(target: str) -> str:
+    return {"cpu": "host", "reference": "host"}.get(target, target)
+
+
+def optimize(graph: Graph, target: str = "cpu", rules: Iterable[str | Path] | None = None,
+             fp: str = "real", limits: Limits | None = None,
+             hints: Mapping[str, int] | None = None) -> OptimizeResult:
+    """Saturate ``graph`` with the rule files (default: the shipped ones) and extract the
+    cheapest program for ``target``'s hardware profile (``cpu``, or a profile name such as
+    ``h100``). ``fp`` picks the rule classes: strict (exact only), real (default), fast."""
+    from satura.extract.cost import graph_time
+    from satura.extract.select import extract_graph
+
+    profile = _profile_for(target)
+    rule_sets = load_rule_sets(rules, fp)
+    eg, report = saturate(graph, rule_sets, limits or Limits())
+    snap = eg.snapshot()
+    best, _, seconds = extract_graph(snap, profile, hints)
+    best.prune()
+    report.cost_before = graph_time(graph, profile, hints)
+    report.cost_after = graph_time(best, profile, hints)
+    report.extract_seconds = seconds
+    if report.cost_after > report.cost_before:
+        # The extractor's DAG heuristic can lose to the input program; never return worse.
+        best, report.cost_after = graph, report.cost_before
+    return OptimizeResult(best, report, report.cost_before, report.cost_after)
+
+
+def compile(graph: Graph, target: str = "cpu") -> Callable[..., dict[str, np.ndarray]]:  # noqa: A001
+    """A callable running ``graph``: ``exe(name=array, ...) -> {output name: array}``.
+
+    ``target``: ``cpu`` (llvmlite kernels where lowered) or ``reference`` (numpy oracle).
+    """
+    if target not in TARGETS:
+        raise SaturaError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
+    from satura.engine.interpret import run_graph
+
+    if target == "cpu":
+        from satura.targets import compile_graph
+
+        if not graph.symbols:
+            return compile_graph(graph, target="cpu")
+        return _Specializing(graph, compile_graph)
+
+    def run(inputs: Mapping[str, Any] | None = None, /, **kw: Any) -> dict[str, np.ndarray]:
+        return run_graph(graph, {**(inputs or {}), **kw})
+
+    return run
+
+
+class _Specializing:
+    """A model with symbolic dims: compiled once per distinct set of input shapes."""
+
+    def __init__(self, graph: Graph, compile_graph: Callable[..., Any]) -> None:
+        self.graph, self.compile_graph = graph, compile_graph
+        self.variants: dict[tuple, Any] = {}
+
+    def __call__(self, inputs: Mapping[str, Any] | None = None, /, **kw: Any
+                 ) -> dict[str, np.ndarray]:
+        from satura.engine.graph import specialize
+        from satura.engine.interpret import bind_inputs
+
+        feeds = {**(inputs or {}), **kw}
+        env = bind_inputs(self.graph, feeds)  # names, dtypes, shapes checked before any codegen
+        key = tuple(sorted((str(k), v) for k, v in env.items()))
+        if key not in self.variants:
+            self.variants[key] = self.compile_graph(specialize(self.graph, env), target="cpu")
+        return self.variants[key](**feeds)
+
+
+def verify(*paths: str | Path) -> list[Any]:
+    """Verdicts of every rule in ``paths`` (default: the shipped rule files)."""
+    from satura.engine.saturate import default_rule_files
+    from satura.engine.verify import verify_rules
+
+    files = [Path(p) for p in paths] or [p for p in default_rule_files() if p.suffix == ".rules"]
+    return verify_rules(files)
