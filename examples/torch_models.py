@@ -10,8 +10,11 @@ Importing this module needs torch (and ``onnxscript`` for ``dynamo=True``).
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +25,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from examples.models import example_inputs, rope_tables
+from examples.models import EXAMPLES, example_inputs, op_histogram, rope_tables
 
 OPSET = 18
 
@@ -385,6 +388,7 @@ def export(
                 opset_version=OPSET,
                 input_names=list(axes),
                 external_data=False,
+                verbose=False,  # no progress lines on stdout
             )
             program.save(tmp, external_data=False)
         else:
@@ -403,3 +407,35 @@ def export(
         if os.path.exists(tmp):
             os.remove(tmp)
     return onnx.load(path)
+
+
+ARCHITECTURES = ("mlp", "gpt2_block", "bert_block", "llama_block", "resnet_small")
+
+
+def export_histograms(
+    out: str | os.PathLike[str], names: tuple[str, ...] = ARCHITECTURES
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Export each of ``names`` with both exporters into ``out`` (``<name>.torchscript.onnx``,
+    ``<name>.dynamo.onnx``) and return ``{name: {"hand" | "torchscript" | "dynamo": op
+    histogram}}``, the hand-built model's histogram included for comparison."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, dict[str, dict[str, int]]] = {}
+    for name in names:
+        result[name] = {"hand": op_histogram(EXAMPLES[name]())}
+        for dynamo, tag in ((False, "torchscript"), (True, "dynamo")):
+            result[name][tag] = op_histogram(export(name, dynamo, out / f"{name}.{tag}.onnx"))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m examples.torch_models --out DIR``: export all, print op histograms as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m examples.torch_models")
+    parser.add_argument("--out", required=True, help="directory for the exported .onnx files")
+    args = parser.parse_args(argv)
+    print(json.dumps(export_histograms(args.out), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

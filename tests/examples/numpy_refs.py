@@ -128,3 +128,44 @@ def llama_block(
     g = lin(w, m, "mlp/gate_proj", bias=False)
     u = lin(w, m, "mlp/up_proj", bias=False)
     return x + lin(w, g / (1.0 + np.exp(-g)) * u, "mlp/down_proj", bias=False)
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """x [n, c, h, w], w [o, c, k, k] -> [n, o, h', w'] (cross-correlation, zero padding)."""
+    k = w.shape[-1]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[
+        :, :, ::stride, ::stride
+    ]
+    return np.einsum("nchwij,ocij->nohw", win, w)
+
+
+def batch_norm(x: np.ndarray, w: dict[str, np.ndarray], p: str, eps: float = 1e-5) -> np.ndarray:
+    def c(a: np.ndarray) -> np.ndarray:
+        return a[None, :, None, None]
+
+    norm = (x - c(w[f"{p}.running_mean"])) / np.sqrt(c(w[f"{p}.running_var"]) + eps)
+    return norm * c(w[f"{p}.weight"]) + c(w[f"{p}.bias"])
+
+
+def max_pool(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[
+        :, :, ::stride, ::stride
+    ]
+    return win.max(axis=(-2, -1))
+
+
+def resnet_small(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    def conv_bn(t: np.ndarray, p: str, stride: int) -> np.ndarray:
+        k = w[f"{p}.conv.weight"].shape[-1]
+        return batch_norm(conv2d(t, w[f"{p}.conv.weight"], stride, k // 2), w, f"{p}.bn")
+
+    def block(t: np.ndarray, p: str, stride: int) -> np.ndarray:
+        h = conv_bn(np.maximum(conv_bn(t, f"{p}/0", stride), 0.0), f"{p}/1", 1)
+        skip = conv_bn(t, f"{p}/downsample", stride) if f"{p}/downsample.conv.weight" in w else t
+        return np.maximum(h + skip, 0.0)
+
+    h = max_pool(np.maximum(conv_bn(x, "stem", 1), 0.0), 3, 2, 1)
+    h = block(block(h, "layer1", 1), "layer2", 2)
+    return h.mean(axis=(2, 3)) @ w["fc.weight"].T + w["fc.bias"]

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from examples import build
-from examples.models import EXAMPLES, example_inputs, op_histogram
+from examples.models import EXAMPLES, example_inputs, gpt2_block, op_histogram
 
 pytestmark = pytest.mark.onnx
 
@@ -56,7 +56,7 @@ def test_model_runs_in_onnxruntime(models, name, batch, seq):
     assert out.std() > 0.1  # not collapsed to a constant by a wiring mistake
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp_small", *TRANSFORMERS])
+@pytest.mark.parametrize("name", ["mlp", "mlp_small", *TRANSFORMERS, "resnet_small"])
 def test_model_matches_numpy_reference(models, name):
     model = models[name]
     w = ref.weights(model)
@@ -65,6 +65,18 @@ def test_model_matches_numpy_reference(models, name):
     args = [a.astype(np.float64) for a in inputs.values()]
     fn = {"mlp_small": ref.mlp}.get(name) or getattr(ref, name)
     np.testing.assert_allclose(got, fn(w, *args), rtol=1e-4, atol=1e-4)
+
+
+def test_gpt2_fixed_seq_matches_numpy_reference():
+    """``gpt2_block(seq=64)``: static shapes, a constant mask instead of Shape/Slice."""
+    model = gpt2_block(seq=64)
+    onnx.checker.check_model(model, full_check=True)
+    assert not {"Shape", "Slice"} & set(op_histogram(model))
+    x = example_inputs("gpt2_block", batch=2, seq=64)["x"]
+    got = _session(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(
+        got, ref.gpt2_block(ref.weights(model), x.astype(np.float64)), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_bert_mask_hides_padding(models):

@@ -14,6 +14,7 @@ torch = pytest.importorskip(
 
 from examples.models import EXAMPLES, example_inputs  # noqa: E402
 from examples.torch_models import (  # noqa: E402
+    ARCHITECTURES,
     TORCH_EXAMPLES,
     build,
     export,
@@ -22,7 +23,6 @@ from examples.torch_models import (  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.onnx]
 
-ARCHITECTURES = ["mlp", "gpt2_block", "bert_block", "llama_block", "resnet_small"]
 SHAPES = [(1, 16), (3, 5)]  # batch 1 and an odd batch/seq: the dynamic axes must really be dynamic
 
 
