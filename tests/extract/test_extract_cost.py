@@ -138,3 +138,29 @@ def test_graph_time_sums_nodes() -> None:
     one = node_time("matmul", [T(8, 64), T(64, 32)], None, {}, "host")
     two = node_time("relu", [T(8, 32)], None, {}, "host")
     assert graph_time(g, "host") == pytest.approx(one + two)
+
+
+@pytest.mark.parametrize("profile", ["host", "h100", "arm_mobile"])
+def test_fused_attention_beats_its_parts(profile: str) -> None:
+    q = k = v = T(1, 12, 256, 64)
+    kt, s = T(1, 12, 64, 256), T(1, 12, 256, 256)
+    fused = node_time("attention", [q, k, v], None, {"scale": 0.125}, profile)
+    parts = (node_time("transpose", [k], None, {"perm": (0, 1, 3, 2)}, profile)
+             + node_time("matmul", [q, kt], None, {}, profile)
+             + node_time("mul", [s, T()], None, {}, profile)
+             + node_time("softmax", [s], None, {}, profile)
+             + node_time("matmul", [s, v], None, {}, profile))
+    assert fused < parts
+
+
+@pytest.mark.parametrize("profile", ["host", "h100"])
+def test_fused_rms_norm_beats_its_parts(profile: str) -> None:
+    x, r, w = T(8, 128, 4096), T(8, 128, 1), T(4096)
+    fused = node_time("rms_norm", [x, w], None, {}, profile)
+    parts = (node_time("mul", [x, x], None, {}, profile)
+             + node_time("reduce_mean", [x], None, {"axes": (-1,), "keepdims": 1}, profile)
+             + node_time("add", [r, T()], None, {}, profile)
+             + node_time("sqrt", [r], None, {}, profile)
+             + node_time("div", [x, r], None, {}, profile)
+             + node_time("mul", [x, w], None, {}, profile))
+    assert fused < parts
