@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,7 @@ class CompiledModel:
                 self._run.append(("k", KernelFn(self._jit.address(st.name)), st.parallel))
             else:
                 self._run.append(("f", st, False))
+        self._last_out: dict[int, np.ndarray] = {}
         self._pool = (ThreadPoolExecutor(self.threads - 1, thread_name_prefix="satura")
                       if self.threads > 1 else None)
         self.compile_seconds = time.perf_counter() - t0
@@ -177,7 +179,7 @@ class CompiledModel:
             bound[id(v)] = a
             table[self._slot[id(v)]] = _addr(a)
         for v in self._out_vals:
-            a = np.empty(tuple(int(d) for d in v.type.shape), v.type.dtype)
+            a = self._output_buffer(v)
             bound[id(v)] = a
             table[self._slot[id(v)]] = _addr(a)
         addr, n = self._table_addr, self.threads
@@ -198,6 +200,16 @@ class CompiledModel:
             result[v.name] = a.copy() if (v.is_const or id(v) not in bound
                                           or v.name in result) else a
         return result
+
+    def _output_buffer(self, v: Value) -> np.ndarray:
+        # A fresh large array costs a page fault per 4 KiB on first write (~1 ms per 4 MiB): reuse
+        # the previous call's output when the caller no longer holds it.
+        prev = self._last_out.get(id(v))
+        if prev is not None and sys.getrefcount(prev) <= 3:
+            return prev
+        a = np.empty(tuple(int(d) for d in v.type.shape), v.type.dtype)
+        self._last_out[id(v)] = a
+        return a
 
     def _array(self, v: Value, bound: dict[int, np.ndarray]) -> np.ndarray:
         r = self._root(v)

@@ -1,0 +1,1 @@
+"""satura's benchmarks: ``python -m benchmarks.run`` (``make bench``)."""
