@@ -113,12 +113,20 @@ register(OpInfo(
     reference=_clip_ref, inputs=(1, 3), onnx=("Clip",),
     traits=frozenset({"elementwise"}), doc="clamp to [min, max] (scalar inputs 2 and 3)"))
 
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b; integers divide truncating toward zero (C and ONNX), not flooring (numpy)."""
+    if not np.issubdtype(a.dtype, np.integer):
+        return a / b
+    q = a // b
+    return np.where((q < 0) & (q * b != a), q + 1, q)
+
+
 # name: (onnx op, numpy function, flops per element, traits)
 BINARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]] = {
     "add": ("Add", np.add, 1, ("commutative", "associative")),
     "sub": ("Sub", np.subtract, 1, ()),
     "mul": ("Mul", np.multiply, 1, ("commutative", "associative")),
-    "div": ("Div", lambda a, b: (a // b if np.issubdtype(a.dtype, np.integer) else a / b), 4, ()),
+    "div": ("Div", lambda a, b: _div(a, b), 4, ()),
     "pow": ("Pow", lambda a, b: np.power(a, b.astype(a.dtype)), 10, ("transcendental",)),
     "max": ("Max", np.maximum, 1, ("commutative", "associative")),
     "min": ("Min", np.minimum, 1, ("commutative", "associative")),

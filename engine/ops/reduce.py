@@ -39,12 +39,26 @@ def reduce_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     return Work(float(n), float(moved))
 
 
+def _identity(dtype: np.dtype, is_max: bool) -> Any:
+    """The identity of max (is_max) or min over ``dtype``: what an empty reduction gives."""
+    if dtype.kind == "b":
+        return not is_max
+    if dtype.kind == "f":
+        return -np.inf if is_max else np.inf
+    info = np.iinfo(dtype)
+    return info.min if is_max else info.max
+
+
 def _reduce_ref(fn: Callable[..., np.ndarray]) -> Callable[..., list[np.ndarray]]:
     def ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
         x = ins[0]
         assert x is not None
         axes = reduce_axes(x.ndim, at["axes"])
-        return [np.asarray(fn(x, axis=axes, keepdims=bool(at["keepdims"]))).astype(x.dtype)]
+        kw: dict[str, Any] = {}
+        if fn in (np.max, np.min) and x.size == 0:  # ONNX: the identity (-inf / +inf)
+            kw["initial"] = _identity(x.dtype, fn is np.max)
+        return [np.asarray(fn(x, axis=axes, keepdims=bool(at["keepdims"]), **kw)).astype(
+            x.dtype)]
 
     return ref
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from satura.engine.errors import ShapeError
 from satura.engine.shapes import DimOps, Shape, SymDims
 

@@ -1,0 +1,441 @@
+"""ONNX op converters: one function per ONNX op type, registered in ``onnx_import.CONVERTERS``.
+
+A converter reads its node through a :class:`~satura.engine.onnx_import.NodeCtx` and returns the
+satura values of the node's outputs (None for an output it cannot produce).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import sympy
+from satura.engine.graph import Value
+from satura.engine.onnx_import import CONVERTERS, NodeCtx, converter, onnx_dtype
+from satura.engine.ops import OPS
+from satura.engine.shapes import as_dim, normalize_axis
+
+Outs = list[Value | None]
+
+
+# -- elementwise, generated from the registry ---------------------------------------------------
+def _simple(op: str) -> Any:
+    def conv(ctx: NodeCtx) -> Outs:
+        return [ctx.one(op, *[ctx.inp(i) for i in range(ctx.n_in)])]
+
+    return conv
+
+
+_SPECIAL = {"Cast", "Clip", "Gelu", "LeakyRelu", "Max", "Min", "Identity"}
+for _info in OPS.values():
+    if _info.traits & {"unary", "binary"} and not _info.attrs:
+        for _t in _info.onnx:
+            if _t not in _SPECIAL:
+                CONVERTERS[_t] = _simple(_info.name)
+
+
+@converter("Identity", "Dropout")
+def _identity(ctx: NodeCtx) -> Outs:
+    if ctx.op_type == "Dropout" and ctx.attr("training_mode") is not None:
+        raise ctx.fail("training mode is not supported")
+    return [ctx.one("identity", ctx.x())]
+
+
+@converter("Gelu")
+def _gelu(ctx: NodeCtx) -> Outs:
+    return [ctx.one("gelu", ctx.x(), approximate=ctx.attr("approximate", "none"))]
+
+
+@converter("LeakyRelu")
+def _leaky(ctx: NodeCtx) -> Outs:
+    return [ctx.one("leaky_relu", ctx.x(), alpha=float(ctx.attr("alpha", 0.01)))]
+
+
+@converter("Cast")
+def _cast(ctx: NodeCtx) -> Outs:
+    to = onnx_dtype(int(ctx.attr("to")), f"node '{ctx.name}' (Cast)")
+    return [ctx.one("cast", ctx.x(), to=to)]
+
+
+@converter("CastLike")
+def _cast_like(ctx: NodeCtx) -> Outs:
+    return [ctx.one("cast", ctx.x(), to=ctx.x(1).type.dtype)]
+
+
+@converter("Clip")
+def _clip(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    lo, hi = ctx.inp(1), ctx.inp(2)
+    if ctx.opset < 11:  # min and max were attributes
+        lo = ctx.scalar(ctx.attr("min", -np.inf), x, "min")
+        hi = ctx.scalar(ctx.attr("max", np.inf), x, "max")
+    return [ctx.one("clip", x, lo, hi) if hi is not None else
+            (ctx.one("clip", x, lo) if lo is not None else ctx.one("identity", x))]
+
+
+@converter("Max", "Min", "Sum", "Mean")
+def _variadic(ctx: NodeCtx) -> Outs:
+    op = {"Max": "max", "Min": "min", "Sum": "add", "Mean": "add"}[ctx.op_type]
+    xs = [ctx.x(i) for i in range(ctx.n_in)]
+    out = xs[0] if len(xs) > 1 else ctx.one("identity", xs[0])
+    for v in xs[1:]:
+        out = ctx.one(op, out, v)
+    if ctx.op_type == "Mean" and len(xs) > 1:
+        out = ctx.one("div", out, ctx.scalar(len(xs), out, "n"))
+    return [out]
+
+
+@converter("Constant")
+def _constant(ctx: NodeCtx) -> Outs:
+    if "value" in ctx.attrs:
+        arr = ctx.imp.tensor_array(ctx.attrs["value"])
+    elif "value_float" in ctx.attrs:
+        arr = np.asarray(ctx.attrs["value_float"], dtype=np.float32)
+    elif "value_floats" in ctx.attrs:
+        arr = np.asarray(ctx.attrs["value_floats"], dtype=np.float32)
+    elif "value_int" in ctx.attrs:
+        arr = np.asarray(ctx.attrs["value_int"], dtype=np.int64)
+    elif "value_ints" in ctx.attrs:
+        arr = np.asarray(ctx.attrs["value_ints"], dtype=np.int64)
+    else:
+        raise ctx.fail(f"attribute {sorted(ctx.attrs)} is not supported")
+    v = ctx.imp.add_const(arr, ctx.node.output[0])
+    ctx.created.add(id(v))
+    return [v]
+
+
+# -- linear algebra ----------------------------------------------------------------------------
+@converter("MatMul")
+def _matmul(ctx: NodeCtx) -> Outs:
+    return [ctx.one("matmul", ctx.x(0), ctx.x(1))]
+
+
+@converter("Gemm")
+def _gemm(ctx: NodeCtx) -> Outs:
+    return [ctx.one("gemm", ctx.x(0), ctx.x(1), ctx.inp(2),
+                    trans_a=int(ctx.attr("transA", 0)), trans_b=int(ctx.attr("transB", 0)),
+                    alpha=float(ctx.attr("alpha", 1.0)), beta=float(ctx.attr("beta", 1.0)))]
+
+
+# -- nn ----------------------------------------------------------------------------------------
+@converter("Softmax", "LogSoftmax")
+def _softmax(ctx: NodeCtx) -> Outs:
+    op = "softmax" if ctx.op_type == "Softmax" else "log_softmax"
+    x = ctx.x()
+    if ctx.opset < 13:  # softmax over the flattened axis..end
+        axis = normalize_axis(int(ctx.attr("axis", 1)), x.type.rank)
+        if axis == x.type.rank - 1:
+            return [ctx.one(op, x, axis=axis)]
+        flat = ctx.one("reshape", x, shape=(_prod(x.type.shape[:axis]),
+                                            _prod(x.type.shape[axis:])))
+        return [ctx.one("reshape", ctx.one(op, flat, axis=1), shape=x.type.shape)]
+    return [ctx.one(op, x, axis=int(ctx.attr("axis", -1)))]
+
+
+@converter("LayerNormalization")
+def _layer_norm(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    axis = normalize_axis(int(ctx.attr("axis", -1)), x.type.rank)
+    eps = float(ctx.attr("epsilon", 1e-5))
+    y = ctx.one("layer_norm", x, ctx.inp(1), ctx.inp(2), axis=axis, epsilon=eps)
+    outs: Outs = [y]
+    if len(ctx.node.output) > 1 and any(ctx.node.output[1:]):
+        # Mean and InvStdDev outputs, from the same statistics the op uses.
+        axes = tuple(range(axis, x.type.rank))
+        mean = ctx.one("reduce_mean", x, axes=axes, keepdims=1)
+        d = ctx.one("sub", x, mean)
+        var = ctx.one("reduce_mean", ctx.one("mul", d, d), axes=axes, keepdims=1)
+        inv = ctx.one("reciprocal", ctx.one("sqrt", ctx.one("add", var, ctx.scalar(eps, var))))
+        outs += [mean, inv]
+    return outs
+
+
+@converter("BatchNormalization")
+def _batch_norm(ctx: NodeCtx) -> Outs:
+    if ctx.attr("training_mode", 0):
+        raise ctx.fail("training_mode=1 is not supported (inference only)")
+    ins = [ctx.x(i) for i in range(5)]
+    return [ctx.one("batch_norm", *ins, epsilon=float(ctx.attr("epsilon", 1e-5)))]
+
+
+def _auto_pads(ctx: NodeCtx, x: Value, kernel: tuple[int, ...], strides: tuple[int, ...],
+               dil: tuple[int, ...]) -> tuple[int, ...]:
+    auto = ctx.attr("auto_pad", "NOTSET")
+    nsp = len(kernel)
+    if auto in ("NOTSET", ""):
+        return tuple(ctx.attr("pads", (0,) * (2 * nsp)))
+    if auto == "VALID":
+        return (0,) * (2 * nsp)
+    begin, end = [], []
+    for i in range(nsp):
+        size = x.type.shape[2 + i]
+        if not isinstance(size, int):
+            raise ctx.fail(f"auto_pad {auto} needs static spatial dimensions, got {size}")
+        out = -(-size // strides[i])
+        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size)
+        small = total // 2
+        begin.append(small if auto == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return (*begin, *end)
+
+
+@converter("Conv")
+def _conv(ctx: NodeCtx) -> Outs:
+    x, w = ctx.x(0), ctx.x(1)
+    nsp = x.type.rank - 2
+    kernel = tuple(ctx.attr("kernel_shape", ())) or tuple(w.type.shape[2:])
+    strides = tuple(ctx.attr("strides", (1,) * nsp))
+    dil = tuple(ctx.attr("dilations", (1,) * nsp))
+    pads = _auto_pads(ctx, x, kernel, strides, dil)  # type: ignore[arg-type]
+    return [ctx.one("conv", x, w, ctx.inp(2), strides=strides, pads=pads, dilations=dil,
+                    group=int(ctx.attr("group", 1)))]
+
+
+@converter("MaxPool", "AveragePool")
+def _pool(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    kernel = tuple(ctx.attr("kernel_shape"))
+    nsp = len(kernel)
+    strides = tuple(ctx.attr("strides", (1,) * nsp))
+    dil = tuple(ctx.attr("dilations", (1,) * nsp))
+    pads = _auto_pads(ctx, x, kernel, strides, dil)
+    at: dict[str, Any] = {"kernel": kernel, "strides": strides, "pads": pads,
+                          "dilations": dil, "ceil_mode": int(ctx.attr("ceil_mode", 0))}
+    if ctx.op_type == "MaxPool":
+        if ctx.attr("storage_order", 0):
+            raise ctx.fail("storage_order=1 is not supported")
+        return [ctx.one("max_pool", x, **at)]
+    at["count_include_pad"] = int(ctx.attr("count_include_pad", 0))
+    return [ctx.one("avg_pool", x, **at)]
+
+
+@converter("GlobalAveragePool")
+def _gap(ctx: NodeCtx) -> Outs:
+    return [ctx.one("global_avg_pool", ctx.x())]
+
+
+# -- reductions --------------------------------------------------------------------------------
+_REDUCE = {"ReduceSum": ("reduce_sum", 13), "ReduceMean": ("reduce_mean", 18),
+           "ReduceMax": ("reduce_max", 18), "ReduceMin": ("reduce_min", 18),
+           "ReduceProd": ("reduce_prod", 18)}
+
+
+@converter(*_REDUCE)
+def _reduce(ctx: NodeCtx) -> Outs:
+    op, since = _REDUCE[ctx.op_type]
+    axes = ctx.param("axes", 1, since, "axes")
+    keep = int(ctx.attr("keepdims", 1))
+    if not axes:
+        if ctx.attr("noop_with_empty_axes", 0):
+            return [ctx.one("identity", ctx.x())]
+        axes = None
+    else:
+        axes = tuple(int(a) for a in axes)
+    return [ctx.one(op, ctx.x(), axes=axes, keepdims=keep)]
+
+
+@converter("ArgMax", "ArgMin")
+def _arg(ctx: NodeCtx) -> Outs:
+    return [ctx.one(ctx.op_type.lower(), ctx.x(), axis=int(ctx.attr("axis", 0)),
+                    keepdims=int(ctx.attr("keepdims", 1)),
+                    select_last_index=int(ctx.attr("select_last_index", 0)))]
+
+
+# -- shape and data movement -------------------------------------------------------------------
+def _prod(dims: Any) -> Any:
+    out: Any = 1
+    for d in dims:
+        out = out * d
+    return as_dim(out)
+
+
+def _reshape_to(ctx: NodeCtx, x: Value, shape: tuple[Any, ...]) -> Value:
+    if tuple(x.type.shape) == tuple(shape):
+        return ctx.one("identity", x)
+    return ctx.one("reshape", x, shape=shape)
+
+
+@converter("Reshape")
+def _reshape(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    target = ctx.dims(1, "shape")
+    assert target is not None
+    allowzero = int(ctx.attr("allowzero", 0))
+    out: list[Any] = []
+    for i, s in enumerate(target):
+        out.append(x.type.shape[i] if (s == 0 and not allowzero) else s)
+    if -1 in out:
+        i = out.index(-1)
+        rest = _prod(out[:i] + out[i + 1:])
+        total = _prod(x.type.shape)
+        q = as_dim(sympy.simplify(sympy.sympify(total) / rest)) if rest != 0 else 0
+        if isinstance(q, sympy.Basic) and not q.is_integer and q.is_number:
+            raise ctx.fail(f"cannot infer -1 in shape {target} from input {x.type}")
+        out[i] = q
+    return [_reshape_to(ctx, x, tuple(as_dim(d) for d in out))]
+
+
+@converter("Flatten")
+def _flatten(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    r = x.type.rank
+    axis = int(ctx.attr("axis", 1))
+    axis = axis + r if axis < 0 else axis
+    return [_reshape_to(ctx, x, (_prod(x.type.shape[:axis]), _prod(x.type.shape[axis:])))]
+
+
+@converter("Squeeze")
+def _squeeze(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    shape = x.type.shape
+    axes = ctx.param("axes", 1, 13, "axes")
+    if axes is None:
+        drop = {i for i, d in enumerate(shape) if d == 1}
+    else:
+        drop = {normalize_axis(int(a), len(shape)) for a in axes}
+    return [_reshape_to(ctx, x, tuple(d for i, d in enumerate(shape) if i not in drop))]
+
+
+@converter("Unsqueeze")
+def _unsqueeze(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    axes = ctx.param("axes", 1, 13, "axes")
+    if axes is None:
+        raise ctx.fail("axes are required")
+    rank = x.type.rank + len(axes)
+    ins = {normalize_axis(int(a), rank) for a in axes}
+    rest = iter(x.type.shape)
+    return [_reshape_to(ctx, x, tuple(1 if i in ins else next(rest) for i in range(rank)))]
+
+
+@converter("Transpose")
+def _transpose(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    perm = ctx.attr("perm") or tuple(range(x.type.rank))[::-1]
+    return [ctx.one("transpose", x, perm=tuple(int(p) for p in perm))]
+
+
+@converter("Concat")
+def _concat(ctx: NodeCtx) -> Outs:
+    xs = [ctx.x(i) for i in range(ctx.n_in)]
+    return [ctx.one("concat", *xs, axis=int(ctx.attr("axis")))]
+
+
+@converter("Split")
+def _split(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    axis = normalize_axis(int(ctx.attr("axis", 0)), x.type.rank)
+    sizes = ctx.param("split", 1, 13, "split")
+    n = len(ctx.node.output)
+    if not sizes:
+        k = int(ctx.attr("num_outputs", n))
+        total = x.type.shape[axis]
+        if not isinstance(total, int):
+            sizes = (as_dim(sympy.sympify(total) / k),) * k
+        else:
+            chunk = -(-total // k) if ctx.opset >= 18 else total // k
+            sizes = tuple([chunk] * (k - 1) + [total - chunk * (k - 1)])
+    outs = ctx.emit("split", [x], axis=axis, sizes=tuple(sizes))
+    return list(outs)
+
+
+@converter("Slice")
+def _slice(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    if ctx.opset < 10:
+        starts, ends = ctx.attr("starts"), ctx.attr("ends")
+        axes, steps = ctx.attr("axes") or tuple(range(len(starts))), (1,) * len(starts)
+    else:
+        starts, ends = ctx.dims(1, "starts"), ctx.dims(2, "ends")
+        assert starts is not None
+        assert ends is not None
+        axes = ctx.dims(3, "axes") or tuple(range(len(starts)))
+        steps = ctx.dims(4, "steps") or (1,) * len(starts)
+    axes = tuple(normalize_axis(int(a), x.type.rank) for a in axes)
+    return [ctx.one("slice", x, starts=starts, ends=ends, axes=axes,
+                    steps=tuple(int(s) for s in steps))]
+
+
+@converter("Gather")
+def _gather(ctx: NodeCtx) -> Outs:
+    return [ctx.one("gather", ctx.x(0), ctx.x(1), axis=int(ctx.attr("axis", 0)))]
+
+
+@converter("Where")
+def _where(ctx: NodeCtx) -> Outs:
+    return [ctx.one("where", ctx.x(0), ctx.x(1), ctx.x(2))]
+
+
+@converter("Expand")
+def _expand(ctx: NodeCtx) -> Outs:
+    shape = ctx.dims(1, "shape")
+    return [ctx.one("expand", ctx.x(), shape=shape)]
+
+
+@converter("Tile")
+def _tile(ctx: NodeCtx) -> Outs:
+    reps = ctx.dims(1, "repeats")
+    assert reps is not None
+    return [ctx.one("tile", ctx.x(), repeats=tuple(int(r) for r in reps))]
+
+
+@converter("Pad")
+def _pad(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    if ctx.opset < 11:
+        return [ctx.one("pad", x, pads=tuple(ctx.attr("pads")), mode=ctx.attr("mode", "constant"),
+                        value=float(ctx.attr("value", 0.0)))]
+    pads = ctx.dims(1, "pads")
+    assert pads is not None
+    r = x.type.rank
+    axes = ctx.dims(3, "axes")
+    if axes is not None:
+        full = [0] * (2 * r)
+        for j, a in enumerate(axes):
+            a = normalize_axis(int(a), r)
+            full[a], full[r + a] = int(pads[j]), int(pads[len(axes) + j])
+        pads = tuple(full)
+    value = ctx.const(2)
+    mode = ctx.attr("mode", "constant")
+    return [ctx.one("pad", x, pads=tuple(int(p) for p in pads), mode=mode,
+                    value=float(value.ravel()[0]) if value is not None and value.size else 0.0)]
+
+
+@converter("Shape")
+def _shape(ctx: NodeCtx) -> Outs:
+    end = ctx.attr("end")
+    return [ctx.one("shape_of", ctx.x(), start=int(ctx.attr("start", 0)),
+                    end=None if end is None else int(end))]
+
+
+@converter("Size")
+def _size(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    n = _prod(x.type.shape)
+    if isinstance(n, int):
+        v = ctx.imp.add_const(np.asarray(n, dtype=np.int64), ctx.node.output[0])
+        ctx.created.add(id(v))
+        return [v]
+    return [ctx.one("reduce_prod", ctx.one("shape_of", x), axes=None, keepdims=0)]
+
+
+@converter("ConstantOfShape")
+def _constant_of_shape(ctx: NodeCtx) -> Outs:
+    shape = ctx.dims(0, "shape")
+    t = ctx.attrs.get("value")
+    arr = ctx.imp.tensor_array(t) if t is not None else np.zeros(1, np.float32)
+    value = arr.ravel()[0].item() if arr.size else 0.0
+    return [ctx.one("constant_of_shape", shape=shape, value=float(value),
+                    dtype=arr.dtype.name)]
+
+
+@converter("Range")
+def _range(ctx: NodeCtx) -> Outs:
+    start, limit, delta = ctx.const(0), ctx.const(1), ctx.const(2)
+    assert start is not None
+    assert limit is not None
+    assert delta is not None
+    arr = np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype)
+    v = ctx.imp.add_const(arr, ctx.node.output[0])
+    ctx.created.add(id(v))
+    return [v]

@@ -1,0 +1,387 @@
+"""ONNX import: a ``ModelProto`` (opset 13 and later) becomes a satura :class:`Graph`.
+
+Each ONNX op type has one converter in ``CONVERTERS`` (a table keyed by op type, as xDSL's
+lowering tables are). Static parameters that ONNX passes as tensors (Reshape's shape, Slice's
+starts, Unsqueeze's axes, ...) must be known at import and become attributes. "Known" covers
+constants and small integer tensors whose values are symbolic (``Shape`` of a tensor with a
+``batch`` dimension is known as ``(batch, 128)``), so torch's Shape → Gather → Concat → Reshape
+chains fold into reshape attributes. Nodes whose inputs are all constant are folded with the
+ops' numpy references.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import sympy
+from onnx import helper, numpy_helper
+from satura.engine.errors import ModelError, SaturaError, ShapeError, UnsupportedOpError
+from satura.engine.fold import try_fold
+from satura.engine.graph import DTYPES, Graph, Value
+from satura.engine.ops import OPS
+from satura.engine.shapes import as_dim
+
+MIN_OPSET = 7  # converters handle the changes since (attrs that became inputs)
+MAX_OPSET = onnx.defs.onnx_opset_version()  # the newest the pinned onnx knows
+MAX_KNOWN = 64  # integer tensors up to this size have their values tracked at import
+
+Converter = Callable[["NodeCtx"], list[Value | None]]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*op_types: str) -> Callable[[Converter], Converter]:
+    """Register a function as the converter of the given ONNX op types."""
+
+    def deco(fn: Converter) -> Converter:
+        for t in op_types:
+            CONVERTERS[t] = fn
+        return fn
+
+    return deco
+
+
+def onnx_dtype(elem_type: int, where: str) -> str:
+    """satura dtype name of an ONNX element type; ModelError when satura has none."""
+    try:
+        name = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:
+        name = ""
+    if elem_type == onnx.TensorProto.BFLOAT16:
+        name = "bfloat16"
+    if elem_type == onnx.TensorProto.STRING or name not in DTYPES or name == "string":
+        tname = onnx.TensorProto.DataType.Name(elem_type) if elem_type in \
+            onnx.TensorProto.DataType.values() else str(elem_type)
+        raise ModelError(f"{where}: element type {tname} is not supported")
+    return name
+
+
+# -- the importer ------------------------------------------------------------------------------
+class Importer:
+    """Builds one Graph from one ModelProto."""
+
+    def __init__(self, model: onnx.ModelProto, base_dir: str | None) -> None:
+        self.model, self.base_dir = model, base_dir
+        self.graph = Graph(model.graph.name or "model")
+        self.values: dict[str, Value] = {}
+        self.known: dict[int, np.ndarray] = {}  # id(Value) -> object array of ints / sympy
+        self.symbols: dict[str, sympy.Symbol] = {}
+        self.opset = self._opset()
+
+    def _opset(self) -> int:
+        versions = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        if not versions:
+            raise ModelError("model has no default-domain opset import (not an ONNX model?)")
+        v = versions[0]
+        if not MIN_OPSET <= v <= MAX_OPSET:
+            raise ModelError(f"opset {v} is not supported (satura reads opsets "
+                             f"{MIN_OPSET}..{MAX_OPSET}); convert the model with "
+                             "onnx.version_converter")
+        return v
+
+    def symbol(self, name: str) -> sympy.Symbol:
+        if name not in self.symbols:
+            self.symbols[name] = sympy.Symbol(name, positive=True, integer=True)
+        return self.symbols[name]
+
+    # -- tensors ---------------------------------------------------------------------------------
+    def tensor_array(self, t: onnx.TensorProto) -> np.ndarray:
+        onnx_dtype(t.data_type, f"initializer '{t.name}'")
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            t = self._load_external(t)
+        try:
+            return np.asarray(numpy_helper.to_array(t))
+        except Exception as e:
+            raise ModelError(f"initializer '{t.name}' cannot be read: {e}") from None
+
+    def _load_external(self, t: onnx.TensorProto) -> onnx.TensorProto:
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if self.base_dir is None:
+            raise ModelError(f"initializer '{t.name}' has external data '{loc}' but the model "
+                             "was not loaded from a file")
+        base = os.path.realpath(self.base_dir)
+        path = os.path.realpath(os.path.join(base, loc))
+        if os.path.isabs(loc) or os.path.commonpath([base, path]) != base:
+            raise ModelError(f"initializer '{t.name}': external data path '{loc}' is outside "
+                             f"the model's folder {base}")
+        offset, length = int(info.get("offset", 0) or 0), info.get("length")
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                raw = f.read(int(length)) if length else f.read()
+        except OSError as e:
+            raise ModelError(f"initializer '{t.name}': cannot read external data "
+                             f"'{loc}': {e.strerror}") from None
+        out = onnx.TensorProto()
+        out.CopyFrom(t)
+        del out.external_data[:]
+        out.data_location = onnx.TensorProto.DEFAULT
+        out.raw_data = raw
+        return out
+
+    def add_const(self, arr: np.ndarray, name: str) -> Value:
+        v = self.graph.add_const(arr, name=name)
+        self.note_known(v)
+        return v
+
+    def note_known(self, v: Value) -> None:
+        if v.data is not None and v.data.dtype.kind in "iub" and v.data.size <= MAX_KNOWN:
+            self.known[id(v)] = np.asarray(v.data.tolist(), dtype=object).reshape(v.data.shape)
+
+    def value_shape(self, vi: onnx.ValueInfoProto) -> tuple[Any, ...]:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ModelError(f"input '{vi.name}' is not a tensor")
+        if not tt.HasField("shape"):
+            raise ModelError(f"input '{vi.name}' has no shape (its rank must be known)")
+        dims: list[Any] = []
+        for i, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(self.symbol(d.dim_param))
+            else:
+                dims.append(self.symbol(f"{vi.name}_d{i}"))
+        return tuple(dims)
+
+    # -- the whole model ------------------------------------------------------------------------
+    def run(self) -> Graph:
+        g = self.model.graph
+        for t in g.initializer:
+            self.values[t.name] = self.add_const(self.tensor_array(t), t.name)
+        for vi in g.input:
+            if vi.name in self.values:
+                continue  # an initializer also listed as an input (old exporters): a constant
+            dtype = onnx_dtype(vi.type.tensor_type.elem_type, f"input '{vi.name}'")
+            self.values[vi.name] = self.graph.add_input(vi.name, self.value_shape(vi), dtype)
+        for i, node in enumerate(g.node):
+            self.convert(node, i)
+        outs = []
+        for vo in g.output:
+            if vo.name not in self.values:
+                raise ModelError(f"graph output '{vo.name}' is not produced by any node")
+            v = self.values[vo.name]
+            if v.name != vo.name or v in self.graph.inputs:
+                v = self.graph.add("identity", [v], name=vo.name, out_names=[vo.name]).outputs[0]
+            outs.append(v)
+        self.graph.set_outputs(*outs)
+        self.graph.prune()
+        return self.graph
+
+    def convert(self, node: onnx.NodeProto, index: int) -> None:
+        name = node.name or f"{node.op_type}_{index}"
+        fn = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if fn is None:
+            dom = f"{node.domain}." if node.domain else ""
+            raise UnsupportedOpError(f"unsupported ONNX op '{dom}{node.op_type}' (node '{name}', "
+                                     f"opset {self.opset})")
+        ctx = NodeCtx(self, node, name)
+        try:
+            outs = fn(ctx)
+        except SaturaError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
+            raise ModelError(f"node '{name}' ({node.op_type}): cannot import: {e}") from None
+        for i, oname in enumerate(node.output):
+            if not oname:
+                continue
+            if i >= len(outs) or outs[i] is None:
+                raise UnsupportedOpError(f"{node.op_type} output {i} ('{oname}') is not supported "
+                                         f"(node '{name}', opset {self.opset})")
+            v = outs[i]
+            assert v is not None
+            if id(v) in ctx.created and v.name != oname:
+                v.name = self.graph.fresh_name(oname)
+            self.values[oname] = v
+
+
+class NodeCtx:
+    """What a converter sees of one ONNX node: its inputs, known values, attributes, emitter."""
+
+    def __init__(self, imp: Importer, node: onnx.NodeProto, name: str) -> None:
+        self.imp, self.node, self.name = imp, node, name
+        self.op_type, self.opset = node.op_type, imp.opset
+        self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        self.created: set[int] = set()
+
+    def fail(self, msg: str) -> ModelError:
+        return ModelError(f"node '{self.name}' ({self.op_type}): {msg}")
+
+    # -- inputs --------------------------------------------------------------------------------
+    @property
+    def n_in(self) -> int:
+        return len(self.node.input)
+
+    def has(self, i: int) -> bool:
+        return i < len(self.node.input) and bool(self.node.input[i])
+
+    def inp(self, i: int) -> Value | None:
+        if not self.has(i):
+            return None
+        name = self.node.input[i]
+        if name not in self.imp.values:
+            raise self.fail(f"input '{name}' is not defined before use")
+        return self.imp.values[name]
+
+    def x(self, i: int = 0) -> Value:
+        v = self.inp(i)
+        if v is None:
+            raise self.fail(f"input {i} is required")
+        return v
+
+    def known(self, i: int) -> np.ndarray | None:
+        v = self.inp(i)
+        return None if v is None else self.imp.known.get(id(v))
+
+    def dims(self, i: int, what: str) -> tuple[Any, ...] | None:
+        """Input ``i`` as a tuple of dims (ints or sympy), None when absent; ModelError when it is
+        not known at import."""
+        if not self.has(i):
+            return None
+        k = self.known(i)
+        if k is None:
+            raise self.fail(f"{what} (input {i}, '{self.node.input[i]}') must be known at "
+                            "import (a constant or computed from shapes)")
+        return tuple(as_dim(v) for v in k.ravel().tolist())
+
+    def const(self, i: int) -> np.ndarray | None:
+        v = self.inp(i)
+        if v is None:
+            return None
+        if v.data is None:
+            raise self.fail(f"input {i} ('{self.node.input[i]}') must be a constant")
+        return v.data
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        v = self.attrs.get(name, default)
+        if isinstance(v, bytes):
+            return v.decode()
+        if isinstance(v, list):
+            return tuple(v)
+        return v
+
+    def param(self, attr: str, index: int, since: int, what: str) -> tuple[Any, ...] | None:
+        """A parameter that is an attribute before opset ``since`` and input ``index`` after."""
+        if self.opset >= since:
+            return self.dims(index, what)
+        a = self.attr(attr)
+        return None if a is None else tuple(a)
+
+    # -- emitting --------------------------------------------------------------------------------
+    def emit(self, op: str, inputs: Sequence[Value | None], **attrs: Any) -> list[Value]:
+        """Add (or fold) one satura node; returns its outputs."""
+        graph = self.imp.graph
+        try:
+            folded = try_fold(op, list(inputs), attrs)
+            if folded is not None:
+                outs = [self.imp.add_const(a, f"{self.name}_c") for a in folded]
+            else:
+                outs = graph.add(op, list(inputs), attrs, name=self.name).outputs
+        except ShapeError as e:
+            raise self.fail(str(e)) from None
+        self.created |= {id(o) for o in outs}
+        if folded is None:
+            self._propagate_known(op, inputs, attrs, outs)
+        return outs
+
+    def one(self, op: str, *inputs: Value | None, **attrs: Any) -> Value:
+        return self.emit(op, list(inputs), **attrs)[0]
+
+    def _propagate_known(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any],
+                         outs: list[Value]) -> None:
+        fn = KNOWN_FNS.get(op)
+        if fn is None or len(outs) != 1:
+            return
+        ks = [None if v is None else self.imp.known.get(id(v)) for v in inputs]
+        if op != "shape_of" and any(k is None for k, v in zip(ks, inputs, strict=True)
+                                    if v is not None):
+            return
+        try:
+            out = fn(inputs, ks, attrs)
+        except (TypeError, ValueError, IndexError):
+            return
+        if out is not None and out.size <= MAX_KNOWN:
+            self.imp.known[id(outs[0])] = np.asarray(out, dtype=object)
+
+    def scalar(self, value: Any, like: Value, hint: str = "c") -> Value:
+        return self.imp.add_const(np.asarray(value, dtype=like.type.dtype), f"{self.name}_{hint}")
+
+
+# -- known-value evaluation over object arrays (ints and sympy) ----------------------------------
+def _kdiv(a: Any, b: Any) -> Any:
+    return as_dim(sympy.floor(sympy.sympify(a) / b)) if not isinstance(a, int) else a // b
+
+
+def _shape_of_known(vs: Sequence[Value | None], ks: Any, at: dict[str, Any]) -> np.ndarray:
+    v = vs[0]
+    assert v is not None
+    shape = v.type.shape
+    r = len(shape)
+    start, end = at.get("start", 0), at.get("end")
+    end = r if end is None else end
+    start = min(max(start + r if start < 0 else start, 0), r)
+    end = min(max(end + r if end < 0 else end, 0), r)
+    return np.asarray(list(shape[start:end]), dtype=object)
+
+
+def _ref_on_objects(op: str) -> Callable[..., np.ndarray]:
+    def fn(vs: Any, ks: Sequence[np.ndarray | None], at: dict[str, Any]) -> np.ndarray:
+        info = OPS[op]
+        return info.reference(list(ks), info.with_defaults(at))[0]
+
+    return fn
+
+
+KNOWN_FNS: dict[str, Callable[..., np.ndarray | None]] = {
+    "shape_of": _shape_of_known,
+    "gather": _ref_on_objects("gather"),
+    "concat": _ref_on_objects("concat"),
+    "reshape": lambda vs, ks, at: np.reshape(ks[0], tuple(int(d) for d in at["shape"])),
+    "slice": _ref_on_objects("slice"),
+    "identity": lambda vs, ks, at: ks[0],
+    "cast": lambda vs, ks, at: ks[0] if at["to"] in ("int64", "int32") else None,
+    "add": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a + b), otypes=[object])(*ks),
+    "sub": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a - b), otypes=[object])(*ks),
+    "mul": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a * b), otypes=[object])(*ks),
+    "div": lambda vs, ks, at: np.vectorize(_kdiv, otypes=[object])(*ks),
+    "reduce_prod": lambda vs, ks, at: np.asarray(as_dim(sympy.Mul(*ks[0].ravel().tolist())))
+    if at.get("axes") is None and not at.get("keepdims", 1) else None,
+    "expand": lambda vs, ks, at: np.broadcast_to(ks[0], tuple(int(d) for d in at["shape"])),
+}
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> Graph:
+    """Import an ONNX model (a path or a ModelProto) as a satura Graph.
+
+    External data is read only from inside the model's folder. Raises ModelError for a malformed
+    or unreadable model and UnsupportedOpError for an op satura has no converter for.
+    """
+    base_dir: str | None = None
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        path = Path(model)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ModelError(f"cannot read model '{path}': {e.strerror}") from None
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except Exception:
+            raise ModelError(f"'{path}' is not a valid ONNX model (protobuf parse failed)"
+                             ) from None
+        base_dir = str(path.resolve().parent)
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise ModelError("not a valid ONNX model (no graph or ir_version)")
+    return Importer(proto, base_dir).run()
+
+
+# The converters live in their own module; importing it fills CONVERTERS.
+from satura.engine import onnx_converters  # noqa: E402, F401

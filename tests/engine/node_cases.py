@@ -1,0 +1,143 @@
+"""ONNX's own backend node tests, run through satura's importer and reference executor.
+
+Shared by ``test_node_tests.py``: loads the cases shipped in the onnx package, picks the ones for
+satura's op families and runs each one once per session.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from satura.engine.errors import ModelError, SaturaError
+from satura.engine.interpret import run_graph
+from satura.engine.onnx_import import load_onnx
+
+ALLOWLIST = Path(__file__).with_name("node_allowlist.txt")
+
+# The op families satura claims (the acceptance list of the project brief).
+FAMILY_OPS = frozenset((
+    "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log",
+    "Tanh", "Erf", "Relu", "Sigmoid", "Gelu", "Softmax", "LayerNormalization", "ReduceMean",
+    "ReduceSum", "ReduceMax", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat",
+    "Split", "Slice", "Gather", "Where", "Cast", "Expand", "Identity", "Constant",
+    "ConstantOfShape", "Shape", "Equal", "Less", "LessOrEqual", "And", "Not", "IsNaN", "Neg",
+    "Clip", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
+))
+
+# Element types satura does not model (the brief excludes them from the count).
+EXCLUDED = ("bfloat16", "float8", "e4m3", "e5m2", "float4", "e2m1", "int4", "uint4", "int2",
+            "uint2", "e8m0")
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    detail: str = ""
+
+
+def allowlist() -> list[str]:
+    """Names of the node tests that must pass (one per line, '#' comments)."""
+    lines = ALLOWLIST.read_text().splitlines() if ALLOWLIST.exists() else []
+    return [s.strip() for s in lines if s.strip() and not s.startswith("#")]
+
+
+@functools.cache
+def family_cases() -> dict[str, Any]:
+    """The node test cases whose graph uses one of FAMILY_OPS, by name."""
+    from onnx.backend.test.loader import load_node_model_tests
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = load_node_model_tests()
+    out = {}
+    for c in cases:
+        if any(x in c.name.lower() for x in EXCLUDED):
+            continue
+        ops = {n.op_type for n in c.model.graph.node}
+        if ops & FAMILY_OPS:
+            out[c.name] = c
+    return out
+
+
+def _freeze_int_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Turn the integer graph inputs (axes, shapes, starts...) into initializers.
+
+    satura needs static parameters at import; the node tests pass them as run-time inputs.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = []
+    for vi in m.graph.input:
+        arr = feeds.get(vi.name)
+        if arr is not None and arr.dtype.kind in "iu":
+            m.graph.initializer.append(numpy_helper.from_array(arr, vi.name))
+        else:
+            keep.append(vi)
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    return m
+
+
+def _feeds(case: Any, ins: list[Any]) -> dict[str, np.ndarray]:
+    inits = {t.name for t in case.model.graph.initializer}
+    vis = [vi for vi in case.model.graph.input if vi.name not in inits]
+    out = {}
+    for vi, arr in zip(vis, ins, strict=False):
+        out[vi.name] = _array(arr)
+    return out
+
+
+def _array(x: Any) -> np.ndarray:
+    """The generated cases hold some data as TensorProtos (what the .pb files would hold)."""
+    if isinstance(x, onnx.TensorProto):
+        return np.asarray(numpy_helper.to_array(x))
+    return np.asarray(x)
+
+
+def run_case(case: Any) -> Outcome:
+    """Import and run one node test case; compare with its expected outputs."""
+    try:
+        for ins, outs in case.data_sets:
+            feeds = _feeds(case, ins)
+            try:
+                graph = load_onnx(case.model)
+            except ModelError as e:
+                if "must be known at import" not in str(e):
+                    raise
+                model = _freeze_int_inputs(case.model, feeds)
+                graph = load_onnx(model)
+                feeds = {k: v for k, v in feeds.items() if v.dtype.kind not in "iu"}
+            got = run_graph(graph, feeds)
+            for vo, want in zip(case.model.graph.output, outs, strict=True):
+                want = _array(want)
+                have = got[vo.name]
+                if have.shape != want.shape:
+                    return Outcome(False, f"{vo.name}: shape {have.shape} != {want.shape}")
+                if want.dtype != object and have.dtype != want.dtype:
+                    return Outcome(False, f"{vo.name}: dtype {have.dtype} != {want.dtype}")
+                if want.dtype.kind in "fc":
+                    np.testing.assert_allclose(have, want, rtol=case.rtol, atol=case.atol)
+                else:
+                    np.testing.assert_array_equal(have, want)
+    except SaturaError as e:
+        return Outcome(False, f"{type(e).__name__}: {e}")
+    except AssertionError as e:
+        return Outcome(False, f"mismatch: {str(e).strip().splitlines()[0:4]}")
+    except Exception as e:  # a crash is a failure of this case, reported with its type
+        return Outcome(False, f"crash {type(e).__name__}: {e}")
+    return Outcome(True)
+
+
+@functools.cache
+def outcomes() -> dict[str, Outcome]:
+    """Every family case's outcome, computed once per session."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return {name: run_case(c) for name, c in sorted(family_cases().items())}
