@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from satura.engine.errors import ExtractError
@@ -29,13 +29,17 @@ NodeId = str
 
 @dataclass(frozen=True, slots=True)
 class ENode:
-    """One e-node: its op, the e-classes of its children, its own e-class and its cost."""
+    """One e-node: its op, the e-classes of its children, its own e-class and its cost.
+
+    A ``subsumed`` node (egglog's ``:subsume``) stays in its class but is never extracted.
+    """
 
     op: str
     children: tuple[ClassId, ...]
     eclass: ClassId
     cost: float
     payload: Any = None
+    subsumed: bool = False
 
 
 @dataclass(slots=True)
@@ -120,8 +124,9 @@ def _build_index(g: EGraphData) -> EGraphIndex:
     class_nodes: list[list[int]] = [[] for _ in class_ids]
     for ci, cid in enumerate(class_ids):
         for nid in g.classes[cid]:
-            class_nodes[ci].append(len(node_ids))
-            node_ids.append(nid)
+            if not g.nodes[nid].subsumed:
+                class_nodes[ci].append(len(node_ids))
+                node_ids.append(nid)
     node_of = {n: i for i, n in enumerate(node_ids)}
     node_class: list[int] = []
     node_cost: list[float] = []
@@ -194,7 +199,8 @@ def _parse(data: Any, name: str) -> EGraphData:
         cost = raw.get("cost", 1.0)
         if isinstance(cost, bool) or not isinstance(cost, (int, float)) or math.isnan(cost):
             raise ExtractError(f"{name}: node '{nid}' has cost {cost!r}; it must be a number")
-        nodes[str(nid)] = ENode(str(raw["op"]), children, eclass_of[nid], float(cost))
+        nodes[str(nid)] = ENode(str(raw["op"]), children, eclass_of[nid], float(cost),
+                                subsumed=bool(raw.get("subsumed", False)))
     roots = data.get("root_eclasses", [])
     if not isinstance(roots, list):
         raise ExtractError(f"{name}: 'root_eclasses' must be a list of e-class ids")
@@ -206,12 +212,20 @@ def _parse(data: Any, name: str) -> EGraphData:
     return g
 
 
+def reprice(g: EGraphData, cost: Callable[[NodeId, ENode], float]) -> EGraphData:
+    """A copy of ``g`` whose node costs are ``cost(node_id, node)`` (e.g. the roofline model)."""
+    nodes = {nid: replace(n, cost=float(cost(nid, n))) for nid, n in g.nodes.items()}
+    return EGraphData({c: list(ns) for c, ns in g.classes.items()}, nodes, list(g.roots),
+                      dict(g.class_data), g.name)
+
+
 def to_serialized(g: EGraphData) -> dict[str, Any]:
     """The egraph-serialize dict of ``g`` (children name the first node of their class)."""
     first = {c: ns[0] for c, ns in g.classes.items()}
     return {
         "nodes": {nid: {"op": n.op, "children": [first[c] for c in n.children],
-                        "eclass": n.eclass, "cost": n.cost} for nid, n in g.nodes.items()},
+                        "eclass": n.eclass, "cost": n.cost, "subsumed": n.subsumed}
+                  for nid, n in g.nodes.items()},
         "root_eclasses": list(g.roots),
         "class_data": dict(g.class_data),
     }

@@ -168,6 +168,8 @@ def _node_of(g: EGraphData, choices: Choices, cls: ClassId) -> NodeId:
     if node is None or node.eclass != cls:
         raise ExtractError(f"{g.name}: choice for e-class '{cls}' is '{nid}', "
                            "which is not a node of that class")
+    if node.subsumed:
+        raise ExtractError(f"{g.name}: choice for e-class '{cls}' is '{nid}', which is subsumed")
     return nid
 
 
