@@ -10,11 +10,10 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from satura.engine.errors import ExtractError
-from satura.extract.egraph_data import EGraphData, load_serialized
+from satura.extract.egraph_data import load_serialized
 from satura.extract.greedy import (
     Choices,
     check_choices,
@@ -28,43 +27,48 @@ from satura.extract.ilp import ilp_extract
 EXTRACTORS = ("tree", "dag", "ilp")
 
 
-def _run_ilp(time_limit_s: float) -> Callable[[EGraphData], Choices]:
-    return lambda g: ilp_extract(g, time_limit_s).choices
-
-
 def extract_command(path: str, out: str | None = None, extractor: str = "dag",
-                    ilp_time_limit_s: float = 10.0, stream: TextIO | None = None) -> dict[str, Any]:
-    """Load ``path``, run tree-greedy, DAG-greedy and (when ``extractor == "ilp"``) the ILP.
+                    ilp_time_limit_s: float = 5.0, stream: TextIO | None = None) -> dict[str, Any]:
+    """Load ``path`` and run tree-greedy, DAG-greedy and the ILP (skipped when
+    ``ilp_time_limit_s <= 0``; it starts from the DAG-greedy result and never returns worse).
 
     Prints a table (extractor, DAG cost, tree cost, time in ms) to ``stream`` (stdout), and writes
     ``{"choices": {eclass: node_id}}`` of ``extractor``'s result to ``out`` (temp file + rename).
     Returns ``{"file", "nodes", "classes", "extractor", "results": {name: {"dag_cost",
-    "tree_cost", "ms"}}}``. Raises ExtractError for a bad file, an unknown extractor or an
-    e-graph with no finite extraction.
+    "tree_cost", "ms"}}}`` (the ILP's entry also has ``"optimal"``). Raises ExtractError for a bad
+    file, an unknown extractor or an e-graph with no finite extraction.
     """
     if extractor not in EXTRACTORS:
         raise ExtractError(f"unknown extractor '{extractor}' (known: {', '.join(EXTRACTORS)})")
+    if extractor == "ilp" and ilp_time_limit_s <= 0:
+        raise ExtractError("extractor 'ilp' needs a positive ILP time limit")
     stream = stream or sys.stdout
     g = load_serialized(path)
-    runs: list[tuple[str, Callable[[EGraphData], Choices]]] = [("tree", tree_greedy),
-                                                                ("dag", dag_greedy)]
-    if extractor == "ilp":
-        runs.append(("ilp", _run_ilp(ilp_time_limit_s)))
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     chosen: dict[str, Choices] = {}
-    for name, fn in runs:
-        t0 = time.perf_counter()
-        choices = fn(g)
+
+    def record(name: str, choices: Choices, t0: float) -> None:
         ms = (time.perf_counter() - t0) * 1e3
         check_choices(g, choices)
         chosen[name] = choices
         results[name] = {"dag_cost": dag_cost(g, choices), "tree_cost": tree_cost(g, choices),
                          "ms": ms}
+
+    t0 = time.perf_counter()
+    record("tree", tree_greedy(g), t0)
+    t0 = time.perf_counter()
+    record("dag", dag_greedy(g), t0)
+    if ilp_time_limit_s > 0:
+        t0 = time.perf_counter()
+        r = ilp_extract(g, ilp_time_limit_s, start=chosen["dag"])
+        record("ilp", r.choices, t0)
+        results["ilp"]["optimal"] = r.optimal
     print(f"{path}: {len(g.nodes)} e-nodes, {len(g.classes)} e-classes, "
           f"{len(g.roots)} roots", file=stream)
     print(f"{'extractor':<10} {'DAG cost':>14} {'tree cost':>14} {'time ms':>10}", file=stream)
     for name, r in results.items():
-        print(f"{name:<10} {r['dag_cost']:>14.6g} {r['tree_cost']:>14.6g} {r['ms']:>10.2f}",
+        note = "" if r.get("optimal") is None else ("  optimal" if r["optimal"] else "  time limit")
+        print(f"{name:<10} {r['dag_cost']:>14.6g} {r['tree_cost']:>14.6g} {r['ms']:>10.2f}{note}",
               file=stream)
     if out is not None:
         write_choices(out, chosen[extractor])
