@@ -1,0 +1,205 @@
+"""Verify rules: one :class:`Verdict` per rule, cached on disk; the ``satura verify`` command.
+
+A rule is proved when (1) for every case of ranks and attributes (see
+:mod:`satura.engine.verify.instance`) and every size, the guard and a well-formed pattern imply a
+well-formed replacement of the same shape and dtype, and (2) for every dimension up to ``bound``
+the two sides are equal over the reals, and for ``exact`` rules bit-equal in IEEE fp32. ``approx``
+rules pass only where equality is provable; otherwise they are ``unknown`` (never a pass).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from satura.engine.errors import SaturaError
+from satura.engine.rulelang import Rule, load_rules
+from satura.engine.verify import check
+from satura.engine.verify.instance import Unsupported, z3_cases
+
+DEFAULT_CACHE = Path.home() / ".cache" / "satura" / "verify"
+VERSION = "1"
+
+
+@dataclass
+class Verdict:
+    """The result of verifying one rule."""
+
+    rule: Rule
+    status: str  # proved | refuted | unknown
+    check: str  # shape | value | fp32 | approx | setup
+    reason: str
+    counterexample: dict[str, Any] | None
+    seconds: float
+    cached: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+
+def _cache_key(rule: Rule, bound: int) -> str:
+    from satura.engine.ops import get_op
+    from satura.engine.verify import semantics
+
+    h = hashlib.sha256()
+    h.update(f"{VERSION}|{bound}|{rule.name}|{rule.exactness}|{rule.tolerance}|".encode())
+    h.update(rule.text.encode())
+    h.update(repr((rule.lhs, rule.rhs)).encode())
+    for mod in (semantics, check):
+        h.update(Path(mod.__file__ or "").read_bytes())
+    for op in check.uses_ops(rule):
+        info = get_op(op)
+        h.update(f"{op}|{info.shape.__code__.co_code!r}|{sorted(info.attrs)}".encode())
+    return h.hexdigest()[:32]
+
+
+def verify_rule(rule: Rule, bound: int = 3, timeout_s: float = 30.0) -> Verdict:
+    """Verify one rule (no cache)."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    step_ms = int(max(1000, min(timeout_s, 20) * 1000))
+    out = _verify(rule, bound, deadline, step_ms)
+    return Verdict(rule, out.status, out.check, out.reason, out.counterexample,
+                   time.monotonic() - t0)
+
+
+def _verify(rule: Rule, bound: int, deadline: float, step_ms: int) -> check.Outcome:
+    try:
+        insts = []
+        for inst in z3_cases(rule):
+            if time.monotonic() > deadline:
+                return check.Outcome("unknown", "shape", "timeout while enumerating cases")
+            res = check.check_shape_case(rule, inst, step_ms)
+            if res is not None:
+                return res
+            if inst.rhs_error is None:
+                insts.append(inst)
+        if not insts:
+            return check.Outcome("unknown", "shape", "the pattern never matches under its guard")
+        missing = check.missing_semantics(rule)
+        if missing:
+            return check.Outcome("unknown", "value", f"no value semantics for "
+                                 f"{', '.join(missing)} (shapes proved)")
+        return check.check_values(rule, insts, bound, deadline, step_ms)
+    except Unsupported as e:
+        return check.Outcome("unknown", "setup", str(e))
+
+
+def verify_rules(rules: Iterable[Rule | str | Path], bound: int = 3, timeout_s: float = 30.0,
+                 cache_dir: str | Path | None = DEFAULT_CACHE) -> list[Verdict]:
+    """Verify rules (``Rule`` objects or paths of rule files). ``cache_dir`` None disables the
+    on-disk cache (keyed by the rule text and the semantics and shape functions it uses)."""
+    flat: list[Rule] = []
+    for r in rules:
+        flat += load_rules(r) if isinstance(r, str | Path) else [r]
+    out = []
+    for rule in flat:
+        cache_file = None
+        if cache_dir is not None:
+            cache_file = Path(cache_dir) / f"{_cache_key(rule, bound)}.pkl"
+            if cache_file.exists():
+                try:
+                    v = pickle.loads(cache_file.read_bytes())
+                    out.append(Verdict(rule, v["status"], v["check"], v["reason"],
+                                       v["counterexample"], v["seconds"], cached=True))
+                    continue
+                except Exception:
+                    pass  # a stale or broken entry is recomputed
+        v = verify_rule(rule, bound, timeout_s)
+        out.append(v)
+        if cache_file is not None and v.status != "unknown":
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                cache_file.write_bytes(pickle.dumps(
+                    {"status": v.status, "check": v.check, "reason": v.reason,
+                     "counterexample": v.counterexample, "seconds": v.seconds}))
+            except OSError:
+                pass
+    return out
+
+
+def verify_file(path: str | Path, bound: int = 3, timeout_s: float = 30.0,
+                cache_dir: str | Path | None = DEFAULT_CACHE) -> list[Verdict]:
+    """Verify every rule of one rule file."""
+    return verify_rules([Path(path)], bound, timeout_s, cache_dir)
+
+
+def format_counterexample(cx: dict[str, Any]) -> str:
+    """A few lines: the case, the dims, the inputs, both sides, and numpy's confirmation."""
+    lines = []
+    if cx.get("case"):
+        lines.append(f"case: {cx['case']}")
+    dims = cx.get("dims") or {}
+    if dims:
+        lines.append("dims: " + ", ".join(f"{k}={v}" for k, v in dims.items()))
+    with np.printoptions(precision=6, threshold=40, linewidth=100):
+        for n, a in (cx.get("inputs") or {}).items():
+            lines.append(f"{n} = {np.array2string(np.asarray(a), separator=', ')}".replace(
+                "\n", " "))
+        for side in ("lhs", "rhs"):
+            if side in cx:
+                vals = [np.array2string(np.asarray(o), separator=", ").replace("\n", " ")
+                        for root in cx[side] for o in root]
+                lines.append(f"{side} -> {'; '.join(vals)}")
+    for k in ("lhs_shapes", "rhs_shapes", "rhs_error"):
+        if k in cx:
+            lines.append(f"{k}: {cx[k]}")
+    lines.append("numpy confirms" if cx.get("confirmed") else
+                 f"numpy does NOT confirm: {cx.get('note', '')}")
+    return "\n".join(lines)
+
+
+def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0,
+                   cache_dir: str | Path | None = DEFAULT_CACHE) -> int:
+    """``satura verify``: one line per rule; exit code 1 if any rule is refuted or unknown."""
+    from satura.engine.rulelang import load_rules as _load
+
+    if not paths:
+        from importlib.resources import files
+
+        paths = sorted(str(p) for p in files("satura.rules").iterdir()
+                       if str(p).endswith(".rules"))
+    bad = 0
+    for p in paths:
+        try:
+            rules = _load(p)
+        except SaturaError as e:
+            print(str(e))
+            bad += 1
+            continue
+        for v in verify_rules(rules, bound, timeout_s, cache_dir):
+            mark = {"proved": "ok", "refuted": "REFUTED", "unknown": "UNKNOWN"}[v.status]
+            print(f"{v.rule.where}  {v.name:<32} {mark:<8} {v.check:<6} {v.seconds:6.2f}s  "
+                  f"{v.reason}")
+            if v.status != "proved":
+                bad += 1
+            if v.counterexample:
+                for line in format_counterexample(v.counterexample).splitlines():
+                    print(f"    {line}")
+    return 1 if bad else 0
+
+
+def verdicts_json(verdicts: Sequence[Verdict]) -> str:
+    """Verdicts as JSON (counterexample arrays as lists)."""
+    def conv(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, dict):
+            return {str(k): conv(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [conv(x) for x in o]
+        if isinstance(o, np.generic):
+            return o.item()
+        return o
+
+    return json.dumps([{"rule": v.name, "status": v.status, "check": v.check,
+                        "reason": v.reason, "seconds": round(v.seconds, 4),
+                        "counterexample": conv(v.counterexample)} for v in verdicts])

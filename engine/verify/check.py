@@ -1,0 +1,550 @@
+"""The checks of one rule: shapes for every size, values for bounded sizes, fp32 bit-equality.
+
+Each check returns a :class:`Outcome`; :mod:`satura.engine.verify.api` turns them into verdicts.
+Counterexamples are re-run with the ops' numpy references (:func:`run_sides`) before they are
+reported; ``confirmed`` says whether numpy agrees that the sides differ.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import z3
+from satura.engine.ops import get_op, run_reference
+from satura.engine.rulelang import Call, Lit, Rule, Star, Var
+from satura.engine.verify.instance import (
+    SHAPE_FAILS,
+    Instance,
+    Unsupported,
+    concrete_instance,
+)
+from satura.engine.verify.semantics import (
+    SEMANTICS,
+    Domain,
+    FP32Domain,
+    RealDomain,
+    scalar,
+)
+
+VALUE_CASES = 400  # concrete shape cases per rule (spread over the rank/attribute cases)
+PY_ENUM_LIMIT = 4096  # enumerate dims in Python (not Z3) below this many candidates
+CONFIRM_TRIALS = 200  # numpy trials when Z3's counterexample is not confirmed
+RANDOM_TRIALS = 6  # numpy trials per concrete case before Z3 is asked
+
+
+@dataclass
+class Outcome:
+    status: str  # proved | refuted | unknown
+    check: str  # shape | value | fp32 | approx
+    reason: str = ""
+    counterexample: dict[str, Any] | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+# -- walking both sides ---------------------------------------------------------------------------
+def run_side(rule: Rule, inst: Instance, side: str, leaf: Callable[[str], Any],
+             lit: Callable[[float], Any],
+             call: Callable[[str, list[Any], dict[str, Any]], list[Any]]) -> list[list[Any]]:
+    """Evaluate every root of one side ("L" or "R"); one list of outputs per root."""
+
+    def go(t: Any, path: tuple[Any, ...]) -> list[Any]:
+        if isinstance(t, Var):
+            return [leaf(t.name)]
+        if isinstance(t, Lit):
+            return [lit(t.value)]
+        assert isinstance(t, Call)
+        ins: list[Any] = []
+        for j, a in enumerate(t.args):
+            if isinstance(a, Star):
+                ins += [leaf(f"{a.name}{k}") for k in range(len(inst.env[a.name]))]
+            else:
+                ins += go(a, (*path, j))
+        return call(t.op, ins, inst.attrs[path])
+
+    roots = rule.lhs if side == "L" else rule.rhs
+    return [go(t, (side, i)) for i, t in enumerate(roots)]
+
+
+def numpy_side(rule: Rule, inst: Instance, side: str, inputs: dict[str, np.ndarray],
+               dtype: Any) -> list[list[Any]]:
+    """One side with the numpy references."""
+    def call(op: str, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
+        return [np.asarray(o) for o in run_reference(op, ins, attrs)]
+
+    with np.errstate(all="ignore"):
+        return run_side(rule, inst, side, lambda n: inputs[n],
+                        lambda v: np.asarray(v, dtype=dtype), call)
+
+
+def numpy_sides(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray],
+                dtype: Any) -> tuple[list, list]:
+    """Both sides with the numpy references."""
+    return (numpy_side(rule, inst, "L", inputs, dtype),
+            numpy_side(rule, inst, "R", inputs, dtype))
+
+
+def symbolic_sides(rule: Rule, inst: Instance, dom: Domain) -> tuple[list, list, dict]:
+    """Both sides as object arrays of Z3 terms; also returns the input arrays by leaf."""
+    inputs: dict[str, np.ndarray] = {}
+    for name in inst.leaves:
+        shape = tuple(int(s) for s in inst.env[name].shape)
+        arr = np.empty(shape, dtype=object)
+        for idx in np.ndindex(*shape):
+            arr[idx] = dom.var(f"{name}[{','.join(map(str, idx))}]")
+        inputs[name] = arr
+
+    def call(op: str, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
+        sem = SEMANTICS.get(op)
+        if sem is None:
+            raise Unsupported(f"op '{op}' has no value semantics")
+        try:
+            outs = sem.fn(dom, ins, attrs)
+        except KeyError as e:
+            raise Unsupported(f"op '{op}' has no value semantics for {e}") from None
+        return [o if isinstance(o, np.ndarray) else scalar(o) for o in outs]
+
+    def lit(v: float) -> Any:
+        return scalar(dom.const(v))
+
+    lhs = run_side(rule, inst, "L", lambda n: inputs[n], lit, call)
+    pattern_defined = list(dom.defined)
+    rhs = run_side(rule, inst, "R", lambda n: inputs[n], lit, call)
+    dom.defined = pattern_defined
+    return lhs, rhs, inputs
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+def _dims_ge1(inst: Instance) -> list[Any]:
+    return [z3.Int(n) >= 1 for n in dict.fromkeys(inst.dim_names)]
+
+
+def hypothesis(inst: Instance) -> list[Any]:
+    """Dimensions >= 1, the pattern well-formed, the guard true."""
+    hyp = _dims_ge1(inst) + [c if not isinstance(c, bool) else z3.BoolVal(c)
+                             for c in inst.lhs_conds]
+    if inst.guard is not True:
+        g = inst.guard
+        hyp.append(g if isinstance(g, z3.BoolRef) else z3.BoolVal(bool(g)))
+    return hyp
+
+
+def _dims_of(model: z3.ModelRef, inst: Instance) -> dict[str, int]:
+    out = {}
+    for n in dict.fromkeys(inst.dim_names):
+        v = model.eval(z3.Int(n), model_completion=True)
+        out[n] = v.as_long()
+    return out
+
+
+def check_shape_case(rule: Rule, inst: Instance, timeout_ms: int) -> Outcome | None:
+    """None when the case holds or is vacuous; an Outcome (refuted/unknown) otherwise."""
+    s = z3.Solver()
+    s.set("timeout", timeout_ms)
+    s.add(*hypothesis(inst))
+    r = s.check()
+    if r == z3.unsat:
+        return None  # the pattern never matches in this case
+    if r == z3.unknown:
+        return Outcome("unknown", "shape", f"{inst.describe()}: Z3 gave up on the pattern")
+    if inst.rhs_error is not None:
+        return _shape_refuted(rule, inst, s.model(),
+                              f"replacement is ill-formed ({inst.rhs_error})")
+    goal: list[Any] = [c if not isinstance(c, bool) else z3.BoolVal(c) for c in inst.rhs_conds]
+    for i, (lt, rt) in enumerate(zip(inst.lhs_types, inst.rhs_types, strict=True)):
+        if len(lt) != len(rt):
+            return _shape_refuted(rule, inst, s.model(),
+                                  f"root {i}: {len(lt)} outputs vs {len(rt)}")
+        for (ls, ld), (rs, rd) in zip(lt, rt, strict=True):
+            if ld != rd:
+                return _shape_refuted(rule, inst, s.model(), f"dtype {ld} becomes {rd}")
+            if len(ls) != len(rs):
+                return _shape_refuted(rule, inst, s.model(),
+                                      f"rank {len(ls)} becomes {len(rs)}")
+            goal += [a == b if not (isinstance(a, int) and isinstance(b, int))
+                     else z3.BoolVal(a == b) for a, b in zip(ls, rs, strict=True)]
+    s.add(z3.Not(z3.And(*goal)))
+    r = s.check()
+    if r == z3.unsat:
+        return None
+    if r == z3.unknown:
+        return Outcome("unknown", "shape", f"{inst.describe()}: Z3 gave up ({s.reason_unknown()})")
+    return _shape_refuted(rule, inst, s.model(), "replacement's shape or well-formedness differs")
+
+
+def _shape_refuted(rule: Rule, inst: Instance, model: z3.ModelRef, why: str) -> Outcome:
+    dims = _dims_of(model, inst)
+    cx: dict[str, Any] = {"case": inst.describe(), "dims": dims}
+    try:
+        ci = concrete_instance(rule, inst.choices, dims)
+        rng = np.random.default_rng(0)
+        inputs = {n: rng.standard_normal(tuple(ci.env[n].shape)).astype(np.float32)
+                  for n in ci.leaves}
+        cx["inputs"] = inputs
+        lhs = numpy_side(rule, ci, "L", inputs, np.float32)
+        cx["lhs_shapes"] = [[o.shape for o in r] for r in lhs]
+        if ci.rhs_error is not None:
+            # The registry's shape function rejects the replacement on these concrete ints.
+            cx["rhs_error"] = f"registry: {ci.rhs_error}"
+            cx["confirmed"] = True
+            return Outcome("refuted", "shape", f"{inst.describe()}: {why}", cx)
+        try:
+            rhs = numpy_side(rule, ci, "R", inputs, np.float32)
+            cx["rhs_shapes"] = [[o.shape for o in r] for r in rhs]
+            cx["confirmed"] = cx["lhs_shapes"] != cx["rhs_shapes"]
+            if not cx["confirmed"]:
+                cx["note"] = "numpy gives both sides the same shape here"
+        except Exception as e:  # numpy refusing the replacement is the confirmation
+            cx["rhs_error"] = f"numpy: {type(e).__name__}: {e}"
+            cx["confirmed"] = True
+    except Exception as e:
+        cx["confirmed"] = False
+        cx["note"] = f"numpy could not run the pattern on these dims: {type(e).__name__}: {e}"
+    return Outcome("refuted", "shape", f"{inst.describe()}: {why}", cx)
+
+
+# -- values ---------------------------------------------------------------------------------------
+def _py_dims(rule: Rule, inst: Instance, names: list[str], b: int,
+             cap: int) -> list[dict[str, int]]:
+    out = []
+    for vals in itertools.product(range(1, b + 1), repeat=len(names)):
+        dims = dict(zip(names, vals, strict=True))
+        try:
+            ci = concrete_instance(rule, inst.choices, dims)
+        except SHAPE_FAILS:
+            continue
+        if ci.rhs_error is None:
+            out.append(dims)
+            if len(out) > cap:
+                break
+    return out
+
+
+def _samples(rule: Rule, inst: Instance, bound: int, rng: np.random.Generator,
+             k: int = 2, tries: int = 12) -> list[dict[str, int]]:
+    """A few random valid assignments at the full bound (beyond the exhaustive ones)."""
+    names = list(dict.fromkeys(inst.dim_names))
+    out: list[dict[str, int]] = []
+    for _ in range(tries):
+        dims = {n: int(rng.integers(1, bound + 1)) for n in names}
+        try:
+            ci = concrete_instance(rule, inst.choices, dims)
+        except SHAPE_FAILS:
+            continue
+        if ci.rhs_error is None and dims not in out:
+            out.append(dims)
+            if len(out) >= k:
+                break
+    return out
+
+
+def concrete_dims(rule: Rule, inst: Instance, bound: int, cap: int,
+                  timeout_ms: int) -> tuple[list[dict[str, int]], int]:
+    """Dimension assignments (every dim <= b) of a case, with the largest b <= bound that gives
+    at most ``cap`` of them. Returns (assignments, b)."""
+    names = list(dict.fromkeys(inst.dim_names))
+    for b in range(bound, 0, -1):
+        if b ** len(names) <= PY_ENUM_LIMIT:
+            found = _py_dims(rule, inst, names, b, cap)
+            if len(found) <= cap or b == 1:
+                return found[:cap], b
+            continue
+        s = z3.Solver()
+        s.set("timeout", timeout_ms)
+        s.add(*hypothesis(inst))
+        s.add(*[z3.Int(n) <= b for n in names])
+        out: list[dict[str, int]] = []
+        while len(out) <= cap and s.check() == z3.sat:
+            m = s.model()
+            dims = _dims_of(m, inst)
+            out.append(dims)
+            if not names:
+                break
+            s.add(z3.Or(*[z3.Int(n) != v for n, v in dims.items()]))
+        if len(out) <= cap or b == 1:
+            return out[:cap], b
+    return [], 0
+
+
+def _flat(sides: list[list[np.ndarray]]) -> list[Any]:
+    return [e for root in sides for arr in root for e in np.asarray(arr, dtype=object).flat]
+
+
+def _shapes(sides: list[list[np.ndarray]]) -> list[Any]:
+    return [[np.shape(a) for a in root] for root in sides]
+
+
+def random_inputs(inst: Instance, rng: np.random.Generator, fp32: bool) -> dict[str, np.ndarray]:
+    """Inputs mixing normal values, small integers (ties, zeros) and, for fp32, special values."""
+    out = {}
+    special = np.array([0.0, -0.0, 1.0, -1.0, 0.5, 3.0, 1e-40, 3e38, np.inf, -np.inf, np.nan],
+                       dtype=np.float32)
+    for n in inst.leaves:
+        shape = tuple(int(s) for s in inst.env[n].shape)
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            a = rng.standard_normal(shape) * 10 ** rng.uniform(-2, 3)
+        elif kind == 1:
+            a = rng.integers(-3, 4, size=shape).astype(np.float64)
+        else:
+            a = rng.standard_normal(shape)
+            if fp32:
+                mask = rng.random(shape) < 0.4
+                a = np.where(mask, rng.choice(special, size=shape), a)
+        out[n] = np.asarray(a, dtype=np.float32 if fp32 else np.float64)
+    return out
+
+
+def sides_differ(lhs: list, rhs: list, mode: str, tol: float | None = None) -> bool:
+    """Do numpy results differ? mode: 'bits' (fp32, NaN equal), 'real' (float64, tight
+    tolerance), 'approx' (|l - r| <= tol·(|l| + 1))."""
+    for lr, rr in zip(lhs, rhs, strict=True):
+        for a, b in zip(lr, rr, strict=True):
+            a, b = np.asarray(a), np.asarray(b)
+            if a.shape != b.shape:
+                return True
+            if a.dtype == np.bool_ or b.dtype == np.bool_:
+                if not np.array_equal(a, b):
+                    return True
+                continue
+            if mode == "bits":
+                a32, b32 = a.astype(np.float32), b.astype(np.float32)
+                same = (a32.view(np.uint32) == b32.view(np.uint32)) | (np.isnan(a32)
+                                                                        & np.isnan(b32))
+                if not same.all():
+                    return True
+            elif mode == "real":
+                if not np.allclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True):
+                    return True
+            else:
+                assert tol is not None
+                with np.errstate(all="ignore"):
+                    ok = (np.abs(a - b) <= tol * (np.abs(a) + 1)) | (np.isnan(a) & np.isnan(b)) \
+                        | (a == b)
+                if not ok.all():
+                    return True
+    return False
+
+
+def _value_cx(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray], mode: str,
+              tol: float | None, source: str) -> dict[str, Any]:
+    dtype = np.float32 if mode == "bits" else np.float64
+    cx: dict[str, Any] = {"case": inst.describe(),
+                          "dims": {n: int(v) for n, v in _concrete_dims(inst).items()},
+                          "inputs": inputs, "found_by": source}
+    try:
+        lhs, rhs = numpy_sides(rule, inst, inputs, dtype)
+        cx["lhs"], cx["rhs"] = lhs, rhs
+        cx["confirmed"] = sides_differ(lhs, rhs, mode, tol)
+        if not cx["confirmed"]:
+            cx["note"] = ("numpy does not confirm (uninterpreted functions or a rounding "
+                          "order numpy does not share)")
+    except Exception as e:
+        cx["confirmed"] = False
+        cx["note"] = f"numpy failed: {type(e).__name__}: {e}"
+    return cx
+
+
+def _concrete_dims(inst: Instance) -> dict[str, Any]:
+    out = {}
+    for n in inst.leaves:
+        for i, d in enumerate(inst.env[n].shape):
+            out[f"{n}.{i}"] = d
+    return out
+
+
+def _model_inputs(model: z3.ModelRef, inputs: dict[str, np.ndarray],
+                  fp32: bool) -> dict[str, np.ndarray]:
+    out = {}
+    for n, arr in inputs.items():
+        vals = np.zeros(arr.shape, dtype=np.float32 if fp32 else np.float64)
+        for idx in np.ndindex(*arr.shape):
+            if fp32:
+                bv = model.eval(z3.fpToIEEEBV(arr[idx]), model_completion=True)
+                vals[idx] = np.array([bv.as_long()], dtype=np.uint32).view(np.float32)[0]
+            else:
+                v = model.eval(arr[idx], model_completion=True)
+                vals[idx] = float(v.as_fraction()) if z3.is_rational_value(v) else float(
+                    v.approx(20).as_fraction())
+        out[n] = vals
+    return out
+
+
+def _canonical(a: Any, b: Any) -> str:
+    """The query ``a == b`` with its free constants renamed in order of appearance: elements of
+    an elementwise or matmul output give the same key, so one proof serves them all."""
+    seen: dict[int, Any] = {}
+    todo = [a, b]
+    while todo:
+        t = todo.pop()
+        if z3.is_const(t) and t.decl().kind() == z3.Z3_OP_UNINTERPRETED:
+            seen.setdefault(t.get_id(), t)
+        elif z3.is_app(t):
+            todo.extend(reversed(t.children()))
+    subs = [(t, z3.Const(f"v{i}", t.sort())) for i, t in enumerate(seen.values())]
+    eq = a == b
+    return z3.substitute(eq, *subs).sexpr() if subs else eq.sexpr()
+
+
+def prove_equal(lhs: list, rhs: list, dom: Domain, timeout_ms: int,
+                proven: set[str] | None = None) -> tuple[str, Any]:
+    """('proved', None) | ('refuted', model) | ('unknown', reason) for elementwise equality.
+    ``proven`` caches canonical queries already proved (shared across the cases of a rule)."""
+    if _shapes(lhs) != _shapes(rhs):
+        return "refuted", None
+    pairs = [(a, b) for a, b in zip(_flat(lhs), _flat(rhs), strict=True) if not a.eq(b)]
+    if not pairs:
+        return "proved", None
+    if isinstance(dom, RealDomain):
+        rest = []
+        for a, b in pairs:
+            if z3.is_arith(a) and z3.is_arith(b):
+                d = z3.simplify(a - b, som=True)
+                if z3.is_rational_value(d) and d.as_fraction() == 0:
+                    continue
+            rest.append((a, b))
+        pairs = rest
+        if not pairs:
+            return "proved", None
+    proven = set() if proven is None else proven
+    groups: dict[str, tuple[Any, Any]] = {}
+    for a, b in pairs:
+        key = _canonical(a, b)
+        if key not in proven:
+            groups.setdefault(key, (a, b))
+    base = [*dom.axioms(), *dom.defined]
+    for key, (a, b) in groups.items():
+        if z3.is_true(z3.simplify(a == b)):
+            proven.add(key)
+            continue
+        s = z3.Solver()
+        s.set("timeout", timeout_ms)
+        s.add(*base)
+        s.add(z3.Not(a == b))
+        r = s.check()
+        if r == z3.sat:
+            return "refuted", s.model()
+        if r == z3.unknown:
+            return "unknown", s.reason_unknown()
+        proven.add(key)
+    return "proved", None
+
+
+def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: float,
+                 timeout_ms: int) -> Outcome:
+    """Real (and for exact rules fp32) equality on every case with dims <= bound."""
+    cap = max(2, min(32, VALUE_CASES // max(1, len(z3_insts))))
+    rng = np.random.default_rng(1234)
+    checks = ["real"] + (["fp32"] if rule.exactness == "exact" else [])
+    approx = rule.exactness == "approx"
+    eff_bound = bound
+    n_cases = 0
+    unknowns: list[str] = []
+    proven: dict[str, set[str]] = {}
+    bounds: dict[int, int] = {}
+    for zi in z3_insts:
+        assignments, b = concrete_dims(rule, zi, bound, cap, timeout_ms)
+        if assignments:
+            eff_bound = min(eff_bound, b)
+            bounds[b] = bounds.get(b, 0) + 1
+            if b < bound:
+                assignments += _samples(rule, zi, bound, rng)
+        for dims in assignments:
+            if time.monotonic() > deadline:
+                return Outcome("unknown", "value", f"timeout after {n_cases} value cases")
+            try:
+                inst = concrete_instance(rule, zi.choices, dims)
+            except SHAPE_FAILS as e:
+                unknowns.append(f"{zi.describe()}: {e}")
+                continue
+            n_cases += 1
+            for check in checks:
+                mode = "bits" if check == "fp32" else "approx" if approx else "real"
+                out = _check_one(rule, inst, check, mode, rng, timeout_ms, proven)
+                if out is not None:
+                    if out.status == "unknown":
+                        unknowns.append(out.reason)
+                        break
+                    return out
+    if unknowns:
+        return Outcome("unknown", "value", unknowns[0], detail={"cases": n_cases})
+    what = "reals" + (" and fp32 bits" if "fp32" in checks else "")
+    spread = ", ".join(f"{n} with dims <= {b}" for b, n in sorted(bounds.items(), reverse=True))
+    return Outcome("proved", "value", f"equal over {what} on {n_cases} shape cases "
+                   f"({len(z3_insts)} rank/attribute cases: {spread}; plus samples at "
+                   f"dims <= {bound})", detail={"cases": n_cases, "bound": eff_bound})
+
+
+def _check_one(rule: Rule, inst: Instance, check: str, mode: str, rng: np.random.Generator,
+               timeout_ms: int, proven: dict[str, set[str]]) -> Outcome | None:
+    fp32 = check == "fp32"
+    dtype = np.float32 if fp32 else np.float64
+    tol = rule.tolerance
+    dom: Domain = FP32Domain() if fp32 else RealDomain()
+    lhs_t, rhs_t, sym_inputs = symbolic_sides(rule, inst, dom)
+    if _shapes(lhs_t) == _shapes(rhs_t) and all(
+            a.eq(b) for a, b in zip(_flat(lhs_t), _flat(rhs_t), strict=True)):
+        return None  # the same term on both sides: equal in every number model
+    for _ in range(RANDOM_TRIALS):
+        inputs = random_inputs(inst, rng, fp32)
+        try:
+            lhs, rhs = numpy_sides(rule, inst, inputs, dtype)
+        except Exception:
+            break
+        if sides_differ(lhs, rhs, mode, tol):
+            cx = _value_cx(rule, inst, inputs, mode, tol, "random search")
+            return Outcome("refuted", "fp32" if fp32 else ("approx" if tol else "value"),
+                           f"{inst.describe()}: sides differ"
+                           + (" in fp32 bits" if fp32 else ""), cx)
+    status, info = prove_equal(lhs_t, rhs_t, dom, timeout_ms, proven.setdefault(check, set()))
+    if status == "proved":
+        return None
+    if status == "unknown":
+        if mode == "approx":
+            return Outcome("unknown", "approx", f"{inst.describe()}: cannot bound |lhs - rhs| "
+                           f"by {tol}·(|lhs| + 1) with uninterpreted functions")
+        return Outcome("unknown", check, f"{inst.describe()}: Z3 gave up ({info})")
+    if mode == "approx":
+        return Outcome("unknown", "approx", f"{inst.describe()}: sides are not equal and the "
+                       f"tolerance {tol} cannot be proved with uninterpreted functions")
+    if info is None:
+        return Outcome("refuted", check, f"{inst.describe()}: output shapes differ")
+    inputs = _model_inputs(info, sym_inputs, fp32)
+    cx = _value_cx(rule, inst, inputs, mode, tol, "Z3")
+    what = " in fp32 bits" if fp32 else " over the reals"
+    if cx.get("confirmed"):
+        return Outcome("refuted", check, f"{inst.describe()}: sides differ{what}", cx)
+    # Z3's inputs do not convince numpy: look harder for ones that do.
+    for _ in range(CONFIRM_TRIALS):
+        inputs = random_inputs(inst, rng, fp32)
+        try:
+            lhs, rhs = numpy_sides(rule, inst, inputs, dtype)
+        except Exception:
+            break
+        if sides_differ(lhs, rhs, mode, tol):
+            cx = _value_cx(rule, inst, inputs, mode, tol, "random search after Z3")
+            return Outcome("refuted", check, f"{inst.describe()}: sides differ{what}", cx)
+    if dom.apps:
+        return Outcome("unknown", check, f"{inst.describe()}: Z3's counterexample needs values "
+                       f"of uninterpreted functions ({', '.join(sorted({a[0] for a in dom.apps}))})"
+                       f" that numpy does not produce; an axiom may be missing", cx)
+    return Outcome("refuted", check, f"{inst.describe()}: sides differ{what}", cx)
+
+
+def uses_ops(rule: Rule) -> list[str]:
+    """Op names on both sides."""
+    from satura.engine.rulelang import walk
+
+    return sorted({s.op for t in (*rule.lhs, *rule.rhs) for s in walk(t) if isinstance(s, Call)})
+
+
+def missing_semantics(rule: Rule) -> list[str]:
+    return [op for op in uses_ops(rule) if op not in SEMANTICS]
+
+
+__all__ = ["Outcome", "check_shape_case", "check_values", "get_op", "missing_semantics",
+           "numpy_side", "numpy_sides", "prove_equal", "run_side", "uses_ops"]

@@ -1,0 +1,566 @@
+"""Value semantics of ops for the verifier: one table entry per op, over two Z3 domains.
+
+A tensor is a numpy object array whose elements are Z3 terms; shapes are concrete ints (the value
+check runs on bounded concrete shapes). Data movement (transpose, reshape, concat, split, slice,
+broadcasting) reuses numpy's own indexing on those arrays, so it means exactly what the numpy
+references mean. Arithmetic goes through a :class:`Domain`:
+
+- :class:`RealDomain`: Z3 reals; transcendental functions are uninterpreted functions, with the
+  axioms in :data:`AXIOMS` instantiated at each application.
+- :class:`FP32Domain`: IEEE binary32 (``z3.FPSort(8, 24)``), round-to-nearest-even; NaN and signed
+  zero follow numpy's references (``maximum`` propagates NaN and returns its second operand on
+  ties). Sums accumulate left to right, the order the lowering uses.
+
+An op missing from :data:`SEMANTICS` makes the verdict ``unknown``, never a pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import z3
+from satura.engine.ops.linalg import ACTIVATIONS
+from satura.engine.ops.reduce import reduce_axes
+from satura.engine.shapes import IntDims, normalize_axis
+
+Tensor = np.ndarray  # dtype=object, elements are Z3 terms
+
+
+class Domain:
+    """Scalar arithmetic over Z3 terms; subclassed per number model."""
+
+    name = "?"
+
+    def __init__(self) -> None:
+        self.apps: list[tuple[str, tuple[Any, ...], Any]] = []  # uninterpreted applications
+        self.defined: list[Any] = []  # where the terms built so far are defined (divisors != 0)
+        self._fns: dict[str, Any] = {}
+
+    # Subclasses define: sort, var, const, add, sub, mul, div, neg, lt, le, eq, isnan, max, min.
+    def ite(self, c: Any, a: Any, b: Any) -> Any:
+        return z3.If(c, a, b)
+
+    def uf(self, name: str, *args: Any) -> Any:
+        """An uninterpreted function application ``name(args)`` (recorded for axioms)."""
+        key = f"{name}/{len(args)}"
+        f = self._fns.get(key)
+        if f is None:
+            f = z3.Function(f"{name}_{self.name}", *([self.sort] * len(args)), self.sort)
+            self._fns[key] = f
+        out = f(*args)
+        self.apps.append((name, args, out))
+        return out
+
+    def axioms(self) -> list[Any]:
+        """Instances of :data:`AXIOMS` for every recorded application (real domain only)."""
+        return []
+
+
+class RealDomain(Domain):
+    name = "real"
+    sort = z3.RealSort()
+
+    def var(self, name: str) -> Any:
+        return z3.Real(name)
+
+    def const(self, v: Any) -> Any:
+        return v if isinstance(v, z3.ExprRef) else z3.RealVal(float(v))
+
+    def add(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def sub(self, a: Any, b: Any) -> Any:
+        return a - b
+
+    def mul(self, a: Any, b: Any) -> Any:
+        return a * b
+
+    def div(self, a: Any, b: Any) -> Any:
+        # Over the reals a/0 is undefined: the pattern's divisions are assumed nonzero (the rule
+        # need only hold where the pattern is defined); the replacement's are not.
+        self.defined.append(b != 0)
+        return a / b
+
+    def neg(self, a: Any) -> Any:
+        return -a
+
+    def lt(self, a: Any, b: Any) -> Any:
+        return a < b
+
+    def le(self, a: Any, b: Any) -> Any:
+        return a <= b
+
+    def eq(self, a: Any, b: Any) -> Any:
+        return a == b
+
+    def isnan(self, a: Any) -> Any:
+        return z3.BoolVal(False)
+
+    def max(self, a: Any, b: Any) -> Any:
+        return z3.If(a > b, a, b)
+
+    def min(self, a: Any, b: Any) -> Any:
+        return z3.If(a < b, a, b)
+
+    def axioms(self) -> list[Any]:
+        out: list[Any] = []
+        for name, args, app in self.apps:
+            ax = AXIOMS.get(name)
+            if ax is not None:
+                out += ax(args, app)
+        return out
+
+
+class FP32Domain(Domain):
+    name = "fp32"
+    sort = z3.FPSort(8, 24)
+    rm = z3.RNE()
+
+    def var(self, name: str) -> Any:
+        return z3.FP(name, self.sort)
+
+    def const(self, v: Any) -> Any:
+        if isinstance(v, z3.ExprRef):
+            return v
+        f = float(np.float32(v))  # numpy rounds the literal to float32 the same way (RNE)
+        if math.isnan(f):
+            return z3.fpNaN(self.sort)
+        return z3.FPVal(f, None, self.sort)
+
+    @staticmethod
+    def _order(a: Any, b: Any) -> tuple[Any, Any]:
+        # IEEE add and mul are commutative (Z3 has one NaN): a canonical operand order makes
+        # a·b and b·a the same term, which saves Z3 a bit-blasted proof.
+        return (a, b) if a.get_id() <= b.get_id() else (b, a)
+
+    def add(self, a: Any, b: Any) -> Any:
+        return z3.fpAdd(self.rm, *self._order(a, b))
+
+    def sub(self, a: Any, b: Any) -> Any:
+        return z3.fpSub(self.rm, a, b)
+
+    def mul(self, a: Any, b: Any) -> Any:
+        return z3.fpMul(self.rm, *self._order(a, b))
+
+    def div(self, a: Any, b: Any) -> Any:
+        return z3.fpDiv(self.rm, a, b)
+
+    def neg(self, a: Any) -> Any:
+        return z3.fpNeg(a)
+
+    def lt(self, a: Any, b: Any) -> Any:
+        return z3.fpLT(a, b)
+
+    def le(self, a: Any, b: Any) -> Any:
+        return z3.fpLEQ(a, b)
+
+    def eq(self, a: Any, b: Any) -> Any:
+        return z3.fpEQ(a, b)
+
+    def isnan(self, a: Any) -> Any:
+        return z3.fpIsNaN(a)
+
+    def max(self, a: Any, b: Any) -> Any:  # np.maximum: NaN wins; ties give b
+        return z3.If(z3.fpIsNaN(a), a, z3.If(z3.fpIsNaN(b), b, z3.If(z3.fpGT(a, b), a, b)))
+
+    def min(self, a: Any, b: Any) -> Any:
+        return z3.If(z3.fpIsNaN(a), a, z3.If(z3.fpIsNaN(b), b, z3.If(z3.fpLT(a, b), a, b)))
+
+
+# -- axioms of uninterpreted functions (real domain), instantiated per application ---------------
+def _exp_axioms(args: tuple[Any, ...], app: Any) -> list[Any]:
+    return [app > 0]
+
+
+def _sqrt_axioms(args: tuple[Any, ...], app: Any) -> list[Any]:
+    (x,) = args
+    return [z3.Implies(x >= 0, z3.And(app >= 0, app * app == x))]
+
+
+AXIOMS: dict[str, Callable[[tuple[Any, ...], Any], list[Any]]] = {
+    "exp": _exp_axioms,
+    "sqrt": _sqrt_axioms,
+}
+
+
+# -- tensor helpers -------------------------------------------------------------------------------
+def scalar(v: Any) -> Tensor:
+    out = np.empty((), dtype=object)
+    out[()] = v
+    return out
+
+
+def ew(f: Callable[..., Any], *xs: Tensor) -> Tensor:
+    """Apply scalar ``f`` elementwise with numpy broadcasting."""
+    arrs = [np.asarray(x, dtype=object) if isinstance(x, np.ndarray) else scalar(x) for x in xs]
+    shape = np.broadcast_shapes(*(a.shape for a in arrs))
+    bs = [np.broadcast_to(a, shape) for a in arrs]
+    out = np.empty(shape, dtype=object)
+    for idx in np.ndindex(*shape):
+        out[idx] = f(*(b[idx] for b in bs))
+    return out
+
+
+def total(dom: Domain, items: Sequence[Any]) -> Any:
+    """Left-to-right sum (at least one item: every dimension is >= 1)."""
+    acc = items[0]
+    for v in items[1:]:
+        acc = dom.add(acc, v)
+    return acc
+
+
+def reduce_along(x: Tensor, axes: Sequence[int], keepdims: bool,
+                 f: Callable[[list[Any]], Any]) -> Tensor:
+    """Reduce ``x`` over ``axes`` with ``f`` applied to the list of reduced elements (C order)."""
+    keep = [i for i in range(x.ndim) if i not in axes]
+    moved = np.transpose(x, keep + list(axes))
+    outer = moved.shape[:len(keep)]
+    flat = moved.reshape(*outer, -1) if outer else moved.reshape(1, -1)
+    out = np.empty(outer, dtype=object)
+    for idx in np.ndindex(*outer):
+        out[idx] = f(list(flat[idx] if outer else flat[0]))
+    if keepdims:
+        out = out.reshape(tuple(1 if i in axes else x.shape[i] for i in range(x.ndim)))
+    return out
+
+
+def matmul(dom: Domain, a: Tensor, b: Tensor) -> Tensor:
+    """numpy matmul: 1-D operands promoted then squeezed, batch dims broadcast."""
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    aa = np.broadcast_to(a2, batch + a2.shape[-2:])
+    bb = np.broadcast_to(b2, batch + b2.shape[-2:])
+    m, k = aa.shape[-2:]
+    n = bb.shape[-1]
+    out = np.empty((*batch, m, n), dtype=object)
+    for bi in np.ndindex(*batch):
+        for i in range(m):
+            for j in range(n):
+                out[(*bi, i, j)] = total(dom, [dom.mul(aa[(*bi, i, t)], bb[(*bi, t, j)])
+                                               for t in range(k)])
+    if b.ndim == 1:
+        out = out[..., 0]
+    if a.ndim == 1:
+        out = out[..., 0, :] if b.ndim > 1 else out[..., 0]
+    return np.asarray(out, dtype=object) if isinstance(out, np.ndarray) else scalar(out)
+
+
+# -- scalar op semantics ------------------------------------------------------------------------
+def _relu(dom: Domain, x: Any) -> Any:
+    return dom.max(x, dom.const(0.0))
+
+
+def _sigmoid(dom: Domain, x: Any) -> Any:
+    one = dom.const(1.0)
+    return dom.div(one, dom.add(one, dom.uf("exp", dom.neg(x))))
+
+
+def _silu(dom: Domain, x: Any) -> Any:
+    return dom.div(x, dom.add(dom.const(1.0), dom.uf("exp", dom.neg(x))))
+
+
+def gelu(dom: Domain, x: Any, approximate: str = "none") -> Any:
+    """GELU as the reference writes it, with erf/tanh uninterpreted."""
+    half, one = dom.const(0.5), dom.const(1.0)
+    if approximate == "tanh":
+        c = dom.const(math.sqrt(2.0 / math.pi))
+        cube = dom.mul(dom.mul(x, x), x)
+        inner = dom.mul(c, dom.add(x, dom.mul(dom.const(0.044715), cube)))
+        return dom.mul(dom.mul(half, x), dom.add(one, dom.uf("tanh", inner)))
+    return dom.mul(dom.mul(half, x),
+                   dom.add(one, dom.uf("erf", dom.div(x, dom.const(math.sqrt(2.0))))))
+
+
+def activation(dom: Domain, x: Any, act: str) -> Any:
+    """One of linalg's ACTIVATIONS on a scalar."""
+    if act == "none":
+        return x
+    fns: dict[str, Callable[[Any], Any]] = {
+        "relu": lambda v: _relu(dom, v), "gelu": lambda v: gelu(dom, v),
+        "gelu_tanh": lambda v: gelu(dom, v, "tanh"), "silu": lambda v: _silu(dom, v),
+        "sigmoid": lambda v: _sigmoid(dom, v), "tanh": lambda v: dom.uf("tanh", v)}
+    if act not in fns:
+        raise KeyError(f"activation '{act}' has no value semantics ({ACTIVATIONS})")
+    return fns[act](x)
+
+
+# Scalar unary ops: name -> f(dom, x). Ops not here (floor, ceil, isnan, not, cast...) fall back to
+# uninterpreted functions only where listed in _UF_UNARY.
+_UNARY: dict[str, Callable[[Domain, Any], Any]] = {
+    "neg": lambda d, x: d.neg(x),
+    "abs": lambda d, x: d.ite(d.lt(x, d.const(0.0)), d.neg(x), x),
+    "reciprocal": lambda d, x: d.div(d.const(1.0), x),
+    "relu": _relu,
+    "sigmoid": _sigmoid,
+    "silu": _silu,
+    "identity": lambda d, x: x,
+}
+_UF_UNARY = ("sqrt", "exp", "log", "tanh", "erf", "sin", "cos", "floor", "ceil")
+
+_BINARY: dict[str, Callable[[Domain, Any, Any], Any]] = {
+    "add": lambda d, a, b: d.add(a, b),
+    "sub": lambda d, a, b: d.sub(a, b),
+    "mul": lambda d, a, b: d.mul(a, b),
+    "div": lambda d, a, b: d.div(a, b),
+    "max": lambda d, a, b: d.max(a, b),
+    "min": lambda d, a, b: d.min(a, b),
+    "pow": lambda d, a, b: d.uf("pow", a, b),
+}
+
+
+def scalar_op(dom: Domain, name: str, args: Sequence[Any], attrs: dict[str, Any]) -> Any:
+    """An elementwise op on scalars (used by the table and by ``ew``'s expression trees)."""
+    if name == "gelu_tanh":
+        return gelu(dom, args[0], "tanh")
+    if name == "gelu":
+        return gelu(dom, args[0], attrs.get("approximate", "none"))
+    if name == "leaky_relu":
+        x = args[0]
+        alpha = attrs.get("alpha", 0.01)
+        return dom.ite(dom.le(dom.const(0.0), x), x, dom.mul(x, dom.const(alpha)))
+    if name in _UNARY:
+        return _UNARY[name](dom, args[0])
+    if name in _UF_UNARY:
+        return dom.uf(name, args[0])
+    if name in _BINARY:
+        return _BINARY[name](dom, args[0], args[1])
+    raise KeyError(name)
+
+
+# -- tensor op semantics --------------------------------------------------------------------------
+SemFn = Callable[[Domain, list[Any], dict[str, Any]], list[Tensor]]
+
+
+@dataclass(frozen=True)
+class OpSemantics:
+    """Value semantics of one op: ``fn(dom, inputs, attrs) -> outputs``; ``ufs`` names the
+    uninterpreted functions it may apply (their axioms are in :data:`AXIOMS`)."""
+
+    fn: SemFn
+    ufs: tuple[str, ...] = ()
+
+
+SEMANTICS: dict[str, OpSemantics] = {}
+
+
+def _elementwise(name: str) -> OpSemantics:
+    def fn(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+        return [ew(lambda *xs: scalar_op(dom, name, xs, at), *ins)]
+
+    ufs = (name,) if name in _UF_UNARY else ("exp",) if name in ("sigmoid", "silu") else ()
+    return OpSemantics(fn, ufs)
+
+
+for _n in [*_UNARY, *_UF_UNARY, *_BINARY, "gelu", "leaky_relu"]:
+    SEMANTICS[_n] = _elementwise(_n)
+
+
+def _where(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    return [ew(lambda c, a, b: dom.ite(c, a, b), *ins)]
+
+
+_CMP: dict[str, Callable[[Domain, Any, Any], Any]] = {
+    "less": lambda d, a, b: d.lt(a, b), "less_equal": lambda d, a, b: d.le(a, b),
+    "greater": lambda d, a, b: d.lt(b, a), "greater_equal": lambda d, a, b: d.le(b, a),
+    "equal": lambda d, a, b: d.eq(a, b)}
+for _n, _f in _CMP.items():
+    SEMANTICS[_n] = OpSemantics((lambda f: lambda dom, ins, at: [
+        ew(lambda a, b: f(dom, a, b), *ins)])(_f))
+SEMANTICS["where"] = OpSemantics(_where)
+SEMANTICS["and"] = OpSemantics(lambda dom, ins, at: [ew(z3.And, *ins)])
+SEMANTICS["or"] = OpSemantics(lambda dom, ins, at: [ew(z3.Or, *ins)])
+SEMANTICS["not"] = OpSemantics(lambda dom, ins, at: [ew(z3.Not, ins[0])])
+
+
+def _clip(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    out = ins[0]
+    if len(ins) > 1 and ins[1] is not None:
+        out = ew(dom.max, out, ins[1])
+    if len(ins) > 2 and ins[2] is not None:
+        out = ew(dom.min, out, ins[2])
+    return [out]
+
+
+SEMANTICS["clip"] = OpSemantics(_clip)
+
+
+def _cast(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    if at["to"] != "float32":  # only float32 tensors are modelled
+        raise KeyError(f"cast to {at['to']}")
+    return [ins[0]]
+
+
+SEMANTICS["cast"] = OpSemantics(_cast)
+
+
+def _ew(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    from satura.engine.ops.fused import _resolve
+
+    def node(expr: Any, xs: Sequence[Any]) -> Any:
+        if expr[0] == "in":
+            return xs[int(expr[1])]
+        if expr[0] == "const":
+            return dom.const(expr[1])
+        info, attrs = _resolve(expr[0])
+        name = expr[0] if expr[0] == "gelu_tanh" else info.name
+        return scalar_op(dom, name, [node(c, xs) for c in expr[1:]], attrs)
+
+    arrays = [a for a in ins if a is not None]
+    return [ew(lambda *xs: node(at["expr"], xs), *arrays)]
+
+
+SEMANTICS["ew"] = OpSemantics(_ew, ("exp", "tanh", "erf", "sqrt", "log"))
+
+# -- linear algebra ------------------------------------------------------------------------------
+SEMANTICS["matmul"] = OpSemantics(lambda dom, ins, at: [matmul(dom, ins[0], ins[1])])
+
+
+def _linear(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    out = matmul(dom, ins[0], ins[1])
+    if len(ins) > 2 and ins[2] is not None:
+        out = ew(dom.add, out, ins[2])
+    out = ew(lambda v: activation(dom, v, at["act"]), out)
+    if len(ins) > 3 and ins[3] is not None:
+        out = ew(dom.add, out, ins[3])
+    return [out]
+
+
+SEMANTICS["linear"] = OpSemantics(_linear, ("exp", "tanh", "erf"))
+
+
+def _gemm(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    a = ins[0].T if at["trans_a"] else ins[0]
+    b = ins[1].T if at["trans_b"] else ins[1]
+    out = matmul(dom, a, b)
+    if at["alpha"] != 1.0:
+        out = ew(lambda v: dom.mul(dom.const(at["alpha"]), v), out)
+    if len(ins) > 2 and ins[2] is not None:
+        c = ins[2] if at["beta"] == 1.0 else ew(lambda v: dom.mul(dom.const(at["beta"]), v),
+                                                 ins[2])
+        out = ew(dom.add, out, c)
+    return [out]
+
+
+SEMANTICS["gemm"] = OpSemantics(_gemm)
+
+# -- data movement (numpy indexing on the object arrays) -----------------------------------------
+SEMANTICS["transpose"] = OpSemantics(
+    lambda dom, ins, at: [np.transpose(ins[0], at["perm"])])
+SEMANTICS["reshape"] = OpSemantics(
+    lambda dom, ins, at: [np.reshape(ins[0], tuple(int(v) for v in at["shape"]))])
+SEMANTICS["expand"] = OpSemantics(
+    lambda dom, ins, at: [np.array(np.broadcast_to(
+        ins[0], np.broadcast_shapes(ins[0].shape, tuple(int(v) for v in at["shape"]))))])
+SEMANTICS["concat"] = OpSemantics(
+    lambda dom, ins, at: [np.concatenate(list(ins), axis=at["axis"])])
+
+
+def _split(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    cuts = np.cumsum([int(s) for s in at["sizes"]])[:-1]
+    return list(np.split(ins[0], cuts, axis=at["axis"]))
+
+
+SEMANTICS["split"] = OpSemantics(_split)
+
+
+def _slice(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    from satura.engine.ops.shape import _slice_params, slice_bounds
+
+    x = ins[0]
+    idx: list[slice] = [slice(None)] * x.ndim
+    for axis, s, e, st in _slice_params(x.ndim, at):
+        b, f, _ = slice_bounds(IntDims(), x.shape[axis], int(s), int(e), st)
+        idx[axis] = slice(b, None if f < 0 else f, st)
+    return [x[tuple(idx)]]
+
+
+SEMANTICS["slice"] = OpSemantics(_slice)
+
+
+def _reduction(kind: str) -> OpSemantics:
+    def fn(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+        x = ins[0]
+        axes = reduce_axes(x.ndim, at["axes"])
+
+        def f(items: list[Any]) -> Any:
+            if kind == "sum":
+                return total(dom, items)
+            if kind == "mean":
+                return dom.div(total(dom, items), dom.const(float(len(items))))
+            if kind == "prod":
+                acc = items[0]
+                for v in items[1:]:
+                    acc = dom.mul(acc, v)
+                return acc
+            acc = items[0]
+            for v in items[1:]:
+                acc = dom.max(acc, v) if kind == "max" else dom.min(acc, v)
+            return acc
+
+        return [reduce_along(x, axes, bool(at["keepdims"]), f)]
+
+    return OpSemantics(fn)
+
+
+for _n in ("sum", "mean", "max", "min", "prod"):
+    SEMANTICS[f"reduce_{_n}"] = _reduction(_n)
+
+
+# -- softmax and attention ------------------------------------------------------------------------
+def softmax(dom: Domain, x: Tensor, axis: int) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)) along ``axis`` (the reference's stable form)."""
+    axis = normalize_axis(axis, x.ndim)
+    mx = reduce_along(x, [axis], True, lambda it: _fold(dom.max, it))
+    e = ew(lambda a, m: dom.uf("exp", dom.sub(a, m)), x, mx)
+    s = reduce_along(e, [axis], True, lambda it: total(dom, it))
+    return ew(dom.div, e, s)
+
+
+def _fold(f: Callable[[Any, Any], Any], items: list[Any]) -> Any:
+    acc = items[0]
+    for v in items[1:]:
+        acc = f(acc, v)
+    return acc
+
+
+SEMANTICS["softmax"] = OpSemantics(lambda dom, ins, at: [softmax(dom, ins[0], at["axis"])],
+                                   ("exp",))
+
+
+def _attention(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    q, k, v = ins[0], ins[1], ins[2]
+    rep = q.shape[-3] // k.shape[-3]
+    if rep > 1:
+        k = np.repeat(k, rep, axis=-3)
+        v = np.repeat(v, rep, axis=-3)
+    s = ew(lambda a: dom.mul(a, dom.const(at["scale"])), matmul(dom, q, np.swapaxes(k, -1, -2)))
+    if len(ins) > 3 and ins[3] is not None:
+        s = ew(dom.add, s, ins[3])
+    if at["causal"]:
+        raise KeyError("attention(causal=1)")
+    return [matmul(dom, softmax(dom, s, -1), v)]
+
+
+SEMANTICS["attention"] = OpSemantics(_attention, ("exp",))
+
+
+def has_semantics(op: str) -> bool:
+    return op in SEMANTICS
+
+
+def semantics_source(op: str) -> str:
+    """Text that identifies an op's semantics (for cache keys)."""
+    import inspect
+
+    sem = SEMANTICS.get(op)
+    if sem is None:
+        return "none"
+    try:
+        return inspect.getsource(sem.fn)
+    except (OSError, TypeError):
+        return repr(sem)
