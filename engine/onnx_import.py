@@ -329,10 +329,18 @@ def _shape_of_known(vs: Sequence[Value | None], ks: Any, at: dict[str, Any]) -> 
     return np.asarray(list(shape[start:end]), dtype=object)
 
 
+def _plain(k: np.ndarray | None) -> np.ndarray | None:
+    """A known array as int64 when it holds no symbols (indices must be real ints)."""
+    if k is None or not all(isinstance(v, int) for v in k.ravel().tolist()):
+        return k
+    return np.asarray(k.ravel().tolist(), dtype=np.int64).reshape(k.shape)
+
+
 def _ref_on_objects(op: str) -> Callable[..., np.ndarray]:
     def fn(vs: Any, ks: Sequence[np.ndarray | None], at: dict[str, Any]) -> np.ndarray:
         info = OPS[op]
-        return info.reference(list(ks), info.with_defaults(at))[0]
+        out = info.reference([_plain(k) for k in ks], info.with_defaults(at))[0]
+        return np.asarray(out, dtype=object)
 
     return fn
 
