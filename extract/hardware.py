@@ -11,6 +11,7 @@ measured on the development machine (an AMD EPYC with AVX2, 2 cores):
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -128,8 +129,10 @@ def _count_cpus(cpu_list: str) -> int:
     return n
 
 
+@functools.cache
 def host_cpu() -> HardwareProfile:
-    """The machine satura runs on, detected from os.cpu_count, /proc/cpuinfo and sysfs.
+    """The machine satura runs on, detected (once per process) from os.cpu_count, /proc/cpuinfo
+    and sysfs.
 
     Peak = cores x clock x FMA lanes, with the clock from cpufreq's max when available and the dev
     machine's 3.7 GHz otherwise. Caches default to 32 KiB L1, 512 KiB L2 per core, 32 MiB LLC.
