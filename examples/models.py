@@ -269,13 +269,15 @@ def bert_block(
     hidden: int = 256,
     heads: int = 4,
     ffn: int = 1024,
+    seq: int | None = None,
     seed: int = 0,
 ) -> onnx.ModelProto:
     """Post-LN BERT encoder layer on ``hidden_states[batch, seq, hidden]``.
 
     ``attention_mask[batch, seq]`` (int64, 1 = keep) becomes the additive mask
     ``(1 - float(mask[:, None, None, :])) * -10000``. Head reshapes build their shape tensors
-    from Shape/Gather/Concat, the torchscript exporter's way with dynamic axes.
+    from Shape/Gather/Concat, the torchscript exporter's way with dynamic axes; with a fixed
+    ``seq`` they are constants ``[-1, seq, heads, d]``.
     """
     d = hidden // heads
     b = _Builder("bert_block", seed)
@@ -285,10 +287,22 @@ def bert_block(
     m = b.op("Sub", [b.const("one", 1.0), m], "/Sub")
     m = b.op("Mul", [m, b.const("mask_scale", -10000.0)], "/Mul")
 
-    batch, seqn = _dims_from_shape(b, x, "attention/self", [0, 1])
-    heads_shape = b.op(
-        "Concat", [batch, seqn, b.const("heads_d", [heads, d])], "/attention/self/Concat", axis=0
-    )
+    s_dim: int | str = "seq" if seq is None else seq
+    if seq is None:
+        batch, seqn = _dims_from_shape(b, x, "attention/self", [0, 1])
+        heads_shape = b.op(
+            "Concat",
+            [batch, seqn, b.const("heads_d", [heads, d])],
+            "/attention/self/Concat",
+            axis=0,
+        )
+        merge_shape = b.op(
+            "Concat", [batch, seqn, b.const("hidden_dim", [hidden])], "/attention/self/Concat_1",
+            axis=0,
+        )  # fmt: skip
+    else:
+        heads_shape = b.const("heads_shape", [-1, seq, heads, d])
+        merge_shape = b.const("merge_shape", [-1, seq, hidden])
 
     def to_heads(t: str, tag: str) -> str:
         t = b.op("Reshape", [t, heads_shape], f"/attention/self/{tag}/Reshape")
@@ -308,9 +322,6 @@ def bert_block(
     probs = b.op("Softmax", [scores], "/attention/self/Softmax", axis=-1)
     ctx = b.op("MatMul", [probs, v], "/attention/self/MatMul_1")
     ctx = b.op("Transpose", [ctx], "/attention/self/Transpose_1", perm=[0, 2, 1, 3])
-    merge_shape = b.op(
-        "Concat", [batch, seqn, b.const("hidden_dim", [hidden])], "/attention/self/Concat_1", axis=0
-    )
     ctx = b.op("Reshape", [ctx, merge_shape], "/attention/self/Reshape")
     attn = _linear(b, ctx, "attention/output/dense", hidden, hidden)
     attn = b.op("Add", [attn, x], "/attention/output/Add")
@@ -321,10 +332,10 @@ def bert_block(
     h = b.op("Add", [h, h1], "/output/Add")
     y = _layer_norm(b, h, "output/LayerNorm", hidden, 1e-12)
     inputs = [
-        _f32(x, ["batch", "seq", hidden]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        _f32(x, ["batch", s_dim, hidden]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", s_dim]),
     ]
-    return b.model(inputs, [_f32("y", ["batch", "seq", hidden])], [y])
+    return b.model(inputs, [_f32("y", ["batch", s_dim, hidden])], [y])
 
 
 def rope_tables(
@@ -345,20 +356,22 @@ def llama_block(
     kv_heads: int = 2,
     ffn: int = 688,
     max_pos: int = 128,
+    seq: int | None = None,
     seed: int = 0,
 ) -> onnx.ModelProto:
     """LLaMA decoder layer on ``x[batch, seq, hidden]`` with grouped-query attention.
 
     RMSNorm decomposed, rotary embedding by Slice halves / Neg / Concat / Mul cos,sin / Add, kv
     heads repeated by Unsqueeze/Expand/Reshape (HF ``repeat_kv``), causal mask added from a
-    sliced constant, SiLU-gated MLP (x * Sigmoid(x)), no biases.
+    sliced constant, SiLU-gated MLP (x * Sigmoid(x)), no biases. The rotary tables and the mask
+    are sliced to ``seq`` through Shape/Gather; with a fixed ``seq`` they are constants.
     """
     d = hidden // q_heads
     rep = q_heads // kv_heads
     b = _Builder("llama_block", seed)
     x = "x"
     h = _rms_norm(b, x, "input_layernorm", hidden, 1e-6, use_div=False)
-    n = _seq_len(b, x, "self_attn")
+    s_dim: int | str = "seq" if seq is None else seq
     zero = b.const("zero1", [0])
     axes_last = b.const("axes_last", [-1])
 
@@ -373,14 +386,27 @@ def llama_block(
     v = heads_of(_linear(b, h, "self_attn/v_proj", hidden, kv_heads * d, bias=False), kv_heads, "v")
 
     cos_t, sin_t = rope_tables(d, max_pos)
-    cos = b.op(
-        "Slice", [b.const("rotary.cos_cached", cos_t), zero, n, zero], "/self_attn/rotary_emb/Slice"
-    )
-    sin = b.op(
-        "Slice",
-        [b.const("rotary.sin_cached", sin_t), zero, n, zero],
-        "/self_attn/rotary_emb/Slice_1",
-    )
+    mask_t = np.triu(np.full((max_pos, max_pos), NEG_LARGE, dtype=np.float32), k=1)
+    if seq is None:
+        n = _seq_len(b, x, "self_attn")
+        cos = b.op(
+            "Slice", [b.const("rotary.cos_cached", cos_t), zero, n, zero],
+            "/self_attn/rotary_emb/Slice",
+        )  # fmt: skip
+        sin = b.op(
+            "Slice", [b.const("rotary.sin_cached", sin_t), zero, n, zero],
+            "/self_attn/rotary_emb/Slice_1",
+        )  # fmt: skip
+        mask = b.op(
+            "Slice",
+            [b.const("causal_mask", mask_t), b.const("zeros2", [0, 0]),
+             b.op("Concat", [n, n], "/self_attn/Concat", axis=0), b.const("axes01", [0, 1])],
+            "/self_attn/Slice",
+        )  # fmt: skip
+    else:
+        cos = b.const("rotary.cos_cached", np.ascontiguousarray(cos_t[:seq]))
+        sin = b.const("rotary.sin_cached", np.ascontiguousarray(sin_t[:seq]))
+        mask = b.const("causal_mask", np.ascontiguousarray(mask_t[:seq, :seq]))
     half = b.const("half_dim", [d // 2])
     big = b.const("int64_max", [np.iinfo(np.int64).max])
 
@@ -414,13 +440,6 @@ def llama_block(
     scores = b.op(
         "Mul", [scores, b.const("attn_scale", float(1.0 / math.sqrt(d)))], "/self_attn/Mul"
     )
-    mask_t = np.triu(np.full((max_pos, max_pos), NEG_LARGE, dtype=np.float32), k=1)
-    nn = b.op("Concat", [n, n], "/self_attn/Concat", axis=0)
-    mask = b.op(
-        "Slice",
-        [b.const("causal_mask", mask_t), b.const("zeros2", [0, 0]), nn, b.const("axes01", [0, 1])],
-        "/self_attn/Slice",
-    )
     scores = b.op("Add", [scores, mask], "/self_attn/Add")
     probs = b.op("Softmax", [scores], "/self_attn/Softmax", axis=-1)
     ctx = b.op("MatMul", [probs, v], "/self_attn/MatMul_1")
@@ -435,7 +454,7 @@ def llama_block(
     h = b.op("Mul", [act, up], "/mlp/Mul")
     h = _linear(b, h, "mlp/down_proj", ffn, hidden, bias=False)
     y = b.op("Add", [x1, h], "/Add_1")
-    return b.model([_f32(x, ["batch", "seq", hidden])], [_f32("y", ["batch", "seq", hidden])], [y])
+    return b.model([_f32(x, ["batch", s_dim, hidden])], [_f32("y", ["batch", s_dim, hidden])], [y])
 
 
 def _conv_bn(

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from examples import build
-from examples.models import EXAMPLES, example_inputs, gpt2_block, op_histogram
+from examples.models import EXAMPLES, example_inputs, op_histogram
 
 pytestmark = pytest.mark.onnx
 
@@ -67,16 +67,17 @@ def test_model_matches_numpy_reference(models, name):
     np.testing.assert_allclose(got, fn(w, *args), rtol=1e-4, atol=1e-4)
 
 
-def test_gpt2_fixed_seq_matches_numpy_reference():
-    """``gpt2_block(seq=64)``: static shapes, a constant mask instead of Shape/Slice."""
-    model = gpt2_block(seq=64)
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_fixed_seq_variant_matches_numpy_reference(name):
+    """``<block>(seq=64)``: static shapes, constant masks/tables/reshape shapes, no Shape ops."""
+    model = EXAMPLES[name](seq=64)
     onnx.checker.check_model(model, full_check=True)
-    assert not {"Shape", "Slice"} & set(op_histogram(model))
-    x = example_inputs("gpt2_block", batch=2, seq=64)["x"]
-    got = _session(model).run(None, {"x": x})[0]
-    np.testing.assert_allclose(
-        got, ref.gpt2_block(ref.weights(model), x.astype(np.float64)), rtol=1e-4, atol=1e-4
-    )
+    assert not {"Shape", "Gather"} & set(op_histogram(model))
+    inputs = example_inputs(name, batch=2, seq=64, seed=5)
+    got = _session(model).run(None, inputs)[0]
+    args = [a.astype(np.float64) for a in inputs.values()]
+    want = getattr(ref, name)(ref.weights(model), *args)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_bert_mask_hides_padding(models):
