@@ -421,8 +421,10 @@ class _Parser:
                                          node.lineno, node.col_offset)
                     if node.func.id in (*TENSOR_QUERIES, "value") and node.args and not (
                             isinstance(node.args[0], ast.Name) and node.args[0].id in bound):
-                        raise self.error(f"{node.func.id}() takes a tensor variable of the "
-                                         f"pattern", node.lineno, node.col_offset)
+                        raise self.error(f"{node.func.id}({ast.unparse(node.args[0])}): "
+                                         f"'{ast.unparse(node.args[0])}' is not a tensor "
+                                         f"variable of the pattern", node.lineno,
+                                         node.col_offset)
                 if isinstance(node, (ast.Lambda, ast.ListComp, ast.GeneratorExp, ast.SetComp,
                                      ast.DictComp, ast.NamedExpr, ast.Attribute, ast.Await,
                                      ast.Yield, ast.YieldFrom, ast.Starred)):

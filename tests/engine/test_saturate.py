@@ -1,0 +1,115 @@
+"""Golden saturation cases, one line each: start ⇒ the extracted form (egg's tests/math.rs style),
+plus the deterministic counts of the Report."""
+
+import numpy as np
+import pytest
+
+import satura
+from satura.engine.graph import Graph
+from satura.engine.interpret import run_graph
+from satura.engine.rulelang import parse_rules
+from satura.engine.saturate import Limits, saturate
+
+
+def _mlp(hidden=16, out=8, act="erf"):
+    rng = np.random.default_rng(0)
+    g = Graph("t")
+    x = g.add_input("x", (4, hidden))
+    w = g.add_const(rng.standard_normal((hidden, out)).astype(np.float32), "w")
+    b = g.add_const(rng.standard_normal(out).astype(np.float32), "b")
+    h = g.apply("add", g.apply("matmul", x, w), b)
+    if act == "relu":
+        y = g.apply("relu", h)
+    else:
+        t = g.apply("erf", g.apply("div", h, g.add_const(np.float32(np.sqrt(2)), "s")))
+        y = g.apply("mul", g.apply("mul", h, g.apply("add", t, g.add_const(np.float32(1), "o"))),
+                    g.add_const(np.float32(0.5), "h"))
+    g.set_outputs(y)
+    return g
+
+
+def _unary_chain():
+    g = Graph("chain")
+    x = g.add_input("x", (64, 64))
+    g.set_outputs(g.apply("tanh", g.apply("exp", g.apply("neg", x))))
+    return g
+
+
+def _transposes():
+    g = Graph("tt")
+    x = g.add_input("x", (2, 3, 4))
+    t = g.apply("transpose", g.apply("transpose", x, perm=(1, 0, 2)), perm=(1, 0, 2))
+    g.set_outputs(g.apply("relu", t))
+    return g
+
+
+def _reshapes():
+    g = Graph("rr")
+    x = g.add_input("x", (2, 3, 4))
+    r = g.apply("reshape", g.apply("reshape", x, shape=(6, 4)), shape=(2, 3, 4))
+    g.set_outputs(g.apply("exp", r))
+    return g
+
+
+@pytest.mark.parametrize(("build", "expected"), [
+    (lambda: _mlp(act="relu"), {"linear": 1}),           # relu(x·W + b) ⇒ linear[relu]
+    (lambda: _mlp(act="erf"), {"linear": 1}),            # erf-GELU(x·W + b) ⇒ linear[gelu]
+    (_unary_chain, {"ew": 1}),                           # tanh(exp(-x)) ⇒ one fused kernel
+    (_transposes, {"relu": 1}),                          # transpose∘transpose ⇒ gone
+    (_reshapes, {"exp": 1}),                             # reshape∘reshape back ⇒ gone
+])
+def test_golden(build, expected):
+    g = build()
+    r = satura.optimize(g)
+    assert r.graph.op_counts() == expected
+    assert r.cost_after <= r.cost_before
+    rng = np.random.default_rng(1)
+    feeds = {v.name: rng.standard_normal([int(d) for d in v.type.shape]).astype(np.float32)
+             for v in g.inputs}
+    want = run_graph(g, feeds)
+    got = run_graph(r.graph, feeds)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+
+
+def test_linear_activation_attribute():
+    r = satura.optimize(_mlp(act="erf"))
+    (node,) = r.graph.nodes
+    assert node.op == "linear" and node.attrs["act"] == "gelu"
+
+
+def test_report_counts_are_deterministic():
+    rules = parse_rules("rule c for b in [add, mul] [exact]:\n    b(x, y) => b(y, x)\n"
+                        "rule z [exact]:\n    mul(x, 1.0) => x\n")
+    g = Graph("d")
+    x = g.add_input("x", (3,))
+    y = g.add_input("y", (3,))
+    g.set_outputs(g.apply("mul", g.apply("add", x, y), g.add_const(np.float32(1.0), "one")))
+    _, rep = saturate(g, [("t", rules)])
+    assert rep.stop_reason == "saturated"
+    assert rep.fired["z"] >= 1 and rep.fired["c[add]"] >= 1
+    _, rep2 = saturate(g, [("t", rules)])
+    assert (rep.nodes, rep.classes, rep.iterations, rep.fired) == (
+        rep2.nodes, rep2.classes, rep2.iterations, rep2.fired)
+
+
+def test_ill_typed_rule_never_fires():
+    # add(x, y) => x is wrong when y broadcasts x up; the type check refuses those matches.
+    rules = parse_rules("rule bad [exact]:\n    add(x, y) => x\n")
+    g = Graph("b")
+    x = g.add_input("x", (3,))
+    y = g.add_input("y", (2, 3))
+    g.set_outputs(g.apply("add", x, y))
+    _, rep = saturate(g, [("t", rules)])
+    assert rep.candidates["bad"] >= 1 and rep.fired["bad"] == 0
+
+
+def test_limits_stop_reason():
+    # Every iteration makes a reshape to a new, longer shape: this never saturates.
+    rules = parse_rules("rule grow [exact]:\n"
+                        "    reshape(x, shape=s) => reshape(reshape(x, shape=s + (1,)), shape=s)\n")
+    g = Graph("g")
+    x = g.add_input("x", (3,))
+    g.set_outputs(g.apply("reshape", x, shape=(3, 1)))
+    _, rep = saturate(g, [("t", rules)], Limits(iterations=3, nodes=10_000, seconds=60))
+    assert rep.stop_reason == "iterations" and rep.iterations == 3
