@@ -1,0 +1,168 @@
+"""ONNX import: example models vs onnxruntime, symbolic shapes, shape-chain folding, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import sympy
+from onnx import TensorProto, helper, numpy_helper
+from satura.engine.errors import ModelError, UnsupportedOpError
+from satura.engine.interpret import run_graph
+from satura.engine.onnx_import import load_onnx
+
+pytestmark = pytest.mark.onnx
+
+EXAMPLE_NAMES = ["mlp_small", "gpt2_block", "bert_block", "llama_block", "resnet_small"]
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+           outputs: list[onnx.ValueInfoProto], inits: list[onnx.TensorProto] | None = None,
+           opset: int = 18) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "t", inputs, outputs, initializer=inits or [])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _f32(name: str, shape: list[int | str | None]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _i64(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_example_models_match_onnxruntime(name: str) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from examples.models import EXAMPLES, example_inputs
+
+    model = EXAMPLES[name]()
+    g = load_onnx(model)
+    # Shape arithmetic (Shape/Gather/Concat) folded into attributes: no shape ops remain.
+    assert "shape_of" not in g.op_counts()
+    for batch in (1, 3):
+        ins = example_inputs(name, batch=batch, seq=8)
+        got = run_graph(g, ins)
+        want = ort.InferenceSession(model.SerializeToString()).run(None, ins)
+        for vo, w in zip(model.graph.output, want, strict=True):
+            np.testing.assert_allclose(got[vo.name], w, rtol=1e-4, atol=1e-5)
+
+
+def test_symbolic_dims_and_torch_shape_chain_fold_to_reshape() -> None:
+    # y = reshape(x, [shape(x)[0], shape(x)[1], 4, 16]) spelled the way torch exports it.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
+        helper.make_node("Gather", ["s", "i1"], ["t"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "ax"], ["bu"]),
+        helper.make_node("Unsqueeze", ["t", "ax"], ["tu"]),
+        helper.make_node("Concat", ["bu", "tu", "rest"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.asarray(0, np.int64), "i0"),
+             numpy_helper.from_array(np.asarray(1, np.int64), "i1"),
+             _i64("ax", [0]), _i64("rest", [4, -1])]
+    m = _model(nodes, [_f32("x", ["batch", "seq", 64])], [_f32("y", None)], inits)
+    g = load_onnx(m)
+    b, s = sympy.symbols("batch seq", positive=True, integer=True)
+    assert g.inputs[0].type.shape == (b, s, 64)
+    assert [n.op for n in g.nodes] == ["reshape"]
+    assert g.nodes[0].attrs["shape"] == (b, s, 4, 16)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
+    np.testing.assert_array_equal(run_graph(g, {"x": x})["y"], x.reshape(2, 3, 4, 16))
+
+
+def test_unnamed_dynamic_dims_get_fresh_symbols() -> None:
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_f32("x", [None, 4])],
+               [_f32("y", None)])
+    (d0, d1) = load_onnx(m).inputs[0].type.shape
+    assert isinstance(d0, sympy.Symbol)
+    assert d1 == 4
+
+
+def test_reshape_zero_and_minus_one_resolved() -> None:
+    m = _model([helper.make_node("Reshape", ["x", "s"], ["y"])], [_f32("x", ["n", 6, 4])],
+               [_f32("y", None)], [_i64("s", [0, -1, 2])])
+    g = load_onnx(m)
+    n = sympy.Symbol("n", positive=True, integer=True)
+    assert g.nodes[0].attrs["shape"] == (n, 12, 2)
+
+
+def test_constant_subgraph_is_folded_and_sum_becomes_adds() -> None:
+    nodes = [helper.make_node("Add", ["c1", "c2"], ["c3"]),
+             helper.make_node("Sum", ["x", "c3", "x"], ["y"])]
+    inits = [numpy_helper.from_array(np.ones(4, np.float32), "c1"),
+             numpy_helper.from_array(np.full(4, 2.0, np.float32), "c2")]
+    g = load_onnx(_model(nodes, [_f32("x", [4])], [_f32("y", None)], inits))
+    assert g.op_counts() == {"add": 2}
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(run_graph(g, {"x": x})["y"], 2 * x + 3)
+
+
+def test_large_constant_is_not_folded() -> None:
+    nodes = [helper.make_node("ConstantOfShape", ["s"], ["z"]),
+             helper.make_node("Add", ["x", "z"], ["y"])]
+    g = load_onnx(_model(nodes, [_f32("x", [1])], [_f32("y", None)], [_i64("s", [2048, 1024])]))
+    assert "constant_of_shape" in g.op_counts()
+
+
+def test_unsupported_op_names_op_node_and_opset() -> None:
+    m = _model([helper.make_node("Hardmax", ["x"], ["y"], name="hm1")], [_f32("x", [2])],
+               [_f32("y", None)], opset=17)
+    with pytest.raises(UnsupportedOpError) as e:
+        load_onnx(m)
+    msg = str(e.value)
+    assert "Hardmax" in msg
+    assert "hm1" in msg
+    assert "17" in msg
+    assert "\n" not in msg
+
+
+def test_malformed_bytes(tmp_path) -> None:
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(b"\x08\x07garbage\xff\xff\xff")
+    with pytest.raises(ModelError, match=r"bad\.onnx"):
+        load_onnx(p)
+    with pytest.raises(ModelError, match="cannot read"):
+        load_onnx(tmp_path / "missing.onnx")
+
+
+def _external_model(tmp_path, location: str) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    (tmp_path / "sub").mkdir(exist_ok=True)
+    (tmp_path / "weights.bin").write_bytes(np.arange(6, dtype=np.float32).tobytes())
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "24")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    return _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_f32("x", [1, 2])],
+                  [_f32("y", None)], [w])
+
+
+def test_external_data_inside_the_folder_loads(tmp_path) -> None:
+    m = _external_model(tmp_path, "weights.bin")
+    p = tmp_path / "m.onnx"
+    p.write_bytes(m.SerializeToString())
+    g = load_onnx(p)
+    x = np.ones((1, 2), np.float32)
+    np.testing.assert_array_equal(run_graph(g, {"x": x})["y"], [[3.0, 5.0, 7.0]])
+
+
+@pytest.mark.parametrize("location", ["../weights.bin", "/etc/passwd"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, location: str) -> None:
+    m = _external_model(tmp_path, location)
+    p = tmp_path / "sub" / "m.onnx"
+    p.write_bytes(m.SerializeToString())
+    with pytest.raises(ModelError) as e:
+        load_onnx(p)
+    assert "'w'" in str(e.value)
+    assert location in str(e.value)
+
+
+def test_static_parameter_that_is_not_known_is_an_error() -> None:
+    m = _model([helper.make_node("Reshape", ["x", "s"], ["y"], name="r")],
+               [_f32("x", [4]), helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
+               [_f32("y", None)])
+    with pytest.raises(ModelError, match=r"'r'.*must be known at import"):
+        load_onnx(m)
