@@ -44,7 +44,8 @@ def _onnx(nodes: list[Any], inputs: dict[str, np.ndarray], output: str,
     model = helper.make_model(
         helper.make_graph(
             nodes, "bench",
-            [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in inputs.items()],
+            [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
+             for k, v in inputs.items()],
             [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
             [numpy_helper.from_array(v, k) for k, v in inits.items()]),
         opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
@@ -115,7 +116,8 @@ def w_mlp(rng: np.random.Generator, rows: int = 256) -> Workload:
     x = rng.standard_normal((rows, 768)).astype(np.float32)
     w1 = (rng.standard_normal((768, 3072)) * 0.03).astype(np.float32)
     w2 = (rng.standard_normal((3072, 768)) * 0.03).astype(np.float32)
-    b1, b2 = rng.standard_normal(3072).astype(np.float32), rng.standard_normal(768).astype(np.float32)
+    b1 = rng.standard_normal(3072).astype(np.float32)
+    b2 = rng.standard_normal(768).astype(np.float32)
     g = Graph("mlp")
     xv = g.add_input("x", x.shape)
     h = g.apply("linear", xv, g.add_const(w1, "w1"), g.add_const(b1, "b1"), act="gelu")

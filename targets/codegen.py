@@ -66,7 +66,8 @@ def optimize_ir(ir_text: str) -> llvm.ModuleRef:
         mod = llvm.parse_assembly(ir_text)
         mod.verify()
     except RuntimeError as e:
-        raise CodegenError(f"generated LLVM IR does not verify: {' '.join(str(e).split())[:300]}") from None
+        msg = " ".join(str(e).split())[:300]
+        raise CodegenError(f"generated LLVM IR does not verify: {msg}") from None
     tm = _target_machine()
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)

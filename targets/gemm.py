@@ -143,7 +143,8 @@ def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
     share(L, s.m, s.mr, "%m0", "%m1")
     full, tail = s.n // s.nr, s.n % s.nr
     loops.open("bi", "0", str(s.batch), 1)
-    L += [f"  %ab = mul i64 %bi, {s.a_batch_stride}", "  %abp = getelementptr float, ptr %a1, i64 %ab",
+    L += [f"  %ab = mul i64 %bi, {s.a_batch_stride}",
+          "  %abp = getelementptr float, ptr %a1, i64 %ab",
           f"  %bb = mul i64 %bi, {s.packed_elems if s.b_batched else 0}",
           "  %bbp = getelementptr float, ptr %a2, i64 %bb",
           f"  %cb = mul i64 %bi, {s.m * s.n}", "  %cbp = getelementptr float, ptr %a0, i64 %cb",

@@ -19,7 +19,7 @@ def fconst(c: float) -> str:
     f32 = struct.unpack("<f", struct.pack("<f", float(c)))[0]
     if math.isinf(f32):
         return "0x7FF0000000000000" if f32 > 0 else "0xFFF0000000000000"
-    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", f32))[0]
+    return f"0x{struct.unpack('<Q', struct.pack('<d', f32))[0]:016X}"
 
 
 def vec_type(lanes: int) -> str:
@@ -36,6 +36,10 @@ class Emitter:
         self.ity = "i32" if lanes == 1 else f"<{lanes} x i32>"
         self.fm = " reassoc nsz arcp contract afn" if fast else ""
         self.sfx = "f32" if lanes == 1 else f"v{lanes}f32"
+
+    @classmethod
+    def reset_names(cls) -> None:
+        cls._ids = itertools.count()
 
     def tmp(self) -> str:
         return f"%e{next(self._ids)}"

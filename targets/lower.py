@@ -19,7 +19,7 @@ from satura.engine.shapes import normalize_axis
 from satura.targets.codegen import HostTarget
 from satura.targets.elementwise import ew_kernel, expr_supported
 from satura.targets.gemm import GemmSpec, gemm_kernel, pack_b_numpy, pack_kernel
-from satura.targets.irmath import ACTIVATIONS, BINARY_OPS, INTRINSICS, UNARY_OPS
+from satura.targets.irmath import ACTIVATIONS, BINARY_OPS, INTRINSICS, UNARY_OPS, Emitter
 from satura.targets.kernel import PRELUDE, Operand
 from satura.targets.memory import Buffer, MemoryPlan
 from satura.targets.rows import row_kernel
@@ -246,13 +246,15 @@ def _lower_binary(lw: Lowerer, node: Node, name: str) -> bool:
 def _lower_linear(lw: Lowerer, node: Node, name: str) -> bool:
     ins = [*node.inputs, None, None]
     x, w, b, r = ins[:4]
-    assert x is not None and w is not None
+    assert x is not None
+    assert w is not None
     return lw.gemm(node, name, x, w, b, r, node.attrs.get("act", "none"))
 
 
 def _lower_matmul(lw: Lowerer, node: Node, name: str) -> bool:
     a, b = node.inputs
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     return lw.gemm(node, name, a, b, None, None, "none")
 
 
@@ -260,7 +262,8 @@ def _lower_onnx_gemm(lw: Lowerer, node: Node, name: str) -> bool:
     at = node.attrs
     a, b = node.inputs[0], node.inputs[1]
     c = node.inputs[2] if len(node.inputs) > 2 else None
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     if at.get("trans_a", 0) or at.get("alpha", 1.0) != 1.0 or at.get("beta", 1.0) != 1.0:
         return False
     if at.get("trans_b", 0):
@@ -327,6 +330,7 @@ def generate(program: Program, graph: Graph, plan: MemoryPlan,
             raise CodegenError(f"no buffer was planned for {r!r}")
         return Operand(0, plan.offsets[id(r)])
 
+    Emitter.reset_names()  # the same graph must give the same text (the cache key)
     parts = [PRELUDE, *INTRINSICS]
     for st in program.steps:
         if st.gen is not None:

@@ -92,7 +92,8 @@ class CompiledModel:
         self._consts: list[tuple[int, np.ndarray]] = []
         const_vals = list(prog.consts)
         for st in prog.steps:
-            const_vals += [r for r in st.reads if isinstance(r, Value) and id(r) in prog.extra_consts]
+            const_vals += [r for r in st.reads
+                           if isinstance(r, Value) and id(r) in prog.extra_consts]
         for v in const_vals:
             if id(v) in self._slot:
                 continue
@@ -149,7 +150,8 @@ class CompiledModel:
         names = {v.name for v in self.graph.inputs}
         extra = sorted(set(inputs) - names)
         if extra:
-            raise InputError(f"unknown input '{extra[0]}' (the model takes: {', '.join(sorted(names))})")
+            raise InputError(f"unknown input '{extra[0]}' "
+                             f"(the model takes: {', '.join(sorted(names))})")
         out: dict[str, np.ndarray] = {}
         for v in self.graph.inputs:
             if v.name not in inputs:

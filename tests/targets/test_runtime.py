@@ -1,0 +1,118 @@
+"""Runtime: input validation before any generated code, outputs, the disk cache, IR snapshots."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import sympy
+from satura.engine.errors import CodegenError, InputError
+from satura.engine.graph import Graph
+from satura.targets import codegen, compile_graph, runtime
+
+from tests.targets.helpers import reference
+
+pytestmark = pytest.mark.llvm
+
+
+def small_model():
+    rng = np.random.default_rng(1)
+    g = Graph("m")
+    x = g.add_input("x", (8, 20))
+    w = g.add_const(rng.standard_normal((20, 30)).astype(np.float32), "w")
+    h = g.apply("linear", x, w, act="gelu")
+    y = g.apply("reshape", g.apply("softmax", h), shape=(240,))
+    g.set_outputs(y, h)
+    return g
+
+
+def test_outputs_and_dict_call():
+    g = small_model()
+    model = compile_graph(g)
+    feeds = {"x": np.random.default_rng(2).standard_normal((8, 20)).astype(np.float32)}
+    want = reference(g, feeds)
+    for got in (model(**feeds), model(feeds)):
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
+    first = model(**feeds)
+    second = model(**feeds)  # a held result is never overwritten by a later call
+    assert first[g.outputs[0].name] is not second[g.outputs[0].name]
+
+
+@pytest.mark.parametrize(("feeds", "message"), [
+    ({"x": np.zeros((8, 21), np.float32)},
+     r"input 'x': expected float32\[8, 20\], got float32\[8, 21\]"),
+    ({"x": np.zeros((8, 20), np.float64)}, r"input 'x': expected float32\[8, 20\], got float64"),
+    ({"x": np.zeros((20, 8), np.float32).T}, r"input 'x' must be C-contiguous"),
+    ({}, r"missing input 'x'"),
+    ({"x": np.zeros((8, 20), np.float32), "y": np.zeros(1)}, r"unknown input 'y'"),
+    ({"x": [[0.0] * 20] * 8}, r"input 'x' must be a numpy array"),
+])
+def test_bad_inputs_raise_before_generated_code(feeds, message):
+    model = compile_graph(small_model())
+    calls = []
+    model._run = [("f", None, False)]  # any step that runs would fail differently
+    model._fallback = lambda *a: calls.append(a)  # type: ignore[method-assign]
+    with pytest.raises(InputError, match=message):
+        model(**feeds)
+    assert calls == []
+
+
+def test_symbolic_input_is_a_clear_error():
+    g = Graph("sym")
+    x = g.add_input("x", (sympy.Symbol("batch"), 4))
+    g.set_outputs(g.apply("relu", x))
+    with pytest.raises(CodegenError, match="symbolic shape"):
+        compile_graph(g)
+
+
+def test_disk_cache_hit_skips_llvm(tmp_path, monkeypatch):
+    runtime._OBJECTS.clear()
+    g = small_model()
+    cold = compile_graph(g, cache_dir=str(tmp_path))
+    assert not cold.cache_hit
+    assert list(tmp_path.glob("*.o"))
+    runtime._OBJECTS.clear()
+
+    def no_llvm(ir):
+        raise AssertionError("LLVM ran on a cache hit")
+
+    monkeypatch.setattr(codegen, "optimize_ir", no_llvm)
+    warm = compile_graph(g, cache_dir=str(tmp_path))
+    assert warm.cache_hit
+    feeds = {"x": np.ones((8, 20), np.float32)}
+    for k, v in cold(**feeds).items():
+        np.testing.assert_array_equal(warm(**feeds)[k], v)
+
+
+def _function(ir: str, name: str) -> str:
+    m = re.search(rf"define [^@]*@{re.escape(name)}\(.*?\n}}", ir, re.S)
+    assert m, f"{name} not in the module"
+    return m.group(0)
+
+
+def test_ir_snapshot_fused_kernel_and_gemm_microkernel():
+    host = codegen.host_target()
+    vec = f"<{host.lanes} x float>"
+    g = Graph("snap")
+    x = g.add_input("x", (64, 256))
+    w = g.add_const(np.ones((256, 64), np.float32), "w")
+    e = g.apply("ew", x, g.add_const(np.ones(256, np.float32)),
+                expr=("gelu", ("mul", ("in", 0), ("in", 1))))
+    g.set_outputs(g.apply("linear", e, w))
+    model = compile_graph(g)
+    opt = str(codegen.optimize_ir(model.llvm_ir))
+    fused = _function(opt, "k0_ew")  # its body is inlined into the exported entry
+    # The hot loop works on whole vectors: vector multiplies and FMAs, a vector store.
+    assert re.search(rf"fmul[a-z ]* {re.escape(vec)}", fused)
+    assert re.search(rf"call[a-z ]* {re.escape(vec)} @llvm\.fma\.v{host.lanes}f32", fused)
+    assert re.search(rf"store {re.escape(vec)}", fused)
+    mr = host.gemm_tile[0]
+    micro = _function(opt, f"k1_linear_u{mr}")
+    fmas = re.findall(rf"@llvm\.fma\.v{host.lanes}f32", micro)
+    assert len(fmas) >= mr * host.gemm_tile[1] // host.lanes  # the whole register tile per k
+    for text in (fused, micro):
+        assert "malloc" not in text
+        assert "alloca" not in text
