@@ -6,13 +6,14 @@ satura values of the node's outputs (None for an output it cannot produce).
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 import numpy as np
 import sympy
 from satura.engine.graph import Value
 from satura.engine.onnx_import import CONVERTERS, NodeCtx, converter, onnx_dtype
-from satura.engine.ops import OPS
+from satura.engine.ops import OPS, get_op
 from satura.engine.shapes import as_dim, normalize_axis
 
 Outs = list[Value | None]
@@ -439,3 +440,57 @@ def _range(ctx: NodeCtx) -> Outs:
     v = ctx.imp.add_const(arr, ctx.node.output[0])
     ctx.created.add(id(v))
     return [v]
+
+
+# -- satura's own domain (written by onnx_export) -----------------------------------------------
+def _dim(node: ast.AST, ctx: NodeCtx) -> Any:
+    """A dimension expression (ints, symbols, + - * / floor) read without eval."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, ast.Name):
+        return ctx.imp.symbol(node.id)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_dim(node.operand, ctx)
+    if isinstance(node, ast.BinOp):
+        a, b = _dim(node.left, ctx), _dim(node.right, ctx)
+        ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
+               ast.Div: lambda: sympy.sympify(a) / b, ast.FloorDiv: lambda: sympy.floor(
+                   sympy.sympify(a) / b)}
+        if type(node.op) in ops:
+            return ops[type(node.op)]()
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == "floor" and len(node.args) == 1):
+        return sympy.floor(_dim(node.args[0], ctx))
+    raise ctx.fail(f"cannot read dimension expression {ast.unparse(node)!r}")
+
+
+def _decode(ctx: NodeCtx, kind: str, v: Any) -> Any:
+    if isinstance(v, list):
+        v = tuple(v)
+    if not isinstance(v, str) or kind == "str" or kind == "dtype":
+        return v
+    if v == "None":
+        return None
+    if kind in ("expr", "ints", "floats"):
+        return ast.literal_eval(v)
+    if kind == "dims":
+        parts = ast.literal_eval(v)
+        return tuple(as_dim(_dim(ast.parse(p, mode="eval").body, ctx)) if isinstance(p, str)
+                     else p for p in parts)
+    return as_dim(_dim(ast.parse(v, mode="eval").body, ctx))
+
+
+def satura_op(ctx: NodeCtx) -> Outs:
+    """A node of the ai.satura domain: a satura op written by onnx_export."""
+    name = "".join("_" + c.lower() if c.isupper() else c for c in ctx.op_type).lstrip("_")
+    try:
+        info = get_op(name)
+    except Exception:
+        raise ctx.fail(f"unknown satura op '{ctx.op_type}'") from None
+    attrs = {}
+    for k, v in ctx.attrs.items():
+        spec = info.attrs.get(k)
+        if spec is None:
+            raise ctx.fail(f"unknown attribute '{k}' of {name}")
+        attrs[k] = _decode(ctx, spec.kind, v.decode() if isinstance(v, bytes) else v)
+    return list(ctx.emit(name, [ctx.inp(i) for i in range(ctx.n_in)], **attrs))

@@ -32,6 +32,8 @@ MAX_KNOWN = 64  # integer tensors up to this size have their values tracked at i
 
 Converter = Callable[["NodeCtx"], list[Value | None]]
 CONVERTERS: dict[str, Converter] = {}
+SATURA_DOMAIN = "ai.satura"  # satura's own ops, as onnx_export writes them
+SATURA_CONVERTER: Converter | None = None  # set by onnx_converters
 
 
 def converter(*op_types: str) -> Callable[[Converter], Converter]:
@@ -175,7 +177,8 @@ class Importer:
 
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         name = node.name or f"{node.op_type}_{index}"
-        fn = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        fn = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else (
+            SATURA_CONVERTER if node.domain == SATURA_DOMAIN else None)
         if fn is None:
             dom = f"{node.domain}." if node.domain else ""
             raise UnsupportedOpError(f"unsupported ONNX op '{dom}{node.op_type}' (node '{name}', "
@@ -392,4 +395,6 @@ def load_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> Graph:
 
 
 # The converters live in their own module; importing it fills CONVERTERS.
-from satura.engine import onnx_converters  # noqa: E402, F401
+from satura.engine import onnx_converters  # noqa: E402
+
+SATURA_CONVERTER = onnx_converters.satura_op
