@@ -16,6 +16,7 @@ from satura.targets.irmath import BINARY_OPS, UNARY_OPS, Emitter, vec_type
 from satura.targets.kernel import Operand, body_header, share, wrapper
 
 Expr = tuple[Any, ...]
+WIDE = 4  # vectors per value in the main loop of long rows
 
 
 def expr_supported(expr: Expr) -> bool:
@@ -87,10 +88,13 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
     for s in shape[:-1]:
         rows *= s
     nin = len(ins)
+    # Long rows: <4L x float> values, which LLVM splits into 4 independent register chains (the
+    # maths polynomials are long dependency chains; four in flight keep the FMA units busy).
+    lanes = lanes * WIDE if n >= 64 * lanes else lanes
     vty = vec_type(lanes)
     L: list[str] = [body_header(name, nin + 1), "entry:"]
     if rows == 1:
-        share(L, n, lanes * 4, "%lo", "%hi")
+        share(L, n, lanes, "%lo", "%hi")
         L += ["  %r0 = add i64 0, 0", "  %r1 = add i64 1, 0"]
     else:
         share(L, rows, 1, "%r0", "%r1")

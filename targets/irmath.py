@@ -212,7 +212,7 @@ ACTIVATIONS = frozenset({"none", "relu", "gelu", "gelu_tanh", "silu", "sigmoid",
 INTRINSICS = [
     f"declare {t} @llvm.{name}.{s}({', '.join([t] * n)})"
     for t, s in (("float", "f32"), ("<8 x float>", "v8f32"), ("<16 x float>", "v16f32"),
-                 ("<4 x float>", "v4f32"))
+                 ("<4 x float>", "v4f32"), ("<32 x float>", "v32f32"), ("<64 x float>", "v64f32"))
     for name, n in (("fma", 3), ("maxnum", 2), ("minnum", 2), ("rint", 1), ("fabs", 1),
                     ("sqrt", 1), ("floor", 1), ("ceil", 1), ("copysign", 2))
 ]
