@@ -37,6 +37,10 @@ CONFIRM_TRIALS = 200  # numpy trials when Z3's counterexample is not confirmed
 RANDOM_TRIALS = 6  # numpy trials per concrete case before Z3 is asked
 
 
+class NotEvaluable(Exception):
+    """An op's semantics (like numpy) rejects a case its shape function accepted."""
+
+
 @dataclass
 class Outcome:
     status: str  # proved | refuted | unknown
@@ -106,14 +110,22 @@ def symbolic_sides(rule: Rule, inst: Instance, dom: Domain) -> tuple[list, list,
             outs = sem.fn(dom, ins, attrs)
         except KeyError as e:
             raise Unsupported(f"op '{op}' has no value semantics for {e}") from None
+        except (ValueError, IndexError, np.exceptions.AxisError) as e:
+            raise NotEvaluable(f"{op}: {e}") from None
         return [o if isinstance(o, np.ndarray) else scalar(o) for o in outs]
 
     def lit(v: float) -> Any:
         return scalar(dom.const(v))
 
-    lhs = run_side(rule, inst, "L", lambda n: inputs[n], lit, call)
+    try:
+        lhs = run_side(rule, inst, "L", lambda n: inputs[n], lit, call)
+    except NotEvaluable as e:
+        raise NotEvaluable(f"pattern: {e}") from None
     pattern_defined = list(dom.defined)
-    rhs = run_side(rule, inst, "R", lambda n: inputs[n], lit, call)
+    try:
+        rhs = run_side(rule, inst, "R", lambda n: inputs[n], lit, call)
+    except NotEvaluable as e:
+        raise NotEvaluable(f"replacement: {e}") from None
     dom.defined = pattern_defined
     return lhs, rhs, inputs
 
@@ -462,9 +474,19 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
                 unknowns.append(f"{zi.describe()}: {e}")
                 continue
             n_cases += 1
+            # numpy finds most counterexamples faster than Z3: reals first, then fp32 bits.
+            for mode in ["approx" if approx else "real"] + (["bits"] if "fp32" in checks else []):
+                out = _random_search(rule, inst, mode, rng, RANDOM_TRIALS)
+                if out is not None:
+                    return out
             for check in checks:
                 mode = "bits" if check == "fp32" else "approx" if approx else "real"
-                out = _check_one(rule, inst, check, mode, rng, timeout_ms, proven)
+                try:
+                    out = _check_one(rule, inst, check, mode, rng, timeout_ms, proven)
+                except NotEvaluable as e:
+                    if str(e).startswith("pattern"):
+                        break  # the pattern's own semantics reject this case: it never matches
+                    return Outcome("refuted", "value", f"{inst.describe()}: {e}")
                 if out is not None:
                     if out.status == "unknown":
                         unknowns.append(out.reason)
@@ -479,27 +501,51 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
                    f"dims <= {bound})", detail={"cases": n_cases, "bound": eff_bound})
 
 
+def _differs_over_reals(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray]) -> bool:
+    """Do float32 inputs (all finite) make the sides differ in float64 too?"""
+    if not all(np.isfinite(v).all() for v in inputs.values()):
+        return False
+    wide = {k: v.astype(np.float64) for k, v in inputs.items()}
+    try:
+        lhs, rhs = numpy_sides(rule, inst, wide, np.float64)
+    except Exception:
+        return False
+    return sides_differ(lhs, rhs, "real")
+
+
+def _random_search(rule: Rule, inst: Instance, mode: str, rng: np.random.Generator,
+                   trials: int) -> Outcome | None:
+    """Look for inputs on which numpy's references disagree; a refutation numpy confirms."""
+    fp32 = mode == "bits"
+    dtype = np.float32 if fp32 else np.float64
+    tol = rule.tolerance
+    for _ in range(trials):
+        inputs = random_inputs(inst, rng, fp32)
+        try:
+            lhs, rhs = numpy_sides(rule, inst, inputs, dtype)
+        except Exception:
+            return None
+        if sides_differ(lhs, rhs, mode, tol):
+            cx = _value_cx(rule, inst, inputs, mode, tol, "random search")
+            check = "fp32" if fp32 else "approx" if mode == "approx" else "value"
+            if fp32 and _differs_over_reals(rule, inst, inputs):
+                cx = _value_cx(rule, inst, {k: v.astype(np.float64) for k, v in inputs.items()},
+                               "real", tol, "random search")
+                check, fp32 = "value", False
+            return Outcome("refuted", check, f"{inst.describe()}: sides differ"
+                           + (" in fp32 bits" if fp32 else ""), cx)
+    return None
+
+
 def _check_one(rule: Rule, inst: Instance, check: str, mode: str, rng: np.random.Generator,
                timeout_ms: int, proven: dict[str, set[str]]) -> Outcome | None:
     fp32 = check == "fp32"
-    dtype = np.float32 if fp32 else np.float64
     tol = rule.tolerance
     dom: Domain = FP32Domain() if fp32 else RealDomain()
     lhs_t, rhs_t, sym_inputs = symbolic_sides(rule, inst, dom)
     if _shapes(lhs_t) == _shapes(rhs_t) and all(
             a.eq(b) for a, b in zip(_flat(lhs_t), _flat(rhs_t), strict=True)):
         return None  # the same term on both sides: equal in every number model
-    for _ in range(RANDOM_TRIALS):
-        inputs = random_inputs(inst, rng, fp32)
-        try:
-            lhs, rhs = numpy_sides(rule, inst, inputs, dtype)
-        except Exception:
-            break
-        if sides_differ(lhs, rhs, mode, tol):
-            cx = _value_cx(rule, inst, inputs, mode, tol, "random search")
-            return Outcome("refuted", "fp32" if fp32 else ("approx" if tol else "value"),
-                           f"{inst.describe()}: sides differ"
-                           + (" in fp32 bits" if fp32 else ""), cx)
     status, info = prove_equal(lhs_t, rhs_t, dom, timeout_ms, proven.setdefault(check, set()))
     if status == "proved":
         return None
@@ -519,15 +565,10 @@ def _check_one(rule: Rule, inst: Instance, check: str, mode: str, rng: np.random
     if cx.get("confirmed"):
         return Outcome("refuted", check, f"{inst.describe()}: sides differ{what}", cx)
     # Z3's inputs do not convince numpy: look harder for ones that do.
-    for _ in range(CONFIRM_TRIALS):
-        inputs = random_inputs(inst, rng, fp32)
-        try:
-            lhs, rhs = numpy_sides(rule, inst, inputs, dtype)
-        except Exception:
-            break
-        if sides_differ(lhs, rhs, mode, tol):
-            cx = _value_cx(rule, inst, inputs, mode, tol, "random search after Z3")
-            return Outcome("refuted", check, f"{inst.describe()}: sides differ{what}", cx)
+    found = _random_search(rule, inst, mode, rng, CONFIRM_TRIALS)
+    if found is not None:
+        found.counterexample["found_by"] = "random search after Z3"  # type: ignore[index]
+        return found
     if dom.apps:
         return Outcome("unknown", check, f"{inst.describe()}: Z3's counterexample needs values "
                        f"of uninterpreted functions ({', '.join(sorted({a[0] for a in dom.apps}))})"
