@@ -77,6 +77,11 @@ def _eval(expr: Expr, em: Emitter, leaves: list[str], memo: dict[Expr, str]) -> 
     return r
 
 
+def apply_expr(expr: Expr, em: Emitter, leaves: list[str]) -> str:
+    """Emit ``expr`` with ``em`` over the given leaf values; returns the result's name."""
+    return _eval(expr, em, leaves, {})
+
+
 def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
               ins: Sequence[tuple[Operand, Sequence[int]]], lanes: int) -> str:
     """LLVM IR of a kernel computing ``expr`` over broadcast fp32 inputs into ``out``."""

@@ -86,6 +86,23 @@ class Lowerer:
         self.alias: dict[int, Value] = {}
         self.extra: dict[int, np.ndarray] = {}
         self.outputs = {id(v) for v in graph.outputs}
+        self.users = graph.users()
+        self.absorbed: set[int] = set()  # nodes fused into an earlier kernel
+
+    def post_op(self, v: Value) -> tuple[Node, tuple[Any, ...]] | None:
+        """The one elementwise unary consumer of ``v`` that a kernel can apply before its store."""
+        users = self.users.get(id(v), [])
+        if id(v) in self.outputs or len(users) != 1:
+            return None
+        u = users[0]
+        if not _is_f32([*u.inputs, *u.outputs]) or len(u.outputs) != 1:
+            return None
+        if u.op == "ew" and len(u.inputs) == 1 and expr_supported(u.attrs["expr"]):
+            return u, u.attrs["expr"]
+        op = "gelu_tanh" if u.op == "gelu" and u.attrs.get("approximate") == "tanh" else u.op
+        if op in UNARY_OPS - {"leaky_relu"} or op in ("gelu", "gelu_tanh"):
+            return u, (op, ("in", 0))
+        return None
 
     def root(self, v: Value) -> Value:
         while id(v) in self.alias:
@@ -94,6 +111,8 @@ class Lowerer:
 
     def run(self) -> Program:
         for i, node in enumerate(self.g.nodes):
+            if id(node) in self.absorbed:
+                continue
             lower = LOWERINGS.get(node.op)
             done = False
             if lower is not None and _is_f32([*node.inputs, *node.outputs]):
@@ -171,6 +190,11 @@ class Lowerer:
             return False
         if res is not None and [int(d) for d in res.type.shape] != oshape:
             return False
+        post = self.post_op(out) if act == "none" and res is None else None
+        if post is not None and len(post[1]) == 2 and post[1][1] == ("in", 0) \
+                and post[1][0] in ACTIVATIONS:
+            self.absorbed.add(id(post[0]))
+            out, act, name = post[0].outputs[0], post[1][0], f"{name}_{post[1][0]}"
         mr, nr = self.host.gemm_tile
         spec = GemmSpec(batch, m, n, k, m * k, b_batched, bias is not None, res is not None, act,
                         mr, nr, self.host.lanes)
@@ -216,10 +240,16 @@ class Lowerer:
                 return False
         scale = params[0] if params else None
         bias = params[1] if len(params) > 1 else None
+        post = self.post_op(out) if kind != "softmax" else None
+        expr = None
+        if post is not None:
+            self.absorbed.add(id(post[0]))
+            out, expr = post[0].outputs[0], post[1]
+            name = f"{name}_{post[0].op}"
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
             return row_kernel(name, kind, rows, n, loc(out), loc(x), loc(scale),  # type: ignore
-                              loc(bias), eps)
+                              loc(bias), eps, expr, self.host.lanes)
 
         self.steps.append(Step(name, [v for v in node.inputs if v is not None], [out], gen,
                                parallel=_work(node) * 4 > PARALLEL_BYTES and rows > 1, op=node.op))

@@ -7,7 +7,10 @@ scalar code with fast-math flags on the reductions, so LLVM's loop vectorizer tu
 
 from __future__ import annotations
 
-from satura.targets.irmath import Emitter, fconst
+from collections.abc import Callable
+
+from satura.targets.elementwise import Expr, apply_expr
+from satura.targets.irmath import Emitter, fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 
 FAST = "fast"
@@ -15,11 +18,15 @@ FAST = "fast"
 
 def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand,
                scale: Operand | None = None, bias: Operand | None = None,
-               epsilon: float = 1e-5) -> str:
-    """LLVM IR of ``kind`` ('softmax', 'layer_norm', 'rms_norm') over ``rows`` rows of ``n``."""
+               epsilon: float = 1e-5, post: Expr | None = None, lanes: int = 8) -> str:
+    """LLVM IR of ``kind`` ('softmax', 'layer_norm', 'rms_norm') over ``rows`` rows of ``n``.
+
+    ``post``: an elementwise expression of ``("in", 0)`` applied to each result before its store
+    (a fused activation).
+    """
     L = [body_header(name, 4), "entry:"]
     loops = Loops(L)
-    for v in ("r", "j1", "j2", "j3"):
+    for v in ("r", "j1", "j2", "j3", f"nw{lanes * 4}", "nw1"):
         L.append(f"  %{v}.a = alloca i64, align 8")
     for v in ("acc1", "acc2"):
         L.append(f"  %{v}.a = alloca float, align 4")
@@ -50,6 +57,38 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
         return fast.mul(v, v)
 
     inv_n = fconst(1.0 / n)
+    wide = lanes * 4
+    nv = n // wide * wide if n >= wide else 0
+
+    def splat(scalar: str, tag: str) -> str:
+        vty = vec_type(wide)
+        L.extend([f"  %{tag}i = insertelement {vty} poison, float {scalar}, i64 0",
+                  f"  %{tag} = shufflevector {vty} %{tag}i, {vty} poison, "
+                  f"<{wide} x i32> zeroinitializer"])
+        return f"%{tag}"
+
+    def write_pass(tag: str, body: Callable[[Emitter, Callable[[str, str], str], str], str],
+                   scalars: dict[str, str]) -> None:
+        """Loop ``j`` over the row in <4L x float> values, then one float at a time."""
+        for width, lo, hi in ((wide, "0", str(nv)), (1, str(nv), str(n))):
+            if lo == hi:
+                continue
+            var = f"{tag}w{width}"
+            vty = vec_type(width)
+            e = Emitter(L, width)
+            loops.open(var, lo, hi, width)
+            sc = {k: (splat(v, f"{k}{var}") if width > 1 else v) for k, v in scalars.items()}
+
+            def ld(ptr: str, what: str, var: str = var, vty: str = vty) -> str:
+                L.extend([f"  %{what}{var}p = getelementptr float, ptr {ptr}, i64 %{var}",
+                          f"  %{what}{var} = load {vty}, ptr %{what}{var}p, align 4"])
+                return f"%{what}{var}"
+
+            v = body(e, ld, sc)  # type: ignore[arg-type]
+            L.extend([f"  %o{var}p = getelementptr float, ptr %or, i64 %{var}",
+                      f"  store {vty} {v}, ptr %o{var}p, align 4"])
+            loops.close(var, width)
+
     if kind == "softmax":
         mx = reduce_loop("j1", "acc1", fconst(float("-inf")), lambda v, a: fast.max(a, v))
         L.append(f"  store float {fconst(0.0)}, ptr %acc2.a")
@@ -75,14 +114,17 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
             ss = reduce_loop("j2", "acc2", fconst(0.0), lambda v, a: fast.add(a, sq(v)))
         var = em.fma(ss, inv_n, fconst(epsilon))
         rstd = em.div(fconst(1.0), em.call("sqrt", var))
-        loops.open("j3", "0", str(n), 1)
-        v = em.mul(em.sub(load("%xr", "%j3", "xj3"), mean), rstd)
-        if scale is not None:
-            v = em.mul(v, load("%a2", "%j3", "sc"))
-        if bias is not None:
-            v = em.add(v, load("%a3", "%j3", "bi"))
-        L += ["  %oj3p = getelementptr float, ptr %or, i64 %j3", f"  store float {v}, ptr %oj3p"]
-        loops.close("j3", 1)
+        L.append(f"  %mean = fadd float {mean}, {fconst(0.0)}")
+
+        def norm(e: Emitter, ld: Callable[[str, str], str], sc: dict[str, str]) -> str:
+            v = e.mul(e.sub(ld("%xr", "x"), sc["mean"]), sc["rstd"])
+            if scale is not None:
+                v = e.mul(v, ld("%a2", "sc"))
+            if bias is not None:
+                v = e.add(v, ld("%a3", "bi"))
+            return apply_expr(post, e, [v]) if post is not None else v
+
+        write_pass("n", norm, {"mean": "%mean", "rstd": rstd})
     loops.close("r", 1)
     L += ["  ret void", "}"]
     return wrapper(name, [out, x, scale, bias]) + "\n" + "\n".join(L)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from satura.engine.graph import Graph
 from satura.targets import compile_graph
 
 from tests.targets.helpers import one_node, reference
@@ -95,3 +96,16 @@ def test_unlowered_op_falls_back_per_node():
     g, feeds = one_node("transpose", [(3, 4, 5)], perm=(2, 0, 1))
     model = check(g, feeds, lowered=False)
     assert model.fallback_nodes == [g.nodes[0].name]
+
+
+def test_activation_fused_into_row_kernel_and_gemm():
+    rng = np.random.default_rng(5)
+    g = Graph("fuse")
+    x = g.add_input("x", (33, 70))
+    ln = g.apply("layer_norm", x, g.add_const(rng.standard_normal(70).astype(np.float32)))
+    h = g.apply("gelu", ln)
+    mm = g.apply("matmul", h, g.add_const(rng.standard_normal((70, 19)).astype(np.float32)))
+    g.set_outputs(g.apply("tanh", mm))
+    model = check(g, {"x": rng.standard_normal((33, 70)).astype(np.float32)}, rtol=1e-4,
+                  atol=1e-5)
+    assert len(model.kernels) == 2, model.kernels  # layer_norm+gelu, matmul+tanh
