@@ -230,8 +230,11 @@ def _tail_copy(s: GemmSpec, tail: int) -> list[str]:
 
 
 def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
-                dst: Operand) -> str:
-    """LLVM IR that packs a runtime B ([batch, K, N]) into zero-padded NR-column panels."""
+                dst: Operand, transposed: bool = False) -> str:
+    """LLVM IR that packs a runtime B ([batch, K, N]) into zero-padded NR-column panels.
+
+    ``transposed``: the source holds Bᵀ ([batch, N, K]), as keys do in attention.
+    """
     panels = -(-n // nr)
     L = [body_header(name, 2), "entry:"]
     loops = Loops(L)
@@ -246,7 +249,10 @@ def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
     loops.open("pj", "0", str(nr), 1)
     L += ["  %col = add i64 %j0, %pj", f"  %inb = icmp slt i64 %col, {n}",
           f"  %colc = call i64 @llvm.smin.i64(i64 %col, i64 {n - 1})",
-          f"  %so0 = mul i64 %pk, {n}", "  %so1 = add i64 %sb, %so0", "  %so = add i64 %so1, %colc",
+          *([f"  %so0 = mul i64 %colc, {k}", "  %so1 = add i64 %sb, %so0",
+             "  %so = add i64 %so1, %pk"] if transposed else
+            [f"  %so0 = mul i64 %pk, {n}", "  %so1 = add i64 %sb, %so0",
+             "  %so = add i64 %so1, %colc"]),
           "  %sp = getelementptr float, ptr %a1, i64 %so", "  %sv = load float, ptr %sp",
           "  %v = select i1 %inb, float %sv, float 0.0",
           f"  %do0 = mul i64 %pk, {nr}", "  %do1 = add i64 %db, %do0", "  %do = add i64 %do1, %pj",

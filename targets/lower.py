@@ -16,6 +16,7 @@ import numpy as np
 from satura.engine.errors import CodegenError
 from satura.engine.graph import Graph, Node, Value
 from satura.engine.shapes import normalize_axis
+from satura.targets.attention import AttentionSpec, attention_kernel
 from satura.targets.codegen import HostTarget
 from satura.targets.elementwise import ew_kernel, expr_supported
 from satura.targets.gemm import GemmSpec, gemm_kernel, pack_b_numpy, pack_kernel
@@ -80,8 +81,8 @@ def _work(node: Node) -> float:
 class Lowerer:
     """Builds the step list of one graph for one host target."""
 
-    def __init__(self, graph: Graph, host: HostTarget) -> None:
-        self.g, self.host = graph, host
+    def __init__(self, graph: Graph, host: HostTarget, threads: int = 1) -> None:
+        self.g, self.host, self.threads = graph, host, threads
         self.steps: list[Step] = []
         self.alias: dict[int, Value] = {}
         self.extra: dict[int, np.ndarray] = {}
@@ -255,6 +256,36 @@ class Lowerer:
                                parallel=_work(node) * 4 > PARALLEL_BYTES and rows > 1, op=node.op))
         return True
 
+    def attention(self, node: Node, name: str) -> bool:
+        q, k, v = node.inputs[:3]
+        mask = node.inputs[3] if len(node.inputs) > 3 else None
+        out = node.outputs[0]
+        assert q is not None
+        assert k is not None
+        assert v is not None
+        scale = float(node.attrs["scale"])
+        if mask is not None or node.attrs.get("causal", 0) or scale <= 0:
+            return False
+        qs, ks, vs = ([int(d) for d in t.type.shape] for t in (q, k, v))
+        if len(qs) < 3 or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1] or qs[-1] != ks[-1]:
+            return False
+        spec = AttentionSpec(_numel(tuple(qs[:-2])), qs[-2], ks[-2], qs[-1], vs[-1], scale)
+        scratch = Scratch(f"{name}_scratch",
+                          self.threads * spec.scratch_bytes_per_part(self.host.gemm_tile[1]))
+
+        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return attention_kernel(name, spec, self.host, loc(out), loc(q), loc(k),  # type: ignore
+                                    loc(v), loc(scratch))  # type: ignore[arg-type]
+
+        flops = 2.0 * spec.heads * spec.sq * spec.sk * (spec.d + spec.dv)
+        self.steps.append(Step(name, [q, k, v, scratch], [out], gen,
+                               parallel=flops > PARALLEL_FLOPS and spec.heads > 1, op=node.op))
+        return True
+
+
+def _lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
+    return lw.attention(node, name)
+
 
 def _lower_ew(lw: Lowerer, node: Node, name: str) -> bool:
     return lw.ew(node, name, node.attrs["expr"])
@@ -319,7 +350,7 @@ def _lower_view(lw: Lowerer, node: Node, name: str) -> bool:
 LOWERINGS: dict[str, Callable[[Lowerer, Node, str], bool]] = {
     "ew": _lower_ew, "linear": _lower_linear, "matmul": _lower_matmul, "gemm": _lower_onnx_gemm,
     "layer_norm": _lower_norm, "rms_norm": _lower_norm, "softmax": _lower_softmax,
-    "reshape": _lower_view, "identity": _lower_view,
+    "reshape": _lower_view, "identity": _lower_view, "attention": _lower_attention,
     **{op: _lower_unary for op in UNARY_OPS | {"gelu"} if op != "identity"},
     **{op: _lower_binary for op in BINARY_OPS},
 }

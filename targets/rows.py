@@ -18,11 +18,12 @@ FAST = "fast"
 
 def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand,
                scale: Operand | None = None, bias: Operand | None = None,
-               epsilon: float = 1e-5, post: Expr | None = None, lanes: int = 8) -> str:
+               epsilon: float = 1e-5, post: Expr | None = None, lanes: int = 8,
+               logit_scale: float = 1.0) -> str:
     """LLVM IR of ``kind`` ('softmax', 'layer_norm', 'rms_norm') over ``rows`` rows of ``n``.
 
     ``post``: an elementwise expression of ``("in", 0)`` applied to each result before its store
-    (a fused activation).
+    (a fused activation). ``logit_scale`` (> 0): softmax of ``x · logit_scale``.
     """
     L = [body_header(name, 4), "entry:"]
     loops = Loops(L)
@@ -94,7 +95,8 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
         L.append(f"  store float {fconst(0.0)}, ptr %acc2.a")
         loops.open("j2", "0", str(n), 1)
         L.append("  %acc2.j2 = load float, ptr %acc2.a")
-        e = em.exp(em.sub(load("%xr", "%j2", "xj2"), mx))
+        e = em.sub(load("%xr", "%j2", "xj2"), mx)
+        e = em.exp(em.mul(e, fconst(logit_scale)) if logit_scale != 1.0 else e)
         L += ["  %oj2p = getelementptr float, ptr %or, i64 %j2", f"  store float {e}, ptr %oj2p",
               f"  %s2 = fadd fast float %acc2.j2, {e}", "  store float %s2, ptr %acc2.a"]
         loops.close("j2", 1)

@@ -77,7 +77,7 @@ class CompiledModel:
         self.graph = graph
         self.threads = max(1, threads or len(os.sched_getaffinity(0)))
         host = codegen.host_target()
-        lw = Lowerer(graph, host)
+        lw = Lowerer(graph, host, self.threads)
         prog = lw.run()
         self._prog, self._root = prog, lw.root
         # Pointer table: [arena, inputs..., outputs..., constants...].

@@ -109,3 +109,11 @@ def test_activation_fused_into_row_kernel_and_gemm():
     model = check(g, {"x": rng.standard_normal((33, 70)).astype(np.float32)}, rtol=1e-4,
                   atol=1e-5)
     assert len(model.kernels) == 2, model.kernels  # layer_norm+gelu, matmul+tanh
+
+
+@pytest.mark.parametrize(("q", "k", "dv"), [((2, 3, 17, 8), (2, 3, 29, 8), 12),
+                                            ((4, 64, 16), (4, 64, 16), 16)])
+def test_attention(q, k, dv):
+    v = (*k[:-1], dv)
+    g, feeds = one_node("attention", [q, k, v], scale=0.3)
+    check(g, feeds, rtol=1e-4, atol=1e-5)
