@@ -27,7 +27,7 @@ RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 @dataclass(frozen=True)
 class Limits:
     iterations: int = 12
-    nodes: int = 20_000
+    nodes: int = 8_000
     seconds: float = 30.0
 
 

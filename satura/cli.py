@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def saturation_args(s: argparse.ArgumentParser) -> None:
         s.add_argument("--iterations", type=int, default=12, help="saturation iteration limit")
-        s.add_argument("--nodes", type=int, default=20_000, help="e-node limit")
+        s.add_argument("--nodes", type=int, default=8_000, help="e-node limit")
         s.add_argument("--seconds", type=float, default=30.0, help="saturation time limit")
 
     s = sub.add_parser("optimize", help="saturate and extract the cheapest program")
