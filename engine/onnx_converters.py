@@ -357,6 +357,24 @@ def _slice(ctx: NodeCtx) -> Outs:
                     steps=tuple(int(s) for s in steps))]
 
 
+@converter("GatherElements")
+def _gather_elements(ctx: NodeCtx) -> Outs:
+    return [ctx.one("gather_elements", ctx.x(0), ctx.x(1), axis=int(ctx.attr("axis", 0)))]
+
+
+@converter("Mod")
+def _mod(ctx: NodeCtx) -> Outs:
+    return [ctx.one("mod", ctx.x(0), ctx.x(1), fmod=int(ctx.attr("fmod", 0)))]
+
+
+@converter("Elu", "HardSigmoid")
+def _unary_with_attrs(ctx: NodeCtx) -> Outs:
+    if ctx.op_type == "Elu":
+        return [ctx.one("elu", ctx.x(), alpha=float(ctx.attr("alpha", 1.0)))]
+    return [ctx.one("hard_sigmoid", ctx.x(), alpha=float(ctx.attr("alpha", 0.2)),
+                    beta=float(ctx.attr("beta", 0.5)))]
+
+
 @converter("Gather")
 def _gather(ctx: NodeCtx) -> Outs:
     return [ctx.one("gather", ctx.x(0), ctx.x(1), axis=int(ctx.attr("axis", 0)))]

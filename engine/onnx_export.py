@@ -402,6 +402,22 @@ def _arg(ctx: ExportCtx, node: Node) -> None:
             axis=a["axis"], keepdims=a["keepdims"], select_last_index=a["select_last_index"])
 
 
+@writer("mod")
+def _mod(ctx: ExportCtx, node: Node) -> None:
+    ctx.add("Mod", ctx.ins(node), ctx.outs(node), fmod=int(node.attrs.get("fmod", 0)))
+
+
+@writer("gather_elements")
+def _gather_elements(ctx: ExportCtx, node: Node) -> None:
+    ctx.add("GatherElements", ctx.ins(node), ctx.outs(node), axis=int(node.attrs.get("axis", 0)))
+
+
+@writer("elu", "hard_sigmoid")
+def _unary_attrs(ctx: ExportCtx, node: Node) -> None:
+    kw = {k: float(v) for k, v in OPS[node.op].with_defaults(node.attrs).items()}
+    ctx.add(camel(node.op), ctx.ins(node), ctx.outs(node), **kw)
+
+
 @writer("transpose")
 def _transpose(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Transpose", ctx.ins(node), ctx.outs(node), perm=list(node.attrs["perm"]))

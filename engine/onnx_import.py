@@ -253,11 +253,12 @@ class NodeCtx:
         return tuple(as_dim(v) for v in k.ravel().tolist())
 
     def const(self, i: int) -> np.ndarray | None:
-        v = self.inp(i)
+        v = self._as_const(self.inp(i))
         if v is None:
             return None
         if v.data is None:
-            raise self.fail(f"input {i} ('{self.node.input[i]}') must be a constant")
+            raise self.fail(f"input {i} ('{self.node.input[i]}') must be known at import "
+                            "(a constant)")
         return v.data
 
     def attr(self, name: str, default: Any = None) -> Any:
@@ -280,7 +281,7 @@ class NodeCtx:
         """Add (or fold) one satura node; returns its outputs."""
         graph = self.imp.graph
         try:
-            folded = try_fold(op, list(inputs), attrs)
+            folded = try_fold(op, [self._as_const(v) for v in inputs], attrs)
             if folded is not None:
                 outs = [self.imp.add_const(a, f"{self.name}_c") for a in folded]
             else:
@@ -291,6 +292,16 @@ class NodeCtx:
         if folded is None:
             self._propagate_known(op, inputs, attrs, outs)
         return outs
+
+    def _as_const(self, v: Value | None) -> Value | None:
+        """``v``, or a constant twin of it when its value is known with no symbols (a Shape of a
+        static tensor), so that computations on it fold."""
+        if v is None or v.is_const:
+            return v
+        k = _plain(self.imp.known.get(id(v)))
+        if k is None or k.dtype == object:
+            return v
+        return Value(v.name, v.type, data=k.astype(v.type.dtype))
 
     def one(self, op: str, *inputs: Value | None, **attrs: Any) -> Value:
         return self.emit(op, list(inputs), **attrs)[0]

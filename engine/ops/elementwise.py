@@ -56,6 +56,7 @@ UNARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]] 
                 ("transcendental",)),
     "silu": ("", lambda x: _keep(x / (1.0 + np.exp(-x)), x), 11, ("transcendental",)),
     "floor": ("Floor", np.floor, 1, ()),
+    "round": ("Round", np.round, 1, ()),  # half to even, as ONNX
     "ceil": ("Ceil", np.ceil, 1, ()),
     "sin": ("Sin", np.sin, 10, ("transcendental",)),
     "cos": ("Cos", np.cos, 10, ("transcendental",)),
@@ -170,3 +171,39 @@ register(OpInfo(
     name="where", shape=broadcast_shape, inputs=(3, 3), dtype=_where_dtype,
     reference=lambda ins, at: [np.where(ins[0], ins[1], ins[2])],  # type: ignore[arg-type]
     onnx=("Where",), traits=frozenset({"elementwise"}), doc="cond ? a : b, broadcast"))
+
+
+def _mod_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    a, b = ins
+    assert a is not None
+    assert b is not None
+    fn = np.fmod if at["fmod"] or a.dtype.kind == "f" else np.mod
+    with np.errstate(all="ignore"):
+        return [np.asarray(fn(a, b)).astype(a.dtype)]
+
+
+register(OpInfo(
+    name="mod", shape=broadcast_shape, reference=_mod_ref, inputs=(2, 2),
+    attrs={"fmod": AttrSpec("int", 0)}, onnx=("Mod",),
+    work=lambda i, o, a: elementwise_work(i, o, a, 4),
+    traits=frozenset({"elementwise", "binary"}),
+    doc="remainder: sign of the divisor (fmod=0, integers) or of the dividend (fmod=1, C fmod)"))
+
+
+def _unary_attr_op(name: str, onnx_op: str, fn: Callable[..., np.ndarray],
+                   attrs: dict[str, AttrSpec], flops: float, doc: str) -> None:
+    register(OpInfo(
+        name=name, shape=unary_shape, attrs=attrs, onnx=(onnx_op,),
+        reference=lambda ins, at: [_keep(fn(ins[0], at), ins[0])],  # type: ignore[arg-type]
+        work=lambda i, o, a: elementwise_work(i, o, a, flops),
+        traits=frozenset({"elementwise", "unary", "transcendental"}), doc=doc))
+
+
+_unary_attr_op("elu", "Elu", lambda x, at: np.where(x > 0, x, at["alpha"] * np.expm1(x)),
+               {"alpha": AttrSpec("float", 1.0)}, 10, "x if x > 0 else alpha·(exp(x) - 1)")
+_unary_attr_op("softplus", "Softplus", lambda x, at: np.logaddexp(0, x), {}, 12,
+               "log(1 + exp(x))")
+_unary_attr_op("hard_sigmoid", "HardSigmoid",
+               lambda x, at: np.clip(at["alpha"] * x + at["beta"], 0, 1),
+               {"alpha": AttrSpec("float", 0.2), "beta": AttrSpec("float", 0.5)}, 3,
+               "max(0, min(1, alpha·x + beta))")

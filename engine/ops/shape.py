@@ -221,6 +221,32 @@ register(OpInfo(
     doc="take x's slices at integer indices along axis (negative indices count from the end)"))
 
 
+def _gather_elements_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x, idx = ins[0], ins[1]
+    assert x is not None
+    assert idx is not None
+    d.require(len(x) == len(idx), "gather_elements: x and indices differ in rank")
+    normalize_axis(at["axis"], len(x))
+    return [tuple(idx)]
+
+
+def _gather_elements_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x, idx = ins[0], ins[1]
+    assert x is not None
+    assert idx is not None
+    axis = normalize_axis(at["axis"], x.ndim)
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    return [np.take_along_axis(x, idx, axis=axis)]
+
+
+register(OpInfo(
+    name="gather_elements", shape=_gather_elements_shape, reference=_gather_elements_ref,
+    inputs=(2, 2), attrs={"axis": AttrSpec("int", 0)}, work=move_work,
+    dtype=lambda ins, at: [ins[0] or "float32"], onnx=("GatherElements",),
+    traits=frozenset({"index"}),
+    doc="out[i][j]... = x[..., indices[i][j]..., ...] along axis (numpy take_along_axis)"))
+
+
 # -- expand / tile / pad -----------------------------------------------------------------------
 def _expand_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     return [d.broadcast_shapes(_x(ins), tuple(at["shape"]))]

@@ -170,6 +170,16 @@ def _gather(rng: np.random.Generator) -> Case:
     return [ins[0], rng.integers(-n, n, size=_shape(rng, int(rng.integers(0, 3))))], at
 
 
+def _gather_elements(rng: np.random.Generator) -> Case:
+    ins, at = _axis_op(rng)
+    x = ins[0]
+    assert x is not None
+    n = x.shape[at["axis"]]
+    shape = list(x.shape)
+    shape[at["axis"]] = int(rng.integers(1, 4))
+    return [x, rng.integers(-n, n, size=shape)], at
+
+
 def _expand(rng: np.random.Generator) -> Case:
     a, b = _bcast_pair(rng)
     return [_f(rng, *a)], {"shape": b}
@@ -188,7 +198,8 @@ CASES: dict[str, Callable[[np.random.Generator], Case]] = {
     "max_pool": lambda r: _pool(r, False), "avg_pool": lambda r: _pool(r, True),
     "global_avg_pool": lambda r: ([_f(r, 2, 3, *_shape(r, 2))], {}),
     "argmax": _arg, "argmin": _arg, "transpose": _transpose, "reshape": _reshape,
-    "concat": _concat, "split": _split, "slice": _slice, "gather": _gather, "expand": _expand,
+    "concat": _concat, "split": _split, "slice": _slice, "gather": _gather,
+    "gather_elements": _gather_elements, "expand": _expand,
     "tile": lambda r: ([_f(r, 2, 3)], {"repeats": _shape(r, 2, 1, 3)}),
     "pad": lambda r: ([_f(r, 3, 4)], {"pads": (1, -1, 0, 2)}),
     "shape_of": lambda r: ([_f(r, *_shape(r, 3))], {"start": -2}),
