@@ -36,6 +36,7 @@ class GemmSpec:
     mr: int
     nr: int
     lanes: int
+    bias_rows: bool = False  # bias indexed by row (conv: per output channel), not by column
 
     @property
     def panels(self) -> int:
@@ -106,14 +107,18 @@ def _ukernel(name: str, s: GemmSpec, mr: int) -> str:
     em = Emitter(out, L)
     final = [[f"%m{i}_{v}" for v in range(nv)] for i in range(mr)]
     for v in range(nv):
-        if s.has_bias:
+        if s.has_bias and not s.bias_rows:
             out += [f"  %bb{v} = getelementptr float, ptr %bias, i64 {v * L}",
                     f"  %bv{v} = load {vty}, ptr %bb{v}, align 4"]
     for i in range(mr):
+        if s.has_bias and s.bias_rows:
+            out += [f"  %br{i}p = getelementptr float, ptr %bias, i64 {i}",
+                    f"  %br{i} = load float, ptr %br{i}p, align 4"]
+            _splat(out, vty, L, f"%br{i}", f"%brv{i}")
         for v in range(nv):
             x = final[i][v]
             if s.has_bias:
-                x = em.add(x, f"%bv{v}")
+                x = em.add(x, f"%brv{i}" if s.bias_rows else f"%bv{v}")
             x = em.unary(s.act, x) if s.act != "tanh" else em.tanh(x)
             if s.has_res:
                 out += [f"  %rp{i}_{v} = getelementptr float, ptr %res, i64 %q{i}_{v}",
@@ -168,6 +173,8 @@ def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
           f"  %co0 = mul i64 %ir, {s.n}", "  %co = add i64 %co0, %j0",
           "  %ct = getelementptr float, ptr %cbp, i64 %co",
           "  %rt = getelementptr float, ptr %rbp, i64 %co",
+          "  %biasr = getelementptr float, ptr %a3, i64 %ir",
+          f"  %biast = select i1 {'true' if s.bias_rows else 'false'}, ptr %biasr, ptr %biasp",
           "  br i1 %isfull, label %fsw, label %tsw"]
     for kind in ("f", "t"):
         cases = " ".join(f"i64 {m}, label %{kind}m{m}" for m in range(1, s.mr + 1))
@@ -175,7 +182,7 @@ def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
         for m in range(1, s.mr + 1):
             if kind == "f":
                 args = ("ptr %at, ptr %bpt, i64 %kc, ptr %ct, i64 " + str(s.n)
-                        + ", i1 %accum, i1 %last, ptr %biasp, ptr %rt")
+                        + ", i1 %accum, i1 %last, ptr %biast, ptr %rt")
             else:
                 args = (f"ptr %at, ptr %bpt, i64 %kc, ptr %tmp, i64 {s.nr}, i1 false, i1 false, "
                         "ptr null, ptr null")
@@ -216,7 +223,8 @@ def _tail_copy(s: GemmSpec, tail: int) -> list[str]:
     em = Emitter(L, 1)
     x = "%gv"
     if s.has_bias:
-        L += ["  %tbp = getelementptr float, ptr %biasp, i64 %tj", "  %tbv = load float, ptr %tbp"]
+        L += [f"  %tbp = getelementptr float, ptr %biast, i64 {'%ti' if s.bias_rows else '%tj'}",
+              "  %tbv = load float, ptr %tbp"]
         x = em.add(x, "%tbv")
     x = em.unary(s.act, x) if s.act != "tanh" else em.tanh(x)
     if s.has_res:
@@ -245,6 +253,18 @@ def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
     L += [f"  %bi = sdiv i64 %pp, {panels}", f"  %jp = srem i64 %pp, {panels}",
           f"  %sb = mul i64 %bi, {k * n}", f"  %j0 = mul i64 %jp, {nr}",
           f"  %db = mul i64 %pp, {k * nr}"]
+    if not transposed:
+        # Full panels: each k-row of the panel is one contiguous <NR x float> copy.
+        vty = vec_type(nr)
+        L += [f"  %full = icmp slt i64 %jp, {n // nr}", "  br i1 %full, label %fk.pre, label %tail",
+              "fk.pre:", "  br label %fk", "fk:", "  %fkk = phi i64 [0, %fk.pre], [%fkn, %fk]",
+              f"  %fs0 = mul i64 %fkk, {n}", "  %fs1 = add i64 %sb, %fs0",
+              "  %fs = add i64 %fs1, %j0", "  %fsp = getelementptr float, ptr %a1, i64 %fs",
+              f"  %fv = load {vty}, ptr %fsp, align 4", f"  %fd0 = mul i64 %fkk, {nr}",
+              "  %fd = add i64 %db, %fd0", "  %fdp = getelementptr float, ptr %a0, i64 %fd",
+              f"  store {vty} %fv, ptr %fdp, align 4", "  %fkn = add i64 %fkk, 1",
+              f"  %fkm = icmp slt i64 %fkn, {k}", "  br i1 %fkm, label %fk, label %pp.next",
+              "tail:"]
     loops.open("pk", "0", str(k), 1)
     loops.open("pj", "0", str(nr), 1)
     L += ["  %col = add i64 %j0, %pj", f"  %inb = icmp slt i64 %col, {n}",
@@ -259,6 +279,7 @@ def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
           "  %dp = getelementptr float, ptr %a0, i64 %do", "  store float %v, ptr %dp"]
     loops.close("pj", 1)
     loops.close("pk", 1)
+    L += ["  br label %pp.next", "pp.next:"]
     loops.close("pp", 1)
     L += ["  ret void", "}"]
     return wrapper(name, [dst, src]) + "\n" + "\n".join(L)

@@ -18,6 +18,7 @@ from satura.engine.graph import Graph, Node, Value
 from satura.engine.shapes import normalize_axis
 from satura.targets.attention import AttentionSpec, attention_kernel
 from satura.targets.codegen import HostTarget
+from satura.targets.conv import ConvSpec, im2col_kernel
 from satura.targets.elementwise import ew_kernel, expr_supported
 from satura.targets.gemm import GemmSpec, gemm_kernel, pack_b_numpy, pack_kernel
 from satura.targets.irmath import ACTIVATIONS, BINARY_OPS, INTRINSICS, UNARY_OPS, Emitter
@@ -282,6 +283,54 @@ class Lowerer:
                                parallel=flops > PARALLEL_FLOPS and spec.heads > 1, op=node.op))
         return True
 
+    def conv(self, node: Node, name: str) -> bool:
+        x, w = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        out = node.outputs[0]
+        assert x is not None
+        assert w is not None
+        at = node.attrs
+        if x.type.rank != 4 or at.get("group", 1) != 1 or not w.is_const:
+            return False
+        n, c, h, wd = (int(d) for d in x.type.shape)
+        m, _, kh, kw = (int(d) for d in w.type.shape)
+        oh, ow = (int(d) for d in out.type.shape[2:])
+        st = at.get("strides") or (1, 1)
+        pads = at.get("pads") or (0, 0, 0, 0)
+        dil = at.get("dilations") or (1, 1)
+        spec = ConvSpec(n, c, h, wd, kh, kw, oh, ow, tuple(st), (pads[0], pads[1]),
+                        tuple(dil))  # type: ignore[arg-type]
+        act = at.get("act", "none")
+        if act not in ACTIVATIONS:
+            return False
+        mr, nr = self.host.gemm_tile
+        gspec = GemmSpec(n, m, spec.p, spec.k, 0, True, bias is not None, False, act, mr, nr,
+                         self.host.lanes, bias_rows=True)
+        col = Scratch(f"{name}_col", 4 * n * spec.k * spec.p)
+        packed = Scratch(f"{name}_bpack", 4 * n * gspec.packed_elems)
+
+        def gen_col(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return im2col_kernel(f"{name}_im2col", spec, loc(x), loc(col))  # type: ignore
+
+        def gen_pack(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return pack_kernel(f"{name}_pack", n, spec.k, spec.p, nr, loc(col),  # type: ignore
+                               loc(packed))  # type: ignore[arg-type]
+
+        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return gemm_kernel(name, gspec, loc(out), loc(w), loc(packed),  # type: ignore
+                               loc(bias), None)
+
+        big = spec.k * spec.p * n * 4 > PARALLEL_BYTES
+        self.steps += [Step(f"{name}_im2col", [x], [col], gen_col, parallel=big, op="im2col"),
+                       Step(f"{name}_pack", [col], [packed], gen_pack, parallel=big, op="pack"),
+                       Step(name, [w, packed, *([bias] if bias else [])], [out], gen,
+                            parallel=big and m > mr, op=node.op)]
+        return True
+
+
+def _lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
+    return lw.conv(node, name)
+
 
 def _lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     return lw.attention(node, name)
@@ -351,6 +400,7 @@ LOWERINGS: dict[str, Callable[[Lowerer, Node, str], bool]] = {
     "ew": _lower_ew, "linear": _lower_linear, "matmul": _lower_matmul, "gemm": _lower_onnx_gemm,
     "layer_norm": _lower_norm, "rms_norm": _lower_norm, "softmax": _lower_softmax,
     "reshape": _lower_view, "identity": _lower_view, "attention": _lower_attention,
+    "conv": _lower_conv,
     **{op: _lower_unary for op in UNARY_OPS | {"gelu"} if op != "identity"},
     **{op: _lower_binary for op in BINARY_OPS},
 }

@@ -117,3 +117,17 @@ def test_attention(q, k, dv):
     v = (*k[:-1], dv)
     g, feeds = one_node("attention", [q, k, v], scale=0.3)
     check(g, feeds, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("x", "w", "attrs"), [
+    ((1, 3, 9, 11), (5, 3, 3, 3), {"pads": (1, 1, 1, 1)}),
+    ((2, 4, 10, 7), (6, 4, 3, 2), {"strides": (2, 1), "pads": (0, 1, 2, 0)}),
+    ((1, 2, 12, 12), (7, 2, 3, 3), {"dilations": (2, 2), "act": "relu"}),
+    ((1, 8, 5, 5), (3, 8, 1, 1), {}),
+])
+def test_conv_im2col_gemm(x, w, attrs):
+    rng = np.random.default_rng(len(x) + w[0])
+    consts = {1: rng.standard_normal(w).astype(np.float32),
+              2: rng.standard_normal(w[0]).astype(np.float32)}
+    g, feeds = one_node("conv", [x, w, (w[0],)], consts=consts, **attrs)
+    check(g, feeds, rtol=1e-4, atol=1e-4)
