@@ -151,6 +151,18 @@ def _layer_norm(ctx: NodeCtx) -> Outs:
     return outs
 
 
+@converter("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")
+def _nll(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    ii = ctx.attr("ignore_index")
+    at = {"reduction": ctx.attr("reduction", "mean"),
+          "ignore_index": None if ii is None else int(ii)}
+    if ctx.op_type == "NegativeLogLikelihoodLoss":
+        return [ctx.one("nll_loss", x, ctx.x(1), ctx.inp(2), **at)]
+    logp = ctx.one("log_softmax", x, axis=1)
+    return [ctx.one("nll_loss", logp, ctx.x(1), ctx.inp(2), **at), logp]
+
+
 @converter("BatchNormalization")
 def _batch_norm(ctx: NodeCtx) -> Outs:
     if ctx.attr("training_mode", 0):
@@ -365,6 +377,14 @@ def _gather_elements(ctx: NodeCtx) -> Outs:
 @converter("Mod")
 def _mod(ctx: NodeCtx) -> Outs:
     return [ctx.one("mod", ctx.x(0), ctx.x(1), fmod=int(ctx.attr("fmod", 0)))]
+
+
+@converter("Swish")
+def _swish(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    alpha = float(ctx.attr("alpha", 1.0))
+    return [ctx.one("silu", x) if alpha == 1.0 else
+            ctx.one("mul", x, ctx.one("sigmoid", ctx.one("mul", x, ctx.scalar(alpha, x))))]
 
 
 @converter("Elu", "HardSigmoid")

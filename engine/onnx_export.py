@@ -402,6 +402,15 @@ def _arg(ctx: ExportCtx, node: Node) -> None:
             axis=a["axis"], keepdims=a["keepdims"], select_last_index=a["select_last_index"])
 
 
+@writer("nll_loss")
+def _nll(ctx: ExportCtx, node: Node) -> None:
+    a = OPS["nll_loss"].with_defaults(node.attrs)
+    kw: dict[str, Any] = {"reduction": a["reduction"]}
+    if a["ignore_index"] is not None:
+        kw["ignore_index"] = a["ignore_index"]
+    ctx.add("NegativeLogLikelihoodLoss", ctx.ins(node), ctx.outs(node), **kw)
+
+
 @writer("mod")
 def _mod(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Mod", ctx.ins(node), ctx.outs(node), fmod=int(node.attrs.get("fmod", 0)))

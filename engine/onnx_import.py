@@ -159,6 +159,10 @@ class Importer:
         for vi in g.input:
             if vi.name in self.values:
                 continue  # an initializer also listed as an input (old exporters): a constant
+            if not vi.type.HasField("tensor_type"):
+                kind = vi.type.WhichOneof("value") or "untyped"
+                raise ModelError(f"input '{vi.name}' has type {kind}, not a tensor (satura reads "
+                                 "tensors only)")
             dtype = onnx_dtype(vi.type.tensor_type.elem_type, f"input '{vi.name}'")
             self.values[vi.name] = self.graph.add_input(vi.name, self.value_shape(vi), dtype)
         for i, node in enumerate(g.node):

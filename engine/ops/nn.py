@@ -361,3 +361,41 @@ register(OpInfo(
     attrs={"scale": AttrSpec("float"), "causal": AttrSpec("int", 0)}, work=attention_work,
     traits=frozenset({"contraction", "fused"}),
     doc="softmax(q·kᵀ·scale + mask [+ causal]) · v; kv heads repeated to q's (GQA)"))
+
+
+# -- losses ------------------------------------------------------------------------------------
+def _nll_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x, t = ins[0], ins[1]
+    assert x is not None
+    assert t is not None
+    d.require(at["reduction"] in ("none", "sum", "mean"), "nll_loss: unknown reduction")
+    d.require(len(x) >= 2 and len(t) == len(x) - 1, "nll_loss: x is [N, C, ...], target [N, ...]")
+    d.same(t, (x[0], *x[2:]), "nll_loss: target shape differs from x without its class axis")
+    if len(ins) > 2 and ins[2] is not None:
+        d.same(ins[2], (x[1],), "nll_loss: weight must be [C]")
+    return [tuple(t) if at["reduction"] == "none" else ()]
+
+
+def _nll_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x, t = ins[0], ins[1]
+    assert x is not None
+    assert t is not None
+    w = ins[2] if len(ins) > 2 else None
+    keep = np.ones(t.shape, bool) if at["ignore_index"] is None else t != at["ignore_index"]
+    safe = np.where(keep, t, 0).astype(np.int64)
+    picked = np.take_along_axis(x, np.expand_dims(safe, 1), axis=1)[:, 0]
+    wt = (w[safe] if w is not None else np.ones(t.shape, x.dtype)) * keep
+    loss = -picked * wt
+    if at["reduction"] == "sum":
+        loss = loss.sum()
+    elif at["reduction"] == "mean":
+        loss = loss.sum() / wt.sum()
+    return [np.asarray(loss).astype(x.dtype)]
+
+
+register(OpInfo(
+    name="nll_loss", shape=_nll_shape, reference=_nll_ref, inputs=(2, 3), work=_per_elem(3),
+    attrs={"reduction": AttrSpec("str", "mean"), "ignore_index": AttrSpec("int", None)},
+    dtype=lambda ins, at: [ins[0] or "float32"], onnx=("NegativeLogLikelihoodLoss",),
+    traits=frozenset({"reduction", "loss"}),
+    doc="negative log-likelihood: -x[n, target[n, ...], ...] · weight, reduced none/sum/mean"))
