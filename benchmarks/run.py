@@ -201,17 +201,27 @@ def w_gemm(rng: np.random.Generator, n: int = 1024) -> Workload:
 
 def median_time(fn: Callable[[], Any], budget: float, min_reps: int = 5) -> float:
     """Median seconds of ``fn`` over repeats filling about ``budget`` seconds (after a warm-up)."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    reps = max(min_reps, min(2000, int(budget / one)))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
+    return median_times({"f": fn}, budget, min_reps)["f"]
+
+
+def median_times(fns: dict[str, Callable[[], Any]], budget: float,
+                 min_reps: int = 5) -> dict[str, float]:
+    """Median seconds of each function, the systems run in turn within each repeat, so a change
+    in the machine's load (other jobs on shared cores) hits every system alike."""
+    one = 0.0
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        t0 = time.perf_counter()
+        fn()
+        one += max(time.perf_counter() - t0, 1e-7)
+    reps = max(min_reps, min(2000, int(budget * len(fns) / one)))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _set_blas_threads(n: int) -> None:
@@ -239,19 +249,50 @@ def run(threads: list[int], budget: float, quick: bool) -> None:
         print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
         for w in works:
             model = compile_graph(w.graph, threads=t)
-            ts = median_time(lambda m=model, f=w.feeds: m(**f), budget)
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.intra_op_num_threads, so.inter_op_num_threads = t, 1
             sess = ort.InferenceSession(w.onnx_model, so, providers=["CPUExecutionProvider"])
-            to = median_time(lambda s=sess, f=w.feeds: s.run(None, f), budget)
-            tn = median_time(w.numpy_fn, budget) if w.numpy_fn else math.nan
-            tt = median_time(w.torch_fn, budget) if w.torch_fn else math.nan
+            fns: dict[str, Callable[[], Any]] = {
+                "satura": lambda m=model, f=w.feeds: m(**f),
+                "ort": lambda s=sess, f=w.feeds: s.run(None, f)}
+            if w.numpy_fn:
+                fns["numpy"] = w.numpy_fn
+            if w.torch_fn:
+                fns["torch"] = w.torch_fn
+            med = median_times(fns, budget)
+            ts, to = med["satura"], med["ort"]
+            tn, tt = med.get("numpy", math.nan), med.get("torch", math.nan)
             gf = f"{w.flops / ts / 1e9:8.1f}" if w.flops else f"{'':8}"
             fb = ",".join(sorted({n.split('_')[0] for n in model.fallback_nodes})) or "-"
             print(f"| {w.name:34} | {ts * 1e3:8.3f} | {tn * 1e3:8.3f} | {to * 1e3:8.3f} | "
                   f"{tt * 1e3:8.3f} | {to / ts:7.2f} | {gf} | {model.compile_seconds:9.2f} | "
                   f"{fb} |")
+
+
+def parallel_overhead(budget: float) -> None:
+    """Cost of handing a kernel's shares to a second core: Python pool vs pthreads from LLVM."""
+    from satura.targets import lower
+
+    saved = lower.PARALLEL_BYTES
+    lower.PARALLEL_BYTES = 0  # make every kernel parallel
+    print("\n## two-core hand-off: tanh over n floats, median µs per model call")
+    print(f"| {'n':>9} | {'1 thread':>9} | {'2: pool':>9} | {'2: pthread':>10} |")
+    print("|-----------|-----------|-----------|------------|")
+    try:
+        for n in (4096, 262144, 4194304):
+            g = Graph("tanh")
+            x = g.add_input("x", (n,))
+            g.set_outputs(g.apply("tanh", x))
+            one, pool, native = (compile_graph(g, threads=t) for t in (1, 2, 2))
+            native.native_threads = True
+            xv = np.random.default_rng(0).random(n, dtype=np.float32)
+            t = median_times({"1": lambda m=one: m(x=xv), "pool": lambda m=pool: m(x=xv),
+                              "native": lambda m=native: m(x=xv)}, budget)
+            print(f"| {n:9} | {t['1'] * 1e6:9.1f} | {t['pool'] * 1e6:9.1f} | "
+                  f"{t['native'] * 1e6:10.1f} |")
+    finally:
+        lower.PARALLEL_BYTES = saved
 
 
 def main() -> None:
@@ -261,6 +302,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer workloads")
     args = ap.parse_args()
     run([int(t) for t in args.threads.split(",")], args.budget, args.quick)
+    parallel_overhead(args.budget)
 
 
 if __name__ == "__main__":

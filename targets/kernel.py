@@ -78,3 +78,68 @@ declare i64 @llvm.smin.i64(i64, i64)
 declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)
 declare float @llvm.vector.reduce.fmax.v8f32(<8 x float>)
 """
+
+
+# Native fork-join: run kernel(table, p, n) for p in 1..n-1 on new pthreads, part 0 on the caller.
+PARALLEL_RUNNER = """
+declare i32 @pthread_create(ptr, ptr, ptr, ptr)
+declare i32 @pthread_join(i64, ptr)
+
+define internal ptr @sat_trampoline(ptr %job) {
+entry:
+  %fn = load ptr, ptr %job, align 8
+  %tp = getelementptr i8, ptr %job, i64 8
+  %t = load ptr, ptr %tp, align 8
+  %pp = getelementptr i8, ptr %job, i64 16
+  %p = load i64, ptr %pp, align 8
+  %np = getelementptr i8, ptr %job, i64 24
+  %n = load i64, ptr %np, align 8
+  call void %fn(ptr %t, i64 %p, i64 %n)
+  ret ptr null
+}
+
+define void @sat_parallel(ptr %fn, ptr %t, i64 %n) {
+entry:
+  %jobs = alloca [64 x [4 x i64]], align 8
+  %tids = alloca [64 x i64], align 8
+  %i.a = alloca i64, align 8
+  %n1 = call i64 @llvm.umin.i64(i64 %n, i64 64)
+  store i64 1, ptr %i.a
+  br label %spawn
+spawn:
+  %i = load i64, ptr %i.a
+  %more = icmp ult i64 %i, %n1
+  br i1 %more, label %spawn.b, label %self
+spawn.b:
+  %job = getelementptr [4 x i64], ptr %jobs, i64 %i
+  store ptr %fn, ptr %job, align 8
+  %jt = getelementptr i8, ptr %job, i64 8
+  store ptr %t, ptr %jt, align 8
+  %jp = getelementptr i8, ptr %job, i64 16
+  store i64 %i, ptr %jp, align 8
+  %jn = getelementptr i8, ptr %job, i64 24
+  store i64 %n1, ptr %jn, align 8
+  %tid = getelementptr i64, ptr %tids, i64 %i
+  %rc = call i32 @pthread_create(ptr %tid, ptr null, ptr @sat_trampoline, ptr %job)
+  %i2 = add i64 %i, 1
+  store i64 %i2, ptr %i.a
+  br label %spawn
+self:
+  call void %fn(ptr %t, i64 0, i64 %n1)
+  store i64 1, ptr %i.a
+  br label %join
+join:
+  %k = load i64, ptr %i.a
+  %kmore = icmp ult i64 %k, %n1
+  br i1 %kmore, label %join.b, label %done
+join.b:
+  %kt = getelementptr i64, ptr %tids, i64 %k
+  %tv = load i64, ptr %kt, align 8
+  %jr = call i32 @pthread_join(i64 %tv, ptr null)
+  %k2 = add i64 %k, 1
+  store i64 %k2, ptr %i.a
+  br label %join
+done:
+  ret void
+}
+"""

@@ -22,7 +22,7 @@ from satura.targets.conv import ConvSpec, im2col_kernel
 from satura.targets.elementwise import ew_kernel, expr_supported
 from satura.targets.gemm import GemmSpec, gemm_kernel, pack_b_numpy, pack_kernel
 from satura.targets.irmath import ACTIVATIONS, BINARY_OPS, INTRINSICS, UNARY_OPS, Emitter
-from satura.targets.kernel import PRELUDE, Operand
+from satura.targets.kernel import PARALLEL_RUNNER, PRELUDE, Operand
 from satura.targets.memory import Buffer, MemoryPlan
 from satura.targets.rows import row_kernel
 
@@ -442,7 +442,7 @@ def generate(program: Program, graph: Graph, plan: MemoryPlan,
         return Operand(0, plan.offsets[id(r)])
 
     Emitter.reset_names()  # the same graph must give the same text (the cache key)
-    parts = [PRELUDE, *INTRINSICS]
+    parts = [PRELUDE, *INTRINSICS, PARALLEL_RUNNER]
     for st in program.steps:
         if st.gen is not None:
             parts.append(st.gen(loc))

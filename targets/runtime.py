@@ -30,6 +30,7 @@ from satura.targets.memory import ALIGN, plan_memory
 import satura
 
 KernelFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+ParallelFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _OBJECTS: dict[str, bytes] = {}  # IR hash -> object code, for this process
 
 
@@ -115,12 +116,19 @@ class CompiledModel:
             self._table[slot] = _addr(arr)
         self._table_addr = ctypes.addressof(self._table)
         self._run: list[tuple[str, Any, bool]] = []
+        self._native = ParallelFn(self._jit.address("sat_parallel"))
+        self._addrs: dict[int, int] = {}
         for st in prog.steps:
             if st.gen is not None:
-                self._run.append(("k", KernelFn(self._jit.address(st.name)), st.parallel))
+                fn = KernelFn(self._jit.address(st.name))
+                self._addrs[id(fn)] = self._jit.address(st.name)
+                self._run.append(("k", fn, st.parallel))
             else:
                 self._run.append(("f", st, False))
         self._last_out: dict[int, np.ndarray] = {}
+        # How large kernels use several cores: False (default) hands shares to a Python thread
+        # pool (ctypes calls release the GIL); True forks pthreads from generated code per call.
+        self.native_threads = False
         self._pool = (ThreadPoolExecutor(self.threads - 1, thread_name_prefix="satura")
                       if self.threads > 1 else None)
         self.compile_seconds = time.perf_counter() - t0
@@ -187,7 +195,9 @@ class CompiledModel:
         addr, n = self._table_addr, self.threads
         for kind, what, parallel in self._run:
             if kind == "k":
-                if parallel and self._pool is not None:
+                if parallel and self.threads > 1 and self.native_threads:
+                    self._native(self._addrs[id(what)], addr, n)
+                elif parallel and self._pool is not None:
                     futs = [self._pool.submit(what, addr, p, n) for p in range(1, n)]
                     what(addr, 0, n)
                     for f in futs:
