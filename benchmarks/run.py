@@ -287,8 +287,8 @@ def parallel_overhead(budget: float) -> None:
             one, pool, native = (compile_graph(g, threads=t) for t in (1, 2, 2))
             native.native_threads = True
             xv = np.random.default_rng(0).random(n, dtype=np.float32)
-            t = median_times({"1": lambda m=one: m(x=xv), "pool": lambda m=pool: m(x=xv),
-                              "native": lambda m=native: m(x=xv)}, budget)
+            t = median_times({"1": lambda m=one, a=xv: m(x=a), "pool": lambda m=pool, a=xv: m(x=a),
+                              "native": lambda m=native, a=xv: m(x=a)}, budget)
             print(f"| {n:9} | {t['1'] * 1e6:9.1f} | {t['pool'] * 1e6:9.1f} | "
                   f"{t['native'] * 1e6:10.1f} |")
     finally:
