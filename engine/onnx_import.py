@@ -363,7 +363,24 @@ def _ref_on_objects(op: str) -> Callable[..., np.ndarray]:
     return fn
 
 
+def _keq(a: Any, b: Any) -> bool:
+    zero = sympy.simplify(sympy.sympify(a) - sympy.sympify(b)).is_zero
+    if zero is None:
+        raise ValueError("undecidable")  # dims are positive: batch == -1 is decidable
+    return bool(zero)
+
+
+def _kwhere(vs: Any, ks: Sequence[np.ndarray | None], at: dict[str, Any]) -> np.ndarray | None:
+    c, a, b = ks
+    assert c is not None
+    if not all(isinstance(v, bool) for v in c.ravel().tolist()):
+        return None
+    return np.where(c.astype(bool), a, b)
+
+
 KNOWN_FNS: dict[str, Callable[..., np.ndarray | None]] = {
+    "equal": lambda vs, ks, at: np.vectorize(_keq, otypes=[object])(*ks),
+    "where": _kwhere,
     "shape_of": _shape_of_known,
     "gather": _ref_on_objects("gather"),
     "concat": _ref_on_objects("concat"),

@@ -166,3 +166,23 @@ def test_static_parameter_that_is_not_known_is_an_error() -> None:
                [_f32("y", None)])
     with pytest.raises(ModelError, match=r"'r'.*must be known at import"):
         load_onnx(m)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "dynamo"), [("llama_block", False), ("gpt2_block", True)])
+def test_torch_exports_import_and_match_onnxruntime(name: str, dynamo: bool, tmp_path) -> None:
+    pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    from examples.models import example_inputs
+    from examples.torch_models import export
+
+    path = tmp_path / "m.onnx"
+    model = export(name, dynamo, path)
+    g = load_onnx(path)
+    assert "shape_of" not in g.op_counts()
+    ins = example_inputs(name, batch=3, seq=5)
+    got = run_graph(g, ins)
+    want = ort.InferenceSession(str(path)).run(None, ins)
+    for vo, w in zip(model.graph.output, want, strict=True):
+        np.testing.assert_allclose(got[vo.name], w, rtol=1e-4, atol=1e-5)
