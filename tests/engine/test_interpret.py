@@ -68,3 +68,22 @@ def test_constants_and_multi_output_ops() -> None:
     prod = x_in * np.arange(6, dtype=np.float32)
     np.testing.assert_allclose(out[a.name], prod[:, :2])
     np.testing.assert_allclose(out[g.outputs[1].name], prod[:, 2:].sum(1), rtol=1e-6)
+
+
+def test_fold_constants_replaces_constant_nodes_and_keeps_results() -> None:
+    from satura.engine.fold import fold_constants
+
+    g = Graph()
+    x = g.add_input("x", (3,))
+    c = g.apply("exp", g.add_const(np.array([0.0, 1.0, 2.0], np.float32), "c"))
+    big = g.apply("constant_of_shape", shape=(2048, 1024), value=1.0)
+    y = g.apply("add", x, c)
+    g.set_outputs(y, g.apply("reduce_sum", big, axes=None, keepdims=0))
+    x_in = np.array([1.0, 2.0, 3.0], np.float32)
+    before = run_graph(g, {"x": x_in})
+    assert fold_constants(g, max_elems=1 << 20) == 1  # exp folds; the 2M-element fill does not
+    assert [n.op for n in g.nodes] == ["constant_of_shape", "add", "reduce_sum"]
+    after = run_graph(g, {"x": x_in})
+    for k, v in before.items():
+        np.testing.assert_allclose(after[k], v, rtol=1e-6)
+    np.testing.assert_allclose(after[y.name], x_in + np.exp([0.0, 1.0, 2.0]), rtol=1e-6)
