@@ -28,6 +28,9 @@ from satura.targets.rows import row_kernel
 
 PARALLEL_FLOPS = 4e6  # below this a second core costs more (thread hand-off) than it saves
 PARALLEL_BYTES = 1 << 20
+# A parallel kernel's work is cut into threads × this many shares, handed out on demand, so a core
+# busy with another process does not hold the whole kernel up (the cores here are shared).
+CHUNKS_PER_THREAD = 4
 
 
 @dataclass
@@ -272,7 +275,8 @@ class Lowerer:
             return False
         spec = AttentionSpec(_numel(tuple(qs[:-2])), qs[-2], ks[-2], qs[-1], vs[-1], scale)
         scratch = Scratch(f"{name}_scratch",
-                          self.threads * spec.scratch_bytes_per_part(self.host.gemm_tile[1]))
+                          self.threads * CHUNKS_PER_THREAD
+                          * spec.scratch_bytes_per_part(self.host.gemm_tile[1]))
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
             return attention_kernel(name, spec, self.host, loc(out), loc(q), loc(k),  # type: ignore

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from satura.engine.errors import CodegenError, InputError
 from satura.engine.graph import Graph, Value
 from satura.engine.ops import run_reference
 from satura.targets import codegen
-from satura.targets.lower import Lowerer, Ref, generate, lifetimes
+from satura.targets.lower import CHUNKS_PER_THREAD, Lowerer, Ref, generate, lifetimes
 from satura.targets.memory import ALIGN, plan_memory
 
 import satura
@@ -198,10 +199,7 @@ class CompiledModel:
                 if parallel and self.threads > 1 and self.native_threads:
                     self._native(self._addrs[id(what)], addr, n)
                 elif parallel and self._pool is not None:
-                    futs = [self._pool.submit(what, addr, p, n) for p in range(1, n)]
-                    what(addr, 0, n)
-                    for f in futs:
-                        f.result()
+                    self._run_shared(what, addr)
                 else:
                     what(addr, 0, 1)
             else:
@@ -212,6 +210,23 @@ class CompiledModel:
             result[v.name] = a.copy() if (v.is_const or id(v) not in bound
                                           or v.name in result) else a
         return result
+
+    def _run_shared(self, kernel: Any, addr: int) -> None:
+        """Run ``kernel``'s shares on this thread and the pool, each taking the next share."""
+        shares = self.threads * CHUNKS_PER_THREAD
+        counter = itertools.count()  # next() is atomic under the GIL
+
+        def work() -> None:
+            for i in counter:
+                if i >= shares:
+                    return
+                kernel(addr, i, shares)  # ctypes releases the GIL for the call
+
+        assert self._pool is not None
+        futs = [self._pool.submit(work) for _ in range(self.threads - 1)]
+        work()
+        for f in futs:
+            f.result()
 
     def _output_buffer(self, v: Value) -> np.ndarray:
         # A fresh large array costs a page fault per 4 KiB on first write (~1 ms per 4 MiB): reuse
