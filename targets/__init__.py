@@ -4,5 +4,6 @@
 """
 
 from satura.targets.runtime import CompiledModel, compile_graph
+from satura.targets.specialize import SpecializingModel
 
-__all__ = ["CompiledModel", "compile_graph"]
+__all__ = ["CompiledModel", "SpecializingModel", "compile_graph"]

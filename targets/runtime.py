@@ -27,6 +27,7 @@ from satura.engine.ops import run_reference
 from satura.targets import codegen
 from satura.targets.lower import CHUNKS_PER_THREAD, Lowerer, Ref, generate, lifetimes
 from satura.targets.memory import ALIGN, plan_memory
+from satura.targets.specialize import SpecializingModel
 
 import satura
 
@@ -259,8 +260,12 @@ class CompiledModel:
 
 
 def compile_graph(graph: Graph, target: str = "cpu", threads: int | None = None,
-                  cache_dir: str | None = None) -> CompiledModel:
-    """Compile ``graph`` (static shapes) for the host CPU.
+                  cache_dir: str | None = None) -> CompiledModel | SpecializingModel:
+    """Compile ``graph`` for the host CPU.
+
+    Static input shapes give a :class:`CompiledModel` at once. Symbolic input dimensions give a
+    :class:`SpecializingModel` that compiles (and caches) one static variant per set of input
+    shapes on the first call with them.
 
     ``threads``: cores used by large kernels (default: all this process may use). ``cache_dir``:
     where object code is cached on disk, keyed by a hash of the module's LLVM IR, the host CPU
@@ -269,4 +274,6 @@ def compile_graph(graph: Graph, target: str = "cpu", threads: int | None = None,
     """
     if target not in ("cpu", "host", "x86_64"):
         raise CodegenError(f"unknown target '{target}' (this backend compiles for: cpu)")
+    if any(not v.type.is_static for v in graph.inputs):
+        return SpecializingModel(graph, lambda g: CompiledModel(g, threads, cache_dir))
     return CompiledModel(graph, threads, cache_dir)

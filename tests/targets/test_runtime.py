@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import sympy
-from satura.engine.errors import CodegenError, InputError
+from satura.engine.errors import InputError
 from satura.engine.graph import Graph
 from satura.targets import codegen, compile_graph, runtime
 
@@ -60,12 +60,25 @@ def test_bad_inputs_raise_before_generated_code(feeds, message):
     assert calls == []
 
 
-def test_symbolic_input_is_a_clear_error():
+def test_symbolic_inputs_specialize_per_shape():
+    batch = sympy.Symbol("batch")
+    rng = np.random.default_rng(3)
     g = Graph("sym")
-    x = g.add_input("x", (sympy.Symbol("batch"), 4))
-    g.set_outputs(g.apply("relu", x))
-    with pytest.raises(CodegenError, match="symbolic shape"):
-        compile_graph(g)
+    x = g.add_input("x", (batch, 12))
+    w = g.add_const(rng.standard_normal((12, 5)).astype(np.float32), "w")
+    h = g.apply("linear", x, w, act="relu")
+    g.set_outputs(g.apply("reshape", h, shape=(batch * 5,)))
+    model = compile_graph(g)
+    for b in (3, 7, 3):
+        feeds = {"x": rng.standard_normal((b, 12)).astype(np.float32)}
+        out = model(**feeds)[g.outputs[0].name]
+        want = np.maximum(feeds["x"] @ np.asarray(w.data), 0).reshape(-1)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert sorted(model.variants) == [((3, 12),), ((7, 12),)]
+    with pytest.raises(InputError, match=r"input 'x': expected rank 2"):
+        model(x=np.zeros(12, np.float32))
+    with pytest.raises(InputError, match=r"input 'x': expected float32\[batch, 12\]"):
+        model(x=np.zeros((2, 13), np.float32))
 
 
 def test_disk_cache_hit_skips_llvm(tmp_path, monkeypatch):
