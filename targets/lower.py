@@ -120,7 +120,8 @@ class Lowerer:
                 continue
             lower = LOWERINGS.get(node.op)
             done = False
-            if lower is not None and _is_f32([*node.inputs, *node.outputs]):
+            if lower is not None and _is_f32([*node.inputs, *node.outputs]) and all(
+                    _numel(o.type.shape) > 0 for o in node.outputs):
                 done = lower(self, node, f"k{i}_{node.op}")
             if not done:
                 self.steps.append(Step(f"fallback_{node.name}", [x for x in node.inputs if x],
@@ -190,6 +191,8 @@ class Lowerer:
             batch, m, b_batched = _numel(tuple(ashape[:-2])), ashape[-2], True
         else:
             return False
+        if 0 in (k, n, _numel(tuple(oshape))):
+            return False  # empty products: the reference handles them
         if bias is not None and (_numel(bias.type.shape) != n
                                  or int(bias.type.shape[-1]) != n):
             return False

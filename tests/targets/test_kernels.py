@@ -131,3 +131,10 @@ def test_conv_im2col_gemm(x, w, attrs):
               2: rng.standard_normal(w[0]).astype(np.float32)}
     g, feeds = one_node("conv", [x, w, (w[0],)], consts=consts, **attrs)
     check(g, feeds, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("op", "shapes"), [("add", [(), ()]), ("mul", [(0, 3), (3,)]),
+                                            ("matmul", [(4, 0), (0, 3)])])
+def test_scalar_and_empty_tensors(op, shapes):
+    g, feeds = one_node(op, shapes)
+    check(g, feeds, lowered=False)
