@@ -31,6 +31,10 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
         L.append(f"  %{v}.a = alloca i64, align 8")
     for v in ("acc1", "acc2"):
         L.append(f"  %{v}.a = alloca float, align 4")
+    L.append(f"  %vacc.a = alloca {vec_type(lanes * 4)}, align 64")
+    for t in ("e", "s"):
+        for w in (lanes * 4, 1):
+            L.append(f"  %{t}w{w}.a = alloca i64, align 8")
     share(L, rows, 1, "%r0", "%r1")
     loops.open("r", "%r0", "%r1", 1)
     L += [f"  %rb = mul i64 %r, {n}", "  %xr = getelementptr float, ptr %a1, i64 %rb",
@@ -69,14 +73,19 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
         return f"%{tag}"
 
     def write_pass(tag: str, body: Callable[[Emitter, Callable[[str, str], str], str], str],
-                   scalars: dict[str, str]) -> None:
-        """Loop ``j`` over the row in <4L x float> values, then one float at a time."""
+                   scalars: dict[str, str], sum_into: str | None = None) -> None:
+        """Loop ``j`` over the row in <4L x float> values, then one float at a time.
+
+        ``sum_into``: a float alloca that also receives the sum of the values written.
+        """
         for width, lo, hi in ((wide, "0", str(nv)), (1, str(nv), str(n))):
             if lo == hi:
                 continue
             var = f"{tag}w{width}"
             vty = vec_type(width)
             e = Emitter(L, width)
+            if sum_into is not None and width > 1:
+                L.append(f"  store {vty} zeroinitializer, ptr %vacc.a")
             loops.open(var, lo, hi, width)
             sc = {k: (splat(v, f"{k}{var}") if width > 1 else v) for k, v in scalars.items()}
 
@@ -86,25 +95,33 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
                 return f"%{what}{var}"
 
             v = body(e, ld, sc)  # type: ignore[arg-type]
-            L.extend([f"  %o{var}p = getelementptr float, ptr %or, i64 %{var}",
-                      f"  store {vty} {v}, ptr %o{var}p, align 4"])
+            L.extend([f"  %st{var}p = getelementptr float, ptr %or, i64 %{var}",
+                      f"  store {vty} {v}, ptr %st{var}p, align 4"])
+            if sum_into is not None:
+                acc = "%vacc.a" if width > 1 else sum_into
+                L.extend([f"  %sa{var} = load {vty}, ptr {acc}",
+                          f"  %sn{var} = fadd {vty} %sa{var}, {v}",
+                          f"  store {vty} %sn{var}, ptr {acc}"])
             loops.close(var, width)
+            if sum_into is not None and width > 1:
+                L.extend([f"  %vs{var} = load {vty}, ptr %vacc.a",
+                          f"  %vr{var} = call reassoc float @llvm.vector.reduce.fadd.v{width}f32("
+                          f"float -0.0, {vty} %vs{var})",
+                          f"  %vo{var} = load float, ptr {sum_into}",
+                          f"  %vt{var} = fadd float %vo{var}, %vr{var}",
+                          f"  store float %vt{var}, ptr {sum_into}"])
 
     if kind == "softmax":
         mx = reduce_loop("j1", "acc1", fconst(float("-inf")), lambda v, a: fast.max(a, v))
-        L.append(f"  store float {fconst(0.0)}, ptr %acc2.a")
-        loops.open("j2", "0", str(n), 1)
-        L.append("  %acc2.j2 = load float, ptr %acc2.a")
-        e = em.sub(load("%xr", "%j2", "xj2"), mx)
-        e = em.exp(em.mul(e, fconst(logit_scale)) if logit_scale != 1.0 else e)
-        L += ["  %oj2p = getelementptr float, ptr %or, i64 %j2", f"  store float {e}, ptr %oj2p",
-              f"  %s2 = fadd fast float %acc2.j2, {e}", "  store float %s2, ptr %acc2.a"]
-        loops.close("j2", 1)
+        L += [f"  store float {fconst(0.0)}, ptr %acc2.a", f"  %mx = fadd float {mx}, 0.0"]
+
+        def expo(e: Emitter, ld: Callable[[str, str], str], sc: dict[str, str]) -> str:
+            d = e.sub(ld("%xr", "x"), sc["mx"])
+            return e.exp(e.mul(d, e.const(logit_scale)) if logit_scale != 1.0 else d)
+
+        write_pass("e", expo, {"mx": "%mx"}, sum_into="%acc2.a")
         L += ["  %sum = load float, ptr %acc2.a", f"  %inv = fdiv float {fconst(1.0)}, %sum"]
-        loops.open("j3", "0", str(n), 1)
-        v = em.mul(load("%or", "%j3", "oj3"), "%inv")
-        L.append(f"  store float {v}, ptr %oj3p")
-        loops.close("j3", 1)
+        write_pass("s", lambda e, ld, sc: e.mul(ld("%or", "o"), sc["inv"]), {"inv": "%inv"})
     else:
         if kind == "layer_norm":
             s = reduce_loop("j1", "acc1", fconst(0.0), lambda v, a: fast.add(a, v))
