@@ -128,6 +128,12 @@ class CompiledModel:
             else:
                 self._run.append(("f", st, False))
         self._last_out: dict[int, np.ndarray] = {}
+        self._bound: dict[int, tuple[np.ndarray, int]] = {}
+        self._in_specs = [(v.name, np.dtype(v.type.dtype), tuple(int(d) for d in v.type.shape),
+                           self._slot[id(v)], id(v)) for v in graph.inputs]
+        self._in_slots = [(id(v), self._slot[id(v)]) for v in graph.inputs]
+        outs = {id(v) for v in self._out_vals}
+        self._out_plan = [(v, id(v) in outs) for v in graph.outputs]
         # How large kernels use several cores: False (default) hands shares to a Python thread
         # pool (ctypes calls release the GIL); True forks pthreads from generated code per call.
         self.native_threads = False
@@ -156,44 +162,58 @@ class CompiledModel:
         return self._slot.get(id(r)) if isinstance(r, Value) else None
 
     # -- running ----------------------------------------------------------------------------------
-    def _validate(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def _input_error(self, inputs: Mapping[str, Any]) -> InputError:
+        """The error that explains why ``inputs`` do not fit (the slow path)."""
         names = {v.name for v in self.graph.inputs}
         extra = sorted(set(inputs) - names)
         if extra:
-            raise InputError(f"unknown input '{extra[0]}' "
-                             f"(the model takes: {', '.join(sorted(names))})")
-        out: dict[str, np.ndarray] = {}
+            return InputError(f"unknown input '{extra[0]}' "
+                              f"(the model takes: {', '.join(sorted(names))})")
         for v in self.graph.inputs:
             if v.name not in inputs:
-                raise InputError(f"missing input '{v.name}' ({v.type})")
+                return InputError(f"missing input '{v.name}' ({v.type})")
             a = inputs[v.name]
             if not isinstance(a, np.ndarray):
-                raise InputError(f"input '{v.name}' must be a numpy array, got {type(a).__name__}")
+                return InputError(f"input '{v.name}' must be a numpy array, "
+                                  f"got {type(a).__name__}")
             want = tuple(int(d) for d in v.type.shape)
             if a.dtype.name != v.type.dtype or tuple(a.shape) != want:
-                raise InputError(f"input '{v.name}': expected {v.type.dtype}{list(want)}, got "
-                                 f"{a.dtype.name}{list(a.shape)}")
+                return InputError(f"input '{v.name}': expected {v.type.dtype}{list(want)}, got "
+                                  f"{a.dtype.name}{list(a.shape)}")
             if not a.flags.c_contiguous:
-                raise InputError(f"input '{v.name}' must be C-contiguous "
-                                 "(pass np.ascontiguousarray(x))")
-            out[v.name] = a
-        return out
+                return InputError(f"input '{v.name}' must be C-contiguous "
+                                  "(pass np.ascontiguousarray(x))")
+        return InputError("inputs do not fit the model")
+
+    def _bind(self, slot: int, a: np.ndarray) -> None:
+        # Reading an address through numpy costs microseconds: remember the last array per slot.
+        last = self._bound.get(slot)
+        if last is None or last[0] is not a:
+            self._bound[slot] = (a, _addr(a))
+            self._table[slot] = self._bound[slot][1]
 
     def __call__(self, inputs: Mapping[str, Any] | None = None, /,
                  **kw: Any) -> dict[str, np.ndarray]:
-        """Run the model: ``model(x=arr)`` or ``model({"x": arr})``. Raises InputError."""
-        given = {**(inputs or {}), **kw}
-        arrays = self._validate(given)
-        table = self._table
+        """Run the model: ``model(x=arr)`` or ``model({"x": arr})``. Raises InputError.
+
+        Not re-entrant: one call at a time per model (the arena is shared).
+        """
+        given = {**inputs, **kw} if inputs else kw
+        if len(given) != len(self._in_specs):
+            raise self._input_error(given)
         bound: dict[int, np.ndarray] = {}
-        for v in self.graph.inputs:
-            a = arrays[v.name]
-            bound[id(v)] = a
-            table[self._slot[id(v)]] = _addr(a)
+        for name, dtype, shape, _slot, key in self._in_specs:
+            a = given.get(name)
+            if (type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape
+                    or not a.flags.c_contiguous):
+                raise self._input_error(given)
+            bound[key] = a
+        for key, slot in self._in_slots:
+            self._bind(slot, bound[key])
         for v in self._out_vals:
             a = self._output_buffer(v)
             bound[id(v)] = a
-            table[self._slot[id(v)]] = _addr(a)
+            self._bind(self._slot[id(v)], a)
         addr, n = self._table_addr, self.threads
         for kind, what, parallel in self._run:
             if kind == "k":
@@ -206,10 +226,9 @@ class CompiledModel:
             else:
                 self._fallback(what, bound)
         result: dict[str, np.ndarray] = {}
-        for v in self.graph.outputs:
-            a = self._array(v, bound)
-            result[v.name] = a.copy() if (v.is_const or id(v) not in bound
-                                          or v.name in result) else a
+        for v, own in self._out_plan:
+            a = bound[id(v)] if own else self._array(v, bound)
+            result[v.name] = a if own and v.name not in result else a.copy()
         return result
 
     def _run_shared(self, kernel: Any, addr: int) -> None:
