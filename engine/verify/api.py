@@ -26,6 +26,7 @@ from satura.engine.verify.instance import Unsupported, z3_cases
 
 DEFAULT_CACHE = Path.home() / ".cache" / "satura" / "verify"
 VERSION = "1"
+VALUE_BUDGET_S = 6.0  # seconds of value checking per rule, smallest cases first
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _cache_key(rule: Rule, bound: int) -> str:
     from satura.engine.verify import semantics
 
     h = hashlib.sha256()
-    h.update(f"{VERSION}|{bound}|{rule.name}|{rule.exactness}|{rule.tolerance}|".encode())
+    h.update(f"{VERSION}|{bound}|{VALUE_BUDGET_S}|{rule.name}|{rule.exactness}|{rule.tolerance}|".encode())
     h.update(rule.text.encode())
     h.update(repr((rule.lhs, rule.rhs)).encode())
     for mod in (semantics, check):
@@ -61,17 +62,20 @@ def _cache_key(rule: Rule, bound: int) -> str:
     return h.hexdigest()[:32]
 
 
-def verify_rule(rule: Rule, bound: int = 3, timeout_s: float = 30.0) -> Verdict:
-    """Verify one rule (no cache)."""
+def verify_rule(rule: Rule, bound: int = 3, timeout_s: float = 30.0,
+                value_budget_s: float = VALUE_BUDGET_S) -> Verdict:
+    """Verify one rule (no cache). The shape check covers every case; the value check runs
+    cases smallest first for at most ``value_budget_s`` (the verdict's reason says how far)."""
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     step_ms = int(max(1000, min(timeout_s, 20) * 1000))
-    out = _verify(rule, bound, deadline, step_ms)
+    out = _verify(rule, bound, deadline, step_ms, value_budget_s)
     return Verdict(rule, out.status, out.check, out.reason, out.counterexample,
                    time.monotonic() - t0)
 
 
-def _verify(rule: Rule, bound: int, deadline: float, step_ms: int) -> check.Outcome:
+def _verify(rule: Rule, bound: int, deadline: float, step_ms: int,
+            value_budget_s: float) -> check.Outcome:
     try:
         insts = []
         for inst in z3_cases(rule):
@@ -88,7 +92,7 @@ def _verify(rule: Rule, bound: int, deadline: float, step_ms: int) -> check.Outc
         if missing:
             return check.Outcome("unknown", "value", f"no value semantics for "
                                  f"{', '.join(missing)} (shapes proved)")
-        return check.check_values(rule, insts, bound, deadline, step_ms)
+        return check.check_values(rule, insts, bound, deadline, step_ms, value_budget_s)
     except Unsupported as e:
         return check.Outcome("unknown", "setup", str(e))
 

@@ -25,11 +25,11 @@ from satura.engine.errors import RuleError, ShapeError
 from satura.engine.ops import get_op
 from satura.engine.ops.linalg import ACTIVATIONS
 from satura.engine.ops.registry import REQUIRED
-from satura.engine.rulelang import Call, Lit, Rule, Star, Var, evaluate
+from satura.engine.rulelang import VALUES, Call, Lit, Rule, Star, Var, evaluate, walk
 from satura.engine.shapes import DimOps, IntDims, Z3Dims
 
 MAX_RANK = 4  # ranks 0..4 are enumerated for a tensor variable the guard leaves open
-STAR_LENGTHS = (1, 2, 3)
+STAR_LENGTHS = (1, 2)  # a list variable holds one or several tensors; 3 adds no new behaviour
 DTYPE = "float32"  # every tensor variable is float32: the verifier models float32 values
 
 # Exceptions a shape function or guard raises on input it does not accept.
@@ -82,6 +82,8 @@ class Instance:
     guard: Any = True
     rhs_error: str | None = None
     dim_names: list[str] = field(default_factory=list)
+    scalars: list[str] = field(default_factory=list)  # symbolic float attributes: "attr(e)"
+    value_vars: list[str] = field(default_factory=list)  # tensors read by value(v)
 
     def describe(self) -> str:
         """The case's choices, for messages."""
@@ -116,7 +118,8 @@ def attr_domain(op: str, name: str, in_shapes: list[Any]) -> list[Any] | None:
         return list(range(-r, max(r, 1)))
     if name == "axes" and spec.kind == "ints":
         subsets = [c for k in range(1, r + 1) for c in itertools.combinations(range(r), k)]
-        return ([None] if spec.default is None else []) + subsets
+        negative = [(-k,) for k in range(1, r + 1)]  # the forms exporters write for one axis
+        return ([None] if spec.default is None else []) + subsets + negative
     if name in ("keepdims", "trans_a", "trans_b", "causal", "select_last_index"):
         return [0, 1]
     if name == "approximate":
@@ -137,7 +140,11 @@ class _Builder:
                  dimsrc: Callable[[str], Any]) -> None:
         self.rule, self.d, self.dimsrc = rule, dims, dimsrc
         self.inst = Instance(choices=choices)
-        self.hidden = 0
+        self.value_vars = _value_vars(rule)
+        self.inst.value_vars = list(self.value_vars)
+        self.inst.env[VALUES] = {v: z3.Real(f"value({v})") for v in self.value_vars}
+        if rule.family_op:
+            self.inst.env[rule.family_op[0]] = rule.family_op[1]
 
     def choose(self, key: Any, options: list[Any]) -> Any:
         if key in self.inst.choices:
@@ -154,7 +161,10 @@ class _Builder:
         env = self.inst.env
         if name not in env:
             r = self.choose(("rank", name), list(range(MAX_RANK + 1)))
-            env[name] = TensorInfo(tuple(self.dim(f"{name}.{i}") for i in range(r)))
+            if name in self.value_vars:  # value(v) needs a one-element constant: dims are 1
+                env[name] = TensorInfo((1,) * r)
+            else:
+                env[name] = TensorInfo(tuple(self.dim(f"{name}.{i}") for i in range(r)))
             self.inst.leaves.append(name)
         return env[name]
 
@@ -181,6 +191,8 @@ class _Builder:
             e = given.get(k)
             if isinstance(e, ast.Name):
                 attrs[k] = self._attr_var(e.id, t.op, k, shapes)
+            elif e is not None and spec.kind == "float":
+                attrs[k] = float(evaluate(e, {}, None))
             elif e is not None:
                 attrs[k] = _freeze(evaluate(e, {}, None))
             else:
@@ -191,9 +203,15 @@ class _Builder:
     def _attr_var(self, name: str, op: str, k: str, shapes: list[Any]) -> Any:
         if name in self.inst.env:
             return self.inst.env[name]
+        kind = get_op(op).attrs[k].kind
         if (op, k) in DIMS_ATTRS:
             n = self.choose(("dimslen", name), list(DIMS_ATTRS[(op, k)]))
             v: Any = tuple(self.dim(f"{name}.{i}") for i in range(n))
+        elif kind == "float":  # any real: a symbolic scalar
+            v = z3.Real(f"attr({name})")
+            self.inst.scalars.append(f"attr({name})")
+        elif kind == "expr":  # any expression over the inputs: an uninterpreted function
+            v = (f"$E_{name}", *[("in", i) for i in range(len(shapes))])
         else:
             dom = attr_domain(op, k, shapes)
             if dom is None:
@@ -204,6 +222,11 @@ class _Builder:
 
     def _hidden(self, path: tuple[Any, ...], op: str, k: str, shapes: list[Any],
                 default: Any) -> Any:
+        if get_op(op).attrs[k].kind == "float":
+            name = f"attr({op}@{'.'.join(map(str, path[1:])) or 'root'}{path[0]}.{k})"
+            if name not in self.inst.scalars:
+                self.inst.scalars.append(name)
+            return z3.Real(name)
         dom = attr_domain(op, k, shapes)
         if dom is None:
             raise Unsupported(f"the pattern leaves {op}.{k} open and its values cannot be "
@@ -232,7 +255,7 @@ class _Builder:
         lo, hi = info.inputs
         if len(ins) < lo or (hi is not None and len(ins) > hi):
             raise ShapeError(f"{op} takes {lo}..{hi} inputs, got {len(ins)}")
-        full = info.with_defaults(attrs)
+        full = plain_attrs(info.with_defaults(plain_attrs(attrs)))
         before = len(self.d.conditions) if isinstance(self.d, Z3Dims) else 0
         shapes = info.shape(self.d, [s for s, _ in ins], full)
         if isinstance(self.d, Z3Dims):
@@ -249,9 +272,54 @@ class _Builder:
         assert isinstance(t, Call)
         ins = self._args(t, path, self.rhs)
         attrs = {k: _freeze(evaluate(e, self.inst.env, self.d)) for k, e in t.attrs}
-        full = get_op(t.op).with_defaults(attrs)
+        full = get_op(t.op).with_defaults(plain_attrs(attrs, keep_exprs=True))
+        full.update({k: v for k, v in attrs.items() if isinstance(v, z3.ExprRef)})
         self.inst.attrs[path] = full
         return self._apply(t.op, ins, full, self.inst.rhs_conds)
+
+
+def _value_vars(rule: Rule) -> list[str]:
+    """Tensor variables whose scalar value the rule reads with ``value(v)``."""
+    exprs = [e for t in rule.rhs for s in walk(t) if isinstance(s, Call) for _, e in s.attrs]
+    if rule.guard is not None:
+        exprs.append(rule.guard)
+    out: dict[str, None] = {}
+    for e in exprs:
+        for n in ast.walk(e):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) \
+                    and n.func.id == "value" and n.args and isinstance(n.args[0], ast.Name):
+                out.setdefault(n.args[0].id, None)
+    return list(out)
+
+
+def _plain_expr(e: Any) -> Any:
+    """An ew expression with opaque ``$E_`` nodes replaced by an add chain of their inputs
+    (same inputs, same broadcast shape): what the registry's shape and dtype rules can read."""
+    if not isinstance(e, tuple) or not e or e[0] in ("in", "const"):
+        return e
+    kids = [_plain_expr(c) for c in e[1:]]
+    if isinstance(e[0], str) and e[0].startswith("$E_"):
+        if not kids:
+            return ("const", 0.0)
+        out = kids[0]
+        for k in kids[1:]:
+            out = ("add", out, k)
+        return out
+    return (e[0], *kids)
+
+
+def plain_attrs(attrs: dict[str, Any], keep_exprs: bool = False) -> dict[str, Any]:
+    """Attributes the registry accepts: symbolic scalars become 0.5 (shapes never read float
+    attributes) and opaque expressions become add chains."""
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        if isinstance(v, z3.ExprRef):
+            out[k] = 0.5
+        elif k == "expr" and not keep_exprs:
+            out[k] = _plain_expr(v)
+        else:
+            out[k] = v
+    return out
 
 
 def instantiate(rule: Rule, choices: dict[Any, Any], dims: DimOps,

@@ -64,6 +64,10 @@ class RealDomain(Domain):
     name = "real"
     sort = z3.RealSort()
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.used_named: set[str] = set()
+
     def var(self, name: str) -> Any:
         return z3.Real(name)
 
@@ -106,8 +110,20 @@ class RealDomain(Domain):
     def min(self, a: Any, b: Any) -> Any:
         return z3.If(a < b, a, b)
 
+    def named(self, name: str, value: float) -> Any:
+        """A named constant as the exact real it names (PI, SQRT2, ...), with its defining
+        facts among :meth:`axioms`."""
+        if name not in NAMED_REALS:
+            return self.const(value)
+        self.used_named.add(name)
+        if name == "SQRT1_2":
+            return 1 / self.named("SQRT2", math.sqrt(2.0))
+        return z3.Real(name)
+
     def axioms(self) -> list[Any]:
         out: list[Any] = []
+        for n in sorted(self.used_named):
+            out += NAMED_REALS[n]()
         for name, args, app in self.apps:
             ax = AXIOMS.get(name)
             if ax is not None:
@@ -119,6 +135,9 @@ class FP32Domain(Domain):
     name = "fp32"
     sort = z3.FPSort(8, 24)
     rm = z3.RNE()
+
+    def named(self, name: str, value: float) -> Any:
+        return self.const(value)  # the float32 rounding of the exact value
 
     def var(self, name: str) -> Any:
         return z3.FP(name, self.sort)
@@ -180,6 +199,16 @@ def _sqrt_axioms(args: tuple[Any, ...], app: Any) -> list[Any]:
     (x,) = args
     return [z3.Implies(x >= 0, z3.And(app >= 0, app * app == x))]
 
+
+NAMED_REALS: dict[str, Callable[[], list[Any]]] = {
+    "SQRT2": lambda: [z3.Real("SQRT2") > 1, z3.Real("SQRT2") * z3.Real("SQRT2") == 2],
+    "PI": lambda: [z3.Real("PI") > 3.14159, z3.Real("PI") < 3.1416],
+    "E": lambda: [z3.Real("E") > 2.71828, z3.Real("E") < 2.71829],
+    "SQRT_2_OVER_PI": lambda: [z3.Real("SQRT_2_OVER_PI") > 0, z3.Real("SQRT_2_OVER_PI")
+                               * z3.Real("SQRT_2_OVER_PI") * z3.Real("PI") == 2,
+                               z3.Real("PI") > 3.14159, z3.Real("PI") < 3.1416],
+    "SQRT1_2": lambda: [],
+}
 
 AXIOMS: dict[str, Callable[[tuple[Any, ...], Any], list[Any]]] = {
     "exp": _exp_axioms,
@@ -266,14 +295,17 @@ def _silu(dom: Domain, x: Any) -> Any:
 
 def gelu(dom: Domain, x: Any, approximate: str = "none") -> Any:
     """GELU as the reference writes it, with erf/tanh uninterpreted."""
+    if isinstance(dom, FP32Domain):
+        # The reference computes in float64 and rounds once: opaque in fp32.
+        return dom.uf("gelu_tanh" if approximate == "tanh" else "gelu", x)
     half, one = dom.const(0.5), dom.const(1.0)
     if approximate == "tanh":
-        c = dom.const(math.sqrt(2.0 / math.pi))
+        c = dom.named("SQRT_2_OVER_PI", math.sqrt(2.0 / math.pi))
         cube = dom.mul(dom.mul(x, x), x)
         inner = dom.mul(c, dom.add(x, dom.mul(dom.const(0.044715), cube)))
         return dom.mul(dom.mul(half, x), dom.add(one, dom.uf("tanh", inner)))
     return dom.mul(dom.mul(half, x),
-                   dom.add(one, dom.uf("erf", dom.div(x, dom.const(math.sqrt(2.0))))))
+                   dom.add(one, dom.uf("erf", dom.div(x, dom.named("SQRT2", math.sqrt(2.0))))))
 
 
 def activation(dom: Domain, x: Any, act: str) -> Any:
@@ -309,8 +341,31 @@ _BINARY: dict[str, Callable[[Domain, Any, Any], Any]] = {
     "div": lambda d, a, b: d.div(a, b),
     "max": lambda d, a, b: d.max(a, b),
     "min": lambda d, a, b: d.min(a, b),
-    "pow": lambda d, a, b: d.uf("pow", a, b),
+    "pow": lambda d, a, b: _pow(d, a, b),
 }
+
+
+def _const_value(dom: Domain, b: Any) -> float | None:
+    v = z3.simplify(z3.fpToReal(b) if isinstance(dom, FP32Domain) and z3.is_fp(b) else b)
+    return float(v.as_fraction()) if z3.is_rational_value(v) else None
+
+
+def _pow(dom: Domain, a: Any, b: Any) -> Any:
+    """x**n for a constant small n as repeated products (numpy squares exactly for n = 2);
+    otherwise uninterpreted."""
+    n = _const_value(dom, b)
+    if n == 1.0:
+        return a
+    if n == 2.0:
+        return dom.mul(a, a)
+    if n is not None and isinstance(dom, RealDomain) and n in (3.0, 4.0):
+        out = a
+        for _ in range(int(n) - 1):
+            out = dom.mul(out, a)
+        return out
+    if n == 0.5 and isinstance(dom, RealDomain):
+        return dom.uf("sqrt", a)
+    return dom.uf("pow", a, b)
 
 
 def scalar_op(dom: Domain, name: str, args: Sequence[Any], attrs: dict[str, Any]) -> Any:
@@ -406,6 +461,8 @@ def _ew(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
             return xs[int(expr[1])]
         if expr[0] == "const":
             return dom.const(expr[1])
+        if expr[0].startswith("$E_"):  # an expression variable of the rule: uninterpreted
+            return dom.uf(expr[0][1:], *[node(c, xs) for c in expr[1:]])
         info, attrs = _resolve(expr[0])
         name = expr[0] if expr[0] == "gelu_tanh" else info.name
         return scalar_op(dom, name, [node(c, xs) for c in expr[1:]], attrs)
@@ -547,6 +604,32 @@ def _attention(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
 
 
 SEMANTICS["attention"] = OpSemantics(_attention, ("exp",))
+
+
+def _mean(dom: Domain, items: list[Any]) -> Any:
+    return dom.div(total(dom, items), dom.const(float(len(items))))
+
+
+def _norm(dom: Domain, ins: list[Any], at: dict[str, Any], kind: str) -> list[Tensor]:
+    """layer_norm / rms_norm as the references write them (statistics over axis..end)."""
+    x = ins[0]
+    axes = list(range(normalize_axis(at["axis"], x.ndim), x.ndim))
+    eps = dom.const(at["epsilon"])
+    if kind == "layer":
+        mean = reduce_along(x, axes, True, lambda it: _mean(dom, it))
+        x = ew(dom.sub, x, mean)
+    var = reduce_along(ew(lambda a: dom.mul(a, a), x), axes, True, lambda it: _mean(dom, it))
+    out = ew(lambda a, v: dom.div(a, dom.uf("sqrt", dom.add(v, eps))), x, var)
+    if len(ins) > 1 and ins[1] is not None:
+        out = ew(dom.mul, out, ins[1])
+    if len(ins) > 2 and ins[2] is not None:
+        out = ew(dom.add, out, ins[2])
+    return [out]
+
+
+SEMANTICS["layer_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "layer"),
+                                      ("sqrt",))
+SEMANTICS["rms_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "rms"), ("sqrt",))
 
 
 def has_semantics(op: str) -> bool:
