@@ -1,0 +1,165 @@
+"""The verifier on true rules (proved, and numpy agrees on random inputs), the CLI-facing
+command, the cache, approx rules and ops without value semantics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from satura.engine.rulelang import parse_rules
+from satura.engine.verify import verify_command, verify_rules
+from satura.engine.verify.check import concrete_dims, numpy_sides, random_inputs, sides_differ
+from satura.engine.verify.instance import concrete_instance, z3_cases
+
+pytestmark = pytest.mark.z3
+
+TRUE_RULES = """
+rule add-commute [exact]:
+    add(x, y)  =>  add(y, x)
+
+rule transpose-transpose [exact]:
+    transpose(transpose(x, perm=p), perm=q)  =>  transpose(x, perm=compose_perm(p, q))
+    if rank(x) <= 3
+
+rule matmul-reassoc [real]:
+    matmul(matmul(a, b), c)  =>  matmul(a, matmul(b, c))
+    if rank(a) == 2 and rank(b) == 2 and rank(c) == 2
+
+rule unary-transpose for u in [exp, relu] [exact]:
+    u(transpose(x, perm=p))  =>  transpose(u(x), perm=p)
+
+rule gemm-bias [exact]:
+    add(matmul(a, b), c)  =>  linear(a, b, c)
+    if rank(a) == 2 and rank(b) == 2 and rank(c) == 1 and shape(c) == [dim(b, 1)]
+
+rule div-to-mul [real]:
+    div(x, y)  =>  mul(x, reciprocal(y))
+
+rule gelu-erf [real]:
+    mul(mul(x, add(erf(div(x, SQRT2)), 1.0)), 0.5)  =>  gelu(x)
+
+rule reshape-reshape [exact]:
+    reshape(reshape(x, shape=s), shape=t)  =>  reshape(x, shape=t)
+    if rank(x) <= 2 and len(s) <= 2 and len(t) <= 2
+"""
+
+
+@pytest.fixture(scope="module")
+def true_verdicts(tmp_path_factory: pytest.TempPathFactory) -> list:
+    rules = parse_rules(TRUE_RULES, "true.rules")
+    return verify_rules(rules, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_true_rules_are_proved(true_verdicts: list) -> None:
+    for v in true_verdicts:
+        assert v.status == "proved", f"{v.name}: {v.status} {v.check} {v.reason}"
+        assert v.counterexample is None
+        assert v.seconds < 30
+
+
+def test_proved_rules_agree_with_numpy_on_random_inputs(true_verdicts: list) -> None:
+    """The oracle: numpy's references never tell two sides of a proved rule apart (reals for
+    'real' rules, float32 bits for 'exact' ones), on every case the verifier enumerates."""
+    rng = np.random.default_rng(7)
+    for v in true_verdicts:
+        mode = "bits" if v.rule.exactness == "exact" else "real"
+        if v.name == "gelu-erf":
+            mode = "real"  # the reference computes gelu in float64 and rounds once
+        checked = 0
+        for zi in z3_cases(v.rule):
+            if zi.rhs_error is not None:
+                continue
+            assignments, _ = concrete_dims(v.rule, zi, 3, 4, 5000)
+            if not assignments:
+                continue
+            inst = concrete_instance(v.rule, zi.choices, assignments[-1])
+            for _ in range(3):
+                ins = random_inputs(inst, rng, mode == "bits")
+                if mode == "real":  # keep to finite, well-scaled inputs for the tolerance
+                    ins = {k: np.clip(np.nan_to_num(a), -50, 50) for k, a in ins.items()}
+                lhs, rhs = numpy_sides(v.rule, inst, ins,
+                                       np.float32 if mode == "bits" else np.float64)
+                if mode == "real":
+                    for lr, rr in zip(lhs, rhs, strict=True):
+                        for a, b in zip(lr, rr, strict=True):
+                            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+                else:
+                    assert not sides_differ(lhs, rhs, "bits"), v.name
+                checked += 1
+            if checked > 60:
+                break
+        assert checked > 0, v.name
+
+
+def test_fp32_refutation_of_reassociation_is_confirmed(tmp_path: Path) -> None:
+    rule = parse_rules("""
+rule reassoc-exact [exact]:
+    matmul(matmul(a, b), c)  =>  matmul(a, matmul(b, c))
+    if rank(a) == 2 and rank(b) == 2 and rank(c) == 2
+""")
+    (v,) = verify_rules(rule, cache_dir=None)
+    assert (v.status, v.check) == ("refuted", "fp32")
+    cx = v.counterexample
+    a, b, c = (cx["inputs"][n].astype(np.float32) for n in "abc")
+    left, right = (a @ b) @ c, a @ (b @ c)
+    assert not np.array_equal(left.view(np.uint32), right.view(np.uint32))
+
+
+def test_approx_rule_is_never_a_pass() -> None:
+    rules = parse_rules("""
+rule fast-gelu [approx 1e-3]:
+    gelu(x, approximate="none") => gelu(x, approximate="tanh")
+""")
+    (v,) = verify_rules(rules, cache_dir=None)
+    assert v.status == "unknown"
+    assert "tolerance" in v.reason or "uninterpreted" in v.reason
+
+
+def test_op_without_value_semantics_is_unknown() -> None:
+    rules = parse_rules("""
+rule conv-relu [exact]:
+    relu(conv(x, w, act="none"))  =>  conv(x, w, act="relu")
+    if rank(x) == 3
+""")
+    (v,) = verify_rules(rules, cache_dir=None)
+    assert v.status == "unknown"
+    assert "conv" in v.reason
+
+
+def test_cache_hits_and_invalidates(tmp_path: Path) -> None:
+    text = "rule neg-neg [exact]:\n    neg(neg(x))  =>  x\n"
+    (first,) = verify_rules(parse_rules(text), cache_dir=tmp_path)
+    (again,) = verify_rules(parse_rules(text), cache_dir=tmp_path)
+    assert not first.cached
+    assert again.cached
+    assert again.status == first.status == "proved"
+    changed = text.replace("neg(neg(x))", "neg(x)")
+    (other,) = verify_rules(parse_rules(changed), cache_dir=tmp_path)
+    assert not other.cached
+    assert other.status == "refuted"
+
+
+def test_verify_command_lines_and_exit_code(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.rules"
+    good.write_text("rule mul-commute [exact]:\n    mul(x, y)  =>  mul(y, x)\n")
+    bad = tmp_path / "bad.rules"
+    bad.write_text("rule add-zero [exact]:\n    add(x, 0.0)  =>  x\n")
+    assert verify_command([str(good)], cache_dir=tmp_path / "c") == 0
+    out = capsys.readouterr().out
+    assert "mul-commute" in out
+    assert " ok " in out
+    assert verify_command([str(good), str(bad)], cache_dir=tmp_path / "c") == 1
+    out = capsys.readouterr().out
+    assert "REFUTED" in out
+    assert "numpy confirms" in out
+    assert "x = " in out
+
+
+def test_verify_command_reports_a_bad_file(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.rules"
+    bad.write_text("rule nope [exact]:\n    frobnicate(x)  =>  x\n")
+    assert verify_command([str(bad)], cache_dir=None) == 1
+    assert "broken.rules:2" in capsys.readouterr().out
