@@ -26,8 +26,10 @@ from satura.targets.kernel import PARALLEL_RUNNER, PRELUDE, Operand
 from satura.targets.memory import Buffer, MemoryPlan
 from satura.targets.rows import row_kernel
 
-PARALLEL_FLOPS = 4e6  # below this a second core costs more (thread hand-off) than it saves
-PARALLEL_BYTES = 1 << 20
+# Below these a second core costs more than it saves: a hand-off is ~40 µs here, and a share
+# whose core is taken by another process stalls the kernel for a scheduler time slice.
+PARALLEL_FLOPS = 3e7
+PARALLEL_BYTES = 8 << 20
 # A parallel kernel's work is cut into threads × this many shares, handed out on demand, so a core
 # busy with another process does not hold the whole kernel up (the cores here are shared).
 CHUNKS_PER_THREAD = 4
