@@ -63,24 +63,28 @@ def _cache_key(rule: Rule, bound: int) -> str:
 
 
 def verify_rule(rule: Rule, bound: int = 3, timeout_s: float = 30.0,
-                value_budget_s: float = VALUE_BUDGET_S) -> Verdict:
+                value_budget_s: float = VALUE_BUDGET_S, assume_rhs_wellformed: bool = False,
+                ) -> Verdict:
     """Verify one rule (no cache). The shape check covers every case; the value check runs
-    cases smallest first for at most ``value_budget_s`` (the verdict's reason says how far)."""
+    cases smallest first for at most ``value_budget_s`` (the verdict's reason says how far).
+    ``assume_rhs_wellformed`` reads the rule as TASO does: it applies only where the replacement
+    is well-formed (satura's own rules must imply that from the guard: keep it False)."""
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     step_ms = int(max(1000, min(timeout_s, 20) * 1000))
-    out = _verify(rule, bound, deadline, step_ms, value_budget_s)
+    out = _verify(rule, bound, deadline, step_ms, value_budget_s, assume_rhs_wellformed)
     return Verdict(rule, out.status, out.check, out.reason, out.counterexample,
                    time.monotonic() - t0)
 
 
 def _verify(rule: Rule, bound: int, deadline: float, step_ms: int,
-            value_budget_s: float) -> check.Outcome:
+            value_budget_s: float, assume_rhs: bool = False) -> check.Outcome:
     try:
         insts = []
         for inst in z3_cases(rule):
             if time.monotonic() > deadline:
                 return check.Outcome("unknown", "shape", "timeout while enumerating cases")
+            inst.assume_rhs = assume_rhs
             res = check.check_shape_case(rule, inst, step_ms)
             if res is not None:
                 return res

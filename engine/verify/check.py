@@ -186,6 +186,8 @@ def hypothesis(inst: Instance) -> list[Any]:
     if inst.guard is not True:
         g = inst.guard
         hyp.append(g if isinstance(g, z3.BoolRef) else z3.BoolVal(bool(g)))
+    if inst.assume_rhs:
+        hyp += [c if not isinstance(c, bool) else z3.BoolVal(c) for c in inst.rhs_conds]
     return hyp
 
 
@@ -207,6 +209,8 @@ def check_shape_case(rule: Rule, inst: Instance, timeout_ms: int) -> Outcome | N
         return None  # the pattern never matches in this case
     if r == z3.unknown:
         return Outcome("unknown", "shape", f"{inst.describe()}: Z3 gave up on the pattern")
+    if inst.rhs_error is not None and inst.assume_rhs:
+        return None  # the rule does not apply where its replacement is ill-formed
     if inst.rhs_error is not None:
         return _shape_refuted(rule, inst, s.model(),
                               f"replacement is ill-formed ({inst.rhs_error})")
@@ -301,29 +305,37 @@ def _samples(rule: Rule, inst: Instance, bound: int, rng: np.random.Generator,
 def concrete_dims(rule: Rule, inst: Instance, bound: int, cap: int,
                   timeout_ms: int) -> tuple[list[dict[str, int]], int]:
     """Dimension assignments (every dim <= b) of a case, with the largest b <= bound that gives
-    at most ``cap`` of them. Returns (assignments, b)."""
+    at most ``cap`` of them. Returns (assignments, b); b is negative (-b) when even the smallest
+    bound with any assignment has more than ``cap``: the first ``cap`` are returned, a sample."""
     names = list(dict.fromkeys(inst.dim_names))
+    prev: tuple[list[dict[str, int]], int] = ([], 0)
     for b in range(bound, 0, -1):
         if b ** len(names) <= PY_ENUM_LIMIT:
-            found = _py_dims(rule, inst, names, b, cap)
-            if len(found) <= cap or b == 1:
-                return found[:cap], b
-            continue
-        s = z3.Solver()
-        s.set("timeout", timeout_ms)
-        s.add(*hypothesis(inst))
-        s.add(*[z3.Int(n) <= b for n in names])
-        out: list[dict[str, int]] = []
-        while len(out) <= cap and s.check() == z3.sat:
-            m = s.model()
-            dims = _dims_of(m, inst)
-            out.append(dims)
-            if not names:
-                break
-            s.add(z3.Or(*[z3.Int(n) != v for n, v in dims.items()]))
-        if len(out) <= cap or b == 1:
-            return out[:cap], b
-    return [], 0
+            out = _py_dims(rule, inst, names, b, cap)
+        else:
+            out = _z3_dims(inst, names, b, cap, timeout_ms)
+        if not out:
+            break  # smaller bounds have no assignment either
+        if len(out) <= cap:
+            return out, b
+        prev = (out[:cap], -b)
+    return prev
+
+
+def _z3_dims(inst: Instance, names: list[str], b: int, cap: int,
+             timeout_ms: int) -> list[dict[str, int]]:
+    s = z3.Solver()
+    s.set("timeout", timeout_ms)
+    s.add(*hypothesis(inst))
+    s.add(*[z3.Int(n) <= b for n in names])
+    out: list[dict[str, int]] = []
+    while len(out) <= cap and s.check() == z3.sat:
+        dims = _dims_of(s.model(), inst)
+        out.append(dims)
+        if not names:
+            break
+        s.add(z3.Or(*[z3.Int(n) != v for n, v in dims.items()]))
+    return out
 
 
 def _flat(sides: list[list[np.ndarray]]) -> list[Any]:
@@ -526,7 +538,7 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
         done += 1
         assignments, b = concrete_dims(rule, zi, bound, cap, timeout_ms)
         if assignments:
-            eff_bound = min(eff_bound, b)
+            eff_bound = min(eff_bound, abs(b))
             bounds[b] = bounds.get(b, 0) + 1
             if b < bound:
                 assignments += _samples(rule, zi, bound, rng)
@@ -560,7 +572,11 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
     if unknowns:
         return Outcome("unknown", "value", unknowns[0], detail={"cases": n_cases})
     what = "reals" + (" and fp32 bits" if "fp32" in checks else "")
-    spread = ", ".join(f"{n} with dims <= {b}" for b, n in sorted(bounds.items(), reverse=True))
+    if n_cases == 0:
+        return Outcome("unknown", "value", f"no shape case with dims <= {bound} to check values on")
+    spread = ", ".join(f"{n} with dims <= {b}" if b > 0 else f"{n} sampled ({-b * 0 + cap} "
+                       f"assignments) at dims <= {-b}"
+                       for b, n in sorted(bounds.items(), reverse=True))
     if cut is not None:
         done_all = [z for z in z3_insts[:done] if total_rank(z) < cut]
         if not done_all:

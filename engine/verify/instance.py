@@ -84,6 +84,7 @@ class Instance:
     dim_names: list[str] = field(default_factory=list)
     scalars: list[str] = field(default_factory=list)  # symbolic float attributes: "attr(e)"
     value_vars: list[str] = field(default_factory=list)  # tensors read by value(v)
+    assume_rhs: bool = False  # TASO's reading: the rule applies only where the rhs is well-formed
 
     def describe(self) -> str:
         """The case's choices, for messages."""
@@ -120,6 +121,8 @@ def attr_domain(op: str, name: str, in_shapes: list[Any]) -> list[Any] | None:
         subsets = [c for k in range(1, r + 1) for c in itertools.combinations(range(r), k)]
         negative = [(-k,) for k in range(1, r + 1)]  # the forms exporters write for one axis
         return ([None] if spec.default is None else []) + subsets + negative
+    if name == "group":
+        return [1, 2, 3]  # bounded: groups of up to 3 (enough for channel counts <= 3)
     if name in ("keepdims", "trans_a", "trans_b", "causal", "select_last_index"):
         return [0, 1]
     if name == "approximate":
@@ -256,6 +259,9 @@ class _Builder:
         if len(ins) < lo or (hi is not None and len(ins) > hi):
             raise ShapeError(f"{op} takes {lo}..{hi} inputs, got {len(ins)}")
         full = plain_attrs(info.with_defaults(plain_attrs(attrs)))
+        # Integer attributes computed from symbolic dimensions (a group) stay symbolic.
+        full.update({k: v for k, v in attrs.items() if isinstance(v, z3.ArithRef)
+                     and v.is_int()})
         before = len(self.d.conditions) if isinstance(self.d, Z3Dims) else 0
         shapes = info.shape(self.d, [s for s, _ in ins], full)
         if isinstance(self.d, Z3Dims):
@@ -313,7 +319,9 @@ def plain_attrs(attrs: dict[str, Any], keep_exprs: bool = False) -> dict[str, An
     attributes) and opaque expressions become add chains."""
     out: dict[str, Any] = {}
     for k, v in attrs.items():
-        if isinstance(v, z3.ExprRef):
+        if isinstance(v, z3.ArithRef) and v.is_int():
+            out[k] = 1  # a symbolic integer (from dimensions): checked as an int
+        elif isinstance(v, z3.ExprRef):
             out[k] = 0.5
         elif k == "expr" and not keep_exprs:
             out[k] = _plain_expr(v)
@@ -357,6 +365,8 @@ def instantiate(rule: Rule, choices: dict[Any, Any], dims: DimOps,
         inst.rhs_types = [b.rhs(t, ("R", i)) for i, t in enumerate(rule.rhs)]
     except (NeedChoice, Unsupported):
         raise
+    except _GuardFalse:
+        inst.rhs_error = "an attribute reads a dimension the tensor does not have"
     except SHAPE_FAILS as e:
         inst.rhs_error = str(e) or type(e).__name__
     return inst

@@ -632,6 +632,45 @@ SEMANTICS["layer_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "
 SEMANTICS["rms_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "rms"), ("sqrt",))
 
 
+def _conv(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    """N-d grouped convolution, NCHW, zero padding (as the reference pads), then bias and act."""
+    import itertools
+
+    from satura.engine.ops.nn import _window_attrs
+
+    x, w = ins[0], ins[1]
+    nsp = x.ndim - 2
+    strides, pads, dil = _window_attrs(at, nsp)
+    g = at["group"]
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    ks = w.shape[2:]
+    zero = dom.const(0.0)
+    xp = np.empty((n, c, *[x.shape[2 + i] + pads[i] + pads[nsp + i] for i in range(nsp)]),
+                  dtype=object)
+    xp[...] = zero
+    xp[(slice(None), slice(None), *[slice(pads[i], pads[i] + x.shape[2 + i])
+                                    for i in range(nsp)])] = x
+    out_sp = [(xp.shape[2 + i] - dil[i] * (ks[i] - 1) - 1) // strides[i] + 1 for i in range(nsp)]
+    out = np.empty((n, m, *out_sp), dtype=object)
+    per_group = m // g
+    for b, oc, *pos in itertools.product(range(n), range(m), *[range(o) for o in out_sp]):
+        grp = oc // per_group
+        terms = []
+        for ic in range(cg):
+            for k in itertools.product(*[range(kk) for kk in ks]):
+                at_x = tuple(pos[i] * strides[i] + k[i] * dil[i] for i in range(nsp))
+                terms.append(dom.mul(xp[(b, grp * cg + ic, *at_x)], w[(oc, ic, *k)]))
+        out[(b, oc, *pos)] = total(dom, terms)
+    if len(ins) > 2 and ins[2] is not None:
+        bias = ins[2].reshape((1, m) + (1,) * nsp)
+        out = ew(dom.add, out, bias)
+    return [ew(lambda v: activation(dom, v, at["act"]), out)]
+
+
+SEMANTICS["conv"] = OpSemantics(_conv, ("exp", "tanh", "erf"))
+
+
 def has_semantics(op: str) -> bool:
     return op in SEMANTICS
 
