@@ -129,3 +129,33 @@ def test_ir_snapshot_fused_kernel_and_gemm_microkernel():
     for text in (fused, micro):
         assert "malloc" not in text
         assert "alloca" not in text
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_parallel_shares_match_reference(monkeypatch, native):
+    from satura.targets import lower
+
+    monkeypatch.setattr(lower, "PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(lower, "PARALLEL_BYTES", 0)
+    rng = np.random.default_rng(4)
+    g = Graph("par")
+    x = g.add_input("x", (50, 40))
+    q = g.add_input("q", (3, 2, 20, 16))
+    img = g.add_input("img", (2, 3, 9, 9))
+    w = g.add_const(rng.standard_normal((40, 70)).astype(np.float32), "w")
+    h = g.apply("linear", x, w, act="gelu")
+    n = g.apply("layer_norm", h)
+    a = g.apply("attention", q, q, q, scale=0.25)
+    c = g.apply("conv", img, g.add_const(rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+                pads=(1, 1, 1, 1))
+    g.set_outputs(g.apply("softmax", n), a, c)
+    model = compile_graph(g, threads=2)
+    model.native_threads = native
+    feeds = {"x": rng.standard_normal((50, 40)).astype(np.float32),
+             "q": rng.standard_normal((3, 2, 20, 16)).astype(np.float32),
+             "img": rng.standard_normal((2, 3, 9, 9)).astype(np.float32)}
+    want = reference(g, feeds)
+    for _ in range(3):
+        got = model(**feeds)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
