@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from satura.engine.rulelang import parse_rules
 from satura.engine.verify import verify_rule
 from satura.engine.verify.taso import translate_file
