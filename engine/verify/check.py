@@ -574,8 +574,8 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
     what = "reals" + (" and fp32 bits" if "fp32" in checks else "")
     if n_cases == 0:
         return Outcome("unknown", "value", f"no shape case with dims <= {bound} to check values on")
-    spread = ", ".join(f"{n} with dims <= {b}" if b > 0 else f"{n} sampled ({-b * 0 + cap} "
-                       f"assignments) at dims <= {-b}"
+    spread = ", ".join(f"{n} with dims <= {b}" if b > 0 else
+                       f"{n} with {cap} sampled assignments of dims <= {-b}"
                        for b, n in sorted(bounds.items(), reverse=True))
     if cut is not None:
         done_all = [z for z in z3_insts[:done] if total_rank(z) < cut]
