@@ -285,20 +285,29 @@ def _py_dims(rule: Rule, inst: Instance, names: list[str], b: int,
 
 
 def _samples(rule: Rule, inst: Instance, bound: int, rng: np.random.Generator,
-             k: int = 2, tries: int = 12) -> list[dict[str, int]]:
-    """A few random valid assignments at the full bound (beyond the exhaustive ones)."""
+             k: int = 2) -> list[dict[str, int]]:
+    """A few random valid assignments at the full bound (beyond the exhaustive ones): random
+    target sizes, kept greedily where the case's constraints allow."""
     names = list(dict.fromkeys(inst.dim_names))
     out: list[dict[str, int]] = []
-    for _ in range(tries):
-        dims = {n: int(rng.integers(1, bound + 1)) for n in names}
+    for _ in range(k):
+        s = z3.Solver()
+        s.set("timeout", 2000)
+        s.add(*hypothesis(inst), *[z3.And(z3.Int(n) >= 1, z3.Int(n) <= bound) for n in names])
+        for n in rng.permutation(names) if names else []:
+            s.push()
+            s.add(z3.Int(str(n)) == int(rng.integers(1, bound + 1)))
+            if s.check() != z3.sat:
+                s.pop()
+        if s.check() != z3.sat:
+            break
+        dims = _dims_of(s.model(), inst)
         try:
             ci = concrete_instance(rule, inst.choices, dims)
         except SHAPE_FAILS:
             continue
         if ci.rhs_error is None and dims not in out:
             out.append(dims)
-            if len(out) >= k:
-                break
     return out
 
 
