@@ -154,7 +154,7 @@ def symbolic_sides(rule: Rule, inst: Instance, dom: Domain) -> tuple[list, list,
             outs = sem.fn(dom, ins, {k: conv(v) for k, v in attrs.items()})
         except KeyError as e:
             raise Unsupported(f"op '{op}' has no value semantics for {e}") from None
-        except (ValueError, IndexError, np.exceptions.AxisError) as e:
+        except (ValueError, IndexError, ZeroDivisionError, np.exceptions.AxisError) as e:
             raise NotEvaluable(f"{op}: {e}") from None
         return [o if isinstance(o, np.ndarray) else scalar(o) for o in outs]
 
@@ -420,8 +420,15 @@ def _value_cx(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray], mode: s
                           "dims": {n: int(v) for n, v in _concrete_dims(inst).items()},
                           "inputs": inputs, "found_by": source}
     try:
-        lhs, rhs = numpy_sides(rule, inst, inputs, dtype)
-        cx["lhs"], cx["rhs"] = lhs, rhs
+        lhs = numpy_side(rule, inst, "L", inputs, dtype)
+        cx["lhs"] = lhs
+        try:
+            rhs = numpy_side(rule, inst, "R", inputs, dtype)
+        except Exception as e:  # numpy cannot run the replacement where the pattern runs
+            cx["rhs_error"] = f"numpy: {type(e).__name__}: {e}"
+            cx["confirmed"] = True
+            return cx
+        cx["rhs"] = rhs
         cx["confirmed"] = sides_differ(lhs, rhs, mode, tol)
         if not cx["confirmed"]:
             cx["note"] = ("numpy does not confirm (uninterpreted functions or a rounding "
@@ -572,7 +579,9 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
                 except NotEvaluable as e:
                     if str(e).startswith("pattern"):
                         break  # the pattern's own semantics reject this case: it never matches
-                    return Outcome("refuted", "value", f"{inst.describe()}: {e}")
+                    cx = _value_cx(rule, inst, random_inputs(inst, rng, False), "real",
+                                   rule.tolerance, "the replacement's semantics")
+                    return Outcome("refuted", "value", f"{inst.describe()}: {e}", cx)
                 if out is not None:
                     if out.status == "unknown":
                         unknowns.append(out.reason)
@@ -657,7 +666,8 @@ def _check_one(rule: Rule, inst: Instance, check: str, mode: str, rng: np.random
         return Outcome("unknown", "approx", f"{inst.describe()}: sides are not equal and the "
                        f"tolerance {tol} cannot be proved with uninterpreted functions")
     if info is None:
-        return Outcome("refuted", check, f"{inst.describe()}: output shapes differ")
+        cx = _value_cx(rule, inst, random_inputs(inst, rng, fp32), mode, tol, "shapes")
+        return Outcome("refuted", check, f"{inst.describe()}: output shapes differ", cx)
     inputs = _model_inputs(info, sym_inputs, fp32)
     cx = _value_cx(rule, inst, inputs, mode, tol, "Z3")
     what = " in fp32 bits" if fp32 else " over the reals"

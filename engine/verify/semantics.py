@@ -653,6 +653,8 @@ def _conv(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
                                     for i in range(nsp)])] = x
     out_sp = [(xp.shape[2 + i] - dil[i] * (ks[i] - 1) - 1) // strides[i] + 1 for i in range(nsp)]
     out = np.empty((n, m, *out_sp), dtype=object)
+    if m % g or c % g:  # the reference cannot split the channels into groups either
+        raise ValueError(f"conv: channels {c} -> {m} do not divide into {g} groups")
     per_group = m // g
     for b, oc, *pos in itertools.product(range(n), range(m), *[range(o) for o in out_sp]):
         grp = oc // per_group
