@@ -236,6 +236,20 @@ def check_shape_case(rule: Rule, inst: Instance, timeout_ms: int) -> Outcome | N
     return _shape_refuted(rule, inst, s.model(), "replacement's shape or well-formedness differs")
 
 
+class _DimsModel:
+    """A stand-in for a Z3 model that holds concrete dimensions."""
+
+    def __init__(self, dims: dict[str, int]) -> None:
+        self.dims = dims
+
+    def eval(self, t: Any, model_completion: bool = True) -> Any:
+        return z3.IntVal(self.dims.get(str(t), 1))
+
+
+def _dims_model(dims: dict[str, int]) -> Any:
+    return _DimsModel(dims)
+
+
 def _shape_refuted(rule: Rule, inst: Instance, model: z3.ModelRef, why: str) -> Outcome:
     dims = _dims_of(model, inst)
     cx: dict[str, Any] = {"case": inst.describe(), "dims": dims}
@@ -566,6 +580,11 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
             except SHAPE_FAILS as e:
                 unknowns.append(f"{zi.describe()}: {e}")
                 continue
+            if inst.rhs_error is not None:
+                if zi.assume_rhs:
+                    continue  # the rule does not apply here
+                return _shape_refuted(rule, zi, _dims_model(dims),
+                                      f"replacement is ill-formed ({inst.rhs_error})")
             n_cases += 1
             # numpy finds most counterexamples faster than Z3: reals first, then fp32 bits.
             for mode in ["approx" if approx else "real"] + (["bits"] if "fp32" in checks else []):
