@@ -48,13 +48,13 @@ class Verdict:
 
 def _cache_key(rule: Rule, bound: int) -> str:
     from satura.engine.ops import get_op
-    from satura.engine.verify import semantics
+    from satura.engine.verify import instance, semantics
 
     h = hashlib.sha256()
     h.update(f"{VERSION}|{bound}|{VALUE_BUDGET_S}|{rule.name}|{rule.exactness}|{rule.tolerance}|".encode())
     h.update(rule.text.encode())
     h.update(repr((rule.lhs, rule.rhs)).encode())
-    for mod in (semantics, check):
+    for mod in (semantics, check, instance):
         h.update(Path(mod.__file__ or "").read_bytes())
     for op in check.uses_ops(rule):
         info = get_op(op)
@@ -148,7 +148,7 @@ def format_counterexample(cx: dict[str, Any]) -> str:
     dims = cx.get("dims") or {}
     if dims:
         lines.append("dims: " + ", ".join(f"{k}={v}" for k, v in dims.items()))
-    with np.printoptions(precision=6, threshold=40, linewidth=100):
+    with np.printoptions(floatmode="unique", threshold=40, linewidth=100):
         for n, a in (cx.get("inputs") or {}).items():
             lines.append(f"{n} = {np.array2string(np.asarray(a), separator=', ')}".replace(
                 "\n", " "))
@@ -157,12 +157,37 @@ def format_counterexample(cx: dict[str, Any]) -> str:
                 vals = [np.array2string(np.asarray(o), separator=", ").replace("\n", " ")
                         for root in cx[side] for o in root]
                 lines.append(f"{side} -> {'; '.join(vals)}")
+    first = _first_difference(cx)
+    if first:
+        lines.append(first)
     for k in ("lhs_shapes", "rhs_shapes", "rhs_error"):
         if k in cx:
             lines.append(f"{k}: {cx[k]}")
     lines.append("numpy confirms" if cx.get("confirmed") else
                  f"numpy does NOT confirm: {cx.get('note', '')}")
     return "\n".join(lines)
+
+
+def _first_difference(cx: dict[str, Any]) -> str:
+    """'first difference at [i]: lhs vs rhs' with float32 bit patterns, when both sides ran."""
+    try:
+        lhs = np.asarray(cx["lhs"][0][0])
+        rhs = np.asarray(cx["rhs"][0][0])
+    except (KeyError, IndexError, TypeError):
+        return ""
+    if lhs.shape != rhs.shape or lhs.dtype == np.bool_:
+        return ""
+    a32, b32 = lhs.astype(np.float32), rhs.astype(np.float32)
+    diff = np.argwhere((a32.view(np.uint32) != b32.view(np.uint32))
+                       & ~(np.isnan(a32) & np.isnan(b32)))
+    if lhs.dtype == np.float64:
+        diff = np.argwhere(~np.isclose(lhs, rhs, rtol=1e-9, atol=1e-9, equal_nan=True))
+    if not len(diff):
+        return ""
+    idx = tuple(int(i) for i in diff[0])
+    bits = (f" (float32 bits {int(a32[idx].view(np.uint32)):#010x} vs "
+            f"{int(b32[idx].view(np.uint32)):#010x})" if lhs.dtype == np.float32 else "")
+    return f"first difference at {list(idx)}: {lhs[idx].item()!r} vs {rhs[idx].item()!r}{bits}"
 
 
 def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0,
