@@ -593,11 +593,15 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
                     return out
             for check in checks:
                 mode = "bits" if check == "fp32" else "approx" if approx else "real"
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
+                    return Outcome("unknown", "value", f"timeout after {n_cases} value cases")
                 try:
-                    out = _check_one(rule, inst, check, mode, rng, timeout_ms, proven)
+                    out = _check_one(rule, inst, check, mode, rng, min(timeout_ms, left_ms),
+                                     proven)
                 except NotEvaluable as e:
-                    if str(e).startswith("pattern"):
-                        break  # the pattern's own semantics reject this case: it never matches
+                    if str(e).startswith("pattern") or zi.assume_rhs:
+                        break  # that side's semantics reject this case: the rule does not apply
                     cx = _value_cx(rule, inst, random_inputs(inst, rng, False), "real",
                                    rule.tolerance, "the replacement's semantics")
                     return Outcome("refuted", "value", f"{inst.describe()}: {e}", cx)

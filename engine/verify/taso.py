@@ -5,6 +5,7 @@ TASO ops map to satura ops: ``matmul`` (acti NONE), ``ew_add`` -> ``add``, ``ew_
 (3x3, stride 1, SAME -> ``conv`` with pads 1; TASO's grouped reading: ``group`` is the input's
 channels over the weight's). TASO's inputs carry no shapes, so variables feeding a matmul are
 2-D and those feeding a conv 4-D (TASO's generator conventions); others range over all ranks.
+TASO's elementwise ops need equal shapes (no broadcasting): guards say so.
 Rules with two outputs or a ``split`` have no single-root satura form and are skipped. TASO
 applies a rule only where its replacement is well-formed, so the verifier is asked to assume that
 (``assume_rhs_wellformed``).
@@ -42,6 +43,7 @@ class _Side:
         self.ops, self.names = ops, names
         self.ranks: dict[str, int] = {}
         self.guards: list[str] = []
+        self.same_shape: list[tuple[tuple, tuple]] = []
 
     def tree(self, ref: list[int]) -> tuple:
         op_id, _ = ref
@@ -56,12 +58,13 @@ class _Side:
             self._rank(ins, 2)
             return ("matmul", *ins)
         if kind in ("ew_add", "ew_mul"):
+            self.same_shape.append((ins[0], ins[1]))  # TASO's elementwise ops never broadcast
             return ("add" if kind == "ew_add" else "mul", ins[0], ins[1])
         if kind == "relu":
             return ("relu", ins[0])
         if kind == "concat":
             self._rank(ins, p["numdim"])
-            return ("concat", None, p["axis"], *ins)
+            return ("concat", p["numdim"], p["axis"], *ins)
         if kind == "conv2d":
             if p.get("pad") != 0 or p.get("stride_h") != 1 or p.get("stride_w") != 1:
                 raise SaturaError("conv2d other than stride 1, SAME")
@@ -75,6 +78,28 @@ class _Side:
         for t in ins:
             if t[0] == "var":
                 self.ranks[t[1]] = r
+
+
+def _rank_of(t: tuple, ranks: dict[str, int]) -> int | None:
+    kind = t[0]
+    if kind == "var":
+        return ranks.get(t[1])
+    if kind == "concat":
+        return int(t[1])
+    if kind in ("add", "mul", "relu"):
+        return _rank_of(t[1], ranks)
+    return 2 if kind == "matmul" else 4
+
+
+def _same_shape_guards(pairs: list[tuple[tuple, tuple]], ranks: dict[str, int]) -> list[str]:
+    out = []
+    for a, b in pairs:
+        r = _rank_of(a, ranks) or _rank_of(b, ranks)
+        if a[0] == "var" and b[0] == "var":
+            out.append(f"shape({a[1]}) == shape({b[1]})")
+        elif r is not None:
+            out += [f"{_dim(a, i)} == {_dim(b, i)}" for i in range(r)]
+    return out
 
 
 def _text(t: tuple, groups: list[str] | None, counter: list[int]) -> str:
@@ -120,6 +145,7 @@ def translate(rule: dict[str, Any]) -> str:
     ranks = {**dst.ranks, **src.ranks}
     guard = [f"rank({v}) == {r}" for v, r in sorted(ranks.items())]
     guard += sorted(set(src.guards + dst.guards)) + groups
+    guard += _same_shape_guards(src.same_shape + dst.same_shape, ranks)
     text = f"rule {rule['name']} [real]:\n    {lhs_text}  =>  {rhs_text}\n"
     if guard:
         text += f"    if {' and '.join(guard)}\n"
