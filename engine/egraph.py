@@ -19,7 +19,6 @@ from typing import Any
 
 import egglog.bindings as eb
 import numpy as np
-
 from satura.engine.errors import RuleError, SaturationError, ShapeError
 from satura.engine.graph import Graph, TensorType, Value, freeze_attr
 from satura.engine.ops import OPS, get_op, infer_types
@@ -494,7 +493,7 @@ class _RuleCompiler:
         if info.inputs[1] is None:
             items = [a for a in t.args if not isinstance(a, Star)]
             stars = [a for a in t.args if isinstance(a, Star)]
-            if stars and t.args[-1] is not stars[0] or len(stars) > 1:
+            if (stars and t.args[-1] is not stars[0]) or len(stars) > 1:
                 raise RuleError("in a pattern, one list variable '*xs' may stand last among "
                                 "a variadic op's inputs", self.rule.file, self.rule.line)
             tail = "(TNil)"

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import sympy
-
 from satura.engine.errors import ShapeError
 from satura.engine.shapes import Dim, Shape, as_dim
 

@@ -496,8 +496,9 @@ def load_rules(path: str | Path) -> list[Rule]:
 
 # -- guard and attribute expressions ----------------------------------------------------------------
 TENSOR_QUERIES = ("rank", "shape", "dim", "dtype", "numel")
-BUILTIN_ARITY = {"rank": 1, "shape": 1, "dim": 2, "dtype": 1, "numel": 1, "len": 1, "value": 1}
-BUILTINS = (*TENSOR_QUERIES, "len", "value")
+BUILTIN_ARITY = {"rank": 1, "shape": 1, "dim": 2, "dtype": 1, "numel": 1, "len": 1, "value": 1,
+                 "broadcasts_to": 2}
+BUILTINS = (*TENSOR_QUERIES, "len", "value", "broadcasts_to")
 VALUES = "__values__"  # env key: tensor variable -> its scalar value, for value(x)
 
 
@@ -680,7 +681,18 @@ class _Eval:
             return t.shape[i]
         if name == "len":
             return len(args[0])
+        if name == "broadcasts_to":
+            return self._broadcasts_to(*args)
         return RULE_FUNCTIONS[name](*args)
+
+    def _broadcasts_to(self, a: tuple, b: tuple) -> Any:
+        """Does shape ``a`` broadcast (numpy rules) to exactly shape ``b``?"""
+        if len(a) > len(b):
+            return False
+        pairs = list(zip(a[::-1], b[::-1], strict=False))
+        if self.d is None:
+            return all(x == 1 or x == y for x, y in pairs)
+        return self.d.and_(*[self.d.or_(self.d.eq(x, 1), self.d.eq(x, y)) for x, y in pairs])
 
 
 def _is_int_like(a: Any, b: Any) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from satura.engine.errors import SaturaError
 from satura.engine.graph import Graph
@@ -26,11 +27,12 @@ class OptimizeResult:
     cost_after: float
 
 
-def load(path: str | Path) -> Graph:
-    """Load an ONNX model file into a Graph. Raises ModelError / UnsupportedOpError."""
+def load(model: str | Path | onnx.ModelProto) -> Graph:
+    """Load an ONNX model (a file path or an ``onnx.ModelProto``) into a Graph.
+    Raises ModelError / UnsupportedOpError."""
     from satura.engine.onnx_import import load_onnx
 
-    return load_onnx(str(path))
+    return load_onnx(model if isinstance(model, onnx.ModelProto) else str(model))
 
 
 def _profile_for(target: str) -> str:
@@ -61,7 +63,7 @@ def optimize(graph: Graph, target: str = "cpu", rules: Iterable[str | Path] | No
     return OptimizeResult(best, report, report.cost_before, report.cost_after)
 
 
-def compile(graph: Graph, target: str = "cpu") -> Callable[..., dict[str, np.ndarray]]:  # noqa: A001
+def compile(graph: Graph, target: str = "cpu") -> Callable[..., dict[str, np.ndarray]]:
     """A callable running ``graph``: ``exe(name=array, ...) -> {output name: array}``.
 
     ``target``: ``cpu`` (llvmlite kernels where lowered) or ``reference`` (numpy oracle).

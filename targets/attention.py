@@ -8,11 +8,22 @@ pieces are the GEMM, pack and row kernels of this package, called as internal fu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from satura.engine.graph import Node
 from satura.targets.codegen import HostTarget
 from satura.targets.gemm import GemmSpec, gemm_kernel, pack_kernel
 from satura.targets.kernel import Operand, body_header, share, wrapper
+from satura.targets.lower import (
+    CHUNKS_PER_THREAD,
+    PARALLEL_FLOPS,
+    Lowerer,
+    Ref,
+    Scratch,
+    Step,
+    numel,
+)
 from satura.targets.memory import align
 from satura.targets.rows import row_kernel
 
@@ -74,3 +85,31 @@ def attention_kernel(name: str, s: AttentionSpec, host: HostTarget, out: Operand
           "  %hn = add i64 %h, 1", "  store i64 %hn, ptr %h.a", "  br label %hh", "hx:",
           "  ret void", "}"]
     return "\n".join([wrapper(name, [out, q, k, v, scratch]), "\n".join(L), *parts])
+
+
+def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
+    q, k, v = node.inputs[:3]
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    out = node.outputs[0]
+    assert q is not None
+    assert k is not None
+    assert v is not None
+    scale = float(node.attrs["scale"])
+    if mask is not None or node.attrs.get("causal", 0) or scale <= 0:
+        return False
+    qs, ks, vs = ([int(d) for d in t.type.shape] for t in (q, k, v))
+    if len(qs) < 3 or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1] or qs[-1] != ks[-1]:
+        return False
+    spec = AttentionSpec(numel(tuple(qs[:-2])), qs[-2], ks[-2], qs[-1], vs[-1], scale)
+    scratch = Scratch(f"{name}_scratch",
+                      lw.threads * CHUNKS_PER_THREAD
+                      * spec.scratch_bytes_per_part(lw.host.gemm_tile[1]))
+
+    def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+        return attention_kernel(name, spec, lw.host, loc(out), loc(q), loc(k),  # type: ignore
+                                loc(v), loc(scratch))  # type: ignore[arg-type]
+
+    flops = 2.0 * spec.heads * spec.sq * spec.sk * (spec.d + spec.dv)
+    lw.steps.append(Step(name, [q, k, v, scratch], [out], gen,
+                           parallel=flops > PARALLEL_FLOPS and spec.heads > 1, op=node.op))
+    return True

@@ -9,9 +9,14 @@ packs col as B, and adds the bias per row (output channel) in its epilogue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from satura.engine.graph import Node
+from satura.targets.gemm import GemmSpec, gemm_kernel, pack_kernel
+from satura.targets.irmath import ACTIVATIONS
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
+from satura.targets.lower import PARALLEL_BYTES, Lowerer, Ref, Scratch, Step
 
 
 @dataclass(frozen=True)
@@ -99,3 +104,48 @@ def im2col_kernel(name: str, s: ConvSpec, x: Operand, col: Operand) -> str:
                for v in (f"oy{ky}_{kx}", f"z1{ky}_{kx}", f"z2{ky}_{kx}", f"cx{ky}_{kx}")]
     L[2:2] = allocas
     return wrapper(name, [col, x]) + "\n" + "\n".join(L)
+
+
+def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    assert x is not None
+    assert w is not None
+    at = node.attrs
+    if x.type.rank != 4 or at.get("group", 1) != 1 or not w.is_const:
+        return False
+    n, c, h, wd = (int(d) for d in x.type.shape)
+    m, _, kh, kw = (int(d) for d in w.type.shape)
+    oh, ow = (int(d) for d in out.type.shape[2:])
+    st = at.get("strides") or (1, 1)
+    pads = at.get("pads") or (0, 0, 0, 0)
+    dil = at.get("dilations") or (1, 1)
+    spec = ConvSpec(n, c, h, wd, kh, kw, oh, ow, tuple(st), (pads[0], pads[1]),
+                    tuple(dil))  # type: ignore[arg-type]
+    act = at.get("act", "none")
+    if act not in ACTIVATIONS:
+        return False
+    mr, nr = lw.host.gemm_tile
+    gspec = GemmSpec(n, m, spec.p, spec.k, 0, True, bias is not None, False, act, mr, nr,
+                     lw.host.lanes, bias_rows=True)
+    col = Scratch(f"{name}_col", 4 * n * spec.k * spec.p)
+    packed = Scratch(f"{name}_bpack", 4 * n * gspec.packed_elems)
+
+    def gen_col(loc: Callable[[Ref | None], Operand | None]) -> str:
+        return im2col_kernel(f"{name}_im2col", spec, loc(x), loc(col))  # type: ignore
+
+    def gen_pack(loc: Callable[[Ref | None], Operand | None]) -> str:
+        return pack_kernel(f"{name}_pack", n, spec.k, spec.p, nr, loc(col),  # type: ignore
+                           loc(packed))  # type: ignore[arg-type]
+
+    def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+        return gemm_kernel(name, gspec, loc(out), loc(w), loc(packed),  # type: ignore
+                           loc(bias), None)
+
+    big = spec.k * spec.p * n * 4 > PARALLEL_BYTES
+    lw.steps += [Step(f"{name}_im2col", [x], [col], gen_col, parallel=big, op="im2col"),
+                   Step(f"{name}_pack", [col], [packed], gen_pack, parallel=big, op="pack"),
+                   Step(name, [w, packed, *([bias] if bias else [])], [out], gen,
+                        parallel=big and m > mr, op=node.op)]
+    return True

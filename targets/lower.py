@@ -16,9 +16,7 @@ import numpy as np
 from satura.engine.errors import CodegenError
 from satura.engine.graph import Graph, Node, Value
 from satura.engine.shapes import normalize_axis
-from satura.targets.attention import AttentionSpec, attention_kernel
 from satura.targets.codegen import HostTarget
-from satura.targets.conv import ConvSpec, im2col_kernel
 from satura.targets.elementwise import ew_kernel, expr_supported
 from satura.targets.gemm import GemmSpec, gemm_kernel, pack_b_numpy, pack_kernel
 from satura.targets.irmath import ACTIVATIONS, BINARY_OPS, INTRINSICS, UNARY_OPS, Emitter
@@ -57,6 +55,9 @@ class Step:
     node: Node | None = None
     parallel: bool = False
     op: str = ""
+    # Reads the kernel may overwrite with its output: one iteration per element, which reads
+    # element i of each of these and then writes element i of the output (elementwise kernels).
+    inplace_ok: list[Value] = field(default_factory=list)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def _is_f32(vals: list[Value | None]) -> bool:
     return all(v is None or v.type.dtype == "float32" for v in vals)
 
 
-def _numel(shape: tuple[Any, ...]) -> int:
+def numel(shape: tuple[Any, ...]) -> int:
     n = 1
     for d in shape:
         n *= int(d)
@@ -81,7 +82,7 @@ def _numel(shape: tuple[Any, ...]) -> int:
 
 
 def _work(node: Node) -> float:
-    return float(sum(_numel(v.type.shape) for v in [*node.inputs, *node.outputs] if v is not None))
+    return float(sum(numel(v.type.shape) for v in [*node.inputs, *node.outputs] if v is not None))
 
 
 class Lowerer:
@@ -123,7 +124,7 @@ class Lowerer:
             lower = LOWERINGS.get(node.op)
             done = False
             if lower is not None and _is_f32([*node.inputs, *node.outputs]) and all(
-                    _numel(o.type.shape) > 0 for o in node.outputs):
+                    numel(o.type.shape) > 0 for o in node.outputs):
                 done = lower(self, node, f"k{i}_{node.op}")
             if not done:
                 self.steps.append(Step(f"fallback_{node.name}", [x for x in node.inputs if x],
@@ -152,16 +153,18 @@ class Lowerer:
                              [(loc(x), s) for x, s in zip(ins, in_shapes, strict=True)],
                              self.host.lanes)
 
+        same = [x for x, s in zip(ins, in_shapes, strict=True)
+                if s == shape and x.type.dtype == out.type.dtype]
         self.steps.append(Step(name, ins, [out], gen, parallel=_work(node) * 4 > PARALLEL_BYTES,
-                               op=node.op))
+                               op=node.op, inplace_ok=same))
         return True
 
     def view(self, node: Node, name: str) -> bool:
         src, out = node.inputs[0], node.outputs[0]
         assert src is not None
         if id(out) in self.outputs:
-            return self.ew(node, name, ("identity", ("in", 0))) if _numel(
-                src.type.shape) == _numel(out.type.shape) and src.type.shape == out.type.shape \
+            return self.ew(node, name, ("identity", ("in", 0))) if numel(
+                src.type.shape) == numel(out.type.shape) and src.type.shape == out.type.shape \
                 else self._copy(node, name)
         self.alias[id(out)] = src
         return True
@@ -169,7 +172,7 @@ class Lowerer:
     def _copy(self, node: Node, name: str) -> bool:
         src, out = node.inputs[0], node.outputs[0]
         assert src is not None
-        n = _numel(out.type.shape)
+        n = numel(out.type.shape)
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
             return ew_kernel(name, ("identity", ("in", 0)), loc(out), (n,),  # type: ignore[arg-type]
@@ -188,14 +191,14 @@ class Lowerer:
             return False
         k, n = bshape[-2], bshape[-1]
         if len(bshape) == 2:
-            batch, m, b_batched = 1, _numel(tuple(ashape[:-1])), False
+            batch, m, b_batched = 1, numel(tuple(ashape[:-1])), False
         elif ashape[:-2] == bshape[:-2] and oshape[:-2] == ashape[:-2]:
-            batch, m, b_batched = _numel(tuple(ashape[:-2])), ashape[-2], True
+            batch, m, b_batched = numel(tuple(ashape[:-2])), ashape[-2], True
         else:
             return False
-        if 0 in (k, n, _numel(tuple(oshape))):
+        if 0 in (k, n, numel(tuple(oshape))):
             return False  # empty products: the reference handles them
-        if bias is not None and (_numel(bias.type.shape) != n
+        if bias is not None and (numel(bias.type.shape) != n
                                  or int(bias.type.shape[-1]) != n):
             return False
         if res is not None and [int(d) for d in res.type.shape] != oshape:
@@ -243,10 +246,10 @@ class Lowerer:
         ax = normalize_axis(axis, len(shape))
         if kind == "softmax" and ax != len(shape) - 1:
             return False
-        rows, n = _numel(tuple(shape[:ax])), _numel(tuple(shape[ax:]))
+        rows, n = numel(tuple(shape[:ax])), numel(tuple(shape[ax:]))
         params = [p for p in node.inputs[1:]]
         for p in params:
-            if p is not None and _numel(p.type.shape) != n:
+            if p is not None and numel(p.type.shape) != n:
                 return False
         scale = params[0] if params else None
         bias = params[1] if len(params) > 1 else None
@@ -265,84 +268,17 @@ class Lowerer:
                                parallel=_work(node) * 4 > PARALLEL_BYTES and rows > 1, op=node.op))
         return True
 
-    def attention(self, node: Node, name: str) -> bool:
-        q, k, v = node.inputs[:3]
-        mask = node.inputs[3] if len(node.inputs) > 3 else None
-        out = node.outputs[0]
-        assert q is not None
-        assert k is not None
-        assert v is not None
-        scale = float(node.attrs["scale"])
-        if mask is not None or node.attrs.get("causal", 0) or scale <= 0:
-            return False
-        qs, ks, vs = ([int(d) for d in t.type.shape] for t in (q, k, v))
-        if len(qs) < 3 or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1] or qs[-1] != ks[-1]:
-            return False
-        spec = AttentionSpec(_numel(tuple(qs[:-2])), qs[-2], ks[-2], qs[-1], vs[-1], scale)
-        scratch = Scratch(f"{name}_scratch",
-                          self.threads * CHUNKS_PER_THREAD
-                          * spec.scratch_bytes_per_part(self.host.gemm_tile[1]))
-
-        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return attention_kernel(name, spec, self.host, loc(out), loc(q), loc(k),  # type: ignore
-                                    loc(v), loc(scratch))  # type: ignore[arg-type]
-
-        flops = 2.0 * spec.heads * spec.sq * spec.sk * (spec.d + spec.dv)
-        self.steps.append(Step(name, [q, k, v, scratch], [out], gen,
-                               parallel=flops > PARALLEL_FLOPS and spec.heads > 1, op=node.op))
-        return True
-
-    def conv(self, node: Node, name: str) -> bool:
-        x, w = node.inputs[0], node.inputs[1]
-        bias = node.inputs[2] if len(node.inputs) > 2 else None
-        out = node.outputs[0]
-        assert x is not None
-        assert w is not None
-        at = node.attrs
-        if x.type.rank != 4 or at.get("group", 1) != 1 or not w.is_const:
-            return False
-        n, c, h, wd = (int(d) for d in x.type.shape)
-        m, _, kh, kw = (int(d) for d in w.type.shape)
-        oh, ow = (int(d) for d in out.type.shape[2:])
-        st = at.get("strides") or (1, 1)
-        pads = at.get("pads") or (0, 0, 0, 0)
-        dil = at.get("dilations") or (1, 1)
-        spec = ConvSpec(n, c, h, wd, kh, kw, oh, ow, tuple(st), (pads[0], pads[1]),
-                        tuple(dil))  # type: ignore[arg-type]
-        act = at.get("act", "none")
-        if act not in ACTIVATIONS:
-            return False
-        mr, nr = self.host.gemm_tile
-        gspec = GemmSpec(n, m, spec.p, spec.k, 0, True, bias is not None, False, act, mr, nr,
-                         self.host.lanes, bias_rows=True)
-        col = Scratch(f"{name}_col", 4 * n * spec.k * spec.p)
-        packed = Scratch(f"{name}_bpack", 4 * n * gspec.packed_elems)
-
-        def gen_col(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return im2col_kernel(f"{name}_im2col", spec, loc(x), loc(col))  # type: ignore
-
-        def gen_pack(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return pack_kernel(f"{name}_pack", n, spec.k, spec.p, nr, loc(col),  # type: ignore
-                               loc(packed))  # type: ignore[arg-type]
-
-        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return gemm_kernel(name, gspec, loc(out), loc(w), loc(packed),  # type: ignore
-                               loc(bias), None)
-
-        big = spec.k * spec.p * n * 4 > PARALLEL_BYTES
-        self.steps += [Step(f"{name}_im2col", [x], [col], gen_col, parallel=big, op="im2col"),
-                       Step(f"{name}_pack", [col], [packed], gen_pack, parallel=big, op="pack"),
-                       Step(name, [w, packed, *([bias] if bias else [])], [out], gen,
-                            parallel=big and m > mr, op=node.op)]
-        return True
-
 
 def _lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
-    return lw.conv(node, name)
+    from satura.targets.conv import lower_conv  # imports this module
+
+    return lower_conv(lw, node, name)
 
 
 def _lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
-    return lw.attention(node, name)
+    from satura.targets.attention import lower_attention  # imports this module
+
+    return lower_attention(lw, node, name)
 
 
 def _lower_ew(lw: Lowerer, node: Node, name: str) -> bool:
@@ -415,6 +351,58 @@ LOWERINGS: dict[str, Callable[[Lowerer, Node, str], bool]] = {
 }
 
 
+@dataclass(frozen=True)
+class InPlace:
+    """One in-place decision: step ``step`` writes ``output`` over ``input``'s buffer when the
+    aliasing proof says so (``proof`` True); otherwise (False: refuted, None: Z3 could not tell)
+    the output keeps a buffer of its own."""
+
+    step: str
+    input: str
+    output: str
+    proof: bool | None
+
+    @property
+    def reused(self) -> bool:
+        return self.proof is True
+
+
+def plan_inplace(program: Program, graph: Graph, root: Callable[[Value], Value]) -> list[InPlace]:
+    """Let elementwise kernels write over an input that dies at that step, where
+    :func:`satura.engine.verify.alias.prove_inplace_safe` proves that no iteration reads an
+    element another one wrote. A proved reuse becomes an alias (output -> input's storage) in
+    ``program.alias``, so the memory plan gives both one buffer."""
+    from satura.engine.verify.alias import StridedView, prove_inplace_safe
+
+    external = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+    last: dict[int, int] = {}
+    for i, st in enumerate(program.steps):
+        for r in st.reads:
+            if isinstance(r, Value):
+                last[id(root(r))] = i
+    out: list[InPlace] = []
+    for i, st in enumerate(program.steps):
+        if not st.inplace_ok or len(st.writes) != 1 or not isinstance(st.writes[0], Value):
+            continue
+        dst = st.writes[0]
+        if id(dst) in external or root(dst) is not dst:
+            continue
+        for x in st.inplace_ok:
+            src = root(x)
+            if src.is_const or id(src) in external or last.get(id(src)) != i \
+                    or src.type.dtype != dst.type.dtype \
+                    or numel(src.type.shape) != numel(dst.type.shape):
+                continue
+            shape = tuple(int(d) for d in dst.type.shape)
+            view = StridedView.contiguous(shape)
+            proof = prove_inplace_safe(view, [view], order="any")
+            out.append(InPlace(st.name, x.name, dst.name, proof))
+            if proof is True:
+                program.alias[id(dst)] = src
+                break
+    return out
+
+
 def lifetimes(program: Program, graph: Graph, root: Callable[[Value], Value]) -> list[Buffer]:
     """Intermediate buffers (not inputs, outputs or constants) with their step intervals."""
     external = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
@@ -425,8 +413,8 @@ def lifetimes(program: Program, graph: Graph, root: Callable[[Value], Value]) ->
                 r = root(r)
                 if r.is_const or id(r) in external:
                     continue
-                size = 4 * _numel(r.type.shape) if r.type.dtype == "float32" else (
-                    r.type.itemsize * _numel(r.type.shape))
+                size = 4 * numel(r.type.shape) if r.type.dtype == "float32" else (
+                    r.type.itemsize * numel(r.type.shape))
             else:
                 size = r.nbytes
             span = spans.setdefault(id(r), [r, size, i, i])

@@ -25,7 +25,7 @@ from satura.engine.errors import CodegenError, InputError
 from satura.engine.graph import Graph, Value
 from satura.engine.ops import run_reference
 from satura.targets import codegen
-from satura.targets.lower import CHUNKS_PER_THREAD, Lowerer, Ref, generate, lifetimes
+from satura.targets.lower import CHUNKS_PER_THREAD, Lowerer, Ref, generate, lifetimes, plan_inplace
 from satura.targets.memory import ALIGN, plan_memory
 from satura.targets.specialize import SpecializingModel
 
@@ -105,6 +105,7 @@ class CompiledModel:
             aligned = _aligned_empty(data.nbytes).view(data.dtype).reshape(data.shape)
             aligned[...] = data
             self._consts.append((self._slot[id(v)], aligned))
+        self.inplace = plan_inplace(prog, graph, lw.root)
         bufs = lifetimes(prog, graph, lw.root)
         self._plan = plan_memory(bufs)
         ir = generate(prog, graph, self._plan, self._slot_of, lw.root)

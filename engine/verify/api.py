@@ -191,7 +191,7 @@ def _first_difference(cx: dict[str, Any]) -> str:
 
 
 def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0,
-                   cache_dir: str | Path | None = DEFAULT_CACHE) -> int:
+                   cache_dir: str | Path | None = DEFAULT_CACHE, as_json: bool = False) -> int:
     """``satura verify``: one line per rule; exit code 1 if any rule is refuted or unknown."""
     from satura.engine.rulelang import load_rules as _load
 
@@ -200,7 +200,10 @@ def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0
 
         paths = sorted(str(p) for p in files("satura.rules").iterdir()
                        if str(p).endswith(".rules"))
+    if bound < 1 or timeout_s <= 0:
+        raise SaturaError(f"--bound must be >= 1 and --timeout > 0 (got {bound}, {timeout_s})")
     bad = 0
+    everything: list[Verdict] = []
     for p in paths:
         try:
             rules = _load(p)
@@ -208,15 +211,26 @@ def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0
             print(str(e))
             bad += 1
             continue
-        for v in verify_rules(rules, bound, timeout_s, cache_dir):
+        verdicts = verify_rules(rules, bound, timeout_s, cache_dir)
+        everything += verdicts
+        bad += sum(v.status != "proved" for v in verdicts)
+        if as_json:
+            continue
+        for v in verdicts:
             mark = {"proved": "ok", "refuted": "REFUTED", "unknown": "UNKNOWN"}[v.status]
             print(f"{v.rule.where}  {v.name:<32} {mark:<8} {v.check:<6} {v.seconds:6.2f}s  "
                   f"{v.reason}")
-            if v.status != "proved":
-                bad += 1
             if v.counterexample:
                 for line in format_counterexample(v.counterexample).splitlines():
                     print(f"    {line}")
+    if as_json:
+        print(verdicts_json(everything))
+    elif everything:
+        n = {s: sum(v.status == s for v in everything) for s in ("proved", "refuted", "unknown")}
+        secs = sorted(v.seconds for v in everything)
+        print(f"{len(everything)} rules: {n['proved']} proved, {n['refuted']} refuted, "
+              f"{n['unknown']} unknown; median {secs[len(secs) // 2]:.2f}s, "
+              f"slowest {secs[-1]:.2f}s")
     return 1 if bad else 0
 
 

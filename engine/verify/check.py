@@ -35,6 +35,8 @@ VALUE_CASES = 400  # concrete shape cases per rule (spread over the rank/attribu
 PY_ENUM_LIMIT = 256  # enumerate dims in Python (not Z3) below this many candidates
 CONFIRM_TRIALS = 200  # numpy trials when Z3's counterexample is not confirmed
 RANDOM_TRIALS = 6  # numpy trials per concrete case before Z3 is asked
+FIRST_TRIALS = 64  # ... on each of the first FIRST_CASES (smallest) cases, where numpy is cheap
+FIRST_CASES = 8
 
 
 class NotEvaluable(Exception):
@@ -588,7 +590,8 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
             n_cases += 1
             # numpy finds most counterexamples faster than Z3: reals first, then fp32 bits.
             for mode in ["approx" if approx else "real"] + (["bits"] if "fp32" in checks else []):
-                out = _random_search(rule, inst, mode, rng, RANDOM_TRIALS)
+                trials = FIRST_TRIALS if n_cases <= FIRST_CASES else RANDOM_TRIALS
+                out = _random_search(rule, inst, mode, rng, trials)
                 if out is not None:
                     return out
             for check in checks:

@@ -87,7 +87,9 @@ class RealDomain(Domain):
         # Over the reals a/0 is undefined: the pattern's divisions are assumed nonzero (the rule
         # need only hold where the pattern is defined); the replacement's are not.
         self.defined.append(b != 0)
-        return a / b
+        # a·(1/b), never a/b: x/c and x·(1/c) then simplify to one term (Z3's nonlinear solver
+        # times out proving them equal inside large sums; 1/b is one term per divisor).
+        return a * (1 / b)
 
     def neg(self, a: Any) -> Any:
         return -a
