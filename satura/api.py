@@ -75,34 +75,12 @@ def compile(graph: Graph, target: str = "cpu") -> Callable[..., dict[str, np.nda
     if target == "cpu":
         from satura.targets import compile_graph
 
-        if not graph.symbols:
-            return compile_graph(graph, target="cpu")
-        return _Specializing(graph, compile_graph)
+        return compile_graph(graph, target="cpu")  # one variant per input shape if symbolic
 
     def run(inputs: Mapping[str, Any] | None = None, /, **kw: Any) -> dict[str, np.ndarray]:
         return run_graph(graph, {**(inputs or {}), **kw})
 
     return run
-
-
-class _Specializing:
-    """A model with symbolic dims: compiled once per distinct set of input shapes."""
-
-    def __init__(self, graph: Graph, compile_graph: Callable[..., Any]) -> None:
-        self.graph, self.compile_graph = graph, compile_graph
-        self.variants: dict[tuple, Any] = {}
-
-    def __call__(self, inputs: Mapping[str, Any] | None = None, /, **kw: Any
-                 ) -> dict[str, np.ndarray]:
-        from satura.engine.graph import specialize
-        from satura.engine.interpret import bind_inputs
-
-        feeds = {**(inputs or {}), **kw}
-        env = bind_inputs(self.graph, feeds)  # names, dtypes, shapes checked before any codegen
-        key = tuple(sorted((str(k), v) for k, v in env.items()))
-        if key not in self.variants:
-            self.variants[key] = self.compile_graph(specialize(self.graph, env), target="cpu")
-        return self.variants[key](**feeds)
 
 
 def verify(*paths: str | Path) -> list[Any]:

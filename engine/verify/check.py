@@ -35,8 +35,8 @@ VALUE_CASES = 400  # concrete shape cases per rule (spread over the rank/attribu
 PY_ENUM_LIMIT = 256  # enumerate dims in Python (not Z3) below this many candidates
 CONFIRM_TRIALS = 200  # numpy trials when Z3's counterexample is not confirmed
 RANDOM_TRIALS = 6  # numpy trials per concrete case before Z3 is asked
-FIRST_TRIALS = 64  # ... on each of the first FIRST_CASES (smallest) cases, where numpy is cheap
-FIRST_CASES = 8
+FIRST_TRIALS = 32  # ... on each of the first FIRST_CASES (smallest) cases, where numpy is cheap
+FIRST_CASES = 2
 
 
 class NotEvaluable(Exception):

@@ -144,6 +144,7 @@ class _Builder:
         self.rule, self.d, self.dimsrc = rule, dims, dimsrc
         self.inst = Instance(choices=choices)
         self.value_vars = _value_vars(rule)
+        self.fixed_ranks = _guard_ranks(rule.guard)
         self.inst.value_vars = list(self.value_vars)
         self.inst.env[VALUES] = {v: z3.Real(f"value({v})") for v in self.value_vars}
         if rule.family_op:
@@ -163,7 +164,9 @@ class _Builder:
     def tensor(self, name: str) -> TensorInfo:
         env = self.inst.env
         if name not in env:
-            r = self.choose(("rank", name), list(range(MAX_RANK + 1)))
+            fixed = self.fixed_ranks.get(name)
+            r = self.choose(("rank", name),
+                            list(range(MAX_RANK + 1)) if fixed is None else [fixed])
             if name in self.value_vars:  # value(v) needs a one-element constant: dims are 1
                 env[name] = TensorInfo((1,) * r)
             else:
@@ -282,6 +285,25 @@ class _Builder:
         full.update({k: v for k, v in attrs.items() if isinstance(v, z3.ExprRef)})
         self.inst.attrs[path] = full
         return self._apply(t.op, ins, full, self.inst.rhs_conds)
+
+
+def _guard_ranks(guard: ast.expr | None) -> dict[str, int]:
+    """Ranks the guard fixes outright: its top-level ``and`` terms ``rank(x) == N``. Cases with
+    another rank make the guard false, so they need not be enumerated."""
+    out: dict[str, int] = {}
+    if isinstance(guard, ast.BoolOp) and isinstance(guard.op, ast.And):
+        for g in guard.values:
+            out.update(_guard_ranks(g))
+    elif isinstance(guard, ast.Compare) and len(guard.ops) == 1 \
+            and isinstance(guard.ops[0], ast.Eq):
+        a, b = guard.left, guard.comparators[0]
+        if isinstance(a, ast.Constant):
+            a, b = b, a
+        if isinstance(a, ast.Call) and isinstance(a.func, ast.Name) and a.func.id == "rank" \
+                and len(a.args) == 1 and isinstance(a.args[0], ast.Name) \
+                and isinstance(b, ast.Constant) and type(b.value) is int and b.value >= 0:
+            out[a.args[0].id] = b.value
+    return out
 
 
 def _value_vars(rule: Rule) -> list[str]:
