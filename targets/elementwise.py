@@ -3,7 +3,8 @@
 The output's dimensions are collapsed where every operand is contiguous across them, so the inner
 loop runs over the last collapsed dimension with each input either contiguous (vector load) or
 broadcast (one scalar per row, splat). The inner loop is written with explicit ``<L x float>``
-vectors; a scalar loop finishes the remainder.
+vectors; a scalar loop finishes the remainder. Outputs larger than the caches are written with
+streaming stores (``STREAM_BYTES``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from typing import Any
 
 from satura.engine.errors import CodegenError
 from satura.targets.irmath import BINARY_OPS, UNARY_OPS, Emitter, vec_type
-from satura.targets.kernel import Operand, body_header, share, wrapper
+from satura.targets.kernel import BASE_ALIGN, Operand, body_header, share, wrapper
 
 Expr = tuple[Any, ...]
 WIDE = 4  # vectors per value in the main loop of long rows
+# Outputs at least this large are written with non-temporal (streaming) stores: they do not stay
+# in the caches anyway (inputs plus output pass the L3), and a streaming store skips the read of
+# each destination line that a normal store makes first (a third of the kernel's DRAM traffic).
+STREAM_BYTES = 8 << 20
 
 
 def expr_supported(expr: Expr) -> bool:
@@ -97,6 +102,12 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
     # maths polynomials are long dependency chains; four in flight keep the FMA units busy).
     lanes = lanes * WIDE if n >= 64 * lanes else lanes
     vty = vec_type(lanes)
+    # Streaming vector stores need aligned addresses: the table's bases are BASE_ALIGN-aligned,
+    # so the output's offset and each row's start must keep that alignment.
+    align = min(BASE_ALIGN, 4 * lanes)
+    stream = (4 * n * rows >= STREAM_BYTES and out.offset % BASE_ALIGN == 0
+              and (rows == 1 or (4 * n) % align == 0))
+    vstore = f"align {align}, !nontemporal !{{i32 1}}" if stream else "align 4"
     L: list[str] = [body_header(name, nin + 1), "entry:"]
     if rows == 1:
         share(L, n, lanes, "%lo", "%hi")
@@ -143,7 +154,7 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
         leaves.append(f"%vl{k}")
     res = _eval(expr, Emitter(L, lanes), leaves, {})
     L += ["  %vo = add i64 %obase, %j", "  %vop = getelementptr float, ptr %a0, i64 %vo",
-          f"  store {vty} {res}, ptr %vop, align 4", f"  %jn = add i64 %j, {lanes}",
+          f"  store {vty} {res}, ptr %vop, {vstore}", f"  %jn = add i64 %j, {lanes}",
           "  %vmore = icmp ult i64 %jn, %vend", "  br i1 %vmore, label %vloop, label %vexit",
           "vexit:", "  %hass = icmp ult i64 %vend, %hi",
           "  br i1 %hass, label %sloop, label %rowend", "sloop:",

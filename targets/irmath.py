@@ -135,32 +135,33 @@ class Emitter:
         big = self.call("copysign", big, x)
         return self.select_lt(ax, self.const(0.625), small, big)
 
-    def erf(self, x: str) -> str:
-        """erf: odd/even rational minimax on [-4, 4] (absolute error ~4e-7)."""
-        xc = self.min(self.max(x, self.const(-4.0)), self.const(4.0))
+    # erf(x) = x·P(x²)/Q(x²) on [-4, 4] (rational minimax, absolute error ~3e-7), ±1 beyond.
+    _ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+              -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+              -1.60960333262415e-02)
+    _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+              -7.37332916720468e-03, -1.42647390514189e-02)
+
+    def erf_scaled(self, x: str, s: float = 1.0, k: float = 1.0) -> str:
+        """k·erf(s·x), with s and k folded into the polynomials' coefficients (no extra mul)."""
+        xc = self.min(self.max(x, self.const(-4.0 / s)), self.const(4.0 / s))
         x2 = self.mul(xc, xc)
-        p = self.poly(x2, [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-                           -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-                           -1.60960333262415e-02])
-        q = self.poly(x2, [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-                           -7.37332916720468e-03, -1.42647390514189e-02])
+        hp, hq = len(self._ERF_P) - 1, len(self._ERF_Q) - 1
+        p = self.poly(x2, [c * s ** (2 * (hp - i) + 1) * k for i, c in enumerate(self._ERF_P)])
+        q = self.poly(x2, [c * s ** (2 * (hq - i)) for i, c in enumerate(self._ERF_Q)])
         return self.div(self.mul(xc, p), q)
 
-    def erfc_pos(self, z: str) -> str:
-        """erfc(z) for z >= 0 with ~1e-7 relative error (Numerical Recipes' Chebyshev fit)."""
-        t = self.div(self.const(1.0), self.fma(z, self.const(0.5), self.const(1.0)))
-        p = self.poly(t, [0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807,
-                          -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223])
-        arg = self.sub(p, self.mul(z, z))
-        return self.mul(t, self.exp(arg))
+    def erf(self, x: str) -> str:
+        """erf: odd/even rational minimax on [-4, 4] (absolute error ~3e-7)."""
+        return self.erf_scaled(x)
 
     def gelu(self, x: str) -> str:
-        """x·Φ(x) with 2Φ(x) = erfc(|x|/√2) for x < 0 and 2 - erfc(|x|/√2) above: one erfc,
-        no cancellation in the negative tail (relative error ~1e-6 everywhere)."""
-        z = self.mul(self.call("fabs", x), self.const(0.7071067811865476))
-        e = self.erfc_pos(z)
-        phi2 = self.select_lt(x, self.const(0.0), e, self.sub(self.const(2.0), e))
-        return self.mul(self.mul(x, self.const(0.5)), phi2)
+        """x·(½ + ½erf(x/√2)), the form onnxruntime and PyTorch evaluate: one rational erf with
+        the 1/√2 and ½ folded in, no exp (~2.5x cheaper than an erfc-based Φ). Absolute error
+        below 1e-6 everywhere (erf's ~3e-7 times |x|/2); relative accuracy is lost only in the
+        negative tail, where |gelu(x)| < 1e-6, and Φ is kept >= 0 there so the sign is right."""
+        h = self.erf_scaled(x, 0.7071067811865476, 0.5)
+        return self.mul(x, self.max(self.add(h, self.const(0.5)), self.const(0.0)))
 
     def gelu_tanh(self, x: str) -> str:
         x3 = self.mul(self.mul(x, x), x)

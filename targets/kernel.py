@@ -4,11 +4,16 @@ A kernel is exported as ``void NAME(ptr table, i64 part, i64 nparts)``: operand 
 ``table[slot] + offset`` (the arena, a graph input or output, or a constant), and the kernel does
 the ``part``-th of ``nparts`` equal shares of its work, so the runtime can run shares on several
 cores. The body is an internal function whose pointer parameters are ``noalias``.
+
+Every buffer a kernel writes (the arena, the model's outputs) starts at a ``BASE_ALIGN``-aligned
+table address (the runtime allocates them so); graph inputs and constants carry no such promise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+BASE_ALIGN = 64  # bytes; the alignment of every written buffer's table entry
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,16 @@ from satura.engine.errors import CodegenError, InputError
 from satura.engine.graph import Graph, Value
 from satura.engine.ops import run_reference
 from satura.targets import codegen
-from satura.targets.lower import CHUNKS_PER_THREAD, Lowerer, Ref, generate, lifetimes, plan_inplace
+from satura.targets.kernel import BASE_ALIGN
+from satura.targets.lower import (
+    CHUNKS_PER_THREAD,
+    Lowerer,
+    Ref,
+    generate,
+    lifetimes,
+    numel,
+    plan_inplace,
+)
 from satura.targets.memory import ALIGN, plan_memory
 from satura.targets.specialize import SpecializingModel
 
@@ -36,9 +45,13 @@ ParallelFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_i
 _OBJECTS: dict[str, bytes] = {}  # IR hash -> object code, for this process
 
 
+_BASE = max(ALIGN, BASE_ALIGN)
+
+
 def _aligned_empty(nbytes: int) -> np.ndarray:
-    raw = np.empty(nbytes + ALIGN, np.uint8)
-    start = (-raw.ctypes.data) % ALIGN
+    """Bytes starting at a multiple of the alignment that kernels assume of written buffers."""
+    raw = np.empty(nbytes + _BASE, np.uint8)
+    start = (-raw.ctypes.data) % _BASE
     return raw[start:start + nbytes]
 
 
@@ -255,7 +268,8 @@ class CompiledModel:
         prev = self._last_out.get(id(v))
         if prev is not None and sys.getrefcount(prev) <= 3:
             return prev
-        a = np.empty(tuple(int(d) for d in v.type.shape), v.type.dtype)
+        a = _aligned_empty(numel(v.type.shape) * np.dtype(v.type.dtype).itemsize).view(
+            v.type.dtype).reshape(tuple(int(d) for d in v.type.shape))
         self._last_out[id(v)] = a
         return a
 
