@@ -82,6 +82,9 @@ def _safe_infer(op: str, types: Sequence[Any], attrs: tuple) -> Any:
     """Types of an op application (one TensorType, or a tuple), or INVALID when ill-typed."""
     if any(t is INVALID or t == INVALID for t in types if isinstance(t, str)):
         return INVALID
+    required = OPS[op].inputs[0]
+    if len(types) < required or any(t is None for t in types[:required]):
+        return INVALID  # an absent optional input in a place that needs one
     try:
         outs = infer_types(op, list(types), dict(attrs))
     except (ShapeError, TypeError, ValueError, IndexError, KeyError, ZeroDivisionError,

@@ -224,6 +224,8 @@ class Z3Dims(DimOps):
         return a == b  # z3 overloads ==
 
     def require(self, cond: Any, msg: str) -> None:
+        if cond is False:  # false for every size (a rank mismatch): no case to solve
+            raise ShapeError(msg)
         self.conditions.append(self._b(cond))
 
     def select(self, cond: Any, a: Dim, b: Dim) -> Dim:

@@ -21,6 +21,7 @@ from satura.extract.greedy import check_choices, dag_cost, dag_greedy
 from satura.extract.hardware import HardwareProfile
 
 FREE = ("Input", "Const", "Scalar", "Absent", "Get", "TNil", "TCons")
+FOLDED = 1e-12  # seconds: an op over constants, computed once at compile time
 
 
 def _list_types(snap: Snapshot, c: int, seen: frozenset[int] = frozenset()) -> list[Any] | None:
@@ -35,15 +36,47 @@ def _list_types(snap: Snapshot, c: int, seen: frozenset[int] = frozenset()) -> l
     return None
 
 
+def constant_classes(snap: Snapshot) -> set[int]:
+    """Classes that hold a value computable at compile time: a constant, or an op over constant
+    classes (least fixpoint)."""
+    const: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for c, ns in snap.classes.items():
+            if c in const:
+                continue
+            for n in ns:
+                if n.op in ("Const", "Scalar", "Absent", "TNil") or (
+                        n.op not in ("Input", "Get") and n.children
+                        and all(ch in const for ch in n.children)):
+                    const.add(c)
+                    changed = True
+                    break
+    return const
+
+
+def _foldable(out: Any) -> bool:
+    from satura.engine.fold import MAX_FOLD_ELEMS
+
+    outs = list(out) if isinstance(out, tuple) else [out]
+    return all(t.is_static and math.prod(int(d) for d in t.shape) <= MAX_FOLD_ELEMS for t in outs)
+
+
 def price(snap: Snapshot, profile: HardwareProfile | str, hints: Hints = None) -> EGraphData:
-    """An :class:`EGraphData` of ``snap`` with each node's cost in seconds on ``profile``."""
+    """An :class:`EGraphData` of ``snap`` with each node's cost in seconds on ``profile``.
+    An op over constants costs (next to) nothing: it is folded after extraction."""
     nodes: dict[str, ENode] = {}
     cache: dict[tuple, float] = {}
+    const = constant_classes(snap)
     for c, ns in snap.classes.items():
         for i, n in enumerate(ns):
             cost = 0.0
-            if n.op not in FREE:
-                out = snap.types.get(c)
+            out = snap.types.get(c)
+            if n.op not in FREE and n.children and all(ch in const for ch in n.children) \
+                    and out is not None and out != INVALID and _foldable(out):
+                cost = FOLDED
+            elif n.op not in FREE:
                 if n.children and snap.classes.get(n.children[0]) and \
                         snap.classes[n.children[0]][0].op in ("TNil", "TCons"):
                     ins = _list_types(snap, n.children[0])

@@ -45,6 +45,7 @@ def optimize(graph: Graph, target: str = "cpu", rules: Iterable[str | Path] | No
     """Saturate ``graph`` with the rule files (default: the shipped ones) and extract the
     cheapest program for ``target``'s hardware profile (``cpu``, or a profile name such as
     ``h100``). ``fp`` picks the rule classes: strict (exact only), real (default), fast."""
+    from satura.engine.fold import fold_constants
     from satura.extract.cost import graph_time
     from satura.extract.select import extract_graph
 
@@ -53,6 +54,7 @@ def optimize(graph: Graph, target: str = "cpu", rules: Iterable[str | Path] | No
     eg, report = saturate(graph, rule_sets, limits or Limits())
     snap = eg.snapshot()
     best, _, seconds = extract_graph(snap, profile, hints)
+    fold_constants(best)  # what rules computed over weights (folded BatchNorm, ...) is data
     best.prune()
     report.cost_before = graph_time(graph, profile, hints)
     report.cost_after = graph_time(best, profile, hints)

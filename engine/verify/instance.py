@@ -121,6 +121,15 @@ def attr_domain(op: str, name: str, in_shapes: list[Any]) -> list[Any] | None:
         subsets = [c for k in range(1, r + 1) for c in itertools.combinations(range(r), k)]
         negative = [(-k,) for k in range(1, r + 1)]  # the forms exporters write for one axis
         return ([None] if spec.default is None else []) + subsets + negative
+    if op in ("conv", "max_pool", "avg_pool") and name in ("strides", "dilations", "pads"):
+        # Bounded like the dims: strides and dilations 1 or 2 throughout, pads none, one on
+        # every side, or one only at the end of each axis.
+        n = max(r - 2, 0)
+        if name == "strides":
+            return [None, (2,) * n]
+        if name == "dilations":
+            return [None, (2,) * n]
+        return [None, (1,) * (2 * n), (0,) * n + (1,) * n]
     if name == "group":
         return [1, 2, 3]  # bounded: groups of up to 3 (enough for channel counts <= 3)
     if name in ("keepdims", "trans_a", "trans_b", "causal", "select_last_index"):

@@ -634,6 +634,21 @@ SEMANTICS["layer_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "
 SEMANTICS["rms_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "rms"), ("sqrt",))
 
 
+def _batch_norm(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
+    """(x - mean[c]) / sqrt(var[c] + eps) · scale[c] + bias[c], channels on axis 1 (the
+    reference's order of operations)."""
+    x, scale, bias, mean, var = ins
+    per_channel = (1, -1) + (1,) * (x.ndim - 2)
+    s, b, m, v = (np.asarray(p, dtype=object).reshape(per_channel)
+                  for p in (scale, bias, mean, var))
+    eps = dom.const(at["epsilon"])
+    out = ew(lambda a, mu, va: dom.div(dom.sub(a, mu), dom.uf("sqrt", dom.add(va, eps))), x, m, v)
+    return [ew(lambda a, g, c: dom.add(dom.mul(a, g), c), out, s, b)]
+
+
+SEMANTICS["batch_norm"] = OpSemantics(_batch_norm, ("sqrt",))
+
+
 def _conv(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
     """N-d grouped convolution, NCHW, zero padding (as the reference pads), then bias and act."""
     import itertools
