@@ -341,7 +341,7 @@ def _attention_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray
     s = (q @ np.swapaxes(k, -1, -2)) * at["scale"]
     if len(ins) > 3 and ins[3] is not None:
         mask = ins[3]
-        s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
+        s = np.where(mask, s, at["mask_fill"]) if mask.dtype == np.bool_ else s + mask
     if at["causal"]:
         sq, sk = s.shape[-2], s.shape[-1]
         tri = np.triu(np.ones((sq, sk), dtype=bool), k=1 + sk - sq)
@@ -358,9 +358,11 @@ def attention_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
 
 register(OpInfo(
     name="attention", shape=attention_shape, reference=_attention_ref, inputs=(3, 4),
-    attrs={"scale": AttrSpec("float"), "causal": AttrSpec("int", 0)}, work=attention_work,
+    attrs={"scale": AttrSpec("float"), "causal": AttrSpec("int", 0),
+           "mask_fill": AttrSpec("float", float("-inf"))}, work=attention_work,
     traits=frozenset({"contraction", "fused"}),
-    doc="softmax(q·kᵀ·scale + mask [+ causal]) · v; kv heads repeated to q's (GQA)"))
+    doc="softmax(q·kᵀ·scale + mask [+ causal]) · v; kv heads repeated to q's (GQA); a bool "
+        "mask keeps its True scores and sets the rest to mask_fill"))
 
 
 # -- losses ------------------------------------------------------------------------------------

@@ -127,8 +127,9 @@ def symbolic_sides(rule: Rule, inst: Instance, dom: Domain) -> tuple[list, list,
     for name in inst.leaves:
         shape = tuple(int(s) for s in inst.env[name].shape)
         arr = np.empty(shape, dtype=object)
+        mk = z3.Bool if inst.env[name].dtype == "bool" else dom.var
         for idx in np.ndindex(*shape):
-            arr[idx] = dom.var(f"{name}[{','.join(map(str, idx))}]")
+            arr[idx] = mk(f"{name}[{','.join(map(str, idx))}]")
         inputs[name] = arr
 
     terms: dict[str, Any] = {}
@@ -378,6 +379,9 @@ def random_inputs(inst: Instance, rng: np.random.Generator, fp32: bool) -> dict[
                        dtype=np.float32)
     for n in inst.leaves:
         shape = tuple(int(s) for s in inst.env[n].shape)
+        if inst.env[n].dtype == "bool":
+            out[n] = rng.random(shape) < 0.6
+            continue
         kind = rng.integers(0, 3)
         if kind == 0:
             a = rng.standard_normal(shape) * 10 ** rng.uniform(-2, 3)
@@ -471,6 +475,10 @@ def _model_inputs(model: z3.ModelRef, inputs: dict[str, np.ndarray],
                   fp32: bool) -> dict[str, np.ndarray]:
     out = {}
     for n, arr in inputs.items():
+        if arr.size and z3.is_bool(arr.flat[0]):
+            out[n] = np.array([z3.is_true(model.eval(b, model_completion=True))
+                               for b in arr.flat], dtype=bool).reshape(arr.shape)
+            continue
         vals = np.zeros(arr.shape, dtype=np.float32 if fp32 else np.float64)
         for idx in np.ndindex(*arr.shape):
             if fp32:
@@ -567,19 +575,20 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
     bounds: dict[int, int] = {}
     done = 0
     cut = None
+    # Pass 1, numpy on every assignment of every case (it finds most counterexamples far faster
+    # than Z3): reals first, then fp32 bits. Pass 2, Z3 proves each assignment, smallest first.
+    work: list[tuple[Instance, list[Instance]]] = []
+    smallest = total_rank(z3_insts[0]) if z3_insts else 0
     for zi in z3_insts:
-        if time.monotonic() > stop_at:
-            cut = total_rank(zi)
+        if time.monotonic() > stop_at and total_rank(zi) > smallest:
+            cut = total_rank(zi)  # the budget never cuts the smallest cases: the deadline may
             break
-        done += 1
         assignments, b = concrete_dims(rule, zi, bound, cap, timeout_ms)
         if assignments:
             eff_bound = min(eff_bound, abs(b))
             bounds[b] = bounds.get(b, 0) + 1
             if b < bound:
                 assignments += _samples(rule, zi, bound, rng)
-        # Pass 1, numpy on every assignment of this case (it finds most counterexamples far
-        # faster than Z3): reals first, then fp32 bits. Pass 2, Z3 proves each assignment.
         insts = []
         for dims in assignments:
             if time.monotonic() > deadline:
@@ -601,6 +610,12 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
                 out = _random_search(rule, inst, mode, rng, trials)
                 if out is not None:
                     return out
+        work.append((zi, insts))
+    for k, (zi, insts) in enumerate(work):
+        if time.monotonic() > stop_at and total_rank(zi) > smallest:
+            cut = total_rank(zi)
+            break
+        done = k + 1
         for inst in insts:
             for check in checks:
                 mode = "bits" if check == "fp32" else "approx" if approx else "real"
@@ -643,11 +658,16 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
                    detail={"cases": n_cases, "bound": eff_bound, "complete": cut is None})
 
 
+def _widen(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """float64 copies of the float inputs (bool masks stay bool)."""
+    return {k: v if v.dtype == np.bool_ else v.astype(np.float64) for k, v in inputs.items()}
+
+
 def _differs_over_reals(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray]) -> bool:
     """Do float32 inputs (all finite) make the sides differ in float64 too?"""
     if not all(np.isfinite(v).all() for v in inputs.values()):
         return False
-    wide = {k: v.astype(np.float64) for k, v in inputs.items()}
+    wide = _widen(inputs)
     try:
         lhs, rhs = numpy_sides(rule, inst, wide, np.float64)
     except Exception:
@@ -671,7 +691,7 @@ def _random_search(rule: Rule, inst: Instance, mode: str, rng: np.random.Generat
             cx = _value_cx(rule, inst, inputs, mode, tol, "random search")
             check = "fp32" if fp32 else "approx" if mode == "approx" else "value"
             if fp32 and _differs_over_reals(rule, inst, inputs):
-                cx = _value_cx(rule, inst, {k: v.astype(np.float64) for k, v in inputs.items()},
+                cx = _value_cx(rule, inst, _widen(inputs),
                                "real", tol, "random search")
                 check, fp32 = "value", False
             return Outcome("refuted", check, f"{inst.describe()}: sides differ"

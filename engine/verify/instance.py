@@ -153,7 +153,7 @@ class _Builder:
         self.rule, self.d, self.dimsrc = rule, dims, dimsrc
         self.inst = Instance(choices=choices)
         self.value_vars = _value_vars(rule)
-        self.fixed_ranks = _guard_ranks(rule.guard)
+        self.fixed_ranks, self.fixed_dtypes = _guard_facts(rule.guard)
         self.inst.value_vars = list(self.value_vars)
         self.inst.env[VALUES] = {v: z3.Real(f"value({v})") for v in self.value_vars}
         if rule.family_op:
@@ -176,10 +176,11 @@ class _Builder:
             fixed = self.fixed_ranks.get(name)
             r = self.choose(("rank", name),
                             list(range(MAX_RANK + 1)) if fixed is None else [fixed])
+            dtype = self.fixed_dtypes.get(name, DTYPE)
             if name in self.value_vars:  # value(v) needs a one-element constant: dims are 1
-                env[name] = TensorInfo((1,) * r)
+                env[name] = TensorInfo((1,) * r, dtype)
             else:
-                env[name] = TensorInfo(tuple(self.dim(f"{name}.{i}") for i in range(r)))
+                env[name] = TensorInfo(tuple(self.dim(f"{name}.{i}") for i in range(r)), dtype)
             self.inst.leaves.append(name)
         return env[name]
 
@@ -193,7 +194,8 @@ class _Builder:
     # -- the pattern ---------------------------------------------------------------------------
     def lhs(self, t: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
         if isinstance(t, Var):
-            return [(self.tensor(t.name).shape, DTYPE)]
+            info = self.tensor(t.name)
+            return [(info.shape, info.dtype)]
         if isinstance(t, Lit):
             return [((), DTYPE)]
         assert isinstance(t, Call)
@@ -284,7 +286,8 @@ class _Builder:
     # -- the replacement -----------------------------------------------------------------------
     def rhs(self, t: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
         if isinstance(t, Var):
-            return [(self.inst.env[t.name].shape, DTYPE)]
+            info = self.inst.env[t.name]
+            return [(info.shape, info.dtype)]
         if isinstance(t, Lit):
             return [((), DTYPE)]
         assert isinstance(t, Call)
@@ -296,23 +299,29 @@ class _Builder:
         return self._apply(t.op, ins, full, self.inst.rhs_conds)
 
 
-def _guard_ranks(guard: ast.expr | None) -> dict[str, int]:
-    """Ranks the guard fixes outright: its top-level ``and`` terms ``rank(x) == N``. Cases with
-    another rank make the guard false, so they need not be enumerated."""
-    out: dict[str, int] = {}
+def _guard_facts(guard: ast.expr | None) -> tuple[dict[str, int], dict[str, str]]:
+    """Ranks and dtypes the guard fixes outright: its top-level ``and`` terms ``rank(x) == N``
+    and ``dtype(x) == "bool"``. Cases with another rank make the guard false, so they need not
+    be enumerated; a tensor variable is float32 unless the guard says otherwise."""
+    ranks: dict[str, int] = {}
+    dtypes: dict[str, str] = {}
     if isinstance(guard, ast.BoolOp) and isinstance(guard.op, ast.And):
         for g in guard.values:
-            out.update(_guard_ranks(g))
+            r, d = _guard_facts(g)
+            ranks.update(r)
+            dtypes.update(d)
     elif isinstance(guard, ast.Compare) and len(guard.ops) == 1 \
             and isinstance(guard.ops[0], ast.Eq):
         a, b = guard.left, guard.comparators[0]
         if isinstance(a, ast.Constant):
             a, b = b, a
-        if isinstance(a, ast.Call) and isinstance(a.func, ast.Name) and a.func.id == "rank" \
-                and len(a.args) == 1 and isinstance(a.args[0], ast.Name) \
-                and isinstance(b, ast.Constant) and type(b.value) is int and b.value >= 0:
-            out[a.args[0].id] = b.value
-    return out
+        if isinstance(a, ast.Call) and isinstance(a.func, ast.Name) and len(a.args) == 1 \
+                and isinstance(a.args[0], ast.Name) and isinstance(b, ast.Constant):
+            if a.func.id == "rank" and type(b.value) is int and b.value >= 0:
+                ranks[a.args[0].id] = b.value
+            elif a.func.id == "dtype" and b.value in ("bool", DTYPE):
+                dtypes[a.args[0].id] = b.value
+    return ranks, dtypes
 
 
 def _value_vars(rule: Rule) -> list[str]:

@@ -599,7 +599,14 @@ def _attention(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
         v = np.repeat(v, rep, axis=-3)
     s = ew(lambda a: dom.mul(a, dom.const(at["scale"])), matmul(dom, q, np.swapaxes(k, -1, -2)))
     if len(ins) > 3 and ins[3] is not None:
-        s = ew(dom.add, s, ins[3])
+        m = np.asarray(ins[3], dtype=object)
+        if m.size and z3.is_bool(m.flat[0]):
+            fill = at["mask_fill"]
+            if isinstance(fill, float) and math.isinf(fill):
+                raise KeyError("attention(mask_fill=-inf)")  # no real number stands for it
+            s = ew(lambda keep, a: dom.ite(keep, a, dom.const(fill)), m, s)
+        else:
+            s = ew(dom.add, s, m)
     if at["causal"]:
         raise KeyError("attention(causal=1)")
     return [matmul(dom, softmax(dom, s, -1), v)]
