@@ -1,10 +1,25 @@
-"""2-D convolution (NCHW, group 1) as im2col + GEMM: out[n] = act(W · col[n] + b).
+"""2-D convolution (NCHW, any group, stride, pads, dilation), direct, with a register-blocked tile.
 
-``im2col`` writes col[n] ([C·KH·KW, OH·OW], row-major) with one pass per (channel, kernel row,
-kernel column) and output row: zeros where the window hangs over the padding, and a strided copy
-(contiguous for stride 1, which LLVM vectorizes) over the valid range, whose bounds are computed
-here at compile time. The GEMM then takes the constant W [M, C·KH·KW] as A (row-major, as is),
-packs col as B, and adds the bias per row (output channel) in its epilogue.
+**Window geometry** (:class:`Window`, shared with pooling). A stride-s window reads every s-th
+input column, which no vector load can do. So the input is first rewritten (``prep_kernel``) as
+*phase planes*: for each (row phase py, column phase px) that a kernel tap hits, the plane
+``P[py, px][qy, qx] = xpad[qy·sy + py, qx·sx + px]`` of the padded input (pads hold ``padval``:
+0 for convolution, -inf for max pooling). Tap (ky, kx) at output (oy, ox) then reads
+``P[(ky·dy) % sy, (kx·dx) % sx][oy + (ky·dy) // sy, ox + (kx·dx) // sx]``: consecutive output
+columns read consecutive floats of one plane, at a per-tap offset known at compile time. With
+stride 1 and no padding the input is its own (single) plane and no copy is made. When no tap moves
+along a plane row (``qx == 0`` for all taps, e.g. 1×1 kernels), a plane row is exactly an output
+row, so the output plane is walked as one flat row of OH·OW pixels.
+
+**Convolution** (``conv_kernel``). Weights are constants, packed here at compile time into blocks
+of MR output channels ``Wp[g][mb][c][tap][MR]``. The micro-kernel keeps an MR (output channels)
+× NV·L (output pixels of one row) tile of accumulators in vector registers; per input channel and
+tap it loads NV input vectors straight from the plane and broadcasts MR weights, then adds the
+bias, applies the activation and stores. A work unit is (image, group, output row, column chunk);
+units are split between parts (cores). The input tile stays in L1 while all channel blocks of the
+group run over it; the group's packed weights stay in L2. The last tile of a row may be partial:
+its loads run past the row (into the next row, or into the slack the planes buffer ends with; when
+the input is read in place, lane by lane) and its stores are lane by lane.
 """
 
 from __future__ import annotations
@@ -12,17 +27,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from satura.engine.graph import Node
-from satura.targets.gemm import GemmSpec, gemm_kernel, pack_kernel
-from satura.targets.irmath import ACTIVATIONS
+import numpy as np
+from satura.engine.graph import Node, Value
+from satura.targets.irmath import ACTIVATIONS, Emitter, fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
-from satura.targets.lower import PARALLEL_BYTES, Lowerer, Ref, Scratch, Step
+from satura.targets.lower import PARALLEL_BYTES, PARALLEL_FLOPS, Lowerer, Ref, Scratch, Step
 
 
 @dataclass(frozen=True)
-class ConvSpec:
-    n: int
-    c: int
+class Window:
+    """A 2-D sliding window over ``planes`` input planes of H×W giving OH×OW outputs each."""
+
+    planes: int  # N·C input planes
     h: int
     w: int
     kh: int
@@ -30,80 +46,554 @@ class ConvSpec:
     oh: int
     ow: int
     stride: tuple[int, int]
-    pad: tuple[int, int]  # begin pads (H, W)
+    pad: tuple[int, int]  # begin pads (top, left); the end pads are implied by OH, OW
     dil: tuple[int, int]
 
     @property
-    def k(self) -> int:
-        return self.c * self.kh * self.kw
+    def phases_y(self) -> list[int]:
+        return sorted({(k * self.dil[0]) % self.stride[0] for k in range(self.kh)})
 
     @property
-    def p(self) -> int:
-        return self.oh * self.ow
+    def phases_x(self) -> list[int]:
+        return sorted({(k * self.dil[1]) % self.stride[1] for k in range(self.kw)})
+
+    @property
+    def prep(self) -> bool:
+        """Whether the input needs rewriting into phase planes (strided or padded)."""
+        return self.stride != (1, 1) or self.pad != (0, 0) or self.hq != self.h \
+            or self.wq != self.w
+
+    @property
+    def hq(self) -> int:
+        return self.oh + (self.kh - 1) * self.dil[0] // self.stride[0]
+
+    @property
+    def wq(self) -> int:
+        return self.ow + (self.kw - 1) * self.dil[1] // self.stride[1]
+
+    @property
+    def nphase(self) -> int:
+        return len(self.phases_y) * len(self.phases_x)
+
+    @property
+    def plane_stride(self) -> int:
+        """Floats between consecutive input planes in the (rewritten) input."""
+        return self.nphase * self.hq * self.wq if self.prep else self.h * self.w
+
+    @property
+    def flat(self) -> bool:
+        """No tap moves along a row: walk each output plane as one row of OH·OW pixels."""
+        return self.wq == self.ow
+
+    def taps(self) -> list[int]:
+        """Float offset of each tap (ky-major) from the (0, 0) output's input."""
+        sy, sx = self.stride
+        py, px = self.phases_y, self.phases_x
+        out = []
+        for ky in range(self.kh):
+            for kx in range(self.kw):
+                fy, fx = ky * self.dil[0], kx * self.dil[1]
+                plane = py.index(fy % sy) * len(px) + px.index(fx % sx)
+                out.append(plane * self.hq * self.wq + (fy // sy) * self.wq + fx // sx)
+        return out
 
 
-def _valid(size: int, out: int, stride: int, pad: int, off: int) -> tuple[int, int]:
-    """Output positions o in [lo, hi) whose input index o·stride - pad + off is inside [0, size)."""
+def _span(size: int, out: int, stride: int, phase: int, pad: int) -> tuple[int, int]:
+    """Plane positions q in [lo, hi) whose input index q·stride + phase - pad is in [0, size)."""
     lo = 0
-    while lo < out and lo * stride - pad + off < 0:
+    while lo < out and lo * stride + phase - pad < 0:
         lo += 1
-    hi = out
-    while hi > lo and (hi - 1) * stride - pad + off >= size:
+    hi = max(lo, out)
+    while hi > lo and (hi - 1) * stride + phase - pad >= size:
         hi -= 1
     return lo, hi
 
 
-def im2col_kernel(name: str, s: ConvSpec, x: Operand, col: Operand) -> str:
-    """LLVM IR writing col[n] = im2col(x[n]) for every image; parts split the channels."""
+def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float,
+                lanes: int) -> str:
+    """LLVM IR writing the phase planes of every input plane (pads = ``padval``), then ``lanes``
+    floats of slack (zeros) after the last one; parts split the input planes."""
+    pv = fconst(padval)
     L = [body_header(name, 2), "entry:"]
     loops = Loops(L)
-    for v in ("ni", "ci", "oy", "zx", "cx"):
-        L.append(f"  %{v}.a = alloca i64, align 8")
-    share(L, s.n * s.c, 1, "%c0", "%c1")
-    loops.open("ci", "%c0", "%c1", 1)
-    L += [f"  %xo = mul i64 %ci, {s.h * s.w}", "  %xc = getelementptr float, ptr %a1, i64 %xo",
-          f"  %img = sdiv i64 %ci, {s.c}", f"  %ch = srem i64 %ci, {s.c}",
-          f"  %cb0 = mul i64 %img, {s.k * s.p}", f"  %cb1 = mul i64 %ch, {s.kh * s.kw * s.p}",
-          "  %cb = add i64 %cb0, %cb1", "  %cc = getelementptr float, ptr %a0, i64 %cb"]
-    sy, sx = s.stride
-    for ky in range(s.kh):
-        ylo, yhi = _valid(s.h, s.oh, sy, s.pad[0], ky * s.dil[0])
-        for kx in range(s.kw):
-            xlo, xhi = _valid(s.w, s.ow, sx, s.pad[1], kx * s.dil[1])
-            t = f"{ky}_{kx}"
-            row = (ky * s.kw + kx) * s.p
-            loops.open(f"oy{t}", "0", str(s.oh), 1)
-            L += [f"  %dst{t} = mul i64 %oy{t}, {s.ow}", f"  %dsr{t} = add i64 %dst{t}, {row}",
-                  f"  %dp{t} = getelementptr float, ptr %cc, i64 %dsr{t}",
-                  f"  %yin{t} = icmp sge i64 %oy{t}, {ylo}",
-                  f"  %yin2{t} = icmp slt i64 %oy{t}, {yhi}",
+    allocas = ["p"]
+    share(L, win.planes, 1, "%c0", "%c1")
+    loops.open("p", "%c0", "%c1", 1)
+    L += [f"  %so = mul i64 %p, {win.h * win.w}", "  %src = getelementptr float, ptr %a1, i64 %so",
+          f"  %do = mul i64 %p, {win.plane_stride}",
+          "  %dst = getelementptr float, ptr %a0, i64 %do"]
+    sy, sx = win.stride
+    for iy_, py in enumerate(win.phases_y):
+        ylo, yhi = _span(win.h, win.hq, sy, py, win.pad[0])
+        for ix_, px in enumerate(win.phases_x):
+            xlo, xhi = _span(win.w, win.wq, sx, px, win.pad[1])
+            t = f"{py}_{px}"
+            allocas += [f"qy{t}", f"z1{t}", f"z2{t}", f"cx{t}"]
+            poff = (iy_ * len(win.phases_x) + ix_) * win.hq * win.wq
+            loops.open(f"qy{t}", "0", str(win.hq), 1)
+            L += [f"  %ro{t}0 = mul i64 %qy{t}, {win.wq}", f"  %ro{t} = add i64 %ro{t}0, {poff}",
+                  f"  %row{t} = getelementptr float, ptr %dst, i64 %ro{t}",
+                  f"  %yin{t} = icmp sge i64 %qy{t}, {ylo}",
+                  f"  %yin2{t} = icmp slt i64 %qy{t}, {yhi}",
                   f"  %yok{t} = and i1 %yin{t}, %yin2{t}",
-                  f"  %clo{t} = select i1 %yok{t}, i64 {xlo}, i64 {s.ow}",
-                  f"  %chi{t} = select i1 %yok{t}, i64 {xhi}, i64 {s.ow}",
-                  f"  %iy0{t} = mul i64 %oy{t}, {sy}",
-                  f"  %iy{t} = add i64 %iy0{t}, {ky * s.dil[0] - s.pad[0]}",
-                  f"  %iyw{t} = mul i64 %iy{t}, {s.w}"]
-            for part, lo, hi in (("z1", "0", f"%clo{t}"), ("z2", f"%chi{t}", str(s.ow))):
+                  f"  %clo{t} = select i1 %yok{t}, i64 {xlo}, i64 {win.wq}",
+                  f"  %chi{t} = select i1 %yok{t}, i64 {xhi}, i64 {win.wq}",
+                  f"  %iy0{t} = mul i64 %qy{t}, {sy}",
+                  f"  %iy{t} = add i64 %iy0{t}, {py - win.pad[0]}",
+                  f"  %iyw{t} = mul i64 %iy{t}, {win.w}",
+                  f"  %srow{t} = getelementptr float, ptr %src, i64 %iyw{t}"]
+            for part, lo, hi in (("z1", "0", f"%clo{t}"), ("z2", f"%chi{t}", str(win.wq))):
                 loops.open(f"{part}{t}", lo, hi, 1)
-                L += [f"  %{part}p{t} = getelementptr float, ptr %dp{t}, i64 %{part}{t}",
-                      f"  store float 0.0, ptr %{part}p{t}"]
+                L += [f"  %{part}p{t} = getelementptr float, ptr %row{t}, i64 %{part}{t}",
+                      f"  store float {pv}, ptr %{part}p{t}"]
                 loops.close(f"{part}{t}", 1)
             loops.open(f"cx{t}", f"%clo{t}", f"%chi{t}", 1)
             L += [f"  %ix0{t} = mul i64 %cx{t}, {sx}",
-                  f"  %ix1{t} = add i64 %ix0{t}, {kx * s.dil[1] - s.pad[1]}",
-                  f"  %ix{t} = add i64 %ix1{t}, %iyw{t}",
-                  f"  %sp{t} = getelementptr float, ptr %xc, i64 %ix{t}",
+                  f"  %ix{t} = add i64 %ix0{t}, {px - win.pad[1]}",
+                  f"  %sp{t} = getelementptr float, ptr %srow{t}, i64 %ix{t}",
                   f"  %sv{t} = load float, ptr %sp{t}",
-                  f"  %cp{t} = getelementptr float, ptr %dp{t}, i64 %cx{t}",
+                  f"  %cp{t} = getelementptr float, ptr %row{t}, i64 %cx{t}",
                   f"  store float %sv{t}, ptr %cp{t}"]
             loops.close(f"cx{t}", 1)
-            loops.close(f"oy{t}", 1)
-    loops.close("ci", 1)
+            loops.close(f"qy{t}", 1)
+    loops.close("p", 1)
+    # The slack after the last plane: partial tiles load whole vectors past a plane's end.
+    L += [f"  %lastp = icmp eq i64 %c1, {win.planes}", "  br i1 %lastp, label %slack, label %done",
+          "slack:", f"  %sl = getelementptr float, ptr %a0, i64 {win.planes * win.plane_stride}",
+          f"  store {vec_type(lanes)} zeroinitializer, ptr %sl, align 4", "  br label %done",
+          "done:", "  ret void", "}"]
+    L[2:2] = [f"  %{v}.a = alloca i64, align 8" for v in allocas]
+    return wrapper(name, [xp, x]) + "\n" + "\n".join(L)
+
+
+def prep_bytes(win: Window, lanes: int) -> int:
+    return 4 * (win.planes * win.plane_stride + lanes)
+
+
+# -- tiles ----------------------------------------------------------------------------------------
+Vec = tuple[int, int, int]  # (input offset, output offset, valid lanes or 0 for all) of a vector
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How walked output rows are cut into tiles of NV vectors of L lanes.
+
+    A row holds ``full`` whole tiles and a ``tail`` of fewer pixels. The tails of ``rg``
+    consecutive rows form one tile together (NV // tail vectors each), so narrow rows still fill
+    the registers; a work unit is ``rg`` rows (a chunk of tiles when the plane is walked flat)."""
+
+    rows: int      # output rows walked (OH, or 1 when flat)
+    width: int     # pixels per walked row (OW, or OH·OW when flat)
+    in_row: int    # input floats between walked rows
+    out_row: int   # output floats between walked rows
+    lanes: int
+    nv: int
+    per_chunk: int  # full tiles per work unit
+    rg: int         # rows per work unit
+
+    @property
+    def tw(self) -> int:
+        return self.nv * self.lanes
+
+    @property
+    def full(self) -> int:
+        return self.width // self.tw
+
+    @property
+    def tail(self) -> int:
+        return self.width % self.tw
+
+    @property
+    def chunks(self) -> int:
+        return max(1, -(-self.full // self.per_chunk))
+
+    @property
+    def groups(self) -> int:
+        return -(-self.rows // self.rg)
+
+    def full_vecs(self) -> list[Vec]:
+        return [(v * self.lanes, v * self.lanes, 0) for v in range(self.nv)]
+
+    def tail_vecs(self, rows: int) -> list[Vec]:
+        """The tail tile of ``rows`` rows, from the first row's tail start."""
+        n = -(-self.tail // self.lanes)
+        return [(j * self.in_row + v * self.lanes, j * self.out_row + v * self.lanes,
+                 self.tail % self.lanes if v == n - 1 else 0)
+                for j in range(rows) for v in range(n)]
+
+
+def row_group(width: int, lanes: int, nv: int, flat: bool) -> int:
+    tail = width % (nv * lanes)
+    return 1 if flat or not tail else max(1, nv // -(-tail // lanes))
+
+
+def tiling(win: Window, lanes: int, nv: int) -> Tiling:
+    if win.flat:
+        return Tiling(1, win.oh * win.ow, 0, 0, lanes, nv, max(1, 256 // (nv * lanes)), 1)
+    full = win.ow // (nv * lanes)
+    return Tiling(win.oh, win.ow, win.wq, win.ow, lanes, nv, max(1, full),
+                  min(win.oh, row_group(win.ow, lanes, nv, False)))
+
+
+def load_tile(out: list[str], p: str, base: str, off: int, lanes: int, valid: int,
+              safe: bool) -> str:
+    """Emit a vector load of ``lanes`` floats at ``base + off``; only ``valid`` lanes (0: all)
+    are needed, and unless ``safe`` only those may be read."""
+    vty = vec_type(lanes)
+    out.append(f"  {p}p = getelementptr float, ptr {base}, i64 {off}")
+    if valid == 0 or safe:
+        out.append(f"  {p} = load {vty}, ptr {p}p, align 4")
+        return p
+    prev = "zeroinitializer"
+    for j in range(valid):
+        out += [f"  {p}q{j} = getelementptr float, ptr {p}p, i64 {j}",
+                f"  {p}s{j} = load float, ptr {p}q{j}, align 4",
+                f"  {p}i{j} = insertelement {vty} {prev}, float {p}s{j}, i64 {j}"]
+        prev = f"{p}i{j}"
+    out.append(f"  {p} = fadd {vty} {prev}, zeroinitializer")
+    return p
+
+
+def store_tile(out: list[str], val: str, ptr: str, lanes: int, valid: int) -> None:
+    """Store vector ``val`` at ``ptr``: all lanes, or the first ``valid`` one by one."""
+    vty = vec_type(lanes)
+    if valid == 0:
+        out.append(f"  store {vty} {val}, ptr {ptr}, align 4")
+        return
+    for j in range(valid):
+        out += [f"  {val}x{j} = extractelement {vty} {val}, i64 {j}",
+                f"  {val}q{j} = getelementptr float, ptr {ptr}, i64 {j}",
+                f"  store float {val}x{j}, ptr {val}q{j}, align 4"]
+
+
+def splat(out: list[str], lanes: int, scalar: str, name: str) -> str:
+    vty = vec_type(lanes)
+    out += [f"  {name}i = insertelement {vty} poison, float {scalar}, i64 0",
+            f"  {name} = shufflevector {vty} {name}i, {vty} poison, "
+            f"<{lanes} x i32> zeroinitializer"]
+    return name
+
+
+# call(lines, x_tile_ptr, o_tile_ptr, vecs, block, kblock): emit the work of one tile
+TileCall = Callable[[list[str], str, str, list[Vec], str, str], None]
+
+
+def tile_driver(name: str, t: Tiling, outer: int, x_outer: int, o_outer: int, nptrs: int,
+                blocks: int, kblocks: int, call: TileCall) -> list[str]:
+    """The body that walks this part's share of work units (outer index, group of rows, chunk
+    of tiles): per reduction block (outermost), row, tile and block (innermost), it emits
+    ``call``. ``%a0`` is the output and ``%a1`` the input; ``%outer`` is live in ``call``."""
+    L = [body_header(name, nptrs), "entry:"]
+    loops = Loops(L)
+    L += [f"  %{v}.a = alloca i64, align 8" for v in ("u", "t", "blk", "blt", "kb", "j")]
+    per = t.groups * t.chunks
+    share(L, outer * per, 1, "%u0", "%u1")
+    loops.open("u", "%u0", "%u1", 1)
+    L += [f"  %outer = udiv i64 %u, {per}", f"  %rc = urem i64 %u, {per}",
+          f"  %grp = udiv i64 %rc, {t.chunks}", f"  %ch = urem i64 %rc, {t.chunks}",
+          f"  %row0 = mul i64 %grp, {t.rg}", f"  %rleft = sub i64 {t.rows}, %row0",
+          f"  %nrows = call i64 @llvm.smin.i64(i64 %rleft, i64 {t.rg})",
+          f"  %xb0 = mul i64 %outer, {x_outer}", f"  %xb1 = mul i64 %row0, {t.in_row}",
+          "  %xb = add i64 %xb0, %xb1", "  %xbase = getelementptr float, ptr %a1, i64 %xb",
+          f"  %ob0 = mul i64 %outer, {o_outer}", f"  %ob1 = mul i64 %row0, {t.out_row}",
+          "  %ob = add i64 %ob0, %ob1", "  %obase = getelementptr float, ptr %a0, i64 %ob",
+          f"  %t0 = mul i64 %ch, {t.per_chunk}", f"  %t1a = add i64 %t0, {t.per_chunk}",
+          f"  %t1 = call i64 @llvm.smin.i64(i64 %t1a, i64 {t.full})"]
+    kb = "%kb" if kblocks > 1 else "0"
+    if kblocks > 1:
+        loops.open("kb", "0", str(kblocks), 1)
+    if t.full:
+        loops.open("j", "0", "%nrows", 1)
+        L += [f"  %jx = mul i64 %j, {t.in_row}", f"  %jo = mul i64 %j, {t.out_row}",
+              "  %xrow = getelementptr float, ptr %xbase, i64 %jx",
+              "  %orow = getelementptr float, ptr %obase, i64 %jo"]
+        loops.open("t", "%t0", "%t1", 1)
+        L += [f"  %px = mul i64 %t, {t.tw}", "  %xt = getelementptr float, ptr %xrow, i64 %px",
+              "  %ot = getelementptr float, ptr %orow, i64 %px"]
+        if blocks > 1:
+            loops.open("blk", "0", str(blocks), 1)
+        call(L, "%xt", "%ot", t.full_vecs(), "%blk" if blocks > 1 else "0", kb)
+        if blocks > 1:
+            loops.close("blk", 1)
+        loops.close("t", 1)
+        loops.close("j", 1)
+    if t.tail:
+        L += [f"  %lastch = icmp eq i64 %ch, {t.chunks - 1}",
+              "  br i1 %lastch, label %tail, label %tdone", "tail:",
+              f"  %xtt = getelementptr float, ptr %xbase, i64 {t.full * t.tw}",
+              f"  %ott = getelementptr float, ptr %obase, i64 {t.full * t.tw}"]
+        if blocks > 1:
+            loops.open("blt", "0", str(blocks), 1)
+        blt = "%blt" if blocks > 1 else "0"
+        part = t.rows % t.rg
+        if part:
+            L += [f"  %whole = icmp eq i64 %nrows, {t.rg}",
+                  "  br i1 %whole, label %tw.y, label %tw.n", "tw.y:"]
+        call(L, "%xtt", "%ott", t.tail_vecs(t.rg), blt, kb)
+        if part:
+            L += ["  br label %tw.x", "tw.n:"]
+            call(L, "%xtt", "%ott", t.tail_vecs(part), blt, kb)
+            L += ["  br label %tw.x", "tw.x:"]
+        if blocks > 1:
+            loops.close("blt", 1)
+        L += ["  br label %tdone", "tdone:"]
+    if kblocks > 1:
+        loops.close("kb", 1)
+    loops.close("u", 1)
     L += ["  ret void", "}"]
-    allocas = [f"  %{v}.a = alloca i64, align 8" for ky in range(s.kh) for kx in range(s.kw)
-               for v in (f"oy{ky}_{kx}", f"z1{ky}_{kx}", f"z2{ky}_{kx}", f"cx{ky}_{kx}")]
-    L[2:2] = allocas
-    return wrapper(name, [col, x]) + "\n" + "\n".join(L)
+    return L
+
+
+# -- convolution ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvSpec:
+    win: Window  # planes = N·C
+    n: int
+    c: int
+    m: int
+    group: int
+    mr: int
+    t: Tiling
+    has_bias: bool
+    act: str
+    safe: bool  # whole-vector loads past a row are inside the buffer
+    cb: int     # input channels per block (the micro-kernel's reduction)
+
+    @property
+    def kblocks(self) -> int:
+        return -(-self.cg // self.cb)
+
+    @property
+    def cg(self) -> int:
+        return self.c // self.group
+
+    @property
+    def mg(self) -> int:
+        return self.m // self.group
+
+    @property
+    def mblocks(self) -> int:
+        return -(-self.mg // self.mr)
+
+    @property
+    def kk(self) -> int:
+        return self.win.kh * self.win.kw
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.n * self.m * self.cg * self.kk * self.win.oh * self.win.ow
+
+
+def pack_weights(w: np.ndarray, group: int, mr: int) -> np.ndarray:
+    """[M, Cg, KH, KW] -> [G][ceil(Mg/MR)][Cg][KH·KW][MR] (zero rows past Mg)."""
+    m, cg, kh, kw = w.shape
+    mg = m // group
+    mb = -(-mg // mr)
+    wg = np.zeros((group, mb * mr, cg, kh * kw), np.float32)
+    wg[:, :mg] = w.reshape(group, mg, cg, kh * kw)
+    return np.ascontiguousarray(wg.reshape(group, mb, mr, cg, kh * kw).transpose(0, 1, 3, 4, 2))
+
+
+def _conv_ukernel(fname: str, s: ConvSpec, mr: int, vecs: list[Vec]) -> str:
+    """Micro-kernel: ``mr`` output channels × the vectors ``vecs`` of output pixels, over
+    ``%nc`` input channels. With several channel blocks, ``%accum`` adds the partial sums
+    already in the output and ``%last`` marks the block that applies bias and activation."""
+    lanes, vty = s.t.lanes, vec_type(s.t.lanes)
+    taps = s.win.taps()
+    nv = len(vecs)
+    acc = [[f"%c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    o = [f"define internal void @{fname}(ptr noalias %x, ptr noalias %w, ptr noalias %o, "
+         "ptr noalias %bias, i64 %nc, i1 %accum, i1 %last) noinline {", "entry:",
+         "  br label %k", "k:", "  %ci = phi i64 [0, %entry], [%cn, %k]"]
+    for i in range(mr):
+        for v in range(nv):
+            o.append(f"  {acc[i][v]} = phi {vty} [zeroinitializer, %entry], "
+                     f"[%n{i}_{v}_{len(taps) - 1}, %k]")
+    o += [f"  %xo = mul i64 %ci, {s.win.plane_stride}",
+          "  %xc = getelementptr float, ptr %x, i64 %xo",
+          f"  %wo = mul i64 %ci, {s.kk * s.mr}", "  %wc = getelementptr float, ptr %w, i64 %wo"]
+    cur = [row[:] for row in acc]
+    for k, off in enumerate(taps):
+        xs = [load_tile(o, f"%x{k}_{v}", "%xc", off + xo, lanes, va, s.safe)
+              for v, (xo, _, va) in enumerate(vecs)]
+        for i in range(mr):
+            o += [f"  %wp{k}_{i} = getelementptr float, ptr %wc, i64 {k * s.mr + i}",
+                  f"  %ws{k}_{i} = load float, ptr %wp{k}_{i}, align 4"]
+            splat(o, lanes, f"%ws{k}_{i}", f"%wv{k}_{i}")
+            for v in range(nv):
+                nxt = f"%n{i}_{v}_{k}"
+                o.append(f"  {nxt} = call {vty} @llvm.fma.v{lanes}f32({vty} %wv{k}_{i}, "
+                         f"{vty} {xs[v]}, {vty} {cur[i][v]})")
+                cur[i][v] = nxt
+    o += ["  %cn = add i64 %ci, 1", "  %cm = icmp ult i64 %cn, %nc",
+          "  br i1 %cm, label %k, label %done", "done:"]
+    plane = s.win.oh * s.win.ow
+    cells = [(i, v) for i in range(mr) for v in range(nv)]
+    for i, v in cells:
+        o.append(f"  %op{i}_{v} = getelementptr float, ptr %o, i64 {i * plane + vecs[v][1]}")
+    sums = {(i, v): cur[i][v] for i, v in cells}
+    if s.kblocks > 1:
+        o += ["  br i1 %accum, label %addold, label %merge", "addold:"]
+        for i, v in cells:
+            old = load_tile(o, f"%old{i}_{v}", f"%op{i}_{v}", 0, lanes, vecs[v][2], False)
+            o.append(f"  %sum{i}_{v} = fadd {vty} {old}, {cur[i][v]}")
+        o += ["  br label %merge", "merge:"]
+        for i, v in cells:
+            o.append(f"  %m{i}_{v} = phi {vty} [%sum{i}_{v}, %addold], [{cur[i][v]}, %done]")
+            sums[(i, v)] = f"%m{i}_{v}"
+        o += ["  br i1 %last, label %epi, label %store", "epi:"]
+    em = Emitter(o, lanes)
+    for i in range(mr):
+        if s.has_bias:
+            o += [f"  %bp{i} = getelementptr float, ptr %bias, i64 {i}",
+                  f"  %bs{i} = load float, ptr %bp{i}, align 4"]
+            splat(o, lanes, f"%bs{i}", f"%bv{i}")
+    for i, v in cells:
+        y = sums[(i, v)]
+        if s.has_bias:
+            y = em.add(y, f"%bv{i}")
+        y = em.unary(s.act, y)
+        o.append(f"  %f{i}_{v} = fadd {vty} {y}, zeroinitializer")
+    if s.kblocks > 1:
+        o += ["  br label %store", "store:"]
+        for i, v in cells:
+            o.append(f"  %y{i}_{v} = phi {vty} [%f{i}_{v}, %epi], [{sums[(i, v)]}, %merge]")
+    else:
+        for i, v in cells:
+            o.append(f"  %y{i}_{v} = fadd {vty} %f{i}_{v}, zeroinitializer")
+    for i, v in cells:
+        store_tile(o, f"%y{i}_{v}", f"%op{i}_{v}", lanes, vecs[v][2])
+    o += ["  ret void", "}"]
+    return "\n".join(o)
+
+
+def conv_kernel(name: str, s: ConvSpec, out: Operand, x: Operand, wp: Operand,
+                bias: Operand | None) -> str:
+    """LLVM IR of the direct convolution over (phase-plane) input ``x``."""
+    t = s.t
+    mtail = s.mg % s.mr
+    fulls = s.mg // s.mr
+    kernels: dict[tuple[int, tuple[Vec, ...]], str] = {}
+    wblock = s.cg * s.kk * s.mr
+    plane = s.win.oh * s.win.ow
+    counter = [0]
+
+    def ukernel(mr: int, vecs: list[Vec]) -> str:
+        key = (mr, tuple(vecs))
+        if key not in kernels:
+            kernels[key] = f"{name}_u{len(kernels)}"
+        return kernels[key]
+
+    def call(L: list[str], xt: str, ot: str, vecs: list[Vec], blk: str, kb: str) -> None:
+        j = counter[0]
+        counter[0] += 1
+        L += [f"  %k{j}g = urem i64 %outer, {s.group}",
+              f"  %k{j}w0 = mul i64 %k{j}g, {s.mblocks * wblock}",
+              f"  %k{j}w1 = mul i64 {blk}, {wblock}", f"  %k{j}w2 = add i64 %k{j}w0, %k{j}w1",
+              f"  %k{j}w3 = mul i64 {kb}, {s.cb * s.kk * s.mr}",
+              f"  %k{j}w4 = add i64 %k{j}w2, %k{j}w3",
+              f"  %k{j}w = getelementptr float, ptr %a2, i64 %k{j}w4",
+              f"  %k{j}x0 = mul i64 {kb}, {s.cb * s.win.plane_stride}",
+              f"  %k{j}x = getelementptr float, ptr {xt}, i64 %k{j}x0",
+              f"  %k{j}c1 = mul i64 {kb}, {s.cb}", f"  %k{j}c2 = sub i64 {s.cg}, %k{j}c1",
+              f"  %k{j}nc = call i64 @llvm.smin.i64(i64 %k{j}c2, i64 {s.cb})",
+              f"  %k{j}acc = icmp ne i64 {kb}, 0",
+              f"  %k{j}last = icmp eq i64 {kb}, {s.kblocks - 1}",
+              f"  %k{j}b0 = mul i64 %k{j}g, {s.mg}", f"  %k{j}b1 = mul i64 {blk}, {s.mr}",
+              f"  %k{j}b2 = add i64 %k{j}b0, %k{j}b1",
+              f"  %k{j}b = getelementptr float, ptr %a3, i64 %k{j}b2",
+              f"  %k{j}o0 = mul i64 {blk}, {s.mr * plane}",
+              f"  %k{j}o = getelementptr float, ptr {ot}, i64 %k{j}o0"]
+        args = (f"(ptr %k{j}x, ptr %k{j}w, ptr %k{j}o, ptr %k{j}b, i64 %k{j}nc, i1 %k{j}acc, "
+                f"i1 %k{j}last)")
+        if not mtail:
+            L.append(f"  call void @{ukernel(s.mr, vecs)}{args}")
+            return
+        if not fulls:
+            L.append(f"  call void @{ukernel(mtail, vecs)}{args}")
+            return
+        L += [f"  %k{j}full = icmp slt i64 {blk}, {fulls}",
+              f"  br i1 %k{j}full, label %k{j}f, label %k{j}t", f"k{j}f:",
+              f"  call void @{ukernel(s.mr, vecs)}{args}", f"  br label %k{j}j", f"k{j}t:",
+              f"  call void @{ukernel(mtail, vecs)}{args}", f"  br label %k{j}j", f"k{j}j:"]
+
+    L = tile_driver(name, t, s.n * s.group, s.cg * s.win.plane_stride, s.mg * plane, 4,
+                    s.mblocks, s.kblocks, call)
+    parts = [_conv_ukernel(fn, s, mr, list(vecs)) for (mr, vecs), fn in kernels.items()]
+    return "\n".join([wrapper(name, [out, x, wp, bias]), "\n".join(L), *parts])
+
+
+# Bytes of L1 that one channel block's input tile and weight block may fill together.
+L1_BUDGET = 24 << 10
+
+
+def channel_block(win: Window, cg: int, mr: int, tw: int) -> int:
+    """Input channels per reduction block: as many as keep the block's input tile (the plane rows
+    its taps touch, TW plus the taps' reach wide) and its MR×taps weights within L1_BUDGET,
+    balanced between the blocks."""
+    rows = {off // win.wq for off in win.taps()} if not win.flat else set(win.taps())
+    reach = max(off % win.wq for off in win.taps()) if not win.flat else 0
+    per = 4 * (len(rows) * (tw + reach) + mr * win.kh * win.kw)
+    cb = max(1, min(cg, L1_BUDGET // per))
+    nb = -(-cg // cb)
+    return -(-cg // nb)
+
+
+def _tile_cost(rows: int, cols: int, depth: int) -> float:
+    """Cycles of one micro-kernel call: per input channel and tap max(FMAs / 2, loads / 1.8,
+    4): two FMA pipes, the loads (cols vectors, rows broadcasts; the divisor fits this machine's
+    measurements), and the 4-cycle FMA latency that fewer than 8 accumulators cannot hide; plus
+    ~20 cycles per call and the epilogue's stores."""
+    return depth * max(rows * cols / 2, (rows + cols) / 1.8, 4.0) + 20 + rows * cols
+
+
+def choose_tile(mg: int, width: int, depth: int, lanes: int, flat: bool) -> tuple[int, int]:
+    """(MR, NV) of the least estimated cycles per output row (all ``mg`` channels of a group):
+    full tiles, the tail tile shared by a row group, rows and columns past the ends computed.
+    ``depth`` is input channels × taps."""
+    regs = 32 if lanes >= 16 else 16  # vector registers: accumulators, NV loads, 2 broadcasts
+    best: tuple[float, int, int] | None = None
+    for nv in range(1, 7):
+        for mr in range(1, (regs - nv - 2) // nv + 1):
+            if mr > mg and mr > 1:
+                continue
+            full, tail = divmod(width, nv * lanes)
+            rg = row_group(width, lanes, nv, flat)
+            tiles = [(nv, rg * full)] + ([(rg * -(-tail // lanes), 1)] if tail else [])
+            cost = 0.0
+            for cols, count in tiles:
+                for rows, rc in ((mr, mg // mr), (mg % mr, 1 if mg % mr else 0)):
+                    if count and rc:
+                        cost += count * rc * _tile_cost(rows, cols, depth)
+            cost /= rg
+            if best is None or cost < best[0] - 1e-9:
+                best = (cost, mr, nv)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _fold_batch_norm(lw: Lowerer, out: Value, w: np.ndarray, bias: Value | None
+                     ) -> tuple[Node, np.ndarray, np.ndarray] | None:
+    """When the conv's only reader is an inference batch norm with constant parameters, the
+    weights and bias that give the normalized output directly (computed in float64):
+    w·s and (b - mean)·s + beta per output channel, s = scale / sqrt(var + eps)."""
+    users = lw.users.get(id(out), [])
+    if id(out) in lw.outputs or len(users) != 1 or users[0].op != "batch_norm":
+        return None
+    bn = users[0]
+    params = bn.inputs[1:]
+    if bn.inputs[0] is not out or len(params) != 4 or (bias is not None and not bias.is_const) \
+            or not all(p is not None and p.is_const for p in params):
+        return None
+    m = w.shape[0]
+    scale, beta, mean, var = (np.asarray(p.data, np.float64).reshape(-1)  # type: ignore
+                              for p in params)
+    if any(a.shape != (m,) for a in (scale, beta, mean, var)):
+        return None
+    s = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+    b = np.zeros(m) if bias is None else np.asarray(bias.data, np.float64).reshape(-1)
+    wf = (w.astype(np.float64) * s[:, None, None, None]).astype(np.float32)
+    return bn, wf, ((b - mean) * s + beta).astype(np.float32)
 
 
 def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
@@ -113,39 +603,62 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
     assert x is not None
     assert w is not None
     at = node.attrs
-    if x.type.rank != 4 or at.get("group", 1) != 1 or not w.is_const:
+    if x.type.rank != 4 or not w.is_const:
         return False
-    n, c, h, wd = (int(d) for d in x.type.shape)
-    m, _, kh, kw = (int(d) for d in w.type.shape)
-    oh, ow = (int(d) for d in out.type.shape[2:])
-    st = at.get("strides") or (1, 1)
-    pads = at.get("pads") or (0, 0, 0, 0)
-    dil = at.get("dilations") or (1, 1)
-    spec = ConvSpec(n, c, h, wd, kh, kw, oh, ow, tuple(st), (pads[0], pads[1]),
-                    tuple(dil))  # type: ignore[arg-type]
     act = at.get("act", "none")
     if act not in ACTIVATIONS:
         return False
-    mr, nr = lw.host.gemm_tile
-    gspec = GemmSpec(n, m, spec.p, spec.k, 0, True, bias is not None, False, act, mr, nr,
-                     lw.host.lanes, bias_rows=True)
-    col = Scratch(f"{name}_col", 4 * n * spec.k * spec.p)
-    packed = Scratch(f"{name}_bpack", 4 * n * gspec.packed_elems)
+    n, c, h, wd = (int(d) for d in x.type.shape)
+    m, cg, kh, kw = (int(d) for d in w.type.shape)
+    oh, ow = (int(d) for d in out.type.shape[2:])
+    group = int(at.get("group", 1))
+    if group < 1 or c != cg * group or m % group:
+        return False
+    st = tuple(at.get("strides") or (1, 1))
+    pads = tuple(at.get("pads") or (0, 0, 0, 0))
+    dil = tuple(at.get("dilations") or (1, 1))
+    wdata = np.asarray(w.data, np.float32)
+    bdata: np.ndarray | None = None
+    if act == "none":
+        folded = _fold_batch_norm(lw, out, wdata, bias)
+        if folded is not None:
+            bn, wdata, bdata = folded
+            lw.absorbed.add(id(bn))
+            out, name = bn.outputs[0], f"{name}_bn"
+            bias = Value(f"{name}_bias", bn.inputs[1].type, data=bdata)  # type: ignore
+            lw.extra[id(bias)] = bdata
+        post = lw.post_op(out)
+        if post is not None and len(post[1]) == 2 and post[1][1] == ("in", 0) \
+                and post[1][0] in ACTIVATIONS:
+            lw.absorbed.add(id(post[0]))
+            out, act, name = post[0].outputs[0], post[1][0], f"{name}_{post[1][0]}"
+    win = Window(n * c, h, wd, kh, kw, oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
+    lanes = lw.host.lanes
+    width = oh * ow if win.flat else ow
+    mr, nv = choose_tile(m // group, width, cg * kh * kw, lanes, win.flat)
+    til = tiling(win, lanes, nv)
+    spec = ConvSpec(win, n, c, m, group, mr, til, bias is not None, act, win.prep,
+                    channel_block(win, cg, mr, til.tw))
+    packed = Value(f"{name}_wpack", w.type, data=pack_weights(wdata, group, mr))
+    lw.extra[id(packed)] = packed.data  # type: ignore[assignment]
+    steps: list[Step] = []
+    src: Ref = x
+    if win.prep:
+        planes = Scratch(f"{name}_planes", prep_bytes(win, lanes))
 
-    def gen_col(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return im2col_kernel(f"{name}_im2col", spec, loc(x), loc(col))  # type: ignore
+        def gen_prep(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return prep_kernel(f"{name}_prep", win, loc(x), loc(planes), 0.0,  # type: ignore
+                               lanes)
 
-    def gen_pack(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return pack_kernel(f"{name}_pack", n, spec.k, spec.p, nr, loc(col),  # type: ignore
-                           loc(packed))  # type: ignore[arg-type]
+        steps.append(Step(f"{name}_prep", [x], [planes], gen_prep,
+                          parallel=prep_bytes(win, lanes) > PARALLEL_BYTES, op="pad"))
+        src = planes
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return gemm_kernel(name, gspec, loc(out), loc(w), loc(packed),  # type: ignore
-                           loc(bias), None)
+        return conv_kernel(name, spec, loc(out), loc(src), loc(packed), loc(bias))  # type: ignore
 
-    big = spec.k * spec.p * n * 4 > PARALLEL_BYTES
-    lw.steps += [Step(f"{name}_im2col", [x], [col], gen_col, parallel=big, op="im2col"),
-                   Step(f"{name}_pack", [col], [packed], gen_pack, parallel=big, op="pack"),
-                   Step(name, [w, packed, *([bias] if bias else [])], [out], gen,
-                        parallel=big and m > mr, op=node.op)]
+    steps.append(Step(name, [src, packed, *([bias] if bias is not None else [])], [out], gen,
+                      parallel=spec.flops > PARALLEL_FLOPS, op=node.op))
+    lw.steps += steps
     return True
+

@@ -275,6 +275,24 @@ def _lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
     return lower_conv(lw, node, name)
 
 
+def _lower_max_pool(lw: Lowerer, node: Node, name: str) -> bool:
+    from satura.targets.pool import lower_pool  # imports this module
+
+    return lower_pool(lw, node, name, "max")
+
+
+def _lower_avg_pool(lw: Lowerer, node: Node, name: str) -> bool:
+    from satura.targets.pool import lower_pool  # imports this module
+
+    return lower_pool(lw, node, name, "avg")
+
+
+def _lower_gap(lw: Lowerer, node: Node, name: str) -> bool:
+    from satura.targets.pool import lower_gap  # imports this module
+
+    return lower_gap(lw, node, name)
+
+
 def _lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     from satura.targets.attention import lower_attention  # imports this module
 
@@ -345,7 +363,8 @@ LOWERINGS: dict[str, Callable[[Lowerer, Node, str], bool]] = {
     "ew": _lower_ew, "linear": _lower_linear, "matmul": _lower_matmul, "gemm": _lower_onnx_gemm,
     "layer_norm": _lower_norm, "rms_norm": _lower_norm, "softmax": _lower_softmax,
     "reshape": _lower_view, "identity": _lower_view, "attention": _lower_attention,
-    "conv": _lower_conv,
+    "conv": _lower_conv, "max_pool": _lower_max_pool, "avg_pool": _lower_avg_pool,
+    "global_avg_pool": _lower_gap,
     **{op: _lower_unary for op in UNARY_OPS | {"gelu"} if op != "identity"},
     **{op: _lower_binary for op in BINARY_OPS},
 }
