@@ -1,19 +1,33 @@
-"""Attention, one (batch, head) at a time: softmax(q·kᵀ·scale)·v with the scores kept in cache.
+"""Attention as one fused flash-style kernel: softmax(q·kᵀ·scale + mask [+ causal])·v.
 
-Each part (core) takes a share of the batch·heads and, per head, packs kᵀ, runs the q·kᵀ GEMM into
-its own scores buffer, a scaled softmax over each row, packs v and runs the scores·v GEMM into the
-output. One head's scores (S×S floats) stay in L2, so nothing of size heads·S² goes to memory. The
-pieces are the GEMM, pack and row kernels of this package, called as internal functions.
+The work is cut into units of (output batch·head, block of BR query rows); a part (core) takes a
+contiguous share of the units. For its unit's kv head a part packs kᵀ into NR-key panels (and v
+into NR-column-padded rows when Dv is not a multiple of NR) in its own scratch, once per kv head.
+Each query block then walks the keys in blocks of BC:
+
+* ``q·kᵀ``: an MR×NR register-tile FMA micro-kernel writes the block's scaled scores into a
+  BR×BC buffer (L1/L2-resident; the S×T scores never exist as a whole).
+* online softmax, per row: the mask (read through its broadcast strides) is added, keys past the
+  causal diagonal (``j > i + T - S``, as the reference's ``triu(k=1 + T - S)``) or past T become
+  -inf, then the running max ``m`` and sum ``l`` are updated and the scores turn into
+  ``p = 2^((x - m)·log2 e)`` in place; ``alpha = e^(m_old - m_new)`` rescales the accumulator.
+* ``p·v``: the same micro-kernel shape accumulates ``O = alpha·O + P·V`` for the block.
+
+At the end of the block ``O / l`` is written out. A row with every score masked has ``l = 0`` and
+gives NaN, as the numpy reference does (softmax of all -inf). Query heads share kv heads
+(grouped-query: head h reads kv head ``h // (Hq / Hkv)``) and q, k, v and the mask broadcast over
+the batch dimensions through zero strides. All vectors are ``<lanes x float>`` of the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from satura.engine.graph import Node
-from satura.targets.codegen import HostTarget
-from satura.targets.gemm import GemmSpec, gemm_kernel, pack_kernel
+from satura.targets.irmath import Emitter, fconst, vec_type
 from satura.targets.kernel import Operand, body_header, share, wrapper
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
@@ -25,66 +39,667 @@ from satura.targets.lower import (
     numel,
 )
 from satura.targets.memory import align
-from satura.targets.rows import row_kernel
+
+BR = 48          # query rows per block (a multiple of MR)
+BC = 256         # keys per block when T is longer than BC_ONE
+BC_ONE = 512     # up to this many keys, one block holds them all
+QK_ROWS_OUTER = False  # q·kᵀ: each kᵀ panel over all row tiles (the panel stays in L1)
+PV_ROWS_OUTER = True
+PACK_V = True   # p·v: each row tile over all v column panels (its p rows stay in L1)
+LOG2E = 1.4426950408889634
+# 2**f on [-0.5, 0.5], degree 5, highest first (relative error 2.2e-7 in fp32).
+EXP2_POLY = [1.3266970386718723e-3, 9.675459745554338e-3, 5.550742616001672e-2,
+             2.4022121753560885e-1, 6.931469491610641e-1, 1.0000000710296997]
+
+
+def tile(lanes: int) -> tuple[int, int]:
+    """(MR, NR) of the micro-kernels: MR·2 accumulators of 2 vectors, within the register file."""
+    return (6 if lanes <= 8 else 12), 2 * lanes
 
 
 @dataclass(frozen=True)
 class AttentionSpec:
-    heads: int   # batch · heads
+    """Static sizes of one attention: output batch dims, heads, lengths, strides (elements)."""
+
+    batch: tuple[int, ...]       # output batch dims
+    hq: int
+    hkv: int
     sq: int
     sk: int
     d: int
     dv: int
     scale: float
+    causal: bool
+    q_bstr: tuple[int, ...]      # per batch dim, 0 where broadcast
+    k_bstr: tuple[int, ...]
+    v_bstr: tuple[int, ...]
+    m_str: tuple[int, ...] | None  # mask strides over (*batch, Hq, S, T), 0 where broadcast
+    lanes: int
 
-    def scratch_floats(self, nr: int) -> list[int]:
-        """Per-part buffers: packed kᵀ, scores, probabilities, packed v (floats each)."""
-        pk = -(-self.sk // nr) * self.d * nr
-        pv = -(-self.dv // nr) * self.sk * nr
-        return [pk, self.sq * self.sk, self.sq * self.sk, pv]
+    @property
+    def heads(self) -> int:
+        return numel(self.batch) * self.hq
 
-    def scratch_bytes_per_part(self, nr: int) -> int:
-        return sum(align(4 * f) for f in self.scratch_floats(nr))
+    @property
+    def mr(self) -> int:
+        return tile(self.lanes)[0]
+
+    @property
+    def nr(self) -> int:
+        return tile(self.lanes)[1]
+
+    @property
+    def br(self) -> int:
+        """Query rows per block: about BR, rounded to MR, blocks of near-equal size."""
+        nb = -(-self.sq // BR)
+        per = -(-self.sq // nb)
+        return -(-per // self.mr) * self.mr
+
+    @property
+    def qblocks(self) -> int:
+        return -(-self.sq // self.br)
+
+    @property
+    def bc(self) -> int:
+        n = self.sk if self.sk <= BC_ONE else BC
+        return -(-n // self.nr) * self.nr
+
+    @property
+    def dvp(self) -> int:
+        return -(-self.dv // self.nr) * self.nr
+
+    @property
+    def pack_v(self) -> bool:
+        """v into NR-column panels ``[Dv/NR][T][NR]`` (else read in place, rows of Dv)."""
+        return PACK_V or self.dv % self.nr != 0
+
+    @property
+    def kpanels(self) -> int:
+        return -(-self.sk // self.nr)
+
+    def scratch_floats(self) -> list[int]:
+        """Per-part buffers: packed kᵀ, packed v, scores/probabilities, O, m, l, alpha and the
+        row maxima of a block's scores (<L x float> a row)."""
+        return [self.kpanels * self.d * self.nr, self.sk * self.dvp if self.pack_v else 0,
+                self.br * self.bc, self.br * self.dvp, self.br, self.br, self.br,
+                self.br * self.lanes]
+
+    def scratch_bytes_per_part(self) -> int:
+        return sum(align(4 * max(f, 1)) for f in self.scratch_floats())
 
 
-def attention_kernel(name: str, s: AttentionSpec, host: HostTarget, out: Operand, q: Operand,
-                     k: Operand, v: Operand, scratch: Operand) -> str:
-    """LLVM IR of the attention kernel; ``scratch`` holds ``threads`` per-part buffers."""
-    mr, nr = host.gemm_tile
-    dummy = Operand(0)
-    s1 = GemmSpec(1, s.sq, s.sk, s.d, 0, False, False, False, "none", mr, nr, host.lanes)
-    s2 = GemmSpec(1, s.sq, s.dv, s.sk, 0, False, False, False, "none", mr, nr, host.lanes)
-    parts = [pack_kernel(f"{name}_pk", 1, s.d, s.sk, nr, dummy, dummy, transposed=True),
-             gemm_kernel(f"{name}_qk", s1, dummy, dummy, dummy, None, None),
-             row_kernel(f"{name}_sm", "softmax", s.sq, s.sk, dummy, dummy, lanes=host.lanes,
-                        logit_scale=s.scale),
-             pack_kernel(f"{name}_pv", 1, s.sk, s.dv, nr, dummy, dummy),
-             gemm_kernel(f"{name}_pvm", s2, dummy, dummy, dummy, None, None)]
+class _IR:
+    """Lines of one function, fresh SSA names, structured loops and ifs over i64 allocas."""
+
+    def __init__(self, lanes: int) -> None:
+        self.L: list[str] = []
+        self.allocas: list[str] = []
+        self.n = 0
+        self.lanes = lanes
+        self.vty = vec_type(lanes)
+
+    def new(self, p: str = "v") -> str:
+        self.n += 1
+        return f"%{p}{self.n}"
+
+    def __call__(self, rhs: str, p: str = "v") -> str:
+        r = self.new(p)
+        self.L.append(f"  {r} = {rhs}")
+        return r
+
+    def do(self, s: str) -> None:
+        self.L.append(f"  {s}")
+
+    def label(self, name: str) -> None:
+        self.L.append(f"{name}:")
+
+    def var(self, ty: str, init: str) -> str:
+        a = self.new("st")
+        self.allocas.append(f"  {a} = alloca {ty}, align 64")
+        self.do(f"store {ty} {init}, ptr {a}")
+        return a
+
+    @contextmanager
+    def loop(self, start: str | int, end: str | int, step: int = 1) -> Iterator[str]:
+        n = self.new("l")[1:]
+        a = f"%{n}.a"
+        self.allocas.append(f"  {a} = alloca i64, align 8")
+        self.do(f"store i64 {start}, ptr {a}")
+        self.do(f"br label %{n}.h")
+        self.label(f"{n}.h")
+        i = f"%{n}.i"
+        self.do(f"{i} = load i64, ptr {a}")
+        self.do(f"%{n}.c = icmp slt i64 {i}, {end}")
+        self.do(f"br i1 %{n}.c, label %{n}.b, label %{n}.x")
+        self.label(f"{n}.b")
+        yield i
+        self.do(f"%{n}.n = add i64 {i}, {step}")
+        self.do(f"store i64 %{n}.n, ptr {a}")
+        self.do(f"br label %{n}.h")
+        self.label(f"{n}.x")
+
+    @contextmanager
+    def when(self, cond: str) -> Iterator[None]:
+        n = self.new("if")[1:]
+        self.do(f"br i1 {cond}, label %{n}.t, label %{n}.j")
+        self.label(f"{n}.t")
+        yield
+        self.do(f"br label %{n}.j")
+        self.label(f"{n}.j")
+
+    # integer and pointer helpers (constants folded in Python)
+    def add(self, a: str | int, b: str | int) -> str:
+        if isinstance(a, int) and isinstance(b, int):
+            return str(a + b)
+        if b == 0:
+            return str(a)
+        if a == 0:
+            return str(b)
+        return self(f"add i64 {a}, {b}")
+
+    def mul(self, a: str | int, b: int) -> str:
+        if isinstance(a, int):
+            return str(a * b)
+        if b == 1:
+            return a
+        if b == 0:
+            return "0"
+        return self(f"mul i64 {a}, {b}")
+
+    def gep(self, p: str, off: str | int) -> str:
+        if off in (0, "0"):
+            return p
+        return self(f"getelementptr float, ptr {p}, i64 {off}", "p")
+
+    def splat(self, s: str, lanes: int | None = None) -> str:
+        lanes = lanes or self.lanes
+        vty = vec_type(lanes)
+        i = self(f"insertelement {vty} poison, float {s}, i64 0")
+        return self(f"shufflevector {vty} {i}, {vty} poison, <{lanes} x i32> zeroinitializer")
+
+    def iota(self) -> str:
+        return "<" + ", ".join(f"i64 {e}" for e in range(self.lanes)) + ">"
+
+    def func(self, head: str) -> str:
+        body = self.L
+        return "\n".join([head, "entry:", *self.allocas, "  br label %start", "start:", *body,
+                          "}"])
+
+
+def exp2(em: Emitter, t: str) -> str:
+    """2**t for t <= 0 (float or <L x float>): -inf gives 0, NaN stays NaN.
+
+    Softmax only takes it of ``x - max <= 0`` (up to rounding), so there is no upper clamp.
+    """
+    ty, ity = em.ty, em.ity
+    lo = em.const(-127.0)
+    cty = "i1" if em.lanes == 1 else f"<{em.lanes} x i1>"
+    c1, t2 = em.tmp(), em.tmp()
+    em.lines += [f"  {c1} = fcmp olt {ty} {t}, {lo}", f"  {t2} = select {cty} {c1}, {ty} {lo}, "
+                 f"{ty} {t}"]
+    # t + 1.5·2^23 + 127 rounds to an integer whose low mantissa bits are n + 127 (n = rint t):
+    # shifted up 23 bits they are the exponent of 2^n.
+    r = em.add(t2, em.const(12583039.0))
+    n = em.sub(r, em.const(12583039.0))
+    f = em.sub(t2, n)
+    p = em.poly(f, EXP2_POLY)
+    ri, sh, sc = em.tmp(), em.tmp(), em.tmp()
+    em.lines += [f"  {ri} = bitcast {ty} {r} to {ity}", f"  {sh} = shl {ity} {ri}, {em.iconst(23)}",
+                 f"  {sc} = bitcast {ity} {sh} to {ty}"]
+    return em.mul(p, sc)
+
+
+def hreduce(ir: _IR, em: Emitter, v: str, kind: str) -> str:
+    """Horizontal max or add of a <L x float> (shuffle halving; no extra intrinsics)."""
+    n, w = ir.lanes, ir.lanes
+    while w > 1:
+        h = w // 2
+        mask = ", ".join(f"i32 {(i + h) if i < h else (i - h) if i < w else i}" for i in range(n))
+        s = ir(f"shufflevector {ir.vty} {v}, {ir.vty} poison, <{n} x i32> <{mask}>")
+        v = _vmax(ir, v, s) if kind == "max" else em.add(v, s)
+        w = h
+    return ir(f"extractelement {ir.vty} {v}, i64 0")
+
+
+def _ukernel(fname: str, mr: int, nr: int, lanes: int, lda: int, ldb: int, ldc: int,
+             kind: str, scale: float, causal: bool) -> str:
+    """The MR×NR register-tile micro-kernel ``fname(a, b, c, kc, aux, lim)``.
+
+    ``kind`` 'qk': C = (A·B)·scale, columns ``>= lim`` (``lim + i`` in row i when causal) set to
+    -inf, and ``aux`` (one <L x float> per row) takes the running max of each row.
+    ``kind`` 'pv': C = aux[i]·C + A·B (aux: one float per row, the softmax rescale).
+    A is row-major with stride lda (read one float at a time, broadcast), B rows of nr floats at
+    stride ldb, C at stride ldc.
+    """
+    nv, vty = nr // lanes, vec_type(lanes)
+    acc = [[f"%c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    out = [f"define internal void @{fname}(ptr noalias %a, ptr noalias %b, ptr noalias %c, "
+           f"i64 %kc, ptr noalias %al, i64 %lim) noinline {{", "entry:",
+           "  %go = icmp sgt i64 %kc, 0", "  br i1 %go, label %k, label %done", "k:",
+           "  %kk = phi i64 [0, %entry], [%kn, %k]"]
+    for i in range(mr):
+        for v in range(nv):
+            out.append(f"  {acc[i][v]} = phi {vty} [zeroinitializer, %entry], [%n{i}_{v}, %k]")
+    out.append(f"  %bo = mul i64 %kk, {ldb}")
+    for v in range(nv):
+        out += [f"  %bo{v} = add i64 %bo, {v * lanes}",
+                f"  %bq{v} = getelementptr float, ptr %b, i64 %bo{v}",
+                f"  %b{v} = load {vty}, ptr %bq{v}, align 4"]
+    for i in range(mr):
+        out += [f"  %ao{i} = add i64 %kk, {i * lda}",
+                f"  %ap{i} = getelementptr float, ptr %a, i64 %ao{i}",
+                f"  %as{i} = load float, ptr %ap{i}, align 4",
+                f"  %ai{i} = insertelement {vty} poison, float %as{i}, i64 0",
+                f"  %av{i} = shufflevector {vty} %ai{i}, {vty} poison, "
+                f"<{lanes} x i32> zeroinitializer"]
+        for v in range(nv):
+            out.append(f"  %n{i}_{v} = call {vty} @llvm.fma.v{lanes}f32({vty} %av{i}, {vty} %b{v}, "
+                       f"{vty} {acc[i][v]})")
+    out += ["  %kn = add i64 %kk, 1", "  %km = icmp slt i64 %kn, %kc",
+            "  br i1 %km, label %k, label %done", "done:"]
+    for i in range(mr):
+        for v in range(nv):
+            out += [f"  %f{i}_{v} = phi {vty} [zeroinitializer, %entry], [%n{i}_{v}, %k]"]
+    em = Emitter(out, lanes)
+    ninf = "<" + ", ".join([f"float {fconst(float('-inf'))}"] * lanes) + ">"
+    res = [[f"%f{i}_{v}" for v in range(nv)] for i in range(mr)]
+    if kind == "qk":
+        for i in range(mr):
+            for v in range(nv):
+                res[i][v] = em.mul(res[i][v], em.const(scale))
+        # columns past the limit: -inf (only when the limit falls inside this tile)
+        out += [f"  %cut = icmp slt i64 %lim, {nr}", "  br i1 %cut, label %mask, label %st",
+                "mask:"]
+        iota = "<" + ", ".join(f"i64 {e}" for e in range(lanes)) + ">"
+        masked = [[""] * nv for _ in range(mr)]
+        for i in range(mr):
+            out += [f"  %lm{i} = add i64 %lim, {i if causal else 0}",
+                    f"  %lmi{i} = insertelement <{lanes} x i64> poison, i64 %lm{i}, i64 0",
+                    f"  %lmv{i} = shufflevector <{lanes} x i64> %lmi{i}, <{lanes} x i64> poison, "
+                    f"<{lanes} x i32> zeroinitializer"]
+            for v in range(nv):
+                out += [f"  %ok{i}_{v} = icmp sgt <{lanes} x i64> %lmv{i}, "
+                        + "<" + ", ".join(f"i64 {e + v * lanes}" for e in range(lanes)) + ">",
+                        f"  %mk{i}_{v} = select <{lanes} x i1> %ok{i}_{v}, {vty} {res[i][v]}, "
+                        f"{vty} {ninf}"]
+                masked[i][v] = f"%mk{i}_{v}"
+        del iota
+        out += ["  br label %st", "st:"]
+        for i in range(mr):
+            for v in range(nv):
+                out.append(f"  %x{i}_{v} = phi {vty} [{res[i][v]}, %done], [{masked[i][v]}, %mask]")
+                res[i][v] = f"%x{i}_{v}"
+        for i in range(mr):
+            out += [f"  %rmp{i} = getelementptr float, ptr %al, i64 {i * lanes}",
+                    f"  %rmo{i} = load {vty}, ptr %rmp{i}, align 4"]
+            mx = f"%rmo{i}"
+            for v in range(nv):
+                out += [f"  %rc{i}_{v} = fcmp ogt {vty} {res[i][v]}, {mx}",
+                        f"  %rx{i}_{v} = select <{lanes} x i1> %rc{i}_{v}, {vty} {res[i][v]}, "
+                        f"{vty} {mx}"]
+                mx = f"%rx{i}_{v}"
+            out.append(f"  store {vty} {mx}, ptr %rmp{i}, align 4")
+    for i in range(mr):
+        if kind == "pv":
+            out += [f"  %alp{i} = getelementptr float, ptr %al, i64 {i}",
+                    f"  %als{i} = load float, ptr %alp{i}, align 4",
+                    f"  %ali{i} = insertelement {vty} poison, float %als{i}, i64 0",
+                    f"  %alv{i} = shufflevector {vty} %ali{i}, {vty} poison, "
+                    f"<{lanes} x i32> zeroinitializer"]
+        for v in range(nv):
+            out += [f"  %cp{i}_{v} = getelementptr float, ptr %c, i64 {i * ldc + v * lanes}"]
+            x = res[i][v]
+            if kind == "pv":
+                out.append(f"  %old{i}_{v} = load {vty}, ptr %cp{i}_{v}, align 4")
+                x = em.fma(f"%old{i}_{v}", f"%alv{i}", x)
+            out.append(f"  store {vty} {x}, ptr %cp{i}_{v}, align 4")
+    out += ["  ret void", "}"]
+    return "\n".join(out)
+
+
+def _tiles_driver(fname: str, uk: str, mr_max: int, lda: int, ldc: int, aux: int,
+                  limstep: int, bstride: int, nr: int, rows_outer: bool) -> str:
+    """``fname(a, b, c, kc, aux, lim, rows, panels)``: the micro-kernel over ``rows`` rows (MR at
+    a time) and ``panels`` column panels (B advances ``bstride`` floats a panel, C ``nr`` and
+    ``lim`` -nr); per row ``aux`` advances ``aux`` floats and ``lim`` ``limstep``. Loops rows
+    outside panels when ``rows_outer``."""
+    cases = " ".join(f"i64 {m}, label %m{m}" for m in range(1, mr_max + 1))
+    outer, inner = ("r", "p") if rows_outer else ("p", "r")
+    step = {"r": mr_max, "p": 1}
+    end = {"r": "%rows", "p": "%panels"}
+    L = [f"define internal void @{fname}(ptr noalias %a, ptr noalias %b, ptr noalias %c, "
+         f"i64 %kc, ptr noalias %al, i64 %lim, i64 %rows, i64 %panels) {{", "entry:",
+         "  br label %oh", "oh:", f"  %{outer} = phi i64 [0, %entry], [%{outer}n, %ix]",
+         f"  %omore = icmp slt i64 %{outer}, {end[outer]}",
+         "  br i1 %omore, label %ob, label %x", "ob:", "  br label %ih", "ih:",
+         f"  %{inner} = phi i64 [0, %ob], [%{inner}n, %next]",
+         f"  %imore = icmp slt i64 %{inner}, {end[inner]}",
+         "  br i1 %imore, label %body, label %ix", "body:",
+         "  %left = sub i64 %rows, %r", f"  %mr = call i64 @llvm.smin.i64(i64 %left, i64 {mr_max})",
+         f"  %ao = mul i64 %r, {lda}", "  %ap = getelementptr float, ptr %a, i64 %ao",
+         f"  %bo = mul i64 %p, {bstride}", "  %bp = getelementptr float, ptr %b, i64 %bo",
+         f"  %co0 = mul i64 %r, {ldc}", f"  %co1 = mul i64 %p, {nr}", "  %co = add i64 %co0, %co1",
+         "  %cp = getelementptr float, ptr %c, i64 %co",
+         f"  %alo = mul i64 %r, {aux}", "  %alp = getelementptr float, ptr %al, i64 %alo",
+         f"  %lo0 = mul i64 %r, {limstep}", f"  %lo1 = mul i64 %p, {nr}",
+         "  %lr0 = add i64 %lim, %lo0", "  %lr = sub i64 %lr0, %lo1",
+         f"  switch i64 %mr, label %next [ {cases} ]"]
+    for m in range(1, mr_max + 1):
+        L += [f"m{m}:",
+              f"  call void @{uk}{m}(ptr %ap, ptr %bp, ptr %cp, i64 %kc, ptr %alp, i64 %lr)",
+              "  br label %next"]
+    L += ["next:", f"  %{inner}n = add i64 %{inner}, {step[inner]}", "  br label %ih",
+          "ix:", f"  %{outer}n = add i64 %{outer}, {step[outer]}", "  br label %oh",
+          "x:", "  ret void", "}"]
+    return "\n".join(L)
+
+
+# (r0..r7) -> columns, with the AVX shuffles: unpck lo/hi, shufps, vperm2f128.
+_LO = "<i32 0, i32 8, i32 1, i32 9, i32 4, i32 12, i32 5, i32 13>"
+_HI = "<i32 2, i32 10, i32 3, i32 11, i32 6, i32 14, i32 7, i32 15>"
+_S44 = "<i32 0, i32 1, i32 8, i32 9, i32 4, i32 5, i32 12, i32 13>"
+_SEE = "<i32 2, i32 3, i32 10, i32 11, i32 6, i32 7, i32 14, i32 15>"
+_P20 = "<i32 0, i32 1, i32 2, i32 3, i32 8, i32 9, i32 10, i32 11>"
+_P31 = "<i32 4, i32 5, i32 6, i32 7, i32 12, i32 13, i32 14, i32 15>"
+
+
+def _transpose8(ir: _IR, rows: list[str]) -> list[str]:
+    v8 = "<8 x float>"
+
+    def sh(a: str, b: str, m: str) -> str:
+        return ir(f"shufflevector {v8} {a}, {v8} {b}, <8 x i32> {m}")
+
+    t = []
+    for p in range(4):
+        t += [sh(rows[2 * p], rows[2 * p + 1], _LO), sh(rows[2 * p], rows[2 * p + 1], _HI)]
+    tt = []
+    for g in (0, 4):
+        tt += [sh(t[g], t[g + 2], _S44), sh(t[g], t[g + 2], _SEE),
+               sh(t[g + 1], t[g + 3], _S44), sh(t[g + 1], t[g + 3], _SEE)]
+    return [sh(tt[c], tt[c + 4], _P20) for c in range(4)] + \
+           [sh(tt[c], tt[c + 4], _P31) for c in range(4)]
+
+
+def _pack_k(fname: str, s: AttentionSpec) -> str:
+    """``fname(dst, src)``: kᵀ of one kv head ([T, D]) into zero-padded ``[T/NR][D][NR]``."""
+    ir, nr, d, t = _IR(s.lanes), s.nr, s.d, s.sk
+    g_per = nr // 8
+    d8 = d // 8 * 8
+    with ir.loop(0, t // 8) as q:               # groups of 8 keys, all inside T
+        p = ir(f"udiv i64 {q}, {g_per}")
+        g = ir(f"urem i64 {q}, {g_per}")
+        base = ir.add(ir.mul(p, d * nr), ir.mul(g, 8))
+        src = ir.gep("%src", ir.mul(q, 8 * d))
+        dst = ir.gep("%dst", base)
+        if d8:
+            with ir.loop(0, d8, 8) as c:
+                rows = [ir(f"load <8 x float>, ptr {ir.gep(src, ir.add(c, r * d))}, align 4")
+                        for r in range(8)]
+                cols = _transpose8(ir, rows)
+                for e in range(8):
+                    off = ir.mul(ir.add(c, e), nr)
+                    ir.do(f"store <8 x float> {cols[e]}, ptr {ir.gep(dst, off)}, align 4")
+        if d8 < d:
+            with ir.loop(d8, d) as c:
+                for r in range(8):
+                    x = ir(f"load float, ptr {ir.gep(src, ir.add(c, r * d))}, align 4")
+                    ir.do(f"store float {x}, ptr {ir.gep(dst, ir.add(ir.mul(c, nr), r))}, align 4")
+    with ir.loop(t // 8 * 8, s.kpanels * nr) as j:  # the last keys and the zero padding
+        p = ir(f"udiv i64 {j}, {nr}")
+        jj = ir(f"urem i64 {j}, {nr}")
+        inb = ir(f"icmp slt i64 {j}, {t}")
+        jc = ir(f"call i64 @llvm.smin.i64(i64 {j}, i64 {t - 1})")
+        src = ir.gep("%src", ir.mul(jc, d))
+        dst = ir.gep("%dst", ir.add(ir.mul(p, d * nr), jj))
+        with ir.loop(0, d) as c:
+            x = ir(f"load float, ptr {ir.gep(src, c)}, align 4")
+            x = ir(f"select i1 {inb}, float {x}, float 0.0")
+            ir.do(f"store float {x}, ptr {ir.gep(dst, ir.mul(c, nr))}, align 4")
+    ir.do("ret void")
+    return ir.func(f"define internal void @{fname}(ptr noalias %dst, ptr noalias %src) {{")
+
+
+def _pack_v(fname: str, s: AttentionSpec) -> str:
+    """``fname(dst, src)``: v of one kv head ([T, Dv]) into zero-padded ``[Dv/NR][T][NR]``."""
+    ir, nr, lanes, vty = _IR(s.lanes), s.nr, s.lanes, vec_type(s.lanes)
+    full = s.dv // nr
+    with ir.loop(0, s.sk) as j:
+        src = ir.gep("%src", ir.mul(j, s.dv))
+        for c in range(full):
+            dst = ir.gep("%dst", ir.add(c * s.sk * nr, ir.mul(j, nr)))
+            for q in range(nr // lanes):
+                x = ir(f"load {vty}, ptr {ir.gep(src, c * nr + q * lanes)}, align 4")
+                ir.do(f"store {vty} {x}, ptr {ir.gep(dst, q * lanes)}, align 4")
+        if full * nr < s.dv:
+            dst = ir.gep("%dst", ir.add(full * s.sk * nr, ir.mul(j, nr)))
+            for e in range(nr):
+                col = full * nr + e
+                x = (ir(f"load float, ptr {ir.gep(src, col)}, align 4") if col < s.dv
+                     else "0.0")
+                ir.do(f"store float {x}, ptr {ir.gep(dst, e)}, align 4")
+    ir.do("ret void")
+    return ir.func(f"define internal void @{fname}(ptr noalias %dst, ptr noalias %src) {{")
+
+
+def _vmax(ir: _IR, a: str, b: str) -> str:
+    """``a > b ? a : b`` (one vmaxps; a NaN in ``a`` is dropped, the exp of it is not)."""
+    c = ir(f"fcmp ogt {ir.vty} {a}, {b}")
+    return ir(f"select <{ir.lanes} x i1> {c}, {ir.vty} {a}, {ir.vty} {b}")
+
+
+def _softmax_block(fname: str, s: AttentionSpec) -> str:
+    """``fname(sb, rm, mk, rows, kb, m, l, alpha)``: the online softmax of one key block.
+
+    ``sb`` holds ``rows`` rows (stride BC) of scores, already ·scale·log2(e) and -inf past each
+    row's limit; ``rm`` their row maxima (one <L x float> a row) unless there is a mask, whose
+    row 0 (at this block's first key) is ``mk``: it is added (·log2 e) first. Updates the running
+    max ``m`` and sum ``l`` (log2 domain), writes ``alpha`` = 2^(m_old - m_new) and turns the
+    scores into p = 2^(x - m_new) for the first ``kb`` keys.
+    """
+    ir, lanes, bc = _IR(s.lanes), s.lanes, s.bc
+    vty = ir.vty
+    em, e1 = Emitter(ir.L, lanes), Emitter(ir.L, 1)
+    ninf = fconst(float("-inf"))
+    vninf = "<" + ", ".join([f"float {ninf}"] * lanes) + ">"
+    log2e = em.const(LOG2E)
+    kbv = ir(f"and i64 {ir(f'add i64 %kb, {lanes - 1}')}, {-lanes}")
+    with ir.loop(0, "%rows") as r:
+        srow = ir.gep("%sb", ir.mul(r, bc))
+        if s.m_str is None:
+            bm = hreduce(ir, em, ir(f"load {vty}, ptr {ir.gep('%rm', ir.mul(r, lanes))}, "
+                                    "align 4"), "max")
+        else:
+            m_s, m_t = s.m_str[-2], s.m_str[-1]
+            mrow = ir.gep("%mk", ir.mul(r, m_s))
+            msplat = ir.splat(ir(f"load float, ptr {mrow}, align 4")) if m_t == 0 else None
+            mx = ir.var(vty, vninf)
+            kbf = ir(f"and i64 %kb, {-lanes}")
+            kb1 = ir("sub i64 %kb, 1")
+
+            def add_mask(j: str, tail: bool, srow: str = srow, mrow: str = mrow,
+                         msplat: str | None = msplat, mx: str = mx, kb1: str = kb1) -> None:
+                sp = ir.gep(srow, j)
+                x = ir(f"load {vty}, ptr {sp}, align 4")
+                if msplat is not None:
+                    mv = msplat
+                elif not tail:
+                    mv = ir(f"load {vty}, ptr {ir.gep(mrow, j)}, align 4")
+                else:
+                    mv = "poison"
+                    for e in range(lanes):
+                        jj = ir(f"call i64 @llvm.smin.i64(i64 {ir.add(j, e)}, i64 {kb1})")
+                        me = ir(f"load float, ptr {ir.gep(mrow, jj)}, align 4")
+                        mv = ir(f"insertelement {vty} {mv}, float {me}, i64 {e}")
+                x = em.fma(mv, log2e, x)
+                ir.do(f"store {vty} {x}, ptr {sp}, align 4")
+                old = ir(f"load {vty}, ptr {mx}")
+                ir.do(f"store {vty} {_vmax(ir, x, old)}, ptr {mx}")
+
+            with ir.loop(0, kbf, lanes) as j:
+                add_mask(j, False)
+            with ir.when(ir(f"icmp ne i64 {kbf}, %kb")):
+                add_mask(kbf, True)
+            bm = hreduce(ir, em, ir(f"load {vty}, ptr {mx}"), "max")
+        mp, lp, ap = (ir.gep(x, r) for x in ("%m", "%l", "%alpha"))
+        m_old = ir(f"load float, ptr {mp}, align 4")
+        m_new = e1.max(m_old, bm)
+        isinf = ir(f"fcmp oeq float {m_new}, {ninf}")
+        ms = ir(f"select i1 {isinf}, float 0.0, float {m_new}")
+        alpha = exp2(e1, e1.sub(m_old, ms))
+        msv = ir.splat(ms)
+        sm = ir.var(vty, "zeroinitializer")
+        with ir.loop(0, kbv, lanes) as j:
+            sp = ir.gep(srow, j)
+            x = ir(f"load {vty}, ptr {sp}, align 4")
+            pv = exp2(em, em.sub(x, msv))
+            ir.do(f"store {vty} {pv}, ptr {sp}, align 4")
+            old = ir(f"load {vty}, ptr {sm}")
+            ir.do(f"store {vty} {em.add(old, pv)}, ptr {sm}")
+        rs = hreduce(ir, em, ir(f"load {vty}, ptr {sm}"), "add")
+        l_old = ir(f"load float, ptr {lp}, align 4")
+        ir.do(f"store float {e1.fma(l_old, alpha, rs)}, ptr {lp}, align 4")
+        ir.do(f"store float {m_new}, ptr {mp}, align 4")
+        ir.do(f"store float {alpha}, ptr {ap}, align 4")
+    ir.do("ret void")
+    return ir.func(f"define internal void @{fname}(ptr noalias %sb, ptr noalias %rm, "
+                   "ptr noalias %mk, i64 %rows, i64 %kb, ptr noalias %m, ptr noalias %l, "
+                   "ptr noalias %alpha) noinline {")
+
+
+def attention_kernel(name: str, s: AttentionSpec, out: Operand, q: Operand, k: Operand,
+                     v: Operand, mask: Operand | None, scratch: Operand) -> str:
+    """LLVM IR of the fused attention kernel; ``scratch`` holds one set of buffers per part."""
+    lanes, mr, nr = s.lanes, s.mr, s.nr
+    br, bc, dvp, sq, sk, d, dv = s.br, s.bc, s.dvp, s.sq, s.sk, s.d, s.dv
+    ldv = nr if s.pack_v else dv
+    vty = vec_type(lanes)
+    ninf = fconst(float("-inf"))
+    parts = [_ukernel(f"{name}_qk{m}", m, nr, lanes, d, nr, bc, "qk", s.scale * LOG2E,
+                      s.causal) for m in range(1, mr + 1)]
+    parts += [_ukernel(f"{name}_pv{m}", m, nr, lanes, bc, ldv, dvp, "pv", 1.0, False)
+              for m in range(1, mr + 1)]
+    parts += [_tiles_driver(f"{name}_qkr", f"{name}_qk", mr, d, bc, lanes, int(s.causal), d * nr,
+                            nr, QK_ROWS_OUTER),
+              _tiles_driver(f"{name}_pvr", f"{name}_pv", mr, bc, dvp, 1, 0,
+                            sk * nr if s.pack_v else nr, nr, PV_ROWS_OUTER),
+              _pack_k(f"{name}_pk", s), _softmax_block(f"{name}_sm", s)]
+    if s.pack_v:
+        parts.append(_pack_v(f"{name}_pvk", s))
+
+    ir = _IR(lanes)
+    em = Emitter(ir.L, lanes)
+    e1 = Emitter(ir.L, 1)
+    L = ir.L
+    share(L, s.heads * s.qblocks, 1, "%u0", "%u1")
     offs, acc = [], 0
-    for f in s.scratch_floats(nr):
+    for f in s.scratch_floats():
         offs.append(acc)
-        acc += align(4 * f)
-    L = [body_header(name, 5), "entry:", "  %h.a = alloca i64, align 8"]
-    share(L, s.heads, 1, "%h0", "%h1")
-    L += [f"  %sb = mul i64 %part, {acc}", "  %scr = getelementptr i8, ptr %a4, i64 %sb"]
-    for i, o in enumerate(offs):
-        L.append(f"  %w{i} = getelementptr i8, ptr %scr, i64 {o}")
-    L += ["  store i64 %h0, ptr %h.a", "  br label %hh", "hh:", "  %h = load i64, ptr %h.a",
-          "  %hc = icmp slt i64 %h, %h1", "  br i1 %hc, label %hb, label %hx", "hb:"]
-    for tag, rows, cols in (("q", s.sq, s.d), ("k", s.sk, s.d), ("v", s.sk, s.dv),
-                            ("o", s.sq, s.dv)):
-        idx = {"o": 0, "q": 1, "k": 2, "v": 3}[tag]
-        L += [f"  %{tag}o = mul i64 %h, {rows * cols}",
-              f"  %{tag}p = getelementptr float, ptr %a{idx}, i64 %{tag}o"]
-    z = "i64 0, i64 1"
-    L += [f"  call void @{name}_pk_body(ptr %w0, ptr %kp, {z})",
-          f"  call void @{name}_qk_body(ptr %w1, ptr %qp, ptr %w0, ptr null, ptr null, {z})",
-          f"  call void @{name}_sm_body(ptr %w2, ptr %w1, ptr null, ptr null, {z})",
-          f"  call void @{name}_pv_body(ptr %w3, ptr %vp, {z})",
-          f"  call void @{name}_pvm_body(ptr %op, ptr %w2, ptr %w3, ptr null, ptr null, {z})",
-          "  %hn = add i64 %h, 1", "  store i64 %hn, ptr %h.a", "  br label %hh", "hx:",
-          "  ret void", "}"]
-    return "\n".join([wrapper(name, [out, q, k, v, scratch]), "\n".join(L), *parts])
+        acc += align(4 * max(f, 1))
+    sb = ir(f"mul i64 %part, {acc}")
+    scr = ir(f"getelementptr i8, ptr %a5, i64 {sb}")
+    kp, vp, sbuf, obuf, mbuf, lbuf, abuf, rmbuf = (ir(f"getelementptr i8, ptr {scr}, i64 {o}")
+                                           for o in offs)
+    packed_k = ir.var("i64", "-1")
+    packed_v = ir.var("i64", "-1")
+    nqb, rep = s.qblocks, s.hq // s.hkv
+    with ir.loop("%u0", "%u1") as u:
+        bh = ir(f"udiv i64 {u}, {nqb}")
+        qb = ir(f"urem i64 {u}, {nqb}")
+        h = ir(f"urem i64 {bh}, {s.hq}")
+        rest = ir(f"udiv i64 {bh}, {s.hq}")
+        hk = ir(f"udiv i64 {h}, {rep}") if rep > 1 else h
+        qo = ir.mul(h, sq * d)
+        ko = ir.mul(hk, sk * d)
+        vo = ir.mul(hk, sk * dv)
+        mo = ir.mul(h, s.m_str[-3]) if s.m_str is not None else "0"
+        for i in reversed(range(len(s.batch))):
+            n = s.batch[i]
+            idx = ir(f"urem i64 {rest}, {n}") if i > 0 else rest
+            if i > 0:
+                rest = ir(f"udiv i64 {rest}, {n}")
+            qo = ir.add(qo, ir.mul(idx, s.q_bstr[i]))
+            ko = ir.add(ko, ir.mul(idx, s.k_bstr[i]))
+            vo = ir.add(vo, ir.mul(idx, s.v_bstr[i]))
+            if s.m_str is not None:
+                mo = ir.add(mo, ir.mul(idx, s.m_str[i]))
+        i0 = ir.mul(qb, br)
+        rows = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'sub i64 {sq}, {i0}')}, i64 {br})")
+        # pack this unit's kv head unless this part already did
+        ko_s = ir(f"load i64, ptr {packed_k}")
+        with ir.when(ir(f"icmp ne i64 {ko_s}, {ko}")):
+            ir.do(f"call void @{name}_pk(ptr {kp}, ptr {ir.gep('%a2', ko)})")
+            ir.do(f"store i64 {ko}, ptr {packed_k}")
+        if s.pack_v:
+            vo_s = ir(f"load i64, ptr {packed_v}")
+            with ir.when(ir(f"icmp ne i64 {vo_s}, {vo}")):
+                ir.do(f"call void @{name}_pvk(ptr {vp}, ptr {ir.gep('%a3', vo)})")
+                ir.do(f"store i64 {vo}, ptr {packed_v}")
+            vsrc = vp
+        else:
+            vsrc = ir.gep("%a3", vo)
+        qp = ir.gep("%a1", ir.add(qo, ir.mul(i0, d)))
+        # running state
+        with ir.loop(0, rows) as r:
+            ir.do(f"store float {ninf}, ptr {ir.gep(mbuf, r)}, align 4")
+            ir.do(f"store float 0.0, ptr {ir.gep(lbuf, r)}, align 4")
+        with ir.loop(0, ir.mul(rows, dvp), lanes) as c:
+            ir.do(f"store {vty} zeroinitializer, ptr {ir.gep(obuf, c)}, align 4")
+        # keys this block can see
+        if s.causal:
+            ke = ir(f"add i64 {i0}, {ir(f'add i64 {rows}, {sk - sq}')}")
+            ke = ir(f"call i64 @llvm.smin.i64(i64 {ke}, i64 {sk})")
+            kend = ir(f"select i1 {ir(f'icmp slt i64 {ke}, 1')}, i64 1, i64 {ke}")
+        else:
+            kend = str(sk)
+        with ir.loop(0, kend, bc) as j0:
+            kb = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'sub i64 {kend}, {j0}')}, i64 {bc})")
+            npan = ir(f"udiv i64 {ir(f'add i64 {kb}, {nr - 1}')}, {nr}")
+            kpj = ir.gep(kp, ir.mul(ir(f"udiv i64 {j0}, {nr}"), d * nr))
+            ninfv = "<" + ", ".join([f"float {ninf}"] * lanes) + ">"
+            with ir.loop(0, ir.mul(rows, lanes), lanes) as c:
+                ir.do(f"store {vty} {ninfv}, ptr {ir.gep(rmbuf, c)}, align 4")
+            # the limit of row i0 relative to the block: causal i0 + T - S + 1 - j0, else kb
+            lim0 = ir(f"sub i64 {ir.add(i0, sk - sq + 1)}, {j0}") if s.causal else kb
+            ir.do(f"call void @{name}_qkr(ptr {qp}, ptr {kpj}, ptr {sbuf}, i64 {d}, "
+                  f"ptr {rmbuf}, i64 {lim0}, i64 {rows}, i64 {npan})")
+            mk = "null"
+            if s.m_str is not None:
+                mk = ir.gep("%a4", ir.add(ir.add(mo, ir.mul(i0, s.m_str[-2])),
+                                          ir.mul(j0, s.m_str[-1])))
+            ir.do(f"call void @{name}_sm(ptr {sbuf}, ptr {rmbuf}, ptr {mk}, i64 {rows}, "
+                  f"i64 {kb}, ptr {mbuf}, ptr {lbuf}, ptr {abuf})")
+            vj = ir.gep(vsrc, ir.mul(j0, ldv))
+            ir.do(f"call void @{name}_pvr(ptr {sbuf}, ptr {vj}, ptr {obuf}, i64 {kb}, "
+                  f"ptr {abuf}, i64 0, i64 {rows}, i64 {dvp // nr})")
+        # O / l into the output
+        op = ir.gep("%a0", ir.add(ir.mul(bh, sq * dv), ir.mul(i0, dv)))
+        dfull = dv // lanes * lanes
+        with ir.loop(0, rows) as r:
+            inv = e1.div(e1.const(1.0), ir(f"load float, ptr {ir.gep(lbuf, r)}, align 4"))
+            orow = ir.gep(obuf, ir.mul(r, dvp))
+            dst = ir.gep(op, ir.mul(r, dv))
+            if dfull:
+                invv = ir.splat(inv)
+                with ir.loop(0, dfull, lanes) as c:
+                    x = ir(f"load {vty}, ptr {ir.gep(orow, c)}, align 4")
+                    ir.do(f"store {vty} {em.mul(x, invv)}, ptr {ir.gep(dst, c)}, align 4")
+            if dfull < dv:
+                with ir.loop(dfull, dv) as c:
+                    x = ir(f"load float, ptr {ir.gep(orow, c)}, align 4")
+                    ir.do(f"store float {e1.mul(x, inv)}, ptr {ir.gep(dst, c)}, align 4")
+    ir.do("ret void")
+    body = ir.func(body_header(name, 6))
+    return "\n".join([wrapper(name, [out, q, k, v, mask, scratch]), body, *parts])
+
+
+def _bstrides(shape: list[int], batch: tuple[int, ...], inner: int) -> tuple[int, ...]:
+    """Element strides of a contiguous tensor's batch dims, 0 where it broadcasts."""
+    nb = len(batch)
+    out, st = [0] * nb, inner
+    for i in reversed(range(nb)):
+        out[i] = 0 if shape[i] == 1 and batch[i] != 1 else st
+        st *= shape[i]
+    return tuple(out)
 
 
 def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
@@ -95,21 +710,50 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     assert k is not None
     assert v is not None
     scale = float(node.attrs["scale"])
-    if mask is not None or node.attrs.get("causal", 0) or scale <= 0:
-        return False
+    causal = bool(node.attrs.get("causal", 0))
     qs, ks, vs = ([int(d) for d in t.type.shape] for t in (q, k, v))
-    if len(qs) < 3 or qs[:-2] != ks[:-2] or ks[:-1] != vs[:-1] or qs[-1] != ks[-1]:
+    os_ = [int(d) for d in out.type.shape]
+    r = len(qs)
+    if r < 3 or len(ks) != r or len(vs) != r or not math.isfinite(scale):
         return False
-    spec = AttentionSpec(numel(tuple(qs[:-2])), qs[-2], ks[-2], qs[-1], vs[-1], scale)
+    hq, sq, d = qs[-3:]
+    hkv, sk, _ = ks[-3:]
+    dv = vs[-1]
+    if ks[-1] != d or vs[-2] != sk or vs[-3] != hkv or hkv < 1 or hq % hkv or sk < 1:
+        return False
+    batch = tuple(os_[:-3])
+    if os_[-3:] != [hq, sq, dv] or len(batch) != r - 3:
+        return False
+    for sh in (qs, ks, vs):
+        if any(a not in (1, b) for a, b in zip(sh[:-3], batch, strict=True)):
+            return False
+    m_str = None
+    if mask is not None:
+        ms = [int(x) for x in mask.type.shape]
+        full = [*batch, hq, sq, sk]
+        if len(ms) > len(full):
+            return False
+        ms = [1] * (len(full) - len(ms)) + ms
+        if any(a not in (1, b) for a, b in zip(ms, full, strict=True)):
+            return False
+        st, acc_ = [0] * len(full), 1
+        for i in reversed(range(len(full))):
+            st[i] = 0 if ms[i] == 1 else acc_
+            acc_ *= ms[i]
+        m_str = tuple(st)
+    spec = AttentionSpec(batch, hq, hkv, sq, sk, d, dv, scale, causal,
+                         _bstrides(qs, batch, hq * sq * d), _bstrides(ks, batch, hkv * sk * d),
+                         _bstrides(vs, batch, hkv * sk * dv), m_str, lw.host.lanes)
     scratch = Scratch(f"{name}_scratch",
-                      lw.threads * CHUNKS_PER_THREAD
-                      * spec.scratch_bytes_per_part(lw.host.gemm_tile[1]))
+                      lw.threads * CHUNKS_PER_THREAD * spec.scratch_bytes_per_part())
+    ins = [x for x in (q, k, v, mask) if x is not None]
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return attention_kernel(name, spec, lw.host, loc(out), loc(q), loc(k),  # type: ignore
-                                loc(v), loc(scratch))  # type: ignore[arg-type]
+        return attention_kernel(name, spec, loc(out), loc(q), loc(k), loc(v),  # type: ignore
+                                loc(mask), loc(scratch))  # type: ignore[arg-type]
 
-    flops = 2.0 * spec.heads * spec.sq * spec.sk * (spec.d + spec.dv)
-    lw.steps.append(Step(name, [q, k, v, scratch], [out], gen,
-                           parallel=flops > PARALLEL_FLOPS and spec.heads > 1, op=node.op))
+    flops = 2.0 * spec.heads * sq * sk * (d + dv)
+    units = spec.heads * spec.qblocks
+    lw.steps.append(Step(name, [*ins, scratch], [out], gen,
+                         parallel=flops > PARALLEL_FLOPS and units > 1, op=node.op))
     return True

@@ -1,0 +1,114 @@
+"""The fused attention kernel vs the numpy reference: masks, causal, GQA, odd sizes, threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from satura.engine.graph import Graph
+from satura.targets import compile_graph
+
+from tests.targets.helpers import reference
+
+pytestmark = pytest.mark.llvm
+
+
+def attention_graph(qs, ks, vs, ms=None, seed=0, **attrs):
+    """A graph of one attention node over random fp32 q, k, v (and mask)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("attn")
+    names = ["q", "k", "v"] + (["m"] if ms is not None else [])
+    shapes = [qs, ks, vs] + ([ms] if ms is not None else [])
+    ins = [g.add_input(n, s) for n, s in zip(names, shapes, strict=True)]
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in zip(names, shapes,
+                                                                          strict=True)}
+    g.set_outputs(g.apply("attention", *ins, **{"scale": 0.35, **attrs}))
+    return g, feeds
+
+
+def check(g, feeds, threads=(1, 2)):
+    want = reference(g, feeds)
+    for t in threads:
+        model = compile_graph(g, threads=t)
+        assert model.fallback_nodes == [], model.fallback_nodes
+        got = model(**feeds)
+        for name, w in want.items():
+            np.testing.assert_allclose(got[name], w, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} threads={t}")
+    return want
+
+
+@pytest.mark.parametrize(("qs", "ks", "vs"), [
+    ((1, 2, 5, 8), (1, 2, 5, 8), (1, 2, 5, 8)),
+    ((2, 3, 37, 64), (2, 3, 300, 64), (2, 3, 300, 64)),      # T not a multiple of a block
+    ((1, 2, 130, 64), (1, 2, 1100, 64), (1, 2, 1100, 64)),   # several key blocks: rescaling
+    ((1, 1, 1, 5), (1, 1, 7, 5), (1, 1, 7, 3)),              # S=1, T=7, D=5, Dv=3
+    ((2, 2, 13, 5), (2, 2, 7, 5), (2, 2, 7, 3)),
+    ((3, 24, 16), (3, 40, 16), (3, 40, 24)),                 # no batch dims
+])
+def test_no_mask(qs, ks, vs):
+    check(*attention_graph(qs, ks, vs))
+
+
+@pytest.mark.parametrize("ms", [(20, 29), (2, 1, 1, 29), (2, 3, 20, 29), (3, 20, 1), (29,)])
+def test_mask_broadcast(ms):
+    check(*attention_graph((2, 3, 20, 8), (2, 3, 29, 8), (2, 3, 29, 8), ms))
+
+
+def test_mask_long_rows():
+    check(*attention_graph((1, 2, 50, 32), (1, 2, 700, 32), (1, 2, 700, 16), (1, 2, 50, 700)))
+
+
+@pytest.mark.parametrize(("s", "t"), [(20, 20), (20, 45), (130, 130), (600, 700), (9, 9)])
+def test_causal(s, t):
+    check(*attention_graph((2, 2, s, 16), (2, 2, t, 16), (2, 2, t, 16), causal=1))
+
+
+def test_causal_more_queries_than_keys():
+    """Rows before the diagonal see no key: the reference gives NaN there, and so must we."""
+    g, feeds = attention_graph((1, 2, 12, 8), (1, 2, 5, 8), (1, 2, 5, 8), causal=1)
+    want = check(g, feeds)
+    assert np.isnan(want[g.outputs[0].name][0, :, :7]).all()
+    assert np.isfinite(want[g.outputs[0].name][0, :, 7:]).all()
+
+
+def test_causal_with_mask():
+    check(*attention_graph((2, 2, 30, 8), (2, 2, 30, 8), (2, 2, 30, 8), (30, 30), causal=1))
+
+
+@pytest.mark.parametrize(("hq", "hkv"), [(4, 2), (4, 1), (6, 3)])
+def test_grouped_query(hq, hkv):
+    check(*attention_graph((2, hq, 17, 16), (2, hkv, 33, 16), (2, hkv, 33, 8)))
+
+
+def test_broadcast_batch():
+    check(*attention_graph((3, 2, 10, 8), (1, 2, 12, 8), (3, 2, 12, 8), (3, 1, 10, 1)))
+    check(*attention_graph((1, 4, 10, 8), (2, 4, 12, 8), (1, 4, 12, 8)))
+    check(*attention_graph((2, 1, 4, 10, 8), (1, 3, 2, 12, 8), (2, 3, 2, 12, 8)))
+
+
+def test_masked_out_rows():
+    """Rows with every score -inf give NaN like the reference; a large finite mask does not."""
+    g, feeds = attention_graph((1, 2, 9, 8), (1, 2, 21, 8), (1, 2, 21, 8), (1, 2, 9, 21))
+    feeds["m"][0, 0, 3, :] = -np.inf
+    feeds["m"][0, 1, 5, :] = -100.0
+    feeds["m"][0, 1, 6, ::2] = -np.inf
+    want = check(g, feeds)
+    out = want[g.outputs[0].name]
+    assert np.isnan(out[0, 0, 3]).all()
+    assert np.isfinite(out[0, 1]).all()
+
+
+def test_negative_scale_and_large_scores():
+    g, feeds = attention_graph((1, 2, 11, 8), (1, 2, 19, 8), (1, 2, 19, 8), scale=-3.0)
+    check(g, feeds)
+    g, feeds = attention_graph((1, 2, 11, 8), (1, 2, 19, 8), (1, 2, 19, 8), scale=40.0)
+    check(g, feeds)
+
+
+def test_self_attention_one_tensor():
+    """q, k and v may be one value (the kernel only reads them)."""
+    rng = np.random.default_rng(1)
+    g = Graph("self")
+    x = g.add_input("x", (2, 3, 33, 16))
+    g.set_outputs(g.apply("attention", x, x, x, scale=0.25))
+    check(g, {"x": rng.standard_normal((2, 3, 33, 16)).astype(np.float32)})
