@@ -153,7 +153,7 @@ class _Builder:
         self.rule, self.d, self.dimsrc = rule, dims, dimsrc
         self.inst = Instance(choices=choices)
         self.value_vars = _value_vars(rule)
-        self.fixed_ranks, self.fixed_dtypes = _guard_facts(rule.guard)
+        self.fixed_ranks, self.fixed_dtypes, self.fixed_lens = _guard_facts(rule.guard)
         self.inst.value_vars = list(self.value_vars)
         self.inst.env[VALUES] = {v: z3.Real(f"value({v})") for v in self.value_vars}
         if rule.family_op:
@@ -222,7 +222,9 @@ class _Builder:
             return self.inst.env[name]
         kind = get_op(op).attrs[k].kind
         if (op, k) in DIMS_ATTRS:
-            n = self.choose(("dimslen", name), list(DIMS_ATTRS[(op, k)]))
+            fixed = self.fixed_lens.get(name)
+            n = self.choose(("dimslen", name),
+                            list(DIMS_ATTRS[(op, k)]) if fixed is None else [fixed])
             v: Any = tuple(self.dim(f"{name}.{i}") for i in range(n))
         elif kind == "float":  # any real: a symbolic scalar
             v = z3.Real(f"attr({name})")
@@ -299,17 +301,21 @@ class _Builder:
         return self._apply(t.op, ins, full, self.inst.rhs_conds)
 
 
-def _guard_facts(guard: ast.expr | None) -> tuple[dict[str, int], dict[str, str]]:
-    """Ranks and dtypes the guard fixes outright: its top-level ``and`` terms ``rank(x) == N``
-    and ``dtype(x) == "bool"``. Cases with another rank make the guard false, so they need not
-    be enumerated; a tensor variable is float32 unless the guard says otherwise."""
+def _guard_facts(guard: ast.expr | None
+                 ) -> tuple[dict[str, int], dict[str, str], dict[str, int]]:
+    """Ranks, dtypes and dims-attribute lengths the guard fixes outright: its top-level ``and``
+    terms ``rank(x) == N``, ``dtype(x) == "bool"`` and ``len(s) == N``. Cases with another rank
+    or length make the guard false, so they need not be enumerated (a length may then exceed
+    the enumerated range); a tensor variable is float32 unless the guard says otherwise."""
     ranks: dict[str, int] = {}
     dtypes: dict[str, str] = {}
+    lens: dict[str, int] = {}
     if isinstance(guard, ast.BoolOp) and isinstance(guard.op, ast.And):
         for g in guard.values:
-            r, d = _guard_facts(g)
+            r, d, n = _guard_facts(g)
             ranks.update(r)
             dtypes.update(d)
+            lens.update(n)
     elif isinstance(guard, ast.Compare) and len(guard.ops) == 1 \
             and isinstance(guard.ops[0], ast.Eq):
         a, b = guard.left, guard.comparators[0]
@@ -319,9 +325,11 @@ def _guard_facts(guard: ast.expr | None) -> tuple[dict[str, int], dict[str, str]
                 and isinstance(a.args[0], ast.Name) and isinstance(b, ast.Constant):
             if a.func.id == "rank" and type(b.value) is int and b.value >= 0:
                 ranks[a.args[0].id] = b.value
+            elif a.func.id == "len" and type(b.value) is int and b.value >= 0:
+                lens[a.args[0].id] = b.value
             elif a.func.id == "dtype" and b.value in ("bool", DTYPE):
                 dtypes[a.args[0].id] = b.value
-    return ranks, dtypes
+    return ranks, dtypes, lens
 
 
 def _value_vars(rule: Rule) -> list[str]:

@@ -608,8 +608,23 @@ def _attention(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
         else:
             s = ew(dom.add, s, m)
     if at["causal"]:
-        raise KeyError("attention(causal=1)")
+        return [matmul(dom, _causal_softmax(dom, s), v)]
     return [matmul(dom, softmax(dom, s, -1), v)]
+
+
+def _causal_softmax(dom: Domain, s: Tensor) -> Tensor:
+    """softmax over the last axis of [..., S, T] where query i sees keys j <= i + T - S; the
+    other probabilities are 0. A row that sees no key is undefined (the reference gives NaN)."""
+    sq, sk = s.shape[-2], s.shape[-1]
+    if sq > sk:
+        raise ValueError("causal attention with more queries than keys leaves a row empty")
+    out = np.empty(s.shape, dtype=object)
+    zero = dom.const(0.0)
+    for idx in np.ndindex(*s.shape[:-1]):
+        seen = idx[-1] + sk - sq + 1
+        row = softmax(dom, np.asarray(s[idx][:seen], dtype=object), -1)
+        out[idx] = np.concatenate([row, np.full(sk - seen, zero, dtype=object)])
+    return out
 
 
 SEMANTICS["attention"] = OpSemantics(_attention, ("exp",))
