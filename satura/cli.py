@@ -213,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("satura: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `satura verify | head`: the reader left; nothing more to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python flushes stdout at exit)
+        return 0
 
 
 def _one_line(msg: str) -> str:
