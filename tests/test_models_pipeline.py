@@ -60,3 +60,31 @@ def test_compiled_matches_reference(optimized, name):
     got = satura.compile(r.graph, target="cpu")(**feeds)
     for k, v in want.items():
         assert _rel(got[k], v) < 1e-4, (name, k, _rel(got[k], v))
+
+
+# Recognized fused ops: each family of block is one attention kernel, ResNet's BatchNorms fold.
+FUSED = {"gpt2_block": {"attention": 1, "layer_norm": 2}, "bert_block": {"attention": 1},
+         "llama_block": {"attention": 1, "rms_norm": 2}, "resnet_small": {"batch_norm": 0}}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_fused_ops_recognized(optimized, name):
+    _, _, r = optimized(name)
+    ops = [n.op for n in r.graph.nodes]
+    for op, count in FUSED[name].items():
+        assert ops.count(op) == count, (name, op, ops)
+    if name == "llama_block":
+        assert "expand" not in ops  # grouped-query attention reads the unrepeated k and v
+
+
+@pytest.mark.llvm
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_memory_plan_and_proved_inplace(optimized, name):
+    """Arena within 1.1x the most bytes live at once; every in-place reuse proved by Z3."""
+    _, _, r = optimized(name)
+    model = satura.compile(r.graph, target="cpu")
+    variant = model.variant(example_inputs(name, batch=8)) if hasattr(model, "variant") else model
+    assert variant.arena_bytes <= 1.1 * variant.arena_lower_bound
+    assert [d for d in variant.inplace if d.proof is not True] == []  # none refuted or unknown
+    if name in ("llama_block", "resnet_small"):
+        assert any(d.reused for d in variant.inplace)
