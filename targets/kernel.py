@@ -88,66 +88,191 @@ declare float @llvm.vector.reduce.fmax.v8f32(<8 x float>)
 """
 
 
-# Native fork-join: run kernel(table, p, n) for p in 1..n-1 on new pthreads, part 0 on the caller.
+# A persistent native thread pool, one per model (``runtime.NativePool``). The state block ``%s``
+# (zeroed, 64-byte aligned) keeps each shared word on its own cache line:
+#   0: claim word = gen << 32 | nshares << 16 | next share   64: gen (i32, the futex word)
+#  68: quit flag (i32)   128: active workers   192: sleeping workers   256: kernel   264: table
+#  320 + 8k: worker k's pthread id (k < 64)
+# A run publishes the kernel and table, then the claim word, then bumps gen (waking sleepers).
+# Every thread, the caller included, claims shares by compare-and-swap on the claim word, which
+# fails for a stale generation, so a late worker never runs a share twice or one of another run.
+# The caller returns once it has no share left to claim and no worker is active; the kernel and
+# table are rewritten only then. Workers spin ~POOL_SPIN pauses for the next run, then sleep on
+# the futex (a core shared with other processes is not burned while the model is idle). A worker
+# starts having seen generation 0 (the pool's state before its first run), so however late the
+# thread first runs, it sees every later run and the quit flag.
+POOL_SPIN = 4000
 PARALLEL_RUNNER = """
 declare i32 @pthread_create(ptr, ptr, ptr, ptr)
 declare i32 @pthread_join(i64, ptr)
+declare i64 @syscall(i64, ...)
+declare i32 @sched_yield()
+declare void @llvm.x86.sse2.pause()
 
-define internal ptr @sat_trampoline(ptr %job) {
+define internal void @sat_pool_claim(ptr %s, i64 %gen) {
 entry:
-  %fn = load ptr, ptr %job, align 8
-  %tp = getelementptr i8, ptr %job, i64 8
+  br label %loop
+loop:
+  %v = load atomic i64, ptr %s acquire, align 8
+  %vg = lshr i64 %v, 32
+  %same = icmp eq i64 %vg, %gen
+  br i1 %same, label %check, label %out
+check:
+  %idx = and i64 %v, 65535
+  %n0 = lshr i64 %v, 16
+  %n = and i64 %n0, 65535
+  %left = icmp ult i64 %idx, %n
+  br i1 %left, label %take, label %out
+take:
+  %v1 = add i64 %v, 1
+  %cx = cmpxchg ptr %s, i64 %v, i64 %v1 acq_rel acquire, align 8
+  %ok = extractvalue { i64, i1 } %cx, 1
+  br i1 %ok, label %run, label %loop
+run:
+  %fp = getelementptr i8, ptr %s, i64 256
+  %fn = load ptr, ptr %fp, align 8
+  %tp = getelementptr i8, ptr %s, i64 264
   %t = load ptr, ptr %tp, align 8
-  %pp = getelementptr i8, ptr %job, i64 16
-  %p = load i64, ptr %pp, align 8
-  %np = getelementptr i8, ptr %job, i64 24
-  %n = load i64, ptr %np, align 8
-  call void %fn(ptr %t, i64 %p, i64 %n)
+  call void %fn(ptr %t, i64 %idx, i64 %n)
+  br label %loop
+out:
+  ret void
+}
+
+define internal ptr @sat_pool_worker(ptr %s) {
+entry:
+  %gp = getelementptr i8, ptr %s, i64 64
+  %qp = getelementptr i8, ptr %s, i64 68
+  %ap = getelementptr i8, ptr %s, i64 128
+  %sp = getelementptr i8, ptr %s, i64 192
+  br label %wait
+wait:
+  %seen = phi i32 [0, %entry], [%seen, %nap], [%g, %work]
+  br label %spin
+spin:
+  %k = phi i32 [0, %wait], [%k1, %pause]
+  %g = load atomic i32, ptr %gp acquire, align 4
+  %new = icmp ne i32 %g, %seen
+  br i1 %new, label %woke, label %pause
+pause:
+  call void @llvm.x86.sse2.pause()
+  %k1 = add i32 %k, 1
+  %long = icmp ugt i32 %k1, POOL_SPIN
+  br i1 %long, label %sleep, label %spin
+sleep:
+  %sq = load atomic i32, ptr %qp acquire, align 4
+  %squit = icmp ne i32 %sq, 0
+  br i1 %squit, label %exit, label %nap
+nap:
+  %sl = atomicrmw add ptr %sp, i64 1 seq_cst, align 8
+  %seen64 = zext i32 %seen to i64
+  %fr = call i64 (i64, ...) @syscall(i64 202, ptr %gp, i64 128, i64 %seen64, ptr null)
+  %sl2 = atomicrmw sub ptr %sp, i64 1 seq_cst, align 8
+  br label %wait
+woke:
+  %q = load atomic i32, ptr %qp acquire, align 4
+  %quit = icmp ne i32 %q, 0
+  br i1 %quit, label %exit, label %work
+work:
+  %a1 = atomicrmw add ptr %ap, i64 1 seq_cst, align 8
+  %g64 = zext i32 %g to i64
+  call void @sat_pool_claim(ptr %s, i64 %g64)
+  %a2 = atomicrmw sub ptr %ap, i64 1 seq_cst, align 8
+  br label %wait
+exit:
   ret ptr null
 }
 
-define void @sat_parallel(ptr %fn, ptr %t, i64 %n) {
+define i64 @sat_pool_start(ptr %s, i64 %n) {
 entry:
-  %jobs = alloca [64 x [4 x i64]], align 8
-  %tids = alloca [64 x i64], align 8
-  %i.a = alloca i64, align 8
-  %n1 = call i64 @llvm.umin.i64(i64 %n, i64 64)
-  store i64 1, ptr %i.a
-  br label %spawn
-spawn:
-  %i = load i64, ptr %i.a
-  %more = icmp ult i64 %i, %n1
-  br i1 %more, label %spawn.b, label %self
-spawn.b:
-  %job = getelementptr [4 x i64], ptr %jobs, i64 %i
-  store ptr %fn, ptr %job, align 8
-  %jt = getelementptr i8, ptr %job, i64 8
-  store ptr %t, ptr %jt, align 8
-  %jp = getelementptr i8, ptr %job, i64 16
-  store i64 %i, ptr %jp, align 8
-  %jn = getelementptr i8, ptr %job, i64 24
-  store i64 %n1, ptr %jn, align 8
-  %tid = getelementptr i64, ptr %tids, i64 %i
-  %rc = call i32 @pthread_create(ptr %tid, ptr null, ptr @sat_trampoline, ptr %job)
-  %i2 = add i64 %i, 1
-  store i64 %i2, ptr %i.a
-  br label %spawn
-self:
-  call void %fn(ptr %t, i64 0, i64 %n1)
-  store i64 1, ptr %i.a
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %next]
+  %more = icmp ult i64 %i, %n
+  br i1 %more, label %body, label %done
+body:
+  %off = mul i64 %i, 8
+  %off2 = add i64 %off, 320
+  %tid = getelementptr i8, ptr %s, i64 %off2
+  %rc = call i32 @pthread_create(ptr %tid, ptr null, ptr @sat_pool_worker, ptr %s)
+  %bad = icmp ne i32 %rc, 0
+  br i1 %bad, label %done, label %next
+next:
+  %i1 = add i64 %i, 1
+  br label %loop
+done:
+  ret i64 %i
+}
+
+define void @sat_pool_run(ptr %s, ptr %fn, ptr %t, i64 %n) {
+entry:
+  %gp = getelementptr i8, ptr %s, i64 64
+  %ap = getelementptr i8, ptr %s, i64 128
+  %sp = getelementptr i8, ptr %s, i64 192
+  %fp = getelementptr i8, ptr %s, i64 256
+  store ptr %fn, ptr %fp, align 8
+  %tp = getelementptr i8, ptr %s, i64 264
+  store ptr %t, ptr %tp, align 8
+  %g = load atomic i32, ptr %gp monotonic, align 4
+  %g1 = add i32 %g, 1
+  %g64 = zext i32 %g1 to i64
+  %hi = shl i64 %g64, 32
+  %nn = shl i64 %n, 16
+  %w = or i64 %hi, %nn
+  store atomic i64 %w, ptr %s release, align 8
+  store atomic i32 %g1, ptr %gp seq_cst, align 4
+  %sl = load atomic i64, ptr %sp seq_cst, align 8
+  %any = icmp ne i64 %sl, 0
+  br i1 %any, label %wake, label %work
+wake:
+  %fr = call i64 (i64, ...) @syscall(i64 202, ptr %gp, i64 129, i64 2147483647)
+  br label %work
+work:
+  call void @sat_pool_claim(ptr %s, i64 %g64)
   br label %join
 join:
-  %k = load i64, ptr %i.a
-  %kmore = icmp ult i64 %k, %n1
-  br i1 %kmore, label %join.b, label %done
-join.b:
-  %kt = getelementptr i64, ptr %tids, i64 %k
-  %tv = load i64, ptr %kt, align 8
-  %jr = call i32 @pthread_join(i64 %tv, ptr null)
-  %k2 = add i64 %k, 1
-  store i64 %k2, ptr %i.a
+  %k = phi i32 [0, %work], [%k1, %spin], [%k1, %yield]
+  %a = load atomic i64, ptr %ap seq_cst, align 8
+  %idle = icmp eq i64 %a, 0
+  br i1 %idle, label %done, label %pause
+pause:
+  %k1 = add i32 %k, 1
+  %long = icmp ugt i32 %k1, POOL_SPIN
+  br i1 %long, label %yield, label %spin
+spin:
+  call void @llvm.x86.sse2.pause()
+  br label %join
+yield:
+  %y = call i32 @sched_yield()
   br label %join
 done:
   ret void
 }
-"""
+
+define void @sat_pool_stop(ptr %s, i64 %n) {
+entry:
+  %gp = getelementptr i8, ptr %s, i64 64
+  %qp = getelementptr i8, ptr %s, i64 68
+  store atomic i32 1, ptr %qp seq_cst, align 4
+  %g = load atomic i32, ptr %gp monotonic, align 4
+  %g1 = add i32 %g, 1
+  store atomic i32 %g1, ptr %gp seq_cst, align 4
+  %fr = call i64 (i64, ...) @syscall(i64 202, ptr %gp, i64 129, i64 2147483647)
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %body]
+  %more = icmp ult i64 %i, %n
+  br i1 %more, label %body, label %done
+body:
+  %off = mul i64 %i, 8
+  %off2 = add i64 %off, 320
+  %tidp = getelementptr i8, ptr %s, i64 %off2
+  %tid = load i64, ptr %tidp, align 8
+  %jr = call i32 @pthread_join(i64 %tid, ptr null)
+  %i1 = add i64 %i, 1
+  br label %loop
+done:
+  ret void
+}
+""".replace("POOL_SPIN", str(POOL_SPIN))
+POOL_STATE_BYTES = 320 + 8 * 64

@@ -15,6 +15,7 @@ import itertools
 import os
 import sys
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from satura.engine.errors import CodegenError, InputError
 from satura.engine.graph import Graph, Value
 from satura.engine.ops import run_reference
 from satura.targets import codegen
-from satura.targets.kernel import BASE_ALIGN
+from satura.targets.kernel import BASE_ALIGN, POOL_STATE_BYTES
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
     Lowerer,
@@ -41,7 +42,10 @@ from satura.targets.specialize import SpecializingModel
 import satura
 
 KernelFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-ParallelFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+_PoolStart = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
+_PoolRun = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_int64)
+_PoolStop = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 _OBJECTS: dict[str, bytes] = {}  # IR hash -> object code, for this process
 
 
@@ -78,6 +82,36 @@ def _object_code(ir: str, cache_dir: str | None) -> tuple[bytes, bool]:
         tmp.write_bytes(obj)
         tmp.replace(path)
     return obj, False
+
+
+def _stop_pool(stop: Any, state: np.ndarray, workers: int) -> None:
+    stop(_addr(state), workers)
+
+
+class NativePool:
+    """The model's persistent pthreads (the generated ``sat_pool_*`` functions in its module).
+
+    ``run(kernel, table, shares)`` runs the kernel's shares on the calling thread and the
+    workers, each taking the next unclaimed share, and returns when all are done. Workers are
+    created once, spin briefly after a run, then sleep on a futex until the next one; they are
+    joined when the pool is garbage-collected. Not re-entrant (one run at a time).
+    """
+
+    def __init__(self, jit: codegen.JitModule, workers: int) -> None:
+        self._state = _aligned_empty(POOL_STATE_BYTES)
+        self._state[:] = 0
+        self._run = _PoolRun(jit.address("sat_pool_run"))
+        self._addr = _addr(self._state)
+        self.workers = int(_PoolStart(jit.address("sat_pool_start"))(self._addr, workers))
+        # The finalizer holds the state (not self): the workers read it until they are joined.
+        self._stop = weakref.finalize(self, _stop_pool, _PoolStop(jit.address("sat_pool_stop")),
+                                      self._state, self.workers)
+        if self.workers < workers:
+            self._stop()
+            raise CodegenError(f"could not start {workers} pthreads (started {self.workers})")
+
+    def run(self, kernel: int, table: int, shares: int) -> None:
+        self._run(self._addr, kernel, table, shares)
 
 
 class CompiledModel:
@@ -132,7 +166,6 @@ class CompiledModel:
             self._table[slot] = _addr(arr)
         self._table_addr = ctypes.addressof(self._table)
         self._run: list[tuple[str, Any, bool]] = []
-        self._native = ParallelFn(self._jit.address("sat_parallel"))
         self._addrs: dict[int, int] = {}
         for st in prog.steps:
             if st.gen is not None:
@@ -141,6 +174,9 @@ class CompiledModel:
                 self._run.append(("k", fn, st.parallel))
             else:
                 self._run.append(("f", st, False))
+        self._shares = self.threads * CHUNKS_PER_THREAD
+        if self._shares >= 1 << 16:
+            raise CodegenError(f"threads={self.threads}: too many for the thread pool")
         self._last_out: dict[int, np.ndarray] = {}
         self._bound: dict[int, tuple[np.ndarray, int]] = {}
         self._in_specs = [(v.name, np.dtype(v.type.dtype), tuple(int(d) for d in v.type.shape),
@@ -148,11 +184,12 @@ class CompiledModel:
         self._in_slots = [(id(v), self._slot[id(v)]) for v in graph.inputs]
         outs = {id(v) for v in self._out_vals}
         self._out_plan = [(v, id(v) in outs) for v in graph.outputs]
-        # How large kernels use several cores: False (default) hands shares to a Python thread
-        # pool (ctypes calls release the GIL); True forks pthreads from generated code per call.
-        self.native_threads = False
-        self._pool = (ThreadPoolExecutor(self.threads - 1, thread_name_prefix="satura")
-                      if self.threads > 1 else None)
+        # How large kernels use several cores: True (default) runs their shares on a persistent
+        # native pool (NativePool, ~5 µs a hand-off); False on a Python ThreadPoolExecutor (ctypes
+        # calls release the GIL; ~50-100 µs a hand-off). Both start on the first parallel kernel.
+        self.native_threads = True
+        self._native: NativePool | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self.compile_seconds = time.perf_counter() - t0
 
     # -- facts ------------------------------------------------------------------------------------
@@ -228,15 +265,17 @@ class CompiledModel:
             a = self._output_buffer(v)
             bound[id(v)] = a
             self._bind(self._slot[id(v)], a)
-        addr, n = self._table_addr, self.threads
+        addr, many = self._table_addr, self.threads > 1
         for kind, what, parallel in self._run:
             if kind == "k":
-                if parallel and self.threads > 1 and self.native_threads:
-                    self._native(self._addrs[id(what)], addr, n)
-                elif parallel and self._pool is not None:
-                    self._run_shared(what, addr)
-                else:
+                if not (parallel and many):
                     what(addr, 0, 1)
+                elif self.native_threads:
+                    if self._native is None:
+                        self._native = NativePool(self._jit, self.threads - 1)
+                    self._native.run(self._addrs[id(what)], addr, self._shares)
+                else:
+                    self._run_shared(what, addr)
             else:
                 self._fallback(what, bound)
         result: dict[str, np.ndarray] = {}
@@ -247,7 +286,7 @@ class CompiledModel:
 
     def _run_shared(self, kernel: Any, addr: int) -> None:
         """Run ``kernel``'s shares on this thread and the pool, each taking the next share."""
-        shares = self.threads * CHUNKS_PER_THREAD
+        shares = self._shares
         counter = itertools.count()  # next() is atomic under the GIL
 
         def work() -> None:
@@ -256,7 +295,8 @@ class CompiledModel:
                     return
                 kernel(addr, i, shares)  # ctypes releases the GIL for the call
 
-        assert self._pool is not None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="satura")
         futs = [self._pool.submit(work) for _ in range(self.threads - 1)]
         work()
         for f in futs:

@@ -1,0 +1,152 @@
+"""Kernels split across cores: the native pool and the Python pool give the one-thread results.
+
+Every kernel is made parallel (thresholds set to 0), so each graph runs its shares on two
+threads; the results must equal one thread's (same arithmetic per element) and the numpy
+reference, on repeated calls, and from two Python threads calling two models at once.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import threading
+
+import numpy as np
+import pytest
+from satura.engine.graph import Graph
+from satura.targets import compile_graph
+
+from tests.targets.helpers import reference
+
+pytestmark = pytest.mark.llvm
+
+
+@pytest.fixture(autouse=True)
+def _all_parallel(monkeypatch):
+    # The lowering modules import the thresholds by value: import them all first, patch each.
+    for name in ("lower", "attention", "conv", "pool", "gemm", "rows", "elementwise"):
+        try:
+            mod = importlib.import_module(f"satura.targets.{name}")
+        except ImportError:
+            continue
+        for attr in ("PARALLEL_FLOPS", "PARALLEL_BYTES"):
+            if hasattr(mod, attr):
+                monkeypatch.setattr(mod, attr, 0)
+
+
+def _ew() -> tuple[Graph, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    g = Graph("ew")
+    x = g.add_input("x", (37, 1000))
+    w = g.add_const(rng.standard_normal(1000).astype(np.float32), "w")
+    b = g.add_const(rng.standard_normal((37, 1)).astype(np.float32), "b")
+    g.set_outputs(g.apply("ew", x, w, b,
+                          expr=("gelu", ("add", ("mul", ("in", 0), ("in", 1)), ("in", 2)))))
+    return g, {"x": rng.standard_normal((37, 1000)).astype(np.float32)}
+
+
+def _mlp_norm() -> tuple[Graph, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(2)
+    g = Graph("mlp")
+    x = g.add_input("x", (45, 64))
+    w1 = g.add_const((rng.standard_normal((64, 96)) * 0.1).astype(np.float32), "w1")
+    w2 = g.add_const((rng.standard_normal((96, 64)) * 0.1).astype(np.float32), "w2")
+    h = g.apply("linear", x, w1, act="gelu")
+    y = g.apply("layer_norm", g.apply("linear", h, w2))
+    g.set_outputs(g.apply("softmax", y), h)
+    return g, {"x": rng.standard_normal((45, 64)).astype(np.float32)}
+
+
+def _attention_conv() -> tuple[Graph, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    g = Graph("ac")
+    q = g.add_input("q", (2, 3, 24, 16))
+    img = g.add_input("img", (2, 3, 11, 11))
+    w = g.add_const(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    g.set_outputs(g.apply("attention", q, q, q, scale=0.25),
+                  g.apply("conv", img, w, pads=(1, 1, 1, 1)))
+    return g, {"q": rng.standard_normal((2, 3, 24, 16)).astype(np.float32),
+               "img": rng.standard_normal((2, 3, 11, 11)).astype(np.float32)}
+
+
+GRAPHS = {"ew": _ew, "mlp_norm": _mlp_norm, "attention_conv": _attention_conv}
+
+
+def _check(got: dict[str, np.ndarray], one: dict[str, np.ndarray],
+           want: dict[str, np.ndarray]) -> None:
+    for k in want:
+        np.testing.assert_allclose(got[k], one[k], rtol=1e-6, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_two_threads_equal_one_and_reference(name, native):
+    g, feeds = GRAPHS[name]()
+    one = compile_graph(g, threads=1)
+    two = compile_graph(g, threads=2)
+    two.native_threads = native
+    assert any(p for _, _, p in two._run), "no kernel was made parallel"
+    want = reference(g, feeds)
+    base = one(**feeds)
+    rng = np.random.default_rng(0)
+    for i in range(20):  # repeated calls: the pool is reused, the results stay right
+        if i % 5 == 4:  # new inputs now and then
+            feeds = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in feeds.items()}
+            want, base = reference(g, feeds), one(**feeds)
+        _check(two(**feeds), base, want)
+
+
+def test_elementwise_shares_are_bitwise_equal():
+    g, feeds = _ew()
+    one, two = compile_graph(g, threads=1), compile_graph(g, threads=2)
+    for _ in range(3):
+        np.testing.assert_array_equal(two(**feeds)[g.outputs[0].name],
+                                      one(**feeds)[g.outputs[0].name])
+
+
+def test_two_python_threads_two_models():
+    models = {}
+    for name in ("mlp_norm", "attention_conv"):
+        g, feeds = GRAPHS[name]()
+        models[name] = (compile_graph(g, threads=2), feeds, reference(g, feeds))
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(models))
+
+    def worker(name: str) -> None:
+        model, feeds, want = models[name]
+        try:
+            start.wait()
+            for _ in range(40):
+                got = model(**feeds)
+                for k in want:
+                    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a model call hung"
+    assert not errors, errors[0]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_native_pool_threads_start_once_and_end_with_the_model():
+    def tasks() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    g, feeds = _ew()
+    gc.collect()
+    before = tasks()
+    model = compile_graph(g, threads=3)
+    assert tasks() == before  # started on the first parallel kernel, not at compile time
+    for _ in range(5):
+        model(**feeds)
+    assert tasks() == before + 2  # two workers besides the caller, created once
+    del model
+    gc.collect()
+    assert tasks() == before
