@@ -1,11 +1,25 @@
-"""GEMM kernels: packed B panels, cache tiling, a register-blocked FMA micro-kernel, fused epilogue.
+"""GEMM kernels: packed B panels, cache blocking, an FMA micro-kernel, fused epilogue.
 
 ``C[b] = act(A[b] @ B[b] + bias) + R[b]`` for row-major fp32 operands. B is packed into panels of
 NR columns (``Bp[panel][k][NR]``, zero-padded): at compile time when B is a constant, else by a
-``pack`` kernel. The driver walks K in blocks of KC and rows in blocks of MC; the micro-kernel
-keeps an MR×NR tile of C in vector registers (MR·NR/L accumulators) and does MR·NR/L FMAs per k.
-On the last K block the epilogue (bias, activation, residual) runs on the registers before the
-store. Rows are split between parts (cores).
+``pack`` kernel. The driver walks K in blocks of KC and rows in blocks of MC (BLIS order); for every
+B panel (``KC×NR``, kept in L1 while the row panels pass) it runs the micro-kernel over the row
+block's MR-row panels. The micro-kernel keeps an MR×NR tile of C in vector registers (MR·NR/L
+accumulators) and does MR broadcasts and MR·NR/L FMAs per k; it prefetches its C tile and, on the
+block's last row panel, the next B panel.
+
+A is read in place (row stride K) or, when a part has enough B panels to pay for the copy, first
+packed per (K block, row block) into MR-row panels (``Ap[panel][k][MR]``: one contiguous stream,
+no 4 KiB aliasing between rows whose stride is a multiple of 1 KiB).
+
+On the last K block the epilogue runs: bias (per column, or per row with ``bias_rows``), a cheap
+activation and the residual on the accumulators before the store; a costly activation (GELU, tanh,
+...) in a pass over the row block's stored panel (in L1), whose few live registers do not spill.
+The last, partial B panel goes through a tile buffer.
+
+Parts (cores) take a rectangle of the work: a grid of row shares × panel shares, chosen at compile
+time for every part count from a cost model (``grid``): row shares make every part stream all of
+B, panel shares make every part read (or pack) all of A.
 """
 
 from __future__ import annotations
@@ -16,8 +30,13 @@ import numpy as np
 from satura.targets.irmath import Emitter, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 
-KC = 256
-MC = 96
+KC = 256  # K block: a KC×NR B panel (16 KiB at NR=16) and an MR×KC A panel fit L1 together
+MC = 96   # row block: an MC×KC A block (96 KiB) stays in L2 across all B panels
+# A part packs A when it has at least this many B panels (fewer when rows are 4 KiB apart).
+PACK_MIN_PANELS = 32
+PACK_MIN_PANELS_ALIASED = 16
+MAX_PARTS = 64  # grid table size; more parts than this split rows only
+_CHEAP_ACTS = ("none", "relu")
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,51 @@ class GemmSpec:
         """Floats in one batch's packed B."""
         return self.panels * self.k * self.nr
 
+    @property
+    def units(self) -> int:
+        """MR-row panels over all batches (what row shares divide)."""
+        return self.batch * -(-self.m // self.mr)
+
+    @property
+    def kc(self) -> int:
+        """K block: K cut into equal blocks of at most KC (rounded up to 8)."""
+        blocks = -(-self.k // KC)
+        per = -(-self.k // blocks)
+        return min(self.k, -(-per // 8) * 8)
+
+    @property
+    def mc(self) -> int:
+        """Row block, a multiple of MR (at most M rounded up to MR)."""
+        return min(-(-MC // self.mr) * self.mr, -(-self.m // self.mr) * self.mr)
+
+    @property
+    def pack_min_panels(self) -> int:
+        return PACK_MIN_PANELS_ALIASED if self.k % 1024 == 0 else PACK_MIN_PANELS
+
+    @property
+    def epilogue_in_registers(self) -> bool:
+        """Bias, residual and a cheap activation go on the accumulators; a costly activation in
+        a pass over the stored panel (``_epilogue``)."""
+        return self.act in _CHEAP_ACTS
+
+    def share_cost(self, row_shares: int, panel_shares: int) -> float:
+        """Model of one part's cycles per k for a grid: its FMAs, plus streaming its B panels once
+        per row block, plus reading (or packing) its rows of A."""
+        lanes_fma = 2 * self.lanes  # two FMA pipes
+        rows = min(self.m * self.batch, -(-self.units // row_shares) * self.mr)
+        q = -(-self.panels // panel_shares)
+        compute = rows * q * self.nr / lanes_fma
+        b_stream = 2.0 * q * -(-rows // self.mc)
+        a_read = (0.4 if q >= self.pack_min_panels else 0.25) * rows
+        return compute + b_stream + a_read
+
+    def grid(self, parts: int) -> int:
+        """Row shares for ``parts`` parts (a divisor of it; panel shares = parts / row shares)."""
+        if parts > MAX_PARTS:
+            return parts
+        divs = [d for d in range(1, parts + 1) if parts % d == 0]
+        return min(divs, key=lambda d: (self.share_cost(d, parts // d), -d))
+
 
 def pack_b_numpy(b: np.ndarray, nr: int) -> np.ndarray:
     """Pack a constant [K, N] (or [batch, K, N]) B into zero-padded NR-column panels."""
@@ -65,24 +129,39 @@ def _splat(lines: list[str], vty: str, lanes: int, scalar: str, name: str) -> st
     return name
 
 
-def _ukernel(name: str, s: GemmSpec, mr: int) -> str:
-    """The MR×NR register-tile micro-kernel for ``mr`` rows."""
+def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
+    """The micro-kernel for an ``mr``×NR tile: ``@NAME_u{mr}`` (A packed) or ``@NAME_d{mr}``.
+
+    ``a``: the panel, ``a[k][MR]`` when packed, else ``a[i·K + k]``; ``bp``: a ``[kc][NR]`` B
+    panel; the tile goes to ``c`` (row stride ``ldc``), added to what is there when ``accum``,
+    through the register epilogue when ``last``. ``pfb``: a B panel to prefetch, a line per k.
+    """
     L, nv, vty = s.lanes, s.nr // s.lanes, vec_type(s.lanes)
+    rs, ks = (1, s.mr) if packed else (s.k, 1)  # A(i, k) at a + i·rs + k·ks
     acc = [[f"%c{i}_{v}" for v in range(nv)] for i in range(mr)]
-    out = [f"define internal void @{name}_u{mr}(ptr noalias %a, ptr noalias %bp, i64 %kc, "
-           f"ptr noalias %c, i64 %ldc, i1 %accum, i1 %last, ptr noalias %bias, "
-           f"ptr noalias %res) noinline {{", "entry:", "  br label %k", "k:",
-           "  %kk = phi i64 [0, %entry], [%kn, %k]"]
+    out = [f"define internal void @{name}_{'u' if packed else 'd'}{mr}(ptr noalias %a, "
+           "ptr noalias %bp, i64 %kc, ptr noalias %c, i64 %ldc, i1 %accum, i1 %last, "
+           "ptr noalias %bias, ptr noalias %res, ptr %pfb) noinline {", "entry:"]
+    # The C tile is needed after the k loop: start bringing its lines in now.
+    for i in range(mr):
+        out += [f"  %pf{i}o = mul i64 %ldc, {i}",
+                f"  %pf{i} = getelementptr float, ptr %c, i64 %pf{i}o",
+                f"  call void @llvm.prefetch.p0(ptr %pf{i}, i32 1, i32 3, i32 1)",
+                f"  %pg{i} = getelementptr float, ptr %pf{i}, i64 {s.nr - 1}",
+                f"  call void @llvm.prefetch.p0(ptr %pg{i}, i32 1, i32 3, i32 1)"]
+    out += ["  br label %k", "k:", "  %kk = phi i64 [0, %entry], [%kn, %k]"]
     for i in range(mr):
         for v in range(nv):
             out.append(f"  {acc[i][v]} = phi {vty} [zeroinitializer, %entry], [%n{i}_{v}, %k]")
-    out += [f"  %bo = mul i64 %kk, {s.nr}", "  %bq = getelementptr float, ptr %bp, i64 %bo"]
+    out += [f"  %bo = mul i64 %kk, {s.nr}", "  %bq = getelementptr float, ptr %bp, i64 %bo",
+            f"  %ao = mul i64 %kk, {ks}", "  %aq = getelementptr float, ptr %a, i64 %ao",
+            "  %pfq = getelementptr float, ptr %pfb, i64 %bo",
+            "  call void @llvm.prefetch.p0(ptr %pfq, i32 0, i32 3, i32 1)"]
     for v in range(nv):
         out += [f"  %bq{v} = getelementptr float, ptr %bq, i64 {v * L}",
                 f"  %b{v} = load {vty}, ptr %bq{v}, align 4"]
     for i in range(mr):
-        out += [f"  %ao{i} = add i64 %kk, {i * s.k}",
-                f"  %ap{i} = getelementptr float, ptr %a, i64 %ao{i}",
+        out += [f"  %ap{i} = getelementptr float, ptr %aq, i64 {i * rs}",
                 f"  %as{i} = load float, ptr %ap{i}, align 4"]
         _splat(out, vty, L, f"%as{i}", f"%av{i}")
         for v in range(nv):
@@ -103,101 +182,259 @@ def _ukernel(name: str, s: GemmSpec, mr: int) -> str:
     for i in range(mr):
         for v in range(nv):
             out.append(f"  %m{i}_{v} = phi {vty} [%sum{i}_{v}, %addold], [%n{i}_{v}, %done]")
-    out += ["  br i1 %last, label %epi, label %store", "epi:"]
-    em = Emitter(out, L)
     final = [[f"%m{i}_{v}" for v in range(nv)] for i in range(mr)]
-    for v in range(nv):
+    if s.epilogue_in_registers:
+        out += ["  br i1 %last, label %epi, label %store", "epi:"]
+        em = Emitter(out, L)
         if s.has_bias and not s.bias_rows:
-            out += [f"  %bb{v} = getelementptr float, ptr %bias, i64 {v * L}",
-                    f"  %bv{v} = load {vty}, ptr %bb{v}, align 4"]
+            for v in range(nv):
+                out += [f"  %bb{v} = getelementptr float, ptr %bias, i64 {v * L}",
+                        f"  %bv{v} = load {vty}, ptr %bb{v}, align 4"]
+        for i in range(mr):
+            if s.has_bias and s.bias_rows:
+                out += [f"  %br{i}p = getelementptr float, ptr %bias, i64 {i}",
+                        f"  %br{i} = load float, ptr %br{i}p, align 4"]
+                _splat(out, vty, L, f"%br{i}", f"%brv{i}")
+            for v in range(nv):
+                x = final[i][v]
+                if s.has_bias:
+                    x = em.add(x, f"%brv{i}" if s.bias_rows else f"%bv{v}")
+                x = em.unary(s.act, x)
+                if s.has_res:
+                    out += [f"  %rp{i}_{v} = getelementptr float, ptr %res, i64 %q{i}_{v}",
+                            f"  %rv{i}_{v} = load {vty}, ptr %rp{i}_{v}, align 4"]
+                    x = em.add(x, f"%rv{i}_{v}")
+                out.append(f"  %f{i}_{v} = fadd {vty} {x}, zeroinitializer")
+        out += ["  br label %store", "store:"]
+        for i in range(mr):
+            for v in range(nv):
+                out.append(f"  %z{i}_{v} = phi {vty} [%f{i}_{v}, %epi], [%m{i}_{v}, %merge]")
+        final = [[f"%z{i}_{v}" for v in range(nv)] for i in range(mr)]
     for i in range(mr):
-        if s.has_bias and s.bias_rows:
-            out += [f"  %br{i}p = getelementptr float, ptr %bias, i64 {i}",
-                    f"  %br{i} = load float, ptr %br{i}p, align 4"]
-            _splat(out, vty, L, f"%br{i}", f"%brv{i}")
         for v in range(nv):
-            x = final[i][v]
-            if s.has_bias:
-                x = em.add(x, f"%brv{i}" if s.bias_rows else f"%bv{v}")
-            x = em.unary(s.act, x) if s.act != "tanh" else em.tanh(x)
-            if s.has_res:
-                out += [f"  %rp{i}_{v} = getelementptr float, ptr %res, i64 %q{i}_{v}",
-                        f"  %rv{i}_{v} = load {vty}, ptr %rp{i}_{v}, align 4"]
-                x = em.add(x, f"%rv{i}_{v}")
-            out.append(f"  %f{i}_{v} = fadd {vty} {x}, zeroinitializer")
-    out += ["  br label %store", "store:"]
-    for i in range(mr):
-        for v in range(nv):
-            out.append(f"  %z{i}_{v} = phi {vty} [%f{i}_{v}, %epi], [%m{i}_{v}, %merge]")
-    for i in range(mr):
-        for v in range(nv):
-            out.append(f"  store {vty} %z{i}_{v}, ptr %cp{i}_{v}, align 4")
+            out.append(f"  store {vty} {final[i][v]}, ptr %cp{i}_{v}, align 4")
     out += ["  ret void", "}"]
     return "\n".join(out)
+
+
+def _epilogue(name: str, s: GemmSpec) -> str:
+    """``@NAME_ep(c, ldc, rows, bias, res)``: bias, activation and residual in place over
+    ``rows`` rows of one NR-wide panel of C, a row per iteration."""
+    L, nv, vty = s.lanes, s.nr // s.lanes, vec_type(s.lanes)
+    out = [f"define internal void @{name}_ep(ptr noalias %c, i64 %ldc, i64 %rows, "
+           "ptr noalias %bias, ptr noalias %res) noinline {", "entry:"]
+    if s.has_bias and not s.bias_rows:
+        for v in range(nv):
+            out += [f"  %bb{v} = getelementptr float, ptr %bias, i64 {v * L}",
+                    f"  %bv{v} = load {vty}, ptr %bb{v}, align 4"]
+    out += ["  br label %row", "row:", "  %i = phi i64 [0, %entry], [%in, %row]",
+            "  %ro = mul i64 %i, %ldc"]
+    if s.has_bias and s.bias_rows:
+        out += ["  %brp = getelementptr float, ptr %bias, i64 %i",
+                "  %br = load float, ptr %brp, align 4"]
+        _splat(out, vty, L, "%br", "%brv")
+    em = Emitter(out, L)
+    for v in range(nv):
+        out += [f"  %o{v} = add i64 %ro, {v * L}",
+                f"  %p{v} = getelementptr float, ptr %c, i64 %o{v}",
+                f"  %x{v} = load {vty}, ptr %p{v}, align 4"]
+        x = f"%x{v}"
+        if s.has_bias:
+            x = em.add(x, "%brv" if s.bias_rows else f"%bv{v}")
+        x = em.unary(s.act, x)
+        if s.has_res:
+            out += [f"  %rp{v} = getelementptr float, ptr %res, i64 %o{v}",
+                    f"  %rv{v} = load {vty}, ptr %rp{v}, align 4"]
+            x = em.add(x, f"%rv{v}")
+        out.append(f"  store {vty} {x}, ptr %p{v}, align 4")
+    out += ["  %in = add i64 %i, 1", "  %im = icmp slt i64 %in, %rows",
+            "  br i1 %im, label %row, label %done", "done:", "  ret void", "}"]
+    return "\n".join(out)
+
+
+def _pack_a(name: str, s: GemmSpec) -> str:
+    """``@NAME_pa(src, dst, kc, mr)``: copy ``mr`` rows × ``kc`` of A (row stride K) into a
+    ``[kc][MR]`` panel. Full panels go 8 k at a time: MR vector loads, one interleaving shuffle."""
+    mr, w = s.mr, 8
+    out = [f"define internal void @{name}_pa(ptr noalias %src, ptr noalias %dst, i64 %kc, "
+           "i64 %mr) {", "entry:",
+           f"  %full = icmp eq i64 %mr, {mr}", f"  %kc8 = and i64 %kc, -{w}",
+           "  %hasv = icmp sgt i64 %kc8, 0", "  %vgo = and i1 %full, %hasv",
+           "  br i1 %vgo, label %v, label %vdone", "v:",
+           "  %vk = phi i64 [0, %entry], [%vkn, %v]"]
+    for i in range(mr):
+        out += [f"  %vp{i} = getelementptr float, ptr %src, i64 %vk",
+                f"  %vq{i} = getelementptr float, ptr %vp{i}, i64 {i * s.k}",
+                f"  %r{i} = load <{w} x float>, ptr %vq{i}, align 4"]
+    # Concatenate the rows (padded with poison to a power of two), then interleave them.
+    rows, width = [f"%r{i}" for i in range(mr)], w
+    while len(rows) & (len(rows) - 1):
+        rows.append("poison")
+    level = 0
+    while len(rows) > 1:
+        mask = ", ".join(f"i32 {x}" for x in range(2 * width))
+        nxt = []
+        for p in range(0, len(rows), 2):
+            nm = f"%cat{level}_{p}"
+            out.append(f"  {nm} = shufflevector <{width} x float> {rows[p]}, <{width} x float> "
+                       f"{rows[p + 1]}, <{2 * width} x i32> <{mask}>")
+            nxt.append(nm)
+        rows, width, level = nxt, 2 * width, level + 1
+    mask = ", ".join(f"i32 {i * w + j}" for j in range(w) for i in range(mr))
+    out += [f"  %tr = shufflevector <{width} x float> {rows[0]}, <{width} x float> poison, "
+            f"<{w * mr} x i32> <{mask}>",
+            f"  %vd0 = mul i64 %vk, {mr}", "  %vd = getelementptr float, ptr %dst, i64 %vd0",
+            f"  store <{w * mr} x float> %tr, ptr %vd, align 4",
+            f"  %vkn = add i64 %vk, {w}", "  %vm = icmp slt i64 %vkn, %kc8",
+            "  br i1 %vm, label %v, label %vdone", "vdone:",
+            "  %k0 = select i1 %vgo, i64 %kc8, i64 0",
+            "  %sgo = icmp slt i64 %k0, %kc", "  br i1 %sgo, label %sk, label %ret", "sk:",
+            "  %kk = phi i64 [%k0, %vdone], [%kn, %si.x]", "  br label %si", "si:",
+            "  %ii = phi i64 [0, %sk], [%in, %si]",
+            f"  %so0 = mul i64 %ii, {s.k}", "  %so = add i64 %so0, %kk",
+            "  %sp = getelementptr float, ptr %src, i64 %so", "  %sv = load float, ptr %sp",
+            f"  %do0 = mul i64 %kk, {mr}", "  %do = add i64 %do0, %ii",
+            "  %dp = getelementptr float, ptr %dst, i64 %do", "  store float %sv, ptr %dp",
+            "  %in = add i64 %ii, 1", "  %im = icmp slt i64 %in, %mr",
+            "  br i1 %im, label %si, label %si.x", "si.x:",
+            "  %kn = add i64 %kk, 1", "  %km = icmp slt i64 %kn, %kc",
+            "  br i1 %km, label %sk, label %ret", "ret:", "  ret void", "}"]
+    return "\n".join(out)
+
+
+def _grid_table(name: str, s: GemmSpec) -> str:
+    """``@NAME_grid[p]``: row shares for p parts (entry 0 unused)."""
+    vals = ", ".join(f"i64 {s.grid(p) if p else 1}" for p in range(MAX_PARTS + 1))
+    return f"@{name}_grid = internal unnamed_addr constant [{MAX_PARTS + 1} x i64] [{vals}]"
+
+
+def _range(L: list[str], idx: str, shares: str, total: int, lo: str, hi: str) -> None:
+    """``lo``/``hi``: share ``idx`` of ``shares`` equal shares of ``range(total)``."""
+    L += [f"  {lo}0 = mul i64 {idx}, {total}", f"  {lo} = udiv i64 {lo}0, {shares}",
+          f"  {hi}0 = add i64 {idx}, 1", f"  {hi}1 = mul i64 {hi}0, {total}",
+          f"  {hi} = udiv i64 {hi}1, {shares}"]
 
 
 def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
                 bias: Operand | None, res: Operand | None) -> str:
     """LLVM IR of one batched GEMM with its fused epilogue (all parts' shares)."""
-    parts = [_ukernel(name, s, mr) for mr in range(1, s.mr + 1)]
+    # Packed A: every row count (a partial row panel is always packed); A in place: full panels.
+    parts = [_ukernel(name, s, mr, True) for mr in range(1, s.mr + 1)]
+    parts.append(_ukernel(name, s, s.mr, False))
+    parts += [_pack_a(name, s), _grid_table(name, s)]
+    if not s.epilogue_in_registers:
+        parts.append(_epilogue(name, s))
+    kc, mc, mr = s.kc, s.mc, s.mr
+    upb = -(-s.m // mr)  # row panels per batch
+    full, tail = s.n // s.nr, s.n % s.nr
     L = [body_header(name, 5), "entry:"]
     loops = Loops(L)
-    for v in ("bi", "pc", "ic", "jp", "ir", "ti", "tj"):
+    for v in ("bi", "pc", "ic", "jp", "ir", "ti", "tj", "pr"):
         L.append(f"  %{v}.a = alloca i64, align 8")
-    L.append(f"  %tmp = alloca [{s.mr * s.nr} x float], align 64")
-    share(L, s.m, s.mr, "%m0", "%m1")
-    full, tail = s.n // s.nr, s.n % s.nr
-    loops.open("bi", "0", str(s.batch), 1)
-    L += [f"  %ab = mul i64 %bi, {s.a_batch_stride}",
+    L += [f"  %tmp = alloca [{mr * s.nr} x float], align 64",
+          f"  %apk = alloca [{mc * kc} x float], align 64",
+          # This part's rectangle: row panels [u0, u1) (over all batches) × B panels [p0, p1).
+          f"  %gin = icmp ule i64 %nparts, {MAX_PARTS}",
+          "  %gi = select i1 %gin, i64 %nparts, i64 0",
+          f"  %grp = getelementptr [{MAX_PARTS + 1} x i64], ptr @{name}_grid, i64 0, i64 %gi",
+          "  %gt = load i64, ptr %grp, align 8", "  %sm = select i1 %gin, i64 %gt, i64 %nparts",
+          "  %sn = udiv i64 %nparts, %sm", "  %pm = udiv i64 %part, %sn",
+          "  %pn = urem i64 %part, %sn"]
+    _range(L, "%pm", "%sm", s.units, "%u0", "%u1")
+    _range(L, "%pn", "%sn", s.panels, "%p0", "%p1")
+    L += ["  %np = sub i64 %p1, %p0", "  %nonempty = icmp sgt i64 %np, 0",
+          f"  %dopack = icmp sge i64 %np, {s.pack_min_panels}",
+          f"  %bfirst = udiv i64 %u0, {upb}", f"  %ulast = add i64 %u1, {upb - 1}",
+          f"  %bend0 = udiv i64 %ulast, {upb}",
+          "  %bend = select i1 %nonempty, i64 %bend0, i64 %bfirst"]
+    loops.open("bi", "%bfirst", "%bend", 1)
+    L += [f"  %ub = mul i64 %bi, {upb}", "  %lo0 = sub i64 %u0, %ub",
+          "  %lo = call i64 @llvm.smax.i64(i64 %lo0, i64 0)", "  %hi0 = sub i64 %u1, %ub",
+          f"  %hi = call i64 @llvm.smin.i64(i64 %hi0, i64 {upb})",
+          f"  %r0 = mul i64 %lo, {mr}", f"  %r1a = mul i64 %hi, {mr}",
+          f"  %r1 = call i64 @llvm.smin.i64(i64 %r1a, i64 {s.m})",
+          f"  %ab = mul i64 %bi, {s.a_batch_stride}",
           "  %abp = getelementptr float, ptr %a1, i64 %ab",
           f"  %bb = mul i64 %bi, {s.packed_elems if s.b_batched else 0}",
           "  %bbp = getelementptr float, ptr %a2, i64 %bb",
           f"  %cb = mul i64 %bi, {s.m * s.n}", "  %cbp = getelementptr float, ptr %a0, i64 %cb",
           "  %rbp = getelementptr float, ptr %a4, i64 %cb"]
-    loops.open("pc", "0", str(s.k), KC)
-    L += [f"  %kr = sub i64 {s.k}, %pc", f"  %kc = call i64 @llvm.smin.i64(i64 %kr, i64 {KC})",
+    loops.open("pc", "0", str(s.k), kc)
+    L += [f"  %kr = sub i64 {s.k}, %pc", f"  %kc = call i64 @llvm.smin.i64(i64 %kr, i64 {kc})",
           "  %accum = icmp sgt i64 %pc, 0", "  %kend = add i64 %pc, %kc",
           f"  %last = icmp eq i64 %kend, {s.k}"]
-    loops.open("ic", "%m0", "%m1", MC)
-    L += [f"  %ie0 = add i64 %ic, {MC}", "  %iend = call i64 @llvm.smin.i64(i64 %ie0, i64 %m1)"]
-    loops.open("jp", "0", str(s.panels), 1)
+    loops.open("ic", "%r0", "%r1", mc)
+    L += [f"  %ie0 = add i64 %ic, {mc}", "  %iend = call i64 @llvm.smin.i64(i64 %ie0, i64 %r1)",
+          f"  %iall = sub i64 %iend, %ic", f"  %ifull0 = udiv i64 %iall, {mr}",
+          f"  %ifull1 = mul i64 %ifull0, {mr}", "  %ifull = add i64 %ic, %ifull1",
+          "  %pfrom = select i1 %dopack, i64 %ic, i64 %ifull"]
+    # Pack this row block's A (rows ic..iend, k pc..pc+kc) into MR-row panels: all of them, or
+    # only a partial last one (the in-place micro-kernel takes full panels only).
+    loops.open("pr", "%pfrom", "%iend", mr)
+    L += ["  %prr = sub i64 %iend, %pr", f"  %prm = call i64 @llvm.smin.i64(i64 %prr, i64 {mr})",
+          f"  %pso0 = mul i64 %pr, {s.k}", "  %pso = add i64 %pso0, %pc",
+          "  %psrc = getelementptr float, ptr %abp, i64 %pso",
+          "  %pdo0 = sub i64 %pr, %ic", "  %pdo = mul i64 %pdo0, %kc",
+          "  %pdst = getelementptr float, ptr %apk, i64 %pdo",
+          f"  call void @{name}_pa(ptr %psrc, ptr %pdst, i64 %kc, i64 %prm)"]
+    loops.close("pr", mr)
+    loops.open("jp", "%p0", "%p1", 1)
     L += [f"  %j0 = mul i64 %jp, {s.nr}", f"  %bpo0 = mul i64 %jp, {s.k * s.nr}",
           f"  %bpo1 = mul i64 %pc, {s.nr}", "  %bpo = add i64 %bpo0, %bpo1",
           "  %bpt = getelementptr float, ptr %bbp, i64 %bpo",
+          f"  %bnext = getelementptr float, ptr %bpt, i64 {s.k * s.nr}",
           "  %biasp = getelementptr float, ptr %a3, i64 %j0",
           f"  %isfull = icmp slt i64 %jp, {full}"]
-    loops.open("ir", "%ic", "%iend", s.mr)
-    L += ["  %mrr = sub i64 %iend, %ir", f"  %mr = call i64 @llvm.smin.i64(i64 %mrr, i64 {s.mr})",
-          f"  %ao0 = mul i64 %ir, {s.k}", "  %ao = add i64 %ao0, %pc",
-          "  %at = getelementptr float, ptr %abp, i64 %ao",
+    loops.open("ir", "%ic", "%iend", mr)
+    L += ["  %mrr = sub i64 %iend, %ir", f"  %mr = call i64 @llvm.smin.i64(i64 %mrr, i64 {mr})",
+          "  %apo0 = sub i64 %ir, %ic", "  %apo = mul i64 %apo0, %kc",
+          "  %atp = getelementptr float, ptr %apk, i64 %apo",
+          f"  %ado0 = mul i64 %ir, {s.k}", "  %ado = add i64 %ado0, %pc",
+          "  %atd = getelementptr float, ptr %abp, i64 %ado",
+          f"  %part_rows = icmp slt i64 %mr, {mr}", "  %usep = or i1 %dopack, %part_rows",
+          "  %at = select i1 %usep, ptr %atp, ptr %atd",
+          f"  %case = select i1 %usep, i64 %mr, i64 {mr + 1}",
           f"  %co0 = mul i64 %ir, {s.n}", "  %co = add i64 %co0, %j0",
           "  %ct = getelementptr float, ptr %cbp, i64 %co",
           "  %rt = getelementptr float, ptr %rbp, i64 %co",
           "  %biasr = getelementptr float, ptr %a3, i64 %ir",
           f"  %biast = select i1 {'true' if s.bias_rows else 'false'}, ptr %biasr, ptr %biasp",
+          # The block's last row panel prefetches the next B panel; the others their own.
+          f"  %irl0 = add i64 %ir, {mr}", "  %irl = icmp sge i64 %irl0, %iend",
+          "  %pfb = select i1 %irl, ptr %bnext, ptr %bpt",
           "  br i1 %isfull, label %fsw, label %tsw"]
     for kind in ("f", "t"):
-        cases = " ".join(f"i64 {m}, label %{kind}m{m}" for m in range(1, s.mr + 1))
-        L += [f"{kind}sw:", f"  switch i64 %mr, label %{kind}join [ {cases} ]"]
-        for m in range(1, s.mr + 1):
+        cases = " ".join(f"i64 {m}, label %{kind}m{m}" for m in range(1, mr + 2))
+        L += [f"{kind}sw:", f"  switch i64 %case, label %{kind}join [ {cases} ]"]
+        for m in range(1, mr + 2):
+            fn = f"{name}_u{m}" if m <= mr else f"{name}_d{mr}"
             if kind == "f":
-                args = ("ptr %at, ptr %bpt, i64 %kc, ptr %ct, i64 " + str(s.n)
-                        + ", i1 %accum, i1 %last, ptr %biast, ptr %rt")
+                args = (f"ptr %at, ptr %bpt, i64 %kc, ptr %ct, i64 {s.n}, i1 %accum, i1 %last, "
+                        "ptr %biast, ptr %rt, ptr %pfb")
             else:
                 args = (f"ptr %at, ptr %bpt, i64 %kc, ptr %tmp, i64 {s.nr}, i1 false, i1 false, "
-                        "ptr null, ptr null")
-            L += [f"{kind}m{m}:", f"  call void @{name}_u{m}({args})", f"  br label %{kind}join"]
+                        "ptr null, ptr null, ptr %pfb")
+            L += [f"{kind}m{m}:", f"  call void @{fn}({args})", f"  br label %{kind}join"]
         L.append(f"{kind}join:")
-        if kind == "f":
-            L.append("  br label %irnext")
-        else:
+        if kind == "t":
             L += _tail_copy(s, tail)
-            L.append("  br label %irnext")
+        L.append("  br label %irnext")
     L.append("irnext:")
-    loops.close("ir", s.mr)
+    loops.close("ir", mr)
+    if not s.epilogue_in_registers:
+        # The activation over this row block's full panel, just stored (in L1).
+        L += ["  %epgo = and i1 %last, %isfull", "  br i1 %epgo, label %fep, label %fepx", "fep:",
+              f"  %eco0 = mul i64 %ic, {s.n}", "  %eco = add i64 %eco0, %j0",
+              "  %ect = getelementptr float, ptr %cbp, i64 %eco",
+              "  %ert = getelementptr float, ptr %rbp, i64 %eco",
+              "  %ebr = getelementptr float, ptr %a3, i64 %ic",
+              f"  %ebt = select i1 {'true' if s.bias_rows else 'false'}, ptr %ebr, ptr %biasp",
+              "  %erows = sub i64 %iend, %ic",
+              f"  call void @{name}_ep(ptr %ect, i64 {s.n}, i64 %erows, ptr %ebt, ptr %ert)",
+              "  br label %fepx", "fepx:"]
     loops.close("jp", 1)
-    loops.close("ic", MC)
-    loops.close("pc", KC)
+    loops.close("ic", mc)
+    loops.close("pc", kc)
     loops.close("bi", 1)
     L += ["  ret void", "}"]
     return "\n".join([wrapper(name, [c, a, bp, bias, res]), "\n".join(L), *parts])
@@ -226,7 +463,7 @@ def _tail_copy(s: GemmSpec, tail: int) -> list[str]:
         L += [f"  %tbp = getelementptr float, ptr %biast, i64 {'%ti' if s.bias_rows else '%tj'}",
               "  %tbv = load float, ptr %tbp"]
         x = em.add(x, "%tbv")
-    x = em.unary(s.act, x) if s.act != "tanh" else em.tanh(x)
+    x = em.unary(s.act, x)
     if s.has_res:
         L += ["  %trp = getelementptr float, ptr %rt, i64 %go", "  %trv = load float, ptr %trp"]
         x = em.add(x, "%trv")
