@@ -91,16 +91,36 @@ def test_conv_relu_node_fused(bias):
 
 
 @pytest.mark.parametrize(("x", "m", "k", "attrs"), [
-    ((1, 37, 11, 13), 9, 3, {"pads": (1, 1, 1, 1)}),
-    ((2, 20, 9, 9), 14, 1, {}),
-    ((1, 12, 10, 11), 12, 3, {"group": 2, "strides": (2, 2), "pads": (0, 1, 1, 0),
+    ((1, 37, 11, 16), 9, 3, {"pads": (1, 1, 1, 1)}),
+    ((2, 20, 9, 8), 14, 1, {}),
+    ((1, 12, 10, 16), 12, 3, {"group": 2, "strides": (2, 2), "pads": (0, 1, 1, 0),
                               "act": "relu"}),
+    ((3, 9, 5, 8), 7, 3, {"pads": (1, 1, 1, 1)}),
 ])
 def test_conv_channel_blocks(monkeypatch, x, m, k, attrs):
-    """A small L1 budget splits the input channels into several accumulated blocks."""
+    """A small L1 budget splits the input channels into several accumulated blocks (rows of
+    whole vectors: tiles ending in a partial vector keep one block)."""
     monkeypatch.setattr(conv_mod, "L1_BUDGET", 600)
     g, feeds = conv_graph(x, m, k, seed=3, **attrs)
-    check(g, feeds, threads=1)
+    model = check(g, feeds, threads=1)
+    assert "addold:" in model.llvm_ir  # partial sums added back
+
+
+@pytest.mark.parametrize(("x", "m", "k", "attrs"), [
+    ((2, 13, 7, 7), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),
+    ((2, 13, 6, 16), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),
+    ((1, 10, 9, 12), 25, 1, {}),
+    ((3, 8, 11, 9), 16, 3, {"group": 2, "strides": (2, 2), "pads": (1, 0, 0, 1)}),
+])
+@pytest.mark.parametrize("l1", [600, 1 << 20])
+def test_conv_units_by_weight_blocks(monkeypatch, x, m, k, attrs, l1):
+    """Weights too big for L2: work units take a few output-channel blocks and walk every row
+    (with and without channel blocks)."""
+    monkeypatch.setattr(conv_mod, "WEIGHTS_IN_L2", 1000)
+    monkeypatch.setattr(conv_mod, "WEIGHT_UNIT", 2000)
+    monkeypatch.setattr(conv_mod, "L1_BUDGET", l1)
+    g, feeds = conv_graph(x, m, k, seed=5, **attrs)
+    check(g, feeds)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
