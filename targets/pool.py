@@ -1,9 +1,10 @@
 """2-D max and average pooling, and global average pooling, as generated kernels.
 
-Max and average pooling reuse the window machinery of :mod:`satura.targets.conv`: the input is
-rewritten into phase planes when strided or padded (pads -inf for max, 0 for average, and so are
-the cells a ceil-mode window hangs past the end pad), and each tile of output pixels takes the
-max or the sum over the kernel's taps with one vector load per tap. An average then multiplies
+Max and average pooling reuse the window machinery of :mod:`satura.targets.conv`: when strided
+or padded, each input plane in turn is rewritten into phase planes in the part's scratch (pads
+-inf for max, 0 for average, and so are the cells a ceil-mode window hangs past the end pad) and
+pooled from there while it is in L2; each tile of output pixels takes the max or the sum over the
+kernel's taps with one vector load per tap. An average then multiplies
 by a constant table of 1/count per output pixel, which counts the window's input cells (and its
 explicit pad cells with ``count_include_pad``, never the ceil-mode overhang), as the reference
 does. Global average pooling sums each plane with four vector accumulators.
@@ -29,7 +30,16 @@ from satura.targets.conv import (
 )
 from satura.targets.irmath import fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
-from satura.targets.lower import PARALLEL_BYTES, Lowerer, Ref, Scratch, Step, numel
+from satura.targets.lower import (
+    CHUNKS_PER_THREAD,
+    PARALLEL_BYTES,
+    Lowerer,
+    Ref,
+    Scratch,
+    Step,
+    numel,
+)
+from satura.targets.memory import align
 
 
 def _pool_ukernel(fname: str, kind: str, win: Window, t: Tiling, vecs: list[Vec],
@@ -127,6 +137,8 @@ def lower_pool(lw: Lowerer, node: Node, name: str, kind: str) -> bool:
     win = Window(n * c, h, w, k[0], k[1], oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
     lanes = lw.host.lanes
     t = tiling(win, lanes, choose_nv(oh * ow if win.flat else ow, lanes, win.flat))
+    if n * c == 0:
+        return False
     rc: Value | None = None
     if kind == "avg":
         inc = bool(at.get("count_include_pad", 0))
@@ -137,26 +149,48 @@ def lower_pool(lw: Lowerer, node: Node, name: str, kind: str) -> bool:
         data = np.concatenate([table, np.zeros(lanes, np.float32)])  # slack for whole vectors
         rc = Value(f"{name}_rcount", out.type, data=data)
         lw.extra[id(rc)] = data
-    src: Ref = x
-    if win.prep:
-        planes = Scratch(f"{name}_planes", prep_bytes(win, lanes))
+    work = 4 * (numel(tuple(x.type.shape)) + numel(tuple(out.type.shape)) * len(win.taps()))
+    parallel = work > PARALLEL_BYTES
+    reads: list[Ref] = [x, *([rc] if rc is not None else [])]
+    if not win.prep:
+        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return pool_kernel(name, kind, win, t, loc(out), loc(x), loc(rc))  # type: ignore
+    else:
+        one = Window(1, h, w, k[0], k[1], oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
+        per_part = align(prep_bytes(one, lanes))
+        scratch = Scratch(f"{name}_planes", lw.threads * CHUNKS_PER_THREAD * per_part)
+        reads.append(scratch)
         pad = 0.0 if kind == "avg" else float("-inf")
 
-        def gen_prep(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return prep_kernel(f"{name}_prep", win, loc(x), loc(planes), pad,  # type: ignore
-                               lanes)
+        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return fused_pool_kernel(name, kind, one, t, n * c, per_part, pad, loc(out),
+                                     loc(x), loc(rc), loc(scratch))  # type: ignore
 
-        lw.steps.append(Step(f"{name}_prep", [x], [planes], gen_prep,
-                             parallel=prep_bytes(win, lanes) > PARALLEL_BYTES, op="pad"))
-        src = planes
-
-    def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return pool_kernel(name, kind, win, t, loc(out), loc(src), loc(rc))  # type: ignore
-
-    work = 4 * (numel(tuple(x.type.shape)) + numel(tuple(out.type.shape)) * len(win.taps()))
-    lw.steps.append(Step(name, [src, *([rc] if rc is not None else [])], [out], gen,
-                         parallel=work > PARALLEL_BYTES, op=node.op))
+    lw.steps.append(Step(name, reads, [out], gen, parallel=parallel, op=node.op))
     return True
+
+
+def fused_pool_kernel(name: str, kind: str, one: Window, t: Tiling, planes: int, per_part: int,
+                      pad: float, out: Operand, x: Operand, rc: Operand | None,
+                      scratch: Operand) -> str:
+    """Pooling of strided or padded windows, one input plane at a time: the plane's phase planes
+    are written to this part's scratch (it stays in L2) and pooled from there at once."""
+    dummy = Operand(0)
+    parts = [prep_kernel(f"{name}_pp", one, dummy, dummy, pad, t.lanes),
+             pool_kernel(f"{name}_pk", kind, one, t, dummy, dummy, rc and dummy)]
+    L = [body_header(name, 4), "entry:", "  %p.a = alloca i64, align 8"]
+    loops = Loops(L)
+    share(L, planes, 1, "%p0", "%p1")
+    L += [f"  %so = mul i64 %part, {per_part}", "  %scr = getelementptr i8, ptr %a3, i64 %so"]
+    loops.open("p", "%p0", "%p1", 1)
+    L += [f"  %xo = mul i64 %p, {one.h * one.w}", "  %xp = getelementptr float, ptr %a1, i64 %xo",
+          f"  %oo = mul i64 %p, {one.oh * one.ow}",
+          "  %op = getelementptr float, ptr %a0, i64 %oo",
+          f"  call void @{name}_pp_body(ptr %scr, ptr %xp, i64 0, i64 1)",
+          f"  call void @{name}_pk_body(ptr %op, ptr %scr, ptr %a2, i64 0, i64 1)"]
+    loops.close("p", 1)
+    L += ["  ret void", "}"]
+    return "\n".join([wrapper(name, [out, x, rc, scratch]), "\n".join(L), *parts])
 
 
 def gap_kernel(name: str, planes: int, size: int, lanes: int, out: Operand, x: Operand) -> str:
