@@ -1,10 +1,25 @@
-"""Time satura's CPU target against numpy, onnxruntime and torch on the issue's workloads.
+"""Time satura's CPU target against onnxruntime, torch and numpy: kernels and example models.
 
-Every system runs the same workload with the same thread count; each time is the median of many
-repeats, measured in one run of this script. Prints one table per thread count with the ratio
-onnxruntime-time / satura-time (above 1: satura is faster).
+Two kinds of workload, each run by every system with the same thread count:
 
-    python -m benchmarks.run [--threads 1,2] [--quick]
+* kernels (the issue's list): a satura graph built in code next to the same computation as an
+  ONNX model, a numpy and a torch function;
+* the example models of ``examples/models.py`` end to end at batch 1 and 8: satura runs
+  ``satura.optimize(satura.load(model)).graph``, compiled for the inputs' shapes (the static
+  variant a SpecializingModel makes, timed directly); onnxruntime (all graph optimizations) runs
+  the original model; torch eager and ``torch.compile`` run the same architecture with the same
+  weights (``examples/torch_models.py``) where torch is installed, and a failure prints its reason
+  in the table.
+
+Each time is the median of many repeats with the systems taking turns, so a change in the load
+of the (shared) machine hits all alike. One table per thread count: medians in ms, ``ort/sat`` =
+onnxruntime time / satura time (above 1: satura is faster), ``max Δ`` = largest difference of
+satura's outputs from onnxruntime's (relative to the largest output magnitude, at least 1), and
+``roof`` = satura time / roofline floor for the kernels, where floor = max(flops / peak,
+compulsory bytes / bandwidth): peak is 118 GFLOP/s per core (the issue's measured fp32 FMA peak of
+this machine), bandwidth a numpy copy measured at the start of each table with as many threads.
+
+    python -m benchmarks.run [--threads 1,2] [--quick] [--only ew,gpt2_block,...] [--list]
 """
 
 from __future__ import annotations
@@ -16,6 +31,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +44,9 @@ from satura.targets import compile_graph
 ERF_GELU = ("gelu", ("in", 0))
 
 
+PEAK_PER_CORE = 118e9  # fp32 FLOP/s of one core of this machine (FMA, AVX2 and AVX-512 alike)
+
+
 @dataclass
 class Workload:
     name: str
@@ -37,6 +56,17 @@ class Workload:
     numpy_fn: Callable[[], Any] | None = None
     torch_fn: Callable[[], Any] | None = None
     flops: float = 0.0
+    key: str = ""
+
+
+def compulsory_bytes(g: Graph) -> int:
+    """Bytes a kernel must move at least: its inputs, constants and outputs, once each."""
+    ends = {id(v) for v in [*g.inputs, *g.outputs]}
+    seen: dict[int, int] = {}
+    for v in [*g.inputs, *g.outputs, *(x for n in g.nodes for x in n.inputs if x is not None)]:
+        if id(v) in ends or v.is_const:
+            seen[id(v)] = int(np.prod([int(d) for d in v.type.shape])) * v.type.itemsize
+    return sum(seen.values())
 
 
 def _onnx(nodes: list[Any], inputs: dict[str, np.ndarray], output: str,
@@ -90,7 +120,7 @@ def w_elementwise(rng: np.random.Generator) -> Workload:
         tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
         def tf() -> Any:
             return torch.nn.functional.gelu(tx * tw + tb)
-    return Workload("gelu(x*w+b) 4M", g, {"x": x}, model, None, tf)
+    return Workload("gelu(x*w+b) 4M", g, {"x": x}, model, None, tf, key="ew")
 
 
 def w_layernorm_gelu(rng: np.random.Generator, batch: int = 8) -> Workload:
@@ -109,7 +139,8 @@ def w_layernorm_gelu(rng: np.random.Generator, batch: int = 8) -> Workload:
         tx, ts, tb = (torch.from_numpy(a) for a in (x, s, b))
         def tf() -> Any:
             return torch.nn.functional.gelu(torch.nn.functional.layer_norm(tx, (768,), ts, tb))
-    return Workload(f"LayerNorm+GELU [{batch}*128,768]", g, {"x": x}, model, None, tf)
+    return Workload(f"LayerNorm+GELU [{batch}*128,768]", g, {"x": x}, model, None, tf,
+                    key="ln_gelu")
 
 
 def w_mlp(rng: np.random.Generator, rows: int = 256) -> Workload:
@@ -135,7 +166,7 @@ def w_mlp(rng: np.random.Generator, rows: int = 256) -> Workload:
         def tf() -> Any:
             return torch.nn.functional.gelu(tx @ tw1 + tb1) @ tw2 + tb2
     return Workload(f"MLP 768-3072-768 [{rows},768]", g, {"x": x}, model, None, tf,
-                    flops=2.0 * rows * 768 * 3072 * 2)
+                    flops=2.0 * rows * 768 * 3072 * 2, key="mlp_kernel")
 
 
 def w_attention(rng: np.random.Generator, seq: int, heads: int = 8) -> Workload:
@@ -162,7 +193,7 @@ def w_attention(rng: np.random.Generator, seq: int, heads: int = 8) -> Workload:
         def tf() -> Any:
             return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=0.125)
     return Workload(f"attention s={seq} h={heads} d=64", g, {"q": q, "k": k, "v": v}, model,
-                    nf, tf, flops=4.0 * heads * seq * seq * 64)
+                    nf, tf, flops=4.0 * heads * seq * seq * 64, key=f"attention{seq}")
 
 
 def w_conv(rng: np.random.Generator) -> Workload:
@@ -180,7 +211,7 @@ def w_conv(rng: np.random.Generator) -> Workload:
         def tf() -> Any:
             return torch.nn.functional.conv2d(tx, tw, padding=1)
     return Workload("conv3x3 64->64 56x56", g, {"x": x}, model, None, tf,
-                    flops=2.0 * 64 * 64 * 9 * 56 * 56)
+                    flops=2.0 * 64 * 64 * 9 * 56 * 56, key="conv")
 
 
 def w_gemm(rng: np.random.Generator, n: int = 1024) -> Workload:
@@ -196,7 +227,7 @@ def w_gemm(rng: np.random.Generator, n: int = 1024) -> Workload:
         def tf() -> Any:
             return ta @ tb
     return Workload(f"GEMM {n}^3", g, {"a": a, "b": b}, model, lambda: a @ b, tf,
-                    flops=2.0 * n ** 3)
+                    flops=2.0 * n ** 3, key="gemm")
 
 
 def median_time(fn: Callable[[], Any], budget: float, min_reps: int = 5) -> float:
@@ -205,9 +236,11 @@ def median_time(fn: Callable[[], Any], budget: float, min_reps: int = 5) -> floa
 
 
 def median_times(fns: dict[str, Callable[[], Any]], budget: float,
-                 min_reps: int = 5) -> dict[str, float]:
-    """Median seconds of each function, the systems run in turn within each repeat, so a change
-    in the machine's load (other jobs on shared cores) hits every system alike."""
+                 min_reps: int = 5, rounds: int = 5) -> dict[str, float]:
+    """Median seconds of each function. The systems take turns in ``rounds`` blocks of repeats:
+    a change in the machine's load (other jobs on the shared cores) hits every system alike,
+    while one system's spinning worker threads (onnxruntime's, OpenMP's) mostly stay within its
+    own block instead of taking a core from the next system's every call."""
     one = 0.0
     for fn in fns.values():
         fn()
@@ -215,12 +248,15 @@ def median_times(fns: dict[str, Callable[[], Any]], budget: float,
         fn()
         one += max(time.perf_counter() - t0, 1e-7)
     reps = max(min_reps, min(2000, int(budget * len(fns) / one)))
+    per = max(1, -(-reps // rounds))
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
+    for _ in range(rounds):
         for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
+            fn()  # the block's first call pays for the previous system's threads
+            for _ in range(per):
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -230,79 +266,301 @@ def _set_blas_threads(n: int) -> None:
         ctypes.CDLL(lib).scipy_openblas_set_num_threads64_(n)
 
 
-def run(threads: list[int], budget: float, quick: bool) -> None:
+def copy_bandwidth(threads: int, budget: float, nbytes: int = 64 << 20) -> float:
+    """DRAM bytes/s of a numpy copy of ``nbytes`` split over ``threads`` Python threads (numpy
+    releases the GIL while it copies). A copy moves each byte three times: the read, the read
+    of the destination line before the write (a normal store), the write."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    parts = np.array_split(np.arange(src.size), threads)
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
+    if threads == 1:
+        def copy() -> None:
+            np.copyto(dst, src)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(threads)
+
+        def copy() -> None:
+            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
+    return 3 * nbytes / median_time(copy, budget)
+
+
+# -- the example models ----------------------------------------------------------------------------
+@dataclass
+class ModelCase:
+    """One example model at one batch size, with everything each system needs to run it."""
+
+    name: str
+    batch: int
+    proto: Any                     # onnx.ModelProto
+    graph: Graph                   # satura.optimize(satura.load(proto)).graph
+    feeds: dict[str, np.ndarray]
+    optimize_seconds: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.batch}"
+
+
+def model_cases(names: list[str], batches: tuple[int, ...]) -> list[ModelCase]:
+    """Load and optimize each example once; one case per batch size."""
+    import satura
+    from examples.models import EXAMPLES, example_inputs
+
+    cases = []
+    for name in names:
+        proto = EXAMPLES[name]()
+        t0 = time.perf_counter()
+        graph = satura.optimize(satura.load(proto)).graph
+        secs = time.perf_counter() - t0
+        for b in batches:
+            cases.append(ModelCase(name, b, proto, graph, example_inputs(name, batch=b), secs))
+    return cases
+
+
+def _torch_model(case: ModelCase, compiled: bool) -> tuple[Callable[[], Any] | None, str]:
+    """(torch forward, '') or (None, why not): eager or torch.compile, the example's weights."""
+    torch = _torch()
+    if torch is None:
+        return None, "torch not installed"
+    try:
+        from examples.torch_models import build, load_onnx_weights
+
+        with warnings.catch_warnings():  # torch warns of the read-only onnx weight arrays
+            warnings.simplefilter("ignore", UserWarning)
+            module = load_onnx_weights(build(case.name), case.proto)
+        ins = tuple(torch.from_numpy(a) for a in case.feeds.values())
+        fwd = torch.compile(module) if compiled else module
+
+        def fn() -> Any:
+            with torch.no_grad():
+                return fwd(*ins)
+
+        fn()  # compiles (torch.compile) and checks it runs
+        return fn, ""
+    except Exception as e:  # reported in the table, never fatal
+        why = " ".join(f"{type(e).__name__}: {e}".split())
+        return None, why[:70]
+
+
+# -- one table per thread count -----------------------------------------------------------------
+@dataclass
+class Row:
+    key: str
+    name: str
+    times: dict[str, float]            # system -> median seconds
+    notes: dict[str, str]              # system -> why it has no time
+    max_diff: float                    # satura vs onnxruntime, relative to max(1, |ort|max)
+    compile_seconds: float
+    fallback: list[str]
+    roof: float = math.nan             # satura time / roofline floor (kernels)
+
+    @property
+    def ratio(self) -> float:
+        return self.times.get("ort", math.nan) / self.times["satura"]
+
+
+def _ort_session(model: bytes, threads: int) -> Any:
     import onnxruntime as ort
 
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def _max_diff(got: dict[str, np.ndarray], sess: Any, ref: list[np.ndarray]) -> float:
+    names = [o.name for o in sess.get_outputs()]
+    vals = list(got.values())
+    worst = 0.0
+    for i, (n, r) in enumerate(zip(names, ref, strict=True)):
+        a = got[n] if n in got else vals[i]
+        scale = max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
+        worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - r))) / scale
+                    if r.size else 0.0)
+    return worst
+
+
+def kernel_row(w: Workload, threads: int, budget: float, peak: float, bw: float) -> Row:
+    model = compile_graph(w.graph, threads=threads)
+    sess = _ort_session(w.onnx_model, threads)
+    diff = _max_diff(model(**w.feeds), sess, sess.run(None, w.feeds))
+    fns: dict[str, Callable[[], Any]] = {"satura": lambda: model(**w.feeds),
+                                         "ort": lambda: sess.run(None, w.feeds)}
+    if w.numpy_fn:
+        fns["numpy"] = w.numpy_fn
+    if w.torch_fn:
+        fns["torch"] = w.torch_fn
+    med = median_times(fns, budget)
+    floor = max(w.flops / peak, compulsory_bytes(w.graph) / bw)
+    return Row(w.key, w.name, med, {}, diff, model.compile_seconds, model.fallback_nodes,
+               med["satura"] / floor)
+
+
+def model_row(case: ModelCase, threads: int, budget: float, torch_compile: bool) -> Row:
+    from satura.targets.specialize import SpecializingModel
+
+    t0 = time.perf_counter()
+    spec = compile_graph(case.graph, threads=threads)
+    model = spec.variant(case.feeds) if isinstance(spec, SpecializingModel) else spec
+    compile_s = time.perf_counter() - t0
+    sess = _ort_session(case.proto.SerializeToString(), threads)
+    diff = _max_diff(model(**case.feeds), sess, sess.run(None, case.feeds))
+    fns: dict[str, Callable[[], Any]] = {"satura": lambda: model(**case.feeds),
+                                         "ort": lambda: sess.run(None, case.feeds)}
+    notes: dict[str, str] = {}
+    systems = [("torch", False)] + ([("t.compile", True)] if torch_compile else [])
+    for label, compiled in systems:
+        fn, why = _torch_model(case, compiled)
+        if fn is not None:
+            fns[label] = fn
+        else:
+            notes[label] = why
+    if not torch_compile:
+        notes["t.compile"] = "skipped (--quick / --no-torch-compile)"
+    med = median_times(fns, budget)
+    return Row(case.key, f"{case.name} batch {case.batch}", med, notes, diff, compile_s,
+               model.fallback_nodes)
+
+
+COLS = [("satura", 9), ("ort", 9), ("ort/sat", 7), ("torch", 9), ("t.compile", 9),
+        ("numpy", 9), ("roof", 6), ("max Δ", 7), ("compile s", 9)]
+
+
+def format_table(threads: int, rows: list[Row], bw: float) -> str:
+    """One markdown table; notes (why a system has no time) and fallbacks follow it."""
+    out = [f"\n## {threads} thread(s): median ms; ort/sat = onnxruntime / satura (>1: satura "
+           f"faster); roof = satura / max(flops / {PEAK_PER_CORE * threads / 1e9:.0f} GFLOP/s, "
+           f"bytes / {bw / 1e9:.1f} GB/s DRAM bandwidth of a numpy copy)"]
+    head = f"| {'workload':30} | " + " | ".join(f"{c:>{w}}" for c, w in COLS) + " | fallback |"
+    out += [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+    notes: list[str] = []
+    for r in rows:
+        cells = []
+        for c, w in COLS:
+            if c == "ort/sat":
+                v = f"{r.ratio:.2f}"
+            elif c == "roof":
+                v = "-" if math.isnan(r.roof) else f"{r.roof:.1f}x"
+            elif c == "max Δ":
+                v = f"{r.max_diff:.0e}"
+            elif c == "compile s":
+                v = f"{r.compile_seconds:.2f}"
+            elif c in r.times:
+                v = f"{r.times[c] * 1e3:.3f}"
+            else:
+                v = "n/a" if c in r.notes else "-"
+                if c in r.notes and r.notes[c] not in notes:
+                    notes.append(r.notes[c])
+                if c in r.notes:
+                    v = f"n/a[{notes.index(r.notes[c]) + 1}]"
+            cells.append(f"{v:>{w}}")
+        kinds = sorted({n.split("_")[0] for n in r.fallback})
+        fb = f"{len(r.fallback)}: {','.join(kinds)}" if r.fallback else "-"
+        out.append(f"| {r.name:30} | " + " | ".join(cells) + f" | {fb[:40]} |")
+    out += [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
+    return "\n".join(out)
+
+
+def kernel_makers(quick: bool) -> list[tuple[str, Callable[[], Workload]]]:
+    """(key, builder) of each kernel workload."""
     rng = np.random.default_rng(0)
-    works = [w_elementwise(rng), w_layernorm_gelu(rng), w_mlp(rng)]
-    works += [w_attention(rng, s) for s in ((128,) if quick else (128, 256, 512))]
-    works += [w_conv(rng), w_gemm(rng)]
+    makers: list[tuple[str, Callable[[], Workload]]] = [
+        ("ew", lambda: w_elementwise(rng)), ("ln_gelu", lambda: w_layernorm_gelu(rng)),
+        ("mlp_kernel", lambda: w_mlp(rng))]
+    makers += [(f"attention{s}", lambda s=s: w_attention(rng, s))
+               for s in ((128,) if quick else (128, 256, 512))]
+    makers += [("conv", lambda: w_conv(rng)), ("gemm", lambda: w_gemm(rng))]
+    return makers
+
+
+def kernel_workloads(quick: bool, only: set[str] | None = None) -> list[Workload]:
+    """The selected kernel workloads (only those are built)."""
+    return [make() for key, make in kernel_makers(quick) if _selected(key, only)]
+
+
+def _selected(key: str, only: set[str] | None) -> bool:
+    return only is None or key in only or key.split("@")[0] in only
+
+
+def run(threads: list[int], budget: float, quick: bool, only: set[str] | None = None,
+        torch_compile: bool = True, models: tuple[str, ...] | None = None,
+        batches: tuple[int, ...] = (1, 8), print_fn: Callable[[str], None] = print
+        ) -> dict[int, list[Row]]:
+    """Measure the selected workloads for each thread count; print and return the rows."""
+    from examples.models import EXAMPLES
+
+    works = kernel_workloads(quick, only)
+    names = [n for n in (models or tuple(EXAMPLES))
+             if any(_selected(f"{n}@{b}", only) for b in batches)]
+    cases = [c for c in model_cases(names, batches) if _selected(c.key, only)]
     torch = _torch()
+    tables: dict[int, list[Row]] = {}
     for t in threads:
         _set_blas_threads(t)
         if torch is not None:
             torch.set_num_threads(t)
-        print(f"\n## {t} thread(s) — median ms (ratio = onnxruntime / satura)")
-        head = (f"| {'workload':34} | {'satura':>8} | {'numpy':>8} | {'onnxrt':>8} | {'torch':>8} "
-                f"| {'ort/sat':>7} | {'sat GF/s':>8} | compile s | fallback |")
-        print(head)
-        print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-        for w in works:
-            model = compile_graph(w.graph, threads=t)
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.intra_op_num_threads, so.inter_op_num_threads = t, 1
-            sess = ort.InferenceSession(w.onnx_model, so, providers=["CPUExecutionProvider"])
-            fns: dict[str, Callable[[], Any]] = {
-                "satura": lambda m=model, f=w.feeds: m(**f),
-                "ort": lambda s=sess, f=w.feeds: s.run(None, f)}
-            if w.numpy_fn:
-                fns["numpy"] = w.numpy_fn
-            if w.torch_fn:
-                fns["torch"] = w.torch_fn
-            med = median_times(fns, budget)
-            ts, to = med["satura"], med["ort"]
-            tn, tt = med.get("numpy", math.nan), med.get("torch", math.nan)
-            gf = f"{w.flops / ts / 1e9:8.1f}" if w.flops else f"{'':8}"
-            fb = ",".join(sorted({n.split('_')[0] for n in model.fallback_nodes})) or "-"
-            print(f"| {w.name:34} | {ts * 1e3:8.3f} | {tn * 1e3:8.3f} | {to * 1e3:8.3f} | "
-                  f"{tt * 1e3:8.3f} | {to / ts:7.2f} | {gf} | {model.compile_seconds:9.2f} | "
-                  f"{fb} |")
+        bw = copy_bandwidth(t, budget)
+        rows = [kernel_row(w, t, budget, PEAK_PER_CORE * t, bw) for w in works]
+        rows += [model_row(c, t, budget, torch_compile and not quick) for c in cases]
+        tables[t] = rows
+        print_fn(format_table(t, rows, bw))
+    return tables
 
 
-def parallel_overhead(budget: float) -> None:
-    """Cost of handing a kernel's shares to a second core: Python pool vs pthreads from LLVM."""
+def parallel_overhead(budget: float, print_fn: Callable[[str], None] = print) -> None:
+    """Cost of handing a kernel's shares to a second core: Python pool vs the native pool."""
     from satura.targets import lower
 
     saved = lower.PARALLEL_BYTES
     lower.PARALLEL_BYTES = 0  # make every kernel parallel
-    print("\n## two-core hand-off: tanh over n floats, median µs per model call")
-    print(f"| {'n':>9} | {'1 thread':>9} | {'2: pool':>9} | {'2: pthread':>10} |")
-    print("|-----------|-----------|-----------|------------|")
+    lines = ["\n## two-core hand-off: tanh over n floats, median µs per model call",
+             f"| {'n':>9} | {'1 thread':>9} | {'2: python pool':>14} | {'2: native pool':>14} |",
+             "|-----------|-----------|----------------|----------------|"]
     try:
         for n in (4096, 262144, 4194304):
             g = Graph("tanh")
             x = g.add_input("x", (n,))
             g.set_outputs(g.apply("tanh", x))
             one, pool, native = (compile_graph(g, threads=t) for t in (1, 2, 2))
-            native.native_threads = True
+            pool.native_threads, native.native_threads = False, True
             xv = np.random.default_rng(0).random(n, dtype=np.float32)
             t = median_times({"1": lambda m=one, a=xv: m(x=a), "pool": lambda m=pool, a=xv: m(x=a),
                               "native": lambda m=native, a=xv: m(x=a)}, budget)
-            print(f"| {n:9} | {t['1'] * 1e6:9.1f} | {t['pool'] * 1e6:9.1f} | "
-                  f"{t['native'] * 1e6:10.1f} |")
+            lines.append(f"| {n:9} | {t['1'] * 1e6:9.1f} | {t['pool'] * 1e6:14.1f} | "
+                         f"{t['native'] * 1e6:14.1f} |")
     finally:
         lower.PARALLEL_BYTES = saved
+    print_fn("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    ap.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
-    ap.add_argument("--quick", action="store_true", help="fewer workloads")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds per measurement (default 0.4, --quick 0.15)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer attention sizes, shorter measurements, no torch.compile")
+    ap.add_argument("--only", default="", help="comma-separated workload keys (see --list); a "
+                    "model name selects both batch sizes, name@batch one")
+    ap.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--list", action="store_true", help="print the workload keys and exit")
     args = ap.parse_args()
-    run([int(t) for t in args.threads.split(",")], args.budget, args.quick)
-    parallel_overhead(args.budget)
+    if args.list:
+        from examples.models import EXAMPLES
+
+        print(*[k for k, _ in kernel_makers(False)], *EXAMPLES)
+        return
+    only = {k.strip() for k in args.only.split(",") if k.strip()} or None
+    budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.4)
+    t0 = time.perf_counter()
+    run([int(t) for t in args.threads.split(",")], budget, args.quick, only,
+        torch_compile=not args.no_torch_compile)
+    if only is None:
+        parallel_overhead(budget)
+    print(f"\n(total {time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""The benchmark's code path on tiny work: tables come out and satura agrees with onnxruntime.
+
+No timing is asserted (speed claims come from ``make bench``); this checks that the script runs
+end to end, both for a kernel workload and for an example model, on one and two threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the benchmark compares against onnxruntime")
+pytestmark = [pytest.mark.llvm, pytest.mark.onnx]
+
+
+def test_bench_tables_for_a_kernel_and_an_example_model():
+    from benchmarks import run as bench
+
+    printed: list[str] = []
+    tables = bench.run([1, 2], budget=0.005, quick=True, only={"ew", "mlp_small@1"},
+                       torch_compile=False, print_fn=printed.append)
+    assert sorted(tables) == [1, 2]
+    for t, rows in tables.items():
+        assert [r.key for r in rows] == ["ew", "mlp_small@1"]
+        for r in rows:
+            assert r.max_diff < 1e-5, (t, r.name, r.max_diff)  # satura == onnxruntime
+            assert r.times["satura"] > 0 and r.times["ort"] > 0
+            assert not r.fallback, r.fallback
+        assert math.isfinite(rows[0].roof) and rows[0].roof > 0  # kernels get a roofline
+        assert math.isnan(rows[1].roof)
+    text = "\n".join(printed)
+    assert text.count("| workload") == 2
+    for needle in ("## 1 thread(s)", "## 2 thread(s)", "| gelu(x*w+b) 4M", "| mlp_small batch 1"):
+        assert needle in text, needle
+
+
+def test_bench_selection_and_keys():
+    from benchmarks import run as bench
+
+    keys = [k for k, _ in bench.kernel_makers(False)]
+    assert len(keys) == len(set(keys))
+    assert bench._selected("gpt2_block@8", {"gpt2_block"})
+    assert bench._selected("gpt2_block@8", {"gpt2_block@8"})
+    assert not bench._selected("gpt2_block@1", {"gpt2_block@8"})
+    assert bench._selected("ew", None)
+    assert [w.key for w in bench.kernel_workloads(True, {"attention128"})] == ["attention128"]
