@@ -19,6 +19,8 @@ from satura.engine.errors import ModelError, SaturaError
 from satura.engine.interpret import run_graph
 from satura.engine.onnx_import import load_onnx
 
+import satura
+
 ALLOWLIST = Path(__file__).with_name("node_allowlist.txt")
 
 # The op families satura claims (the acceptance list of the project brief).
@@ -101,8 +103,9 @@ def _array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def run_case(case: Any) -> Outcome:
-    """Import and run one node test case; compare with its expected outputs."""
+def run_case(case: Any, target: str = "reference") -> Outcome:
+    """Import and run one node test case (``target``: the reference executor, or ``cpu``:
+    compiled code); compare with its expected outputs."""
     try:
         for ins, outs in case.data_sets:
             feeds = _feeds(case, ins)
@@ -114,7 +117,8 @@ def run_case(case: Any) -> Outcome:
                 model = _freeze_int_inputs(case.model, feeds)
                 graph = load_onnx(model)
                 feeds = {k: v for k, v in feeds.items() if v.dtype.kind not in "iu"}
-            got = run_graph(graph, feeds)
+            got = (run_graph(graph, feeds) if target == "reference"
+                   else satura.compile(graph, target=target)(**feeds))
             for vo, want in zip(case.model.graph.output, outs, strict=True):
                 want = _array(want)
                 have = got[vo.name]
@@ -136,8 +140,8 @@ def run_case(case: Any) -> Outcome:
 
 
 @functools.cache
-def outcomes() -> dict[str, Outcome]:
-    """Every family case's outcome, computed once per session."""
+def outcomes(target: str = "reference") -> dict[str, Outcome]:
+    """Every family case's outcome on ``target``, computed once per session."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        return {name: run_case(c) for name, c in sorted(family_cases().items())}
+        return {name: run_case(c, target) for name, c in sorted(family_cases().items())}

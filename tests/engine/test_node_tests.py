@@ -1,4 +1,5 @@
-"""ONNX's backend node tests (shipped in the onnx package) through load_onnx + run_graph.
+"""ONNX's backend node tests (shipped in the onnx package) through load_onnx + run_graph, and
+through the compiled CPU target.
 
 Every allow-listed case must pass; the count test prints how many of the op families' cases
 pass. Integer graph inputs that are static parameters (axes, shapes) are frozen into
@@ -36,3 +37,11 @@ def test_node_case_counts() -> None:
         print(f"{len(not_listed)} passing cases are not allow-listed yet: {not_listed[:10]}")
     assert passed_single >= 330
     assert len(ALLOWED) == len(set(ALLOWED)), "duplicate names in node_allowlist.txt"
+
+
+@pytest.mark.llvm
+@pytest.mark.parametrize("name", ALLOWED)
+def test_allowlisted_node_case_passes_compiled(name: str) -> None:
+    """The same cases through satura.compile's CPU target (kernels where lowered)."""
+    result = outcomes("cpu")[name]
+    assert result.ok, f"{name}: {result.detail}"
