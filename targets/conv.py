@@ -599,6 +599,22 @@ def conv_kernel(name: str, s: ConvSpec, out: Operand, x: Operand, wp: Operand,
                       "\n".join(L), *parts])
 
 
+def prep_conv_kernel(name: str, s: ConvSpec, lanes: int, out: Operand, x: Operand,
+                     wp: Operand, bias: Operand | None, planes: Operand,
+                     panels: Operand | None) -> str:
+    """LLVM IR of one serial kernel writing the phase planes and then convolving them."""
+    dummy = Operand(0)
+    parts = [prep_kernel(f"{name}_pp", s.win, dummy, dummy, 0.0, lanes),
+             conv_kernel(f"{name}_cv", s, dummy, dummy, dummy, bias and dummy,
+                         panels and dummy)]
+    extra = ", ptr %a5" if s.packed else ""
+    L = [body_header(name, 6), "entry:",
+         "  call void @" + name + "_pp_body(ptr %a4, ptr %a1, i64 0, i64 1)",
+         "  call void @" + name + "_cv_body(ptr %a0, ptr %a4, ptr %a2, ptr %a3" + extra
+         + ", i64 %part, i64 %nparts)", "  ret void", "}"]
+    return "\n".join([wrapper(name, [out, x, wp, bias, planes, panels]), "\n".join(L), *parts])
+
+
 # Copy each tile into a contiguous panel first when at least this many output-channel blocks
 # of a work unit read it and the window is flat or strided (PACK forces it on or off). Measured
 # here: 1.1-1.2x on 1×1 and strided convolutions, whose tiles gather from many planes; 3% slower
@@ -753,7 +769,23 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
     packed = Value(f"{name}_wpack", w.type, data=pack_weights(wdata, group, mr))
     lw.extra[id(packed)] = packed.data  # type: ignore[assignment]
     steps: list[Step] = []
+    panels = Scratch(f"{name}_panels", lw.threads * CHUNKS_PER_THREAD * spec.panel_bytes) \
+        if pack else None
+    parallel = spec.flops > PARALLEL_FLOPS
+    prep_parallel = prep_bytes(win, lanes) > PARALLEL_BYTES
     src: Ref = x
+    if win.prep and not parallel and not prep_parallel:
+        # One kernel: the phase planes, then the convolution (one call from the runtime).
+        planes = Scratch(f"{name}_planes", prep_bytes(win, lanes))
+
+        def gen_both(loc: Callable[[Ref | None], Operand | None]) -> str:
+            return prep_conv_kernel(name, spec, lanes, loc(out), loc(x),  # type: ignore
+                                    loc(packed), loc(bias), loc(planes), loc(panels))
+
+        steps.append(Step(name, [x, packed, planes, *[r for r in (bias, panels) if r]], [out],
+                          gen_both, op=node.op))
+        lw.steps += steps
+        return True
     if win.prep:
         planes = Scratch(f"{name}_planes", prep_bytes(win, lanes))
 
@@ -761,19 +793,16 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
             return prep_kernel(f"{name}_prep", win, loc(x), loc(planes), 0.0,  # type: ignore
                                lanes)
 
-        steps.append(Step(f"{name}_prep", [x], [planes], gen_prep,
-                          parallel=prep_bytes(win, lanes) > PARALLEL_BYTES, op="pad"))
+        steps.append(Step(f"{name}_prep", [x], [planes], gen_prep, parallel=prep_parallel,
+                          op="pad"))
         src = planes
-
-    panels = Scratch(f"{name}_panels", lw.threads * CHUNKS_PER_THREAD * spec.panel_bytes) \
-        if pack else None
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
         return conv_kernel(name, spec, loc(out), loc(src), loc(packed), loc(bias),  # type: ignore
                            loc(panels))
 
     steps.append(Step(name, [src, packed, *[r for r in (bias, panels) if r is not None]], [out],
-                      gen, parallel=spec.flops > PARALLEL_FLOPS, op=node.op))
+                      gen, parallel=parallel, op=node.op))
     lw.steps += steps
     return True
 
