@@ -25,9 +25,11 @@ def test_bench_tables_for_a_kernel_and_an_example_model():
         assert [r.key for r in rows] == ["ew", "mlp_small@1"]
         for r in rows:
             assert r.max_diff < 1e-5, (t, r.name, r.max_diff)  # satura == onnxruntime
-            assert r.times["satura"] > 0 and r.times["ort"] > 0
+            assert r.times["satura"] > 0
+            assert r.times["ort"] > 0
             assert not r.fallback, r.fallback
-        assert math.isfinite(rows[0].roof) and rows[0].roof > 0  # kernels get a roofline
+        assert math.isfinite(rows[0].roof)
+        assert rows[0].roof > 0
         assert math.isnan(rows[1].roof)
     text = "\n".join(printed)
     assert text.count("| workload") == 2
