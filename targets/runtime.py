@@ -177,7 +177,7 @@ class CompiledModel:
         self._shares = self.threads * CHUNKS_PER_THREAD
         if self._shares >= 1 << 16:
             raise CodegenError(f"threads={self.threads}: too many for the thread pool")
-        self._last_out: dict[int, np.ndarray] = {}
+        self._last_out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._bound: dict[int, tuple[np.ndarray, int]] = {}
         self._in_specs = [(v.name, np.dtype(v.type.dtype), tuple(int(d) for d in v.type.shape),
                            self._slot[id(v)], id(v)) for v in graph.inputs]
@@ -304,13 +304,18 @@ class CompiledModel:
 
     def _output_buffer(self, v: Value) -> np.ndarray:
         # A fresh large array costs a page fault per 4 KiB on first write (~1 ms per 4 MiB): reuse
-        # the previous call's output when the caller no longer holds it.
-        prev = self._last_out.get(id(v))
-        if prev is not None and sys.getrefcount(prev) <= 3:
-            return prev
-        a = _aligned_empty(numel(v.type.shape) * np.dtype(v.type.dtype).itemsize).view(
-            v.type.dtype).reshape(tuple(int(d) for d in v.type.shape))
-        self._last_out[id(v)] = a
+        # the previous call's output when the caller holds neither it nor a view of it. Holders
+        # of the array: _last_out, _bound, ``prev`` and getrefcount's argument; of its memory
+        # (``raw``, the base every view of it points to): the array, _last_out, ``raw``, argument.
+        last = self._last_out.get(id(v))
+        if last is not None:
+            prev, raw = last
+            if sys.getrefcount(prev) <= 4 and sys.getrefcount(raw) <= 4:
+                return prev
+            del prev, raw
+        raw = _aligned_empty(numel(v.type.shape) * np.dtype(v.type.dtype).itemsize)
+        a = raw.view(v.type.dtype).reshape(tuple(int(d) for d in v.type.shape))
+        self._last_out[id(v)] = (a, raw.base if raw.base is not None else raw)
         return a
 
     def _array(self, v: Value, bound: dict[int, np.ndarray]) -> np.ndarray:

@@ -150,3 +150,28 @@ def test_native_pool_threads_start_once_and_end_with_the_model():
     del model
     gc.collect()
     assert tasks() == before
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_results_held_by_the_caller_are_never_overwritten(threads):
+    g, feeds = _ew()
+    model = compile_graph(g, threads=threads)
+    name = g.outputs[0].name
+    rng = np.random.default_rng(5)
+    held, wants = [], []
+    for _ in range(4):  # results kept whole
+        feeds = {"x": rng.standard_normal((37, 1000)).astype(np.float32)}
+        held.append(model(**feeds)[name])
+        wants.append(reference(g, feeds)[name])
+    view = model(**feeds)[name][1:2]      # only a view is kept: its memory must stay its own
+    want_view = reference(g, feeds)[name][1:2]
+    for _ in range(3):
+        model(x=rng.standard_normal((37, 1000)).astype(np.float32))
+    for got, want in zip(held, wants, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(view, want_view, rtol=1e-5, atol=2e-6)
+    del held
+    a = model(**feeds)[name]
+    addr = a.ctypes.data
+    del a
+    assert model(**feeds)[name].ctypes.data == addr  # a dropped result's buffer is reused
