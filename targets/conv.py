@@ -12,14 +12,22 @@ along a plane row (``qx == 0`` for all taps, e.g. 1×1 kernels), a plane row is 
 row, so the output plane is walked as one flat row of OH·OW pixels.
 
 **Convolution** (``conv_kernel``). Weights are constants, packed here at compile time into blocks
-of MR output channels ``Wp[g][mb][c][tap][MR]``. The micro-kernel keeps an MR (output channels)
-× NV·L (output pixels of one row) tile of accumulators in vector registers; per input channel and
-tap it loads NV input vectors straight from the plane and broadcasts MR weights, then adds the
-bias, applies the activation and stores. A work unit is (image, group, output row, column chunk);
-units are split between parts (cores). The input tile stays in L1 while all channel blocks of the
-group run over it; the group's packed weights stay in L2. The last tile of a row may be partial:
-its loads run past the row (into the next row, or into the slack the planes buffer ends with; when
-the input is read in place, lane by lane) and its stores are lane by lane.
+of MR output channels ``Wp[g][mb][c][tap][MR]`` (a following inference batch norm folded in). The
+micro-kernel keeps an MR (output channels) × NV vectors (output pixels) tile of accumulators in
+registers; per input channel and tap it loads NV input vectors and broadcasts MR weights, then
+adds the bias, applies the activation (``act``, or a relu-like op that follows) and stores. MR
+and NV come from a cycle estimate (``choose_tile``). A tile's vectors lie in one output row; the
+partial tails of ``rg`` consecutive rows share one tile, so narrow rows still fill the registers.
+Partial vectors load past the row (into the next row, or the slack after the planes; lane by lane
+when the input is read in place) and store lane by lane.
+
+Loop order: a work unit is (image·group, rows, column chunk) and runs every output-channel block
+over each tile while the tile is in L1 and the group's weights in L2; when the weights exceed L2
+(``WEIGHTS_IN_L2``) a unit is instead a few output-channel blocks that walk every row. Input
+channels are cut into blocks that fit L1 with the weights (``L1_BUDGET``; partial sums added back
+in the output). For flat and strided windows each tile is first copied into a contiguous
+per-part panel (``PACK_BLOCKS``). Units are split between parts (cores); a serial convolution
+writes its phase planes in the same kernel.
 """
 
 from __future__ import annotations

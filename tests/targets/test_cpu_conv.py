@@ -92,14 +92,14 @@ def test_conv_relu_node_fused(bias):
 
 @pytest.mark.parametrize(("x", "m", "k", "attrs"), [
     ((1, 37, 11, 16), 9, 3, {"pads": (1, 1, 1, 1)}),
-    ((2, 20, 9, 8), 14, 1, {}),
-    ((1, 12, 10, 16), 12, 3, {"group": 2, "strides": (2, 2), "pads": (0, 1, 1, 0),
+    ((2, 20, 8, 8), 14, 1, {}),
+    ((1, 12, 10, 32), 12, 3, {"group": 2, "strides": (2, 2), "pads": (0, 1, 1, 0),
                               "act": "relu"}),
-    ((3, 9, 5, 8), 7, 3, {"pads": (1, 1, 1, 1)}),
+    ((3, 9, 5, 16), 7, 3, {"pads": (1, 1, 1, 1)}),
 ])
 def test_conv_channel_blocks(monkeypatch, x, m, k, attrs):
     """A small L1 budget splits the input channels into several accumulated blocks (rows of
-    whole vectors: tiles ending in a partial vector keep one block)."""
+    whole 8- and 16-lane vectors: tiles ending in a partial vector keep one block)."""
     monkeypatch.setattr(conv_mod, "L1_BUDGET", 600)
     g, feeds = conv_graph(x, m, k, seed=3, **attrs)
     model = check(g, feeds, threads=1)
