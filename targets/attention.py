@@ -304,9 +304,10 @@ def _ukernel(fname: str, mr: int, nr: int, lanes: int, lda: int, ldb: int, ldc: 
     ninf = "<" + ", ".join([f"float {fconst(float('-inf'))}"] * lanes) + ">"
     res = [[f"%f{i}_{v}" for v in range(nv)] for i in range(mr)]
     if kind == "qk":
-        for i in range(mr):
-            for v in range(nv):
-                res[i][v] = em.mul(res[i][v], em.const(scale))
+        if scale != 1.0:
+            for i in range(mr):
+                for v in range(nv):
+                    res[i][v] = em.mul(res[i][v], em.const(scale))
         # columns past the limit: -inf (only when the limit falls inside this tile)
         out += [f"  %cut = icmp slt i64 %lim, {nr}", "  br i1 %cut, label %mask, label %st",
                 "mask:"]
@@ -421,8 +422,11 @@ def _transpose8(ir: _IR, rows: list[str]) -> list[str]:
 
 
 def _pack_k(fname: str, s: AttentionSpec) -> str:
-    """``fname(dst, src)``: kᵀ of one kv head ([T, D]) into zero-padded ``[T/NR][D][NR]``."""
+    """``fname(dst, src)``: kᵀ·scale·log2(e) of one kv head ([T, D]) into zero-padded
+    ``[T/NR][D][NR]``."""
     ir, nr, d, t = _IR(s.lanes), s.nr, s.d, s.sk
+    k1 = fconst(s.scale * LOG2E)  # the scores' factor, applied here once per key
+    k8 = "<" + ", ".join([f"float {k1}"] * 8) + ">"
     g_per = nr // 8
     d8 = d // 8 * 8
     with ir.loop(0, t // 8) as q:               # groups of 8 keys, all inside T
@@ -438,11 +442,13 @@ def _pack_k(fname: str, s: AttentionSpec) -> str:
                 cols = _transpose8(ir, rows)
                 for e in range(8):
                     off = ir.mul(ir.add(c, e), nr)
-                    ir.do(f"store <8 x float> {cols[e]}, ptr {ir.gep(dst, off)}, align 4")
+                    y = ir(f"fmul <8 x float> {cols[e]}, {k8}")
+                    ir.do(f"store <8 x float> {y}, ptr {ir.gep(dst, off)}, align 4")
         if d8 < d:
             with ir.loop(d8, d) as c:
                 for r in range(8):
                     x = ir(f"load float, ptr {ir.gep(src, ir.add(c, r * d))}, align 4")
+                    x = ir(f"fmul float {x}, {k1}")
                     ir.do(f"store float {x}, ptr {ir.gep(dst, ir.add(ir.mul(c, nr), r))}, align 4")
     with ir.loop(t // 8 * 8, s.kpanels * nr) as j:  # the last keys and the zero padding
         p = ir(f"udiv i64 {j}, {nr}")
@@ -454,6 +460,7 @@ def _pack_k(fname: str, s: AttentionSpec) -> str:
         with ir.loop(0, d) as c:
             x = ir(f"load float, ptr {ir.gep(src, c)}, align 4")
             x = ir(f"select i1 {inb}, float {x}, float 0.0")
+            x = ir(f"fmul float {x}, {k1}")
             ir.do(f"store float {x}, ptr {ir.gep(dst, ir.mul(c, nr))}, align 4")
     ir.do("ret void")
     return ir.func(f"define internal void @{fname}(ptr noalias %dst, ptr noalias %src) {{")
@@ -496,13 +503,13 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
     max ``m`` and sum ``l`` (log2 domain), writes ``alpha`` = 2^(m_old - m_new) and turns the
     scores into p = 2^(x - m_new) for the first ``kb`` keys.
     """
-    ir, lanes, bc = _IR(s.lanes), s.lanes, s.bc
+    ir, lanes, bc, nr = _IR(s.lanes), s.lanes, s.bc, s.nr
     vty = ir.vty
     em, e1 = Emitter(ir.L, lanes), Emitter(ir.L, 1)
     ninf = fconst(float("-inf"))
     vninf = "<" + ", ".join([f"float {ninf}"] * lanes) + ">"
     log2e = em.const(LOG2E)
-    kbv = ir(f"and i64 {ir(f'add i64 %kb, {lanes - 1}')}, {-lanes}")
+    kbn = ir(f"and i64 {ir(f'add i64 %kb, {nr - 1}')}, {-nr}")
     with ir.loop(0, "%rows") as r:
         srow = ir.gep("%sb", ir.mul(r, bc))
         if s.m_str is None:
@@ -547,15 +554,21 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
         ms = ir(f"select i1 {isinf}, float 0.0, float {m_new}")
         alpha = exp2(e1, e1.sub(m_old, ms))
         msv = ir.splat(ms)
-        sm = ir.var(vty, "zeroinitializer")
-        with ir.loop(0, kbv, lanes) as j:
-            sp = ir.gep(srow, j)
-            x = ir(f"load {vty}, ptr {sp}, align 4")
-            pv = exp2(em, em.sub(x, msv))
-            ir.do(f"store {vty} {pv}, ptr {sp}, align 4")
-            old = ir(f"load {vty}, ptr {sm}")
-            ir.do(f"store {vty} {em.add(old, pv)}, ptr {sm}")
-        rs = hreduce(ir, em, ir(f"load {vty}, ptr {sm}"), "add")
+        # NR floats a step, one sum per vector (no serial chain of adds); the keys past kb up to
+        # the NR-padded end are -inf (set by the q·kᵀ kernel) and give p = 0.
+        sms = [ir.var(vty, "zeroinitializer") for _ in range(nr // lanes)]
+        with ir.loop(0, kbn, nr) as j:
+            for q, sm in enumerate(sms):
+                sp = ir.gep(srow, ir.add(j, q * lanes))
+                x = ir(f"load {vty}, ptr {sp}, align 4")
+                pv = exp2(em, em.sub(x, msv))
+                ir.do(f"store {vty} {pv}, ptr {sp}, align 4")
+                old = ir(f"load {vty}, ptr {sm}")
+                ir.do(f"store {vty} {em.add(old, pv)}, ptr {sm}")
+        acc = ir(f"load {vty}, ptr {sms[0]}")
+        for sm in sms[1:]:
+            acc = em.add(acc, ir(f"load {vty}, ptr {sm}"))
+        rs = hreduce(ir, em, acc, "add")
         l_old = ir(f"load float, ptr {lp}, align 4")
         ir.do(f"store float {e1.fma(l_old, alpha, rs)}, ptr {lp}, align 4")
         ir.do(f"store float {m_new}, ptr {mp}, align 4")
@@ -574,7 +587,7 @@ def attention_kernel(name: str, s: AttentionSpec, out: Operand, q: Operand, k: O
     ldv = nr if s.pack_v else dv
     vty = vec_type(lanes)
     ninf = fconst(float("-inf"))
-    parts = [_ukernel(f"{name}_qk{m}", m, nr, lanes, d, nr, bc, "qk", s.scale * LOG2E,
+    parts = [_ukernel(f"{name}_qk{m}", m, nr, lanes, d, nr, bc, "qk", 1.0,
                       s.causal) for m in range(1, mr + 1)]
     parts += [_ukernel(f"{name}_pv{m}", m, nr, lanes, bc, ldv, dvp, "pv", 1.0, False)
               for m in range(1, mr + 1)]
