@@ -35,6 +35,7 @@ MC = 96   # row block: an MC×KC A block (96 KiB) stays in L2 across all B panel
 # A part packs A when it has at least this many B panels (fewer when rows are 4 KiB apart).
 PACK_MIN_PANELS = 32
 PACK_MIN_PANELS_ALIASED = 16
+PF_L2_PANELS = 1  # every micro-kernel call prefetches the B panel this far ahead into L2
 MAX_PARTS = 64  # grid table size; more parts than this split rows only
 _CHEAP_ACTS = ("none", "relu")
 
@@ -134,14 +135,15 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
 
     ``a``: the panel, ``a[k][MR]`` when packed, else ``a[i·K + k]``; ``bp``: a ``[kc][NR]`` B
     panel; the tile goes to ``c`` (row stride ``ldc``), added to what is there when ``accum``,
-    through the register epilogue when ``last``. ``pfb``: a B panel to prefetch, a line per k.
+    through the register epilogue when ``last``. ``pfb``, ``pfl2``: B panels to prefetch a line of
+    per k, into L1 and into L2.
     """
     L, nv, vty = s.lanes, s.nr // s.lanes, vec_type(s.lanes)
     rs, ks = (1, s.mr) if packed else (s.k, 1)  # A(i, k) at a + i·rs + k·ks
     acc = [[f"%c{i}_{v}" for v in range(nv)] for i in range(mr)]
     out = [f"define internal void @{name}_{'u' if packed else 'd'}{mr}(ptr noalias %a, "
            "ptr noalias %bp, i64 %kc, ptr noalias %c, i64 %ldc, i1 %accum, i1 %last, "
-           "ptr noalias %bias, ptr noalias %res, ptr %pfb) noinline {", "entry:"]
+           "ptr noalias %bias, ptr noalias %res, ptr %pfb, ptr %pfl2) noinline {", "entry:"]
     # The C tile is needed after the k loop: start bringing its lines in now.
     for i in range(mr):
         out += [f"  %pf{i}o = mul i64 %ldc, {i}",
@@ -156,7 +158,9 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
     out += [f"  %bo = mul i64 %kk, {s.nr}", "  %bq = getelementptr float, ptr %bp, i64 %bo",
             f"  %ao = mul i64 %kk, {ks}", "  %aq = getelementptr float, ptr %a, i64 %ao",
             "  %pfq = getelementptr float, ptr %pfb, i64 %bo",
-            "  call void @llvm.prefetch.p0(ptr %pfq, i32 0, i32 3, i32 1)"]
+            "  call void @llvm.prefetch.p0(ptr %pfq, i32 0, i32 3, i32 1)",
+            "  %pfr = getelementptr float, ptr %pfl2, i64 %bo",
+            "  call void @llvm.prefetch.p0(ptr %pfr, i32 0, i32 2, i32 1)"]
     for v in range(nv):
         out += [f"  %bq{v} = getelementptr float, ptr %bq, i64 {v * L}",
                 f"  %b{v} = load {vty}, ptr %bq{v}, align 4"]
@@ -365,7 +369,7 @@ def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
           f"  %last = icmp eq i64 %kend, {s.k}"]
     loops.open("ic", "%r0", "%r1", mc)
     L += [f"  %ie0 = add i64 %ic, {mc}", "  %iend = call i64 @llvm.smin.i64(i64 %ie0, i64 %r1)",
-          f"  %iall = sub i64 %iend, %ic", f"  %ifull0 = udiv i64 %iall, {mr}",
+          "  %iall = sub i64 %iend, %ic", f"  %ifull0 = udiv i64 %iall, {mr}",
           f"  %ifull1 = mul i64 %ifull0, {mr}", "  %ifull = add i64 %ic, %ifull1",
           "  %pfrom = select i1 %dopack, i64 %ic, i64 %ifull"]
     # Pack this row block's A (rows ic..iend, k pc..pc+kc) into MR-row panels: all of them, or
@@ -402,6 +406,7 @@ def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
           # The block's last row panel prefetches the next B panel; the others their own.
           f"  %irl0 = add i64 %ir, {mr}", "  %irl = icmp sge i64 %irl0, %iend",
           "  %pfb = select i1 %irl, ptr %bnext, ptr %bpt",
+          f"  %pf2 = getelementptr float, ptr %bpt, i64 {PF_L2_PANELS * s.k * s.nr}",
           "  br i1 %isfull, label %fsw, label %tsw"]
     for kind in ("f", "t"):
         cases = " ".join(f"i64 {m}, label %{kind}m{m}" for m in range(1, mr + 2))
@@ -410,10 +415,10 @@ def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
             fn = f"{name}_u{m}" if m <= mr else f"{name}_d{mr}"
             if kind == "f":
                 args = (f"ptr %at, ptr %bpt, i64 %kc, ptr %ct, i64 {s.n}, i1 %accum, i1 %last, "
-                        "ptr %biast, ptr %rt, ptr %pfb")
+                        "ptr %biast, ptr %rt, ptr %pfb, ptr %pf2")
             else:
                 args = (f"ptr %at, ptr %bpt, i64 %kc, ptr %tmp, i64 {s.nr}, i1 false, i1 false, "
-                        "ptr null, ptr null, ptr %pfb")
+                        "ptr null, ptr null, ptr %pfb, ptr %pf2")
             L += [f"{kind}m{m}:", f"  call void @{fn}({args})", f"  br label %{kind}join"]
         L.append(f"{kind}join:")
         if kind == "t":

@@ -6,6 +6,7 @@ generated code.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import re
 
@@ -123,19 +124,49 @@ def test_batched_matmul_runtime_b(always_parallel, a, b):
         _rel_close(got[g.outputs[0].name], want, f"{a}@{b} threads={threads}")
 
 
+def _gemm_alone(spec: gemm_mod.GemmSpec, a, bpacked, bias, res):
+    """JIT one gemm_kernel alone; returns a function (part, nparts) and the output array."""
+    from satura.targets.irmath import INTRINSICS
+    from satura.targets.kernel import PRELUDE, Operand
+
+    out = np.full((spec.batch, spec.m, spec.n), np.nan, np.float32)
+    bufs = [out, a, bpacked, bias, res]
+    ir = gemm_mod.gemm_kernel("g", spec, *[Operand(i) if x is not None else None
+                                           for i, x in enumerate(bufs)])
+    jit = codegen.JitModule(codegen.emit_object(codegen.optimize_ir(
+        "\n".join([PRELUDE, *INTRINSICS, ir]))))
+    table = (ctypes.c_void_p * 5)(*[x.ctypes.data if x is not None else 0 for x in bufs])
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
+        jit.address("g"))
+
+    def run(part: int, nparts: int) -> None:
+        fn(ctypes.addressof(table), part, nparts)
+
+    run.keep = (jit, table, bufs)  # type: ignore[attr-defined]
+    return run, out
+
+
 @pytest.mark.parametrize("act", ["relu", "gelu"])
-def test_conv_bias_per_row_with_activation(act):
-    """Conv's GEMM: bias per output channel (row), in registers (relu) or the panel pass (gelu)."""
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 5, 11, 9)).astype(np.float32)
-    w = rng.standard_normal((19, 5, 3, 3)).astype(np.float32) * 0.2
-    b = rng.standard_normal(19).astype(np.float32)
-    g = Graph("conv")
-    xv = g.add_input("x", x.shape)
-    g.set_outputs(g.apply("conv", xv, g.add_const(w), g.add_const(b), pads=(1, 1, 1, 1), act=act))
-    want = run_reference("conv", [x, w, b], {"pads": (1, 1, 1, 1), "act": act})[0]
-    _, got = _run(g, {"x": x}, threads=1)
-    _rel_close(got[g.outputs[0].name], want, "conv")
+@pytest.mark.parametrize("parts", [1, 3, 8])
+def test_bias_per_row_and_shared_a(act, parts):
+    """``bias_rows`` (a bias per output row, applied in registers for relu and in the panel pass
+    for gelu) with one A for every batch (``a_batch_stride`` 0) and a B per batch."""
+    host = codegen.host_target()
+    mr, nr = host.gemm_tile
+    rng = np.random.default_rng(parts)
+    batch, m, k, n = 3, 19, 45, 70
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((batch, k, n)).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
+    res = rng.standard_normal((batch, m, n)).astype(np.float32)
+    spec = gemm_mod.GemmSpec(batch, m, n, k, 0, True, True, True, act, mr, nr, host.lanes,
+                             bias_rows=True)
+    run, out = _gemm_alone(spec, a, gemm_mod.pack_b_numpy(b, nr), bias, res)
+    for p in range(parts):
+        run(p, parts)
+    want = (a @ b) + bias[:, None]
+    want = run_reference("gelu", [want], {})[0] if act == "gelu" else np.maximum(want, 0)
+    _rel_close(out, want + res, f"bias_rows {act}")
 
 
 @pytest.mark.parametrize("pack", [True, False])
