@@ -184,7 +184,9 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float,
 
 
 def prep_bytes(win: Window, lanes: int) -> int:
-    return 4 * (win.planes * win.plane_stride + lanes)
+    """The planes and the slack after them: row-split packing reads up to a row and two vectors
+    past a plane's last row (the lanes it discards)."""
+    return 4 * (win.planes * win.plane_stride + 2 * (win.wq + lanes))
 
 
 # -- tiles ----------------------------------------------------------------------------------------
@@ -399,6 +401,7 @@ class ConvSpec:
     cb: int     # input channels per block (the micro-kernel's reduction)
     per_unit: int = 0  # channel blocks per work unit (0: all, units are rows)
     packed: bool = False  # tiles copied into a per-part panel [channel][tap][NV·L] first
+    split: bool = False   # packed tiles of the flat output, vectors split between two rows
 
     @property
     def panel_bytes(self) -> int:
@@ -575,11 +578,28 @@ def conv_kernel(name: str, s: ConvSpec, out: Operand, x: Operand, wp: Operand,
         j = counter[0]
         counter[0] += 1
         p = f"%p{j}"
-        ps, tw = s.win.plane_stride, t.tw
+        ps, tw, lanes = s.win.plane_stride, t.tw, t.lanes
+        vty, base = vec_type(lanes), xt
+        if s.split:  # flat output position -> (row, column) -> plane offset, per vector
+            w, gap = s.win.ow, s.win.wq - s.win.ow
+            ity = f"<{lanes} x i64>"
+            ids = "<" + ", ".join(f"i64 {i}" for i in range(lanes)) + ">"
+            L += [f"  {p}pa = ptrtoint ptr {xt} to i64", f"  {p}pb = ptrtoint ptr %xbase to i64",
+                  f"  {p}pc = sub i64 {p}pa, {p}pb", f"  {p}px = udiv exact i64 {p}pc, 4"]
+            for v, (xo, _, _) in enumerate(vecs):
+                q = f"{p}s{v}"
+                L += [f"  {q}f = add i64 {p}px, {xo}", f"  {q}r = udiv i64 {q}f, {w}",
+                      f"  {q}c = urem i64 {q}f, {w}", f"  {q}o0 = mul i64 {q}r, {s.win.wq}",
+                      f"  {q}o = add i64 {q}o0, {q}c", f"  {q}n = sub i64 {w}, {q}c",
+                      f"  {q}ni = insertelement {ity} poison, i64 {q}n, i64 0",
+                      f"  {q}ns = shufflevector {ity} {q}ni, {ity} poison, "
+                      f"<{lanes} x i32> zeroinitializer",
+                      f"  {q}m = icmp ult {ity} {ids}, {q}ns"]
+            base = "%xbase"
         L += [f"  {p}o = mul i64 %part, {s.panel_bytes}",
               f"  {p}pan = getelementptr i8, ptr %a4, i64 {p}o",
               f"  {p}x0 = mul i64 {kb}, {s.cb * ps}",
-              f"  {p}x = getelementptr float, ptr {xt}, i64 {p}x0",
+              f"  {p}x = getelementptr float, ptr {base}, i64 {p}x0",
               f"  {p}c1 = mul i64 {kb}, {s.cb}", f"  {p}c2 = sub i64 {s.cg}, {p}c1",
               f"  {p}nc = call i64 @llvm.smin.i64(i64 {p}c2, i64 {s.cb})",
               f"  br label %q{j}pre", f"q{j}pre:", f"  br label %q{j}h", f"q{j}h:",
@@ -590,12 +610,22 @@ def conv_kernel(name: str, s: ConvSpec, out: Operand, x: Operand, wp: Operand,
               f"  {p}src = getelementptr float, ptr {p}x, i64 {p}so",
               f"  {p}do = mul i64 {p}c, {s.kk * tw}",
               f"  {p}dst = getelementptr float, ptr {p}pan, i64 {p}do"]
+        if s.split:
+            for v in range(len(vecs)):
+                L.append(f"  {p}r{v} = getelementptr float, ptr {p}src, i64 {p}s{v}o")
         for k, off in enumerate(s.win.taps()):
             for v, (xo, _, va) in enumerate(vecs):
-                val = load_tile(L, f"{p}v{k}_{v}", f"{p}src", off + xo, t.lanes, va, s.safe)
-                d = k * tw + v * t.lanes
+                if s.split:
+                    q = f"{p}v{k}_{v}"
+                    a = load_tile(L, f"{q}a", f"{p}r{v}", off, lanes, 0, True)
+                    b = load_tile(L, f"{q}b", f"{p}r{v}", off + gap, lanes, 0, True)
+                    L.append(f"  {q} = select <{lanes} x i1> {p}s{v}m, {vty} {a}, {vty} {b}")
+                    val = q
+                else:
+                    val = load_tile(L, f"{p}v{k}_{v}", f"{p}src", off + xo, lanes, va, s.safe)
+                d = k * tw + v * lanes
                 L += [f"  {p}d{k}_{v} = getelementptr float, ptr {p}dst, i64 {d}",
-                      f"  store {vec_type(t.lanes)} {val}, ptr {p}d{k}_{v}, align 4"]
+                      f"  store {vty} {val}, ptr {p}d{k}_{v}, align 4"]
         L += [f"  {p}cn = add i64 {p}c, 1", f"  br label %q{j}h", f"q{j}x:"]
         panel[0] = f"{p}pan"
 
@@ -629,6 +659,9 @@ def prep_conv_kernel(name: str, s: ConvSpec, lanes: int, out: Operand, x: Operan
 # on 3×3 stride 1; a loss with fewer blocks.
 PACK_BLOCKS = 8
 PACK: bool | None = None
+# Packed tiles may run over the flat output (no partial tile per row), each vector gathered from
+# the end of one row and the start of the next (rows of at least L pixels).
+SPLIT = True
 # Bytes of L1 that one channel block's input tile and weight block may fill together.
 L1_BUDGET = 24 << 10
 # A group's packed weights up to this size stay in L2 while work units walk its rows; larger
@@ -763,17 +796,25 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
             out, act, name = post[0].outputs[0], post[1][0], f"{name}_{post[1][0]}"
     win = Window(n * c, h, wd, kh, kw, oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
     lanes = lw.host.lanes
-    width = oh * ow if win.flat else ow
-    mr, nv = choose_tile(m // group, width, cg * kh * kw, lanes, win.flat)
-    til = tiling(win, lanes, nv)
-    mblocks = -(-(m // group) // mr)
-    per_unit = blocks_per_unit(mblocks, 4 * mr * cg * kh * kw, n * group,
-                               lw.threads * CHUNKS_PER_THREAD)
-    sharing = per_unit if 0 < per_unit < mblocks else mblocks
-    pack = PACK if PACK is not None else sharing >= PACK_BLOCKS and (
-        win.flat or win.stride != (1, 1))
+    split = False
+    while True:
+        flat = win.flat or split
+        mr, nv = choose_tile(m // group, oh * ow if flat else ow, cg * kh * kw, lanes, flat)
+        mblocks = -(-(m // group) // mr)
+        per_unit = blocks_per_unit(mblocks, 4 * mr * cg * kh * kw, n * group,
+                                   lw.threads * CHUNKS_PER_THREAD)
+        sharing = per_unit if 0 < per_unit < mblocks else mblocks
+        pack = PACK if PACK is not None else sharing >= PACK_BLOCKS and (
+            win.flat or win.stride != (1, 1))
+        # Packed rows that end in a partial tile: tile the flat output instead (SPLIT).
+        if split or not (pack and SPLIT and not win.flat and win.prep and ow >= lanes
+                         and ow % (nv * lanes)):
+            break
+        split = True
+    til = Tiling(1, oh * ow, 0, 0, lanes, nv, max(1, 256 // (nv * lanes)), 1) if split \
+        else tiling(win, lanes, nv)
     spec = ConvSpec(win, n, c, m, group, mr, til, bias is not None, act, win.prep,
-                    channel_block(win, cg, mr, til, pack), per_unit, pack)
+                    channel_block(win, cg, mr, til, pack), per_unit, pack, split)
     packed = Value(f"{name}_wpack", w.type, data=pack_weights(wdata, group, mr))
     lw.extra[id(packed)] = packed.data  # type: ignore[assignment]
     steps: list[Step] = []

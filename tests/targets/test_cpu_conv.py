@@ -96,6 +96,7 @@ def test_conv_relu_node_fused(bias):
     ((1, 12, 10, 32), 12, 3, {"group": 2, "strides": (2, 2), "pads": (0, 1, 1, 0),
                               "act": "relu"}),
     ((3, 9, 5, 16), 7, 3, {"pads": (1, 1, 1, 1)}),
+    ((1, 8, 32, 58), 120, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}),  # row-split panels
 ])
 def test_conv_channel_blocks(monkeypatch, x, m, k, attrs):
     """A small L1 budget splits the input channels into several accumulated blocks (rows of
@@ -121,6 +122,20 @@ def test_conv_units_by_weight_blocks(monkeypatch, x, m, k, attrs, l1):
     monkeypatch.setattr(conv_mod, "L1_BUDGET", l1)
     g, feeds = conv_graph(x, m, k, seed=5, **attrs)
     check(g, feeds)
+
+
+@pytest.mark.parametrize(("x", "m", "k", "attrs"), [
+    ((1, 8, 29, 58), 120, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1), "act": "relu"}),
+    ((3, 6, 20, 35), 122, 3, {"strides": (2, 2), "pads": (0, 1, 2, 1)}),
+    ((2, 8, 23, 45), 240, 5, {"strides": (2, 2), "pads": (2, 2, 2, 2), "group": 2}),
+    ((1, 4, 17, 39), 120, 3, {"strides": (1, 2), "dilations": (2, 1), "pads": (2, 1, 2, 1)}),
+])
+def test_conv_packed_row_split(x, m, k, attrs):
+    """Strided convs with many output channels pack tiles of the flat output, each vector
+    gathered across a row end (rows not a multiple of the tile)."""
+    g, feeds = conv_graph(x, m, k, seed=9, **attrs)
+    model = check(g, feeds)
+    assert "udiv exact" in model.llvm_ir  # the row-split packing ran
 
 
 @pytest.mark.parametrize("threads", [1, 2])
