@@ -14,10 +14,12 @@ Two kinds of workload, each run by every system with the same thread count:
 Each time is the median of many repeats with the systems taking turns, so a change in the load
 of the (shared) machine hits all alike. One table per thread count: medians in ms, ``ort/sat`` =
 onnxruntime time / satura time (above 1: satura is faster), ``max Δ`` = largest difference of
-satura's outputs from onnxruntime's (relative to the largest output magnitude, at least 1), and
-``roof`` = satura time / roofline floor for the kernels, where floor = max(flops / peak,
-compulsory bytes / bandwidth): peak is 118 GFLOP/s per core (the issue's measured fp32 FMA peak of
-this machine), bandwidth a numpy copy measured at the start of each table with as many threads.
+satura's outputs from onnxruntime's (relative to the largest output magnitude, at least 1),
+``py pool`` = satura with its Python thread pool instead of the default native one (two threads
+and more), and ``roof`` = satura time / roofline floor for the kernels, where floor =
+max(flops / peak, compulsory bytes / bandwidth): peak is 118 GFLOP/s per core (the issue's
+measured fp32 FMA peak of this machine), bandwidth a numpy copy measured at the start of each
+table with as many threads.
 
     python -m benchmarks.run [--threads 1,2] [--quick] [--only ew,gpt2_block,...] [--list]
 """
@@ -383,12 +385,27 @@ def _max_diff(got: dict[str, np.ndarray], sess: Any, ref: list[np.ndarray]) -> f
     return worst
 
 
+def _satura_fns(model: Any, feeds: dict[str, np.ndarray],
+                threads: int) -> dict[str, Callable[[], Any]]:
+    """satura with its default (native) thread pool, and with the Python pool when threads > 1."""
+
+    def native() -> Any:
+        model.native_threads = True
+        return model(**feeds)
+
+    def python_pool() -> Any:
+        model.native_threads = False
+        return model(**feeds)
+
+    return {"satura": native, **({"py pool": python_pool} if threads > 1 else {})}
+
+
 def kernel_row(w: Workload, threads: int, budget: float, peak: float, bw: float) -> Row:
     model = compile_graph(w.graph, threads=threads)
     sess = _ort_session(w.onnx_model, threads)
     diff = _max_diff(model(**w.feeds), sess, sess.run(None, w.feeds))
-    fns: dict[str, Callable[[], Any]] = {"satura": lambda: model(**w.feeds),
-                                         "ort": lambda: sess.run(None, w.feeds)}
+    fns = _satura_fns(model, w.feeds, threads)
+    fns["ort"] = lambda: sess.run(None, w.feeds)
     if w.numpy_fn:
         fns["numpy"] = w.numpy_fn
     if w.torch_fn:
@@ -408,8 +425,8 @@ def model_row(case: ModelCase, threads: int, budget: float, torch_compile: bool)
     compile_s = time.perf_counter() - t0
     sess = _ort_session(case.proto.SerializeToString(), threads)
     diff = _max_diff(model(**case.feeds), sess, sess.run(None, case.feeds))
-    fns: dict[str, Callable[[], Any]] = {"satura": lambda: model(**case.feeds),
-                                         "ort": lambda: sess.run(None, case.feeds)}
+    fns = _satura_fns(model, case.feeds, threads)
+    fns["ort"] = lambda: sess.run(None, case.feeds)
     notes: dict[str, str] = {}
     systems = [("torch", False)] + ([("t.compile", True)] if torch_compile else [])
     for label, compiled in systems:
@@ -425,7 +442,7 @@ def model_row(case: ModelCase, threads: int, budget: float, torch_compile: bool)
                model.fallback_nodes)
 
 
-COLS = [("satura", 9), ("ort", 9), ("ort/sat", 7), ("torch", 9), ("t.compile", 9),
+COLS = [("satura", 9), ("py pool", 9), ("ort", 9), ("ort/sat", 7), ("torch", 9), ("t.compile", 9),
         ("numpy", 9), ("roof", 6), ("max Δ", 7), ("compile s", 9)]
 
 

@@ -3,8 +3,11 @@
 ``compile_graph`` lowers a static-shaped graph, plans memory, generates one LLVM module for all
 kernels, and loads its machine code (from the disk cache when the module's IR hash is there). A
 call validates the inputs before any generated code runs, binds the input and output addresses
-into the pointer table, and runs the steps in order: kernels (split between cores when large)
-and, for nodes without a lowering, their numpy references.
+into the pointer table, and runs the steps in order: kernels and, for nodes without a lowering,
+their numpy references. Large kernels are split into shares run on several cores by the model's
+persistent native thread pool (``NativePool``, created on the first parallel kernel, a few µs a
+hand-off), or by a Python thread pool when ``model.native_threads`` is set to False (~50-150 µs
+a hand-off; measured by ``python -m benchmarks.run``, table "two-core hand-off").
 """
 
 from __future__ import annotations
