@@ -115,6 +115,27 @@ class Window:
         return out
 
 
+Dims2 = tuple[int, int]
+Geometry = tuple[tuple[int, int, int, int], Dims2, Dims2, Dims2, tuple[int, ...], Dims2]
+
+
+def window_2d(x: tuple[int, ...], out: tuple[int, ...], kernel: tuple[int, ...],
+              at: dict) -> Geometry | None:
+    """(N, C, H, W), (OH, OW), kernel, strides, pads (4), dilations of a 2-D window; a 1-D one
+    (rank 3) as a 2-D window of height 1; None for other ranks."""
+    nsp = len(x) - 2
+    if nsp not in (1, 2) or len(kernel) != nsp or len(out) != len(x):
+        return None
+    st = tuple(int(v) for v in at.get("strides") or (1,) * nsp)
+    pads = tuple(int(v) for v in at.get("pads") or (0,) * (2 * nsp))
+    dil = tuple(int(v) for v in at.get("dilations") or (1,) * nsp)
+    if nsp == 1:
+        return ((x[0], x[1], 1, x[2]), (1, out[2]), (1, kernel[0]), (1, st[0]),
+                (0, pads[0], 0, pads[1]), (1, dil[0]))
+    return ((x[0], x[1], x[2], x[3]), (out[2], out[3]), (kernel[0], kernel[1]),
+            (st[0], st[1]), pads, (dil[0], dil[1]))
+
+
 def _span(size: int, out: int, stride: int, phase: int, pad: int) -> tuple[int, int]:
     """Plane positions q in [lo, hi) whose input index q·stride + phase - pad is in [0, size)."""
     lo = 0
@@ -765,21 +786,20 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
     assert x is not None
     assert w is not None
     at = node.attrs
-    if x.type.rank != 4 or not w.is_const:
-        return False
     act = at.get("act", "none")
-    if act not in ACTIVATIONS:
+    if not w.is_const or act not in ACTIVATIONS:
         return False
-    n, c, h, wd = (int(d) for d in x.type.shape)
-    m, cg, kh, kw = (int(d) for d in w.type.shape)
-    oh, ow = (int(d) for d in out.type.shape[2:])
+    wshape = tuple(int(d) for d in w.type.shape)
+    geo = window_2d(tuple(int(d) for d in x.type.shape), tuple(int(d) for d in out.type.shape),
+                    wshape[2:], at)
+    if geo is None:
+        return False
+    (n, c, h, wd), (oh, ow), (kh, kw), st, pads, dil = geo
+    m, cg = wshape[:2]
     group = int(at.get("group", 1))
     if group < 1 or c != cg * group or m % group:
         return False
-    st = tuple(at.get("strides") or (1, 1))
-    pads = tuple(at.get("pads") or (0, 0, 0, 0))
-    dil = tuple(at.get("dilations") or (1, 1))
-    wdata = np.asarray(w.data, np.float32)
+    wdata = np.asarray(w.data, np.float32).reshape(m, cg, kh, kw)
     bdata: np.ndarray | None = None
     if act == "none":
         folded = _fold_batch_norm(lw, out, wdata, bias)

@@ -27,6 +27,7 @@ from satura.targets.conv import (
     store_tile,
     tile_driver,
     tiling,
+    window_2d,
 )
 from satura.targets.irmath import fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
@@ -126,14 +127,11 @@ def lower_pool(lw: Lowerer, node: Node, name: str, kind: str) -> bool:
     x, out = node.inputs[0], node.outputs[0]
     assert x is not None
     at = node.attrs
-    k = tuple(at["kernel"])
-    if x.type.rank != 4 or len(k) != 2:
+    geo = window_2d(tuple(int(d) for d in x.type.shape), tuple(int(d) for d in out.type.shape),
+                    tuple(int(v) for v in at["kernel"]), at)
+    if geo is None:
         return False
-    n, c, h, w = (int(d) for d in x.type.shape)
-    oh, ow = (int(d) for d in out.type.shape[2:])
-    st = tuple(at.get("strides") or (1, 1))
-    pads = tuple(at.get("pads") or (0, 0, 0, 0))
-    dil = tuple(at.get("dilations") or (1, 1))
+    (n, c, h, w), (oh, ow), k, st, pads, dil = geo
     win = Window(n * c, h, w, k[0], k[1], oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
     lanes = lw.host.lanes
     t = tiling(win, lanes, choose_nv(oh * ow if win.flat else ow, lanes, win.flat))

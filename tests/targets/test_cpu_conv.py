@@ -83,6 +83,22 @@ def test_conv_cases(x, m, k, attrs):
     check(g, feeds)
 
 
+@pytest.mark.parametrize(("x", "m", "k", "attrs"), [
+    ((2, 5, 37), 7, 3, {"pads": (1, 2), "act": "relu"}),
+    ((1, 6, 50), 9, 5, {"strides": (2,), "dilations": (2,), "pads": (3, 0), "group": 3}),
+    ((3, 4, 9), 4, 1, {}),
+])
+def test_conv_1d(x, m, k, attrs):
+    """1-D convolutions run as 2-D windows of height 1."""
+    rng = np.random.default_rng(8)
+    g = Graph("conv1d")
+    xv = g.add_input("x", x)
+    w = rng.standard_normal((m, x[1] // attrs.get("group", 1), k)).astype(np.float32)
+    g.set_outputs(g.apply("conv", xv, g.add_const(w), g.add_const(rng.standard_normal(m).astype(
+        np.float32)), **attrs))
+    check(g, {"x": rng.standard_normal(x).astype(np.float32)})
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_relu_node_fused(bias):
     g, feeds = conv_graph((2, 5, 9, 10), 7, 3, bias=bias, relu_node=True, pads=(1, 1, 1, 1))
@@ -184,6 +200,12 @@ POOLS = [
 @pytest.mark.parametrize(("x", "attrs"), POOLS)
 def test_max_pool(x, attrs):
     g, feeds = pool_graph("max_pool", x, **attrs)
+    check(g, feeds)
+
+
+@pytest.mark.parametrize("op", ["max_pool", "avg_pool"])
+def test_pool_1d(op):
+    g, feeds = pool_graph(op, (2, 3, 29), kernel=(3,), strides=(2,), pads=(1, 0), ceil_mode=1)
     check(g, feeds)
 
 
