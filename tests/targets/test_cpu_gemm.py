@@ -184,12 +184,12 @@ def test_packed_and_direct_a_paths(monkeypatch, pack):
         _rel_close(got[name], w, name)
 
 
-def test_every_part_count_covers_the_output_once():
+@pytest.mark.parametrize(("m", "k", "n"), [(131, 70, 200), (1, 40, 300), (4, 33, 1000)])
+def test_every_part_count_covers_the_output_once(m, k, n):
     """Run a GEMM's shares one after another for part counts 1..70 (grids of row × panel
     shares, and more parts than the grid table holds) over an output filled with NaN: the
     shares together write every element, each with its residual."""
     rng = np.random.default_rng(5)
-    m, k, n = 131, 70, 200
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((k, n)).astype(np.float32)
     r = rng.standard_normal((m, n)).astype(np.float32)
