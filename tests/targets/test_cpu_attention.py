@@ -112,3 +112,14 @@ def test_self_attention_one_tensor():
     x = g.add_input("x", (2, 3, 33, 16))
     g.set_outputs(g.apply("attention", x, x, x, scale=0.25))
     check(g, {"x": rng.standard_normal((2, 3, 33, 16)).astype(np.float32)})
+
+
+@pytest.mark.parametrize(("causal", "ms"), [(0, None), (1, (1, 1, 200, 300)), (0, (1, 6, 1, 300))])
+def test_parallel_shares(causal, ms):
+    """Large enough to be split between cores: shares cut heads into query blocks, each part
+    packs its own kv heads."""
+    g, feeds = attention_graph((1, 6, 200, 64), (1, 3, 300, 64), (1, 3, 300, 48), ms,
+                               causal=causal)
+    check(g, feeds, threads=(2, 3))
+    model = compile_graph(g, threads=2)
+    assert any(st.parallel for st in model._prog.steps if st.op == "attention")
