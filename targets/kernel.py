@@ -79,6 +79,7 @@ class Loops:
 
 
 PRELUDE = """declare i64 @llvm.umin.i64(i64, i64)
+declare void @llvm.x86.sse.sfence()
 declare i64 @llvm.smin.i64(i64, i64)
 declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)
 declare float @llvm.vector.reduce.fadd.v16f32(float, <16 x float>)
