@@ -19,7 +19,8 @@ satura's outputs from onnxruntime's (relative to the largest output magnitude, a
 and more), and ``roof`` = satura time / roofline floor for the kernels, where floor =
 max(flops / peak, compulsory bytes / bandwidth): peak is 118 GFLOP/s per core (the issue's
 measured fp32 FMA peak of this machine), bandwidth a numpy copy measured at the start of each
-table with as many threads.
+table with as many threads. ``compile s`` is satura's compile time in this process (small when
+the same machine code was already built for the other thread count).
 
     python -m benchmarks.run [--threads 1,2] [--quick] [--only ew,gpt2_block,...] [--list]
 """

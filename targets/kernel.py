@@ -7,6 +7,7 @@ cores. The body is an internal function whose pointer parameters are ``noalias``
 
 Every buffer a kernel writes (the arena, the model's outputs) starts at a ``BASE_ALIGN``-aligned
 table address (the runtime allocates them so); graph inputs and constants carry no such promise.
+``PARALLEL_RUNNER`` is the IR of the persistent thread pool that every model's module carries.
 """
 
 from __future__ import annotations
