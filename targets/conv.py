@@ -841,7 +841,7 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
     panels = Scratch(f"{name}_panels", lw.threads * CHUNKS_PER_THREAD * spec.panel_bytes) \
         if pack else None
     parallel = spec.flops > PARALLEL_FLOPS
-    prep_parallel = prep_bytes(win, lanes) > PARALLEL_BYTES
+    prep_parallel = parallel or prep_bytes(win, lanes) > PARALLEL_BYTES
     src: Ref = x
     if win.prep and not parallel and not prep_parallel:
         # One kernel: the phase planes, then the convolution (one call from the runtime).
