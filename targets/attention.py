@@ -1,22 +1,25 @@
 """Attention as one fused flash-style kernel: softmax(q·kᵀ·scale + mask [+ causal])·v.
 
 The work is cut into units of (output batch·head, block of BR query rows); a part (core) takes a
-contiguous share of the units. For its unit's kv head a part packs kᵀ into NR-key panels (and v
-into NR-column-padded rows when Dv is not a multiple of NR) in its own scratch, once per kv head.
-Each query block then walks the keys in blocks of BC:
+contiguous share of the units (``share``; the runtime hands shares to cores). For its unit's kv
+head a part packs kᵀ·scale·log2(e) into NR-key panels ``[T/NR][D][NR]`` (8×8 transposes) and v
+into NR-column panels ``[Dv/NR][T][NR]``, in its own scratch, once per kv head it meets. Each query
+block then walks the keys in blocks of BC (all T at once up to BC_ONE keys):
 
-* ``q·kᵀ``: an MR×NR register-tile FMA micro-kernel writes the block's scaled scores into a
-  BR×BC buffer (L1/L2-resident; the S×T scores never exist as a whole).
-* online softmax, per row: the mask (read through its broadcast strides) is added, keys past the
-  causal diagonal (``j > i + T - S``, as the reference's ``triu(k=1 + T - S)``) or past T become
-  -inf, then the running max ``m`` and sum ``l`` are updated and the scores turn into
-  ``p = 2^((x - m)·log2 e)`` in place; ``alpha = e^(m_old - m_new)`` rescales the accumulator.
+* ``q·kᵀ``: an MR×NR register-tile FMA micro-kernel (MR·NR/L accumulators) writes the block's
+  scores, in the log2 domain, into a BR×BC buffer that stays in L1/L2: the S×T scores never exist
+  as a whole. Its epilogue sets keys past the block's end or past the causal diagonal
+  (``j > i + T - S``, as the reference's ``triu(k=1 + T - S)``) to -inf and keeps each row's max.
+* online softmax (one call a block): the mask, read through its broadcast strides, is added
+  (·log2 e) and the row max taken; the running max ``m`` and sum ``l`` are updated and the scores
+  become ``p = 2^(x - m)`` in place (polynomial exp2, vectorized); ``alpha = 2^(m_old - m)``.
 * ``p·v``: the same micro-kernel shape accumulates ``O = alpha·O + P·V`` for the block.
 
-At the end of the block ``O / l`` is written out. A row with every score masked has ``l = 0`` and
-gives NaN, as the numpy reference does (softmax of all -inf). Query heads share kv heads
+At the end of the query block ``O / l`` is written out. A row with every score masked (or, causal
+with S > T, before the first key) has ``l = 0`` and gives NaN, as the numpy reference does
+(softmax of all -inf); a finite mask however large never does. Query heads share kv heads
 (grouped-query: head h reads kv head ``h // (Hq / Hkv)``) and q, k, v and the mask broadcast over
-the batch dimensions through zero strides. All vectors are ``<lanes x float>`` of the host.
+the batch dimensions through zero strides. All vectors are the host's ``<lanes x float>``.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ BR = 48          # query rows per block (a multiple of MR)
 BC = 256         # keys per block when T is longer than BC_ONE
 BC_ONE = 512     # up to this many keys, one block holds them all
 QK_ROWS_OUTER = False  # q·kᵀ: each kᵀ panel over all row tiles (the panel stays in L1)
-PV_ROWS_OUTER = True
-PACK_V = True   # p·v: each row tile over all v column panels (its p rows stay in L1)
+PV_ROWS_OUTER = True   # p·v: each row tile over all v column panels (its p rows stay in L1)
+PACK_V = True          # v into panels (contiguous B rows for p·v); always when Dv % NR != 0
 LOG2E = 1.4426950408889634
 # 2**f on [-0.5, 0.5], degree 5, highest first (relative error 2.2e-7 in fp32).
 EXP2_POLY = [1.3266970386718723e-3, 9.675459745554338e-3, 5.550742616001672e-2,
