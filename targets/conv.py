@@ -725,8 +725,7 @@ def _tile_cost(rows: int, cols: int, depth: int) -> float:
     """Cycles of one micro-kernel call: per input channel and tap max(FMAs / 2, loads / 1.8,
     5): two FMA pipes, the loads (cols vectors, rows broadcasts; the divisor fits this machine's
     measurements), and the 4-cycle FMA latency that 8 accumulators barely hide (measured: 4×2
-    runs 10% slower than 6×2); plus
-    ~20 cycles per call and the epilogue's stores."""
+    runs 10% slower than 6×2); plus ~20 cycles per call and the epilogue's stores."""
     return depth * max(rows * cols / 2, (rows + cols) / 1.8, 5.0) + 20 + rows * cols
 
 
