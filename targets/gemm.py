@@ -36,6 +36,7 @@ MC = 96   # row block: an MC×KC A block (96 KiB) stays in L2 across all B panel
 PACK_MIN_PANELS = 32
 PACK_MIN_PANELS_ALIASED = 16
 PF_L2_PANELS = 1  # every micro-kernel call prefetches the B panel this far ahead into L2
+PACK_GROUP = 8  # B panels a part of the runtime B packing copies together, a row at a time
 MAX_PARTS = 64  # grid table size; more parts than this split rows only
 _CHEAP_ACTS = ("none", "relu")
 
@@ -483,30 +484,46 @@ def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
                 dst: Operand, transposed: bool = False) -> str:
     """LLVM IR that packs a runtime B ([batch, K, N]) into zero-padded NR-column panels.
 
-    ``transposed``: the source holds Bᵀ ([batch, N, K]), as keys do in attention.
+    Parts take groups of PACK_GROUP panels; a group's full panels are copied a source row at a
+    time (PACK_GROUP·NR contiguous floats read per row, one sequential write stream per panel),
+    its partial last panel element by element. ``transposed``: the source holds Bᵀ
+    ([batch, N, K]), as keys do in attention; it goes element by element.
     """
     panels = -(-n // nr)
+    groups = -(-panels // PACK_GROUP)
     L = [body_header(name, 2), "entry:"]
     loops = Loops(L)
-    for v in ("pp", "pk", "pj"):
+    for v in ("pp", "jp", "pk", "pj"):
         L.append(f"  %{v}.a = alloca i64, align 8")
-    share(L, batch * panels, 1, "%q0", "%q1")
+    share(L, batch * groups, 1, "%q0", "%q1")
     loops.open("pp", "%q0", "%q1", 1)
-    L += [f"  %bi = sdiv i64 %pp, {panels}", f"  %jp = srem i64 %pp, {panels}",
-          f"  %sb = mul i64 %bi, {k * n}", f"  %j0 = mul i64 %jp, {nr}",
-          f"  %db = mul i64 %pp, {k * nr}"]
-    if not transposed:
-        # Full panels: each k-row of the panel is one contiguous <NR x float> copy.
+    L += [f"  %bi = sdiv i64 %pp, {groups}", f"  %gi = srem i64 %pp, {groups}",
+          f"  %sb = mul i64 %bi, {k * n}", f"  %bp0 = mul i64 %bi, {panels}",
+          f"  %jlo = mul i64 %gi, {PACK_GROUP}", f"  %jhi0 = add i64 %jlo, {PACK_GROUP}",
+          f"  %jhi = call i64 @llvm.smin.i64(i64 %jhi0, i64 {panels})"]
+    if transposed:
+        L.append("  %jscalar = add i64 %jlo, 0")
+    else:
         vty = vec_type(nr)
-        L += [f"  %full = icmp slt i64 %jp, {n // nr}", "  br i1 %full, label %fk.pre, label %tail",
-              "fk.pre:", "  br label %fk", "fk:", "  %fkk = phi i64 [0, %fk.pre], [%fkn, %fk]",
-              f"  %fs0 = mul i64 %fkk, {n}", "  %fs1 = add i64 %sb, %fs0",
-              "  %fs = add i64 %fs1, %j0", "  %fsp = getelementptr float, ptr %a1, i64 %fs",
-              f"  %fv = load {vty}, ptr %fsp, align 4", f"  %fd0 = mul i64 %fkk, {nr}",
-              "  %fd = add i64 %db, %fd0", "  %fdp = getelementptr float, ptr %a0, i64 %fd",
-              f"  store {vty} %fv, ptr %fdp, align 4", "  %fkn = add i64 %fkk, 1",
-              f"  %fkm = icmp slt i64 %fkn, {k}", "  br i1 %fkm, label %fk, label %pp.next",
-              "tail:"]
+        L += [f"  %jfull = call i64 @llvm.smin.i64(i64 %jhi, i64 {n // nr})",
+              "  %anyfull = icmp slt i64 %jlo, %jfull",
+              "  br i1 %anyfull, label %fk, label %fdone", "fk:",
+              "  %fkk = phi i64 [0, %pp.b], [%fkn, %fj.x]", f"  %fs0 = mul i64 %fkk, {n}",
+              "  %fs1 = add i64 %sb, %fs0", f"  %fd0 = mul i64 %fkk, {nr}", "  br label %fj", "fj:",
+              "  %fjj = phi i64 [%jlo, %fk], [%fjn, %fj]",
+              f"  %fs2 = mul i64 %fjj, {nr}", "  %fs = add i64 %fs1, %fs2",
+              "  %fsp = getelementptr float, ptr %a1, i64 %fs",
+              f"  %fv = load {vty}, ptr %fsp, align 4",
+              "  %fdp0 = add i64 %bp0, %fjj", f"  %fdp1 = mul i64 %fdp0, {k * nr}",
+              "  %fd = add i64 %fdp1, %fd0", "  %fdp = getelementptr float, ptr %a0, i64 %fd",
+              f"  store {vty} %fv, ptr %fdp, align 4", "  %fjn = add i64 %fjj, 1",
+              "  %fjm = icmp slt i64 %fjn, %jfull", "  br i1 %fjm, label %fj, label %fj.x",
+              "fj.x:", "  %fkn = add i64 %fkk, 1", f"  %fkm = icmp slt i64 %fkn, {k}",
+              "  br i1 %fkm, label %fk, label %fdone", "fdone:",
+              "  %jscalar = add i64 %jfull, 0"]
+    loops.open("jp", "%jscalar", "%jhi", 1)
+    L += [f"  %j0 = mul i64 %jp, {nr}", "  %dpn = add i64 %bp0, %jp",
+          f"  %db = mul i64 %dpn, {k * nr}"]
     loops.open("pk", "0", str(k), 1)
     loops.open("pj", "0", str(nr), 1)
     L += ["  %col = add i64 %j0, %pj", f"  %inb = icmp slt i64 %col, {n}",
@@ -521,7 +538,7 @@ def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
           "  %dp = getelementptr float, ptr %a0, i64 %do", "  store float %v, ptr %dp"]
     loops.close("pj", 1)
     loops.close("pk", 1)
-    L += ["  br label %pp.next", "pp.next:"]
+    loops.close("jp", 1)
     loops.close("pp", 1)
     L += ["  ret void", "}"]
     return wrapper(name, [dst, src]) + "\n" + "\n".join(L)

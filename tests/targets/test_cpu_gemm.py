@@ -271,3 +271,28 @@ def test_ir_micro_kernels_and_driver():
     ep = _function(opt, "k0_linear_ep")
     assert re.search(rf"store <{lanes} x float>", ep)
     assert not re.search(r"call float @(?!llvm\.)", ep)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("parts", [1, 3, 8])
+def test_pack_kernel_matches_numpy_packing(transposed, parts):
+    """The runtime B packing (groups of full panels, a partial last panel, several batches,
+    the transposed source) gives exactly what the compile-time packing gives."""
+    from satura.targets.irmath import INTRINSICS
+    from satura.targets.kernel import PRELUDE, Operand
+
+    nr = codegen.host_target().gemm_tile[1]
+    batch, k, n = 2, 13, nr * (gemm_mod.PACK_GROUP + 1) + 5
+    b = np.random.default_rng(parts).standard_normal((batch, k, n)).astype(np.float32)
+    src = np.ascontiguousarray(np.swapaxes(b, 1, 2)) if transposed else b
+    want = gemm_mod.pack_b_numpy(b, nr)
+    out = np.full(want.shape, np.nan, np.float32)
+    ir = gemm_mod.pack_kernel("p", batch, k, n, nr, Operand(1), Operand(0), transposed)
+    jit = codegen.JitModule(codegen.emit_object(codegen.optimize_ir(
+        "\n".join([PRELUDE, *INTRINSICS, ir]))))
+    table = (ctypes.c_void_p * 2)(out.ctypes.data, src.ctypes.data)
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
+        jit.address("p"))
+    for p in range(parts):
+        fn(ctypes.addressof(table), p, parts)
+    np.testing.assert_array_equal(out, want)
