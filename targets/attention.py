@@ -44,8 +44,8 @@ from satura.targets.lower import (
 from satura.targets.memory import align
 
 BR = 48          # query rows per block (a multiple of MR)
-BC = 256         # keys per block when T is longer than BC_ONE
-BC_ONE = 512     # up to this many keys, one block holds them all
+BC = 256         # keys per block when T is longer than BC_ONE (the BR×BC scores in L2)
+BC_ONE = 256     # up to this many keys, one block holds them all
 QK_ROWS_OUTER = False  # q·kᵀ: each kᵀ panel over all row tiles (the panel stays in L1)
 PV_ROWS_OUTER = True   # p·v: each row tile over all v column panels (its p rows stay in L1)
 PACK_V = True          # v into panels (contiguous B rows for p·v); always when Dv % NR != 0
