@@ -175,7 +175,7 @@ def test_packed_and_direct_a_paths(monkeypatch, pack):
     big = 10**9
     monkeypatch.setattr(gemm_mod, "PACK_MIN_PANELS", 0 if pack else big)
     monkeypatch.setattr(gemm_mod, "PACK_MIN_PANELS_ALIASED", 0 if pack else big)
-    monkeypatch.setattr(gemm_mod, "KC", 64)  # several K blocks, the last one partial
+    monkeypatch.setattr(gemm_mod, "B_PANEL_BYTES", 4096)  # several K blocks, the last partial
     monkeypatch.setattr(gemm_mod, "MC", 12)  # several row blocks, the last one partial
     cases = [(29, 203, 50), (7, 13, 129), (64, 300, 64), (1, 257, 17)]
     g, feeds, want = _many_linears(cases, seed=11, act="relu")
