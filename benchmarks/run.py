@@ -238,12 +238,14 @@ def median_time(fn: Callable[[], Any], budget: float, min_reps: int = 5) -> floa
     return median_times({"f": fn}, budget, min_reps)["f"]
 
 
-def median_times(fns: dict[str, Callable[[], Any]], budget: float,
-                 min_reps: int = 5, rounds: int = 5) -> dict[str, float]:
+def median_times(fns: dict[str, Callable[[], Any]], budget: float, min_reps: int = 5,
+                 rounds: int = 5, settle: float = 0.05) -> dict[str, float]:
     """Median seconds of each function. The systems take turns in ``rounds`` blocks of repeats:
-    a change in the machine's load (other jobs on the shared cores) hits every system alike,
-    while one system's spinning worker threads (onnxruntime's, OpenMP's) mostly stay within its
-    own block instead of taking a core from the next system's every call."""
+    a change in the machine's load (other jobs on the shared cores) hits every system alike.
+    Before each block the script sleeps ``settle`` seconds: onnxruntime's and OpenMP's worker
+    threads keep spinning after a call returns, and would take a core from the next block's
+    system (measured here: whichever satura pool ran right after onnxruntime's block was 2-4x
+    slower at two threads)."""
     one = 0.0
     for fn in fns.values():
         fn()
@@ -255,7 +257,8 @@ def median_times(fns: dict[str, Callable[[], Any]], budget: float,
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            fn()  # the block's first call pays for the previous system's threads
+            time.sleep(settle)  # the previous system's worker threads stop spinning, then sleep
+            fn()
             for _ in range(per):
                 t = time.perf_counter()
                 fn()

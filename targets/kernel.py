@@ -93,22 +93,24 @@ declare float @llvm.vector.reduce.fmax.v8f32(<8 x float>)
 # A persistent native thread pool, one per model (``runtime.NativePool``). The state block ``%s``
 # (zeroed, 64-byte aligned) keeps each shared word on its own cache line:
 #   0: claim word = gen << 32 | nshares << 16 | next share   64: gen (i32, the futex word)
-#  68: quit flag (i32)   128: active workers   192: sleeping workers   256: kernel   264: table
+#  68: quit flag (i32)   128: active workers (i32, a futex word)   132: caller sleeps (i32)
+# 192: sleeping workers   256: kernel   264: table
 #  320 + 8k: worker k's pthread id (k < 64)
 # A run publishes the kernel and table, then the claim word, then bumps gen (waking sleepers).
 # Every thread, the caller included, claims shares by compare-and-swap on the claim word, which
 # fails for a stale generation, so a late worker never runs a share twice or one of another run.
-# The caller returns once it has no share left to claim and no worker is active; the kernel and
-# table are rewritten only then. Workers spin ~POOL_SPIN pauses for the next run, then sleep on
+# The caller returns once it has no share left to claim and no worker is active (it spins a while,
+# then sleeps on the active count, which the last worker to finish wakes: a caller that spun or
+# yielded would take the core from a worker it shares a core with); the kernel and table are
+# rewritten only then. Workers spin ~POOL_SPIN pauses for the next run, then sleep on
 # the futex (a core shared with other processes is not burned while the model is idle). A worker
 # starts having seen generation 0 (the pool's state before its first run), so however late the
 # thread first runs, it sees every later run and the quit flag.
-POOL_SPIN = 4000
+POOL_SPIN = 256
 PARALLEL_RUNNER = """
 declare i32 @pthread_create(ptr, ptr, ptr, ptr)
 declare i32 @pthread_join(i64, ptr)
 declare i64 @syscall(i64, ...)
-declare i32 @sched_yield()
 declare void @llvm.x86.sse2.pause()
 
 define internal void @sat_pool_claim(ptr %s, i64 %gen) {
@@ -146,10 +148,11 @@ entry:
   %gp = getelementptr i8, ptr %s, i64 64
   %qp = getelementptr i8, ptr %s, i64 68
   %ap = getelementptr i8, ptr %s, i64 128
+  %mp = getelementptr i8, ptr %s, i64 132
   %sp = getelementptr i8, ptr %s, i64 192
   br label %wait
 wait:
-  %seen = phi i32 [0, %entry], [%seen, %nap], [%g, %work]
+  %seen = phi i32 [0, %entry], [%seen, %nap], [%g, %work], [%g, %last.b], [%g, %wakemain]
   br label %spin
 spin:
   %k = phi i32 [0, %wait], [%k1, %pause]
@@ -176,10 +179,18 @@ woke:
   %quit = icmp ne i32 %q, 0
   br i1 %quit, label %exit, label %work
 work:
-  %a1 = atomicrmw add ptr %ap, i64 1 seq_cst, align 8
+  %a1 = atomicrmw add ptr %ap, i32 1 seq_cst, align 4
   %g64 = zext i32 %g to i64
   call void @sat_pool_claim(ptr %s, i64 %g64)
-  %a2 = atomicrmw sub ptr %ap, i64 1 seq_cst, align 8
+  %a2 = atomicrmw sub ptr %ap, i32 1 seq_cst, align 4
+  %last = icmp eq i32 %a2, 1
+  br i1 %last, label %last.b, label %wait
+last.b:
+  %mw = load atomic i32, ptr %mp seq_cst, align 4
+  %msleeps = icmp ne i32 %mw, 0
+  br i1 %msleeps, label %wakemain, label %wait
+wakemain:
+  %fw = call i64 (i64, ...) @syscall(i64 202, ptr %ap, i64 129, i64 1)
   br label %wait
 exit:
   ret ptr null
@@ -233,20 +244,32 @@ work:
   call void @sat_pool_claim(ptr %s, i64 %g64)
   br label %join
 join:
-  %k = phi i32 [0, %work], [%k1, %spin], [%k1, %yield]
-  %a = load atomic i64, ptr %ap seq_cst, align 8
-  %idle = icmp eq i64 %a, 0
+  %k = phi i32 [0, %work], [%k1, %spin]
+  %a = load atomic i32, ptr %ap seq_cst, align 4
+  %idle = icmp eq i32 %a, 0
   br i1 %idle, label %done, label %pause
 pause:
   %k1 = add i32 %k, 1
   %long = icmp ugt i32 %k1, POOL_SPIN
-  br i1 %long, label %yield, label %spin
+  br i1 %long, label %block, label %spin
 spin:
   call void @llvm.x86.sse2.pause()
   br label %join
-yield:
-  %y = call i32 @sched_yield()
-  br label %join
+block:
+  %mp = getelementptr i8, ptr %s, i64 132
+  store atomic i32 1, ptr %mp seq_cst, align 4
+  br label %blockloop
+blockloop:
+  %b = load atomic i32, ptr %ap seq_cst, align 4
+  %bidle = icmp eq i32 %b, 0
+  br i1 %bidle, label %unblock, label %nap
+nap:
+  %b64 = zext i32 %b to i64
+  %fr2 = call i64 (i64, ...) @syscall(i64 202, ptr %ap, i64 128, i64 %b64, ptr null)
+  br label %blockloop
+unblock:
+  store atomic i32 0, ptr %mp seq_cst, align 4
+  br label %done
 done:
   ret void
 }
