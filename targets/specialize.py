@@ -29,6 +29,12 @@ class SpecializingModel:
     def variant(self, inputs: Mapping[str, Any]) -> Any:
         """The compiled model for these inputs' shapes (compiling it on first use).
         Raises InputError, naming the input, before anything is compiled or run."""
+        try:  # the common case: shapes seen before (the variant checks dtypes and the rest)
+            seen = tuple(tuple(inputs[v.name].shape) for v in self.graph.inputs)
+        except (KeyError, AttributeError):
+            seen = None
+        if seen in self.variants:
+            return self.variants[seen]
         env = bind_inputs(self.graph, inputs)
         key = tuple(tuple(int(d) for d in v.type.bind(env).shape) for v in self.graph.inputs)
         if key not in self.variants:
