@@ -227,7 +227,8 @@ class Lowerer:
                 return pack_kernel(f"{name}_pack", batch, k, n, nr, loc(src),  # type: ignore
                                    loc(packed))  # type: ignore[arg-type]
 
-            self.steps.append(Step(f"{name}_pack", [b], [packed], gen_pack, op="pack"))
+            self.steps.append(Step(f"{name}_pack", [b], [packed], gen_pack, op="pack",
+                                   parallel=2.0 * batch * m * n * k > PARALLEL_FLOPS))
         reads.append(packed)
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
