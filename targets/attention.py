@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from satura.engine.graph import Node
+import numpy as np
+from satura.engine.graph import Node, TensorType, Value
 from satura.targets.irmath import Emitter, fconst, vec_type
 from satura.targets.kernel import Operand, body_header, share, wrapper
 from satura.targets.lower import (
@@ -78,6 +79,7 @@ class AttentionSpec:
     v_bstr: tuple[int, ...]
     m_str: tuple[int, ...] | None  # mask strides over (*batch, Hq, S, T), 0 where broadcast
     lanes: int
+    mask_fill: float | None = None  # a bool mask (read as 1.0 where masked): masked scores' value
 
     @property
     def heads(self) -> int:
@@ -523,11 +525,17 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
             mrow = ir.gep("%mk", ir.mul(r, m_s))
             msplat = ir.splat(ir(f"load float, ptr {mrow}, align 4")) if m_t == 0 else None
             mx = ir.var(vty, vninf)
+            fillv = ""
+            if s.mask_fill is not None:  # in the log2 domain, clamped to a finite float
+                f2 = s.mask_fill * LOG2E
+                f2 = f2 if math.isinf(s.mask_fill) else max(f2, -float(np.finfo(np.float32).max))
+                fillv = "<" + ", ".join([f"float {fconst(f2)}"] * lanes) + ">"
             kbf = ir(f"and i64 %kb, {-lanes}")
             kb1 = ir("sub i64 %kb, 1")
 
             def add_mask(j: str, tail: bool, srow: str = srow, mrow: str = mrow,
-                         msplat: str | None = msplat, mx: str = mx, kb1: str = kb1) -> None:
+                         msplat: str | None = msplat, mx: str = mx, kb1: str = kb1,
+                         fillv: str = fillv, vninf: str = vninf) -> None:
                 sp = ir.gep(srow, j)
                 x = ir(f"load {vty}, ptr {sp}, align 4")
                 if msplat is not None:
@@ -540,7 +548,14 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
                         jj = ir(f"call i64 @llvm.smin.i64(i64 {ir.add(j, e)}, i64 {kb1})")
                         me = ir(f"load float, ptr {ir.gep(mrow, jj)}, align 4")
                         mv = ir(f"insertelement {vty} {mv}, float {me}, i64 {e}")
-                x = em.fma(mv, log2e, x)
+                if s.mask_fill is None:
+                    x = em.fma(mv, log2e, x)
+                else:
+                    # masked (mask 1.0) and not already -inf (past the row: causal cut-off or
+                    # the padding of the last vector) becomes the fill
+                    off = ir(f"and <{lanes} x i1> {ir(f'fcmp une {vty} {mv}, zeroinitializer')}"
+                             f", {ir(f'fcmp one {vty} {x}, {vninf}')}")
+                    x = ir(f"select <{lanes} x i1> {off}, {vty} {fillv}, {vty} {x}")
                 ir.do(f"store {vty} {x}, ptr {sp}, align 4")
                 old = ir(f"load {vty}, ptr {mx}")
                 ir.do(f"store {vty} {_vmax(ir, x, old)}, ptr {mx}")
@@ -718,6 +733,25 @@ def _bstrides(shape: list[int], batch: tuple[int, ...], inner: int) -> tuple[int
     return tuple(out)
 
 
+def _masked_as_float(lw: Lowerer, mask: Value, name: str) -> Value:
+    """``mask`` (bool) as float32, 1.0 where a score is masked out."""
+    ftype = TensorType(mask.type.shape, "float32")
+    if mask.is_const:
+        data = np.logical_not(np.asarray(mask.data)).astype(np.float32)
+        fm = Value(f"{name}_masked", ftype, data=data)
+        lw.extra[id(fm)] = data
+        return fm
+    conv = Node("not", [mask], {}, f"{name}_masked_not")
+    nm = Value(f"{name}_masked_bool", mask.type, conv)
+    conv.outputs = [nm]
+    cast = Node("cast", [nm], {"to": "float32"}, f"{name}_masked")
+    fm = Value(f"{name}_masked", ftype, cast)
+    cast.outputs = [fm]
+    lw.steps.append(Step(f"fallback_{conv.name}", [mask], [nm], node=conv, op="not"))
+    lw.steps.append(Step(f"fallback_{cast.name}", [nm], [fm], node=cast, op="cast"))
+    return fm
+
+
 def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
@@ -744,6 +778,12 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
         if any(a not in (1, b) for a, b in zip(sh[:-3], batch, strict=True)):
             return False
     m_str = None
+    fill = None
+    if mask is not None and mask.type.dtype == "bool":
+        # A bool mask keeps True scores and sets the rest to mask_fill: the kernel reads it as
+        # floats, 1.0 where masked (converted at compile time when the mask is constant).
+        fill = float(node.attrs.get("mask_fill", float("-inf")))
+        mask = _masked_as_float(lw, mask, name)
     if mask is not None:
         ms = [int(x) for x in mask.type.shape]
         full = [*batch, hq, sq, sk]
@@ -759,7 +799,7 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
         m_str = tuple(st)
     spec = AttentionSpec(batch, hq, hkv, sq, sk, d, dv, scale, causal,
                          _bstrides(qs, batch, hq * sq * d), _bstrides(ks, batch, hkv * sk * d),
-                         _bstrides(vs, batch, hkv * sk * dv), m_str, lw.host.lanes)
+                         _bstrides(vs, batch, hkv * sk * dv), m_str, lw.host.lanes, fill)
     scratch = Scratch(f"{name}_scratch",
                       lw.threads * CHUNKS_PER_THREAD * spec.scratch_bytes_per_part())
     ins = [x for x in (q, k, v, mask) if x is not None]

@@ -70,6 +70,10 @@ class Program:
     alias: dict[int, Value] = field(default_factory=dict)             # id(view) -> storage value
 
 
+# Inputs a lowering accepts as bool as well as float32: (op, input index).
+BOOL_INPUTS = {("attention", 3)}
+
+
 def _is_f32(vals: list[Value | None]) -> bool:
     return all(v is None or v.type.dtype == "float32" for v in vals)
 
@@ -123,7 +127,9 @@ class Lowerer:
                 continue
             lower = LOWERINGS.get(node.op)
             done = False
-            if lower is not None and _is_f32([*node.inputs, *node.outputs]) and all(
+            typed = [x for j, x in enumerate(node.inputs) if (node.op, j) not in BOOL_INPUTS
+                     or x is None or x.type.dtype != "bool"]
+            if lower is not None and _is_f32([*typed, *node.outputs]) and all(
                     numel(o.type.shape) > 0 for o in node.outputs):
                 done = lower(self, node, f"k{i}_{node.op}")
             if not done:

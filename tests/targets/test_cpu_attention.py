@@ -123,3 +123,35 @@ def test_parallel_shares(causal, ms):
     check(g, feeds, threads=(2, 3))
     model = compile_graph(g, threads=2)
     assert any(st.parallel for st in model._prog.steps if st.op == "attention")
+
+
+@pytest.mark.parametrize("fill", [float(np.finfo(np.float32).min), -1e4, float("-inf")])
+@pytest.mark.parametrize("const_mask", [True, False])
+@pytest.mark.parametrize("ms", [(20, 29), (2, 1, 1, 29), (2, 3, 20, 29)])
+def test_bool_mask(fill, const_mask, ms):
+    """A bool mask (GPT-2's causal buffer through where): kept scores stay, the rest become
+    mask_fill; rows with every key masked included."""
+    rng = np.random.default_rng(5)
+    keep = rng.random(ms) < 0.6
+    keep[..., :3, :] = False  # fully masked rows
+    if keep.shape[-2] > 5:
+        keep[..., 5, 2:] = False
+    g = Graph("attn_bool")
+    q, k, v = (g.add_input(n, s) for n, s in (("q", (2, 3, 20, 8)), ("k", (2, 3, 29, 8)),
+                                              ("v", (2, 3, 29, 8))))
+    m = g.add_const(keep, "keep") if const_mask else g.add_input("m", ms, "bool")
+    g.set_outputs(g.apply("attention", q, k, v, m, scale=0.35, mask_fill=fill))
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in
+             (("q", (2, 3, 20, 8)), ("k", (2, 3, 29, 8)), ("v", (2, 3, 29, 8)))}
+    if not const_mask:
+        feeds["m"] = keep
+    want = reference(g, feeds)
+    for t in (1, 2):
+        model = compile_graph(g, threads=t)
+        # only the runtime mask's conversion to floats runs in numpy, never the attention
+        assert g.nodes[-1].name not in model.fallback_nodes, model.fallback_nodes
+        assert len(model.fallback_nodes) == (0 if const_mask else 2), model.fallback_nodes
+        got = model(**feeds)
+        for name, w in want.items():
+            np.testing.assert_allclose(got[name], w, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} threads={t}")
