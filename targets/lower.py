@@ -72,6 +72,8 @@ class Program:
 
 # Inputs a lowering accepts as bool as well as float32: (op, input index).
 BOOL_INPUTS = {("attention", 3)}
+# Lowerings that move elements of any dtype.
+ANY_DTYPE = {"transpose", "slice", "split", "concat"}
 
 
 def _is_f32(vals: list[Value | None]) -> bool:
@@ -129,7 +131,8 @@ class Lowerer:
             done = False
             typed = [x for j, x in enumerate(node.inputs) if (node.op, j) not in BOOL_INPUTS
                      or x is None or x.type.dtype != "bool"]
-            if lower is not None and _is_f32([*typed, *node.outputs]) and all(
+            if lower is not None and (node.op in ANY_DTYPE or _is_f32([*typed, *node.outputs])) \
+                    and all(
                     numel(o.type.shape) > 0 for o in node.outputs):
                 done = lower(self, node, f"k{i}_{node.op}")
             if not done:
@@ -300,6 +303,14 @@ def _lower_gap(lw: Lowerer, node: Node, name: str) -> bool:
     return lower_gap(lw, node, name)
 
 
+def _lower_layout(lw: Lowerer, node: Node, name: str) -> bool:
+    from satura.targets import layout  # imports this module
+
+    fn = {"transpose": layout.lower_transpose, "slice": layout.lower_slice,
+          "split": layout.lower_split, "concat": layout.lower_concat}[node.op]
+    return fn(lw, node, name)
+
+
 def _lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     from satura.targets.attention import lower_attention  # imports this module
 
@@ -371,7 +382,8 @@ LOWERINGS: dict[str, Callable[[Lowerer, Node, str], bool]] = {
     "layer_norm": _lower_norm, "rms_norm": _lower_norm, "softmax": _lower_softmax,
     "reshape": _lower_view, "identity": _lower_view, "attention": _lower_attention,
     "conv": _lower_conv, "max_pool": _lower_max_pool, "avg_pool": _lower_avg_pool,
-    "global_avg_pool": _lower_gap,
+    "global_avg_pool": _lower_gap, "transpose": _lower_layout, "slice": _lower_layout,
+    "split": _lower_layout, "concat": _lower_layout,
     **{op: _lower_unary for op in UNARY_OPS | {"gelu"} if op != "identity"},
     **{op: _lower_binary for op in BINARY_OPS},
 }
