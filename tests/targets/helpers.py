@@ -41,3 +41,24 @@ def one_node(op: str, shapes: list[Any], consts: dict[int, np.ndarray] | None = 
             ins.append(v)
     g.set_outputs(g.apply(op, *ins, **attrs))
     return g, feeds
+
+
+def check_compiled(graph: Graph, feeds: dict[str, np.ndarray], threads: tuple[int, ...] = (1, 2),
+                   rtol: float | None = 1e-4) -> dict[str, np.ndarray]:
+    """Compile ``graph`` at each thread count, with no numpy fallback, and compare with the
+    reference: within ``rtol`` (atol 1e-5), or bit for bit and dtype for dtype when None."""
+    from satura.targets import compile_graph
+
+    want = reference(graph, feeds)
+    for t in threads:
+        model = compile_graph(graph, threads=t)
+        assert model.fallback_nodes == [], model.fallback_nodes
+        got = model(**feeds)
+        for name, w in want.items():
+            if rtol is None:
+                assert got[name].dtype == w.dtype
+                np.testing.assert_array_equal(got[name], w, err_msg=f"{name} threads={t}")
+            else:
+                np.testing.assert_allclose(got[name], w, rtol=rtol, atol=1e-5,
+                                           err_msg=f"{name} threads={t}")
+    return want

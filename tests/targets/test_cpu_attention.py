@@ -7,7 +7,7 @@ import pytest
 from satura.engine.graph import Graph
 from satura.targets import compile_graph
 
-from tests.targets.helpers import reference
+from tests.targets.helpers import check_compiled, reference
 
 pytestmark = pytest.mark.llvm
 
@@ -26,15 +26,7 @@ def attention_graph(qs, ks, vs, ms=None, seed=0, **attrs):
 
 
 def check(g, feeds, threads=(1, 2)):
-    want = reference(g, feeds)
-    for t in threads:
-        model = compile_graph(g, threads=t)
-        assert model.fallback_nodes == [], model.fallback_nodes
-        got = model(**feeds)
-        for name, w in want.items():
-            np.testing.assert_allclose(got[name], w, rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{name} threads={t}")
-    return want
+    return check_compiled(g, feeds, threads)
 
 
 @pytest.mark.parametrize(("qs", "ks", "vs"), [

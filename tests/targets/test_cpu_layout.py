@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from satura.engine.graph import Graph
-from satura.targets import compile_graph
 
-from tests.targets.helpers import reference
+from tests.targets.helpers import check_compiled
 
 pytestmark = pytest.mark.llvm
 
@@ -20,15 +19,8 @@ def _data(shape, dtype, rng):
     return (rng.standard_normal(shape) * 100).astype(dtype)
 
 
-def _check(g, feeds, threads=(1, 2)):
-    want = reference(g, feeds)
-    for t in threads:
-        model = compile_graph(g, threads=t)
-        assert model.fallback_nodes == [], model.fallback_nodes
-        got = model(**feeds)
-        for k, w in want.items():
-            assert got[k].dtype == w.dtype
-            np.testing.assert_array_equal(got[k], w, err_msg=f"{k} threads={t}")
+def _check(g, feeds):
+    check_compiled(g, feeds, rtol=None)  # copies: bit for bit, dtype for dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
