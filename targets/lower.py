@@ -8,6 +8,7 @@ run their numpy reference (``fallback``). ``reshape``/``identity`` are zero-copy
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -405,13 +406,21 @@ class InPlace:
         return self.proof is True
 
 
+@functools.lru_cache(maxsize=4096)
+def _inplace_proof(shape: tuple[int, ...]) -> bool | None:
+    """Z3's verdict for an elementwise kernel over ``shape`` writing over its same-shaped input
+    (one proof per shape: the access pattern depends on nothing else)."""
+    from satura.engine.verify.alias import StridedView, prove_inplace_safe
+
+    view = StridedView.contiguous(shape)
+    return prove_inplace_safe(view, [view], order="any")
+
+
 def plan_inplace(program: Program, graph: Graph, root: Callable[[Value], Value]) -> list[InPlace]:
     """Let elementwise kernels write over an input that dies at that step, where
     :func:`satura.engine.verify.alias.prove_inplace_safe` proves that no iteration reads an
     element another one wrote. A proved reuse becomes an alias (output -> input's storage) in
     ``program.alias``, so the memory plan gives both one buffer."""
-    from satura.engine.verify.alias import StridedView, prove_inplace_safe
-
     external = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
     last: dict[int, int] = {}
     for i, st in enumerate(program.steps):
@@ -431,9 +440,7 @@ def plan_inplace(program: Program, graph: Graph, root: Callable[[Value], Value])
                     or src.type.dtype != dst.type.dtype \
                     or numel(src.type.shape) != numel(dst.type.shape):
                 continue
-            shape = tuple(int(d) for d in dst.type.shape)
-            view = StridedView.contiguous(shape)
-            proof = prove_inplace_safe(view, [view], order="any")
+            proof = _inplace_proof(tuple(int(d) for d in dst.type.shape))
             out.append(InPlace(st.name, x.name, dst.name, proof))
             if proof is True:
                 program.alias[id(dst)] = src
