@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from satura.engine.errors import ShapeError
-from satura.engine.ops.registry import OPS, AttrSpec, OpInfo, Work, register
+from satura.engine.ops.registry import OPS, AttrSpec, OpInfo, Work, io_bytes, numel, register
 from satura.engine.shapes import DimOps, Shape
 
 # Pseudo-ops: an ew node name -> (registered op, attributes).
@@ -101,22 +101,12 @@ def _ew_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
 
 
 def _ew_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
-    n = 1
-    for s in outs[0].shape:
-        n *= int(s)
+    n = numel(outs[0].shape)
     flops = 0.0
     for name in ew_ops(at["expr"]):
         info, attrs = _resolve(name)
         flops += info.work(list(outs), list(outs), attrs).flops / max(n, 1)
-    moved = sum(_nbytes(t) for t in [*ins, *outs] if t is not None)
-    return Work(flops * n, float(moved))
-
-
-def _nbytes(t: Any) -> int:
-    n = 1
-    for s in t.shape:
-        n *= int(s)
-    return n * t.itemsize
+    return Work(flops * n, io_bytes(ins, outs))
 
 
 register(OpInfo(

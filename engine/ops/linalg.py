@@ -7,19 +7,8 @@ from typing import Any
 
 import numpy as np
 from satura.engine.ops.elementwise import gelu_ref
-from satura.engine.ops.registry import AttrSpec, OpInfo, Work, register
+from satura.engine.ops.registry import AttrSpec, OpInfo, Work, io_bytes, numel, register
 from satura.engine.shapes import DimOps, Shape
-
-
-def _numel(shape: Sequence[Any]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _io_bytes(ins: Sequence[Any], outs: Sequence[Any]) -> float:
-    return float(sum(_numel(t.shape) * t.itemsize for t in [*ins, *outs] if t is not None))
 
 
 # -- matmul ------------------------------------------------------------------------------------
@@ -42,7 +31,7 @@ def matmul_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]
 
 def matmul_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     k = int(ins[0].shape[-1])
-    return Work(2.0 * _numel(outs[0].shape) * k, _io_bytes(ins, outs))
+    return Work(2.0 * numel(outs[0].shape) * k, io_bytes(ins, outs))
 
 
 register(OpInfo(
@@ -84,8 +73,8 @@ def _gemm_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
 def gemm_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     a = ins[0].shape
     k = int(a[0] if at["trans_a"] else a[1])
-    n = _numel(outs[0].shape)
-    return Work(2.0 * n * k + 2.0 * n, _io_bytes(ins, outs))
+    n = numel(outs[0].shape)
+    return Work(2.0 * n * k + 2.0 * n, io_bytes(ins, outs))
 
 
 register(OpInfo(
@@ -153,9 +142,9 @@ def _linear_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
 
 def linear_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     k = int(ins[1].shape[0])
-    n = _numel(outs[0].shape)
+    n = numel(outs[0].shape)
     act_flops = 0 if at["act"] in ("none", "relu") else 12
-    return Work(2.0 * n * k + n * (2 + act_flops), _io_bytes(ins, outs))
+    return Work(2.0 * n * k + n * (2 + act_flops), io_bytes(ins, outs))
 
 
 register(OpInfo(

@@ -7,19 +7,16 @@ from typing import Any
 
 import numpy as np
 from satura.engine.ops.linalg import ACTIVATIONS, apply_act
-from satura.engine.ops.registry import AttrSpec, OpInfo, Work, elementwise_work, register
+from satura.engine.ops.registry import (
+    AttrSpec,
+    OpInfo,
+    Work,
+    elementwise_work,
+    io_bytes,
+    numel,
+    register,
+)
 from satura.engine.shapes import DimOps, IntDims, Shape, normalize_axis
-
-
-def _numel(shape: Sequence[Any]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _io_bytes(ins: Sequence[Any], outs: Sequence[Any]) -> float:
-    return float(sum(_numel(t.shape) * t.itemsize for t in [*ins, *outs] if t is not None))
 
 
 def _first(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -215,8 +212,8 @@ def _conv_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
 
 def conv_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     w = ins[1].shape
-    per_out = _numel(w[1:])
-    return Work(2.0 * _numel(outs[0].shape) * per_out, _io_bytes(ins, outs))
+    per_out = numel(w[1:])
+    return Work(2.0 * numel(outs[0].shape) * per_out, io_bytes(ins, outs))
 
 
 register(OpInfo(
@@ -269,7 +266,7 @@ def _pool_ref(x: np.ndarray, at: Any, kind: str) -> np.ndarray:
 
 
 def _pool_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
-    return Work(float(_numel(outs[0].shape) * _numel(at["kernel"])), _io_bytes(ins, outs))
+    return Work(float(numel(outs[0].shape) * numel(at["kernel"])), io_bytes(ins, outs))
 
 
 _POOL_ATTRS = {"kernel": AttrSpec("ints"), "strides": AttrSpec("ints", None),
@@ -351,9 +348,9 @@ def _attention_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray
 
 def attention_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     q, k, v = ins[0].shape, ins[1].shape, ins[2].shape
-    scores = _numel(q[:-1]) * int(k[-2])
+    scores = numel(q[:-1]) * int(k[-2])
     return Work(2.0 * scores * int(q[-1]) + 2.0 * scores * int(v[-1]) + 12.0 * scores,
-                _io_bytes(ins, outs))
+                io_bytes(ins, outs))
 
 
 register(OpInfo(

@@ -63,22 +63,23 @@ def same_dtype(ins: Sequence[str | None], attrs: Attrs) -> list[str]:
     return [first]
 
 
-def elementwise_work(ins: Sequence[Any], outs: Sequence[Any], attrs: Attrs,
-                     flops_per: float = 1.0) -> Work:
-    n = float(sum(_numel(o) for o in outs))
-    moved = sum(_nbytes(t) for t in ins if t is not None) + sum(_nbytes(t) for t in outs)
-    return Work(n * flops_per, float(moved))
-
-
-def _numel(t: Any) -> int:
+def numel(shape: Sequence[Any]) -> int:
+    """Elements of a static shape."""
     n = 1
-    for d in t.shape:
+    for d in shape:
         n *= int(d)
     return n
 
 
-def _nbytes(t: Any) -> int:
-    return _numel(t) * t.itemsize
+def io_bytes(ins: Sequence[Any], outs: Sequence[Any]) -> float:
+    """Bytes an op reads and writes: every present input and output type once."""
+    return float(sum(numel(t.shape) * t.itemsize for t in [*ins, *outs] if t is not None))
+
+
+def elementwise_work(ins: Sequence[Any], outs: Sequence[Any], attrs: Attrs,
+                     flops_per: float = 1.0) -> Work:
+    n = float(sum(numel(o.shape) for o in outs))
+    return Work(n * flops_per, io_bytes(ins, outs))
 
 
 @dataclass(frozen=True)
