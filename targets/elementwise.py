@@ -176,5 +176,5 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
           "  br i1 %rmore, label %row, label %done", "done:",
           # Streaming stores are weakly ordered: sfence them before this share counts as done,
           # so another core that reads the output next sees every value.
-          *(["  call void @llvm.x86.sse.sfence()"] if stream else []), "  ret void", "}"]
+          *(["  call void @sat_store_fence()"] if stream else []), "  ret void", "}"]
     return wrapper(name, [out] + [o for o, _ in ins]) + "\n" + "\n".join(L)

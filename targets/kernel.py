@@ -8,6 +8,11 @@ cores. The body is an internal function whose pointer parameters are ``noalias``
 Every buffer a kernel writes (the arena, the model's outputs) starts at a ``BASE_ALIGN``-aligned
 table address (the runtime allocates them so); graph inputs and constants carry no such promise.
 ``PARALLEL_RUNNER`` is the IR of the persistent thread pool that every model's module carries.
+
+Kernels and the pool are target-neutral IR: what differs per ISA (the fence after streaming
+stores, the spin-loop hint, the futex system call number) is reached through three small
+functions, ``@sat_store_fence``, ``@sat_spin_hint`` and ``@sat_futex``, whose definitions for
+one target ``target_support(arch)`` gives (the runtime appends them to every module).
 """
 
 from __future__ import annotations
@@ -79,8 +84,56 @@ class Loops:
                    f"  br label %{var}.h", f"{var}.x:"]
 
 
+@dataclass(frozen=True)
+class ArchIR:
+    """How one ISA spells what the generated code needs and LLVM IR has no neutral form for."""
+
+    declares: str      # the intrinsics the lines below call
+    store_fence: str   # orders streaming (non-temporal) stores before a share reports done
+    spin_hint: str     # one spin-wait iteration's hint to the core
+    futex_nr: int      # Linux system call number of futex(2)
+
+
+ARCH_IR = {
+    # ``fence release`` is no instruction on x86 (TSO), but movnt stores are weakly ordered:
+    # they need sfence.
+    "x86_64": ArchIR("declare void @llvm.x86.sse.sfence()\ndeclare void @llvm.x86.sse2.pause()",
+                     "call void @llvm.x86.sse.sfence()", "call void @llvm.x86.sse2.pause()", 202),
+    # AArch64: a release fence is ``dmb ish``, which orders STNP like any store; hint #1 is
+    # ``yield``.
+    "aarch64": ArchIR("declare void @llvm.aarch64.hint(i32)", "fence release",
+                      "call void @llvm.aarch64.hint(i32 1)", 98),
+}
+
+
+def target_support(arch: str) -> str:
+    """The IR of ``@sat_store_fence``, ``@sat_spin_hint`` and ``@sat_futex`` for ``arch``.
+
+    ``@sat_futex(ptr word, i64 op, i64 val)`` is futex(2) with a null timeout. Raises KeyError
+    for an ISA without an entry in ``ARCH_IR``.
+    """
+    a = ARCH_IR[arch]
+    return f"""{a.declares}
+declare i64 @syscall(i64, ...)
+
+define internal void @sat_store_fence() alwaysinline {{
+  {a.store_fence}
+  ret void
+}}
+
+define internal void @sat_spin_hint() alwaysinline {{
+  {a.spin_hint}
+  ret void
+}}
+
+define internal i64 @sat_futex(ptr %w, i64 %op, i64 %v) {{
+  %r = call i64 (i64, ...) @syscall(i64 {a.futex_nr}, ptr %w, i64 %op, i64 %v, ptr null)
+  ret i64 %r
+}}
+"""
+
+
 PRELUDE = """declare i64 @llvm.umin.i64(i64, i64)
-declare void @llvm.x86.sse.sfence()
 declare i64 @llvm.smin.i64(i64, i64)
 declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)
 declare float @llvm.vector.reduce.fadd.v16f32(float, <16 x float>)
@@ -110,8 +163,6 @@ POOL_SPIN = 256
 PARALLEL_RUNNER = """
 declare i32 @pthread_create(ptr, ptr, ptr, ptr)
 declare i32 @pthread_join(i64, ptr)
-declare i64 @syscall(i64, ...)
-declare void @llvm.x86.sse2.pause()
 
 define internal void @sat_pool_claim(ptr %s, i64 %gen) {
 entry:
@@ -160,7 +211,7 @@ spin:
   %new = icmp ne i32 %g, %seen
   br i1 %new, label %woke, label %pause
 pause:
-  call void @llvm.x86.sse2.pause()
+  call void @sat_spin_hint()
   %k1 = add i32 %k, 1
   %long = icmp ugt i32 %k1, POOL_SPIN
   br i1 %long, label %sleep, label %spin
@@ -171,7 +222,7 @@ sleep:
 nap:
   %sl = atomicrmw add ptr %sp, i64 1 seq_cst, align 8
   %seen64 = zext i32 %seen to i64
-  %fr = call i64 (i64, ...) @syscall(i64 202, ptr %gp, i64 128, i64 %seen64, ptr null)
+  %fr = call i64 @sat_futex(ptr %gp, i64 128, i64 %seen64)
   %sl2 = atomicrmw sub ptr %sp, i64 1 seq_cst, align 8
   br label %wait
 woke:
@@ -190,7 +241,7 @@ last.b:
   %msleeps = icmp ne i32 %mw, 0
   br i1 %msleeps, label %wakemain, label %wait
 wakemain:
-  %fw = call i64 (i64, ...) @syscall(i64 202, ptr %ap, i64 129, i64 1)
+  %fw = call i64 @sat_futex(ptr %ap, i64 129, i64 1)
   br label %wait
 exit:
   ret ptr null
@@ -238,7 +289,7 @@ entry:
   %any = icmp ne i64 %sl, 0
   br i1 %any, label %wake, label %work
 wake:
-  %fr = call i64 (i64, ...) @syscall(i64 202, ptr %gp, i64 129, i64 2147483647)
+  %fr = call i64 @sat_futex(ptr %gp, i64 129, i64 2147483647)
   br label %work
 work:
   call void @sat_pool_claim(ptr %s, i64 %g64)
@@ -253,7 +304,7 @@ pause:
   %long = icmp ugt i32 %k1, POOL_SPIN
   br i1 %long, label %block, label %spin
 spin:
-  call void @llvm.x86.sse2.pause()
+  call void @sat_spin_hint()
   br label %join
 block:
   %mp = getelementptr i8, ptr %s, i64 132
@@ -265,7 +316,7 @@ blockloop:
   br i1 %bidle, label %unblock, label %nap
 nap:
   %b64 = zext i32 %b to i64
-  %fr2 = call i64 (i64, ...) @syscall(i64 202, ptr %ap, i64 128, i64 %b64, ptr null)
+  %fr2 = call i64 @sat_futex(ptr %ap, i64 128, i64 %b64)
   br label %blockloop
 unblock:
   store atomic i32 0, ptr %mp seq_cst, align 4
@@ -282,7 +333,7 @@ entry:
   %g = load atomic i32, ptr %gp monotonic, align 4
   %g1 = add i32 %g, 1
   store atomic i32 %g1, ptr %gp seq_cst, align 4
-  %fr = call i64 (i64, ...) @syscall(i64 202, ptr %gp, i64 129, i64 2147483647)
+  %fr = call i64 @sat_futex(ptr %gp, i64 129, i64 2147483647)
   br label %loop
 loop:
   %i = phi i64 [0, %entry], [%i1, %body]

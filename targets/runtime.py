@@ -8,6 +8,10 @@ their numpy references. Large kernels are split into shares run on several cores
 persistent native thread pool (``NativePool``, created on the first parallel kernel, a few µs a
 hand-off), or by a Python thread pool when ``model.native_threads`` is set to False (~50-150 µs
 a hand-off; measured by ``python -m benchmarks.run``, table "two-core hand-off").
+
+``build_module`` is what every target shares: lowering, in-place planning, the memory plan and the
+module's IR for one :class:`~satura.targets.codegen.CpuTarget`. ``CompiledModel`` JIT-loads it for
+the host; ``emit_cross`` turns it into an object file and assembly for a cross target (AArch64).
 """
 
 from __future__ import annotations
@@ -19,27 +23,31 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from satura.engine.errors import CodegenError, InputError
-from satura.engine.graph import Graph, Value
+from satura.engine.fold import fold_constants
+from satura.engine.graph import Graph, Value, specialize
 from satura.engine.ops import run_reference
 from satura.targets import codegen
-from satura.targets.kernel import BASE_ALIGN, POOL_STATE_BYTES
+from satura.targets.codegen import CpuTarget
+from satura.targets.kernel import BASE_ALIGN, POOL_STATE_BYTES, target_support
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
     Lowerer,
+    Program,
     Ref,
     generate,
     lifetimes,
     numel,
     plan_inplace,
 )
-from satura.targets.memory import ALIGN, plan_memory
+from satura.targets.memory import ALIGN, MemoryPlan, plan_memory
 from satura.targets.specialize import SpecializingModel
 
 import satura
@@ -66,8 +74,73 @@ def _addr(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
 
+@dataclass
+class ModuleBuild:
+    """A graph lowered for one target: the steps, the pointer table, the memory plan and the IR.
+
+    The pointer table is ``[arena, inputs..., outputs..., constants...]``: ``slot`` maps a
+    value's id to its entry; ``consts`` holds each constant's entry and data (the runtime puts
+    it there); ``out_vals`` are the outputs with an entry of their own (not inputs, not constants).
+    """
+
+    target: CpuTarget
+    threads: int
+    program: Program
+    root: Callable[[Value], Value]
+    slot: dict[int, int]
+    out_vals: list[Value]
+    consts: list[tuple[int, np.ndarray]]
+    inplace: Any
+    plan: MemoryPlan
+    ir: str
+
+    def slot_of(self, r: Ref) -> int | None:
+        return self.slot.get(id(r)) if isinstance(r, Value) else None
+
+
+def build_module(graph: Graph, target: CpuTarget, threads: int) -> ModuleBuild:
+    """Lower a static-shaped ``graph`` for ``target`` and write its module's LLVM IR.
+
+    ``threads`` sizes the per-part scratch buffers: the module's parallel kernels may be split
+    into at most ``threads × CHUNKS_PER_THREAD`` parts. Raises CodegenError (symbolic shapes).
+    """
+    for v in graph.inputs:
+        if not v.type.is_static:
+            what = "the CPU target" if target.jit else f"the {target.name} target"
+            raise CodegenError(f"input '{v.name}' has symbolic shape {v.type}: {what} compiles "
+                               "static shapes only (bind the dimensions first)")
+    lw = Lowerer(graph, target, threads)
+    prog = lw.run()
+    slot: dict[int, int] = {}
+    for v in graph.inputs:
+        slot.setdefault(id(v), len(slot) + 1)
+    out_vals: list[Value] = []
+    for v in graph.outputs:
+        if id(v) not in slot and not v.is_const:
+            slot[id(v)] = len(slot) + 1
+            out_vals.append(v)
+    consts: list[tuple[int, np.ndarray]] = []
+    const_vals = list(prog.consts)
+    for st in prog.steps:
+        const_vals += [r for r in st.reads
+                       if isinstance(r, Value) and id(r) in prog.extra_consts]
+    for v in const_vals:
+        if id(v) in slot:
+            continue
+        slot[id(v)] = len(slot) + 1
+        consts.append((slot[id(v)], np.ascontiguousarray(prog.extra_consts.get(id(v), v.data))))
+    inplace = plan_inplace(prog, graph, lw.root)
+    plan = plan_memory(lifetimes(prog, graph, lw.root))
+    build = ModuleBuild(target, threads, prog, lw.root, slot, out_vals, consts, inplace, plan, "")
+    # The kernels are target-neutral IR; the target's fence, spin hint and futex come after.
+    build.ir = (generate(prog, graph, plan, build.slot_of, lw.root) + "\n"
+                + target_support(target.arch))
+    return build
+
+
 def _object_code(ir: str, cache_dir: str | None) -> tuple[bytes, bool]:
-    """Machine code for ``ir``: from this process's memo, the disk cache, or LLVM. (obj, hit)."""
+    """Host machine code for ``ir``: from this process's memo, the disk cache, or LLVM.
+    Returns (obj, hit)."""
     key = hashlib.sha256(
         f"{satura.__version__}|{codegen.host_target().key()}|{ir}".encode()).hexdigest()
     if key in _OBJECTS:
@@ -123,44 +196,21 @@ class CompiledModel:
     def __init__(self, graph: Graph, threads: int | None = None,
                  cache_dir: str | None = None) -> None:
         t0 = time.perf_counter()
-        for v in graph.inputs:
-            if not v.type.is_static:
-                raise CodegenError(f"input '{v.name}' has symbolic shape {v.type}: the CPU target "
-                                   "compiles static shapes only (bind the dimensions first)")
         self.graph = graph
         self.threads = max(1, threads or len(os.sched_getaffinity(0)))
-        host = codegen.host_target()
-        lw = Lowerer(graph, host, self.threads)
-        prog = lw.run()
-        self._prog, self._root = prog, lw.root
-        # Pointer table: [arena, inputs..., outputs..., constants...].
-        self._slot: dict[int, int] = {}
-        for v in graph.inputs:
-            self._slot.setdefault(id(v), len(self._slot) + 1)
-        self._out_vals: list[Value] = []
-        for v in graph.outputs:
-            if id(v) not in self._slot and not v.is_const:
-                self._slot[id(v)] = len(self._slot) + 1
-                self._out_vals.append(v)
+        build = build_module(graph, codegen.host_target(), self.threads)
+        prog = build.program
+        self._prog, self._root = prog, build.root
+        self._slot, self._out_vals = build.slot, build.out_vals
         self._consts: list[tuple[int, np.ndarray]] = []
-        const_vals = list(prog.consts)
-        for st in prog.steps:
-            const_vals += [r for r in st.reads
-                           if isinstance(r, Value) and id(r) in prog.extra_consts]
-        for v in const_vals:
-            if id(v) in self._slot:
-                continue
-            self._slot[id(v)] = len(self._slot) + 1
-            data = np.ascontiguousarray(prog.extra_consts.get(id(v), v.data))
+        for slot, data in build.consts:
             aligned = _aligned_empty(data.nbytes).view(data.dtype).reshape(data.shape)
             aligned[...] = data
-            self._consts.append((self._slot[id(v)], aligned))
-        self.inplace = plan_inplace(prog, graph, lw.root)
-        bufs = lifetimes(prog, graph, lw.root)
-        self._plan = plan_memory(bufs)
-        ir = generate(prog, graph, self._plan, self._slot_of, lw.root)
-        self.llvm_ir = ir
-        obj, self.cache_hit = _object_code(ir, cache_dir)
+            self._consts.append((slot, aligned))
+        self.inplace = build.inplace
+        self._plan = build.plan
+        self.llvm_ir = build.ir
+        obj, self.cache_hit = _object_code(build.ir, cache_dir)
         self._jit = codegen.JitModule(obj)
         self._arena = _aligned_empty(max(self._plan.arena_bytes, ALIGN))
         self._table = (ctypes.c_void_p * (len(self._slot) + 1))()
@@ -211,9 +261,6 @@ class CompiledModel:
     @property
     def fallback_nodes(self) -> list[str]:
         return [st.node.name for st in self._prog.steps if st.node is not None]
-
-    def _slot_of(self, r: Ref) -> int | None:
-        return self._slot.get(id(r)) if isinstance(r, Value) else None
 
     # -- running ----------------------------------------------------------------------------------
     def _input_error(self, inputs: Mapping[str, Any]) -> InputError:
@@ -354,8 +401,99 @@ def compile_graph(graph: Graph, target: str = "cpu", threads: int | None = None,
     and the satura version (a hit skips LLVM). Raises CodegenError (unsupported target, symbolic
     input shapes, LLVM failure).
     """
-    if target not in ("cpu", "host", "x86_64"):
-        raise CodegenError(f"unknown target '{target}' (this backend compiles for: cpu)")
+    if target not in codegen.HOST_NAMES:
+        if target in codegen.CROSS_TARGETS:
+            raise CodegenError(f"target '{target}' is a cross target: its code cannot run in this "
+                               "process; emit it with satura.targets.runtime.emit_cross(graph, "
+                               f"'{target}') or `satura compile MODEL --target {target} -o OUT.o`")
+        raise CodegenError(f"unknown target '{target}' (this backend compiles for: cpu; it emits "
+                           "code for the cross target aarch64 through emit_cross)")
     if any(not v.type.is_static for v in graph.inputs):
         return SpecializingModel(graph, lambda g: CompiledModel(g, threads, cache_dir))
     return CompiledModel(graph, threads, cache_dir)
+
+
+@dataclass(frozen=True)
+class CrossModule:
+    """A model's code for a cross target: an ELF object, its assembly, and how to drive it.
+
+    ``kernels`` are the exported ``void NAME(ptr table, i64 part, i64 nparts)`` entries in run
+    order (``nparts`` at most ``max_parts``); ``inputs``/``outputs`` give the pointer-table slots
+    of the graph's inputs and outputs by name, ``constants`` the slot and data of each constant;
+    slot 0 is an arena of ``arena_bytes`` bytes. Buffers the kernels write (the arena, outputs)
+    must be ``BASE_ALIGN``-aligned. ``fallback_nodes`` have no kernel: the object does not
+    compute them (a runner must).
+    """
+
+    target: CpuTarget
+    object: bytes
+    assembly: str
+    llvm_ir: str
+    kernels: list[str]
+    inputs: dict[str, int]
+    outputs: dict[str, int]
+    constants: list[tuple[int, np.ndarray]]
+    arena_bytes: int
+    max_parts: int
+    fallback_nodes: list[str]
+
+
+def bind_dims(graph: Graph, dims: Mapping[str, int]) -> Graph:
+    """``graph`` with its inputs' symbolic dimensions set by name (``{"batch": 1}``).
+
+    Raises CodegenError for a name that is no input dimension of the graph.
+    """
+    symbols = {str(s): s for v in graph.inputs for s in v.type.symbols}
+    unknown = sorted(set(dims) - set(symbols))
+    if unknown:
+        raise CodegenError(f"no input dimension is named '{unknown[0]}' (the symbolic ones: "
+                           f"{', '.join(sorted(symbols)) or 'none'})")
+    if not dims:
+        return graph
+    static = specialize(graph, {symbols[k]: int(n) for k, n in dims.items()})
+    fold_constants(static)  # what the bound sizes make constant (shape arithmetic) is data
+    return static
+
+
+def _x86_user(ir: str) -> str | None:
+    """The first function in ``ir`` whose body calls an ``llvm.x86.*`` intrinsic, if any."""
+    current = None
+    for line in ir.splitlines():
+        if line.startswith("define "):
+            current = line.split("@", 1)[1].split("(", 1)[0]
+        elif current is not None and "@llvm.x86." in line:
+            return current
+        elif line.startswith("}"):
+            current = None
+    return None
+
+
+def emit_cross(graph: Graph, target: str | CpuTarget = "aarch64", threads: int = 1,
+               dims: Mapping[str, int] | None = None) -> CrossModule:
+    """Compile ``graph`` for a cross target (default ``aarch64``: Linux, NEON) without running it.
+
+    The same lowering, memory plan and module as :class:`CompiledModel`, optimized at O3 for the
+    target and emitted as an ELF object and assembly. ``dims`` binds symbolic input dimensions by
+    name; the shapes must then be static. ``threads`` sizes per-part scratch: a runner may split a
+    parallel kernel into up to ``threads × CHUNKS_PER_THREAD`` parts. Raises CodegenError
+    (unknown target, symbolic shapes, x86-only IR, LLVM failure).
+    """
+    t = codegen.resolve_target(target)
+    if threads < 1:
+        raise CodegenError(f"threads={threads}: must be at least 1")
+    graph = bind_dims(graph, dims or {})
+    build = build_module(graph, t, threads)
+    x86 = _x86_user(build.ir) if t.arch != "x86_64" else None
+    if x86 is not None:
+        raise CodegenError(f"function '{x86}' calls an x86 intrinsic: it cannot be compiled for "
+                           f"{t.name} (call @sat_store_fence / @sat_spin_hint, kernel.py)")
+    mod = codegen.optimize_ir(build.ir, t)
+    prog = build.program
+    return CrossModule(
+        target=t, object=codegen.emit_object(mod, t), assembly=codegen.emit_assembly(mod, t),
+        llvm_ir=build.ir, kernels=[st.name for st in prog.steps if st.gen is not None],
+        inputs={v.name: build.slot[id(v)] for v in graph.inputs},
+        outputs={v.name: build.slot[id(v)] for v in graph.outputs if id(v) in build.slot},
+        constants=build.consts, arena_bytes=build.plan.arena_bytes,
+        max_parts=threads * CHUNKS_PER_THREAD,
+        fallback_nodes=[st.node.name for st in prog.steps if st.node is not None])
