@@ -21,14 +21,25 @@ from satura.engine.errors import InputError, SaturaError
 
 def _write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file: nothing is ever written half."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
+    _write_all_atomic([(path, data)])
+
+
+def _write_all_atomic(files: Sequence[tuple[str, bytes]]) -> None:
+    """Write every file through a temporary beside it, renaming only once all are written: a
+    failure leaves no file half written and none of the new ones in place."""
+    temps: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        for path, data in files:
+            target = Path(path)
+            fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
+            temps.append((tmp, target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        for tmp, target in temps:
+            os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -89,6 +100,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         for k, v in outputs.items():
             print(f"{k}: {v.dtype}{list(v.shape)}\n{v}")
+    return 0
+
+
+def _dim(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': expected NAME=SIZE, e.g. batch=1")
+    return name, int(value)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Compile a model for a CPU target into an ELF object (and assembly) without running it."""
+    import satura
+    from satura.targets.runtime import emit_cross
+
+    g = satura.load(args.model)
+    if not args.no_optimize:
+        g = satura.optimize(g, target="cpu").graph  # the CPU cost model serves every CPU ISA
+    mod = emit_cross(g, args.target, threads=args.threads, dims=dict(args.dim or []))
+    files = [(args.out, mod.object)]
+    if args.asm:
+        files.append((args.asm, mod.assembly.encode()))
+    _write_all_atomic(files)
+    print(f"wrote {args.out}: {mod.target.triple} ({mod.target.cpu}), {len(mod.kernels)} kernels "
+          f"({', '.join(mod.kernels)}), arena {mod.arena_bytes} bytes")
+    if args.asm:
+        print(f"wrote {args.asm}")
+    if mod.fallback_nodes:
+        print(f"note: {len(mod.fallback_nodes)} nodes have no kernel and are not in the object: "
+              + ", ".join(mod.fallback_nodes))
     return 0
 
 
@@ -175,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="cpu", choices=["cpu", "reference"])
     s.add_argument("--no-optimize", action="store_true")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("compile", help="compile a model to an object file (and assembly) for a "
+                       "CPU target, without running it")
+    s.add_argument("model")
+    s.add_argument("--target", default="cpu", choices=["cpu", "aarch64"],
+                   help="cpu (the host) or aarch64 (Linux, NEON; a cross target)")
+    s.add_argument("-o", "--out", required=True, help="the ELF object to write")
+    s.add_argument("--asm", help="also write the assembly")
+    s.add_argument("--dim", type=_dim, action="append", metavar="NAME=SIZE",
+                   help="bind a symbolic input dimension (repeatable); shapes must be static")
+    s.add_argument("--threads", type=int, default=1,
+                   help="size scratch for this many cores (parts = threads x 4)")
+    s.add_argument("--no-optimize", action="store_true")
+    s.set_defaults(fn=cmd_compile)
 
     s = sub.add_parser("extract", help="extract from a serialized e-graph (egraph-serialize JSON)")
     s.add_argument("egraph")
