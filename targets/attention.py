@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from satura.engine.graph import Node, TensorType, Value
+from satura.engine.graph import Node
 from satura.targets.irmath import Emitter, fconst, vec_type
 from satura.targets.kernel import Operand, body_header, share, wrapper
 from satura.targets.lower import (
@@ -79,7 +79,7 @@ class AttentionSpec:
     v_bstr: tuple[int, ...]
     m_str: tuple[int, ...] | None  # mask strides over (*batch, Hq, S, T), 0 where broadcast
     lanes: int
-    mask_fill: float | None = None  # a bool mask (read as 1.0 where masked): masked scores' value
+    mask_fill: float | None = None  # a bool mask (bytes, 0 where masked): masked scores' value
 
     @property
     def heads(self) -> int:
@@ -211,10 +211,10 @@ class _IR:
             return "0"
         return self(f"mul i64 {a}, {b}")
 
-    def gep(self, p: str, off: str | int) -> str:
+    def gep(self, p: str, off: str | int, ty: str = "float") -> str:
         if off in (0, "0"):
             return p
-        return self(f"getelementptr float, ptr {p}, i64 {off}", "p")
+        return self(f"getelementptr {ty}, ptr {p}, i64 {off}", "p")
 
     def splat(self, s: str, lanes: int | None = None) -> str:
         lanes = lanes or self.lanes
@@ -522,8 +522,19 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
                                     "align 4"), "max")
         else:
             m_s, m_t = s.m_str[-2], s.m_str[-1]
-            mrow = ir.gep("%mk", ir.mul(r, m_s))
-            msplat = ir.splat(ir(f"load float, ptr {mrow}, align 4")) if m_t == 0 else None
+            boolean = s.mask_fill is not None  # a bool mask: bytes, 0 where masked
+            mty = "i8" if boolean else "float"
+            mrow = ir.gep("%mk", ir.mul(r, m_s), mty)
+            msplat = None
+            if m_t == 0:
+                m0 = ir(f"load {mty}, ptr {mrow}, align 1")
+                if boolean:
+                    m0 = ir(f"icmp eq i8 {m0}, 0")
+                    i = ir(f"insertelement <{lanes} x i1> poison, i1 {m0}, i64 0")
+                    msplat = ir(f"shufflevector <{lanes} x i1> {i}, <{lanes} x i1> poison, "
+                                f"<{lanes} x i32> zeroinitializer")
+                else:
+                    msplat = ir.splat(m0)
             mx = ir.var(vty, vninf)
             fillv = ""
             if s.mask_fill is not None:  # in the log2 domain, clamped to a finite float
@@ -538,23 +549,25 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
                          fillv: str = fillv, vninf: str = vninf) -> None:
                 sp = ir.gep(srow, j)
                 x = ir(f"load {vty}, ptr {sp}, align 4")
+                mvty = f"<{lanes} x {mty}>"
                 if msplat is not None:
                     mv = msplat
                 elif not tail:
-                    mv = ir(f"load {vty}, ptr {ir.gep(mrow, j)}, align 4")
+                    mv = ir(f"load {mvty}, ptr {ir.gep(mrow, j, mty)}, align 1")
                 else:
                     mv = "poison"
                     for e in range(lanes):
                         jj = ir(f"call i64 @llvm.smin.i64(i64 {ir.add(j, e)}, i64 {kb1})")
-                        me = ir(f"load float, ptr {ir.gep(mrow, jj)}, align 4")
-                        mv = ir(f"insertelement {vty} {mv}, float {me}, i64 {e}")
-                if s.mask_fill is None:
+                        me = ir(f"load {mty}, ptr {ir.gep(mrow, jj, mty)}, align 1")
+                        mv = ir(f"insertelement {mvty} {mv}, {mty} {me}, i64 {e}")
+                if boolean and msplat is None:
+                    mv = ir(f"icmp eq {mvty} {mv}, zeroinitializer")
+                if not boolean:
                     x = em.fma(mv, log2e, x)
                 else:
-                    # masked (mask 1.0) and not already -inf (past the row: causal cut-off or
+                    # masked (byte 0) and not already -inf (past the row: causal cut-off or
                     # the padding of the last vector) becomes the fill
-                    off = ir(f"and <{lanes} x i1> {ir(f'fcmp une {vty} {mv}, zeroinitializer')}"
-                             f", {ir(f'fcmp one {vty} {x}, {vninf}')}")
+                    off = ir(f"and <{lanes} x i1> {mv}, {ir(f'fcmp one {vty} {x}, {vninf}')}")
                     x = ir(f"select <{lanes} x i1> {off}, {vty} {fillv}, {vty} {x}")
                 ir.do(f"store {vty} {x}, ptr {sp}, align 4")
                 old = ir(f"load {vty}, ptr {mx}")
@@ -696,7 +709,8 @@ def attention_kernel(name: str, s: AttentionSpec, out: Operand, q: Operand, k: O
             mk = "null"
             if s.m_str is not None:
                 mk = ir.gep("%a4", ir.add(ir.add(mo, ir.mul(i0, s.m_str[-2])),
-                                          ir.mul(j0, s.m_str[-1])))
+                                          ir.mul(j0, s.m_str[-1])),
+                            "float" if s.mask_fill is None else "i8")
             ir.do(f"call void @{name}_sm(ptr {sbuf}, ptr {rmbuf}, ptr {mk}, i64 {rows}, "
                   f"i64 {kb}, ptr {mbuf}, ptr {lbuf}, ptr {abuf})")
             vj = ir.gep(vsrc, ir.mul(j0, ldv))
@@ -733,25 +747,6 @@ def _bstrides(shape: list[int], batch: tuple[int, ...], inner: int) -> tuple[int
     return tuple(out)
 
 
-def _masked_as_float(lw: Lowerer, mask: Value, name: str) -> Value:
-    """``mask`` (bool) as float32, 1.0 where a score is masked out."""
-    ftype = TensorType(mask.type.shape, "float32")
-    if mask.is_const:
-        data = np.logical_not(np.asarray(mask.data)).astype(np.float32)
-        fm = Value(f"{name}_masked", ftype, data=data)
-        lw.extra[id(fm)] = data
-        return fm
-    conv = Node("not", [mask], {}, f"{name}_masked_not")
-    nm = Value(f"{name}_masked_bool", mask.type, conv)
-    conv.outputs = [nm]
-    cast = Node("cast", [nm], {"to": "float32"}, f"{name}_masked")
-    fm = Value(f"{name}_masked", ftype, cast)
-    cast.outputs = [fm]
-    lw.steps.append(Step(f"fallback_{conv.name}", [mask], [nm], node=conv, op="not"))
-    lw.steps.append(Step(f"fallback_{cast.name}", [nm], [fm], node=cast, op="cast"))
-    return fm
-
-
 def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
@@ -780,10 +775,8 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     m_str = None
     fill = None
     if mask is not None and mask.type.dtype == "bool":
-        # A bool mask keeps True scores and sets the rest to mask_fill: the kernel reads it as
-        # floats, 1.0 where masked (converted at compile time when the mask is constant).
+        # A bool mask keeps True scores and sets the rest to mask_fill: the kernel reads its bytes.
         fill = float(node.attrs.get("mask_fill", float("-inf")))
-        mask = _masked_as_float(lw, mask, name)
     if mask is not None:
         ms = [int(x) for x in mask.type.shape]
         full = [*batch, hq, sq, sk]
