@@ -2,11 +2,13 @@
 
 ``C[b] = act(A[b] @ B[b] + bias) + R[b]`` for row-major fp32 operands. B is packed into panels of
 NR columns (``Bp[panel][k][NR]``, zero-padded): at compile time when B is a constant, else by a
-``pack`` kernel. The driver walks K in blocks of KC and rows in blocks of MC (BLIS order); for every
-B panel (``KC×NR``, L1-sized, reused while the row panels pass) it runs the micro-kernel over the row
-block's MR-row panels. The micro-kernel keeps an MR×NR tile of C in vector registers (MR·NR/L
-accumulators) and does MR broadcasts and MR·NR/L FMAs per k; it prefetches its C tile and, on the
-block's last row panel, the next B panel.
+``pack`` kernel. The driver walks K in blocks of KC and rows in blocks of MC (BLIS order); for
+every B panel (``KC×NR``, L1-sized, reused while the row panels pass) it runs the micro-kernel over
+the row block's MR-row panels. The micro-kernel keeps an MR×NR tile of C in vector registers
+(MR·NR/L accumulators) and does MR broadcasts and MR·NR/L FMAs per k; it prefetches its C tile
+and, on the block's last row panel, the next B panel. Tiles of few rows (fewer than 8
+accumulators, too few to hide the FMA latency) take 2 or 4 k steps a turn into separate
+accumulator sets, summed at the end.
 
 A is read in place (row stride K) or, when a part has enough B panels to pay for the copy, first
 packed per (K block, row block) into MR-row panels (``Ap[panel][k][MR]``: one contiguous stream,
@@ -161,28 +163,43 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
                 f"  call void @llvm.prefetch.p0(ptr %pf{i}, i32 1, i32 3, i32 1)",
                 f"  %pg{i} = getelementptr float, ptr %pf{i}, i64 {s.nr - 1}",
                 f"  call void @llvm.prefetch.p0(ptr %pg{i}, i32 1, i32 3, i32 1)"]
-    out += ["  br label %k", "k:", "  %kk = phi i64 [0, %entry], [%kn, %k]"]
-    for i in range(mr):
-        for v in range(nv):
-            out.append(f"  {acc[i][v]} = phi {vty} [zeroinitializer, %entry], [%n{i}_{v}, %k]")
-    out += [f"  %bo = mul i64 %kk, {s.nr}", "  %bq = getelementptr float, ptr %bp, i64 %bo",
-            f"  %ao = mul i64 %kk, {ks}", "  %aq = getelementptr float, ptr %a, i64 %ao",
-            "  %pfq = getelementptr float, ptr %pfb, i64 %bo",
-            "  call void @llvm.prefetch.p0(ptr %pfq, i32 0, i32 3, i32 1)",
-            "  %pfr = getelementptr float, ptr %pfl2, i64 %bo",
-            "  call void @llvm.prefetch.p0(ptr %pfr, i32 0, i32 2, i32 1)"]
-    for v in range(nv):
-        out += [f"  %bq{v} = getelementptr float, ptr %bq, i64 {v * L}",
-                f"  %b{v} = load {vty}, ptr %bq{v}, align 4"]
-    for i in range(mr):
-        out += [f"  %ap{i} = getelementptr float, ptr %aq, i64 {i * rs}",
-                f"  %as{i} = load float, ptr %ap{i}, align 4"]
-        _splat(out, vty, L, f"%as{i}", f"%av{i}")
-        for v in range(nv):
-            out.append(f"  %n{i}_{v} = call {vty} @llvm.fma.v{L}f32({vty} %av{i}, {vty} %b{v}, "
-                       f"{vty} {acc[i][v]})")
-    out += ["  %kn = add i64 %kk, 1", "  %kmore = icmp ult i64 %kn, %kc",
-            "  br i1 %kmore, label %k, label %done", "done:"]
+    ksets = _ksets(mr, nv)
+    if ksets == 1:
+        out += ["  br label %k", "k:"]
+        _kloop(out, s, mr, "k", "0", "%kc", 1, [[["zeroinitializer"] * nv] * mr], "%entry", rs, ks,
+               [acc])
+        out += ["kdone:"]
+        for i in range(mr):
+            for v in range(nv):
+                out.append(f"  %n{i}_{v} = phi {vty} [%k{i}_{v}s0, %k]")
+        out += ["  br label %done", "done:"]
+    else:
+        # Few rows: too few accumulators to hide the FMA latency. KSETS k steps a turn, each into
+        # its own accumulators, summed after the loop; the last kc % KSETS steps go one at a time.
+        sets = [[[f"%c{i}_{v}s{j}" for v in range(nv)] for i in range(mr)] for j in range(ksets)]
+        out += [f"  %kcu = and i64 %kc, {-ksets}", "  %hasu = icmp ugt i64 %kcu, 0",
+                "  br i1 %hasu, label %ku, label %ku.x", "ku:"]
+        zero = [["zeroinitializer"] * nv] * mr
+        _kloop(out, s, mr, "ku", "0", "%kcu", ksets, [zero] * ksets, "%entry", rs, ks, sets)
+        out += ["ku.x:", "  %ks = phi i64 [0, %entry], [%kun, %ku]"]
+        tot = [[f"%t{i}_{v}" for v in range(nv)] for i in range(mr)]
+        out += [f"  %e{i}_{v}s{j} = phi {vty} [zeroinitializer, %entry], [%ku{i}_{v}s{j}, %ku]"
+                for i in range(mr) for v in range(nv) for j in range(ksets)]
+        for i in range(mr):
+            for v in range(nv):
+                parts = [f"%e{i}_{v}s{j}" for j in range(ksets)]
+                while len(parts) > 1:
+                    nxt = f"{parts[0]}p"
+                    out.append(f"  {nxt} = fadd {vty} {parts[0]}, {parts[1]}")
+                    parts = [nxt, *parts[2:]]
+                out.append(f"  {tot[i][v]} = fadd {vty} {parts[0]}, zeroinitializer")
+        out += ["  %krem = icmp ult i64 %ks, %kc", "  br i1 %krem, label %k, label %kdone", "k:"]
+        _kloop(out, s, mr, "k", "%ks", "%kc", 1, [tot], "%ku.x", rs, ks, [acc])
+        out += ["kdone:"]
+        for i in range(mr):
+            for v in range(nv):
+                out.append(f"  %n{i}_{v} = phi {vty} [{tot[i][v]}, %ku.x], [%k{i}_{v}s0, %k]")
+        out += ["  br label %done", "done:"]
     for i in range(mr):
         for v in range(nv):
             out += [f"  %o{i}_{v} = mul i64 %ldc, {i}", f"  %q{i}_{v} = add i64 %o{i}_{v}, {v * L}",
@@ -229,6 +246,57 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
             out.append(f"  store {vty} {final[i][v]}, ptr %cp{i}_{v}, align 4")
     out += ["  ret void", "}"]
     return "\n".join(out)
+
+
+def _ksets(mr: int, nv: int) -> int:
+    """k steps a micro-kernel loop turn takes into separate accumulators: enough chains (8) to
+    keep two FMA pipes of latency 4 busy."""
+    sets = 1
+    while mr * nv * sets < 8 and sets < 4:
+        sets *= 2
+    return sets
+
+
+def _kloop(out: list[str], s: GemmSpec, mr: int, lab: str, start: str, end: str, step: int,
+           init: list[list[list[str]]], pred: str, rs: int, ks: int,
+           names: list[list[list[str]]]) -> None:
+    """The k loop (block ``lab``, already opened): ``step`` k steps a turn from ``start`` while
+    below ``end``; step j accumulates into ``names[j]`` (started from ``init[j]`` on entry from
+    ``pred``). The updated accumulators are ``%{lab}{i}_{v}s{j}``; the next k is ``%{lab}n``."""
+    L, nv, vty = s.lanes, s.nr // s.lanes, vec_type(s.lanes)
+    out.append(f"  %{lab}k = phi i64 [{start}, {pred}], [%{lab}n, %{lab}]")
+    for j in range(step):
+        for i in range(mr):
+            for v in range(nv):
+                out.append(f"  {names[j][i][v]} = phi {vty} [{init[j][i][v]}, {pred}], "
+                           f"[%{lab}{i}_{v}s{j}, %{lab}]")
+    for j in range(step):
+        kk = f"%{lab}k" if j == 0 else f"%{lab}k{j}"
+        if j:
+            out.append(f"  {kk} = add i64 %{lab}k, {j}")
+        p = f"%{lab}{j}"
+        out += [f"  {p}bo = mul i64 {kk}, {s.nr}",
+                f"  {p}bq = getelementptr float, ptr %bp, i64 {p}bo",
+                f"  {p}ao = mul i64 {kk}, {ks}",
+                f"  {p}aq = getelementptr float, ptr %a, i64 {p}ao",
+                f"  {p}pfq = getelementptr float, ptr %pfb, i64 {p}bo",
+                f"  call void @llvm.prefetch.p0(ptr {p}pfq, i32 0, i32 3, i32 1)",
+                f"  {p}pfr = getelementptr float, ptr %pfl2, i64 {p}bo",
+                f"  call void @llvm.prefetch.p0(ptr {p}pfr, i32 0, i32 2, i32 1)"]
+        for v in range(nv):
+            out += [f"  {p}bq{v} = getelementptr float, ptr {p}bq, i64 {v * L}",
+                    f"  {p}b{v} = load {vty}, ptr {p}bq{v}, align 4"]
+        for i in range(mr):
+            out += [f"  {p}ap{i} = getelementptr float, ptr {p}aq, i64 {i * rs}",
+                    f"  {p}as{i} = load float, ptr {p}ap{i}, align 4"]
+            _splat(out, vty, L, f"{p}as{i}", f"{p}av{i}")
+            for v in range(nv):
+                out.append(f"  %{lab}{i}_{v}s{j} = call {vty} @llvm.fma.v{L}f32({vty} {p}av{i}, "
+                           f"{vty} {p}b{v}, {vty} {names[j][i][v]})")
+    out += [f"  %{lab}n = add i64 %{lab}k, {step}", f"  %{lab}more = icmp ult i64 %{lab}n, {end}",
+            f"  br i1 %{lab}more, label %{lab}, label %{lab}.x" if lab == "ku"
+            else f"  br i1 %{lab}more, label %{lab}, label %{lab}done"]
+
 
 
 def _epilogue(name: str, s: GemmSpec) -> str:
