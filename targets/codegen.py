@@ -52,7 +52,6 @@ class CpuTarget:
         return f"{self.triple}|{self.cpu}|{self.features}"
 
 
-HostTarget = CpuTarget  # the name lowering code has used for the target description
 
 
 # 32 NEON registers of 4 floats: an 8×12 tile keeps 24 accumulators, 3 B vectors and the A

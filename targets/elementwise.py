@@ -174,7 +174,7 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
           "  %smore = icmp ult i64 %sn, %hi", "  br i1 %smore, label %sloop, label %rowend",
           "rowend:", "  %rn = add i64 %r, 1", "  %rmore = icmp ult i64 %rn, %r1",
           "  br i1 %rmore, label %row, label %done", "done:",
-          # Streaming stores are weakly ordered: sfence them before this share counts as done,
+          # Streaming stores are weakly ordered: fence them before this share counts as done,
           # so another core that reads the output next sees every value.
           *(["  call void @sat_store_fence()"] if stream else []), "  ret void", "}"]
     return wrapper(name, [out] + [o for o, _ in ins]) + "\n" + "\n".join(L)

@@ -164,9 +164,14 @@ class Emitter:
         return self.mul(x, self.max(self.add(h, self.const(0.5)), self.const(0.0)))
 
     def gelu_tanh(self, x: str) -> str:
-        x3 = self.mul(self.mul(x, x), x)
-        inner = self.mul(self.fma(x3, self.const(0.044715), x), self.const(0.7978845608028654))
-        return self.mul(self.mul(x, self.const(0.5)), self.add(self.const(1.0), self.tanh(inner)))
+        """½x(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), evaluated as x / (1 + e^(-2u)) (the
+        same function: ½(1 + tanh u) = sigmoid(2u)): one exp and one division instead of tanh's
+        two branches. The exp's clamp keeps both tails exact (x for large x, -0 for very
+        negative x)."""
+        c = -2.0 * 0.7978845608028654
+        poly = self.fma(self.mul(x, x), self.const(0.044715 * c), self.const(c))
+        e = self.exp(self.mul(poly, x))
+        return self.div(x, self.add(e, self.const(1.0)))
 
     def sigmoid(self, x: str) -> str:
         e = self.exp(self.neg(x))
@@ -217,3 +222,53 @@ INTRINSICS = [
     for name, n in (("fma", 3), ("maxnum", 2), ("minnum", 2), ("rint", 1), ("fabs", 1),
                     ("sqrt", 1), ("floor", 1), ("ceil", 1), ("copysign", 2))
 ]
+
+
+# dtype -> (LLVM type, kind): "f" float, "s" signed int, "u" unsigned int, "b" bool (a 0/1 byte).
+# No float16: LLVM lowers some of its conversions to runtime-library calls the JIT does not link.
+CAST_TYPES = {"float32": ("float", "f"), "float64": ("double", "f"),
+              "int64": ("i64", "s"), "int32": ("i32", "s"), "int16": ("i16", "s"),
+              "int8": ("i8", "s"), "uint8": ("i8", "u"), "uint16": ("i16", "u"),
+              "uint32": ("i32", "u"), "uint64": ("i64", "u"), "bool": ("i8", "b")}
+_FLOAT_BITS = {"float": 32, "double": 64}
+
+
+def _bits(ty: str) -> int:
+    return _FLOAT_BITS.get(ty) or int(ty[1:])
+
+
+def convert(lines: list[str], v: str, src: str, dst: str) -> str:
+    """Emit ``v`` (of numpy dtype ``src``) converted to ``dst`` as numpy's astype does; returns
+    the result's name. Float to int saturates (out of range is undefined in ONNX and numpy; the
+    saturating form keeps LLVM from treating it as poison); NaN becomes 0."""
+    (st, sk), (dt, dk) = CAST_TYPES[src], CAST_TYPES[dst]
+    if dk == "b":
+        test = f"fcmp une {st} {v}, 0.0" if sk == "f" else f"icmp ne {st} {v}, 0"
+        lines += [f"  %cb = {test}", "  %cv = zext i1 %cb to i8"]
+        return "%cv"
+    if sk == "f" and dk == "f":
+        op = "fpext" if _bits(dt) > _bits(st) else "fptrunc" if _bits(dt) < _bits(st) else None
+    elif sk == "f":
+        sat = "fptosi" if dk == "s" else "fptoui"
+        lines.append(f"  %cv = call {dt} @llvm.{sat}.sat.{dt}.{_ftype(st)}({st} {v})")
+        return "%cv"
+    elif dk == "f":
+        op = "sitofp" if sk == "s" else "uitofp"
+    else:
+        op = ("sext" if sk == "s" else "zext") if _bits(dt) > _bits(st) else \
+            "trunc" if _bits(dt) < _bits(st) else None
+    if op is None:
+        return v
+    lines.append(f"  %cv = {op} {st} {v} to {dt}")
+    return "%cv"
+
+
+def _ftype(ty: str) -> str:
+    return {"float": "f32", "double": "f64"}[ty]
+
+
+def cast_declares() -> str:
+    """The saturating float-to-int intrinsics ``convert`` may call."""
+    ints = sorted({t for t, k in CAST_TYPES.values() if k != "f"})
+    return "\n".join(f"declare {i} @llvm.{op}.sat.{i}.{_ftype(f)}({f})"
+                     for op in ("fptosi", "fptoui") for i in ints for f in _FLOAT_BITS)

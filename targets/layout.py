@@ -5,7 +5,8 @@ each input into its part of the output the same way, with output strides.
 One kernel serves all three: the strides and offset are the view's (``StridedView`` terms of
 ``engine.verify.alias``), computed here at compile time. Output rows (all dims but the last) are
 shared between cores; the last dim is the inner loop, a plain vectorizable copy where its input
-stride is 1. Any dtype: elements are moved as integers of the item size.
+stride is 1. Any dtype: elements are moved as integers of the item size. Cast is the same copy
+with a conversion between load and store (``CAST_TYPES``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from satura.engine.graph import Node, Value
 from satura.engine.ops.shape import _slice_params, slice_bounds
 from satura.engine.shapes import IntDims, normalize_axis
+from satura.targets.irmath import CAST_TYPES, convert
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 from satura.targets.lower import PARALLEL_BYTES, Lowerer, Ref, Step, numel
 
@@ -31,10 +33,14 @@ def contiguous_strides(shape: Sequence[int]) -> list[int]:
 
 def strided_copy_kernel(name: str, itemsize: int, shape: Sequence[int], strides: Sequence[int],
                         offset: int, out: Operand, src: Operand,
-                        out_strides: Sequence[int] | None = None, out_offset: int = 0) -> str:
+                        out_strides: Sequence[int] | None = None, out_offset: int = 0,
+                        cast: tuple[str, str] | None = None) -> str:
     """``out[out_offset + sum(i[k] * out_strides[k])] = src[offset + sum(i[k] * strides[k])]``
-    over ``shape`` (elements; ``out_strides`` default: contiguous)."""
-    ty = INT_TYPES[itemsize]
+    over ``shape`` (elements; ``out_strides`` default: contiguous). ``cast``: (source dtype,
+    destination dtype) to convert each element between them (else moved as bytes)."""
+    ty = oty = INT_TYPES[itemsize]
+    if cast is not None:
+        ty, oty = CAST_TYPES[cast[0]][0], CAST_TYPES[cast[1]][0]
     shape = [int(s) for s in shape] or [1]
     strides = [int(s) for s in strides] or [0]
     ostr = [int(s) for s in out_strides] if out_strides else contiguous_strides(shape)
@@ -53,13 +59,14 @@ def strided_copy_kernel(name: str, itemsize: int, shape: Sequence[int], strides:
               f"  %bo{k} = mul i64 %ix{k}, {strides[k]}", f"  %ba{k} = add i64 {cur}, %bo{k}",
               f"  %obo{k} = mul i64 %ix{k}, {ostr[k]}", f"  %oba{k} = add i64 {ocur}, %obo{k}"]
         cur, ocur, rem = f"%ba{k}", f"%oba{k}", f"%rq{k}"
-    L += [f"  %orow = getelementptr {ty}, ptr %a0, i64 {ocur}",
+    L += [f"  %orow = getelementptr {oty}, ptr %a0, i64 {ocur}",
           f"  %irow = getelementptr {ty}, ptr %a1, i64 {cur}"]
     j = loops.open("j", "0", str(n), 1)
     L += [f"  %jo = mul i64 {j}, {sn}", f"  %sp = getelementptr {ty}, ptr %irow, i64 %jo",
-          f"  %vv = load {ty}, ptr %sp, align {itemsize}",
-          f"  %ojo = mul i64 {j}, {on}", f"  %dp = getelementptr {ty}, ptr %orow, i64 %ojo",
-          f"  store {ty} %vv, ptr %dp, align {itemsize}"]
+          f"  %vv = load {ty}, ptr %sp, align 1"]
+    val = convert(L, "%vv", *cast) if cast is not None else "%vv"
+    L += [f"  %ojo = mul i64 {j}, {on}", f"  %dp = getelementptr {oty}, ptr %orow, i64 %ojo",
+          f"  store {oty} {val}, ptr %dp, align 1"]
     loops.close("j", 1)
     loops.close("r", 1)
     L += ["  ret void", "}"]
@@ -71,13 +78,26 @@ def _copy_step(lw: Lowerer, name: str, src: Value, out: Value, strides: Sequence
                out_strides: Sequence[int] | None = None, out_offset: int = 0) -> None:
     shape = [int(d) for d in (out.type.shape if shape is None else shape)]
     size = out.type.itemsize
+    cast = (src.type.dtype, out.type.dtype) if src.type.dtype != out.type.dtype else None
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
         return strided_copy_kernel(name, size, shape, strides, offset, loc(out),  # type: ignore
-                                   loc(src), out_strides, out_offset)  # type: ignore[arg-type]
+                                   loc(src), out_strides, out_offset, cast)  # type: ignore
 
-    lw.steps.append(Step(name, [src], [out], gen,
-                         parallel=2 * numel(tuple(shape)) * size > PARALLEL_BYTES, op="copy"))
+    nbytes = numel(tuple(shape)) * (size + src.type.itemsize)
+    lw.steps.append(Step(name, [src], [out], gen, parallel=nbytes > PARALLEL_BYTES,
+                         op="cast" if cast else "copy"))
+
+
+def flat_copy(lw: Lowerer, node: Node, name: str) -> bool:
+    """The output is the input's elements in order, converted to the output's dtype: a Cast, or
+    a reshape whose result needs a buffer of its own (a graph output)."""
+    src, out = node.inputs[0], node.outputs[0]
+    if not _ok(src, out):
+        return False
+    assert src is not None
+    _copy_step(lw, name, src, out, [1], 0, [numel(out.type.shape)])
+    return True
 
 
 def _ok(x: Value | None, *outs: Value) -> bool:

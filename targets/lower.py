@@ -17,18 +17,27 @@ import numpy as np
 from satura.engine.errors import CodegenError
 from satura.engine.graph import Graph, Node, Value
 from satura.engine.shapes import normalize_axis
-from satura.targets.codegen import HostTarget
+from satura.targets.codegen import CpuTarget
 from satura.targets.elementwise import ew_kernel, expr_supported
 from satura.targets.gemm import GemmSpec, gemm_kernel, pack_b_numpy, pack_kernel
-from satura.targets.irmath import ACTIVATIONS, BINARY_OPS, INTRINSICS, UNARY_OPS, Emitter
-from satura.targets.kernel import PARALLEL_RUNNER, PRELUDE, Operand
+from satura.targets.irmath import (
+    ACTIVATIONS,
+    BINARY_OPS,
+    CAST_TYPES,
+    INTRINSICS,
+    UNARY_OPS,
+    Emitter,
+    cast_declares,
+)
+from satura.targets.kernel import PARALLEL_RUNNER, PRELUDE, Operand, target_support
 from satura.targets.memory import Buffer, MemoryPlan
 from satura.targets.rows import row_kernel
 
-# Below these a second core costs more than it saves: a hand-off is ~40 µs here, and a share
-# whose core is taken by another process stalls the kernel for a scheduler time slice.
-PARALLEL_FLOPS = 3e7
-PARALLEL_BYTES = 8 << 20
+# Below these a second core costs more than it saves. The native pool hands a kernel's shares to
+# a spinning worker in ~1 µs and wakes a sleeping one in a few µs (``python -m benchmarks.run``,
+# table "two-core hand-off"), so kernels of ~20 µs and up (2 MFLOP, 256 KiB moved) are split.
+PARALLEL_FLOPS = 2e6
+PARALLEL_BYTES = 256 << 10
 # A parallel kernel's work is cut into threads × this many shares, handed out on demand, so a core
 # busy with another process does not hold the whole kernel up (the cores here are shared).
 CHUNKS_PER_THREAD = 4
@@ -71,14 +80,28 @@ class Program:
     alias: dict[int, Value] = field(default_factory=dict)             # id(view) -> storage value
 
 
-# Inputs a lowering accepts as bool as well as float32: (op, input index).
-BOOL_INPUTS = {("attention", 3)}
-# Lowerings that move elements of any dtype.
-ANY_DTYPE = {"transpose", "slice", "split", "concat"}
-
-
 def _is_f32(vals: list[Value | None]) -> bool:
     return all(v is None or v.type.dtype == "float32" for v in vals)
+
+
+def f32_only(node: Node) -> bool:
+    """The dtype check of most lowerings: every operand is float32."""
+    return _is_f32([*node.inputs, *node.outputs])
+
+
+def any_dtype(node: Node) -> bool:
+    """The dtype check of lowerings that only move elements (views, copies)."""
+    return True
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """How one op becomes steps: ``accepts(node)`` checks the operand dtypes the kernel handles;
+    ``fn(lowerer, node, name)`` appends steps and returns False when it cannot take this node
+    (then the node runs as a numpy fallback)."""
+
+    fn: Callable[[Lowerer, Node, str], bool]
+    accepts: Callable[[Node], bool] = f32_only
 
 
 def numel(shape: tuple[Any, ...]) -> int:
@@ -95,7 +118,7 @@ def _work(node: Node) -> float:
 class Lowerer:
     """Builds the step list of one graph for one host target."""
 
-    def __init__(self, graph: Graph, host: HostTarget, threads: int = 1) -> None:
+    def __init__(self, graph: Graph, host: CpuTarget, threads: int = 1) -> None:
         self.g, self.host, self.threads = graph, host, threads
         self.steps: list[Step] = []
         self.alias: dict[int, Value] = {}
@@ -130,12 +153,9 @@ class Lowerer:
                 continue
             lower = LOWERINGS.get(node.op)
             done = False
-            typed = [x for j, x in enumerate(node.inputs) if (node.op, j) not in BOOL_INPUTS
-                     or x is None or x.type.dtype != "bool"]
-            if lower is not None and (node.op in ANY_DTYPE or _is_f32([*typed, *node.outputs])) \
-                    and all(
+            if lower is not None and lower.accepts(node) and all(
                     numel(o.type.shape) > 0 for o in node.outputs):
-                done = lower(self, node, f"k{i}_{node.op}")
+                done = lower.fn(self, node, f"k{i}_{node.op}")
             if not done:
                 self.steps.append(Step(f"fallback_{node.name}", [x for x in node.inputs if x],
                                        list(node.outputs), node=node, op=node.op))
@@ -173,22 +193,10 @@ class Lowerer:
         src, out = node.inputs[0], node.outputs[0]
         assert src is not None
         if id(out) in self.outputs:
-            return self.ew(node, name, ("identity", ("in", 0))) if numel(
-                src.type.shape) == numel(out.type.shape) and src.type.shape == out.type.shape \
-                else self._copy(node, name)
+            from satura.targets.layout import flat_copy  # imports this module
+
+            return flat_copy(self, node, name)
         self.alias[id(out)] = src
-        return True
-
-    def _copy(self, node: Node, name: str) -> bool:
-        src, out = node.inputs[0], node.outputs[0]
-        assert src is not None
-        n = numel(out.type.shape)
-
-        def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return ew_kernel(name, ("identity", ("in", 0)), loc(out), (n,),  # type: ignore[arg-type]
-                             [(loc(src), (n,))], self.host.lanes)
-
-        self.steps.append(Step(name, [src], [out], gen, op=node.op))
         return True
 
     def gemm(self, node: Node, name: str, a: Value, b: Value | np.ndarray, bias: Value | None,
@@ -246,7 +254,7 @@ class Lowerer:
                                loc(res))
 
         flops = 2.0 * batch * m * n * k
-        self.steps.append(Step(name, reads, [out], gen, parallel=flops > PARALLEL_FLOPS and m > mr,
+        self.steps.append(Step(name, reads, [out], gen, parallel=flops > PARALLEL_FLOPS,
                                op=node.op))
         return True
 
@@ -378,15 +386,35 @@ def _lower_view(lw: Lowerer, node: Node, name: str) -> bool:
     return lw.view(node, name)
 
 
-LOWERINGS: dict[str, Callable[[Lowerer, Node, str], bool]] = {
-    "ew": _lower_ew, "linear": _lower_linear, "matmul": _lower_matmul, "gemm": _lower_onnx_gemm,
-    "layer_norm": _lower_norm, "rms_norm": _lower_norm, "softmax": _lower_softmax,
-    "reshape": _lower_view, "identity": _lower_view, "attention": _lower_attention,
-    "conv": _lower_conv, "max_pool": _lower_max_pool, "avg_pool": _lower_avg_pool,
-    "global_avg_pool": _lower_gap, "transpose": _lower_layout, "slice": _lower_layout,
-    "split": _lower_layout, "concat": _lower_layout,
-    **{op: _lower_unary for op in UNARY_OPS | {"gelu"} if op != "identity"},
-    **{op: _lower_binary for op in BINARY_OPS},
+def _attention_dtypes(node: Node) -> bool:
+    """float32 operands; the mask (input 3) may be bool."""
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    return _is_f32([v for v in node.inputs if v is not mask] + node.outputs) and (
+        mask is None or mask.type.dtype in ("float32", "bool"))
+
+
+def _lower_cast(lw: Lowerer, node: Node, name: str) -> bool:
+    from satura.targets.layout import flat_copy  # imports this module
+
+    return flat_copy(lw, node, name)
+
+
+def _cast_dtypes(node: Node) -> bool:
+    return all(v is not None and v.type.dtype in CAST_TYPES for v in [*node.inputs, *node.outputs])
+
+
+LOWERINGS: dict[str, Lowering] = {
+    **{op: Lowering(fn) for op, fn in {
+        "ew": _lower_ew, "linear": _lower_linear, "matmul": _lower_matmul,
+        "gemm": _lower_onnx_gemm, "layer_norm": _lower_norm, "rms_norm": _lower_norm,
+        "softmax": _lower_softmax, "conv": _lower_conv, "max_pool": _lower_max_pool,
+        "avg_pool": _lower_avg_pool, "global_avg_pool": _lower_gap,
+        **{op: _lower_unary for op in UNARY_OPS | {"gelu"} if op != "identity"},
+        **{op: _lower_binary for op in BINARY_OPS}}.items()},
+    **{op: Lowering(_lower_view, any_dtype) for op in ("reshape", "identity")},
+    **{op: Lowering(_lower_layout, any_dtype) for op in ("transpose", "slice", "split", "concat")},
+    "attention": Lowering(_lower_attention, _attention_dtypes),
+    "cast": Lowering(_lower_cast, _cast_dtypes),
 }
 
 
@@ -468,8 +496,10 @@ def lifetimes(program: Program, graph: Graph, root: Callable[[Value], Value]) ->
 
 
 def generate(program: Program, graph: Graph, plan: MemoryPlan,
-             slot_of: Callable[[Ref], int | None], root: Callable[[Value], Value]) -> str:
-    """The whole module's LLVM IR, operands resolved through ``slot_of`` and the memory plan."""
+             slot_of: Callable[[Ref], int | None], root: Callable[[Value], Value],
+             arch: str) -> str:
+    """The whole module's LLVM IR for the ISA ``arch``, operands resolved through ``slot_of`` and
+    the memory plan: the target-neutral kernels, then the ISA's fence, spin hint and futex."""
 
     def loc(r: Ref | None) -> Operand | None:
         if r is None:
@@ -484,8 +514,9 @@ def generate(program: Program, graph: Graph, plan: MemoryPlan,
         return Operand(0, plan.offsets[id(r)])
 
     Emitter.reset_names()  # the same graph must give the same text (the cache key)
-    parts = [PRELUDE, *INTRINSICS, PARALLEL_RUNNER]
+    parts = [PRELUDE, *INTRINSICS, cast_declares(), PARALLEL_RUNNER]
     for st in program.steps:
         if st.gen is not None:
             parts.append(st.gen(loc))
+    parts.append(target_support(arch))
     return "\n".join(parts) + "\n"

@@ -36,7 +36,7 @@ from satura.engine.graph import Graph, Value, specialize
 from satura.engine.ops import run_reference
 from satura.targets import codegen
 from satura.targets.codegen import CpuTarget
-from satura.targets.kernel import BASE_ALIGN, POOL_STATE_BYTES, target_support
+from satura.targets.kernel import BASE_ALIGN, POOL_STATE_BYTES
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
     Lowerer,
@@ -132,9 +132,7 @@ def build_module(graph: Graph, target: CpuTarget, threads: int) -> ModuleBuild:
     inplace = plan_inplace(prog, graph, lw.root)
     plan = plan_memory(lifetimes(prog, graph, lw.root))
     build = ModuleBuild(target, threads, prog, lw.root, slot, out_vals, consts, inplace, plan, "")
-    # The kernels are target-neutral IR; the target's fence, spin hint and futex come after.
-    build.ir = (generate(prog, graph, plan, build.slot_of, lw.root) + "\n"
-                + target_support(target.arch))
+    build.ir = generate(prog, graph, plan, build.slot_of, lw.root, target.arch)
     return build
 
 

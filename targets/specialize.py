@@ -4,7 +4,8 @@ The first call with given shapes checks the inputs and binds every symbol from t
 (:func:`satura.engine.interpret.bind_inputs`), rebuilds the graph with those sizes
 (:func:`satura.engine.graph.specialize`: types re-inferred by the registry, attribute dimensions
 substituted), compiles it, and caches the variant under the bindings; later calls with the same
-shapes reuse it.
+shapes reuse it. Nodes that the bound sizes make constant (a slice of a constant mask whose
+bounds were the sequence length) are folded before compiling.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from satura.engine.errors import InputError, ShapeError
+from satura.engine.fold import fold_constants
 from satura.engine.graph import Graph, specialize
 from satura.engine.interpret import bind_inputs
 
@@ -42,6 +44,7 @@ class SpecializingModel:
                 static = specialize(self.graph, env)
             except ShapeError as e:
                 raise InputError(f"inputs give shapes the model rejects: {e}") from None
+            fold_constants(static)
             self.variants[key] = self._compile(static)
         return self.variants[key]
 
