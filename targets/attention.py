@@ -35,12 +35,12 @@ from satura.targets.irmath import Emitter, fconst, vec_type
 from satura.targets.kernel import Operand, body_header, share, wrapper
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
-    PARALLEL_FLOPS,
     Lowerer,
     Ref,
     Scratch,
     Step,
     numel,
+    worth_splitting,
 )
 from satura.targets.memory import align
 
@@ -804,5 +804,5 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     flops = 2.0 * spec.heads * sq * sk * (d + dv)
     units = spec.heads * spec.qblocks
     lw.steps.append(Step(name, [*ins, scratch], [out], gen,
-                         parallel=flops > PARALLEL_FLOPS and units > 1, op=node.op))
+                         parallel=worth_splitting(flops) and units > 1, op=node.op))
     return True

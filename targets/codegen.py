@@ -52,8 +52,6 @@ class CpuTarget:
         return f"{self.triple}|{self.cpu}|{self.features}"
 
 
-
-
 # 32 NEON registers of 4 floats: an 8×12 tile keeps 24 accumulators, 3 B vectors and the A
 # broadcasts (lane-indexed FMAs read A from a register) in registers without spilling.
 AARCH64_TILE = (8, 12)

@@ -41,12 +41,11 @@ from satura.targets.irmath import ACTIVATIONS, Emitter, fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
-    PARALLEL_BYTES,
-    PARALLEL_FLOPS,
     Lowerer,
     Ref,
     Scratch,
     Step,
+    worth_splitting,
 )
 from satura.targets.memory import align
 
@@ -839,8 +838,8 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
     steps: list[Step] = []
     panels = Scratch(f"{name}_panels", lw.threads * CHUNKS_PER_THREAD * spec.panel_bytes) \
         if pack else None
-    parallel = spec.flops > PARALLEL_FLOPS
-    prep_parallel = parallel or prep_bytes(win, lanes) > PARALLEL_BYTES
+    parallel = worth_splitting(spec.flops)
+    prep_parallel = parallel or worth_splitting(nbytes=prep_bytes(win, lanes))
     src: Ref = x
     if win.prep and not parallel and not prep_parallel:
         # One kernel: the phase planes, then the convolution (one call from the runtime).

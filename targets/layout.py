@@ -18,7 +18,7 @@ from satura.engine.ops.shape import _slice_params, slice_bounds
 from satura.engine.shapes import IntDims, normalize_axis
 from satura.targets.irmath import CAST_TYPES, convert
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
-from satura.targets.lower import PARALLEL_BYTES, Lowerer, Ref, Step, numel
+from satura.targets.lower import Lowerer, Ref, Step, numel, worth_splitting
 
 INT_TYPES = {1: "i8", 2: "i16", 4: "i32", 8: "i64"}
 
@@ -85,7 +85,7 @@ def _copy_step(lw: Lowerer, name: str, src: Value, out: Value, strides: Sequence
                                    loc(src), out_strides, out_offset, cast)  # type: ignore
 
     nbytes = numel(tuple(shape)) * (size + src.type.itemsize)
-    lw.steps.append(Step(name, [src], [out], gen, parallel=nbytes > PARALLEL_BYTES,
+    lw.steps.append(Step(name, [src], [out], gen, parallel=worth_splitting(nbytes=nbytes),
                          op="cast" if cast else "copy"))
 
 

@@ -38,6 +38,12 @@ from satura.targets.rows import row_kernel
 # table "two-core hand-off"), so kernels of ~20 µs and up (2 MFLOP, 256 KiB moved) are split.
 PARALLEL_FLOPS = 2e6
 PARALLEL_BYTES = 256 << 10
+
+
+def worth_splitting(flops: float = 0.0, nbytes: float = 0.0) -> bool:
+    """Whether a kernel doing ``flops`` and moving ``nbytes`` is worth running on several cores
+    (read at call time: tests and the benchmark's hand-off table lower the thresholds)."""
+    return flops > PARALLEL_FLOPS or nbytes > PARALLEL_BYTES
 # A parallel kernel's work is cut into threads × this many shares, handed out on demand, so a core
 # busy with another process does not hold the whole kernel up (the cores here are shared).
 CHUNKS_PER_THREAD = 4
@@ -185,8 +191,9 @@ class Lowerer:
 
         same = [x for x, s in zip(ins, in_shapes, strict=True)
                 if s == shape and x.type.dtype == out.type.dtype]
-        self.steps.append(Step(name, ins, [out], gen, parallel=_work(node) * 4 > PARALLEL_BYTES,
-                               op=node.op, inplace_ok=same))
+        self.steps.append(Step(name, ins, [out], gen,
+                               parallel=worth_splitting(nbytes=_work(node) * 4), op=node.op,
+                               inplace_ok=same))
         return True
 
     def view(self, node: Node, name: str) -> bool:
@@ -246,7 +253,7 @@ class Lowerer:
                                    loc(packed))  # type: ignore[arg-type]
 
             self.steps.append(Step(f"{name}_pack", [b], [packed], gen_pack, op="pack",
-                                   parallel=2.0 * batch * m * n * k > PARALLEL_FLOPS))
+                                   parallel=worth_splitting(2.0 * batch * m * n * k)))
         reads.append(packed)
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
@@ -254,7 +261,7 @@ class Lowerer:
                                loc(res))
 
         flops = 2.0 * batch * m * n * k
-        self.steps.append(Step(name, reads, [out], gen, parallel=flops > PARALLEL_FLOPS,
+        self.steps.append(Step(name, reads, [out], gen, parallel=worth_splitting(flops),
                                op=node.op))
         return True
 
@@ -284,7 +291,8 @@ class Lowerer:
                               loc(bias), eps, expr, self.host.lanes)
 
         self.steps.append(Step(name, [v for v in node.inputs if v is not None], [out], gen,
-                               parallel=_work(node) * 4 > PARALLEL_BYTES and rows > 1, op=node.op))
+                               parallel=worth_splitting(nbytes=_work(node) * 4) and rows > 1,
+                               op=node.op))
         return True
 
 

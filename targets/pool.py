@@ -33,12 +33,12 @@ from satura.targets.irmath import fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
-    PARALLEL_BYTES,
     Lowerer,
     Ref,
     Scratch,
     Step,
     numel,
+    worth_splitting,
 )
 from satura.targets.memory import align
 
@@ -148,7 +148,7 @@ def lower_pool(lw: Lowerer, node: Node, name: str, kind: str) -> bool:
         rc = Value(f"{name}_rcount", out.type, data=data)
         lw.extra[id(rc)] = data
     work = 4 * (numel(tuple(x.type.shape)) + numel(tuple(out.type.shape)) * len(win.taps()))
-    parallel = work > PARALLEL_BYTES
+    parallel = worth_splitting(nbytes=work)
     reads: list[Ref] = [x, *([rc] if rc is not None else [])]
     if not win.prep:
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
@@ -239,6 +239,6 @@ def lower_gap(lw: Lowerer, node: Node, name: str) -> bool:
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
         return gap_kernel(name, planes, size, lw.host.lanes, loc(out), loc(x))  # type: ignore
 
-    lw.steps.append(Step(name, [x], [out], gen, parallel=4 * planes * size > PARALLEL_BYTES,
+    lw.steps.append(Step(name, [x], [out], gen, parallel=worth_splitting(nbytes=4 * planes * size),
                          op=node.op))
     return True
