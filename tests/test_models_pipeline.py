@@ -88,3 +88,17 @@ def test_memory_plan_and_proved_inplace(optimized, name):
     assert [d for d in variant.inplace if d.proof is not True] == []  # none refuted or unknown
     if name in ("llama_block", "resnet_small"):
         assert any(d.reused for d in variant.inplace)
+
+
+@pytest.mark.llvm
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_compiled_without_fallback(optimized, name):
+    """Every node of every example runs as generated code: the masks that a symbolic sequence
+    length makes runtime values fold once the variant's sizes are bound (GPT-2), and BERT's
+    int64 mask is reshaped and cast in generated code."""
+    _, _, r = optimized(name)
+    model = satura.compile(r.graph, target="cpu")
+    for batch in (1, 8):
+        feeds = example_inputs(name, batch=batch)
+        variant = model.variant(feeds) if hasattr(model, "variant") else model
+        assert variant.fallback_nodes == [], (name, batch, variant.fallback_nodes)

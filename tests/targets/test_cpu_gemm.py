@@ -296,3 +296,26 @@ def test_pack_kernel_matches_numpy_packing(transposed, parts):
     for p in range(parts):
         fn(ctypes.addressof(table), p, parts)
     np.testing.assert_array_equal(out, want)
+
+
+def test_few_row_micro_kernels_hide_fma_latency():
+    """A tile of one or two rows has too few accumulators for the FMA latency: its hot loop
+    takes several k steps into separate accumulators (at least 8 vector FMAs a turn), and
+    a K that is not a multiple of the step count still gives the exact product."""
+    host = codegen.host_target()
+    lanes, nv = host.lanes, host.gemm_tile[1] // host.lanes
+    g = Graph("few")
+    x = g.add_input("x", (1, 301))
+    w = np.random.default_rng(3).standard_normal((301, 40)).astype(np.float32)
+    g.set_outputs(g.apply("linear", x, g.add_const(w)))
+    model = compile_graph(g)
+    opt = str(codegen.optimize_ir(model.llvm_ir))
+    for rows in (1, 2):
+        micro = _function(opt, f"k0_linear_u{rows}")
+        loops = [b for lab, b in _blocks(micro).items() if re.search(rf"label %{lab}\b", b)]
+        hot = max(loops, key=lambda b: b.count("@llvm.fma."))
+        fmas = re.findall(rf"call[a-z ]* <{lanes} x float> @llvm\.fma\.v{lanes}f32", hot)
+        assert len(fmas) >= 8 > rows * nv, (rows, len(fmas))
+    xv = np.random.default_rng(4).standard_normal((1, 301)).astype(np.float32)
+    got = model(x=xv)[g.outputs[0].name]
+    np.testing.assert_allclose(got, xv @ w, rtol=1e-4, atol=1e-4)

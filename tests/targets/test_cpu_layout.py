@@ -66,3 +66,36 @@ def test_concat(dtype, axis, shapes):
     xs = [g.add_input(f"x{i}", s, dtype) for i, s in enumerate(shapes)]
     g.set_outputs(g.apply("concat", *xs, axis=axis))
     _check(g, {f"x{i}": _data(s, dtype, rng) for i, s in enumerate(shapes)})
+
+
+CASTS = ["float32", "float64", "int64", "int32", "int8", "uint8", "bool"]
+
+
+@pytest.mark.parametrize("src", CASTS)
+@pytest.mark.parametrize("dst", CASTS)
+def test_cast_every_pair(src, dst):
+    """Cast as a generated converting copy, bit for bit what numpy's astype gives (floats in
+    range of the integer type: out of range is undefined in ONNX)."""
+    rng = np.random.default_rng(7)
+    x = _data((3, 37), src, rng)
+    if np.dtype(src).kind == "f" and np.dtype(dst).kind in "iu":
+        info = np.iinfo(dst)
+        x = np.clip(x, max(info.min, -120), min(info.max, 120)).astype(src)  # uint: from 0
+    x.flat[:4] = np.array([0, 1, -1 if dst[0] != "u" else 3, 2]).astype(src) if src != "bool" \
+        else [True, False] * 2
+    g = Graph("cast")
+    v = g.add_input("x", x.shape, src)
+    g.set_outputs(g.apply("cast", v, to=dst))
+    _check(g, {"x": x})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reshape_of_any_dtype(dtype):
+    """A reshape is a view of its input (no kernel) inside the graph, a copy when it is an
+    output; neither falls back to numpy, whatever the dtype (BERT's int64 attention mask)."""
+    rng = np.random.default_rng(8)
+    g = Graph("view")
+    x = g.add_input("x", (4, 6), dtype)
+    r = g.apply("reshape", x, shape=(2, 1, 12))
+    g.set_outputs(r, g.apply("transpose", r, perm=(2, 1, 0)))
+    _check(g, {"x": _data((4, 6), dtype, rng)})
