@@ -17,9 +17,9 @@ onnxruntime time / satura time (above 1: satura is faster), ``max Δ`` = largest
 satura's outputs from onnxruntime's (relative to the largest output magnitude, at least 1),
 ``py pool`` = satura with its Python thread pool instead of the default native one (two threads
 and more), and ``roof`` = satura time / roofline floor for the kernels, where floor =
-max(flops / peak, compulsory bytes / bandwidth): peak is 118 GFLOP/s per core (the issue's
-measured fp32 FMA peak of this machine), bandwidth a numpy copy measured at the start of each
-table with as many threads. ``compile s`` is satura's compile time in this process (small when
+max(flops / peak, compulsory bytes / bandwidth): peak is the fp32 FLOP/s of a generated loop of
+independent vector FMAs, bandwidth that of a numpy copy, both measured at the start of each table
+with as many threads. ``compile s`` is satura's compile time in this process (small when
 the same machine code was already built for the other thread count).
 
     python -m benchmarks.run [--threads 1,2] [--quick] [--only ew,gpt2_block,...] [--list]
@@ -45,9 +45,6 @@ from satura.engine.graph import Graph
 from satura.targets import compile_graph
 
 ERF_GELU = ("gelu", ("in", 0))
-
-
-PEAK_PER_CORE = 118e9  # fp32 FLOP/s of one core of this machine (FMA, AVX2 and AVX-512 alike)
 
 
 @dataclass
@@ -274,6 +271,52 @@ def _set_blas_threads(n: int) -> None:
         ctypes.CDLL(lib).scipy_openblas_set_num_threads64_(n)
 
 
+def _fma_loop(lanes: int, chains: int = 12) -> Callable[[int], None]:
+    """A JIT-compiled loop of ``chains`` independent vector FMAs a turn: ``fn(turns)``."""
+    from satura.targets import codegen
+
+    vty = f"<{lanes} x float>"
+
+    def splat(x: str) -> str:
+        return "<" + ", ".join([f"float {x}"] * lanes) + ">"
+
+    ir = ["define void @sat_fma_peak(i64 %n, ptr %out) {", "entry:", "  br label %l", "l:",
+          "  %i = phi i64 [0, %entry], [%in, %l]"]
+    ir += [f"  %a{j} = phi {vty} [{splat('1.0')}, %entry], [%b{j}, %l]" for j in range(chains)]
+    ir += [f"  %b{j} = call {vty} @llvm.fma.v{lanes}f32({vty} %a{j}, {vty} {splat('0.5')}, "
+           f"{vty} {splat('0.25')})" for j in range(chains)]
+    ir += ["  %in = add i64 %i, 1", "  %more = icmp ult i64 %in, %n",
+           "  br i1 %more, label %l, label %x", "x:"]
+    acc = "%b0"
+    for j in range(1, chains):  # every chain feeds the stored result: none is dead code
+        ir.append(f"  %s{j} = fadd {vty} {acc}, %b{j}")
+        acc = f"%s{j}"
+    ir += [f"  store {vty} {acc}, ptr %out, align 4", "  ret void", "}",
+           f"declare {vty} @llvm.fma.v{lanes}f32({vty}, {vty}, {vty})"]
+    jit = codegen.JitModule(codegen.emit_object(codegen.optimize_ir("\n".join(ir))))
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)(jit.address("sat_fma_peak"))
+    out = np.zeros(lanes, np.float32)
+    return lambda n: fn(n, out.ctypes.data)
+
+
+def fma_peak(threads: int, budget: float) -> float:
+    """fp32 FLOP/s of ``threads`` cores running independent FMA chains (each in its own Python
+    thread; the ctypes call releases the GIL): the compute roof of the ``roof`` column."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from satura.targets import codegen
+
+    lanes, chains = codegen.host_target().lanes, 12
+    loop = _fma_loop(lanes, chains)
+    turns = 1 << 16
+    t0 = time.perf_counter()
+    loop(turns)
+    turns = max(turns, int(turns * budget / 5 / max(time.perf_counter() - t0, 1e-6)))
+    with ThreadPoolExecutor(threads) as pool:
+        secs = median_time(lambda: list(pool.map(loop, [turns] * threads)), budget)
+    return threads * turns * chains * 2 * lanes / secs
+
+
 def copy_bandwidth(threads: int, budget: float, nbytes: int = 64 << 20) -> float:
     """DRAM bytes/s of a numpy copy of ``nbytes`` split over ``threads`` Python threads (numpy
     releases the GIL while it copies). A copy moves each byte three times: the read, the read
@@ -452,10 +495,10 @@ COLS = [("satura", 9), ("py pool", 9), ("ort", 9), ("ort/sat", 7), ("torch", 9),
         ("numpy", 9), ("roof", 6), ("max Δ", 7), ("compile s", 9)]
 
 
-def format_table(threads: int, rows: list[Row], bw: float) -> str:
+def format_table(threads: int, rows: list[Row], bw: float, peak: float) -> str:
     """One markdown table; notes (why a system has no time) and fallbacks follow it."""
     out = [f"\n## {threads} thread(s): median ms; ort/sat = onnxruntime / satura (>1: satura "
-           f"faster); roof = satura / max(flops / {PEAK_PER_CORE * threads / 1e9:.0f} GFLOP/s, "
+           f"faster); roof = satura / max(flops / {peak / 1e9:.0f} GFLOP/s FMA peak, "
            f"bytes / {bw / 1e9:.1f} GB/s DRAM bandwidth of a numpy copy)"]
     head = f"| {'workload':30} | " + " | ".join(f"{c:>{w}}" for c, w in COLS) + " | fallback |"
     out += [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
@@ -525,11 +568,11 @@ def run(threads: list[int], budget: float, quick: bool, only: set[str] | None = 
         _set_blas_threads(t)
         if torch is not None:
             torch.set_num_threads(t)
-        bw = copy_bandwidth(t, budget)
-        rows = [kernel_row(w, t, budget, PEAK_PER_CORE * t, bw) for w in works]
+        bw, peak = copy_bandwidth(t, budget), fma_peak(t, budget)
+        rows = [kernel_row(w, t, budget, peak, bw) for w in works]
         rows += [model_row(c, t, budget, torch_compile and not quick) for c in cases]
         tables[t] = rows
-        print_fn(format_table(t, rows, bw))
+        print_fn(format_table(t, rows, bw, peak))
     return tables
 
 
