@@ -236,15 +236,15 @@ def median_time(fn: Callable[[], Any], budget: float, min_reps: int = 5) -> floa
 
 
 def median_times(fns: dict[str, Callable[[], Any]], budget: float, min_reps: int = 5,
-                 rounds: int = 11, settle: float = 0.05) -> dict[str, float]:
+                 rounds: int = 11, settle: float = 0.1) -> dict[str, float]:
     """Median seconds of each function. The systems take turns in ``rounds`` blocks of repeats:
     a change in the machine's load (other jobs on the shared cores) hits every system alike.
     (This machine is a VM whose cores other tenants share: whole blocks of tens of ms run at
     half speed at times; with 11 short blocks such a stretch moves no system's median far.)
     Before each block the script sleeps ``settle`` seconds: onnxruntime's and OpenMP's worker
-    threads keep spinning after a call returns, and would take a core from the next block's
-    system (measured here: whichever satura pool ran right after onnxruntime's block was 2-4x
-    slower at two threads)."""
+    threads keep spinning after a call returns (onnxruntime's for ~40 ms, measured here), and
+    would take a core from the next block's system (whichever satura pool ran right after
+    onnxruntime's block was 2-4x slower at two threads)."""
     one = 0.0
     for fn in fns.values():
         fn()

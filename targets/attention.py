@@ -804,5 +804,6 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     flops = 2.0 * spec.heads * sq * sk * (d + dv)
     units = spec.heads * spec.qblocks
     lw.steps.append(Step(name, [*ins, scratch], [out], gen,
-                         parallel=worth_splitting(flops) and units > 1, op=node.op))
+                         parallel=worth_splitting(flops) and units > 1, op=node.op,
+                         units=units))
     return True

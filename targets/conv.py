@@ -317,6 +317,12 @@ def splat(out: list[str], lanes: int, scalar: str, name: str) -> str:
 TileCall = Callable[[list[str], str, str, list[Vec], str, str], None]
 
 
+def driver_units(t: Tiling, outer: int, blocks: int, per_unit: int = 0) -> int:
+    """The work units ``tile_driver`` shares between parts (see there)."""
+    by_rows = per_unit <= 0 or per_unit >= blocks
+    return outer * (t.groups * t.chunks if by_rows else -(-blocks // per_unit))
+
+
 def tile_driver(name: str, t: Tiling, outer: int, x_outer: int, o_outer: int, nptrs: int,
                 blocks: int, kblocks: int, call: TileCall, per_unit: int = 0,
                 pre: TileCall | None = None) -> list[str]:
@@ -332,7 +338,7 @@ def tile_driver(name: str, t: Tiling, outer: int, x_outer: int, o_outer: int, np
     L += [f"  %{v}.a = alloca i64, align 8"
           for v in ("u", "t", "blk", "blt", "blp", "kb", "j", "gl", "cl")]
     by_rows = per_unit <= 0 or per_unit >= blocks
-    per = t.groups * t.chunks if by_rows else -(-blocks // per_unit)
+    per = driver_units(t, 1, blocks, per_unit)
     share(L, outer * per, 1, "%u0", "%u1")
     loops.open("u", "%u0", "%u1", 1)
     L += [f"  %outer = udiv i64 %u, {per}", f"  %rc = urem i64 %u, {per}"]
@@ -869,7 +875,8 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
                            loc(panels))
 
     steps.append(Step(name, [src, packed, *[r for r in (bias, panels) if r is not None]], [out],
-                      gen, parallel=parallel, op=node.op))
+                      gen, parallel=parallel, op=node.op,
+                      units=driver_units(til, n * group, spec.mblocks, spec.per_unit)))
     lw.steps += steps
     return True
 

@@ -86,7 +86,7 @@ def _copy_step(lw: Lowerer, name: str, src: Value, out: Value, strides: Sequence
 
     nbytes = numel(tuple(shape)) * (size + src.type.itemsize)
     lw.steps.append(Step(name, [src], [out], gen, parallel=worth_splitting(nbytes=nbytes),
-                         op="cast" if cast else "copy"))
+                         op="cast" if cast else "copy", units=numel(tuple(shape[:-1]))))
 
 
 def flat_copy(lw: Lowerer, node: Node, name: str) -> bool:

@@ -42,6 +42,7 @@ from satura.targets.lower import (
     Lowerer,
     Program,
     Ref,
+    balanced_shares,
     generate,
     lifetimes,
     numel,
@@ -158,6 +159,14 @@ def _object_code(ir: str, cache_dir: str | None) -> tuple[bytes, bool]:
     return obj, False
 
 
+def _thread_ids() -> set[int]:
+    """This process's kernel thread ids."""
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
 def _stop_pool(stop: Any, state: np.ndarray, workers: int) -> None:
     stop(_addr(state), workers)
 
@@ -169,6 +178,12 @@ class NativePool:
     workers, each taking the next unclaimed share, and returns when all are done. Workers are
     created once, spin briefly after a run, then sleep on a futex until the next one; they are
     joined when the pool is garbage-collected. Not re-entrant (one run at a time).
+
+    Where this process may use a core for each thread, worker k is pinned to the (k+1)-th of
+    them and ``main_cpu`` is the first, for the caller to hold while it runs kernels
+    (:meth:`CompiledModel.__call__` does). Unpinned, the scheduler at times put the caller and
+    the worker on one core and kept them there (both always cache-hot, so never migrated):
+    measured here, a two-thread 3×3 conv ran 2.6 ms in such stretches instead of 1.27 ms.
     """
 
     def __init__(self, jit: codegen.JitModule, workers: int) -> None:
@@ -176,6 +191,7 @@ class NativePool:
         self._state[:] = 0
         self._run = _PoolRun(jit.address("sat_pool_run"))
         self._addr = _addr(self._state)
+        before = _thread_ids()
         self.workers = int(_PoolStart(jit.address("sat_pool_start"))(self._addr, workers))
         # The finalizer holds the state (not self): the workers read it until they are joined.
         self._stop = weakref.finalize(self, _stop_pool, _PoolStop(jit.address("sat_pool_stop")),
@@ -183,6 +199,16 @@ class NativePool:
         if self.workers < workers:
             self._stop()
             raise CodegenError(f"could not start {workers} pthreads (started {self.workers})")
+        self.main_cpu: int | None = None
+        cpus = sorted(os.sched_getaffinity(0))
+        new = sorted(_thread_ids() - before)
+        if len(cpus) > workers and len(new) == workers:
+            try:
+                for tid, cpu in zip(new, cpus[1:], strict=False):
+                    os.sched_setaffinity(tid, {cpu})
+                self.main_cpu = cpus[0]
+            except OSError:  # a worker may not be pinned (a container's policy): run unpinned
+                pass
 
     def run(self, kernel: int, table: int, shares: int) -> None:
         self._run(self._addr, kernel, table, shares)
@@ -222,11 +248,12 @@ class CompiledModel:
             if st.gen is not None:
                 fn = KernelFn(self._jit.address(st.name))
                 self._addrs[id(fn)] = self._jit.address(st.name)
-                self._run.append(("k", fn, st.parallel))
+                self._run.append(("k", fn, balanced_shares(st.units, self.threads)
+                                  if st.parallel else 0))
             else:
-                self._run.append(("f", st, False))
-        self._shares = self.threads * CHUNKS_PER_THREAD
-        if self._shares >= 1 << 16:
+                self._run.append(("f", st, 0))
+        self._parallel = any(shares for kind, _, shares in self._run if kind == "k")
+        if self.threads * CHUNKS_PER_THREAD >= 1 << 16:
             raise CodegenError(f"threads={self.threads}: too many for the thread pool")
         self._last_out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._bound: dict[int, tuple[np.ndarray, int]] = {}
@@ -313,28 +340,36 @@ class CompiledModel:
             a = self._output_buffer(v)
             bound[id(v)] = a
             self._bind(self._slot[id(v)], a)
-        addr, many = self._table_addr, self.threads > 1
-        for kind, what, parallel in self._run:
-            if kind == "k":
-                if not (parallel and many):
-                    what(addr, 0, 1)
-                elif self.native_threads:
-                    if self._native is None:
-                        self._native = NativePool(self._jit, self.threads - 1)
-                    self._native.run(self._addrs[id(what)], addr, self._shares)
+        addr, many = self._table_addr, self.threads > 1 and self._parallel
+        native = many and self.native_threads
+        if native and self._native is None:
+            self._native = NativePool(self._jit, self.threads - 1)
+        held = None
+        if native and self._native.main_cpu is not None:  # type: ignore[union-attr]
+            held = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self._native.main_cpu})  # type: ignore[union-attr]
+        try:
+            for kind, what, shares in self._run:
+                if kind == "k":
+                    if not (shares and many):
+                        what(addr, 0, 1)
+                    elif native:
+                        self._native.run(self._addrs[id(what)], addr, shares)  # type: ignore
+                    else:
+                        self._run_shared(what, addr, shares)
                 else:
-                    self._run_shared(what, addr)
-            else:
-                self._fallback(what, bound)
+                    self._fallback(what, bound)
+        finally:
+            if held is not None:
+                os.sched_setaffinity(0, held)
         result: dict[str, np.ndarray] = {}
         for v, own in self._out_plan:
             a = bound[id(v)] if own else self._array(v, bound)
             result[v.name] = a if own and v.name not in result else a.copy()
         return result
 
-    def _run_shared(self, kernel: Any, addr: int) -> None:
+    def _run_shared(self, kernel: Any, addr: int, shares: int) -> None:
         """Run ``kernel``'s shares on this thread and the pool, each taking the next share."""
-        shares = self._shares
         counter = itertools.count()  # next() is atomic under the GIL
 
         def work() -> None:
