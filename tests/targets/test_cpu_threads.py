@@ -8,14 +8,13 @@ reference, on repeated calls, and from two Python threads calling two models at 
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import threading
 
 import numpy as np
 import pytest
 from satura.engine.graph import Graph
-from satura.targets import compile_graph
+from satura.targets import compile_graph, lower
 
 from tests.targets.helpers import reference
 
@@ -24,15 +23,9 @@ pytestmark = pytest.mark.llvm
 
 @pytest.fixture(autouse=True)
 def _all_parallel(monkeypatch):
-    # The lowering modules import the thresholds by value: import them all first, patch each.
-    for name in ("lower", "attention", "conv", "pool", "gemm", "rows", "elementwise"):
-        try:
-            mod = importlib.import_module(f"satura.targets.{name}")
-        except ImportError:
-            continue
-        for attr in ("PARALLEL_FLOPS", "PARALLEL_BYTES"):
-            if hasattr(mod, attr):
-                monkeypatch.setattr(mod, attr, 0)
+    # Every lowering asks lower.worth_splitting, which reads the thresholds at lowering time.
+    for attr in ("PARALLEL_FLOPS", "PARALLEL_BYTES"):
+        monkeypatch.setattr(lower, attr, 0)
 
 
 def _ew() -> tuple[Graph, dict[str, np.ndarray]]:
@@ -175,3 +168,32 @@ def test_results_held_by_the_caller_are_never_overwritten(threads):
     addr = a.ctypes.data
     del a
     assert model(**feeds)[name].ctypes.data == addr  # a dropped result's buffer is reused
+
+
+def test_balanced_shares():
+    """The share count gives the busiest core the fewest units, with no empty share."""
+    assert lower.balanced_shares(28, 2) == 4  # 7 units a share, two shares a core
+    assert lower.balanced_shares(14, 2) == 2
+    assert lower.balanced_shares(3, 2) == 3
+    assert lower.balanced_shares(0, 2) == 2 * lower.CHUNKS_PER_THREAD  # unknown: the most
+    for units in range(1, 200):
+        s = lower.balanced_shares(units, 2)
+        assert 2 <= s <= 2 * lower.CHUNKS_PER_THREAD
+        busiest = -(-s // 2) * -(-units // s)
+        assert busiest <= -(-units // 2) + -(-units // (2 * lower.CHUNKS_PER_THREAD))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two usable cores")
+def test_workers_pinned_and_caller_affinity_restored():
+    """The pool's worker runs on a core of its own, the caller is held on another only while
+    the kernels run: its affinity after the call is what it was before."""
+    g, feeds = _ew()
+    model = compile_graph(g, threads=2)
+    before = os.sched_getaffinity(0)
+    model(**feeds)
+    assert os.sched_getaffinity(0) == before
+    pool = model._native
+    assert pool is not None and pool.main_cpu in before
+    worker_cpus = [os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")
+                   if os.sched_getaffinity(int(t)) == {sorted(before)[1]}]
+    assert worker_cpus, "no thread pinned to the worker's core"
