@@ -8,7 +8,8 @@ the row block's MR-row panels. The micro-kernel keeps an MR×NR tile of C in vec
 (MR·NR/L accumulators) and does MR broadcasts and MR·NR/L FMAs per k; it prefetches its C tile
 and, on the block's last row panel, the next B panel. Tiles of few rows (fewer than 8
 accumulators, too few to hide the FMA latency) take 2 or 4 k steps a turn into separate
-accumulator sets, summed at the end.
+accumulator sets, summed at the end. Its k loop (``fma_tile``) also serves attention's q·kᵀ and
+p·v micro-kernels.
 
 A is read in place (row stride K) or, when a part has enough B panels to pay for the copy, first
 packed per (K block, row block) into MR-row panels (``Ap[panel][k][MR]``: one contiguous stream,
@@ -156,7 +157,6 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
     """
     L, nv, vty = s.lanes, s.nr // s.lanes, vec_type(s.lanes)
     rs, ks = (1, s.mr) if packed else (s.k, 1)  # A(i, k) at a + i·rs + k·ks
-    acc = [[f"%c{i}_{v}" for v in range(nv)] for i in range(mr)]
     out = [f"define internal void @{name}_{'u' if packed else 'd'}{mr}(ptr noalias %a, "
            "ptr noalias %bp, i64 %kc, ptr noalias %c, i64 %ldc, i1 %accum, i1 %last, "
            "ptr noalias %bias, ptr noalias %res, ptr %pfb, ptr %pfl2) noinline {", "entry:"]
@@ -167,43 +167,8 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
                 f"  call void @llvm.prefetch.p0(ptr %pf{i}, i32 1, i32 3, i32 1)",
                 f"  %pg{i} = getelementptr float, ptr %pf{i}, i64 {s.nr - 1}",
                 f"  call void @llvm.prefetch.p0(ptr %pg{i}, i32 1, i32 3, i32 1)"]
-    ksets = _ksets(mr, nv)
-    if ksets == 1:
-        out += ["  br label %k", "k:"]
-        _kloop(out, s, mr, "k", "0", "%kc", 1, [[["zeroinitializer"] * nv] * mr], "%entry", rs, ks,
-               [acc])
-        out += ["kdone:"]
-        for i in range(mr):
-            for v in range(nv):
-                out.append(f"  %n{i}_{v} = phi {vty} [%k{i}_{v}s0, %k]")
-        out += ["  br label %done", "done:"]
-    else:
-        # Few rows: too few accumulators to hide the FMA latency. KSETS k steps a turn, each into
-        # its own accumulators, summed after the loop; the last kc % KSETS steps go one at a time.
-        sets = [[[f"%c{i}_{v}s{j}" for v in range(nv)] for i in range(mr)] for j in range(ksets)]
-        out += [f"  %kcu = and i64 %kc, {-ksets}", "  %hasu = icmp ugt i64 %kcu, 0",
-                "  br i1 %hasu, label %ku, label %ku.x", "ku:"]
-        zero = [["zeroinitializer"] * nv] * mr
-        _kloop(out, s, mr, "ku", "0", "%kcu", ksets, [zero] * ksets, "%entry", rs, ks, sets)
-        out += ["ku.x:", "  %ks = phi i64 [0, %entry], [%kun, %ku]"]
-        tot = [[f"%t{i}_{v}" for v in range(nv)] for i in range(mr)]
-        out += [f"  %e{i}_{v}s{j} = phi {vty} [zeroinitializer, %entry], [%ku{i}_{v}s{j}, %ku]"
-                for i in range(mr) for v in range(nv) for j in range(ksets)]
-        for i in range(mr):
-            for v in range(nv):
-                parts = [f"%e{i}_{v}s{j}" for j in range(ksets)]
-                while len(parts) > 1:
-                    nxt = f"{parts[0]}p"
-                    out.append(f"  {nxt} = fadd {vty} {parts[0]}, {parts[1]}")
-                    parts = [nxt, *parts[2:]]
-                out.append(f"  {tot[i][v]} = fadd {vty} {parts[0]}, zeroinitializer")
-        out += ["  %krem = icmp ult i64 %ks, %kc", "  br i1 %krem, label %k, label %kdone", "k:"]
-        _kloop(out, s, mr, "k", "%ks", "%kc", 1, [tot], "%ku.x", rs, ks, [acc])
-        out += ["kdone:"]
-        for i in range(mr):
-            for v in range(nv):
-                out.append(f"  %n{i}_{v} = phi {vty} [{tot[i][v]}, %ku.x], [%k{i}_{v}s0, %k]")
-        out += ["  br label %done", "done:"]
+    acc = fma_tile(out, L, mr, nv, a=("%a", rs, ks), b=("%bp", s.nr), ksets=_ksets(mr, nv),
+                   prefetch=("%pfb", "%pfl2"))
     for i in range(mr):
         for v in range(nv):
             out += [f"  %o{i}_{v} = mul i64 %ldc, {i}", f"  %q{i}_{v} = add i64 %o{i}_{v}, {v * L}",
@@ -212,11 +177,11 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
     for i in range(mr):
         for v in range(nv):
             out += [f"  %old{i}_{v} = load {vty}, ptr %cp{i}_{v}, align 4",
-                    f"  %sum{i}_{v} = fadd {vty} %old{i}_{v}, %n{i}_{v}"]
+                    f"  %sum{i}_{v} = fadd {vty} %old{i}_{v}, {acc[i][v]}"]
     out += ["  br label %merge", "merge:"]
     for i in range(mr):
         for v in range(nv):
-            out.append(f"  %m{i}_{v} = phi {vty} [%sum{i}_{v}, %addold], [%n{i}_{v}, %done]")
+            out.append(f"  %m{i}_{v} = phi {vty} [%sum{i}_{v}, %addold], [{acc[i][v]}, %kdone]")
     final = [[f"%m{i}_{v}" for v in range(nv)] for i in range(mr)]
     if s.epilogue_in_registers:
         out += ["  br i1 %last, label %epi, label %store", "epi:"]
@@ -261,46 +226,95 @@ def _ksets(mr: int, nv: int) -> int:
     return sets
 
 
-def _kloop(out: list[str], s: GemmSpec, mr: int, lab: str, start: str, end: str, step: int,
-           init: list[list[list[str]]], pred: str, rs: int, ks: int,
-           names: list[list[list[str]]]) -> None:
-    """The k loop (block ``lab``, already opened): ``step`` k steps a turn from ``start`` while
-    below ``end``; step j accumulates into ``names[j]`` (started from ``init[j]`` on entry from
-    ``pred``). The updated accumulators are ``%{lab}{i}_{v}s{j}``; the next k is ``%{lab}n``."""
-    L, nv, vty = s.lanes, s.nr // s.lanes, vec_type(s.lanes)
+def fma_tile(out: list[str], lanes: int, mr: int, nv: int, a: tuple[str, int, int],
+             b: tuple[str, int], ksets: int = 1,
+             prefetch: tuple[str, str] | None = None) -> list[list[str]]:
+    """The k loop of a register-tile FMA micro-kernel (GEMM's, attention's): the ``mr``×NR tile
+    (NR = ``nv``·``lanes``) of ``A·B`` over ``k < %kc``, in mr·nv vector accumulators.
+
+    Per k: nv vector loads of B row k (``b = (ptr, ldb)``: the row at ptr + k·ldb), mr broadcasts
+    of A(i, k) (``a = (ptr, rs, ks)``: at ptr + i·rs + k·ks) and mr·nv FMAs. ``ksets`` > 1 (a tile
+    with too few accumulators to hide the FMA latency, see ``_ksets``): the loop takes that many k
+    steps a turn, each into its own accumulator set, summed after it; the last kc % ksets steps
+    go one at a time. ``prefetch = (l1, l2)``: every k also prefetches the line at the B row's
+    offset from these pointers, into L1 and into L2. ``%kc`` (the function's i64 argument) may
+    be 0.
+
+    Emitted in the open ``entry`` block; returns the tile's accumulators (``[i][v]``), defined in
+    block ``kdone``, which is left open. Every name it defines starts with ``%k``.
+    """
+    vty = vec_type(lanes)
+    zero = [["zeroinitializer"] * nv for _ in range(mr)]
+    start, init, pred = "0", zero, "%entry"
+    if ksets > 1:
+        out += [f"  %kcu = and i64 %kc, {-ksets}", "  %khasu = icmp ugt i64 %kcu, 0",
+                "  br i1 %khasu, label %ku, label %ku.x", "ku:"]
+        _kloop(out, lanes, mr, nv, a, b, prefetch, "ku", "0", "%kcu", ksets, [zero] * ksets,
+               pred, "%ku.x")
+        out += ["ku.x:", f"  %kx = phi i64 [0, {pred}], [%kun, %ku]"]
+        out += [f"  %kx{i}_{v}s{j} = phi {vty} [zeroinitializer, {pred}], [%ku{i}_{v}s{j}, %ku]"
+                for i in range(mr) for v in range(nv) for j in range(ksets)]
+        init = [[f"%kt{i}_{v}" for v in range(nv)] for i in range(mr)]
+        for i in range(mr):
+            for v in range(nv):
+                parts = [f"%kx{i}_{v}s{j}" for j in range(ksets)]
+                while len(parts) > 1:
+                    nxt = f"{parts[0]}p"
+                    out.append(f"  {nxt} = fadd {vty} {parts[0]}, {parts[1]}")
+                    parts = [nxt, *parts[2:]]
+                out.append(f"  {init[i][v]} = fadd {vty} {parts[0]}, zeroinitializer")
+        start, pred = "%kx", "%ku.x"
+    out += [f"  %krem = icmp ult i64 {start}, %kc", "  br i1 %krem, label %k, label %kdone",
+            "k:"]
+    _kloop(out, lanes, mr, nv, a, b, prefetch, "k", start, "%kc", 1, [init], pred, "%kdone")
+    out.append("kdone:")
+    acc = [[f"%kd{i}_{v}" for v in range(nv)] for i in range(mr)]
+    out += [f"  {acc[i][v]} = phi {vty} [{init[i][v]}, {pred}], [%k{i}_{v}s0, %k]"
+            for i in range(mr) for v in range(nv)]
+    return acc
+
+
+def _kloop(out: list[str], lanes: int, mr: int, nv: int, a: tuple[str, int, int],
+           b: tuple[str, int], prefetch: tuple[str, str] | None, lab: str, start: str, end: str,
+           step: int, init: list[list[list[str]]], pred: str, exit_: str) -> None:
+    """``fma_tile``'s loop (block ``lab``, already opened; at least one turn): ``step`` k steps
+    a turn from ``start`` while below ``end``, then on to ``exit_``; step j accumulates into set
+    j, started from ``init[j]`` on entry from ``pred``. The updated accumulators are
+    ``%{lab}{i}_{v}s{j}``; the next k is ``%{lab}n``."""
+    vty = vec_type(lanes)
+    (ap, rs, ks), (bp, ldb) = a, b
     out.append(f"  %{lab}k = phi i64 [{start}, {pred}], [%{lab}n, %{lab}]")
     for j in range(step):
         for i in range(mr):
             for v in range(nv):
-                out.append(f"  {names[j][i][v]} = phi {vty} [{init[j][i][v]}, {pred}], "
+                out.append(f"  %{lab}a{i}_{v}s{j} = phi {vty} [{init[j][i][v]}, {pred}], "
                            f"[%{lab}{i}_{v}s{j}, %{lab}]")
     for j in range(step):
         kk = f"%{lab}k" if j == 0 else f"%{lab}k{j}"
         if j:
             out.append(f"  {kk} = add i64 %{lab}k, {j}")
         p = f"%{lab}{j}"
-        out += [f"  {p}bo = mul i64 {kk}, {s.nr}",
-                f"  {p}bq = getelementptr float, ptr %bp, i64 {p}bo",
+        out += [f"  {p}bo = mul i64 {kk}, {ldb}",
+                f"  {p}bq = getelementptr float, ptr {bp}, i64 {p}bo",
                 f"  {p}ao = mul i64 {kk}, {ks}",
-                f"  {p}aq = getelementptr float, ptr %a, i64 {p}ao",
-                f"  {p}pfq = getelementptr float, ptr %pfb, i64 {p}bo",
-                f"  call void @llvm.prefetch.p0(ptr {p}pfq, i32 0, i32 3, i32 1)",
-                f"  {p}pfr = getelementptr float, ptr %pfl2, i64 {p}bo",
-                f"  call void @llvm.prefetch.p0(ptr {p}pfr, i32 0, i32 2, i32 1)"]
+                f"  {p}aq = getelementptr float, ptr {ap}, i64 {p}ao"]
+        if prefetch is not None:
+            out += [f"  {p}pfq = getelementptr float, ptr {prefetch[0]}, i64 {p}bo",
+                    f"  call void @llvm.prefetch.p0(ptr {p}pfq, i32 0, i32 3, i32 1)",
+                    f"  {p}pfr = getelementptr float, ptr {prefetch[1]}, i64 {p}bo",
+                    f"  call void @llvm.prefetch.p0(ptr {p}pfr, i32 0, i32 2, i32 1)"]
         for v in range(nv):
-            out += [f"  {p}bq{v} = getelementptr float, ptr {p}bq, i64 {v * L}",
+            out += [f"  {p}bq{v} = getelementptr float, ptr {p}bq, i64 {v * lanes}",
                     f"  {p}b{v} = load {vty}, ptr {p}bq{v}, align 4"]
         for i in range(mr):
             out += [f"  {p}ap{i} = getelementptr float, ptr {p}aq, i64 {i * rs}",
                     f"  {p}as{i} = load float, ptr {p}ap{i}, align 4"]
-            _splat(out, vty, L, f"{p}as{i}", f"{p}av{i}")
+            _splat(out, vty, lanes, f"{p}as{i}", f"{p}av{i}")
             for v in range(nv):
-                out.append(f"  %{lab}{i}_{v}s{j} = call {vty} @llvm.fma.v{L}f32({vty} {p}av{i}, "
-                           f"{vty} {p}b{v}, {vty} {names[j][i][v]})")
+                out.append(f"  %{lab}{i}_{v}s{j} = call {vty} @llvm.fma.v{lanes}f32("
+                           f"{vty} {p}av{i}, {vty} {p}b{v}, {vty} %{lab}a{i}_{v}s{j})")
     out += [f"  %{lab}n = add i64 %{lab}k, {step}", f"  %{lab}more = icmp ult i64 %{lab}n, {end}",
-            f"  br i1 %{lab}more, label %{lab}, label %{lab}.x" if lab == "ku"
-            else f"  br i1 %{lab}more, label %{lab}, label %{lab}done"]
-
+            f"  br i1 %{lab}more, label %{lab}, label {exit_}"]
 
 
 def _epilogue(name: str, s: GemmSpec) -> str:
