@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from satura.engine.graph import Node
+from satura.targets.gemm import fma_tile
 from satura.targets.irmath import Emitter, fconst, vec_type
 from satura.targets.kernel import Operand, body_header, share, wrapper
 from satura.targets.lower import (
@@ -274,40 +275,14 @@ def _ukernel(fname: str, mr: int, nr: int, lanes: int, lda: int, ldb: int, ldc: 
     -inf, and ``aux`` (one <L x float> per row) takes the running max of each row.
     ``kind`` 'pv': C = aux[i]·C + A·B (aux: one float per row, the softmax rescale).
     A is row-major with stride lda (read one float at a time, broadcast), B rows of nr floats at
-    stride ldb, C at stride ldc.
+    stride ldb, C at stride ldc. The k loop is GEMM's (``fma_tile``); the epilogues are these.
     """
     nv, vty = nr // lanes, vec_type(lanes)
-    acc = [[f"%c{i}_{v}" for v in range(nv)] for i in range(mr)]
     out = [f"define internal void @{fname}(ptr noalias %a, ptr noalias %b, ptr noalias %c, "
-           f"i64 %kc, ptr noalias %al, i64 %lim) noinline {{", "entry:",
-           "  %go = icmp sgt i64 %kc, 0", "  br i1 %go, label %k, label %done", "k:",
-           "  %kk = phi i64 [0, %entry], [%kn, %k]"]
-    for i in range(mr):
-        for v in range(nv):
-            out.append(f"  {acc[i][v]} = phi {vty} [zeroinitializer, %entry], [%n{i}_{v}, %k]")
-    out.append(f"  %bo = mul i64 %kk, {ldb}")
-    for v in range(nv):
-        out += [f"  %bo{v} = add i64 %bo, {v * lanes}",
-                f"  %bq{v} = getelementptr float, ptr %b, i64 %bo{v}",
-                f"  %b{v} = load {vty}, ptr %bq{v}, align 4"]
-    for i in range(mr):
-        out += [f"  %ao{i} = add i64 %kk, {i * lda}",
-                f"  %ap{i} = getelementptr float, ptr %a, i64 %ao{i}",
-                f"  %as{i} = load float, ptr %ap{i}, align 4",
-                f"  %ai{i} = insertelement {vty} poison, float %as{i}, i64 0",
-                f"  %av{i} = shufflevector {vty} %ai{i}, {vty} poison, "
-                f"<{lanes} x i32> zeroinitializer"]
-        for v in range(nv):
-            out.append(f"  %n{i}_{v} = call {vty} @llvm.fma.v{lanes}f32({vty} %av{i}, {vty} %b{v}, "
-                       f"{vty} {acc[i][v]})")
-    out += ["  %kn = add i64 %kk, 1", "  %km = icmp slt i64 %kn, %kc",
-            "  br i1 %km, label %k, label %done", "done:"]
-    for i in range(mr):
-        for v in range(nv):
-            out += [f"  %f{i}_{v} = phi {vty} [zeroinitializer, %entry], [%n{i}_{v}, %k]"]
+           f"i64 %kc, ptr noalias %al, i64 %lim) noinline {{", "entry:"]
+    res = fma_tile(out, lanes, mr, nv, a=("%a", lda, 1), b=("%b", ldb))
     em = Emitter(out, lanes)
     ninf = "<" + ", ".join([f"float {fconst(float('-inf'))}"] * lanes) + ">"
-    res = [[f"%f{i}_{v}" for v in range(nv)] for i in range(mr)]
     if kind == "qk":
         if scale != 1.0:
             for i in range(mr):
@@ -333,7 +308,8 @@ def _ukernel(fname: str, mr: int, nr: int, lanes: int, lda: int, ldb: int, ldc: 
         out += ["  br label %st", "st:"]
         for i in range(mr):
             for v in range(nv):
-                out.append(f"  %x{i}_{v} = phi {vty} [{res[i][v]}, %done], [{masked[i][v]}, %mask]")
+                out.append(f"  %x{i}_{v} = phi {vty} [{res[i][v]}, %kdone], "
+                           f"[{masked[i][v]}, %mask]")
                 res[i][v] = f"%x{i}_{v}"
         for i in range(mr):
             out += [f"  %rmp{i} = getelementptr float, ptr %al, i64 {i * lanes}",
