@@ -345,9 +345,13 @@ class CompiledModel:
         if native and self._native is None:
             self._native = NativePool(self._jit, self.threads - 1)
         held = None
-        if native and self._native.main_cpu is not None:  # type: ignore[union-attr]
+        main_cpu = self._native.main_cpu if native else None  # type: ignore[union-attr]
+        if main_cpu is not None:
             held = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {self._native.main_cpu})  # type: ignore[union-attr]
+            if main_cpu in held:  # this thread may run there (another thread may not)
+                os.sched_setaffinity(0, {main_cpu})
+            else:
+                held = None
         try:
             for kind, what, shares in self._run:
                 if kind == "k":

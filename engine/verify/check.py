@@ -32,6 +32,10 @@ from satura.engine.verify.semantics import (
 )
 
 VALUE_CASES = 400  # concrete shape cases per rule (spread over the rank/attribute cases)
+# At most this many concrete shape cases in a rule's value check: whole groups of rank/attribute
+# cases of one total rank, smallest first (the smallest group always runs in full). A count, not
+# seconds, so the coverage, and the verdict's reason, are the same on any machine under any load.
+VALUE_CASE_BUDGET = 1000
 PY_ENUM_LIMIT = 256  # enumerate dims in Python (not Z3) below this many candidates
 CONFIRM_TRIALS = 200  # numpy trials when Z3's counterexample is not confirmed
 RANDOM_TRIALS = 6  # numpy trials per concrete case before Z3 is asked
@@ -41,6 +45,11 @@ FIRST_CASES = 2
 
 class NotEvaluable(Exception):
     """An op's semantics (like numpy) rejects a case its shape function accepted."""
+
+
+class GaveUp(Exception):
+    """Z3 timed out while choosing a case's dimension assignments. Never treated as "no more
+    assignments": that would make the coverage depend on the machine's speed."""
 
 
 @dataclass
@@ -320,9 +329,15 @@ def _samples(rule: Rule, inst: Instance, bound: int, rng: np.random.Generator,
         for n in rng.permutation(names) if names else []:
             s.push()
             s.add(z3.Int(str(n)) == int(rng.integers(1, bound + 1)))
-            if s.check() != z3.sat:
+            r = s.check()
+            if r == z3.unknown:
+                raise GaveUp(f"Z3 gave up sampling dims <= {bound} ({s.reason_unknown()})")
+            if r != z3.sat:
                 s.pop()
-        if s.check() != z3.sat:
+        r = s.check()
+        if r == z3.unknown:
+            raise GaveUp(f"Z3 gave up sampling dims <= {bound} ({s.reason_unknown()})")
+        if r != z3.sat:
             break
         dims = _dims_of(s.model(), inst)
         try:
@@ -338,7 +353,8 @@ def concrete_dims(rule: Rule, inst: Instance, bound: int, cap: int,
                   timeout_ms: int) -> tuple[list[dict[str, int]], int]:
     """Dimension assignments (every dim <= b) of a case, with the largest b <= bound that gives
     at most ``cap`` of them. Returns (assignments, b); b is negative (-b) when even the smallest
-    bound with any assignment has more than ``cap``: the first ``cap`` are returned, a sample."""
+    bound with any assignment has more than ``cap``: the first ``cap`` are returned, a sample.
+    Raises :class:`GaveUp` when Z3 times out listing them."""
     names = list(dict.fromkeys(inst.dim_names))
     prev: tuple[list[dict[str, int]], int] = ([], 0)
     for b in range(bound, 0, -1):
@@ -361,7 +377,12 @@ def _z3_dims(inst: Instance, names: list[str], b: int, cap: int,
     s.add(*hypothesis(inst))
     s.add(*[z3.Int(n) <= b for n in names])
     out: list[dict[str, int]] = []
-    while len(out) <= cap and s.check() == z3.sat:
+    while len(out) <= cap:
+        r = s.check()
+        if r == z3.unknown:
+            raise GaveUp(f"Z3 gave up listing dims <= {b} ({s.reason_unknown()})")
+        if r != z3.sat:
+            break
         dims = _dims_of(s.model(), inst)
         out.append(dims)
         if not names:
