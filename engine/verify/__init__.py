@@ -12,7 +12,9 @@ For each rule, under its guard:
    well-formed pattern imply a well-formed replacement of equal shape and dtype (float32).
 2. **Values, bounded sizes** (:mod:`.semantics`, :func:`.check.check_values`): for each case,
    every dimension assignment up to ``bound`` (reduced per case so each has at most a few dozen),
-   smallest cases first within a time budget; tensors are numpy object arrays of Z3 terms. Equal
+   smallest cases first, whole ranks, within a budget counted in concrete cases (never in
+   seconds: the coverage is the same on any machine; the timeout only makes a rule ``unknown``);
+   tensors are numpy object arrays of Z3 terms. Equal
    over the reals (transcendentals uninterpreted, with instantiated axioms; named constants exact);
    ``exact`` rules also bit-equal in IEEE fp32 (RNE, numpy's NaN and signed-zero conventions).
    numpy's references are tried first on random inputs (special values included), so most

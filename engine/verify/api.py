@@ -26,7 +26,7 @@ from satura.engine.verify.instance import Unsupported, z3_cases
 
 DEFAULT_CACHE = Path.home() / ".cache" / "satura" / "verify"
 VERSION = "1"
-VALUE_BUDGET_S = 6.0  # seconds of value checking per rule, smallest cases first
+VALUE_CASE_BUDGET = check.VALUE_CASE_BUDGET  # concrete shape cases per rule, smallest first
 
 
 @dataclass
@@ -46,12 +46,16 @@ class Verdict:
         return self.rule.name
 
 
-def _cache_key(rule: Rule, bound: int) -> str:
+def _cache_key(rule: Rule, bound: int, case_budget: int | None = VALUE_CASE_BUDGET) -> str:
+    """The verdict's cache key: everything a verdict depends on (the value check's coverage is
+    fixed by ``bound`` and ``case_budget``; the timeout only turns verdicts into ``unknown``,
+    which is never cached)."""
     from satura.engine.ops import get_op
     from satura.engine.verify import instance, semantics
 
     h = hashlib.sha256()
-    h.update(f"{VERSION}|{bound}|{VALUE_BUDGET_S}|{rule.name}|{rule.exactness}|{rule.tolerance}|".encode())
+    h.update(f"{VERSION}|{bound}|cases={case_budget}|{rule.name}|{rule.exactness}|"
+             f"{rule.tolerance}|".encode())
     h.update(rule.text.encode())
     h.update(repr((rule.lhs, rule.rhs)).encode())
     for mod in (semantics, check, instance):
@@ -63,22 +67,25 @@ def _cache_key(rule: Rule, bound: int) -> str:
 
 
 def verify_rule(rule: Rule, bound: int = 3, timeout_s: float = 30.0,
-                value_budget_s: float = VALUE_BUDGET_S, assume_rhs_wellformed: bool = False,
+                case_budget: int | None = VALUE_CASE_BUDGET, assume_rhs_wellformed: bool = False,
                 ) -> Verdict:
     """Verify one rule (no cache). The shape check covers every case; the value check runs
-    cases smallest first for at most ``value_budget_s`` (the verdict's reason says how far).
-    ``assume_rhs_wellformed`` reads the rule as TASO does: it applies only where the replacement
-    is well-formed (satura's own rules must imply that from the guard: keep it False)."""
+    cases smallest first, at most ``case_budget`` concrete shape cases (None: all; the verdict's
+    reason says how far). The coverage is counted, never timed, so a rule gets the same verdict
+    and reason on any machine; ``timeout_s`` is only a safety net: past it the verdict is
+    ``unknown``. ``assume_rhs_wellformed`` reads the rule as TASO does: it applies only where the
+    replacement is well-formed (satura's own rules must imply that from the guard: keep it
+    False)."""
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     step_ms = int(max(1000, min(timeout_s, 20) * 1000))
-    out = _verify(rule, bound, deadline, step_ms, value_budget_s, assume_rhs_wellformed)
+    out = _verify(rule, bound, deadline, step_ms, case_budget, assume_rhs_wellformed)
     return Verdict(rule, out.status, out.check, out.reason, out.counterexample,
                    time.monotonic() - t0)
 
 
 def _verify(rule: Rule, bound: int, deadline: float, step_ms: int,
-            value_budget_s: float, assume_rhs: bool = False) -> check.Outcome:
+            case_budget: int | None, assume_rhs: bool = False) -> check.Outcome:
     try:
         insts = []
         for inst in z3_cases(rule):
@@ -96,15 +103,17 @@ def _verify(rule: Rule, bound: int, deadline: float, step_ms: int,
         if missing:
             return check.Outcome("unknown", "value", f"no value semantics for "
                                  f"{', '.join(missing)} (shapes proved)")
-        return check.check_values(rule, insts, bound, deadline, step_ms, value_budget_s)
+        return check.check_values(rule, insts, bound, deadline, step_ms, case_budget)
     except Unsupported as e:
         return check.Outcome("unknown", "setup", str(e))
 
 
 def verify_rules(rules: Iterable[Rule | str | Path], bound: int = 3, timeout_s: float = 30.0,
-                 cache_dir: str | Path | None = DEFAULT_CACHE) -> list[Verdict]:
+                 cache_dir: str | Path | None = DEFAULT_CACHE,
+                 case_budget: int | None = VALUE_CASE_BUDGET) -> list[Verdict]:
     """Verify rules (``Rule`` objects or paths of rule files). ``cache_dir`` None disables the
-    on-disk cache (keyed by the rule text and the semantics and shape functions it uses)."""
+    on-disk cache (keyed by the rule text, ``bound``, ``case_budget`` and the semantics and shape
+    functions it uses)."""
     flat: list[Rule] = []
     for r in rules:
         flat += load_rules(r) if isinstance(r, str | Path) else [r]
@@ -112,7 +121,7 @@ def verify_rules(rules: Iterable[Rule | str | Path], bound: int = 3, timeout_s: 
     for rule in flat:
         cache_file = None
         if cache_dir is not None:
-            cache_file = Path(cache_dir) / f"{_cache_key(rule, bound)}.pkl"
+            cache_file = Path(cache_dir) / f"{_cache_key(rule, bound, case_budget)}.pkl"
             if cache_file.exists():
                 try:
                     v = pickle.loads(cache_file.read_bytes())
@@ -121,7 +130,7 @@ def verify_rules(rules: Iterable[Rule | str | Path], bound: int = 3, timeout_s: 
                     continue
                 except Exception:
                     pass  # a stale or broken entry is recomputed
-        v = verify_rule(rule, bound, timeout_s)
+        v = verify_rule(rule, bound, timeout_s, case_budget)
         out.append(v)
         if cache_file is not None and v.status != "unknown":
             try:
@@ -135,9 +144,10 @@ def verify_rules(rules: Iterable[Rule | str | Path], bound: int = 3, timeout_s: 
 
 
 def verify_file(path: str | Path, bound: int = 3, timeout_s: float = 30.0,
-                cache_dir: str | Path | None = DEFAULT_CACHE) -> list[Verdict]:
+                cache_dir: str | Path | None = DEFAULT_CACHE,
+                case_budget: int | None = VALUE_CASE_BUDGET) -> list[Verdict]:
     """Verify every rule of one rule file."""
-    return verify_rules([Path(path)], bound, timeout_s, cache_dir)
+    return verify_rules([Path(path)], bound, timeout_s, cache_dir, case_budget)
 
 
 def format_counterexample(cx: dict[str, Any]) -> str:
@@ -191,8 +201,10 @@ def _first_difference(cx: dict[str, Any]) -> str:
 
 
 def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0,
-                   cache_dir: str | Path | None = DEFAULT_CACHE, as_json: bool = False) -> int:
-    """``satura verify``: one line per rule; exit code 1 if any rule is refuted or unknown."""
+                   cache_dir: str | Path | None = DEFAULT_CACHE, as_json: bool = False,
+                   case_budget: int | None = VALUE_CASE_BUDGET) -> int:
+    """``satura verify``: one line per rule; exit code 1 if any rule is refuted or unknown.
+    ``case_budget`` None (``--cases 0``) checks every value case."""
     from satura.engine.rulelang import load_rules as _load
 
     if not paths:
@@ -202,6 +214,8 @@ def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0
                        if str(p).endswith(".rules"))
     if bound < 1 or timeout_s <= 0:
         raise SaturaError(f"--bound must be >= 1 and --timeout > 0 (got {bound}, {timeout_s})")
+    if case_budget is not None and case_budget < 1:
+        raise SaturaError(f"--cases must be >= 1, or 0 for no limit (got {case_budget})")
     bad = 0
     everything: list[Verdict] = []
     for p in paths:
@@ -211,7 +225,7 @@ def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0
             print(str(e))
             bad += 1
             continue
-        verdicts = verify_rules(rules, bound, timeout_s, cache_dir)
+        verdicts = verify_rules(rules, bound, timeout_s, cache_dir, case_budget)
         everything += verdicts
         bad += sum(v.status != "proved" for v in verdicts)
         if as_json:

@@ -317,29 +317,35 @@ def _py_dims(rule: Rule, inst: Instance, names: list[str], b: int,
 
 
 def _samples(rule: Rule, inst: Instance, bound: int, rng: np.random.Generator,
-             k: int = 2) -> list[dict[str, int]]:
-    """A few random valid assignments at the full bound (beyond the exhaustive ones): random
-    target sizes, kept greedily where the case's constraints allow."""
+             k: int = 2, timeout_ms: int = 20000) -> list[dict[str, int]]:
+    """A few random valid assignments at the full bound (beyond the exhaustive ones): each dim in
+    a random order gets a random target size, or where the case's constraints rule that out the
+    smallest size they allow. Every dim is fixed explicitly, so the samples follow from the rng
+    and from Z3's sat/unsat answers alone, never from which model Z3 happens to return (that can
+    change with what the process did before). Raises :class:`GaveUp` when Z3 times out (a
+    timeout must not pick other samples on a slower machine)."""
     names = list(dict.fromkeys(inst.dim_names))
     out: list[dict[str, int]] = []
     for _ in range(k):
         s = z3.Solver()
-        s.set("timeout", 2000)
+        s.set("timeout", timeout_ms)
         s.add(*hypothesis(inst), *[z3.And(z3.Int(n) >= 1, z3.Int(n) <= bound) for n in names])
-        for n in rng.permutation(names) if names else []:
-            s.push()
-            s.add(z3.Int(str(n)) == int(rng.integers(1, bound + 1)))
-            r = s.check()
-            if r == z3.unknown:
-                raise GaveUp(f"Z3 gave up sampling dims <= {bound} ({s.reason_unknown()})")
-            if r != z3.sat:
+        s.push()  # from the first check on, Z3's incremental solver (the others cost more here)
+        if not _sat(s, f"sampling dims <= {bound}"):
+            break  # no assignment at all
+        fixed: dict[str, int] = {}
+        for n in (rng.permutation(names) if names else []):
+            target = int(rng.integers(1, bound + 1))
+            tries = [target] + [v for v in range(1, bound + 1) if v != target]
+            for t, v in enumerate(tries):
+                s.push()
+                s.add(z3.Int(str(n)) == v)
+                # The last size left needs no check: the dims fixed so far have a solution.
+                if t == len(tries) - 1 or _sat(s, f"sampling dims <= {bound}"):
+                    fixed[str(n)] = v
+                    break
                 s.pop()
-        r = s.check()
-        if r == z3.unknown:
-            raise GaveUp(f"Z3 gave up sampling dims <= {bound} ({s.reason_unknown()})")
-        if r != z3.sat:
-            break
-        dims = _dims_of(s.model(), inst)
+        dims = {n: fixed[n] for n in names}
         try:
             ci = concrete_instance(rule, inst.choices, dims)
         except SHAPE_FAILS:
@@ -349,12 +355,21 @@ def _samples(rule: Rule, inst: Instance, bound: int, rng: np.random.Generator,
     return out
 
 
+def _sat(s: z3.Solver, what: str) -> bool:
+    r = s.check()
+    if r == z3.unknown:
+        raise GaveUp(f"Z3 gave up {what} ({s.reason_unknown()})")
+    return r == z3.sat
+
+
 def concrete_dims(rule: Rule, inst: Instance, bound: int, cap: int,
                   timeout_ms: int) -> tuple[list[dict[str, int]], int]:
     """Dimension assignments (every dim <= b) of a case, with the largest b <= bound that gives
     at most ``cap`` of them. Returns (assignments, b); b is negative (-b) when even the smallest
     bound with any assignment has more than ``cap``: the first ``cap`` are returned, a sample.
-    Raises :class:`GaveUp` when Z3 times out listing them."""
+    A complete list comes in a fixed order; a sample is the first ``cap`` Z3 finds (the count is
+    fixed; which ones, Z3's models decide). Raises :class:`GaveUp` when Z3 times out listing
+    them."""
     names = list(dict.fromkeys(inst.dim_names))
     prev: tuple[list[dict[str, int]], int] = ([], 0)
     for b in range(bound, 0, -1):
@@ -377,18 +392,14 @@ def _z3_dims(inst: Instance, names: list[str], b: int, cap: int,
     s.add(*hypothesis(inst))
     s.add(*[z3.Int(n) <= b for n in names])
     out: list[dict[str, int]] = []
-    while len(out) <= cap:
-        r = s.check()
-        if r == z3.unknown:
-            raise GaveUp(f"Z3 gave up listing dims <= {b} ({s.reason_unknown()})")
-        if r != z3.sat:
-            break
+    while len(out) <= cap and _sat(s, f"listing dims <= {b}"):
         dims = _dims_of(s.model(), inst)
         out.append(dims)
         if not names:
             break
         s.add(z3.Or(*[z3.Int(n) != v for n, v in dims.items()]))
-    return out
+    # All of them (at most cap): in a fixed order, not the order Z3 found them in.
+    return out if len(out) > cap else sorted(out, key=lambda d: [d[n] for n in names])
 
 
 def _flat(sides: list[list[np.ndarray]]) -> list[Any]:
@@ -584,71 +595,119 @@ def total_rank(inst: Instance) -> int:
     return len(dict.fromkeys(inst.dim_names))
 
 
-def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: float,
-                 timeout_ms: int, budget_s: float | None = None) -> Outcome:
-    """Real (and for exact rules fp32) equality on the cases, smallest first, with dims <= bound
-    (reduced per case to keep the count of shape assignments bounded). Past ``budget_s`` the
-    remaining (larger) cases are skipped, and the reason says which were checked."""
-    z3_insts = sorted(z3_insts, key=total_rank)
-    stop_at = deadline if budget_s is None else min(deadline, time.monotonic() + budget_s)
+@dataclass
+class _Chosen:
+    """The value check's cases: (rank/attribute case, its concrete cases), smallest first."""
+
+    work: list[tuple[Instance, list[Instance]]] = field(default_factory=list)
+    n_cases: int = 0
+    bounds: dict[int, int] = field(default_factory=dict)  # b -> count; -b: sampled at b
+    unknowns: list[str] = field(default_factory=list)
+    max_rank: int = 0  # the largest total rank checked
+    cut: int | None = None  # the smallest total rank skipped (None: every case checked)
+    cap: int = 0  # assignments sampled where a case has too many
+
+
+def _value_cases(rule: Rule, z3_insts: list[Instance], bound: int, deadline: float,
+                 timeout_ms: int, case_budget: int | None, rng: np.random.Generator,
+                 ) -> Outcome | _Chosen:
+    """Choose the concrete cases of the value check: whole groups of rank/attribute cases of one
+    total rank, smallest first, while their concrete cases fit ``case_budget`` (None: no limit;
+    the smallest group always runs). A refutation found while listing them (an ill-formed
+    replacement) or a timeout comes back as an Outcome."""
     cap = max(2, min(32, VALUE_CASES // max(1, len(z3_insts))))
+    chosen = _Chosen(cap=cap)
+    for gi, (rank, group) in enumerate(itertools.groupby(z3_insts, key=total_rank)):
+        rows: list[tuple[Instance, list[Instance], int | None]] = []
+        unknowns: list[str] = []
+        added = 0
+        over = False
+        for zi in group:
+            if time.monotonic() > deadline:
+                return _timeout("listing the shape cases", chosen.n_cases + added, None)
+            try:
+                assignments, b = concrete_dims(rule, zi, bound, cap, timeout_ms)
+                if assignments and b < bound:
+                    assignments += _samples(rule, zi, bound, rng, timeout_ms=timeout_ms)
+            except GaveUp as e:
+                return Outcome("unknown", "value", f"{zi.describe()}: {e}")
+            insts = []
+            for dims in assignments:
+                try:
+                    inst = concrete_instance(rule, zi.choices, dims)
+                except SHAPE_FAILS as e:
+                    unknowns.append(f"{zi.describe()}: {e}")
+                    continue
+                if inst.rhs_error is not None:
+                    if zi.assume_rhs:
+                        continue  # the rule does not apply here
+                    return _shape_refuted(rule, zi, _dims_model(dims),
+                                          f"replacement is ill-formed ({inst.rhs_error})")
+                insts.append(inst)
+            added += len(insts)
+            rows.append((zi, insts, b if assignments else None))
+            if gi > 0 and case_budget is not None and chosen.n_cases + added > case_budget:
+                over = True  # this group does not fit: it and every larger one are skipped
+                break
+        if over:
+            chosen.cut = rank
+            break
+        chosen.max_rank = rank
+        chosen.n_cases += added
+        chosen.unknowns += unknowns
+        for zi, insts, b in rows:
+            chosen.work.append((zi, insts))
+            if b is not None:
+                chosen.bounds[b] = chosen.bounds.get(b, 0) + 1
+    return chosen
+
+
+def _timeout(stage: str, done: int, total: int | None) -> Outcome:
+    of = f" of {total}" if total is not None else ""
+    return Outcome("unknown", "value", f"timeout (--timeout) while {stage}, after {done}{of} "
+                   f"value cases: not proved")
+
+
+def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: float,
+                 timeout_ms: int, case_budget: int | None = VALUE_CASE_BUDGET) -> Outcome:
+    """Real (and for exact rules fp32) equality on the cases, smallest first, with dims <= bound
+    (reduced per case to keep the count of shape assignments bounded). At most ``case_budget``
+    concrete cases (None: no limit): whole groups of one total rank, smallest first; the reason
+    says which were checked. What runs is fixed by counts (cases, numpy trials), never by the
+    clock, so the coverage is the same on any machine; the ``deadline`` and Z3's timeouts are
+    only a safety net, and reaching one gives ``unknown``."""
+    z3_insts = sorted(z3_insts, key=total_rank)
     rng = np.random.default_rng(1234)
     checks = ["real"] + (["fp32"] if rule.exactness == "exact" else [])
     approx = rule.exactness == "approx"
-    eff_bound = bound
-    n_cases = 0
-    unknowns: list[str] = []
+    chosen = _value_cases(rule, z3_insts, bound, deadline, timeout_ms, case_budget, rng)
+    if isinstance(chosen, Outcome):
+        return chosen
+    n_cases = chosen.n_cases
+    unknowns = list(chosen.unknowns)
     proven: dict[str, set[str]] = {}
-    bounds: dict[int, int] = {}
-    done = 0
-    cut = None
-    # Pass 1, numpy on every assignment of every case (it finds most counterexamples far faster
-    # than Z3): reals first, then fp32 bits. Pass 2, Z3 proves each assignment, smallest first.
-    work: list[tuple[Instance, list[Instance]]] = []
-    smallest = total_rank(z3_insts[0]) if z3_insts else 0
-    for zi in z3_insts:
-        if time.monotonic() > stop_at and total_rank(zi) > smallest:
-            cut = total_rank(zi)  # the budget never cuts the smallest cases: the deadline may
-            break
-        assignments, b = concrete_dims(rule, zi, bound, cap, timeout_ms)
-        if assignments:
-            eff_bound = min(eff_bound, abs(b))
-            bounds[b] = bounds.get(b, 0) + 1
-            if b < bound:
-                assignments += _samples(rule, zi, bound, rng)
-        insts = []
-        for dims in assignments:
+    # Pass 1, numpy on every chosen case (it finds most counterexamples far faster than Z3):
+    # reals first, then fp32 bits. Pass 2, Z3 proves each case, smallest first.
+    k = 0
+    for _zi, insts in chosen.work:
+        for inst in insts:
             if time.monotonic() > deadline:
-                return Outcome("unknown", "value", f"timeout after {n_cases} value cases")
-            try:
-                inst = concrete_instance(rule, zi.choices, dims)
-            except SHAPE_FAILS as e:
-                unknowns.append(f"{zi.describe()}: {e}")
-                continue
-            if inst.rhs_error is not None:
-                if zi.assume_rhs:
-                    continue  # the rule does not apply here
-                return _shape_refuted(rule, zi, _dims_model(dims),
-                                      f"replacement is ill-formed ({inst.rhs_error})")
-            n_cases += 1
-            insts.append(inst)
+                return _timeout("trying numpy", k, n_cases)
+            k += 1
             for mode in ["approx" if approx else "real"] + (["bits"] if "fp32" in checks else []):
-                trials = FIRST_TRIALS if n_cases <= FIRST_CASES else RANDOM_TRIALS
+                trials = FIRST_TRIALS if k <= FIRST_CASES else RANDOM_TRIALS
                 out = _random_search(rule, inst, mode, rng, trials)
                 if out is not None:
                     return out
-        work.append((zi, insts))
-    for k, (zi, insts) in enumerate(work):
-        if time.monotonic() > stop_at and total_rank(zi) > smallest:
-            cut = total_rank(zi)
-            break
-        done = k + 1
+    k = 0
+    for zi, insts in chosen.work:
         for inst in insts:
+            k += 1
             for check in checks:
                 mode = "bits" if check == "fp32" else "approx" if approx else "real"
                 left_ms = int((deadline - time.monotonic()) * 1000)
                 if left_ms <= 0:
-                    return Outcome("unknown", "value", f"timeout after {n_cases} value cases")
+                    return _timeout("proving with Z3", k - 1, n_cases)
                 try:
                     out = _check_one(rule, inst, check, mode, rng, min(timeout_ms, left_ms),
                                      proven)
@@ -669,20 +728,18 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
     if n_cases == 0:
         return Outcome("unknown", "value", f"no shape case with dims <= {bound} to check values on")
     spread = ", ".join(f"{n} with dims <= {b}" if b > 0 else
-                       f"{n} with {cap} sampled assignments of dims <= {-b}"
-                       for b, n in sorted(bounds.items(), reverse=True))
-    if cut is not None:
-        done_all = [z for z in z3_insts[:done] if total_rank(z) < cut]
-        if not done_all:
-            return Outcome("unknown", "value", f"value budget spent before the smallest "
-                           f"case was done ({done} of {len(z3_insts)} cases)")
-        cover = (f"{done} of {len(z3_insts)} rank/attribute cases, every one with at most "
-                 f"{cut - 1} dimensions; larger ones skipped (budget)")
+                       f"{n} with {chosen.cap} sampled assignments of dims <= {-b}"
+                       for b, n in sorted(chosen.bounds.items(), reverse=True))
+    if chosen.cut is not None:
+        cover = (f"the {len(chosen.work)} of {len(z3_insts)} rank/attribute cases with at most "
+                 f"{chosen.max_rank} dimensions; larger ones skipped (case budget {case_budget})")
     else:
         cover = f"all {len(z3_insts)} rank/attribute cases"
+    eff_bound = min((abs(b) for b in chosen.bounds), default=bound)
     return Outcome("proved", "value", f"equal over {what} on {n_cases} shape cases ({cover}: "
                    f"{spread}; plus samples at dims <= {bound})",
-                   detail={"cases": n_cases, "bound": eff_bound, "complete": cut is None})
+                   detail={"cases": n_cases, "bound": eff_bound, "complete": chosen.cut is None,
+                           "case_budget": case_budget})
 
 
 def _widen(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ def test_reassociation_and_distribution_are_proved() -> None:
     done = dict(translate_file(TASO)[0])
     for name in ("taso_000", "taso_023"):
         (rule,) = parse_rules(done[name], name)
-        v = verify_rule(rule, assume_rhs_wellformed=True, value_budget_s=3)
+        v = verify_rule(rule, assume_rhs_wellformed=True)
         assert v.status == "proved", f"{name}: {v.reason}"
 
 
@@ -42,7 +42,7 @@ def test_grouped_conv_concat_needs_equal_halves() -> None:
     counts differ (TASO's verify.py disabled the axiom for this reason)."""
     done = dict(translate_file(TASO)[0])
     (rule,) = parse_rules(done["taso_099"], "taso_099")
-    v = verify_rule(rule, assume_rhs_wellformed=True, value_budget_s=3)
+    v = verify_rule(rule, assume_rhs_wellformed=True)
     assert v.status == "refuted"
     cx = v.counterexample
     assert cx is not None, v.reason
