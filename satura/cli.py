@@ -143,12 +143,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from satura.engine.saturate import default_rule_files
     from satura.engine.verify.api import DEFAULT_CACHE as DEFAULT_VERIFY_CACHE
-    from satura.engine.verify.api import verify_command
+    from satura.engine.verify.api import VALUE_CASE_BUDGET, verify_command
 
     paths = args.rules or [str(p) for p in default_rule_files() if p.suffix == ".rules"]
+    cases = VALUE_CASE_BUDGET if args.cases is None else args.cases or None  # 0: no limit
     return verify_command(paths, bound=args.bound, timeout_s=args.timeout,
                           cache_dir=None if args.no_cache else DEFAULT_VERIFY_CACHE,
-                          as_json=args.json)
+                          as_json=args.json, case_budget=cases)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -239,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="prove rules with Z3 (exit 1 when one is not proved)")
     s.add_argument("rules", nargs="*", help="rule files (default: every shipped one)")
     s.add_argument("--bound", type=int, default=3, help="largest dimension of the value check")
-    s.add_argument("--timeout", type=float, default=30.0, help="seconds per rule")
+    s.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds per rule, a safety net: a rule past it is unknown, never proved")
+    s.add_argument("--cases", type=int, metavar="N",
+                   help="most concrete shape cases in a rule's value check, whole ranks, "
+                   "smallest first (default 1000; 0: no limit)")
     s.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
     s.add_argument("--json", action="store_true", help="verdicts as JSON on stdout")
     s.set_defaults(fn=cmd_verify)
