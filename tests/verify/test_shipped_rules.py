@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from satura.cli import main
 from satura.engine.saturate import default_rule_files
+
+from satura.cli import main
 
 pytestmark = [pytest.mark.z3, pytest.mark.slow]
 
