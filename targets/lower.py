@@ -44,6 +44,8 @@ def worth_splitting(flops: float = 0.0, nbytes: float = 0.0) -> bool:
     """Whether a kernel doing ``flops`` and moving ``nbytes`` is worth running on several cores
     (read at call time: tests and the benchmark's hand-off table lower the thresholds)."""
     return flops > PARALLEL_FLOPS or nbytes > PARALLEL_BYTES
+
+
 # A parallel kernel's work is cut into up to threads × this many shares, handed out on demand, so
 # a core busy with another process does not hold the whole kernel up (the cores here are shared).
 # Kernels with per-part scratch size it for this many parts.

@@ -31,8 +31,7 @@ from typing import Any
 
 import numpy as np
 from satura.engine.errors import CodegenError, InputError
-from satura.engine.fold import fold_constants
-from satura.engine.graph import Graph, Value, specialize
+from satura.engine.graph import Graph, Value
 from satura.engine.ops import run_reference
 from satura.targets import codegen
 from satura.targets.codegen import CpuTarget
@@ -49,7 +48,7 @@ from satura.targets.lower import (
     plan_inplace,
 )
 from satura.targets.memory import ALIGN, MemoryPlan, plan_memory
-from satura.targets.specialize import SpecializingModel
+from satura.targets.specialize import SpecializingModel, static_variant
 
 import satura
 
@@ -487,9 +486,7 @@ def bind_dims(graph: Graph, dims: Mapping[str, int]) -> Graph:
                            f"{', '.join(sorted(symbols)) or 'none'})")
     if not dims:
         return graph
-    static = specialize(graph, {symbols[k]: int(n) for k, n in dims.items()})
-    fold_constants(static)  # what the bound sizes make constant (shape arithmetic) is data
-    return static
+    return static_variant(graph, {symbols[k]: int(n) for k, n in dims.items()})
 
 
 def _x86_user(ir: str) -> str | None:

@@ -20,6 +20,14 @@ from satura.engine.graph import Graph, specialize
 from satura.engine.interpret import bind_inputs
 
 
+def static_variant(graph: Graph, env: Mapping[Any, int]) -> Graph:
+    """``graph`` with its symbols bound (``env``: sympy symbol -> size), the nodes those sizes
+    make constant folded. Raises ShapeError where the sizes break a shape rule."""
+    static = specialize(graph, env)
+    fold_constants(static)
+    return static
+
+
 class SpecializingModel:
     """A model with symbolic input dimensions; compiles a static variant per input-shape set."""
 
@@ -41,10 +49,9 @@ class SpecializingModel:
         key = tuple(tuple(int(d) for d in v.type.bind(env).shape) for v in self.graph.inputs)
         if key not in self.variants:
             try:
-                static = specialize(self.graph, env)
+                static = static_variant(self.graph, env)
             except ShapeError as e:
                 raise InputError(f"inputs give shapes the model rejects: {e}") from None
-            fold_constants(static)
             self.variants[key] = self._compile(static)
         return self.variants[key]
 
