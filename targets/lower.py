@@ -549,3 +549,8 @@ def generate(program: Program, graph: Graph, plan: MemoryPlan,
             parts.append(st.gen(loc))
     parts.append(target_support(arch))
     return "\n".join(parts) + "\n"
+
+
+# Lowerings kept in modules of their own add themselves to LOWERINGS when imported (they import
+# this module, so they are imported last).
+from satura.targets import indexing, reductions  # noqa: E402,F401
