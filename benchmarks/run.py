@@ -23,6 +23,7 @@ with as many threads. ``compile s`` is satura's compile time in this process (sm
 the same machine code was already built for the other thread count).
 
     python -m benchmarks.run [--threads 1,2] [--quick] [--only ew,gpt2_block,...] [--list]
+    python -m benchmarks.run --model model.onnx [--dim batch=8 --dim seq=128]   # any ONNX file
 """
 
 from __future__ import annotations
@@ -341,7 +342,7 @@ def copy_bandwidth(threads: int, budget: float, nbytes: int = 64 << 20) -> float
 # -- the example models ----------------------------------------------------------------------------
 @dataclass
 class ModelCase:
-    """One example model at one batch size, with everything each system needs to run it."""
+    """One model at one set of input shapes, with everything each system needs to run it."""
 
     name: str
     batch: int
@@ -349,6 +350,8 @@ class ModelCase:
     graph: Graph                   # satura.optimize(satura.load(proto)).graph
     feeds: dict[str, np.ndarray]
     optimize_seconds: float
+    label: str = ""                # the table's name column (default: "NAME batch B")
+    example: bool = True           # an example architecture (torch can run its twin)
 
     @property
     def key(self) -> str:
@@ -371,11 +374,65 @@ def model_cases(names: list[str], batches: tuple[int, ...]) -> list[ModelCase]:
     return cases
 
 
+def synthetic_inputs(proto: Any, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for any ONNX model: standard normal floats, ones for integers (a valid index and an
+    all-ones attention mask), True for bools. Symbolic dimensions take their size from ``dims``;
+    one that is missing raises ValueError naming the input and the dimension."""
+    from onnx import helper as onnx_helper
+
+    rng = np.random.default_rng(seed)
+    consts = {t.name for t in proto.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for vi in proto.graph.input:
+        if vi.name in consts:
+            continue
+        tt = vi.type.tensor_type
+        shape = []
+        for i, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value"):
+                shape.append(d.dim_value)
+            elif d.dim_param in dims:
+                shape.append(dims[d.dim_param])
+            else:
+                what = f"'{d.dim_param}'" if d.dim_param else "unnamed"
+                raise ValueError(f"input '{vi.name}': dimension {i} is {what} and symbolic; "
+                                 f"bind it with --dim {d.dim_param or 'NAME'}=SIZE")
+        dtype = np.dtype(onnx_helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        if dtype.kind == "f":
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[vi.name] = np.ones(shape, dtype)
+    return feeds
+
+
+def file_cases(paths: list[str], dims: dict[str, int]) -> list[ModelCase]:
+    """One case per ONNX file, its inputs from :func:`synthetic_inputs` (``batch`` is the
+    ``batch`` dim when given, else 0)."""
+    import onnx
+
+    import satura
+
+    cases = []
+    for path in paths:
+        proto = onnx.load(path)
+        feeds = synthetic_inputs(proto, dims)
+        t0 = time.perf_counter()
+        graph = satura.optimize(satura.load(proto)).graph
+        name = os.path.splitext(os.path.basename(path))[0]
+        shapes = ", ".join(f"{list(a.shape)}" for a in feeds.values())
+        cases.append(ModelCase(name, dims.get("batch", 0), proto, graph, feeds,
+                               time.perf_counter() - t0, label=f"{name} {shapes}"[:30],
+                               example=False))
+    return cases
+
+
 def _torch_model(case: ModelCase, compiled: bool) -> tuple[Callable[[], Any] | None, str]:
     """(torch forward, '') or (None, why not): eager or torch.compile, the example's weights."""
     torch = _torch()
     if torch is None:
         return None, "torch not installed"
+    if not case.example:
+        return None, "not an example architecture"
     try:
         from examples.torch_models import build, load_onnx_weights
 
@@ -487,8 +544,8 @@ def model_row(case: ModelCase, threads: int, budget: float, torch_compile: bool)
     if not torch_compile:
         notes["t.compile"] = "skipped (--quick / --no-torch-compile)"
     med = median_times(fns, budget)
-    return Row(case.key, f"{case.name} batch {case.batch}", med, notes, diff, compile_s,
-               model.fallback_nodes)
+    return Row(case.key, case.label or f"{case.name} batch {case.batch}", med, notes, diff,
+               compile_s, model.fallback_nodes)
 
 
 COLS = [("satura", 9), ("py pool", 9), ("ort", 9), ("ort/sat", 7), ("torch", 9), ("t.compile", 9),
@@ -551,17 +608,27 @@ def _selected(key: str, only: set[str] | None) -> bool:
     return only is None or key in only or key.split("@")[0] in only
 
 
+def unknown_keys(only: set[str], batches: tuple[int, ...] = (1, 8)) -> list[str]:
+    """The keys of ``only`` that select no workload (a typo would otherwise measure nothing)."""
+    from examples.models import EXAMPLES
+
+    known = {k for k, _ in kernel_makers(False)} | set(EXAMPLES)
+    known |= {f"{n}@{b}" for n in EXAMPLES for b in batches}
+    return sorted(only - known)
+
+
 def run(threads: list[int], budget: float, quick: bool, only: set[str] | None = None,
         torch_compile: bool = True, models: tuple[str, ...] | None = None,
-        batches: tuple[int, ...] = (1, 8), print_fn: Callable[[str], None] = print
-        ) -> dict[int, list[Row]]:
-    """Measure the selected workloads for each thread count; print and return the rows."""
+        batches: tuple[int, ...] = (1, 8), print_fn: Callable[[str], None] = print,
+        extra: list[ModelCase] | None = None) -> dict[int, list[Row]]:
+    """Measure the selected workloads, then the ``extra`` model cases (ONNX files), for each
+    thread count; print and return the rows."""
     from examples.models import EXAMPLES
 
     works = kernel_workloads(quick, only)
     names = [n for n in (models or tuple(EXAMPLES))
              if any(_selected(f"{n}@{b}", only) for b in batches)]
-    cases = [c for c in model_cases(names, batches) if _selected(c.key, only)]
+    cases = [c for c in model_cases(names, batches) if _selected(c.key, only)] + (extra or [])
     torch = _torch()
     tables: dict[int, list[Row]] = {}
     for t in threads:
@@ -613,6 +680,11 @@ def main() -> None:
                     "model name selects both batch sizes, name@batch one")
     ap.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--list", action="store_true", help="print the workload keys and exit")
+    ap.add_argument("--model", action="append", default=[], metavar="FILE.onnx",
+                    help="also time this ONNX model against onnxruntime (repeatable; inputs: "
+                    "normal floats, integer ones); alone, it is the only workload")
+    ap.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                    help="size of a symbolic input dimension of the --model files (repeatable)")
     args = ap.parse_args()
     if args.list:
         from examples.models import EXAMPLES
@@ -620,10 +692,27 @@ def main() -> None:
         print(*[k for k, _ in kernel_makers(False)], *EXAMPLES)
         return
     only = {k.strip() for k in args.only.split(",") if k.strip()} or None
+    if only and unknown_keys(only):
+        ap.error(f"unknown workload key(s) {', '.join(unknown_keys(only))} (see --list)")
+    dims: dict[str, int] = {}
+    for d in args.dim:
+        name, _, size = d.partition("=")
+        if not name or not size.isdigit() or int(size) < 1:
+            ap.error(f"--dim '{d}': expected NAME=SIZE, e.g. batch=1")
+        dims[name] = int(size)
+    for path in args.model:
+        if not os.path.isfile(path):
+            ap.error(f"--model {path}: no such file")
+    try:
+        extra = file_cases(args.model, dims)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.model and only is None:
+        only = set()  # the files alone
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.4)
     t0 = time.perf_counter()
     run([int(t) for t in args.threads.split(",")], budget, args.quick, only,
-        torch_compile=not args.no_torch_compile)
+        torch_compile=not args.no_torch_compile, extra=extra)
     if only is None:
         parallel_overhead(budget)
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")

@@ -47,3 +47,29 @@ def test_bench_selection_and_keys():
     assert not bench._selected("gpt2_block@1", {"gpt2_block@8"})
     assert bench._selected("ew", None)
     assert [w.key for w in bench.kernel_workloads(True, {"attention128"})] == ["attention128"]
+
+
+def test_bench_unknown_keys_are_reported():
+    from benchmarks import run as bench
+
+    assert bench.unknown_keys({"ew", "gpt2_block", "mlp@8"}) == []
+    assert bench.unknown_keys({"mlp_layer", "ew", "mlp@3"}) == ["mlp@3", "mlp_layer"]
+
+
+def test_bench_any_onnx_file(tmp_path):
+    """``--model FILE --dim NAME=SIZE``: synthetic inputs bind the symbolic dims, the file's model
+    is timed against onnxruntime, and a missing dim is a clear error."""
+    from benchmarks import run as bench
+
+    path = "examples/mlp_small.onnx"
+    with pytest.raises(ValueError, match=r"input 'x': dimension 0 is 'batch'.*--dim batch=SIZE"):
+        bench.file_cases([path], {})
+    cases = bench.file_cases([path], {"batch": 3})
+    assert [list(a.shape) for a in cases[0].feeds.values()] == [[3, 64]]
+    tables = bench.run([1], budget=0.005, quick=True, only=set(), torch_compile=False,
+                       print_fn=lambda s: None, extra=cases)
+    (row,) = tables[1]
+    assert row.name.startswith("mlp_small [3, 64]")
+    assert row.max_diff < 1e-5
+    assert row.times["satura"] > 0
+    assert "torch" in row.notes
