@@ -37,8 +37,9 @@ for _info in OPS.values():
 
 @converter("Identity", "Dropout")
 def _identity(ctx: NodeCtx) -> Outs:
-    if ctx.op_type == "Dropout" and ctx.attr("training_mode") is not None:
-        raise ctx.fail("training mode is not supported")
+    # Dropout's training_mode is input 2 (opset 12 on); it must be a constant false
+    if ctx.op_type == "Dropout" and ctx.has(2) and bool(np.asarray(ctx.const(2)).any()):
+        raise ctx.fail("training_mode=true is not supported (inference only)")
     return [ctx.one("identity", ctx.x())]
 
 
@@ -233,18 +234,57 @@ _REDUCE = {"ReduceSum": ("reduce_sum", 13), "ReduceMean": ("reduce_mean", 18),
            "ReduceProd": ("reduce_prod", 18)}
 
 
-@converter(*_REDUCE)
-def _reduce(ctx: NodeCtx) -> Outs:
-    op, since = _REDUCE[ctx.op_type]
+def _reduce_axes(ctx: NodeCtx, since: int) -> tuple[tuple[int, ...] | None, int, bool]:
+    """(axes or None for all, keepdims, noop): the axes are an attribute before opset ``since``
+    and input 1 from it; ``noop`` when they are empty and ``noop_with_empty_axes`` is set."""
     axes = ctx.param("axes", 1, since, "axes")
     keep = int(ctx.attr("keepdims", 1))
     if not axes:
-        if ctx.attr("noop_with_empty_axes", 0):
-            return [ctx.one("identity", ctx.x())]
-        axes = None
-    else:
-        axes = tuple(int(a) for a in axes)
+        return None, keep, bool(ctx.attr("noop_with_empty_axes", 0))
+    return tuple(int(a) for a in axes), keep, False
+
+
+@converter(*_REDUCE)
+def _reduce(ctx: NodeCtx) -> Outs:
+    op, since = _REDUCE[ctx.op_type]
+    axes, keep, noop = _reduce_axes(ctx, since)
+    if noop:
+        return [ctx.one("identity", ctx.x())]
     return [ctx.one(op, ctx.x(), axes=axes, keepdims=keep)]
+
+
+@converter("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+def _reduce_composite(ctx: NodeCtx) -> Outs:
+    """The other reductions, from reduce_sum/reduce_max and elementwise ops. With empty axes and
+    ``noop_with_empty_axes`` only the elementwise part applies (as the ONNX reference does)."""
+    x = ctx.x()
+    axes, keep, noop = _reduce_axes(ctx, 18)
+    op = ctx.op_type
+
+    def total(v: Value) -> Value:
+        return v if noop else ctx.one("reduce_sum", v, axes=axes, keepdims=keep)
+
+    if op == "ReduceL1":
+        return [total(ctx.one("abs", x))]
+    if op == "ReduceSumSquare":
+        return [total(ctx.one("mul", x, x))]
+    if op == "ReduceL2":
+        return [ctx.one("sqrt", total(ctx.one("mul", x, x)))]
+    if op == "ReduceLogSum":
+        return [ctx.one("log", total(x))]
+    if noop:  # log(exp(x))
+        return [ctx.one("identity", x)]
+    # log(sum(exp(x - m))) + m with m the max over the axes: no overflow for large x
+    m = ctx.one("reduce_max", x, axes=axes, keepdims=1)
+    s = ctx.one("reduce_sum", ctx.one("exp", ctx.one("sub", x, m)), axes=axes, keepdims=keep)
+    mk = m if keep else ctx.one("reduce_max", x, axes=axes, keepdims=0)
+    return [ctx.one("add", ctx.one("log", s), mk)]
+
+
+@converter("GlobalMaxPool")
+def _global_max_pool(ctx: NodeCtx) -> Outs:
+    x = ctx.x()
+    return [ctx.one("reduce_max", x, axes=tuple(range(2, x.type.rank)), keepdims=1)]
 
 
 @converter("ArgMax", "ArgMin")
@@ -393,6 +433,78 @@ def _unary_with_attrs(ctx: NodeCtx) -> Outs:
         return [ctx.one("elu", ctx.x(), alpha=float(ctx.attr("alpha", 1.0)))]
     return [ctx.one("hard_sigmoid", ctx.x(), alpha=float(ctx.attr("alpha", 0.2)),
                     beta=float(ctx.attr("beta", 0.5)))]
+
+
+@converter("HardSwish", "PRelu", "Selu", "Celu", "Softsign", "Mish", "ThresholdedRelu", "Sign")
+def _activation_composite(ctx: NodeCtx) -> Outs:
+    """Activations without an op of their own, as the ops they are made of (each compiles)."""
+    x, op = ctx.x(), ctx.op_type
+    zero = ctx.scalar(0.0, x, "zero")
+    if op == "HardSwish":  # x·max(0, min(1, x/6 + 1/2))
+        return [ctx.one("mul", x, ctx.one("hard_sigmoid", x, alpha=1.0 / 6.0, beta=0.5))]
+    if op == "PRelu":  # x for x >= 0, slope·x below (slope broadcasts to x)
+        neg = ctx.one("mul", ctx.x(1), ctx.one("min", x, zero))
+        return [ctx.one("add", ctx.one("max", x, zero), neg)]
+    if op == "Selu":  # gamma·elu(x, alpha)
+        alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
+        gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
+        return [ctx.one("mul", ctx.one("elu", x, alpha=alpha), ctx.scalar(gamma, x, "gamma"))]
+    if op == "Celu":  # alpha·elu(x/alpha, 1) = max(0, x) + min(0, alpha·(exp(x/alpha) - 1))
+        alpha = float(ctx.attr("alpha", 1.0))
+        if alpha == 1.0:
+            return [ctx.one("elu", x, alpha=1.0)]
+        inner = ctx.one("elu", ctx.one("div", x, ctx.scalar(alpha, x, "alpha")), alpha=1.0)
+        return [ctx.one("mul", inner, ctx.scalar(alpha, x, "alpha"))]
+    if op == "Softsign":  # x / (1 + |x|)
+        one = ctx.scalar(1.0, x, "one")
+        return [ctx.one("div", x, ctx.one("add", one, ctx.one("abs", x)))]
+    if op == "Mish":  # x·tanh(softplus(x))
+        return [ctx.one("mul", x, ctx.one("tanh", ctx.one("softplus", x)))]
+    if op == "ThresholdedRelu":  # x where x > alpha, else 0
+        alpha = ctx.scalar(float(ctx.attr("alpha", 1.0)), x, "alpha")
+        return [ctx.one("where", ctx.one("greater", x, alpha), x, zero)]
+    # Sign: 1, -1 or 0 (NaN stays NaN, as in numpy)
+    pos = ctx.one("cast", ctx.one("greater", x, zero), to=x.type.dtype)
+    neg = ctx.one("cast", ctx.one("less", x, zero), to=x.type.dtype)
+    sign = ctx.one("sub", pos, neg)
+    return [ctx.one("where", ctx.one("isnan", x), x, sign)] if x.type.dtype.startswith(
+        "float") else [sign]
+
+
+@converter("InstanceNormalization", "GroupNormalization")
+def _group_norm(ctx: NodeCtx) -> Outs:
+    """Normalization over groups of channels (InstanceNormalization: one channel a group): the
+    input viewed as [N, groups, rest] goes through layer_norm over its last axis (one fused row
+    kernel), then the per-channel scale and bias apply. GroupNormalization before opset 21 takes
+    one scale and bias per group."""
+    x, scale, bias = ctx.x(0), ctx.x(1), ctx.x(2)
+    if x.type.rank < 2:
+        raise ctx.fail(f"input must have a channel axis, got rank {x.type.rank}")
+    eps = float(ctx.attr("epsilon", 1e-5))
+    n, c, spatial = x.type.shape[0], x.type.shape[1], x.type.shape[2:]
+    groups = c if ctx.op_type == "InstanceNormalization" else int(ctx.attr("num_groups"))
+    if isinstance(c, int) and (groups < 1 or c % groups):
+        raise ctx.fail(f"num_groups {groups} does not divide the {c} channels")
+    per_group_affine = ctx.op_type == "GroupNormalization" and ctx.opset < 21
+    rows = ctx.one("reshape", x, shape=(n, groups, _prod((as_dim(c // groups), *spatial))))
+    y = ctx.one("reshape", ctx.one("layer_norm", rows, axis=2, epsilon=eps), shape=x.type.shape)
+    if per_group_affine:
+        if groups == c:
+            pshape = (groups,) + (1,) * len(spatial)
+        elif not isinstance(c, int):
+            raise ctx.fail("per-group scale and bias (opset < 21) need a static channel count")
+        else:  # one value per group: repeat it over the group's channels
+            s, b = ctx.const(1), ctx.const(2)
+            if s is None or b is None:
+                raise ctx.fail("per-group scale and bias (opset < 21) must be constants")
+            scale = ctx.imp.add_const(np.repeat(s, c // groups), f"{ctx.name}_scale")
+            bias = ctx.imp.add_const(np.repeat(b, c // groups), f"{ctx.name}_bias")
+            pshape = (c,) + (1,) * len(spatial)
+    else:
+        pshape = (c,) + (1,) * len(spatial)
+    scale = ctx.one("reshape", scale, shape=pshape)
+    bias = ctx.one("reshape", bias, shape=pshape)
+    return [ctx.one("add", ctx.one("mul", y, scale), bias)]
 
 
 @converter("Gather")

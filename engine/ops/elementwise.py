@@ -177,7 +177,7 @@ def _mod_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     a, b = ins
     assert a is not None
     assert b is not None
-    fn = np.fmod if at["fmod"] or a.dtype.kind == "f" else np.mod
+    fn = np.fmod if at["fmod"] else np.mod  # floats too: ONNX's float fmod=0 cases are np.mod
     with np.errstate(all="ignore"):
         return [np.asarray(fn(a, b)).astype(a.dtype)]
 
@@ -187,7 +187,7 @@ register(OpInfo(
     attrs={"fmod": AttrSpec("int", 0)}, onnx=("Mod",),
     work=lambda i, o, a: elementwise_work(i, o, a, 4),
     traits=frozenset({"elementwise", "binary"}),
-    doc="remainder: sign of the divisor (fmod=0, integers) or of the dividend (fmod=1, C fmod)"))
+    doc="remainder: sign of the divisor (fmod=0) or of the dividend (fmod=1, C fmod)"))
 
 
 def _unary_attr_op(name: str, onnx_op: str, fn: Callable[..., np.ndarray],

@@ -282,7 +282,8 @@ def _pad_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x = _x(ins)
     pads = at["pads"]
     d.require(len(pads) == 2 * len(x), "pad: pads must be (begin..., end...) for every axis")
-    d.require(at["mode"] in ("constant", "reflect", "edge"), f"pad: unknown mode {at['mode']}")
+    d.require(at["mode"] in ("constant", "reflect", "edge", "wrap"),
+              f"pad: unknown mode {at['mode']}")
     return [tuple(x[i] + pads[i] + pads[len(x) + i] for i in range(len(x)))]
 
 
