@@ -368,6 +368,110 @@ def _transpose(ctx: NodeCtx) -> Outs:
     return [ctx.one("transpose", x, perm=tuple(int(p) for p in perm))]
 
 
+@converter("DepthToSpace", "SpaceToDepth")
+def _depth_space(ctx: NodeCtx) -> Outs:
+    """As reshape, transpose, reshape (the ONNX definition; each is a view or a compiled copy)."""
+    x = ctx.x()
+    if x.type.rank != 4:
+        raise ctx.fail(f"input must be 4-D (N, C, H, W), got rank {x.type.rank}")
+    b = int(ctx.attr("blocksize"))
+    n, c, h, w = x.type.shape
+    if ctx.op_type == "SpaceToDepth":
+        t = ctx.one("reshape", x, shape=(n, c, as_dim(h // b), b, as_dim(w // b), b))
+        crd = ctx.attr("mode", "DCR") == "CRD"
+        t = ctx.one("transpose", t, perm=(0, 1, 3, 5, 2, 4) if crd else (0, 3, 5, 1, 2, 4))
+        return [ctx.one("reshape", t, shape=(n, as_dim(c * b * b), as_dim(h // b),
+                                             as_dim(w // b)))]
+    cb = as_dim(c // (b * b))
+    if ctx.attr("mode", "DCR") == "DCR":
+        t, perm = ctx.one("reshape", x, shape=(n, b, b, cb, h, w)), (0, 3, 4, 1, 5, 2)
+    else:  # CRD
+        t, perm = ctx.one("reshape", x, shape=(n, cb, b, b, h, w)), (0, 1, 4, 2, 5, 3)
+    t = ctx.one("transpose", t, perm=perm)
+    return [ctx.one("reshape", t, shape=(n, cb, as_dim(h * b), as_dim(w * b)))]
+
+
+def _einsum_terms(ctx: NodeCtx, eq: str, ranks: list[int]) -> tuple[list[str], str]:
+    """The operands' and the output's index letters, each ``...`` spelled out as digits (aligned
+    from the right, as numpy broadcasts them)."""
+    lhs, arrow, out = eq.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise ctx.fail(f"equation '{eq}' has {len(terms)} operands, the node {len(ranks)}")
+    ell_rank = 0
+    for i, (t, r) in enumerate(zip(terms, ranks, strict=True)):
+        named = len(t) - (3 if "..." in t else 0)
+        if ("..." in t and named > r) or ("..." not in t and named != r):
+            raise ctx.fail(f"operand {i} has rank {r}; '{t}' does not fit it")
+        if "..." in t:
+            ell_rank = max(ell_rank, r - named)
+    ell = "0123456789"[:ell_rank]
+    terms = [t.replace("...", ell[ell_rank - (r - len(t) + 3):]) if "..." in t else t
+             for t, r in zip(terms, ranks, strict=True)]
+    if arrow:
+        out = out.replace("...", ell)
+    else:  # implicit output: the ellipsis, then the letters used once, alphabetically
+        joined = "".join(terms)
+        out = ell + "".join(sorted(ch for ch in set(joined)
+                                   if joined.count(ch) == 1 and ch not in ell))
+    for t in terms:
+        if len(set(t)) != len(t):
+            raise ctx.fail(f"equation '{eq}': an index repeated within one operand (a diagonal) "
+                           "is not supported")
+    return terms, out
+
+
+@converter("Einsum")
+def _einsum(ctx: NodeCtx) -> Outs:
+    """One or two operands without diagonals, as reduce_sum, transpose, reshape and one (batched)
+    matmul: batch letters (in both operands and the output), contracted letters (in both, not the
+    output), and letters of one operand (summed away first when not in the output)."""
+    xs = [ctx.x(i) for i in range(ctx.n_in)]
+    if len(xs) not in (1, 2):
+        raise ctx.fail(f"{len(xs)} operands: only one or two are supported")
+    terms, out = _einsum_terms(ctx, str(ctx.attr("equation")), [x.type.rank for x in xs])
+    size: dict[str, Any] = {}
+    for x, t in zip(xs, terms, strict=True):
+        for ch, d in zip(t, x.type.shape, strict=True):
+            if ch in size and size[ch] != d:
+                raise ctx.fail(f"index '{ch}' has sizes {size[ch]} and {d} (broadcasting "
+                               "between operands is not supported)")
+            size[ch] = d
+
+    def reduce_to(x: Value, t: str, keep: str) -> tuple[Value, str]:
+        drop = tuple(i for i, ch in enumerate(t) if ch not in keep)
+        if not drop:
+            return x, t
+        return (ctx.one("reduce_sum", x, axes=drop, keepdims=0),
+                "".join(ch for ch in t if ch in keep))
+
+    def arrange(x: Value, t: str, order: str) -> Value:
+        if t == order:
+            return x
+        return ctx.one("transpose", x, perm=tuple(t.index(ch) for ch in order))
+
+    if len(xs) == 1:
+        x, t = reduce_to(xs[0], terms[0], out)
+        return [arrange(x, t, out) if t else ctx.one("identity", x)]
+    (a, ta), (b, tb) = (reduce_to(x, t, out + other)
+                        for x, t, other in ((xs[0], terms[0], terms[1]),
+                                            (xs[1], terms[1], terms[0])))
+    batch = "".join(ch for ch in out if ch in ta and ch in tb)
+    contr = "".join(ch for ch in ta if ch in tb and ch not in out)
+    ka = "".join(ch for ch in ta if ch not in tb)
+    kb = "".join(ch for ch in tb if ch not in ta)
+
+    def dims(letters: str) -> tuple[Any, ...]:
+        return tuple(size[ch] for ch in letters)
+
+    a = ctx.one("reshape", arrange(a, ta, batch + ka + contr),
+                shape=(*dims(batch), _prod(dims(ka)), _prod(dims(contr))))
+    b = ctx.one("reshape", arrange(b, tb, batch + contr + kb),
+                shape=(*dims(batch), _prod(dims(contr)), _prod(dims(kb))))
+    y = ctx.one("reshape", ctx.one("matmul", a, b), shape=dims(batch + ka + kb))
+    return [arrange(y, batch + ka + kb, out)]
+
+
 @converter("Concat")
 def _concat(ctx: NodeCtx) -> Outs:
     xs = [ctx.x(i) for i in range(ctx.n_in)]

@@ -39,7 +39,8 @@ FAMILY_OPS = frozenset((
     "HardSigmoid", "HardSwish", "InstanceNormalization", "LeakyRelu", "LogSoftmax", "Max", "Mean",
     "Min", "Mish", "Mod", "Or", "PRelu", "Pad", "Range", "ReduceL1", "ReduceL2", "ReduceLogSum",
     "ReduceLogSumExp", "ReduceMin", "ReduceProd", "ReduceSumSquare", "Round", "Selu", "Sign", "Sin",
-    "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile",
+    "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile", "Einsum", "DepthToSpace",
+    "SpaceToDepth",
 ))
 
 # Element types satura does not model (the brief excludes them from the count).

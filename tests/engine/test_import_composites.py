@@ -1,0 +1,77 @@
+"""ONNX ops the importer spells with other ops (Einsum, DepthToSpace, activations): numpy is the
+reference, through the reference executor and the compiled CPU target."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from satura.engine.errors import ModelError
+
+import satura
+
+pytestmark = pytest.mark.onnx
+
+
+def _model(op: str, shapes: list[tuple[int, ...]], out_rank: int,
+           **attrs: object) -> onnx.ModelProto:
+    names = [f"x{i}" for i in range(len(shapes))]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+           for n, s in zip(names, shapes, strict=True)]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * out_rank)
+    node = helper.make_node(op, names, ["y"], **attrs)
+    return helper.make_model(helper.make_graph([node], "g", ins, [out]),
+                             opset_imports=[helper.make_opsetid("", 18)])
+
+
+EINSUMS = [
+    ("ij,jk->ik", [(5, 7), (7, 3)]),
+    ("bij,bjk->bik", [(2, 5, 7), (2, 7, 3)]),
+    ("bhqd,bhkd->bhqk", [(2, 3, 4, 8), (2, 3, 5, 8)]),
+    ("bqhd,bkhd->bhqk", [(2, 4, 3, 8), (2, 5, 3, 8)]),
+    ("...ij,...jk", [(2, 3, 4, 5), (2, 3, 5, 6)]),
+    ("ij,kj->ik", [(4, 6), (3, 6)]),
+    ("i,j->ij", [(4,), (5,)]),
+    ("i,i->", [(6,), (6,)]),
+    ("ij->ji", [(3, 4)]),
+    ("ijk->ik", [(3, 4, 5)]),
+    ("ij->", [(3, 4)]),
+    ("bik,bkj->bij", [(1, 4, 3), (1, 3, 2)]),
+    ("abc,cd->abd", [(2, 3, 4), (4, 5)]),
+    ("ijk,jl->il", [(2, 3, 4), (3, 5)]),  # k summed away in the first operand alone
+]
+
+
+@pytest.mark.parametrize(("eq", "shapes"), EINSUMS, ids=[e for e, _ in EINSUMS])
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_einsum_matches_numpy(eq, shapes, target):
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    want = np.einsum(eq, *xs)
+    model = _model("Einsum", shapes, want.ndim, equation=eq)
+    got = satura.compile(satura.load(model), target=target)(
+        **{f"x{i}": x for i, x in enumerate(xs)})["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("eq", "shapes", "msg"), [
+    ("ii->i", [(3, 3)], "diagonal"),
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)], "only one or two"),
+    ("ij,jk->ik", [(2, 3), (4, 5)], "index 'j' has sizes 3 and 4"),
+])
+def test_einsum_unsupported_is_a_clear_error(eq, shapes, msg):
+    with pytest.raises(ModelError, match=msg):
+        satura.load(_model("Einsum", shapes, 2, equation=eq))
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_round_trip(mode):
+    x = np.random.default_rng(1).standard_normal((2, 12, 3, 5)).astype(np.float32)
+    d2s = satura.compile(satura.load(_model("DepthToSpace", [x.shape], 4, blocksize=2, mode=mode)))
+    y = d2s(x0=x)["y"]
+    assert y.shape == (2, 3, 6, 10)
+    s2d = satura.compile(satura.load(_model("SpaceToDepth", [y.shape], 4, blocksize=2,
+                                            **({"mode": mode} if mode == "CRD" else {}))))
+    np.testing.assert_array_equal(s2d(x0=y)["y"], x)
