@@ -611,6 +611,22 @@ def _group_norm(ctx: NodeCtx) -> Outs:
     return [ctx.one("add", ctx.one("mul", y, scale), bias)]
 
 
+@converter("CumSum")
+def _cumsum(ctx: NodeCtx) -> Outs:
+    axis = ctx.dims(1, "axis")
+    if axis is None or len(axis) != 1:
+        raise ctx.fail("axis (input 1) must be one integer")
+    return [ctx.one("cumsum", ctx.x(), axis=int(axis[0]), exclusive=int(ctx.attr("exclusive", 0)),
+                    reverse=int(ctx.attr("reverse", 0)))]
+
+
+@converter("Trilu")
+def _trilu(ctx: NodeCtx) -> Outs:
+    k = ctx.dims(1, "k") if ctx.has(1) else (0,)
+    assert k is not None
+    return [ctx.one("trilu", ctx.x(), upper=int(ctx.attr("upper", 1)), k=int(k[0]))]
+
+
 @converter("Gather")
 def _gather(ctx: NodeCtx) -> Outs:
     return [ctx.one("gather", ctx.x(0), ctx.x(1), axis=int(ctx.attr("axis", 0)))]

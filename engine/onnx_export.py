@@ -523,6 +523,20 @@ def _tile(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Tile", [*ctx.ins(node), reps], ctx.outs(node))
 
 
+@writer("cumsum")
+def _cumsum(ctx: ExportCtx, node: Node) -> None:
+    a = OPS["cumsum"].with_defaults(node.attrs)
+    ctx.add("CumSum", [*ctx.ins(node), ctx.const(a["axis"], "axis", np.int64)], ctx.outs(node),
+            exclusive=a["exclusive"], reverse=a["reverse"])
+
+
+@writer("trilu")
+def _trilu(ctx: ExportCtx, node: Node) -> None:
+    a = OPS["trilu"].with_defaults(node.attrs)
+    ctx.add("Trilu", [*ctx.ins(node), ctx.const(a["k"], "k", np.int64)], ctx.outs(node),
+            upper=a["upper"])
+
+
 @writer("pad")
 def _pad(ctx: ExportCtx, node: Node) -> None:
     a = OPS["pad"].with_defaults(node.attrs)

@@ -344,3 +344,41 @@ register(OpInfo(
            "dtype": AttrSpec("dtype", "float32")},
     dtype=lambda ins, at: [at["dtype"]], onnx=("ConstantOfShape",), traits=frozenset({"shape"}),
     doc="a tensor of the given shape filled with value"))
+
+
+def _same_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    return [tuple(_x(ins))]
+
+
+def _cumsum_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    ax = normalize_axis(at["axis"], x.ndim)
+    y = np.flip(x, ax) if at["reverse"] else x
+    s = np.cumsum(y, axis=ax, dtype=x.dtype)
+    if at["exclusive"]:  # shift by one: the first sum along the axis is 0
+        s = np.concatenate([np.zeros_like(np.take(s, [0], axis=ax)),
+                            np.delete(s, -1, axis=ax)], axis=ax) if x.shape[ax] else s
+    return [np.flip(s, ax) if at["reverse"] else s]
+
+
+register(OpInfo(
+    name="cumsum", shape=_same_shape, reference=_cumsum_ref, work=move_work,
+    attrs={"axis": AttrSpec("int"), "exclusive": AttrSpec("int", 0),
+           "reverse": AttrSpec("int", 0)},
+    onnx=("CumSum",), traits=frozenset({"scan"}),
+    doc="running sum along axis (exclusive: without the element itself; reverse: from the end)"))
+
+
+def _trilu_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    fn = np.triu if at["upper"] else np.tril
+    return [fn(x, at["k"]) if x.ndim >= 2 else x.copy()]
+
+
+register(OpInfo(
+    name="trilu", shape=_same_shape, reference=_trilu_ref, work=move_work,
+    attrs={"upper": AttrSpec("int", 1), "k": AttrSpec("int", 0)},
+    onnx=("Trilu",), traits=frozenset({"layout"}),
+    doc="the upper (upper=1) or lower triangle of the last two axes from diagonal k, 0 elsewhere"))

@@ -40,7 +40,7 @@ FAMILY_OPS = frozenset((
     "Min", "Mish", "Mod", "Or", "PRelu", "Pad", "Range", "ReduceL1", "ReduceL2", "ReduceLogSum",
     "ReduceLogSumExp", "ReduceMin", "ReduceProd", "ReduceSumSquare", "Round", "Selu", "Sign", "Sin",
     "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile", "Einsum", "DepthToSpace",
-    "SpaceToDepth",
+    "SpaceToDepth", "CumSum", "Trilu",
 ))
 
 # Element types satura does not model (the brief excludes them from the count).
