@@ -611,6 +611,59 @@ def _group_norm(ctx: NodeCtx) -> Outs:
     return [ctx.one("add", ctx.one("mul", y, scale), bias)]
 
 
+@converter("Resize", "Upsample")
+def _resize(ctx: NodeCtx) -> Outs:
+    """Resize (opset 10 on) and Upsample: output sizes from ``sizes`` or floor(input · scales);
+    nearest or linear. The scales (given, or output / input sizes) feed the coordinate
+    transform."""
+    x = ctx.x()
+    rank = x.type.rank
+    if ctx.op_type == "Upsample" or ctx.opset < 11:
+        scales_in, sizes_in = ctx.const(1), None
+        mode = str(ctx.attr("mode", "nearest"))
+        coord, nearest = "asymmetric", "floor"
+        if scales_in is None:
+            scales_in = np.asarray(ctx.attr("scales", ()), np.float32)
+    else:
+        scales_in = ctx.const(2) if ctx.has(2) else None
+        sizes_in = ctx.dims(3, "sizes") if ctx.has(3) else None
+        mode = str(ctx.attr("mode", "nearest"))
+        coord = str(ctx.attr("coordinate_transformation_mode", "half_pixel"))
+        nearest = str(ctx.attr("nearest_mode", "round_prefer_floor"))
+        if int(ctx.attr("antialias", 0)):
+            raise ctx.fail("antialias=1 is not supported")
+        if str(ctx.attr("keep_aspect_ratio_policy", "stretch")) != "stretch":
+            raise ctx.fail("keep_aspect_ratio_policy other than stretch is not supported")
+    if mode in ("bilinear", "trilinear"):
+        mode = "linear"
+    axes = tuple(normalize_axis(int(a), rank) for a in (ctx.attr("axes") or range(rank)))
+    shape = list(x.type.shape)
+    scales = [1.0] * rank
+    if sizes_in is not None and len(sizes_in):
+        if len(sizes_in) != len(axes):
+            raise ctx.fail(f"sizes has {len(sizes_in)} entries for {len(axes)} axes")
+        for a, n in zip(axes, sizes_in, strict=True):
+            if not isinstance(shape[a], int):
+                raise ctx.fail(f"axis {a} is symbolic ({shape[a]}): resizing it needs a static "
+                               "size")
+            shape[a], scales[a] = n, float(n) / shape[a]
+    elif scales_in is not None and np.asarray(scales_in).size:
+        sc = np.asarray(scales_in, np.float32).ravel()
+        if len(sc) != len(axes):
+            raise ctx.fail(f"scales has {len(sc)} entries for {len(axes)} axes")
+        for a, s in zip(axes, sc.tolist(), strict=True):
+            if s != 1.0:
+                if not isinstance(shape[a], int):
+                    raise ctx.fail(f"axis {a} is symbolic ({shape[a]}): resizing it needs a "
+                                   "static size")
+                shape[a] = int(np.floor(shape[a] * s))
+            scales[a] = float(s)
+    else:
+        raise ctx.fail("one of scales and sizes must be given (a constant)")
+    return [ctx.one("resize", x, sizes=tuple(shape), scales=tuple(scales), mode=mode,
+                    coordinate_transformation_mode=coord, nearest_mode=nearest)]
+
+
 @converter("CumSum")
 def _cumsum(ctx: NodeCtx) -> Outs:
     axis = ctx.dims(1, "axis")

@@ -523,6 +523,24 @@ def _tile(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Tile", [*ctx.ins(node), reps], ctx.outs(node))
 
 
+@writer("resize")
+def _resize(ctx: ExportCtx, node: Node) -> None:
+    a = OPS["resize"].with_defaults(node.attrs)
+    x = node.inputs[0]
+    assert x is not None
+    # The scales when they give the sizes back (they also set the coordinate transform), else
+    # the sizes (whose transform then uses size / input size, which is what the scales are).
+    scales = np.float32(a["scales"])
+    exact = all(isinstance(n, int) and int(np.floor(np.float32(i) * s)) == n
+                for i, s, n in zip(x.type.shape, scales, a["sizes"], strict=True))
+    sizes = None if exact else ctx.dims_tensor(tuple(a["sizes"]))
+    ins = [x.name, "", "", sizes] if sizes else [
+        x.name, "", ctx.const(scales.tolist(), "scales", np.float32)]
+    ctx.add("Resize", ins, ctx.outs(node), mode=a["mode"],
+            coordinate_transformation_mode=a["coordinate_transformation_mode"],
+            nearest_mode=a["nearest_mode"])
+
+
 @writer("cumsum")
 def _cumsum(ctx: ExportCtx, node: Node) -> None:
     a = OPS["cumsum"].with_defaults(node.attrs)

@@ -398,3 +398,83 @@ register(OpInfo(
     dtype=lambda ins, at: [ins[0] or "float32"], onnx=("NegativeLogLikelihoodLoss",),
     traits=frozenset({"reduction", "loss"}),
     doc="negative log-likelihood: -x[n, target[n, ...], ...] · weight, reduced none/sum/mean"))
+
+
+# -- resize ------------------------------------------------------------------------------------
+RESIZE_COORDS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+                 "asymmetric")
+RESIZE_NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def _resize_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x = ins[0]
+    assert x is not None
+    d.require(len(at["sizes"]) == len(x) and len(at["scales"]) == len(x),
+              "resize: sizes and scales need one entry per axis")
+    d.require(at["mode"] in ("nearest", "linear"), f"resize: mode {at['mode']} is not supported "
+              "(nearest, linear)")
+    d.require(at["coordinate_transformation_mode"] in RESIZE_COORDS,
+              f"resize: coordinate_transformation_mode {at['coordinate_transformation_mode']} is "
+              f"not supported ({', '.join(RESIZE_COORDS)})")
+    d.require(at["nearest_mode"] in RESIZE_NEAREST,
+              f"resize: nearest_mode {at['nearest_mode']} is not supported")
+    return [tuple(at["sizes"])]
+
+
+def resize_source(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
+    """The input coordinate of each output index along one axis (ONNX's coordinate transforms)."""
+    o = np.arange(n_out, dtype=np.float64)
+    if mode == "half_pixel":
+        return (o + 0.5) / scale - 0.5
+    if mode == "half_pixel_symmetric":
+        adj = n_out / (scale * n_in)
+        return n_in / 2 * (1 - adj) + (o + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (o + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(o)
+    if mode == "align_corners":  # over the unrounded resized length, as ONNX defines it
+        length = n_in * scale
+        return o * (n_in - 1) / (length - 1) if length != 1 else np.zeros_like(o)
+    return o / scale  # asymmetric
+
+
+def _resize_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    """Separable: each resized axis in turn, nearest (by ``nearest_mode``) or linear between the
+    two neighbours; source indices are clamped to the input (edge values beyond it)."""
+    x = ins[0]
+    assert x is not None
+    y = x.astype(np.float64) if at["mode"] == "linear" else x
+    for ax, (n_out, scale) in enumerate(zip(at["sizes"], at["scales"], strict=True)):
+        n_in = y.shape[ax]
+        if n_out == n_in and scale == 1.0:
+            continue
+        src = resize_source(n_in, int(n_out), float(scale),
+                            at["coordinate_transformation_mode"])
+        if at["mode"] == "nearest":
+            nm = at["nearest_mode"]
+            if nm == "floor":
+                idx = np.floor(src)
+            elif nm == "ceil":
+                idx = np.ceil(src)
+            else:  # round half down (prefer floor) or up (prefer ceil)
+                half = src - np.floor(src) == 0.5
+                idx = np.where(half, np.floor(src) if nm == "round_prefer_floor" else np.ceil(src),
+                               np.round(src))
+            y = np.take(y, np.clip(idx, 0, n_in - 1).astype(np.int64), axis=ax)
+            continue
+        lo = np.floor(src)
+        w = (src - lo).reshape([-1 if i == ax else 1 for i in range(y.ndim)])
+        i0 = np.clip(lo, 0, n_in - 1).astype(np.int64)
+        i1 = np.clip(lo + 1, 0, n_in - 1).astype(np.int64)
+        y = np.take(y, i0, axis=ax) * (1 - w) + np.take(y, i1, axis=ax) * w
+    return [np.asarray(y).astype(x.dtype)]
+
+
+register(OpInfo(
+    name="resize", shape=_resize_shape, reference=_resize_ref, work=_per_elem(4),
+    attrs={"sizes": AttrSpec("dims"), "scales": AttrSpec("floats"),
+           "mode": AttrSpec("str", "nearest"),
+           "coordinate_transformation_mode": AttrSpec("str", "half_pixel"),
+           "nearest_mode": AttrSpec("str", "round_prefer_floor")},
+    onnx=("Resize", "Upsample"), traits=frozenset({"layout"}),
+    doc="resize to ``sizes`` (nearest or linear, ONNX coordinate transforms; ``scales`` are the "
+        "ratios the transforms use)"))

@@ -7,6 +7,7 @@ satura's op families and runs each one once per session.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ FAMILY_OPS = frozenset((
     "Min", "Mish", "Mod", "Or", "PRelu", "Pad", "Range", "ReduceL1", "ReduceL2", "ReduceLogSum",
     "ReduceLogSumExp", "ReduceMin", "ReduceProd", "ReduceSumSquare", "Round", "Selu", "Sign", "Sin",
     "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile", "Einsum", "DepthToSpace",
-    "SpaceToDepth", "CumSum", "Trilu",
+    "SpaceToDepth", "CumSum", "Trilu", "Resize", "Upsample",
 ))
 
 # Element types satura does not model (the brief excludes them from the count).
@@ -78,8 +79,9 @@ def family_cases() -> dict[str, Any]:
     return out
 
 
-def _freeze_int_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """Turn the integer graph inputs (axes, shapes, starts...) into initializers.
+def _freeze_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                   names: set[str]) -> onnx.ModelProto:
+    """Turn the graph inputs ``names`` (axes, shapes, scales...) into initializers.
 
     satura needs static parameters at import; the node tests pass them as run-time inputs.
     """
@@ -87,9 +89,8 @@ def _freeze_int_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> 
     m.CopyFrom(model)
     keep = []
     for vi in m.graph.input:
-        arr = feeds.get(vi.name)
-        if arr is not None and arr.dtype.kind in "iu":
-            m.graph.initializer.append(numpy_helper.from_array(arr, vi.name))
+        if vi.name in names and vi.name in feeds:
+            m.graph.initializer.append(numpy_helper.from_array(feeds[vi.name], vi.name))
         else:
             keep.append(vi)
     del m.graph.input[:]
@@ -119,14 +120,23 @@ def run_case(case: Any, target: str = "reference") -> Outcome:
     try:
         for ins, outs in case.data_sets:
             feeds = _feeds(case, ins)
-            try:
-                graph = load_onnx(case.model)
-            except ModelError as e:
-                if "must be known at import" not in str(e):
-                    raise
-                model = _freeze_int_inputs(case.model, feeds)
-                graph = load_onnx(model)
-                feeds = {k: v for k, v in feeds.items() if v.dtype.kind not in "iu"}
+            model, frozen = case.model, set()
+            while True:
+                try:
+                    graph = load_onnx(model)
+                    break
+                except ModelError as e:
+                    # a parameter passed as a run-time input (axes, shapes, scales): freeze the
+                    # integer inputs, then each float input the error names, into initializers
+                    named = re.search(r"\('([^']+)'\) must be known at import", str(e))
+                    if "must be known at import" not in str(e) or (
+                            frozen and (named is None or named[1] in frozen)):
+                        raise
+                    frozen |= {k for k, v in feeds.items() if v.dtype.kind in "iu"}
+                    if named is not None and named[1] in feeds:
+                        frozen.add(named[1])
+                    model = _freeze_inputs(case.model, feeds, frozen)
+            feeds = {k: v for k, v in feeds.items() if k not in frozen}
             got = (run_graph(graph, feeds) if target == "reference"
                    else satura.compile(graph, target=target)(**feeds))
             for vo, want in zip(case.model.graph.output, outs, strict=True):

@@ -102,3 +102,37 @@ def test_new_ops_round_trip_through_onnxruntime(op, attrs, extra, tmp_path):
     back = ort.InferenceSession(str(path)).run(None, {"x0": x})[0]
     np.testing.assert_allclose(back, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(satura.compile(g)(x0=x)["y"], want, rtol=1e-6, atol=1e-6)
+
+
+RESIZES = [  # what torch.nn.functional.interpolate exports, and sizes / downsampling
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+     [1, 1, 2, 2], None),
+    ({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"},
+     [1, 1, 2, 3], None),
+    ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, [1, 1, 1.5, 2], None),
+    ({"mode": "linear"}, None, [2, 3, 3, 7]),
+    ({"mode": "nearest"}, [1, 1, 0.5, 0.75], None),
+]
+
+
+@pytest.mark.parametrize(("attrs", "scales", "sizes"), RESIZES)
+def test_resize_matches_onnxruntime(attrs, scales, sizes, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+    from satura.engine.onnx_export import save_onnx
+
+    x = np.random.default_rng(3).standard_normal((2, 3, 4, 6)).astype(np.float32)
+    model = _model("Resize", [x.shape], 4, **attrs)
+    node = model.graph.node[0]
+    node.input.extend(["", "scales" if scales else "", "sizes" if sizes else ""])
+    if scales:
+        model.graph.initializer.append(numpy_helper.from_array(np.float32(scales), "scales"))
+    else:
+        model.graph.initializer.append(numpy_helper.from_array(np.int64(sizes), "sizes"))
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
+    g = satura.load(model)
+    for got in (satura.compile(g, target="reference")(x0=x)["y"], satura.compile(g)(x0=x)["y"]):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    back = ort.InferenceSession(str(save_onnx(g, tmp_path / "r.onnx"))).run(None, {"x0": x})[0]
+    np.testing.assert_allclose(back, want, rtol=1e-5, atol=1e-6)

@@ -2,8 +2,9 @@
 through the compiled CPU target.
 
 Every allow-listed case must pass; the count test prints how many of the op families' cases
-pass. Integer graph inputs that are static parameters (axes, shapes) are frozen into
-initializers first, because satura needs them at import (see ``node_cases._freeze_int_inputs``).
+pass. Graph inputs that are static parameters (integer axes and shapes; float scales or pad
+values that import reports) are frozen into
+initializers first, because satura needs them at import (see ``node_cases._freeze_inputs``).
 """
 
 from __future__ import annotations
