@@ -205,6 +205,74 @@ def _conv(ctx: NodeCtx) -> Outs:
                     group=int(ctx.attr("group", 1)))]
 
 
+@converter("ConvTranspose")
+def _conv_transpose(ctx: NodeCtx) -> Outs:
+    """A convolution of the input spread out by the strides (stride - 1 zeros between inputs:
+    reshape, pad, reshape, slice) with the weights flipped and their channel axes swapped, so it
+    runs on the conv kernels. The weights must be a constant."""
+    x, wv = ctx.x(0), ctx.x(1)
+    w = ctx.const(1)
+    if w is None:
+        raise ctx.fail("weights (input 1) must be a constant")
+    nsp = x.type.rank - 2
+    if nsp < 1 or w.ndim != nsp + 2:
+        raise ctx.fail(f"input rank {x.type.rank} and weight rank {w.ndim} do not fit")
+    g = int(ctx.attr("group", 1))
+    k = tuple(ctx.attr("kernel_shape", ())) or tuple(w.shape[2:])
+    s = tuple(ctx.attr("strides", (1,) * nsp))
+    d = tuple(ctx.attr("dilations", (1,) * nsp))
+    op = tuple(ctx.attr("output_padding", (0,) * nsp))
+    sp = x.type.shape[2:]
+    if not all(isinstance(n, int) for n in sp):
+        raise ctx.fail(f"spatial dimensions must be static, got {tuple(sp)}")
+    full = [s[i] * (sp[i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 for i in range(nsp)]
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if ctx.attr("output_shape") is not None:  # pads follow from the requested output size
+        want = tuple(ctx.attr("output_shape"))[-nsp:]
+        total = [full[i] - want[i] for i in range(nsp)]
+        upper = auto == "SAME_UPPER"
+        pads = tuple([t // 2 if upper else t - t // 2 for t in total]
+                     + [t - t // 2 if upper else t // 2 for t in total])
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        total = [full[i] - sp[i] * s[i] for i in range(nsp)]
+        small = [t // 2 for t in total]
+        begin = small if auto == "SAME_UPPER" else [t - b for t, b in
+                                                    zip(total, small, strict=True)]
+        pads = tuple(begin + [t - b for t, b in zip(total, begin, strict=True)])
+    else:
+        pads = tuple(ctx.attr("pads", (0,) * (2 * nsp))) if auto != "VALID" else (0,) * (2 * nsp)
+    n, c = x.type.shape[:2]
+    # spread: [N, C, a, 1, b, 1] -> pad the 1s to the stride -> [N, C, a·s, b·t] -> drop the tail
+    y = x
+    if any(st > 1 for st in s):
+        inter: list[Any] = [n, c]
+        for a in sp:
+            inter += [a, 1]
+        y = ctx.one("reshape", y, shape=tuple(inter))
+        pad_end = [0, 0] + [v for st in s for v in (0, st - 1)]
+        y = ctx.one("pad", y, pads=(0,) * len(pad_end) + tuple(pad_end), mode="constant",
+                    value=0.0)
+        y = ctx.one("reshape", y, shape=(n, c, *[a * st for a, st in zip(sp, s, strict=True)]))
+        y = ctx.one("slice", y, starts=(0,) * nsp,
+                    ends=tuple(st * (a - 1) + 1 for a, st in zip(sp, s, strict=True)),
+                    axes=tuple(range(2, 2 + nsp)), steps=(1,) * nsp)
+    begin = [(k[i] - 1) * d[i] - pads[i] for i in range(nsp)]
+    end = [(k[i] - 1) * d[i] - pads[nsp + i] + op[i] for i in range(nsp)]
+    if any(v < 0 for v in begin + end):  # pads past the kernel's reach crop the input
+        cur = [st * (a - 1) + 1 for a, st in zip(sp, s, strict=True)]
+        y = ctx.one("slice", y, starts=tuple(max(0, -b) for b in begin),
+                    ends=tuple(cur[i] - max(0, -end[i]) for i in range(nsp)),
+                    axes=tuple(range(2, 2 + nsp)), steps=(1,) * nsp)
+        begin, end = [max(0, b) for b in begin], [max(0, e) for e in end]
+    cin, coutg = w.shape[0], w.shape[1]
+    wt = w.reshape(g, cin // g, coutg, *w.shape[2:]).swapaxes(1, 2)
+    wt = np.flip(wt.reshape(g * coutg, cin // g, *w.shape[2:]), tuple(range(2, 2 + nsp)))
+    wc = ctx.imp.add_const(np.ascontiguousarray(wt), f"{ctx.name}_w")
+    del wv
+    return [ctx.one("conv", y, wc, ctx.inp(2), strides=(1,) * nsp, pads=tuple(begin + end),
+                    dilations=d, group=g)]
+
+
 @converter("MaxPool", "AveragePool")
 def _pool(ctx: NodeCtx) -> Outs:
     x = ctx.x()

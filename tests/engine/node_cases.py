@@ -42,6 +42,7 @@ FAMILY_OPS = frozenset((
     "ReduceLogSumExp", "ReduceMin", "ReduceProd", "ReduceSumSquare", "Round", "Selu", "Sign", "Sin",
     "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile", "Einsum", "DepthToSpace",
     "SpaceToDepth", "CumSum", "Trilu", "Resize", "Upsample",
+    "ConvTranspose",
 ))
 
 # Element types satura does not model (the brief excludes them from the count).

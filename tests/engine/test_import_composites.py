@@ -136,3 +136,34 @@ def test_resize_matches_onnxruntime(attrs, scales, sizes, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     back = ort.InferenceSession(str(save_onnx(g, tmp_path / "r.onnx"))).run(None, {"x0": x})[0]
     np.testing.assert_allclose(back, want, rtol=1e-5, atol=1e-6)
+
+
+CONV_T = [  # (input shape, weight shape, attrs)
+    ((2, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1],
+                                  "output_padding": [1, 1]}),
+    ((1, 4, 5, 5), (4, 2, 4, 4), {"strides": [2, 2], "pads": [1, 1, 1, 1], "group": 2}),
+    ((1, 3, 4, 7), (3, 5, 3, 2), {"strides": [3, 1], "dilations": [2, 1], "pads": [0, 1, 2, 0]}),
+    ((2, 3, 9), (3, 2, 5), {"strides": [4], "pads": [3, 4]}),  # pads past the kernel: crops
+    ((1, 2, 3, 3), (2, 2, 3, 3), {"strides": [2, 2], "output_shape": [8, 8]}),
+]
+
+
+@pytest.mark.parametrize(("xs", "ws", "attrs"), CONV_T)
+def test_conv_transpose_matches_onnxruntime(xs, ws, attrs):
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[1] * attrs.get("group", 1)).astype(np.float32)
+    model = _model("ConvTranspose", [xs], len(xs), **attrs)
+    model.graph.node[0].input.extend(["w", "b"])
+    model.graph.initializer.extend([numpy_helper.from_array(w, "w"),
+                                    numpy_helper.from_array(b, "b")])
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
+    g = satura.load(model)
+    for target in ("reference", "cpu"):
+        got = satura.compile(g, target=target)(x0=x)["y"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
