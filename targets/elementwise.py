@@ -5,6 +5,12 @@ loop runs over the last collapsed dimension with each input either contiguous (v
 broadcast (one scalar per row, splat). The inner loop is written with explicit ``<L x float>``
 vectors; a scalar loop finishes the remainder. Outputs larger than the caches are written with
 streaming stores (``STREAM_BYTES``).
+
+Expressions are typed (:func:`typed_expr_dtype`): besides fp32 maths they may compare (fp32 with
+IEEE ordered predicates, integers signed or unsigned, bools), combine bools (``not``, ``and``,
+``or``), test ``isnan`` and ``where``-select. A bool is a 0/1 byte in memory, read as
+``<L x i8>`` and turned into ``<L x i1>`` (``icmp ne 0``), and stored ``zext``'d back to bytes.
+A pure-fp32 expression over fp32 operands gives exactly the code it always did.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from satura.engine.errors import CodegenError
-from satura.targets.irmath import BINARY_OPS, UNARY_OPS, Emitter, vec_type
+from satura.targets.irmath import BINARY_OPS, UNARY_OPS, Emitter
 from satura.targets.kernel import BASE_ALIGN, Operand, body_header, share, wrapper
 
 Expr = tuple[Any, ...]
@@ -87,11 +94,202 @@ def apply_expr(expr: Expr, em: Emitter, leaves: list[str]) -> str:
     return _eval(expr, em, leaves, {})
 
 
+# -- typed expressions -----------------------------------------------------------------------------
+# dtype -> (LLVM type of one element in memory, kind): "f" fp32, "b" bool (a 0/1 byte, i1 once
+# loaded), "s" signed and "u" unsigned integers.
+LEAF_TYPES: dict[str, tuple[str, str]] = {
+    "float32": ("float", "f"), "bool": ("i8", "b"),
+    "int8": ("i8", "s"), "int16": ("i16", "s"), "int32": ("i32", "s"), "int64": ("i64", "s"),
+    "uint8": ("i8", "u"), "uint16": ("i16", "u"), "uint32": ("i32", "u"), "uint64": ("i64", "u")}
+# op -> (fcmp predicate, signed icmp predicate, unsigned icmp predicate). The ordered fcmp
+# predicates are false when either side is NaN, as numpy's comparisons are.
+COMPARISONS: dict[str, tuple[str, str, str]] = {
+    "equal": ("oeq", "eq", "eq"), "less": ("olt", "slt", "ult"),
+    "less_equal": ("ole", "sle", "ule"), "greater": ("ogt", "sgt", "ugt"),
+    "greater_equal": ("oge", "sge", "uge")}
+LOGIC_OPS = frozenset({"and", "or"})
+FLOAT_UNARY = UNARY_OPS | {"gelu_tanh"}
+# The ops a typed expression may hold besides fp32 maths.
+TYPED_OPS = frozenset(COMPARISONS) | LOGIC_OPS | {"not", "isnan", "where"}
+
+
+def _value_type(dtype: str) -> str:
+    """The LLVM type of one element of ``dtype`` in registers (bools are i1)."""
+    ty, kind = LEAF_TYPES[dtype]
+    return "i1" if kind == "b" else ty
+
+
+def _vec(ty: str, lanes: int) -> str:
+    return ty if lanes == 1 else f"<{lanes} x {ty}>"
+
+
+def pin_consts(expr: Expr, in_dtypes: Sequence[str]) -> Expr | None:
+    """``expr`` with every untyped constant ``("const", c)`` typed as the ``ew`` reference types
+    it: ``("const", c, dtype of input 0)``. None if that dtype has no kernel type or ``c`` does
+    not convert to it."""
+    head = expr[0]
+    if head == "in":
+        return expr
+    if head == "const":
+        if len(expr) == 3:
+            return expr
+        dt = in_dtypes[0] if in_dtypes else "float32"
+        if dt not in LEAF_TYPES:
+            return None
+        try:
+            with np.errstate(all="ignore"):
+                v = np.asarray(expr[1], dtype=dt).item()
+        except (OverflowError, ValueError):
+            return None
+        return ("const", v, dt)
+    kids = [pin_consts(c, in_dtypes) for c in expr[1:]]
+    if any(k is None for k in kids):
+        return None
+    return (head, *kids)
+
+
+def _infer(expr: Expr, in_dtypes: Sequence[str], memo: dict[Expr, str | None]) -> str | None:
+    """The dtype of a const-pinned ``expr`` (None: no kernel evaluates it)."""
+    if expr in memo:
+        return memo[expr]
+    head, n = expr[0], len(expr) - 1
+    t: str | None = None
+    if head == "in":
+        k = expr[1]
+        t = in_dtypes[k] if 0 <= k < len(in_dtypes) and in_dtypes[k] in LEAF_TYPES else None
+    elif head == "const":
+        t = expr[2] if n == 2 and expr[2] in LEAF_TYPES else None
+    else:
+        kids = [_infer(c, in_dtypes, memo) for c in expr[1:]]
+        if None in kids:
+            t = None
+        elif (head in FLOAT_UNARY and n == 1) or (head in BINARY_OPS and n == 2):
+            t = "float32" if all(k == "float32" for k in kids) else None
+        elif head in COMPARISONS and n == 2:
+            t = "bool" if kids[0] == kids[1] else None
+        elif head == "isnan" and n == 1:
+            t = "bool" if kids[0] == "float32" else None
+        elif (head == "not" and n == 1) or (head in LOGIC_OPS and n == 2):
+            t = "bool" if all(k == "bool" for k in kids) else None
+        elif head == "where" and n == 3:
+            t = kids[1] if kids[0] == "bool" and kids[1] == kids[2] else None
+    memo[expr] = t
+    return t
+
+
+def typed_expr_dtype(expr: Expr, in_dtypes: Sequence[str]) -> str | None:
+    """The dtype ``expr`` computes from inputs of ``in_dtypes`` (its constants typed as the
+    ``ew`` reference types them), or None where the kernel cannot evaluate it: an op without a
+    lowering, a dtype without a kernel type, or operands whose dtypes differ (numpy would
+    promote them; ONNX never asks)."""
+    pinned = pin_consts(expr, in_dtypes)
+    return None if pinned is None else _infer(pinned, in_dtypes, {})
+
+
+class _Typed:
+    """Emits a const-pinned typed expression at ``em``'s lane count over loaded leaves."""
+
+    def __init__(self, em: Emitter, leaves: list[str], in_dtypes: Sequence[str]) -> None:
+        self.em, self.leaves, self.in_dtypes = em, leaves, in_dtypes
+        self.types: dict[Expr, str | None] = {}
+        self.memo: dict[Expr, str] = {}
+
+    def ty(self, dtype: str) -> str:
+        return _vec(_value_type(dtype), self.em.lanes)
+
+    def const(self, value: float | int | bool, dtype: str) -> str:
+        kind = LEAF_TYPES[dtype][1]
+        if kind == "f":
+            return self.em.const(float(value))
+        scalar = ("true" if value else "false") if kind == "b" else str(int(value))
+        if self.em.lanes == 1:
+            return scalar
+        return "<" + ", ".join([f"{_value_type(dtype)} {scalar}"] * self.em.lanes) + ">"
+
+    def line(self, rhs: str) -> str:
+        r = self.em.tmp()
+        self.em.lines.append(f"  {r} = {rhs}")
+        return r
+
+    def emit(self, expr: Expr) -> str:
+        if expr in self.memo:
+            return self.memo[expr]
+        head = expr[0]
+        dtype = _infer(expr, self.in_dtypes, self.types)
+        if dtype is None:
+            raise CodegenError(f"elementwise expression {expr!r} is not typed")
+        if head == "in":
+            r = self.leaves[expr[1]]
+        elif head == "const":
+            r = self.const(expr[1], dtype)
+        else:
+            kids = [self.emit(c) for c in expr[1:]]
+            kid_types = [_infer(c, self.in_dtypes, self.types) or "" for c in expr[1:]]
+            r = self.op(head, kids, kid_types)
+        self.memo[expr] = r
+        return r
+
+    def op(self, head: str, kids: list[str], kid_types: list[str]) -> str:
+        em = self.em
+        if head in FLOAT_UNARY:
+            return em.unary(head, kids[0])
+        if head in BINARY_OPS:
+            return em.binary(head, kids[0], kids[1])
+        if head == "where":
+            cty, vty = self.ty("bool"), self.ty(kid_types[1])
+            return self.line(f"select {cty} {kids[0]}, {vty} {kids[1]}, {vty} {kids[2]}")
+        ty = self.ty(kid_types[0])
+        if head in COMPARISONS:
+            fp, signed, unsigned = COMPARISONS[head]
+            kind = LEAF_TYPES[kid_types[0]][1]
+            cmp = f"fcmp {fp}" if kind == "f" else f"icmp {signed if kind == 's' else unsigned}"
+            return self.line(f"{cmp} {ty} {kids[0]}, {kids[1]}")
+        if head == "isnan":
+            return self.line(f"fcmp uno {ty} {kids[0]}, {kids[0]}")
+        if head == "not":
+            return self.line(f"xor {ty} {kids[0]}, {self.const(True, 'bool')}")
+        if head in LOGIC_OPS:
+            return self.line(f"{head} {ty} {kids[0]}, {kids[1]}")
+        raise CodegenError(f"no LLVM lowering for elementwise op '{head}'")
+
+
+def _leaf_lines(L: list[str], dtype: str, name: str, ptr: str, lanes: int) -> None:
+    """Load ``lanes`` elements of ``dtype`` from ``ptr`` as the value ``name`` (bools: i1)."""
+    ety, kind = LEAF_TYPES[dtype]
+    size = 4 if kind == "f" else int(ety[1:]) // 8
+    vty = _vec(ety, lanes)
+    if kind != "b":
+        L.append(f"  {name} = load {vty}, ptr {ptr}, align {size}")
+        return
+    zero = "0" if lanes == 1 else "zeroinitializer"
+    L += [f"  {name}b = load {vty}, ptr {ptr}, align 1",
+          f"  {name} = icmp ne {vty} {name}b, {zero}"]
+
+
 def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
-              ins: Sequence[tuple[Operand, Sequence[int]]], lanes: int) -> str:
-    """LLVM IR of a kernel computing ``expr`` over broadcast fp32 inputs into ``out``."""
-    if not expr_supported(expr):
-        raise CodegenError(f"kernel {name}: expression has an op without a lowering")
+              ins: Sequence[tuple[Operand, Sequence[int]]], lanes: int,
+              dtypes: Sequence[str] | None = None) -> str:
+    """LLVM IR of a kernel computing ``expr`` over broadcast inputs into ``out``.
+
+    ``dtypes``: the inputs' dtypes (default: all float32). An fp32 expression over fp32 inputs
+    is emitted by the fp32 maths alone; anything else goes through the typed emitter, and the
+    output's dtype is the expression's (:func:`typed_expr_dtype`). Raises CodegenError when the
+    expression has an op without a lowering or does not type."""
+    dts = list(dtypes) if dtypes is not None else ["float32"] * len(ins)
+    if len(dts) != len(ins):
+        raise CodegenError(f"kernel {name}: {len(ins)} inputs but {len(dts)} dtypes")
+    typed = any(d != "float32" for d in dts) or not expr_supported(expr)
+    if typed:
+        pinned = pin_consts(expr, dts)
+        out_dtype = None if pinned is None else _infer(pinned, dts, {})
+        if pinned is None or out_dtype is None:
+            raise CodegenError(f"kernel {name}: expression {expr!r} over {dts} has an op "
+                               "without a lowering or operands of differing dtypes")
+        expr = pinned
+    else:
+        out_dtype = "float32"
+    oty, okind = LEAF_TYPES[out_dtype]
+    osize = 4 if okind == "f" else int(oty[1:]) // 8
     shape, strides = collapse(list(out_shape), [broadcast_strides(s, out_shape) for _, s in ins])
     n = shape[-1]
     rows = 1
@@ -101,13 +299,13 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
     # Long rows: <4L x float> values, which LLVM splits into 4 independent register chains (the
     # maths polynomials are long dependency chains; four in flight keep the FMA units busy).
     lanes = lanes * WIDE if n >= 64 * lanes else lanes
-    vty = vec_type(lanes)
     # Streaming vector stores need aligned addresses: the table's bases are BASE_ALIGN-aligned,
-    # so the output's offset and each row's start must keep that alignment.
-    align = min(BASE_ALIGN, 4 * lanes)
-    stream = (4 * n * rows >= STREAM_BYTES and out.offset % BASE_ALIGN == 0
-              and (rows == 1 or (4 * n) % align == 0))
-    vstore = f"align {align}, !nontemporal !{{i32 1}}" if stream else "align 4"
+    # so the output's offset and each row's start must keep that alignment. (Narrow outputs
+    # stream only in whole 16-byte vectors.)
+    align = min(BASE_ALIGN, osize * lanes)
+    stream = (osize * n * rows >= STREAM_BYTES and out.offset % BASE_ALIGN == 0
+              and (rows == 1 or (osize * n) % align == 0) and osize * lanes >= 16)
+    vstore = f"align {align}, !nontemporal !{{i32 1}}" if stream else f"align {osize}"
     L: list[str] = [body_header(name, nin + 1), "entry:"]
     if rows == 1:
         share(L, n, lanes, "%lo", "%hi")
@@ -135,10 +333,12 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
             acc = f"%b{k}_{j}"
         L.append(f"  %base{k} = add i64 {acc}, 0")
         if strides[k][-1] == 0:
-            L += [f"  %sp{k} = getelementptr float, ptr %a{k + 1}, i64 %base{k}",
-                  f"  %sc{k} = load float, ptr %sp{k}, align 4",
-                  f"  %si{k} = insertelement {vty} poison, float %sc{k}, i64 0",
-                  f"  %sv{k} = shufflevector {vty} %si{k}, {vty} poison, "
+            ety, vt = LEAF_TYPES[dts[k]][0], _value_type(dts[k])
+            kvty = _vec(vt, lanes)
+            L.append(f"  %sp{k} = getelementptr {ety}, ptr %a{k + 1}, i64 %base{k}")
+            _leaf_lines(L, dts[k], f"%sc{k}", f"%sp{k}", 1)
+            L += [f"  %si{k} = insertelement {kvty} poison, {vt} %sc{k}, i64 0",
+                  f"  %sv{k} = shufflevector {kvty} %si{k}, {kvty} poison, "
                   f"<{lanes} x i32> zeroinitializer"]
     L += [f"  %obase = mul i64 %r, {n}", "  %hasv = icmp ult i64 %lo, %vend",
           "  br i1 %hasv, label %vloop, label %vexit", "vloop:",
@@ -149,12 +349,14 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
             leaves.append(f"%sv{k}")
             continue
         L += [f"  %vi{k} = add i64 %base{k}, %j",
-              f"  %vp{k} = getelementptr float, ptr %a{k + 1}, i64 %vi{k}",
-              f"  %vl{k} = load {vty}, ptr %vp{k}, align 4"]
+              f"  %vp{k} = getelementptr {LEAF_TYPES[dts[k]][0]}, ptr %a{k + 1}, i64 %vi{k}"]
+        _leaf_lines(L, dts[k], f"%vl{k}", f"%vp{k}", lanes)
         leaves.append(f"%vl{k}")
-    res = _eval(expr, Emitter(L, lanes), leaves, {})
-    L += ["  %vo = add i64 %obase, %j", "  %vop = getelementptr float, ptr %a0, i64 %vo",
-          f"  store {vty} {res}, ptr %vop, {vstore}", f"  %jn = add i64 %j, {lanes}",
+    res = _emit(expr, typed, Emitter(L, lanes), leaves, dts)
+    res = _store_value(L, res, out_dtype, lanes, "%vz")
+    L += ["  %vo = add i64 %obase, %j", f"  %vop = getelementptr {oty}, ptr %a0, i64 %vo",
+          f"  store {_vec(oty, lanes)} {res}, ptr %vop, {vstore}",
+          f"  %jn = add i64 %j, {lanes}",
           "  %vmore = icmp ult i64 %jn, %vend", "  br i1 %vmore, label %vloop, label %vexit",
           "vexit:", "  %hass = icmp ult i64 %vend, %hi",
           "  br i1 %hass, label %sloop, label %rowend", "sloop:",
@@ -165,12 +367,13 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
             leaves.append(f"%sc{k}")
             continue
         L += [f"  %xi{k} = add i64 %base{k}, %s",
-              f"  %xp{k} = getelementptr float, ptr %a{k + 1}, i64 %xi{k}",
-              f"  %xl{k} = load float, ptr %xp{k}, align 4"]
+              f"  %xp{k} = getelementptr {LEAF_TYPES[dts[k]][0]}, ptr %a{k + 1}, i64 %xi{k}"]
+        _leaf_lines(L, dts[k], f"%xl{k}", f"%xp{k}", 1)
         leaves.append(f"%xl{k}")
-    res = _eval(expr, Emitter(L, 1), leaves, {})
-    L += ["  %so = add i64 %obase, %s", "  %sop = getelementptr float, ptr %a0, i64 %so",
-          f"  store float {res}, ptr %sop, align 4", "  %sn = add i64 %s, 1",
+    res = _emit(expr, typed, Emitter(L, 1), leaves, dts)
+    res = _store_value(L, res, out_dtype, 1, "%sz")
+    L += ["  %so = add i64 %obase, %s", f"  %sop = getelementptr {oty}, ptr %a0, i64 %so",
+          f"  store {oty} {res}, ptr %sop, align {osize}", "  %sn = add i64 %s, 1",
           "  %smore = icmp ult i64 %sn, %hi", "  br i1 %smore, label %sloop, label %rowend",
           "rowend:", "  %rn = add i64 %r, 1", "  %rmore = icmp ult i64 %rn, %r1",
           "  br i1 %rmore, label %row, label %done", "done:",
@@ -178,3 +381,18 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
           # so another core that reads the output next sees every value.
           *(["  call void @sat_store_fence()"] if stream else []), "  ret void", "}"]
     return wrapper(name, [out] + [o for o, _ in ins]) + "\n" + "\n".join(L)
+
+
+def _emit(expr: Expr, typed: bool, em: Emitter, leaves: list[str], dts: Sequence[str]) -> str:
+    """The expression's value: the fp32 emitter alone, or the typed one."""
+    if not typed:
+        return _eval(expr, em, leaves, {})
+    return _Typed(em, leaves, dts).emit(expr)
+
+
+def _store_value(L: list[str], v: str, dtype: str, lanes: int, name: str) -> str:
+    """``v`` as it is stored: bools (i1) widened to 0/1 bytes."""
+    if LEAF_TYPES[dtype][1] != "b":
+        return v
+    L.append(f"  {name} = zext {_vec('i1', lanes)} {v} to {_vec('i8', lanes)}")
+    return name
