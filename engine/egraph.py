@@ -151,10 +151,7 @@ class Snapshot:
             elif n.op == "Get":
                 res = build(n.children[0])[n.payload]
             else:
-                if _variadic(n.op):
-                    args = lst(n.children[0])
-                else:
-                    args = [build(ch) for ch in n.children]
+                args = lst(n.children[0]) if _variadic(n.op) else [build(ch) for ch in n.children]
                 node = g.add(n.op, args, dict(n.attrs))
                 res = node.outputs[0] if len(node.outputs) == 1 else tuple(node.outputs)
             built[c] = res

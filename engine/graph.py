@@ -71,7 +71,8 @@ class TensorType:
 
 
 def freeze_attr(v: Any) -> Any:
-    """Make an attribute value hashable and canonical (lists become tuples, numpy scalars Python)."""
+    """Make an attribute value hashable and canonical (lists become tuples, numpy scalars
+    Python)."""
     if isinstance(v, (list, tuple)):
         return tuple(freeze_attr(x) for x in v)
     if isinstance(v, np.ndarray):
@@ -285,6 +286,6 @@ def specialize(graph: Graph, env: Mapping[sympy.Symbol, int]) -> Graph:
         node = g.add(n.op, ins, attrs, name=n.name, out_names=[o.name for o in n.outputs])
         for o, o2 in zip(n.outputs, node.outputs, strict=True):
             new[id(o)] = o2
-    g.set_outputs(*[new[id(v)] if id(v) in new else v for v in graph.outputs])  # type: ignore[misc]
+    g.set_outputs(*[new.get(id(v), v) for v in graph.outputs])  # type: ignore[misc]
     return g
 

@@ -732,6 +732,38 @@ def _resize(ctx: NodeCtx) -> Outs:
                     coordinate_transformation_mode=coord, nearest_mode=nearest)]
 
 
+@converter("GatherND")
+def _gather_nd(ctx: NodeCtx) -> Outs:
+    return [ctx.one("gather_nd", ctx.x(0), ctx.x(1), batch_dims=int(ctx.attr("batch_dims", 0)))]
+
+
+@converter("ScatterND", "ScatterElements", "Scatter")
+def _scatter(ctx: NodeCtx) -> Outs:
+    red = str(ctx.attr("reduction", "none"))
+    if ctx.op_type == "ScatterND":
+        return [ctx.one("scatter_nd", ctx.x(0), ctx.x(1), ctx.x(2), reduction=red)]
+    return [ctx.one("scatter_elements", ctx.x(0), ctx.x(1), ctx.x(2),
+                    axis=int(ctx.attr("axis", 0)), reduction=red)]
+
+
+@converter("TopK")
+def _topk(ctx: NodeCtx) -> Outs:
+    k = ctx.dims(1, "k") if ctx.opset >= 10 else (ctx.attr("k"),)
+    if k is None or len(k) != 1 or not isinstance(k[0], int):
+        raise ctx.fail("k must be one integer known at import")
+    return ctx.emit("topk", [ctx.x()], k=int(k[0]), axis=int(ctx.attr("axis", -1)),
+                    largest=int(ctx.attr("largest", 1)), sorted=int(ctx.attr("sorted", 1)))
+
+
+@converter("OneHot")
+def _one_hot(ctx: NodeCtx) -> Outs:
+    depth = ctx.const(1)
+    if depth is None or np.asarray(depth).size != 1:
+        raise ctx.fail("depth (input 1) must be one number known at import")
+    return [ctx.one("one_hot", ctx.x(0), ctx.x(2), depth=int(np.asarray(depth).item()),
+                    axis=int(ctx.attr("axis", -1)))]
+
+
 @converter("CumSum")
 def _cumsum(ctx: NodeCtx) -> Outs:
     axis = ctx.dims(1, "axis")

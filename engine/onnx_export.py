@@ -452,7 +452,12 @@ def _shape_operand(x: TensorType, dims: tuple[Any, ...], zero_ok: bool) -> list[
 def _reshape(ctx: ExportCtx, node: Node) -> None:
     x = node.inputs[0]
     assert x is not None
-    shape = _shape_operand(x.type, node.attrs["shape"], zero_ok=True)
+    dims = node.attrs["shape"]
+    if 0 in dims and all(isinstance(d, int) for d in dims):  # a real 0, not "copy"
+        ctx.add("Reshape", [x.name, ctx.const(list(dims), "shape", np.int64)], ctx.outs(node),
+                allowzero=1)
+        return
+    shape = _shape_operand(x.type, dims, zero_ok=True)
     t = ctx.const(shape, "shape", np.int64) if shape is not None else \
         ctx.dims_tensor(node.attrs["shape"])
     if t is None:
@@ -539,6 +544,29 @@ def _resize(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Resize", ins, ctx.outs(node), mode=a["mode"],
             coordinate_transformation_mode=a["coordinate_transformation_mode"],
             nearest_mode=a["nearest_mode"])
+
+
+@writer("gather_nd", "scatter_nd", "scatter_elements")
+def _indexing(ctx: ExportCtx, node: Node) -> None:
+    a = OPS[node.op].with_defaults(node.attrs)
+    if node.op == "scatter_elements":
+        a["axis"] = int(a["axis"])
+    ctx.add(camel(node.op), ctx.ins(node), ctx.outs(node), **a)
+
+
+@writer("topk")
+def _topk(ctx: ExportCtx, node: Node) -> None:
+    a = OPS["topk"].with_defaults(node.attrs)
+    k = ctx.const([a.pop("k")], "k", np.int64)
+    ctx.add("TopK", [*ctx.ins(node), k], ctx.outs(node), **a)
+
+
+@writer("one_hot")
+def _one_hot(ctx: ExportCtx, node: Node) -> None:
+    a = OPS["one_hot"].with_defaults(node.attrs)
+    idx, values = ctx.ins(node)
+    ctx.add("OneHot", [idx, ctx.const(a["depth"], "depth", np.int64), values], ctx.outs(node),
+            axis=a["axis"])
 
 
 @writer("cumsum")

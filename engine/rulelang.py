@@ -58,7 +58,8 @@ class Star:
 
 @dataclass(frozen=True)
 class Lit:
-    """A scalar constant tensor (``mul(x, 0.5)``); in a pattern it matches a one-element constant."""
+    """A scalar constant tensor (``mul(x, 0.5)``); in a pattern it matches a one-element
+    constant."""
 
     value: float
     name: str = ""  # a NAMED_CONSTANTS name, when the rule wrote one
@@ -494,7 +495,7 @@ def load_rules(path: str | Path) -> list[Rule]:
     return parse_rules(text, str(p))
 
 
-# -- guard and attribute expressions ----------------------------------------------------------------
+# -- guard and attribute expressions ---------------------------------------------------------------
 TENSOR_QUERIES = ("rank", "shape", "dim", "dtype", "numel")
 BUILTIN_ARITY = {"rank": 1, "shape": 1, "dim": 2, "dtype": 1, "numel": 1, "len": 1, "value": 1,
                  "broadcasts_to": 2}

@@ -382,3 +382,152 @@ register(OpInfo(
     attrs={"upper": AttrSpec("int", 1), "k": AttrSpec("int", 0)},
     onnx=("Trilu",), traits=frozenset({"layout"}),
     doc="the upper (upper=1) or lower triangle of the last two axes from diagonal k, 0 elsewhere"))
+
+
+# -- indexing by tuples, scatter, top-k, one-hot -----------------------------------------------
+def _first_dtype(ins: Sequence[str | None], at: Any) -> list[str]:
+    return [ins[0] or "float32"]
+
+
+def _gather_nd_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x, idx = ins[0], ins[1]
+    assert x is not None
+    assert idx is not None
+    b, depth = at["batch_dims"], idx[-1]
+    d.require(isinstance(depth, int) and b + depth <= len(x),
+              "gather_nd: the index depth (indices' last dim) must be static and fit the data")
+    return [(*idx[:-1], *x[b + int(depth):])]
+
+
+def _gather_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x, idx = ins[0], ins[1]
+    assert x is not None
+    assert idx is not None
+    b = at["batch_dims"]
+    depth = idx.shape[-1]
+    lead = x.shape[:b]
+    xb = x.reshape(-1, *x.shape[b:])
+    ib = idx.reshape(xb.shape[0] if b else 1, -1, depth)
+    out = []
+    for i in range(ib.shape[0]):
+        t = ib[i]
+        t = np.where(t < 0, t + np.asarray(xb.shape[1:1 + depth]), t)
+        out.append(xb[i][tuple(t.T)])
+    res = np.stack(out)
+    return [res.reshape(*lead, *idx.shape[b:-1], *x.shape[b + depth:])]
+
+
+register(OpInfo(
+    name="gather_nd", shape=_gather_nd_shape, reference=_gather_nd_ref, inputs=(2, 2),
+    attrs={"batch_dims": AttrSpec("int", 0)}, work=move_work, dtype=_first_dtype,
+    onnx=("GatherND",), traits=frozenset({"index"}),
+    doc="take x's slices at integer index tuples (the indices' last axis), after batch_dims"))
+
+
+def _scatter_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x, idx, upd = ins
+    assert x is not None
+    assert idx is not None
+    assert upd is not None
+    out = x.copy()
+    depth = idx.shape[-1]
+    flat_i = idx.reshape(-1, depth)
+    flat_u = upd.reshape(len(flat_i), *x.shape[depth:])
+    combine = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+    for t, u in zip(flat_i, flat_u, strict=True):
+        key = tuple(np.where(t < 0, t + np.asarray(x.shape[:depth]), t))
+        out[key] = combine[at["reduction"]](out[key], u) if at["reduction"] != "none" else u
+    return [out]
+
+
+def _scatter_elements_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x, idx, upd = ins
+    assert x is not None
+    assert idx is not None
+    assert upd is not None
+    ax = normalize_axis(at["axis"], x.ndim)
+    out = x.copy()
+    idx = np.where(idx < 0, idx + x.shape[ax], idx)
+    combine = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+    for pos in np.ndindex(*idx.shape):
+        key = list(pos)
+        key[ax] = int(idx[pos])
+        k = tuple(key)
+        out[k] = combine[at["reduction"]](out[k], upd[pos]) if at["reduction"] != "none" \
+            else upd[pos]
+    return [out]
+
+
+def _scatter_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    d.require(at["reduction"] in ("none", "add", "mul", "max", "min"),
+              f"scatter: unknown reduction {at['reduction']}")
+    return [tuple(_x(ins))]
+
+
+register(OpInfo(
+    name="scatter_nd", shape=_scatter_shape, reference=_scatter_nd_ref, inputs=(3, 3),
+    attrs={"reduction": AttrSpec("str", "none")}, work=move_work, dtype=_first_dtype,
+    onnx=("ScatterND",), traits=frozenset({"index"}),
+    doc="x with the slices at index tuples replaced by (or combined with) updates"))
+register(OpInfo(
+    name="scatter_elements", shape=_scatter_shape, reference=_scatter_elements_ref,
+    inputs=(3, 3), attrs={"axis": AttrSpec("int", 0), "reduction": AttrSpec("str", "none")},
+    work=move_work, dtype=_first_dtype, onnx=("ScatterElements", "Scatter"),
+    traits=frozenset({"index"}),
+    doc="x with the elements at indices along axis replaced by (or combined with) updates"))
+
+
+def _topk_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x = _x(ins)
+    ax = normalize_axis(at["axis"], len(x))
+    d.require(at["k"] >= 0, "topk: k must be >= 0")
+    shape = tuple(at["k"] if i == ax else s for i, s in enumerate(x))
+    return [shape, shape]
+
+
+def _topk_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    ax = normalize_axis(at["axis"], x.ndim)
+    # stable sort: equal values keep the smaller index first (as ONNX asks)
+    # largest: an order-reversing key, ~x for integers (no overflow) and -x for floats
+    key = (~x if x.dtype.kind in "iu" else -x) if at["largest"] else x
+    order = np.argsort(key, axis=ax, kind="stable")
+    idx = np.take(order, np.arange(at["k"]), axis=ax)  # sorted: also a valid unsorted order
+    return [np.take_along_axis(x, idx, axis=ax), idx.astype(np.int64)]
+
+
+register(OpInfo(
+    name="topk", shape=_topk_shape, reference=_topk_ref, outputs=2,
+    attrs={"k": AttrSpec("int"), "axis": AttrSpec("int", -1), "largest": AttrSpec("int", 1),
+           "sorted": AttrSpec("int", 1)},
+    dtype=lambda ins, at: [ins[0] or "float32", "int64"], work=move_work, onnx=("TopK",),
+    traits=frozenset({"index"}), doc="the k largest (or smallest) values along axis and their "
+    "indices, sorted; ties: the smaller index first"))
+
+
+def _one_hot_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    idx = _x(ins)
+    ax = normalize_axis(at["axis"], len(idx) + 1)
+    return [(*idx[:ax], at["depth"], *idx[ax:])]
+
+
+def _one_hot_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    idx, values = ins[0], ins[1]
+    assert idx is not None
+    assert values is not None
+    depth = at["depth"]
+    ax = normalize_axis(at["axis"], idx.ndim + 1)
+    i = np.where(idx < 0, idx + depth, idx).astype(np.int64)
+    hot = np.expand_dims(i, ax) == np.arange(depth).reshape(
+        [-1 if k == ax else 1 for k in range(idx.ndim + 1)])
+    off, on = values.ravel()[0], values.ravel()[1]
+    return [np.where(hot, on, off).astype(values.dtype)]
+
+
+register(OpInfo(
+    name="one_hot", shape=_one_hot_shape, reference=_one_hot_ref, inputs=(2, 2),
+    attrs={"depth": AttrSpec("int"), "axis": AttrSpec("int", -1)},
+    dtype=lambda ins, at: [ins[1] or "float32"], work=move_work, onnx=("OneHot",),
+    traits=frozenset({"index"}), doc="values[1] where the index equals the position along the "
+    "new axis (of size depth), values[0] elsewhere"))

@@ -42,7 +42,7 @@ FAMILY_OPS = frozenset((
     "ReduceLogSumExp", "ReduceMin", "ReduceProd", "ReduceSumSquare", "Round", "Selu", "Sign", "Sin",
     "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile", "Einsum", "DepthToSpace",
     "SpaceToDepth", "CumSum", "Trilu", "Resize", "Upsample",
-    "ConvTranspose",
+    "ConvTranspose", "GatherND", "ScatterND", "ScatterElements", "TopK", "OneHot",
 ))
 
 # Element types satura does not model (the brief excludes them from the count).
@@ -115,29 +115,34 @@ def _array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def load_case(case: Any, feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, np.ndarray]]:
+    """The case's graph and the feeds it still takes. A parameter passed as a run-time input
+    (axes, shapes, scales) is frozen into an initializer: first the integer inputs, then each
+    float input an import error names."""
+    model, frozen = case.model, set()
+    while True:
+        try:
+            graph = load_onnx(model)
+            break
+        except ModelError as e:
+            named = re.search(r"\('([^']+)'\) must be known at import", str(e))
+            if "must be known at import" not in str(e) or (
+                    frozen and (named is None or named[1] in frozen)):
+                raise
+            frozen |= {k for k, v in feeds.items() if v.dtype.kind in "iu"}
+            if named is not None and named[1] in feeds:
+                frozen.add(named[1])
+            model = _freeze_inputs(case.model, feeds, frozen)
+    return graph, {k: v for k, v in feeds.items() if k not in frozen}
+
+
 def run_case(case: Any, target: str = "reference") -> Outcome:
     """Import and run one node test case (``target``: the reference executor, or ``cpu``:
     compiled code); compare with its expected outputs."""
     try:
         for ins, outs in case.data_sets:
             feeds = _feeds(case, ins)
-            model, frozen = case.model, set()
-            while True:
-                try:
-                    graph = load_onnx(model)
-                    break
-                except ModelError as e:
-                    # a parameter passed as a run-time input (axes, shapes, scales): freeze the
-                    # integer inputs, then each float input the error names, into initializers
-                    named = re.search(r"\('([^']+)'\) must be known at import", str(e))
-                    if "must be known at import" not in str(e) or (
-                            frozen and (named is None or named[1] in frozen)):
-                        raise
-                    frozen |= {k for k, v in feeds.items() if v.dtype.kind in "iu"}
-                    if named is not None and named[1] in feeds:
-                        frozen.add(named[1])
-                    model = _freeze_inputs(case.model, feeds, frozen)
-            feeds = {k: v for k, v in feeds.items() if k not in frozen}
+            graph, feeds = load_case(case, feeds)
             got = (run_graph(graph, feeds) if target == "reference"
                    else satura.compile(graph, target=target)(**feeds))
             for vo, want in zip(case.model.graph.output, outs, strict=True):
