@@ -551,7 +551,9 @@ def _indexing(ctx: ExportCtx, node: Node) -> None:
     a = OPS[node.op].with_defaults(node.attrs)
     if node.op == "scatter_elements":
         a["axis"] = int(a["axis"])
-    ctx.add(camel(node.op), ctx.ins(node), ctx.outs(node), **a)
+    onnx_op = {"gather_nd": "GatherND", "scatter_nd": "ScatterND",
+               "scatter_elements": "ScatterElements"}[node.op]
+    ctx.add(onnx_op, ctx.ins(node), ctx.outs(node), **a)
 
 
 @writer("topk")
@@ -565,8 +567,10 @@ def _topk(ctx: ExportCtx, node: Node) -> None:
 def _one_hot(ctx: ExportCtx, node: Node) -> None:
     a = OPS["one_hot"].with_defaults(node.attrs)
     idx, values = ctx.ins(node)
-    ctx.add("OneHot", [idx, ctx.const(a["depth"], "depth", np.int64), values], ctx.outs(node),
-            axis=a["axis"])
+    ix = node.inputs[0]
+    assert ix is not None  # depth in the indices' type: the pairs onnxruntime has kernels for
+    ctx.add("OneHot", [idx, ctx.const(a["depth"], "depth", ix.type.dtype), values],
+            ctx.outs(node), axis=a["axis"])
 
 
 @writer("cumsum")
