@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import satura
 from satura.engine.graph import Graph
 from satura.engine.interpret import run_graph
+
+import satura
 
 
 def _conv_bn_relu(bias: bool, group: int, strides: tuple[int, int]) -> Graph:
@@ -36,7 +37,8 @@ def test_batch_norm_and_relu_fold_into_the_conv(bias: bool, group: int,
     assert ops == ["conv"], ops
     conv = res.graph.nodes[0]
     assert conv.attrs["act"] == "relu"
-    assert conv.attrs["group"] == group and tuple(conv.attrs["strides"]) == strides
+    assert conv.attrs["group"] == group
+    assert tuple(conv.attrs["strides"]) == strides
     assert all(v.is_const for v in conv.inputs[1:])  # folded weights and bias are data
     assert res.cost_after < res.cost_before
     feeds = {"x": np.random.default_rng(1).standard_normal((2, 4, 9, 7)).astype(np.float32)}

@@ -1,7 +1,6 @@
 """The rule language: parsing, expansion, and errors at file:line:col."""
 
 import pytest
-
 from satura.engine.errors import RuleError
 from satura.engine.rulelang import Call, Lit, Star, Var, parse_rules
 from satura.engine.saturate import default_rule_files, load_rule_sets
@@ -10,7 +9,9 @@ from satura.engine.saturate import default_rule_files, load_rule_sets
 def test_parse_simple_rule():
     (r,) = parse_rules("rule r [exact]:\n    add(matmul(a, b), c) => linear(a, b, c)\n"
                        "    if rank(b) == 2\n", "f.rules")
-    assert r.name == "r" and r.exactness == "exact" and r.line == 1
+    assert r.name == "r"
+    assert r.exactness == "exact"
+    assert r.line == 1
     assert r.lhs == (Call("add", (Call("matmul", (Var("a"), Var("b"))), Var("c"))),)
     assert r.rhs == (Call("linear", (Var("a"), Var("b"), Var("c"))),)
     assert r.guard is not None
@@ -30,7 +31,8 @@ def test_trait_family_star_and_named_constant():
     star = next(r for r in rules if r.name == "s")
     assert star.lhs[0].args == (Star("xs"),)
     c = next(r for r in rules if r.name == "c")
-    assert isinstance(c.lhs[0].args[1], Lit) and c.lhs[0].args[1].name == "SQRT2"
+    assert isinstance(c.lhs[0].args[1], Lit)
+    assert c.lhs[0].args[1].name == "SQRT2"
 
 
 @pytest.mark.parametrize(("text", "where", "what"), [
@@ -66,4 +68,5 @@ def test_shipped_rule_files_parse_and_count():
     rules = [r for _, rs in load_rule_sets(None, "fast") for r in rs]
     assert len({r.name.split("[")[0] for r in rules}) >= 25
     strict = [r for _, rs in load_rule_sets(None, "strict") for r in rs]
-    assert all(r.exactness == "exact" for r in strict) and len(strict) < len(rules)
+    assert all(r.exactness == "exact" for r in strict)
+    assert len(strict) < len(rules)

@@ -3,12 +3,12 @@ plus the deterministic counts of the Report."""
 
 import numpy as np
 import pytest
-
-import satura
 from satura.engine.graph import Graph
 from satura.engine.interpret import run_graph
 from satura.engine.rulelang import parse_rules
 from satura.engine.saturate import Limits, saturate
+
+import satura
 
 
 def _mlp(hidden=16, out=8, act="erf"):
@@ -75,7 +75,8 @@ def test_golden(build, expected):
 def test_linear_activation_attribute():
     r = satura.optimize(_mlp(act="erf"))
     (node,) = r.graph.nodes
-    assert node.op == "linear" and node.attrs["act"] == "gelu"
+    assert node.op == "linear"
+    assert node.attrs["act"] == "gelu"
 
 
 def test_report_counts_are_deterministic():
@@ -87,7 +88,8 @@ def test_report_counts_are_deterministic():
     g.set_outputs(g.apply("mul", g.apply("add", x, y), g.add_const(np.float32(1.0), "one")))
     _, rep = saturate(g, [("t", rules)])
     assert rep.stop_reason == "saturated"
-    assert rep.fired["z"] >= 1 and rep.fired["c[add]"] >= 1
+    assert rep.fired["z"] >= 1
+    assert rep.fired["c[add]"] >= 1
     _, rep2 = saturate(g, [("t", rules)])
     assert (rep.nodes, rep.classes, rep.iterations, rep.fired) == (
         rep2.nodes, rep2.classes, rep2.iterations, rep2.fired)
@@ -101,7 +103,8 @@ def test_ill_typed_rule_never_fires():
     y = g.add_input("y", (2, 3))
     g.set_outputs(g.apply("add", x, y))
     _, rep = saturate(g, [("t", rules)])
-    assert rep.candidates["bad"] >= 1 and rep.fired["bad"] == 0
+    assert rep.candidates["bad"] >= 1
+    assert rep.fired["bad"] == 0
 
 
 def test_limits_stop_reason():
@@ -112,4 +115,5 @@ def test_limits_stop_reason():
     x = g.add_input("x", (3,))
     g.set_outputs(g.apply("reshape", x, shape=(3, 1)))
     _, rep = saturate(g, [("t", rules)], Limits(iterations=3, nodes=10_000, seconds=60))
-    assert rep.stop_reason == "iterations" and rep.iterations == 3
+    assert rep.stop_reason == "iterations"
+    assert rep.iterations == 3
