@@ -25,8 +25,10 @@ mean divides the sum by the count. Empty reductions (a reduced extent of 0) give
 (sum 0, prod 1, max -inf, min +inf, mean NaN), as the references do; an empty ArgMax axis, which
 the reference rejects, is left to it (fallback).
 
-Sums are fp32 with 4·L lane accumulators (a different association than numpy's pairwise sum):
-results differ from numpy by rounding, within a few ulps of the sum of |x| per accumulated term.
+Sums are fp32: a row is summed in 4·L lane accumulators, folded pairwise; a column lane adds
+its terms in order (as numpy does along a non-contiguous axis). Results differ from numpy's
+(pairwise along a contiguous axis) by rounding only: both are within n·2⁻²⁴·Σ|x| of the exact sum.
+Any rank is handled (the groups alternate, so a rank-6 input has at most three of each kind).
 
 The intrinsics are called without ``declare`` lines: LLVM (since 20) declares an intrinsic where
 the IR text first calls it, and a second kernel's declaration of the same one would be an error.
