@@ -437,34 +437,46 @@ def resize_source(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
     return o / scale  # asymmetric
 
 
+def resize_taps(n_in: int, n_out: int, scale: float,
+                at: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along one axis: for each output index the two input indices it reads (clamped to the
+    input: edge values beyond it) and the weight of the second (float64). Nearest reads one
+    index (chosen by ``nearest_mode``) twice with weight 0."""
+    src = resize_source(n_in, n_out, scale, at["coordinate_transformation_mode"])
+    if at["mode"] == "nearest":
+        nm = at["nearest_mode"]
+        if nm == "floor":
+            idx = np.floor(src)
+        elif nm == "ceil":
+            idx = np.ceil(src)
+        else:  # round half down (prefer floor) or up (prefer ceil)
+            half = src - np.floor(src) == 0.5
+            idx = np.where(half, np.floor(src) if nm == "round_prefer_floor" else np.ceil(src),
+                           np.round(src))
+        i = np.clip(idx, 0, n_in - 1).astype(np.int64)
+        return i, i, np.zeros(n_out)
+    lo = np.floor(src)
+    return (np.clip(lo, 0, n_in - 1).astype(np.int64),
+            np.clip(lo + 1, 0, n_in - 1).astype(np.int64), src - lo)
+
+
+def resized_axes(in_shape: Sequence[Any], at: Any) -> list[int]:
+    """The axes a resize changes (its size or its coordinate transform)."""
+    return [ax for ax, (n, s) in enumerate(zip(at["sizes"], at["scales"], strict=True))
+            if n != in_shape[ax] or s != 1.0]
+
+
 def _resize_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
-    """Separable: each resized axis in turn, nearest (by ``nearest_mode``) or linear between the
-    two neighbours; source indices are clamped to the input (edge values beyond it)."""
+    """Separable: each resized axis in turn, nearest or linear between the two taps."""
     x = ins[0]
     assert x is not None
     y = x.astype(np.float64) if at["mode"] == "linear" else x
-    for ax, (n_out, scale) in enumerate(zip(at["sizes"], at["scales"], strict=True)):
-        n_in = y.shape[ax]
-        if n_out == n_in and scale == 1.0:
-            continue
-        src = resize_source(n_in, int(n_out), float(scale),
-                            at["coordinate_transformation_mode"])
+    for ax in resized_axes(x.shape, at):
+        i0, i1, w = resize_taps(y.shape[ax], int(at["sizes"][ax]), float(at["scales"][ax]), at)
         if at["mode"] == "nearest":
-            nm = at["nearest_mode"]
-            if nm == "floor":
-                idx = np.floor(src)
-            elif nm == "ceil":
-                idx = np.ceil(src)
-            else:  # round half down (prefer floor) or up (prefer ceil)
-                half = src - np.floor(src) == 0.5
-                idx = np.where(half, np.floor(src) if nm == "round_prefer_floor" else np.ceil(src),
-                               np.round(src))
-            y = np.take(y, np.clip(idx, 0, n_in - 1).astype(np.int64), axis=ax)
+            y = np.take(y, i0, axis=ax)
             continue
-        lo = np.floor(src)
-        w = (src - lo).reshape([-1 if i == ax else 1 for i in range(y.ndim)])
-        i0 = np.clip(lo, 0, n_in - 1).astype(np.int64)
-        i1 = np.clip(lo + 1, 0, n_in - 1).astype(np.int64)
+        w = w.reshape([-1 if i == ax else 1 for i in range(y.ndim)])
         y = np.take(y, i0, axis=ax) * (1 - w) + np.take(y, i1, axis=ax) * w
     return [np.asarray(y).astype(x.dtype)]
 
