@@ -1,9 +1,10 @@
 """What every generated kernel shares: operands addressed through the model's pointer table.
 
 A kernel is exported as ``void NAME(ptr table, i64 part, i64 nparts)``: operand ``k`` lives at
-``table[slot] + offset`` (the arena, a graph input or output, or a constant), and the kernel does
-the ``part``-th of ``nparts`` equal shares of its work, so the runtime can run shares on several
-cores. The body is an internal function whose pointer parameters are ``noalias``.
+``table[slot] + offset`` (the arena, a graph input or output, or a constant; ``table[ERROR_SLOT]``
+is the model's error record, see ``report_error``), and the kernel does the ``part``-th of
+``nparts`` equal shares of its work, so the runtime can run shares on several cores. The body
+is an internal function whose pointer parameters are ``noalias``.
 
 Every buffer a kernel writes (the arena, the model's outputs) starts at a ``BASE_ALIGN``-aligned
 table address (the runtime allocates them so); graph inputs and constants carry no such promise.
@@ -133,7 +134,49 @@ define internal i64 @sat_futex(ptr %w, i64 %op, i64 %v) {{
 """
 
 
+# The model's error record: ``table[ERROR_SLOT]`` points at ERROR_WORDS zeroed i64 words that a
+# kernel fills (``report_error``) where a runtime value would make it read out of bounds (a gather
+# index), instead of reading:
+#   0: lock (1: held)   1: code, the graph node's index + 1 (0: no error)   2: the bad element's
+#   flat position in the checked input   3: its value   4, 5: the valid range [lo, hi]
+#   6: which input of the node was checked
+# The first node in run order keeps the record; within one node the smallest position wins, so
+# it does not depend on how the node's shares were split between threads. The runtime reads word 1
+# after each call (one load and compare), raises, and clears the record.
+ERROR_SLOT = 1
+ERROR_WORDS = 8
+
+
+def report_error(lines: list[str], label: str, record: str, code: int, pos: str, value: str,
+                 lo: int, hi: int, input_no: int) -> None:
+    """Emit block ``label``: write (``code``, ``pos``, ``value``, [lo, hi], ``input_no``) into the
+    error record at ``record`` under its lock unless an earlier report wins, then return from
+    the kernel. ``pos`` and ``value`` are i64 SSA names (or constants) visible in the block."""
+    t = label
+    lines += [f"{t}:", f"  br label %{t}.lock", f"{t}.lock:",
+              f"  %{t}.cx = cmpxchg ptr {record}, i64 0, i64 1 acquire monotonic, align 8",
+              f"  %{t}.got = extractvalue {{ i64, i1 }} %{t}.cx, 1",
+              f"  br i1 %{t}.got, label %{t}.held, label %{t}.spin", f"{t}.spin:",
+              "  call void @sat_spin_hint()", f"  br label %{t}.lock", f"{t}.held:",
+              f"  %{t}.cp = getelementptr i64, ptr {record}, i64 1",
+              f"  %{t}.c = load i64, ptr %{t}.cp, align 8",
+              f"  %{t}.pp = getelementptr i64, ptr {record}, i64 2",
+              f"  %{t}.p = load i64, ptr %{t}.pp, align 8",
+              f"  %{t}.empty = icmp eq i64 %{t}.c, 0",
+              f"  %{t}.same = icmp eq i64 %{t}.c, {code}",
+              f"  %{t}.less = icmp ult i64 {pos}, %{t}.p",
+              f"  %{t}.first = and i1 %{t}.same, %{t}.less",
+              f"  %{t}.take = or i1 %{t}.empty, %{t}.first",
+              f"  br i1 %{t}.take, label %{t}.write, label %{t}.done", f"{t}.write:"]
+    for k, v in enumerate((code, pos, value, lo, hi, input_no)):
+        lines += [f"  %{t}.w{k} = getelementptr i64, ptr {record}, i64 {k + 1}",
+                  f"  store i64 {v}, ptr %{t}.w{k}, align 8"]
+    lines += [f"  br label %{t}.done", f"{t}.done:",
+              f"  store atomic i64 0, ptr {record} release, align 8", "  ret void"]
+
+
 PRELUDE = """declare i64 @llvm.umin.i64(i64, i64)
+declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)
 declare i64 @llvm.smin.i64(i64, i64)
 declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)
 declare float @llvm.vector.reduce.fadd.v16f32(float, <16 x float>)

@@ -35,7 +35,7 @@ from satura.engine.graph import Graph, Value
 from satura.engine.ops import run_reference
 from satura.targets import codegen
 from satura.targets.codegen import CpuTarget
-from satura.targets.kernel import BASE_ALIGN, POOL_STATE_BYTES
+from satura.targets.kernel import BASE_ALIGN, ERROR_SLOT, ERROR_WORDS, POOL_STATE_BYTES
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
     Lowerer,
@@ -78,9 +78,10 @@ def _addr(a: np.ndarray) -> int:
 class ModuleBuild:
     """A graph lowered for one target: the steps, the pointer table, the memory plan and the IR.
 
-    The pointer table is ``[arena, inputs..., outputs..., constants...]``: ``slot`` maps a
-    value's id to its entry; ``consts`` holds each constant's entry and data (the runtime puts
-    it there); ``out_vals`` are the outputs with an entry of their own (not inputs, not constants).
+    The pointer table is ``[arena, error record, inputs..., outputs..., constants...]`` (the
+    record at ``kernel.ERROR_SLOT``): ``slot`` maps a value's id to its entry; ``consts`` holds
+    each constant's entry and data (the runtime puts it there); ``out_vals`` are the outputs with
+    an entry of their own (not inputs, not constants).
     """
 
     target: CpuTarget
@@ -112,12 +113,13 @@ def build_module(graph: Graph, target: CpuTarget, threads: int) -> ModuleBuild:
     lw = Lowerer(graph, target, threads)
     prog = lw.run()
     slot: dict[int, int] = {}
+    first = ERROR_SLOT + 1  # slot 0: the arena; ERROR_SLOT: the error record (kernel.py)
     for v in graph.inputs:
-        slot.setdefault(id(v), len(slot) + 1)
+        slot.setdefault(id(v), len(slot) + first)
     out_vals: list[Value] = []
     for v in graph.outputs:
         if id(v) not in slot and not v.is_const:
-            slot[id(v)] = len(slot) + 1
+            slot[id(v)] = len(slot) + first
             out_vals.append(v)
     consts: list[tuple[int, np.ndarray]] = []
     const_vals = list(prog.consts)
@@ -127,7 +129,7 @@ def build_module(graph: Graph, target: CpuTarget, threads: int) -> ModuleBuild:
     for v in const_vals:
         if id(v) in slot:
             continue
-        slot[id(v)] = len(slot) + 1
+        slot[id(v)] = len(slot) + first
         consts.append((slot[id(v)], np.ascontiguousarray(prog.extra_consts.get(id(v), v.data))))
     inplace = plan_inplace(prog, graph, lw.root)
     plan = plan_memory(lifetimes(prog, graph, lw.root))
@@ -236,8 +238,13 @@ class CompiledModel:
         obj, self.cache_hit = _object_code(build.ir, cache_dir)
         self._jit = codegen.JitModule(obj)
         self._arena = _aligned_empty(max(self._plan.arena_bytes, ALIGN))
-        self._table = (ctypes.c_void_p * (len(self._slot) + 1))()
+        self._table = (ctypes.c_void_p * (len(self._slot) + ERROR_SLOT + 1))()
         self._table[0] = _addr(self._arena)
+        # Where kernels report a runtime value out of range (kernel.report_error); word 1 is
+        # nonzero after a call that hit one.
+        self._errors = _aligned_empty(8 * ERROR_WORDS).view(np.int64)
+        self._errors[:] = 0
+        self._table[ERROR_SLOT] = _addr(self._errors)
         for slot, arr in self._consts:
             self._table[slot] = _addr(arr)
         self._table_addr = ctypes.addressof(self._table)
@@ -319,7 +326,8 @@ class CompiledModel:
 
     def __call__(self, inputs: Mapping[str, Any] | None = None, /,
                  **kw: Any) -> dict[str, np.ndarray]:
-        """Run the model: ``model(x=arr)`` or ``model({"x": arr})``. Raises InputError.
+        """Run the model: ``model(x=arr)`` or ``model({"x": arr})``. Raises InputError for inputs
+        that do not fit, or for an index value a kernel found out of range (then no output).
 
         Not re-entrant: one call at a time per model (the arena is shared).
         """
@@ -361,7 +369,11 @@ class CompiledModel:
                     else:
                         self._run_shared(what, addr, shares)
                 else:
+                    if self._errors[1]:  # a kernel's output is unfinished: numpy must not see it
+                        raise self._value_error()
                     self._fallback(what, bound)
+            if self._errors[1]:
+                raise self._value_error()
         finally:
             if held is not None:
                 os.sched_setaffinity(0, held)
@@ -370,6 +382,21 @@ class CompiledModel:
             a = bound[id(v)] if own else self._array(v, bound)
             result[v.name] = a if own and v.name not in result else a.copy()
         return result
+
+    def _value_error(self) -> InputError:
+        """The error a kernel reported in the error record (which is cleared for the next call):
+        the node, the bad index, where it is in its input and the valid range."""
+        _, code, pos, value, lo, hi, which = (int(w) for w in self._errors[:7])
+        self._errors[:] = 0
+        node = self.graph.nodes[code - 1]
+        src = node.inputs[which]
+        shape = tuple(int(d) for d in src.type.shape) if src is not None else ()
+        at = f"[{', '.join(str(i) for i in np.unravel_index(pos, shape))}]" if shape else ""
+        name = src.name if src is not None else f"input {which}"
+        axis = (f" for axis {node.attrs['axis']} of size {hi + 1}" if "axis" in node.attrs
+                else "")
+        return InputError(f"node '{node.name}' ({node.op}): index {value} at {name}{at} is out "
+                          f"of range [{lo}, {hi}]{axis}; no output was returned")
 
     def _run_shared(self, kernel: Any, addr: int, shares: int) -> None:
         """Run ``kernel``'s shares on this thread and the pool, each taking the next share."""
@@ -457,8 +484,10 @@ class CrossModule:
     order (``nparts`` at most ``max_parts``); ``inputs``/``outputs`` give the pointer-table slots
     of the graph's inputs and outputs by name, ``constants`` the slot and data of each constant;
     slot 0 is an arena of ``arena_bytes`` bytes. Buffers the kernels write (the arena, outputs)
-    must be ``BASE_ALIGN``-aligned. ``fallback_nodes`` have no kernel: the object does not
-    compute them (a runner must).
+    must be ``BASE_ALIGN``-aligned. Slot ``kernel.ERROR_SLOT`` holds a zeroed record of
+    ``kernel.ERROR_WORDS`` i64 words that kernels fill instead of reading out of bounds (word 1
+    nonzero: a runtime index was out of range). ``fallback_nodes`` have no kernel: the object
+    does not compute them (a runner must).
     """
 
     target: CpuTarget
