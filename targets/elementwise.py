@@ -8,8 +8,9 @@ streaming stores (``STREAM_BYTES``).
 
 Expressions are typed (:func:`typed_expr_dtype`): besides fp32 maths they may compare (fp32 with
 IEEE ordered predicates, integers signed or unsigned, bools), combine bools (``not``, ``and``,
-``or``), test ``isnan`` and ``where``-select. A bool is a 0/1 byte in memory, read as
-``<L x i8>`` and turned into ``<L x i1>`` (``icmp ne 0``), and stored ``zext``'d back to bytes.
+``or``), test ``isnan``, ``where``-select and convert (``("cast", child, dtype)``). A bool is a
+0/1 byte in memory, read as ``<L x i8>`` and turned into ``<L x i1>`` (``icmp ne 0``), and stored
+``zext``'d back to bytes.
 A pure-fp32 expression over fp32 operands gives exactly the code it always did.
 """
 
@@ -111,6 +112,7 @@ LOGIC_OPS = frozenset({"and", "or"})
 FLOAT_UNARY = UNARY_OPS | {"gelu_tanh"}
 # The ops a typed expression may hold besides fp32 maths.
 TYPED_OPS = frozenset(COMPARISONS) | LOGIC_OPS | {"not", "isnan", "where"}
+# ("cast", child, dtype) converts between kernel dtypes (see ``cast_supported``).
 
 
 def _value_type(dtype: str) -> str:
@@ -142,10 +144,22 @@ def pin_consts(expr: Expr, in_dtypes: Sequence[str]) -> Expr | None:
         except (OverflowError, ValueError):
             return None
         return ("const", v, dt)
+    if head == "cast":
+        kid = pin_consts(expr[1], in_dtypes)
+        return None if kid is None else (head, kid, *expr[2:])
     kids = [pin_consts(c, in_dtypes) for c in expr[1:]]
     if any(k is None for k in kids):
         return None
     return (head, *kids)
+
+
+def cast_supported(src: str, dst: str) -> bool:
+    """Whether the kernel converts ``src`` to ``dst`` exactly as numpy's ``astype`` does: every
+    pair of kernel dtypes except fp32 to an integer (NaN and out-of-range values have no numpy
+    answer to match)."""
+    if src not in LEAF_TYPES or dst not in LEAF_TYPES:
+        return False
+    return not (LEAF_TYPES[src][1] == "f" and LEAF_TYPES[dst][1] in "su")
 
 
 def _infer(expr: Expr, in_dtypes: Sequence[str], memo: dict[Expr, str | None]) -> str | None:
@@ -159,6 +173,9 @@ def _infer(expr: Expr, in_dtypes: Sequence[str], memo: dict[Expr, str | None]) -
         t = in_dtypes[k] if 0 <= k < len(in_dtypes) and in_dtypes[k] in LEAF_TYPES else None
     elif head == "const":
         t = expr[2] if n == 2 and expr[2] in LEAF_TYPES else None
+    elif head == "cast":  # ("cast", child, dtype)
+        src = _infer(expr[1], in_dtypes, memo) if n == 2 else None
+        t = expr[2] if src is not None and cast_supported(src, expr[2]) else None
     else:
         kids = [_infer(c, in_dtypes, memo) for c in expr[1:]]
         if None in kids:
@@ -222,12 +239,35 @@ class _Typed:
             r = self.leaves[expr[1]]
         elif head == "const":
             r = self.const(expr[1], dtype)
+        elif head == "cast":
+            src = _infer(expr[1], self.in_dtypes, self.types)
+            assert src is not None
+            r = self.cast(self.emit(expr[1]), src, dtype)
         else:
             kids = [self.emit(c) for c in expr[1:]]
             kid_types = [_infer(c, self.in_dtypes, self.types) or "" for c in expr[1:]]
             r = self.op(head, kids, kid_types)
         self.memo[expr] = r
         return r
+
+    def cast(self, v: str, src: str, dst: str) -> str:
+        """``v`` of ``src`` converted to ``dst`` as numpy's astype does (``cast_supported``)."""
+        (sty, sk), (dty, dk) = LEAF_TYPES[src], LEAF_TYPES[dst]
+        if src == dst or (sk == dk == "b"):
+            return v
+        a, b = self.ty(src), self.ty(dst)
+        zero = "zeroinitializer" if self.em.lanes > 1 else ("0.0" if sk == "f" else "0")
+        if dk == "b":
+            return self.line(f"fcmp une {a} {v}, {zero}" if sk == "f" else
+                             f"icmp ne {a} {v}, {zero}")
+        if dk == "f":
+            conv = "sitofp" if sk == "s" else "uitofp"  # bools convert as unsigned 0/1
+            return self.line(f"{conv} {a} {v} to {b}")
+        sbits, dbits = (1 if sk == "b" else int(sty[1:])), int(dty[1:])
+        if sbits == dbits:
+            return v  # same width: the bits are the value (numpy wraps the same way)
+        conv = "trunc" if dbits < sbits else ("sext" if sk == "s" else "zext")
+        return self.line(f"{conv} {a} {v} to {b}")
 
     def op(self, head: str, kids: list[str], kid_types: list[str]) -> str:
         em = self.em

@@ -6,11 +6,13 @@ Each of ``equal``, ``less``, ``less_equal``, ``greater``, ``greater_equal``, ``n
 expression holds such ops or reads non-fp32 inputs.
 
 A kernel started at one of these nodes also takes in the chain of elementwise nodes after it
-(comparisons, logic, ``where``, fp32 maths, fused ``ew``), as long as each intermediate value has
-that one reader and the other operands are ready before the chain starts: an attention mask
-``where(not(equal(mask, 0)), scores, -inf)`` is one pass over the scores, not three kernels and two
-bool tensors. The fp32 elementwise lowerings are wrapped so that a chain may also start at a fp32
-node and run into a ``where``; a chain with no typed op in it is left to the fp32 lowering.
+(comparisons, logic, ``where``, casts, fp32 maths, fused ``ew``), as long as each intermediate
+value has that one reader and the other operands are ready before the chain starts, or are
+computed by elementwise nodes the kernel takes in too: an attention mask
+``where(not(equal(mask, 0)), scores * scale, -inf)`` is one pass over the scores, not four
+kernels and two bool tensors. The fp32 elementwise and cast lowerings are wrapped so that a chain
+may also start at such a node and run into a ``where``; a chain of fp32 ops alone (or a lone
+cast) is left to the lowering it had.
 
 Registers its lowerings in :data:`satura.targets.lower.LOWERINGS` on import.
 """
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from satura.engine.graph import Node, Value
+from satura.engine.ops import OPS
 from satura.targets.elementwise import (
     COMPARISONS,
     LEAF_TYPES,
@@ -41,8 +44,16 @@ LOGIC_NODE_OPS = frozenset(COMPARISONS) | LOGIC_OPS | {"not", "isnan", "where"}
 # Ops cheap enough to recompute at every element of a broadcast consumer (an intermediate smaller
 # than the chain's output is evaluated once per output element, never stored).
 CHEAP_OPS = TYPED_OPS | {"add", "sub", "mul", "max", "min", "neg", "abs", "relu", "floor", "ceil",
-                         "identity"}
+                         "identity", "cast"}
 MAX_CHAIN = 16  # nodes per fused kernel (keeps the generated function small)
+
+
+def plain_float_op(op: str) -> bool:
+    """Whether ``op`` is a graph op without attributes that the fp32 emitter computes by name
+    (``pow`` is left to its own lowering, which specialises constant exponents)."""
+    info = OPS.get(op)
+    return info is not None and not info.attrs and op != "pow" and (
+        op in UNARY_OPS or op in BINARY_OPS)
 
 
 def node_expr(node: Node) -> Expr | None:
@@ -56,7 +67,7 @@ def node_expr(node: Node) -> Expr | None:
     expr: Expr | None = None
     if op == "ew":
         expr = at["expr"]
-    elif op in COMPARISONS or op in LOGIC_OPS or op in BINARY_OPS:
+    elif op in COMPARISONS or op in LOGIC_OPS or (op in BINARY_OPS and plain_float_op(op)):
         expr = (op, *leaves) if len(ins) == 2 else None
     elif op in ("not", "isnan"):
         expr = (op, *leaves) if len(ins) == 1 else None
@@ -64,8 +75,12 @@ def node_expr(node: Node) -> Expr | None:
         expr = (op, *leaves) if len(ins) == 3 else None
     elif op == "gelu" and len(ins) == 1:
         expr = ("gelu_tanh" if at.get("approximate") == "tanh" else "gelu", *leaves)
-    elif op in UNARY_OPS and len(ins) == 1 and (op != "leaky_relu" or at.get("alpha") == 0.01):
+    elif op == "leaky_relu" and len(ins) == 1 and at.get("alpha", 0.01) == 0.01:
+        expr = (op, *leaves)  # the emitter's op has the default slope
+    elif op in UNARY_OPS and len(ins) == 1 and plain_float_op(op):
         expr = (op, *leaves)
+    elif op == "cast" and len(ins) == 1:
+        expr = ("cast", *leaves, at["to"])
     if expr is None:
         return None
     return pin_consts(expr, [x.type.dtype for x in ins])
@@ -84,13 +99,14 @@ def _substitute(expr: Expr, args: list[Expr]) -> Expr:
         return args[expr[1]]
     if expr[0] == "const":
         return expr
-    return (expr[0], *(_substitute(c, args) for c in expr[1:]))
+    return (expr[0], *(_substitute(c, args) if isinstance(c, tuple) else c for c in expr[1:]))
 
 
 def _ops(expr: Expr) -> set[str]:
+    """The op names in ``expr`` (a cast's dtype is no operand)."""
     if expr[0] in ("in", "const"):
         return set()
-    return {expr[0]}.union(*(_ops(c) for c in expr[1:]))
+    return {expr[0]}.union(*(_ops(c) for c in expr[1:] if isinstance(c, tuple)))
 
 
 _ORDER: weakref.WeakKeyDictionary[Lowerer, dict[int, int]] = weakref.WeakKeyDictionary()
@@ -258,14 +274,17 @@ def lower_logic(lw: Lowerer, node: Node, name: str) -> bool:
 
 
 def _chain_first(fp32: Lowering) -> Lowering:
-    """``fp32``'s lowering, except that a node which is itself typed, or whose chain reaches a
-    typed op, becomes one typed kernel with that chain."""
+    """``fp32``'s lowering (of an fp32 elementwise op or a cast), except that a node which is
+    itself typed, or whose chain reaches a typed op, or a cast with more nodes, becomes one typed
+    kernel with that chain. A chain of fp32 ops alone, or a lone cast, keeps ``fp32``."""
 
     def fn(lw: Lowerer, node: Node, name: str) -> bool:
         typed_node = not fp32.accepts(node)
         chain = plan_chain(lw, node)
-        if chain is not None and (typed_node or _ops(chain.expr) & TYPED_OPS):
-            return emit_chain(lw, chain, name)
+        if chain is not None:
+            ops = _ops(chain.expr)
+            if typed_node or ops & TYPED_OPS or ("cast" in ops and len(chain.nodes) > 1):
+                return emit_chain(lw, chain, name)
         return not typed_node and fp32.fn(lw, node, name)
 
     def accepts(node: Node) -> bool:
@@ -274,8 +293,9 @@ def _chain_first(fp32: Lowering) -> Lowering:
     return Lowering(fn, accepts)
 
 
-# The fp32 elementwise lowerings that a chain may start at ("identity" is a view, not a kernel).
-CHAIN_STARTS = (BINARY_OPS | UNARY_OPS | {"ew", "gelu"}) - {"identity"}
+# The lowerings that a chain may start at besides this module's ("identity" is a view).
+CHAIN_STARTS = ({op for op in BINARY_OPS | UNARY_OPS if plain_float_op(op)}
+                | {"ew", "gelu", "leaky_relu", "cast"}) - {"identity"}
 
 for _op in sorted(LOGIC_NODE_OPS):
     LOWERINGS[_op] = Lowering(lower_logic, typed_accepts)

@@ -343,3 +343,63 @@ def test_ir_is_vectorized_over_bytes():
     for text in (where.group(0), gt.group(0)):
         assert "alloca" not in text
         assert "malloc" not in text
+
+
+# -- casts inside chains -------------------------------------------------------------------------
+CAST_VALUES = {
+    "bool": lambda n: bools((n,), 40),
+    "float32": lambda n: np.resize(np.array([0.0, -0.0, np.nan, np.inf, -2.5, 1e-45, 3.0],
+                                            np.float32), n),
+    "int64": lambda n: np.resize(np.array([0, -1, 2**40 + 1, -(2**63), 2**63 - 1, 16777217, 200],
+                                          np.int64), n),
+    "uint64": lambda n: np.resize(np.array([0, 1, 2**64 - 1, 2**63, 16777217], np.uint64), n),
+    "int8": lambda n: np.resize(np.array([0, -128, 127, -1, 5], np.int8), n),
+    "uint8": lambda n: np.resize(np.array([0, 255, 128, 1], np.uint8), n),
+    "int32": lambda n: np.resize(np.array([0, -(2**31), 2**31 - 1, -7, 16777217], np.int32), n),
+}
+CASTS = [("bool", "float32"), ("bool", "int64"), ("bool", "uint8"), ("float32", "bool"),
+         ("int64", "float32"), ("uint64", "float32"), ("int64", "int8"), ("int64", "bool"),
+         ("int8", "int64"), ("uint8", "int32"), ("int32", "uint8"), ("int64", "uint64"),
+         ("int32", "float32"), ("float32", "float32")]
+
+
+@pytest.mark.parametrize(("src", "dst"), CASTS)
+def test_cast_in_a_chain_converts_as_astype(src, dst):
+    """where(m, cast(x), y): the cast starts a typed kernel that runs into the where."""
+    n = 1001
+    g = Graph("cast")
+    x, m, y = g.add_input("x", (2, n), src), g.add_input("m", (n,), "bool"), g.add_input(
+        "y", (2, 1), dst)
+    g.set_outputs(g.apply("where", m, g.apply("cast", x, to=dst), y))
+    feeds = {"x": np.stack([CAST_VALUES[src](n), CAST_VALUES[src](n)[::-1]]),
+             "m": bools((n,), 41) | (np.arange(n) < 7), "y": CAST_VALUES[dst](2).reshape(2, 1)}
+    model = compiled(g)
+    assert model.kernels == ["k0_cast_where"], model.kernels
+    check_compiled(g, feeds, rtol=None)
+
+
+def test_float_to_int_cast_is_not_taken_into_a_chain():
+    g = Graph("cast")
+    x, m = g.add_input("x", (37,)), g.add_input("m", (37,), "bool")
+    y = g.add_input("y", (37,), "int32")
+    g.set_outputs(g.apply("where", m, g.apply("cast", x, to="int32"), y))
+    model = compile_graph(g)
+    assert model.kernels == ["k0_cast", "k1_where"], model.kernels
+
+
+def test_hf_additive_mask_from_int64_is_one_kernel():
+    """(1 - cast(attention_mask)) · min + scores, from an int64 mask, as HF's eager path builds
+    it: the cast, the float ops and the broadcast add run as one kernel over the scores."""
+    B, H, S = 2, 3, 37
+    g = Graph("hf")
+    am = g.add_input("attention_mask", (B, 1, 1, S), "int64")
+    sc = g.add_input("scores", (B, H, S, S))
+    inv = g.apply("sub", g.add_const(np.float32(1.0), "one"), g.apply("cast", am, to="float32"))
+    bias = g.apply("mul", inv, g.add_const(np.float32(np.finfo(np.float32).min), "min"))
+    g.set_outputs(g.apply("add", sc, bias))
+    rng = np.random.default_rng(42)
+    mask = (rng.random((B, 1, 1, S)) < 0.7).astype(np.int64)
+    model = compiled(g)
+    assert model.kernels == ["k0_cast_sub_mul_add"], model.kernels
+    check_compiled(g, {"attention_mask": mask,
+                       "scores": rng.standard_normal((B, H, S, S)).astype(np.float32)}, rtol=None)
