@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from satura.engine.graph import Node, Value
 from satura.engine.ops import OPS
@@ -128,9 +128,10 @@ class Chain:
     leaves: list[Value]
     out: Value
     nodes: list[Node]
+    inlined: dict[int, Expr] = field(default_factory=dict)  # id(value) -> its expression
 
     def copy(self) -> Chain:
-        return Chain(self.expr, list(self.leaves), self.out, list(self.nodes))
+        return Chain(self.expr, list(self.leaves), self.out, list(self.nodes), dict(self.inlined))
 
     def leaf(self, v: Value) -> Expr:
         for i, x in enumerate(self.leaves):
@@ -172,6 +173,8 @@ class _Planner:
         else the inlined expression of the node computing it (None if that cannot be)."""
         if self.ready(x):
             return chain.leaf(x)
+        if id(x) in chain.inlined:  # read twice
+            return chain.inlined[id(x)]
         p = x.producer
         assert p is not None
         if _sole_reader(self.lw, x) is not reader or id(p) in self.lw.absorbed \
@@ -189,6 +192,7 @@ class _Planner:
         out = _substitute(expr, args)
         if not self.cheap_broadcast(out, x, reader.outputs[0]):
             return None
+        chain.inlined[id(x)] = out
         return out
 
     @staticmethod

@@ -234,6 +234,23 @@ def test_producers_after_the_start_are_inlined():
     check_compiled(g, feeds, rtol=None)
 
 
+def test_producer_read_twice_is_inlined_once():
+    g = Graph("t")
+    a, x = g.add_input("a", (3, 37)), g.add_input("x", (3, 37))
+    lt = g.apply("less", a, x)
+    t = g.apply("mul", x, x)
+    g.set_outputs(g.apply("where", lt, t, g.apply("neg", t)))  # t has two readers: stored
+    assert compiled(g).kernels == ["k0_less", "k1_mul", "k2_neg_where"]
+    g = Graph("t")
+    a, x = g.add_input("a", (3, 37)), g.add_input("x", (3, 37))
+    lt = g.apply("less", a, x)
+    t = g.apply("mul", x, x)
+    g.set_outputs(g.apply("where", lt, t, t))  # one reader, two operands
+    assert compiled(g).kernels == ["k0_less_where_mul"]
+    check_compiled(g, {"a": special_floats((3, 37), 34), "x": special_floats((3, 37), 35)},
+                   rtol=None)
+
+
 def test_chain_stops_where_values_are_shared_or_late():
     g = Graph("t")
     a = g.add_input("a", (3, 37))
