@@ -9,25 +9,29 @@ run their numpy reference (``fallback``). ``reshape``/``identity`` are zero-copy
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from satura.engine.errors import CodegenError
-from satura.engine.graph import Graph, Node, Value
+from satura.engine.graph import Graph, Node, TensorType, Value
+from satura.engine.ops import OPS
 from satura.engine.shapes import normalize_axis
 from satura.targets.codegen import CpuTarget
-from satura.targets.elementwise import ew_kernel, expr_supported
+from satura.targets.elementwise import Expr, ew_kernel, expr_supported
 from satura.targets.gemm import GemmSpec, gemm_kernel, pack_b_numpy, pack_kernel
 from satura.targets.irmath import (
     ACTIVATIONS,
     BINARY_OPS,
     CAST_TYPES,
     INTRINSICS,
+    KERNEL_ONLY,
     UNARY_OPS,
     Emitter,
     cast_declares,
+    f32,
 )
 from satura.targets.kernel import PARALLEL_RUNNER, PRELUDE, Operand, target_support
 from satura.targets.memory import Buffer, MemoryPlan
@@ -152,19 +156,16 @@ class Lowerer:
         self.absorbed: set[int] = set()  # nodes fused into an earlier kernel
 
     def post_op(self, v: Value) -> tuple[Node, tuple[Any, ...]] | None:
-        """The one elementwise unary consumer of ``v`` that a kernel can apply before its store."""
+        """The one elementwise consumer of ``v`` that a kernel can apply before its store, with
+        its expression over ``("in", 0)`` = ``v`` (:func:`unary_expr`)."""
         users = self.users.get(id(v), [])
         if id(v) in self.outputs or len(users) != 1:
             return None
         u = users[0]
-        if not _is_f32([*u.inputs, *u.outputs]) or len(u.outputs) != 1:
+        if not _is_f32([*u.inputs, *u.outputs]) or len(u.outputs) != 1 or u.inputs[0] is not v:
             return None
-        if u.op == "ew" and len(u.inputs) == 1 and expr_supported(u.attrs["expr"]):
-            return u, u.attrs["expr"]
-        op = "gelu_tanh" if u.op == "gelu" and u.attrs.get("approximate") == "tanh" else u.op
-        if op in UNARY_OPS - {"leaky_relu"} or op in ("gelu", "gelu_tanh"):
-            return u, (op, ("in", 0))
-        return None
+        expr = unary_expr(u)
+        return None if expr is None else (u, expr)
 
     def root(self, v: Value) -> Value:
         while id(v) in self.alias:
@@ -194,25 +195,42 @@ class Lowerer:
         return Program(self.steps, list(consts.values()), self.extra, self.alias)
 
     # -- lowerings --------------------------------------------------------------------------------
-    def ew(self, node: Node, name: str, expr: tuple[Any, ...]) -> bool:
+    def ew(self, node: Node, name: str, expr: Expr,
+           ins: Sequence[Value | tuple[Value, tuple[int, ...]]] | None = None,
+           out: Value | None = None) -> bool:
+        """One elementwise kernel computing ``expr`` into ``out`` (default: the node's output)
+        over ``ins`` (default: the node's present inputs, ``("in", k)`` the k-th). An input may
+        come with the shape to broadcast it as (same element count: a [C] parameter read as
+        [C, 1, 1]). False when the expression has an op without a lowering."""
         if not expr_supported(expr):
             return False
-        out = node.outputs[0]
-        ins = [x for x in node.inputs if x is not None]
+        out = node.outputs[0] if out is None else out
+        given = [x for x in node.inputs if x is not None] if ins is None else list(ins)
+        leaves = [x if isinstance(x, tuple) else (x, tuple(int(d) for d in x.type.shape))
+                  for x in given]
         shape = tuple(int(d) for d in out.type.shape)
-        in_shapes = [tuple(int(d) for d in x.type.shape) for x in ins]
+        for x, s in leaves:
+            if numel(s) != numel(x.type.shape) or len(s) > len(shape) or any(
+                    a not in (1, b) for a, b in zip(s[::-1], shape[::-1], strict=False)):
+                return False
+        values = [x for x, _ in leaves]
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
             return ew_kernel(name, expr, loc(out), shape,  # type: ignore[arg-type]
-                             [(loc(x), s) for x, s in zip(ins, in_shapes, strict=True)],
-                             self.host.lanes)
+                             [(loc(x), s) for x, s in leaves], self.host.lanes)
 
-        same = [x for x, s in zip(ins, in_shapes, strict=True)
-                if s == shape and x.type.dtype == out.type.dtype]
-        self.steps.append(Step(name, ins, [out], gen,
-                               parallel=worth_splitting(nbytes=_work(node) * 4), op=node.op,
-                               inplace_ok=same))
+        same = [x for x, s in leaves if s == shape and x.type.dtype == out.type.dtype]
+        nbytes = 4.0 * (numel(shape) + sum(numel(s) for _, s in leaves))
+        self.steps.append(Step(name, values, [out], gen, parallel=worth_splitting(nbytes=nbytes),
+                               op=node.op, inplace_ok=same))
         return True
+
+    def const(self, name: str, data: np.ndarray) -> Value:
+        """A new fp32 constant operand holding ``data`` (bound like the graph's constants)."""
+        arr = np.ascontiguousarray(data, np.float32)
+        v = Value(name, TensorType(arr.shape, "float32"), data=arr)
+        self.extra[id(v)] = arr
+        return v
 
     def view(self, node: Node, name: str) -> bool:
         src, out = node.inputs[0], node.outputs[0]
@@ -291,7 +309,7 @@ class Lowerer:
         assert x is not None
         shape = [int(d) for d in x.type.shape]
         ax = normalize_axis(axis, len(shape))
-        if kind == "softmax" and ax != len(shape) - 1:
+        if kind in ("softmax", "log_softmax") and ax != len(shape) - 1:
             return False
         rows, n = numel(tuple(shape[:ax])), numel(tuple(shape[ax:]))
         params = [p for p in node.inputs[1:]]
@@ -300,7 +318,7 @@ class Lowerer:
                 return False
         scale = params[0] if params else None
         bias = params[1] if len(params) > 1 else None
-        post = self.post_op(out) if kind != "softmax" else None
+        post = self.post_op(out) if kind not in ("softmax", "log_softmax") else None
         expr = None
         if post is not None:
             self.absorbed.add(id(post[0]))
@@ -359,17 +377,197 @@ def _lower_ew(lw: Lowerer, node: Node, name: str) -> bool:
     return lw.ew(node, name, node.attrs["expr"])
 
 
-def _lower_unary(lw: Lowerer, node: Node, name: str) -> bool:
+X: Expr = ("in", 0)
+
+
+def _const(c: float) -> Expr:
+    return ("const", c)
+
+
+def _finite_attr(node: Node, key: str, default: float) -> float | None:
+    """Attribute ``key`` rounded to fp32, as numpy applies a Python float to a float32 array
+    (None when it is not finite: the kernel's algebra assumes finite factors)."""
+    c = f32(float(node.attrs.get(key, default)))
+    return c if math.isfinite(c) else None
+
+
+def _scalar(v: Value | None) -> float | None:
+    """The fp32 value of a one-element constant (None: not one)."""
+    if v is None or not v.is_const or numel(v.type.shape) != 1:
+        return None
+    return f32(float(np.asarray(v.data).reshape(-1)[0]))
+
+
+def _clip_expr(node: Node) -> Expr | None:
+    """clip with constant (or absent) bounds: min(max(x, lo), hi), in the reference's order."""
+    lo, hi = ([*node.inputs[1:], None, None])[:2]
+    expr = X
+    for bound, op in ((lo, "max"), (hi, "min")):
+        if bound is None:
+            continue
+        c = _scalar(bound)
+        if c is None:
+            return None
+        expr = (op, expr, _const(c))
+    return expr
+
+
+# The expressions of the unary ops with attributes (x = ("in", 0)); numpy's maximum/minimum
+# semantics keep NaN in each, and each is exact where the reference is a selection:
+# relu(x) + a·min(x, 0) is x for x >= 0 and a·x below, including ±inf (a = 0: -inf·0 = NaN).
+def _leaky_relu(node: Node) -> Expr | None:
+    a = _finite_attr(node, "alpha", 0.01)
+    if a is None:
+        return None
+    if a == f32(0.01):
+        return ("leaky_relu", X)  # the kernel op of the default slope (fuses into GEMMs)
+    return ("add", ("relu", X), ("mul", ("min", X, _const(0.0)), _const(a)))
+
+
+def _elu(node: Node) -> Expr | None:
+    # relu(x) + a·expm1(min(x, 0)): x > 0 gives x + a·0 = x exactly.
+    a = _finite_attr(node, "alpha", 1.0)
+    if a is None:
+        return None
+    return ("add", ("relu", X), ("mul", _const(a), ("expm1", ("min", X, _const(0.0)))))
+
+
+def _hard_sigmoid(node: Node) -> Expr | None:
+    a, b = _finite_attr(node, "alpha", 0.2), _finite_attr(node, "beta", 0.5)
+    if a is None or b is None:
+        return None
+    return ("min", ("max", ("add", ("mul", X, _const(a)), _const(b)), _const(0.0)),
+            _const(1.0))
+
+
+def _pow_const(node: Node) -> Expr | None:
+    c = _scalar(node.inputs[1])
+    return None if c is None else ("pow", X, _const(c))
+
+
+# op -> its expression; clip and pow take constant operands, the others attributes.
+_NODE_EXPRS: dict[str, Callable[[Node], Expr | None]] = {
+    "leaky_relu": _leaky_relu, "elu": _elu, "hard_sigmoid": _hard_sigmoid, "clip": _clip_expr,
+    "pow": _pow_const}
+
+
+def unary_expr(node: Node) -> Expr | None:
+    """The kernel expression of an elementwise node whose only non-constant operand is input 0,
+    over ``("in", 0)`` (constant operands and attributes folded in); None when it has none."""
     op = node.op
-    if op == "gelu" and node.attrs.get("approximate", "none") == "tanh":
-        op = "gelu_tanh"
-    if op == "leaky_relu" and node.attrs.get("alpha", 0.01) != 0.01:
+    if op == "ew":
+        expr = node.attrs["expr"]
+        ok = len(node.inputs) == 1 and expr_supported(expr)
+        return expr if ok else None
+    if op == "gelu":
+        return ("gelu_tanh" if node.attrs.get("approximate") == "tanh" else "gelu", X)
+    if op in _NODE_EXPRS:
+        return _NODE_EXPRS[op](node)
+    if op in UNARY_OPS - KERNEL_ONLY and len(node.inputs) == 1:
+        return (op, X)
+    return None
+
+
+def _lower_unary(lw: Lowerer, node: Node, name: str) -> bool:
+    """A one-input elementwise op, its attributes folded into the expression."""
+    expr = unary_expr(node)
+    x = node.inputs[0]
+    return expr is not None and x is not None and lw.ew(node, name, expr, [x])
+
+
+def _lower_clip(lw: Lowerer, node: Node, name: str) -> bool:
+    """clip: constant bounds become constants; run-time bounds are broadcast operands."""
+    x, lo, hi = ([*node.inputs, None, None])[:3]
+    assert x is not None
+    ins: list[Value] = [x]
+    expr = X
+    for bound, op in ((lo, "max"), (hi, "min")):
+        if bound is None:
+            continue
+        c = _scalar(bound)
+        if c is not None:
+            expr = (op, expr, _const(c))
+        else:
+            ins.append(bound)
+            expr = (op, expr, ("in", len(ins) - 1))
+    return lw.ew(node, name, expr, ins)
+
+
+def _lower_pow(lw: Lowerer, node: Node, name: str) -> bool:
+    """pow: a scalar constant exponent is a literal (specialised by the kernel); an array of
+    constants of another dtype becomes an fp32 copy (the reference casts it); a run-time
+    exponent must be fp32."""
+    x, y = node.inputs
+    assert x is not None
+    assert y is not None
+    expr = _pow_const(node)
+    if expr is not None:
+        return lw.ew(node, name, expr, [x])
+    if y.type.dtype != "float32":
+        if not y.is_const:
+            return False
+        y = lw.const(f"{name}_exponent", np.asarray(y.data).astype(np.float32))
+    return lw.ew(node, name, ("pow", X, ("in", 1)), [x, y])
+
+
+def _pow_dtypes(node: Node) -> bool:
+    """fp32 base and result; the exponent fp32 or a constant of any numeric dtype."""
+    y = node.inputs[1]
+    return _is_f32([node.inputs[0], *node.outputs]) and y is not None and (
+        y.type.dtype == "float32" or (y.is_const and np.asarray(y.data).dtype.kind in "biuf"))
+
+
+def _lower_batch_norm(lw: Lowerer, node: Node, name: str) -> bool:
+    """Inference batch norm as one elementwise kernel over [N, C, ...]: with constant
+    parameters x·s + t, s = scale/sqrt(var + eps) and t = bias - mean·s folded per channel in
+    fp64; otherwise the reference's own expression over the [C] parameters read as [C, 1, ...].
+    A following unary op is applied before the store."""
+    x, scale, bias, mean, var = node.inputs
+    assert x is not None
+    out = node.outputs[0]
+    shape = tuple(int(d) for d in out.type.shape)
+    params = [scale, bias, mean, var]
+    if len(shape) < 2 or any(p is None or numel(p.type.shape) != shape[1] for p in params):
         return False
-    return lw.ew(node, name, (op, ("in", 0)))
+    pshape = (shape[1],) + (1,) * (len(shape) - 2)
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    if all(p.is_const for p in params):  # type: ignore[union-attr]
+        sc, bi, mu, va = (np.asarray(p.data, np.float64).reshape(-1)  # type: ignore[union-attr]
+                          for p in params)
+        s = sc / np.sqrt(va + eps)
+        ins: list[Value | tuple[Value, tuple[int, ...]]] = [
+            x, (lw.const(f"{name}_s", s), pshape), (lw.const(f"{name}_t", bi - mu * s), pshape)]
+        expr: Expr = ("add", ("mul", X, ("in", 1)), ("in", 2))
+    else:
+        ins = [x, *[(p, pshape) for p in params]]  # type: ignore[misc]
+        expr = ("add", ("mul", ("div", ("sub", X, ("in", 3)),
+                                ("sqrt", ("add", ("in", 4), _const(f32(eps))))), ("in", 1)),
+                ("in", 2))
+    post = lw.post_op(out)
+    if post is not None:
+        lw.absorbed.add(id(post[0]))
+        out, name = post[0].outputs[0], f"{name}_{post[0].op}"
+        expr = _substitute_in0(post[1], expr)
+    return lw.ew(node, name, expr, ins, out)
+
+
+def _substitute_in0(expr: Expr, inner: Expr) -> Expr:
+    """``expr`` with every ``("in", 0)`` replaced by ``inner``."""
+    if expr[0] == "in":
+        return inner
+    if expr[0] == "const":
+        return expr
+    return (expr[0], *(_substitute_in0(c, inner) for c in expr[1:]))
 
 
 def _lower_binary(lw: Lowerer, node: Node, name: str) -> bool:
     return lw.ew(node, name, (node.op, ("in", 0), ("in", 1)))
+
+
+def _lower_mod(lw: Lowerer, node: Node, name: str) -> bool:
+    """Float mod: C fmod (fmod=1) or numpy's sign-of-divisor remainder (fmod=0)."""
+    op = "fmod" if node.attrs.get("fmod", 0) else "floor_mod"
+    return lw.ew(node, name, (op, ("in", 0), ("in", 1)))
 
 
 def _lower_linear(lw: Lowerer, node: Node, name: str) -> bool:
@@ -408,7 +606,7 @@ def _lower_norm(lw: Lowerer, node: Node, name: str) -> bool:
 
 
 def _lower_softmax(lw: Lowerer, node: Node, name: str) -> bool:
-    return lw.rows(node, name, "softmax", node.attrs.get("axis", -1), 0.0)
+    return lw.rows(node, name, node.op, node.attrs.get("axis", -1), 0.0)
 
 
 def _lower_view(lw: Lowerer, node: Node, name: str) -> bool:
@@ -436,10 +634,13 @@ LOWERINGS: dict[str, Lowering] = {
     **{op: Lowering(fn) for op, fn in {
         "ew": _lower_ew, "linear": _lower_linear, "matmul": _lower_matmul,
         "gemm": _lower_onnx_gemm, "layer_norm": _lower_norm, "rms_norm": _lower_norm,
-        "softmax": _lower_softmax, "conv": _lower_conv, "max_pool": _lower_max_pool,
-        "avg_pool": _lower_avg_pool, "global_avg_pool": _lower_gap,
-        **{op: _lower_unary for op in UNARY_OPS | {"gelu"} if op != "identity"},
-        **{op: _lower_binary for op in BINARY_OPS}}.items()},
+        "softmax": _lower_softmax, "log_softmax": _lower_softmax, "conv": _lower_conv,
+        "max_pool": _lower_max_pool, "avg_pool": _lower_avg_pool, "global_avg_pool": _lower_gap,
+        **{op: _lower_unary for op in UNARY_OPS | {"gelu", "leaky_relu", "elu", "hard_sigmoid"}
+           if op in OPS and op != "identity"},
+        **{op: _lower_binary for op in BINARY_OPS - KERNEL_ONLY},
+        "mod": _lower_mod, "clip": _lower_clip, "batch_norm": _lower_batch_norm}.items()},
+    "pow": Lowering(_lower_pow, _pow_dtypes),
     **{op: Lowering(_lower_view, any_dtype) for op in ("reshape", "identity")},
     **{op: Lowering(_lower_layout, any_dtype) for op in ("transpose", "slice", "split", "concat")},
     "attention": Lowering(_lower_attention, _attention_dtypes),

@@ -1,4 +1,5 @@
-"""Row kernels: softmax, layer_norm and rms_norm over the trailing ``n`` elements of each row.
+"""Row kernels: softmax, log_softmax, layer_norm and rms_norm over the trailing ``n`` elements of
+each row.
 
 Each row is read in a few passes (statistics, then the normalized write). The loops are written as
 scalar code with fast-math flags on the reductions, so LLVM's loop vectorizer turns them into
@@ -20,7 +21,8 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
                scale: Operand | None = None, bias: Operand | None = None,
                epsilon: float = 1e-5, post: Expr | None = None, lanes: int = 8,
                logit_scale: float = 1.0) -> str:
-    """LLVM IR of ``kind`` ('softmax', 'layer_norm', 'rms_norm') over ``rows`` rows of ``n``.
+    """LLVM IR of ``kind`` ('softmax', 'log_softmax', 'layer_norm', 'rms_norm') over ``rows``
+    rows of ``n``.
 
     ``post``: an elementwise expression of ``("in", 0)`` applied to each result before its store
     (a fused activation). ``logit_scale`` (> 0): softmax of ``x · logit_scale``.
@@ -73,10 +75,12 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
         return f"%{tag}"
 
     def write_pass(tag: str, body: Callable[[Emitter, Callable[[str, str], str], str], str],
-                   scalars: dict[str, str], sum_into: str | None = None) -> None:
+                   scalars: dict[str, str], sum_into: str | None = None,
+                   store: bool = True) -> None:
         """Loop ``j`` over the row in <4L x float> values, then one float at a time.
 
-        ``sum_into``: a float alloca that also receives the sum of the values written.
+        ``sum_into``: a float alloca that also receives the sum of the values computed;
+        ``store``: whether they are written to the output row (False: only summed).
         """
         for width, lo, hi in ((wide, "0", str(nv)), (1, str(nv), str(n))):
             if lo == hi:
@@ -95,8 +99,9 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
                 return f"%{what}{var}"
 
             v = body(e, ld, sc)  # type: ignore[arg-type]
-            L.extend([f"  %st{var}p = getelementptr float, ptr %or, i64 %{var}",
-                      f"  store {vty} {v}, ptr %st{var}p, align 4"])
+            if store:
+                L.extend([f"  %st{var}p = getelementptr float, ptr %or, i64 %{var}",
+                          f"  store {vty} {v}, ptr %st{var}p, align 4"])
             if sum_into is not None:
                 acc = "%vacc.a" if width > 1 else sum_into
                 L.extend([f"  %sa{var} = load {vty}, ptr {acc}",
@@ -122,6 +127,16 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
         write_pass("e", expo, {"mx": "%mx"}, sum_into="%acc2.a")
         L += ["  %sum = load float, ptr %acc2.a", f"  %inv = fdiv float {fconst(1.0)}, %sum"]
         write_pass("s", lambda e, ld, sc: e.mul(ld("%or", "o"), sc["inv"]), {"inv": "%inv"})
+    elif kind == "log_softmax":
+        # (x - max) - log(sum(exp(x - max))), the reference's order; the exps are only summed.
+        mx = reduce_loop("j1", "acc1", fconst(float("-inf")), lambda v, a: fast.max(a, v))
+        L += [f"  store float {fconst(0.0)}, ptr %acc2.a", f"  %mx = fadd float {mx}, 0.0"]
+        write_pass("e", lambda e, ld, sc: e.exp(e.sub(ld("%xr", "x"), sc["mx"])), {"mx": "%mx"},
+                   sum_into="%acc2.a", store=False)
+        L.append("  %sum = load float, ptr %acc2.a")
+        lse = em.log("%sum")
+        write_pass("s", lambda e, ld, sc: e.sub(e.sub(ld("%xr", "x"), sc["mx"]), sc["lse"]),
+                   {"mx": "%mx", "lse": lse})
     else:
         if kind == "layer_norm":
             s = reduce_loop("j1", "acc1", fconst(0.0), lambda v, a: fast.add(a, v))
