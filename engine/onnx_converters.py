@@ -764,6 +764,33 @@ def _one_hot(ctx: NodeCtx) -> Outs:
                     axis=int(ctx.attr("axis", -1)))]
 
 
+_RNN_DEFAULT_ACTS = {"RNN": ("tanh",), "GRU": ("sigmoid", "tanh"),
+                     "LSTM": ("sigmoid", "tanh", "tanh")}
+
+
+@converter("RNN", "GRU", "LSTM")
+def _rnn(ctx: NodeCtx) -> Outs:
+    """The recurrent layers as the ``rnn`` op (default activations only)."""
+    acts = ctx.attr("activations")
+    if acts is not None:
+        want = _RNN_DEFAULT_ACTS[ctx.op_type]
+        given = tuple(str(a.decode() if isinstance(a, bytes) else a).lower() for a in acts)
+        if given not in (want, want * 2):
+            raise ctx.fail(f"activations {list(given)} are not supported (only the defaults "
+                           f"{list(want)})")
+    if int(ctx.attr("input_forget", 0)):
+        raise ctx.fail("input_forget=1 is not supported")
+    r = ctx.x(2)
+    hidden = int(ctx.attr("hidden_size", r.type.shape[-1]))
+    clip = ctx.attr("clip")
+    ins = [ctx.inp(i) for i in range(min(ctx.n_in, 8))]
+    return ctx.emit("rnn", ins, cell=ctx.op_type.lower(), hidden_size=hidden,
+                    direction=str(ctx.attr("direction", "forward")),
+                    layout=int(ctx.attr("layout", 0)),
+                    clip=None if clip is None else float(clip),
+                    linear_before_reset=int(ctx.attr("linear_before_reset", 0)))
+
+
 @converter("CumSum")
 def _cumsum(ctx: NodeCtx) -> Outs:
     axis = ctx.dims(1, "axis")

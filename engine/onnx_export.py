@@ -573,6 +573,20 @@ def _one_hot(ctx: ExportCtx, node: Node) -> None:
             ctx.outs(node), axis=a["axis"])
 
 
+@writer("rnn")
+def _rnn(ctx: ExportCtx, node: Node) -> None:
+    a = OPS["rnn"].with_defaults(node.attrs)
+    cell = a.pop("cell")
+    if a["clip"] is None:
+        del a["clip"]
+    if cell != "gru":
+        del a["linear_before_reset"]
+    ins = ctx.ins(node)
+    while ins and not ins[-1]:
+        ins.pop()
+    ctx.add({"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[cell], ins, ctx.outs(node), **a)
+
+
 @writer("cumsum")
 def _cumsum(ctx: ExportCtx, node: Node) -> None:
     a = OPS["cumsum"].with_defaults(node.attrs)

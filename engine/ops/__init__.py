@@ -9,6 +9,7 @@ from satura.engine.ops import (  # noqa: F401  (importing registers the ops)
     linalg,
     nn,
     reduce,
+    rnn,
     shape,
 )
 from satura.engine.ops.registry import (

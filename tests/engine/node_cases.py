@@ -42,7 +42,8 @@ FAMILY_OPS = frozenset((
     "ReduceLogSumExp", "ReduceMin", "ReduceProd", "ReduceSumSquare", "Round", "Selu", "Sign", "Sin",
     "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile", "Einsum", "DepthToSpace",
     "SpaceToDepth", "CumSum", "Trilu", "Resize", "Upsample",
-    "ConvTranspose", "GatherND", "ScatterND", "ScatterElements", "TopK", "OneHot",
+    "ConvTranspose", "GatherND", "ScatterND", "ScatterElements", "TopK", "OneHot", "RNN", "GRU",
+    "LSTM",
 ))
 
 # Element types satura does not model (the brief excludes them from the count).
