@@ -643,6 +643,71 @@ def _activation_composite(ctx: NodeCtx) -> Outs:
         "float") else [sign]
 
 
+@converter("IsInf", "Xor", "Tan", "Sinh", "Cosh", "Shrink", "Hardmax")
+def _more_composites(ctx: NodeCtx) -> Outs:
+    """More ops spelled with others: IsInf, Xor, Tan, Sinh, Cosh, Shrink, Hardmax."""
+    x, op = ctx.x(), ctx.op_type
+    if op == "IsInf":
+        inf = ctx.scalar(np.inf, x, "inf")
+        pos, neg = int(ctx.attr("detect_positive", 1)), int(ctx.attr("detect_negative", 1))
+        if pos and neg:
+            return [ctx.one("equal", ctx.one("abs", x), inf)]
+        if pos:
+            return [ctx.one("equal", x, inf)]
+        if neg:
+            return [ctx.one("equal", x, ctx.one("neg", inf))]
+        return [ctx.one("less", ctx.one("abs", x), ctx.scalar(-1.0, x, "never"))]
+    if op == "Xor":
+        return [ctx.one("not", ctx.one("equal", x, ctx.x(1)))]
+    if op == "Tan":
+        return [ctx.one("div", ctx.one("sin", x), ctx.one("cos", x))]
+    if op in ("Sinh", "Cosh"):  # (e^x -+ e^-x) / 2
+        ep, en = ctx.one("exp", x), ctx.one("exp", ctx.one("neg", x))
+        both = ctx.one("sub" if op == "Sinh" else "add", ep, en)
+        return [ctx.one("mul", both, ctx.scalar(0.5, x, "half"))]
+    if op == "Shrink":  # x + bias below -lambd, x - bias above lambd, 0 between
+        lambd, bias = float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
+        zero = ctx.scalar(0, x, "zero")
+        low = ctx.one("add", x, ctx.scalar(bias, x, "bias"))
+        high = ctx.one("sub", x, ctx.scalar(bias, x, "bias"))
+        y = ctx.one("where", ctx.one("less", x, ctx.scalar(-lambd, x, "lo")), low, zero)
+        return [ctx.one("where", ctx.one("greater", x, ctx.scalar(lambd, x, "hi")), high, y)]
+    # Hardmax: 1 at the first maximum along axis, 0 elsewhere
+    axis = normalize_axis(int(ctx.attr("axis", -1)), x.type.rank)
+    depth = x.type.shape[axis]
+    if not isinstance(depth, int):
+        raise ctx.fail(f"axis {axis} must have a static size, got {depth}")
+    arg = ctx.one("argmax", x, axis=axis, keepdims=0, select_last_index=0)
+    values = ctx.imp.add_const(np.asarray([0, 1], dtype=x.type.dtype), f"{ctx.name}_onoff")
+    return [ctx.one("one_hot", arg, values, depth=depth, axis=axis)]
+
+
+@converter("LpNormalization", "MeanVarianceNormalization")
+def _lp_mvn(ctx: NodeCtx) -> Outs:
+    """x / ||x||_p along axis (p 1 or 2); (x - mean) / (sqrt(var) + 1e-9) over axes (MVN, as
+    the ONNX function defines it)."""
+    x = ctx.x()
+    if ctx.op_type == "LpNormalization":
+        axis = normalize_axis(int(ctx.attr("axis", -1)), x.type.rank)
+        p = int(ctx.attr("p", 2))
+        if p == 1:
+            norm = ctx.one("reduce_sum", ctx.one("abs", x), axes=(axis,), keepdims=1)
+        elif p == 2:
+            norm = ctx.one("sqrt", ctx.one("reduce_sum", ctx.one("mul", x, x), axes=(axis,),
+                                           keepdims=1))
+        else:
+            raise ctx.fail(f"p={p} is not supported (1 or 2)")
+        one = ctx.scalar(1.0, x, "one")  # an all-zero slice stays 0, as ONNX's reference has it
+        norm = ctx.one("where", ctx.one("equal", norm, ctx.scalar(0.0, x, "zero")), one, norm)
+        return [ctx.one("div", x, norm)]
+    axes = tuple(int(a) for a in ctx.attr("axes", (0, 2, 3)))
+    mean = ctx.one("reduce_mean", x, axes=axes, keepdims=1)
+    d = ctx.one("sub", x, mean)
+    var = ctx.one("reduce_mean", ctx.one("mul", d, d), axes=axes, keepdims=1)
+    std = ctx.one("add", ctx.one("sqrt", var), ctx.scalar(1e-9, x, "eps"))
+    return [ctx.one("div", d, std)]
+
+
 @converter("InstanceNormalization", "GroupNormalization")
 def _group_norm(ctx: NodeCtx) -> Outs:
     """Normalization over groups of channels (InstanceNormalization: one channel a group): the

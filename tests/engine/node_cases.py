@@ -43,7 +43,8 @@ FAMILY_OPS = frozenset((
     "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile", "Einsum", "DepthToSpace",
     "SpaceToDepth", "CumSum", "Trilu", "Resize", "Upsample",
     "ConvTranspose", "GatherND", "ScatterND", "ScatterElements", "TopK", "OneHot", "RNN", "GRU",
-    "LSTM",
+    "LSTM", "IsInf", "Xor", "Tan", "Sinh", "Cosh", "Shrink", "Hardmax", "LpNormalization",
+    "MeanVarianceNormalization",
 ))
 
 # Element types satura does not model (the brief excludes them from the count).
