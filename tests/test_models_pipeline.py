@@ -4,11 +4,11 @@ and compiled CPU code) equal onnxruntime's on the original; transformers get che
 import numpy as np
 import onnxruntime as ort
 import pytest
+from satura.engine.interpret import run_graph
+from satura.engine.onnx_import import load_onnx
 
 import satura
 from examples.models import EXAMPLES, example_inputs
-from satura.engine.interpret import run_graph
-from satura.engine.onnx_import import load_onnx
 
 TRANSFORMERS = ("gpt2_block", "bert_block", "llama_block")
 

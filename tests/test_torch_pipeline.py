@@ -8,12 +8,12 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 pytest.importorskip("onnxscript", reason="dynamo export needs onnxscript")
 
 import onnxruntime as ort  # noqa: E402
+from satura.engine.interpret import run_graph  # noqa: E402
+from satura.engine.onnx_import import load_onnx  # noqa: E402
 
 import satura  # noqa: E402
 from examples.models import example_inputs  # noqa: E402
 from examples.torch_models import ARCHITECTURES, export  # noqa: E402
-from satura.engine.interpret import run_graph  # noqa: E402
-from satura.engine.onnx_import import load_onnx  # noqa: E402
 
 
 @pytest.mark.torch

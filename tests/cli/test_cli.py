@@ -23,7 +23,8 @@ def _one_line_error(result, *words):
     rc, _, err = result
     assert rc == 1, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("satura: error:"), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("satura: error:"), err
     assert "Traceback" not in err
     for w in words:
         assert w in lines[0], lines[0]

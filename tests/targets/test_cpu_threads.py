@@ -193,7 +193,8 @@ def test_workers_pinned_and_caller_affinity_restored():
     model(**feeds)
     assert os.sched_getaffinity(0) == before
     pool = model._native
-    assert pool is not None and pool.main_cpu in before
+    assert pool is not None
+    assert pool.main_cpu in before
     worker_cpus = [os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")
                    if os.sched_getaffinity(int(t)) == {sorted(before)[1]}]
     assert worker_cpus, "no thread pinned to the worker's core"
