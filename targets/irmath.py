@@ -595,6 +595,8 @@ class Emitter:
         if name == "relu":
             # x < 0 ? 0 : x keeps NaN as numpy's maximum(x, 0) does; one maxps on x86.
             return self.select_lt(x, self.const(0.0), self.const(0.0), x)
+        if name == "relu6":  # clip(x, 0, 6), numpy's order and NaN
+            return self.minimum(self.maximum(x, self.const(0.0)), self.const(6.0))
         if name == "silu":
             return self.mul(x, self.sigmoid(x))
         if name == "leaky_relu":
@@ -613,16 +615,16 @@ class Emitter:
 
 
 # The functions of kernel expressions: satura's unary and binary ops (default attributes) and
-# kernel-only helpers that lowerings compose: expm1 (elu), log1p, and the two float remainders
-# of mod (fmod: C fmod, sign of x; floor_mod: numpy's, sign of y).
-KERNEL_ONLY = frozenset({"expm1", "log1p", "fmod", "floor_mod"})
+# kernel-only helpers that lowerings compose: expm1 (elu), log1p, relu6 (clip to [0, 6]), and
+# the two float remainders of mod (fmod: C fmod, sign of x; floor_mod: numpy's, sign of y).
+KERNEL_ONLY = frozenset({"expm1", "log1p", "relu6", "fmod", "floor_mod"})
 UNARY_OPS = frozenset({"identity", "neg", "exp", "tanh", "erf", "gelu", "sigmoid", "abs", "sqrt",
                        "floor", "ceil", "reciprocal", "relu", "silu", "leaky_relu", "log", "sin",
-                       "cos", "round", "softplus", "expm1", "log1p"})
+                       "cos", "round", "softplus", "expm1", "log1p", "relu6"})
 BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max", "min", "pow", "fmod", "floor_mod"})
 # What a GEMM or convolution kernel may apply to its result before the store (by name, with
-# default attributes): every unary op of one value.
-ACTIVATIONS = frozenset({"none", "gelu_tanh"}) | (UNARY_OPS - KERNEL_ONLY - {"identity"})
+# default attributes): every unary op of one value, and relu6 (MobileNet's clip).
+ACTIVATIONS = frozenset({"none", "gelu_tanh", "relu6"}) | (UNARY_OPS - KERNEL_ONLY - {"identity"})
 
 _INTRINSIC_ARITY = (("fma", 3), ("maxnum", 2), ("minnum", 2), ("rint", 1), ("fabs", 1),
                     ("sqrt", 1), ("floor", 1), ("ceil", 1), ("copysign", 2))

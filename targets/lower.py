@@ -399,8 +399,11 @@ def _scalar(v: Value | None) -> float | None:
 
 
 def _clip_expr(node: Node) -> Expr | None:
-    """clip with constant (or absent) bounds: min(max(x, lo), hi), in the reference's order."""
+    """clip with constant (or absent) bounds: min(max(x, lo), hi), in the reference's order
+    (relu6, a name GEMM and conv kernels apply, for [0, 6])."""
     lo, hi = ([*node.inputs[1:], None, None])[:2]
+    if (_scalar(lo), _scalar(hi)) == (0.0, 6.0):
+        return ("relu6", X)
     expr = X
     for bound, op in ((lo, "max"), (hi, "min")):
         if bound is None:
@@ -480,6 +483,9 @@ def _lower_clip(lw: Lowerer, node: Node, name: str) -> bool:
     x, lo, hi = ([*node.inputs, None, None])[:3]
     assert x is not None
     ins: list[Value] = [x]
+    const = _clip_expr(node)
+    if const is not None:
+        return lw.ew(node, name, const, ins)
     expr = X
     for bound, op in ((lo, "max"), (hi, "min")):
         if bound is None:

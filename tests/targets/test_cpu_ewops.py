@@ -497,3 +497,24 @@ def test_ops_with_attributes_fuse_after_layer_norm(op, attrs, extra):
     np.testing.assert_allclose(got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-4,
                                atol=1e-5)
     assert len(model.kernels) == 1, model.kernels
+
+
+@pytest.mark.parametrize("producer", ["conv", "matmul"])
+def test_clip_0_6_is_the_relu6_of_conv_and_gemm(producer):
+    """MobileNet's Clip(0, 6) after a convolution or GEMM is applied before its store."""
+    rng = np.random.default_rng(14)
+    g = Graph("relu6")
+    if producer == "conv":
+        x = g.add_input("x", (1, 3, 9, 9))
+        y = g.apply("conv", x, g.add_const(rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+                    g.add_const(rng.standard_normal(4).astype(np.float32)), pads=(1, 1, 1, 1))
+    else:
+        x = g.add_input("x", (7, 20))
+        y = g.apply("matmul", x, g.add_const(rng.standard_normal((20, 9)).astype(np.float32)))
+    g.set_outputs(g.apply("clip", y, g.add_const(np.float32(0.0)), g.add_const(np.float32(6.0))))
+    feeds = {"x": (rng.standard_normal(tuple(x.type.shape)) * 3).astype(np.float32)}
+    got, want, model = compiled(g, feeds)
+    np.testing.assert_allclose(got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-4,
+                               atol=1e-4)
+    assert [k for k in model.kernels if k.endswith("_relu6")], model.kernels
+    assert len([k for k in model.kernels if not k.endswith(("_prep", "_pack"))]) == 1
