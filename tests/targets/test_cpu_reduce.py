@@ -321,3 +321,114 @@ def test_aarch64_module_has_every_reduction_kernel():
     assert len(mod.kernels) == len(g.nodes)
     assert "llvm.x86" not in mod.llvm_ir
     assert re.search(r"\bfmax\s+v\d+\.4s", mod.assembly)
+
+
+# -- integers ---------------------------------------------------------------------------------
+INT_OPS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod")
+INT_CASES = [((1,), None), ((37,), None), ((3, 65), (1,)), ((3, 65), (0,)), ((7, 1, 17), (1,)),
+             ((2, 7, 17), (0, 2)), ((2, 3, 7, 7), (2, 3)), ((2, 3, 4, 5, 6), (1, 3)),
+             ((3, 17, 65), (0,)), ((4, 3), ())]
+
+
+def _int_graph(shape: tuple[int, ...], axes: tuple[int, ...] | None, dtype: str) -> Graph:
+    """Every integer reduction over ``axes`` (keepdims 0 and 1) and ArgMax/ArgMin over the
+    last axis (first and last index)."""
+    g = Graph("ireduce")
+    x = g.add_input("x", shape, dtype)
+    outs = [g.apply(op, x, axes=axes, keepdims=keep)
+            for op, keep in itertools.product(INT_OPS, (0, 1))]
+    if shape:
+        outs += [g.apply(op, x, axis=-1, keepdims=1, select_last_index=last)
+                 for op, last in itertools.product(ARG_OPS, (0, 1))]
+    g.set_outputs(*outs)
+    return g
+
+
+def _check_exact(g: Graph, feeds: dict[str, np.ndarray], threads: int = 1) -> Any:
+    """Compile ``g`` (no fallback allowed); every output equals the reference's, dtype too."""
+    model = compile_graph(g, threads=threads)
+    assert model.fallback_nodes == [], model.fallback_nodes
+    got, want = model(**feeds), reference(g, feeds)
+    for node in g.nodes:
+        out = node.outputs[0].name
+        assert got[out].dtype == want[out].dtype, (node.op, got[out].dtype)
+        assert got[out].shape == want[out].shape, (node.op, got[out].shape)
+        np.testing.assert_array_equal(got[out], want[out], err_msg=f"{node.op} {node.attrs}")
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+@pytest.mark.parametrize(("shape", "axes"), INT_CASES, ids=[f"{s}-{a}" for s, a in INT_CASES])
+def test_integer_reductions_wrap_like_numpy(shape, axes, dtype):
+    """Full-range values (sums and products overflow and wrap, as numpy's do), small signed
+    values with many ties (argmax first vs last index), and the extremes of the type."""
+    g = _int_graph(shape, axes, dtype)
+    rng = np.random.default_rng(zlib.crc32(repr((shape, axes, dtype)).encode()))
+    info = np.iinfo(dtype)
+    _check_exact(g, {"x": rng.integers(info.min, info.max, shape, dtype, endpoint=True)})
+    _check_exact(g, {"x": rng.integers(-3, 3, shape, dtype)})
+    for edge in (info.min, info.max):
+        _check_exact(g, {"x": np.full(shape, edge, dtype)})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_overflow_wraps(dtype):
+    """max + 1 is min; a product of 2^(bits-1) and 2 is 0; the running sum passes through the
+    overflow and comes back (-1 + max + 1 + min = -1 wraps twice)."""
+    info = np.iinfo(dtype)
+    g = _int_graph((4,), None, dtype)
+    x = np.array([info.max, 1, info.min, -1], dtype)
+    model = _check_exact(g, {"x": x})
+    sums = model(x=x)[g.outputs[0].name]
+    assert int(sums) == -1
+    y = np.array([info.min, 2, 1, 1], dtype)
+    assert int(model(x=y)[g.outputs[6].name]) == 0  # reduce_prod, keepdims 0
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_empty_reduction_gives_the_identity(dtype):
+    """A reduced extent of 0: sum 0, prod 1, max the type's least value, min its greatest."""
+    shape = (3, 0, 4)
+    g = Graph("ireduce")
+    x = g.add_input("x", shape, dtype)
+    g.set_outputs(*[g.apply(op, x, axes=(1,), keepdims=1) for op in INT_OPS])
+    _check_exact(g, {"x": np.zeros(shape, dtype)})
+
+
+def test_integer_mean_is_left_to_the_reference():
+    """np.mean of integers divides in float64 and truncates: not a kernel (fallback)."""
+    g = Graph("imean")
+    g.set_outputs(g.apply("reduce_mean", g.add_input("x", (3, 5), "int64"), axes=(1,),
+                          keepdims=1))
+    assert len(compile_graph(g, threads=1).fallback_nodes) == 1
+
+
+def test_integer_ir_uses_integer_vectors():
+    """int32 rows in <8 x i32> (add, smax, horizontal add); int64 in <4 x i64> where floats take
+    eight lanes (a vector of as many bytes)."""
+    p = plan_reduction("sum", (5, 70), (1,), dtype="int32")
+    ir = row_reduce_kernel("k", p, Operand(0), Operand(1), 8)
+    assert ir.count("add <8 x i32>") >= 4
+    assert "load <6 x i32>" in ir
+    assert "@llvm.vector.reduce.add.v8i32" in ir
+    assert "fadd" not in ir
+    p = plan_reduction("max", (2, 9, 40), (1,), dtype="int64")
+    ir = column_reduce_kernel("k", p, Operand(0), Operand(1), 4)
+    assert ir.count("@llvm.smax.v4i64") >= 4
+    p = plan_reduction("argmin", (3, 40), (0,), dtype="int64")
+    ir = column_reduce_kernel("k", p, Operand(0), Operand(1), 4)
+    assert "icmp slt <4 x i64>" in ir
+    assert "fcmp" not in ir
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_two_threads(monkeypatch, dtype):
+    """Every integer kernel split in two: the reference's bits."""
+    for attr in ("PARALLEL_FLOPS", "PARALLEL_BYTES"):
+        monkeypatch.setattr(lower, attr, 0)
+    for shape, axes in [((37, 300), (1,)), ((5, 30, 130), (1,)), ((6, 7, 8, 9), (0, 2))]:
+        g = _int_graph(shape, axes, dtype)
+        info = np.iinfo(dtype)
+        x = np.random.default_rng(9).integers(info.min, info.max, shape, dtype)
+        model = _check_exact(g, {"x": x}, threads=2)
+        assert all(shares >= 2 for kind, _, shares in model._run if kind == "k"), model._run
