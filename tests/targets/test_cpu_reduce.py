@@ -8,7 +8,8 @@ longest add chain), and for these sizes and random data the observed error is fa
 1e-5·Σ|x| (the rounding errors of independent terms cancel like a random walk), so the bound
 checked is ``|got - want| <= 1e-5 · Σ|x|`` per output element (the mean: over the count). A
 product's relative error grows with its count at most like ``count·2⁻²⁴`` on each side, so
-products are checked with ``rtol = max(1e-5, 1.2e-7 · count)``.
+products are checked with ``rtol = max(1e-5, 1.2e-7 · count)``. Integer reductions (int32,
+int64) are compared exactly: their sums and products wrap as numpy's do.
 """
 
 from __future__ import annotations
