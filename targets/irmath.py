@@ -238,6 +238,24 @@ class Emitter:
         y = self.add(self.fma(self.mul(p, r), r, r), self.const(1.0))
         return self.mul(y, self.scale2(n))
 
+    def exp_op(self, x: str) -> str:
+        """The ``exp`` op: :meth:`exp` with numpy's ends. NaN stays NaN; inf above ln(FLT_MAX);
+        near both ends of the clamp e^(x ± 20)·e^∓20: below -87.34 that rounds once into the
+        subnormals (0 below about -104), above 88.38 it reaches FLT_MAX without overflowing the
+        2^n scale. (Inside other functions the clamped :meth:`exp` serves: their results do not
+        depend on those ends.)"""
+        low = self.cmp("olt", x, self.const(-87.33654))
+        high = self.cmp("ogt", x, self.const(88.37626))  # 2^128 would overflow the scale
+        shift = self.select(low, self.const(20.0), self.select(high, self.const(-20.0),
+                                                                self.const(0.0)))
+        y = self.exp(self.add(x, shift))
+        back = self.select(low, self.const(2.0611536224385579e-9), self.select(
+            high, self.const(485165195.40979028), self.const(1.0)))
+        y = self.mul(y, back)
+        y = self.select(self.cmp("ogt", x, self.const(88.72283935546875)),
+                        self.const(float("inf")), y)
+        return self.select(self.cmp("uno", x, x), x, y)
+
     def expm1(self, x: str) -> str:
         """e**x - 1 without cancellation near 0: expm1(r)·2^n + (2^n - 1) by one FMA, with
         2^(n-1) and a final doubling so that n = 128 does not overflow the scale. Exact ends:
@@ -576,7 +594,7 @@ class Emitter:
         Raises CodegenError if unknown."""
         if name in ("identity", "none"):
             return x
-        simple = {"neg": self.neg, "exp": self.exp, "tanh": self.tanh, "erf": self.erf,
+        simple = {"neg": self.neg, "exp": self.exp_op, "tanh": self.tanh, "erf": self.erf,
                   "gelu": self.gelu, "gelu_tanh": self.gelu_tanh, "sigmoid": self.sigmoid,
                   "log": self.log, "sin": self.sin, "cos": self.cos, "softplus": self.softplus,
                   "expm1": self.expm1, "log1p": self.log1p}

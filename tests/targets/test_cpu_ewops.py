@@ -152,6 +152,20 @@ def test_log_special_values():
     assert np.isnan(got[2:5]).all()
 
 
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_exp_ends_match_numpy(scalar):
+    """The exp op: NaN, ±inf, the subnormal results below -87.34, and values up to FLT_MAX
+    above 88.38 (where the 2^n scale alone would overflow)."""
+    ends = np.array([np.nan, -np.inf, np.inf, -200, -104, -103.5, -100, -90, -87.4, -87.3,
+                     88.3, 88.38, 88.5, 88.72, 88.7228, 88.73, 1e30, -0.0], np.float32)
+    x = np.concatenate([ends, np.random.default_rng(9).uniform(-110, 90, 2000)
+                        .astype(np.float32)])
+    with np.errstate(all="ignore"):
+        want = np.exp(x.astype(np.float64))
+    got = run_expr(("exp", ("in", 0)), x, scalar=scalar)
+    assert ulp_error(got, want) <= 1.5
+
+
 def test_sin_cos_near_multiples_of_half_pi():
     """The fp32 arguments closest to k·π/2 (the reduction's hardest cases), |x| up to 1e7."""
     t = np.arange(1, 6_400_000, 97) * (np.pi / 2)
