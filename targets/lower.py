@@ -760,4 +760,4 @@ def generate(program: Program, graph: Graph, plan: MemoryPlan,
 
 # Lowerings kept in modules of their own add themselves to LOWERINGS when imported (they import
 # this module, so they are imported last).
-from satura.targets import indexing, logic, reductions, resize  # noqa: E402,F401
+from satura.targets import indexing, logic, reductions, resize, scatter  # noqa: E402,F401
