@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from satura.engine.errors import InputError
 from satura.engine.ops.registry import AttrSpec, OpInfo, Work, register
 from satura.engine.shapes import DimOps, IntDims, Shape, normalize_axis
 
@@ -197,6 +198,22 @@ register(OpInfo(
 
 
 # -- gather ------------------------------------------------------------------------------------
+def wrap_indices(op: str, idx: np.ndarray, sizes: Sequence[int], axes: Sequence[int]) -> np.ndarray:
+    """``idx`` with each negative index counted from the end of its axis. ``sizes``/``axes``: the
+    size and number of the axis each index selects on (one entry: every index; several: one per
+    element of the indices' last dim). An index outside ``[-size, size-1]`` raises InputError:
+    ONNX leaves it undefined, and numpy would wrap it a second time or raise IndexError."""
+    lim = np.asarray(sizes[0] if len(sizes) == 1 else sizes, np.int64)
+    bad = np.flatnonzero((idx < -lim) | (idx >= lim))
+    if bad.size:
+        pos = int(bad[0])
+        k = 0 if len(sizes) == 1 else pos % len(sizes)
+        where = [int(i) for i in np.unravel_index(pos, idx.shape)]
+        raise InputError(f"{op}: index {int(idx.reshape(-1)[pos])} at {where} is out of range "
+                         f"[{-sizes[k]}, {sizes[k] - 1}] for axis {axes[k]} (size {sizes[k]})")
+    return np.where(idx < 0, idx + lim, idx)
+
+
 def _gather_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x, idx = ins[0], ins[1]
     assert x is not None
@@ -210,8 +227,7 @@ def _gather_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     assert x is not None
     assert idx is not None
     axis = normalize_axis(at["axis"], x.ndim)
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
-    return [np.take(x, idx, axis=axis)]
+    return [np.take(x, wrap_indices("gather", idx, [x.shape[axis]], [axis]), axis=axis)]
 
 
 register(OpInfo(
@@ -235,7 +251,7 @@ def _gather_elements_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.n
     assert x is not None
     assert idx is not None
     axis = normalize_axis(at["axis"], x.ndim)
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    idx = wrap_indices("gather_elements", idx, [x.shape[axis]], [axis])
     return [np.take_along_axis(x, idx, axis=axis)]
 
 
@@ -406,13 +422,11 @@ def _gather_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray
     b = at["batch_dims"]
     depth = idx.shape[-1]
     lead = x.shape[:b]
+    axes = list(range(b, b + depth))
+    idx = wrap_indices("gather_nd", idx, [x.shape[a] for a in axes], axes)
     xb = x.reshape(-1, *x.shape[b:])
     ib = idx.reshape(xb.shape[0] if b else 1, -1, depth)
-    out = []
-    for i in range(ib.shape[0]):
-        t = ib[i]
-        t = np.where(t < 0, t + np.asarray(xb.shape[1:1 + depth]), t)
-        out.append(xb[i][tuple(t.T)])
+    out = [xb[i][tuple(ib[i].T)] for i in range(ib.shape[0])]
     res = np.stack(out)
     return [res.reshape(*lead, *idx.shape[b:-1], *x.shape[b + depth:])]
 
@@ -431,11 +445,12 @@ def _scatter_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarra
     assert upd is not None
     out = x.copy()
     depth = idx.shape[-1]
-    flat_i = idx.reshape(-1, depth)
+    axes = list(range(depth))
+    flat_i = wrap_indices("scatter_nd", idx, [x.shape[a] for a in axes], axes).reshape(-1, depth)
     flat_u = upd.reshape(len(flat_i), *x.shape[depth:])
     combine = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
     for t, u in zip(flat_i, flat_u, strict=True):
-        key = tuple(np.where(t < 0, t + np.asarray(x.shape[:depth]), t))
+        key = tuple(t)
         out[key] = combine[at["reduction"]](out[key], u) if at["reduction"] != "none" else u
     return [out]
 
@@ -447,7 +462,7 @@ def _scatter_elements_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.
     assert upd is not None
     ax = normalize_axis(at["axis"], x.ndim)
     out = x.copy()
-    idx = np.where(idx < 0, idx + x.shape[ax], idx)
+    idx = wrap_indices("scatter_elements", idx, [x.shape[ax]], [ax])
     combine = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
     for pos in np.ndindex(*idx.shape):
         key = list(pos)

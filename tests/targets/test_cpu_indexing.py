@@ -134,6 +134,18 @@ def test_index_out_of_range_raises_and_the_next_call_works(axis, bad, where, idt
         g.outputs[0].name])
 
 
+def test_reference_rejects_an_index_below_minus_dim_as_the_kernel_does():
+    """gather(x, -dim - 1): the numpy reference used to add dim once and let np.take wrap the
+    result again (x's last row, silently); it raises InputError as the kernel does."""
+    g = _gather_graph((3, 4), "float32", (2,), "int64", 0)
+    feeds = {"x": np.zeros((3, 4), np.float32), "idx": np.array([0, -4])}
+    with pytest.raises(InputError, match=r"gather: index -4 at \[1\] is out of range \[-3, 2\] "
+                                         r"for axis 0 \(size 3\)"):
+        reference(g, feeds)
+    with pytest.raises(InputError, match=r"node 'gather' \(gather\): index -4 at idx\[1\]"):
+        compile_graph(g, threads=1)(**feeds)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_index_out_of_range_on_two_threads_reports_the_first(native, split_always):
     """Shares on two threads both meet a bad index: the smallest position is reported, every

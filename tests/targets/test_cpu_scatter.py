@@ -348,3 +348,28 @@ def test_bad_scatter_index_then_a_good_call_starts_from_the_data():
         model(a=x, b=np.array([[0], [0], [4]]), c=upd)
     got = model(a=x, b=np.array([[0], [0], [1]]), c=upd)
     np.testing.assert_array_equal(got[g.outputs[0].name], [[20, 21], [12, 13], [4, 5], [6, 7]])
+
+
+@pytest.mark.parametrize(("op", "shapes", "attrs", "bad", "msg"), [
+    ("gather_elements", [(4, 5), (4, 5)], {"axis": 1}, ((1, 2), -6),
+     r"index -6 at \[1, 2\] is out of range \[-5, 4\] for axis 1 \(size 5\)"),
+    ("gather_nd", [(3, 4, 5), (6, 2)], {}, ((2, 1), -8),
+     r"index -8 at \[2, 1\] is out of range \[-4, 3\] for axis 1 \(size 4\)"),
+    ("scatter_nd", [(6, 4), (3, 1), (3, 4)], {}, ((1, 0), -12),
+     r"index -12 at \[1, 0\] is out of range \[-6, 5\] for axis 0 \(size 6\)"),
+    ("scatter_elements", [(5, 3), (2, 3), (2, 3)], {"axis": 0}, ((0, 2), -6),
+     r"index -6 at \[0, 2\] is out of range \[-5, 4\] for axis 0 \(size 5\)"),
+])
+def test_reference_rejects_an_index_below_minus_dim_as_the_kernel_does(op, shapes, attrs, bad,
+                                                                       msg):
+    """An index in [-2·dim, -dim-1] is out of range: the numpy reference used to add dim once and
+    let numpy wrap it a second time (a silent wrong element) where the kernel raises."""
+    rng = np.random.default_rng(13)
+    g = _graph(op, shapes, ["float32", "int64", "float32"][:len(shapes)], **attrs)
+    feeds = {k: _data(s, "float32", rng) for k, s in zip("abc", shapes, strict=False)}
+    feeds["b"] = np.zeros(shapes[1], np.int64)
+    feeds["b"][bad[0]] = bad[1]
+    with pytest.raises(InputError, match=rf"{op}: {msg}"):
+        reference(g, feeds)
+    with pytest.raises(InputError, match=rf"node '{op}' \({op}\): index {bad[1]} at b"):
+        compile_graph(g, threads=1)(**feeds)
