@@ -98,6 +98,10 @@ def lower_resize(lw: Lowerer, node: Node, name: str) -> bool:
     r = len(shape)
     arrays = taps(r - 2, h, oh) + taps(r - 1, w, ow) if r >= 2 else (
         [np.zeros(1, np.int64)] * 2 + [np.zeros(1, np.float32)] + taps(0, w, ow))
+    # the kernel reads x at these taps unchecked: each must lie in its axis
+    reads = [(arrays[0], h), (arrays[1], h), (arrays[3], w), (arrays[4], w)]
+    if any(((t < 0) | (t >= n)).any() for t, n in reads):
+        return False
     tables = [Value(f"{name}_t{k}", TensorType((len(a),), str(a.dtype)), data=a)
               for k, a in enumerate(arrays)]
 

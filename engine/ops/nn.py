@@ -411,6 +411,12 @@ def _resize_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape
     assert x is not None
     d.require(len(at["sizes"]) == len(x) and len(at["scales"]) == len(x),
               "resize: sizes and scales need one entry per axis")
+    # the coordinate transforms divide by the scale: NaN or 0 would give taps outside the input
+    d.require(all(np.isfinite(s) and (s > 0 or n == 0) for s, n in zip(at["scales"],
+                                                                         at["sizes"],
+                                                                         strict=True)),
+              f"resize: scales {tuple(at['scales'])} must be finite and positive (0 only for an "
+              "axis resized to nothing)")
     d.require(at["mode"] in ("nearest", "linear"), f"resize: mode {at['mode']} is not supported "
               "(nearest, linear)")
     d.require(at["coordinate_transformation_mode"] in RESIZE_COORDS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from satura.engine.errors import ShapeError
 from satura.engine.graph import Graph
 from satura.targets import compile_graph
 
@@ -72,3 +73,26 @@ def test_channel_resize_falls_back():
     assert len(m.fallback_nodes) == 1
     np.testing.assert_array_equal(m(x=x)[g.outputs[0].name],
                                   reference(g, {"x": x})[g.outputs[0].name])
+
+
+@pytest.mark.parametrize("scale", [float("nan"), 0.0, float("inf"), -2.0])
+def test_scales_that_give_no_coordinates_are_a_shape_error(scale):
+    """The coordinate transforms divide by the scale: a NaN tap became index -2**63, which the
+    kernel read unchecked (0 raised ZeroDivisionError in half_pixel_symmetric)."""
+    with pytest.raises(ShapeError, match=r"scales .* must be finite and positive"):
+        _graph((1, 1, 2, 2), (1, 1, 4, 4), (1.0, 1.0, scale, 2.0),
+               coordinate_transformation_mode="half_pixel_symmetric")
+
+
+def test_taps_outside_the_input_are_not_compiled(monkeypatch):
+    """The kernel reads x at its tap tables unchecked, so a table entry outside its axis (which
+    resize_taps never gives) makes the node a numpy fallback rather than a kernel."""
+    from satura.targets import resize
+
+    def bad_taps(n_in, n_out, scale, at):
+        i = np.full(n_out, n_in, np.int64)
+        return i, i, np.zeros(n_out)
+
+    monkeypatch.setattr(resize, "resize_taps", bad_taps)
+    g = _graph((1, 1, 2, 2), (1, 1, 4, 4), (1.0, 1.0, 2.0, 2.0))
+    assert compile_graph(g, threads=1).fallback_nodes == ["resize"]
