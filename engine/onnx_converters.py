@@ -218,7 +218,12 @@ def _conv_transpose(ctx: NodeCtx) -> Outs:
     if nsp < 1 or w.ndim != nsp + 2:
         raise ctx.fail(f"input rank {x.type.rank} and weight rank {w.ndim} do not fit")
     g = int(ctx.attr("group", 1))
-    k = tuple(ctx.attr("kernel_shape", ())) or tuple(w.shape[2:])
+    if g < 1 or w.shape[0] % g:
+        raise ctx.fail(f"group {g} does not divide the weights' {w.shape[0]} input channels")
+    k = tuple(w.shape[2:])
+    if tuple(ctx.attr("kernel_shape", k)) != k:
+        raise ctx.fail(f"kernel_shape {tuple(ctx.attr('kernel_shape'))} differs from the "
+                       f"weights' spatial shape {k}")
     s = tuple(ctx.attr("strides", (1,) * nsp))
     d = tuple(ctx.attr("dilations", (1,) * nsp))
     op = tuple(ctx.attr("output_padding", (0,) * nsp))
@@ -486,6 +491,12 @@ def _einsum_terms(ctx: NodeCtx, eq: str, ranks: list[int]) -> tuple[list[str], s
         if len(set(t)) != len(t):
             raise ctx.fail(f"equation '{eq}': an index repeated within one operand (a diagonal) "
                            "is not supported")
+    if len(set(out)) != len(out):
+        raise ctx.fail(f"equation '{eq}': an index repeated in the output (a diagonal) is not "
+                       "supported")
+    missing = sorted(set(out) - set("".join(terms)))
+    if missing:
+        raise ctx.fail(f"equation '{eq}': output index '{missing[0]}' is in no operand")
     return terms, out
 
 
@@ -661,25 +672,45 @@ def _more_composites(ctx: NodeCtx) -> Outs:
         return [ctx.one("not", ctx.one("equal", x, ctx.x(1)))]
     if op == "Tan":
         return [ctx.one("div", ctx.one("sin", x), ctx.one("cos", x))]
-    if op in ("Sinh", "Cosh"):  # (e^x -+ e^-x) / 2
+    if op == "Cosh":  # (e^x + e^-x) / 2
         ep, en = ctx.one("exp", x), ctx.one("exp", ctx.one("neg", x))
-        both = ctx.one("sub" if op == "Sinh" else "add", ep, en)
-        return [ctx.one("mul", both, ctx.scalar(0.5, x, "half"))]
+        return [ctx.one("mul", ctx.one("add", ep, en), ctx.scalar(0.5, x, "half"))]
+    if op == "Sinh":
+        # (e^x - e^-x) / 2 cancels near 0 (sinh(1e-8) gave 0): -sinh|x| is
+        # expm1(-|x|)·(1 + e^|x|)/2, expm1 of a negative number being elu; then the sign of x
+        a = ctx.one("abs", x)
+        em1 = ctx.one("elu", ctx.one("neg", a), alpha=1.0)
+        neg = ctx.one("mul", ctx.one("mul", em1, ctx.one("add", ctx.one("exp", a),
+                                                         ctx.scalar(1.0, x, "one"))),
+                      ctx.scalar(0.5, x, "half"))
+        return [ctx.one("where", ctx.one("less", x, ctx.scalar(0.0, x, "zero")), neg,
+                        ctx.one("neg", neg))]
     if op == "Shrink":  # x + bias below -lambd, x - bias above lambd, 0 between
         lambd, bias = float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
+        dtype = x.type.dtype
+        if not dtype.startswith(("float", "bfloat")):  # as ONNX's reference: in float64
+            x = ctx.one("cast", x, to="float64")
         zero = ctx.scalar(0, x, "zero")
         low = ctx.one("add", x, ctx.scalar(bias, x, "bias"))
         high = ctx.one("sub", x, ctx.scalar(bias, x, "bias"))
         y = ctx.one("where", ctx.one("less", x, ctx.scalar(-lambd, x, "lo")), low, zero)
-        return [ctx.one("where", ctx.one("greater", x, ctx.scalar(lambd, x, "hi")), high, y)]
-    # Hardmax: 1 at the first maximum along axis, 0 elsewhere
-    axis = normalize_axis(int(ctx.attr("axis", -1)), x.type.rank)
-    depth = x.type.shape[axis]
+        y = ctx.one("where", ctx.one("greater", x, ctx.scalar(lambd, x, "hi")), high, y)
+        return [y if x.type.dtype == dtype else ctx.one("cast", y, to=dtype)]
+    # Hardmax: 1 at the first maximum along axis, 0 elsewhere. Before opset 13 the input is
+    # coerced to 2-D, [prod(dims before axis), prod(the rest)] (axis 1 by default), as Softmax.
+    rank = x.type.rank
+    axis = normalize_axis(int(ctx.attr("axis", 1 if ctx.opset < 13 else -1)), rank)
+    v = x
+    if ctx.opset < 13 and axis != rank - 1:
+        v = ctx.one("reshape", x, shape=(_prod(x.type.shape[:axis]), _prod(x.type.shape[axis:])))
+        axis = 1
+    depth = v.type.shape[axis]
     if not isinstance(depth, int):
         raise ctx.fail(f"axis {axis} must have a static size, got {depth}")
-    arg = ctx.one("argmax", x, axis=axis, keepdims=0, select_last_index=0)
+    arg = ctx.one("argmax", v, axis=axis, keepdims=0, select_last_index=0)
     values = ctx.imp.add_const(np.asarray([0, 1], dtype=x.type.dtype), f"{ctx.name}_onoff")
-    return [ctx.one("one_hot", arg, values, depth=depth, axis=axis)]
+    y = ctx.one("one_hot", arg, values, depth=depth, axis=axis)
+    return [y if v is x else ctx.one("reshape", y, shape=x.type.shape)]
 
 
 @converter("LpNormalization", "MeanVarianceNormalization")
@@ -720,7 +751,9 @@ def _group_norm(ctx: NodeCtx) -> Outs:
     eps = float(ctx.attr("epsilon", 1e-5))
     n, c, spatial = x.type.shape[0], x.type.shape[1], x.type.shape[2:]
     groups = c if ctx.op_type == "InstanceNormalization" else int(ctx.attr("num_groups"))
-    if isinstance(c, int) and (groups < 1 or c % groups):
+    if groups < 1:
+        raise ctx.fail(f"num_groups {groups} must be at least 1")
+    if isinstance(c, int) and c % groups:
         raise ctx.fail(f"num_groups {groups} does not divide the {c} channels")
     per_group_affine = ctx.op_type == "GroupNormalization" and ctx.opset < 21
     rows = ctx.one("reshape", x, shape=(n, groups, _prod((as_dim(c // groups), *spatial))))
@@ -776,15 +809,19 @@ def _resize(ctx: NodeCtx) -> Outs:
         if len(sizes_in) != len(axes):
             raise ctx.fail(f"sizes has {len(sizes_in)} entries for {len(axes)} axes")
         for a, n in zip(axes, sizes_in, strict=True):
-            if not isinstance(shape[a], int):
-                raise ctx.fail(f"axis {a} is symbolic ({shape[a]}): resizing it needs a static "
-                               "size")
-            shape[a], scales[a] = n, float(n) / shape[a]
+            if not isinstance(shape[a], int) or not isinstance(n, int):
+                raise ctx.fail(f"axis {a}: resizing {shape[a]} to {n} needs both sizes known "
+                               "at import (static)")
+            if shape[a] == 0 and n:
+                raise ctx.fail(f"axis {a} is empty: it cannot be resized to {n}")
+            shape[a], scales[a] = n, float(n) / shape[a] if shape[a] else 1.0
     elif scales_in is not None and np.asarray(scales_in).size:
         sc = np.asarray(scales_in, np.float32).ravel()
         if len(sc) != len(axes):
             raise ctx.fail(f"scales has {len(sc)} entries for {len(axes)} axes")
         for a, s in zip(axes, sc.tolist(), strict=True):
+            if not (np.isfinite(s) and s > 0):
+                raise ctx.fail(f"scale {s} of axis {a} is not a positive number")
             if s != 1.0:
                 if not isinstance(shape[a], int):
                     raise ctx.fail(f"axis {a} is symbolic ({shape[a]}): resizing it needs a "

@@ -18,6 +18,16 @@ from satura.engine.shapes import DimOps, Shape
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
+def _require_shape(d: DimOps, name: str, shape: Shape | None, want: Sequence[Any]) -> None:
+    """``shape`` (an input; None: absent) must be ``want``: the reference indexes it so."""
+    if shape is None:
+        return
+    msg = f"rnn: {name} has shape {tuple(shape)}, expected {tuple(want)}"
+    d.require(len(shape) == len(want), msg)
+    for a, b in zip(shape, want, strict=False):
+        d.require(d.eq(a, b), msg)
+
+
 def _shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x = ins[0]
     assert x is not None
@@ -27,8 +37,15 @@ def _shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     d.require(len(x) == 3, "rnn: X must be 3-D")
     dirs, h = 2 if at["direction"] == "bidirectional" else 1, at["hidden_size"]
     seq, batch = (x[1], x[0]) if at["layout"] else (x[0], x[1])
-    y = (batch, seq, dirs, h) if at["layout"] else (seq, dirs, batch, h)
+    gh = GATES[at["cell"]] * h
     state = (batch, dirs, h) if at["layout"] else (dirs, batch, h)
+    w, r, b, lens, h0, c0, p = (list(ins[1:]) + [None] * 7)[:7]
+    for name, shape, want in (("W", w, (dirs, gh, x[2])), ("R", r, (dirs, gh, h)),
+                              ("B", b, (dirs, 2 * gh)), ("sequence_lens", lens, (batch,)),
+                              ("initial_h", h0, state), ("initial_c", c0, state),
+                              ("P", p, (dirs, 3 * h))):
+        _require_shape(d, name, shape, want)
+    y = (batch, seq, dirs, h) if at["layout"] else (seq, dirs, batch, h)
     return [y, state] + ([state] if at["cell"] == "lstm" else [])
 
 

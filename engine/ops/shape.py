@@ -522,7 +522,10 @@ register(OpInfo(
 
 
 def _one_hot_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
-    idx = _x(ins)
+    idx, values = _x(ins), ins[1]
+    assert values is not None
+    d.require(d.eq(d.prod(values), 2), f"one_hot: values must be the two values [off, on], got "
+              f"shape {tuple(values)}")
     ax = normalize_axis(at["axis"], len(idx) + 1)
     return [(*idx[:ax], at["depth"], *idx[ax:])]
 

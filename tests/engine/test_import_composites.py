@@ -60,6 +60,8 @@ def test_einsum_matches_numpy(eq, shapes, target):
     ("ii->i", [(3, 3)], "diagonal"),
     ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)], "only one or two"),
     ("ij,jk->ik", [(2, 3), (4, 5)], "index 'j' has sizes 3 and 4"),
+    ("ij->ijk", [(2, 3)], "output index 'k' is in no operand"),
+    ("ij,jk->ii", [(2, 3), (3, 2)], "an index repeated in the output"),
 ])
 def test_einsum_unsupported_is_a_clear_error(eq, shapes, msg):
     with pytest.raises(ModelError, match=msg):
@@ -167,3 +169,105 @@ def test_conv_transpose_matches_onnxruntime(xs, ws, attrs):
         got = satura.compile(g, target=target)(x0=x)["y"]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _with_inits(model: onnx.ModelProto, **arrays: np.ndarray) -> onnx.ModelProto:
+    """``model`` with the arrays as initializers appended to its node's inputs, in order."""
+    from onnx import numpy_helper
+
+    for name, a in arrays.items():
+        model.graph.node[0].input.append(name)
+        model.graph.initializer.append(numpy_helper.from_array(a, name))
+    return model
+
+
+def _typed_model(op: str, x: np.ndarray, opset: int = 18, **attrs: object) -> onnx.ModelProto:
+    """One ``op`` node over an input ``x0`` of x's dtype and static shape."""
+    t = helper.np_dtype_to_tensor_dtype(x.dtype)
+    node = helper.make_node(op, ["x0"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x0", t, x.shape)],
+                              [helper.make_tensor_value_info("y", t, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_sinh_keeps_its_precision_near_zero(target):
+    """(e^x - e^-x)/2 cancelled: sinh(1e-8) came out 0 and sinh(1e-4) 1.7e-4 off."""
+    x = np.array([1e-8, -3e-6, 1e-4, -0.01, 0.5, -2.0, 20.0, -80.0, 0.0, np.nan], np.float32)
+    got = satura.compile(satura.load(_typed_model("Sinh", x)), target=target)(x0=x)["y"]
+    np.testing.assert_allclose(got, np.sinh(x), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("dtype", "attrs"), [
+    ("uint8", {"lambd": 1.5, "bias": 1.0}), ("int8", {"lambd": 1.5, "bias": 0.5}),
+    ("int32", {"lambd": 2.0, "bias": -3.0})])
+def test_shrink_of_integers_matches_onnxruntime(dtype, attrs):
+    """Integer Shrink computes in float64 as ONNX's reference does: the bounds were cast to the
+    integer type (uint8: -1.5 did not import) and a fractional bias truncated away."""
+    ort = pytest.importorskip("onnxruntime")
+    info = np.iinfo(dtype)
+    x = np.array([-100, -4, -2, -1, 0, 1, 2, 3, 4, 100]).clip(info.min, info.max).astype(dtype)
+    model = _typed_model("Shrink", x, **attrs)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
+    for target in ("reference", "cpu"):
+        got = satura.compile(satura.load(model), target=target)(x0=x)["y"]
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(("opset", "attrs"), [(11, {}), (11, {"axis": 0}), (11, {"axis": -1}),
+                                              (13, {}), (13, {"axis": 1})])
+def test_hardmax_before_opset_13_coerces_to_two_dims(opset, attrs):
+    """Hardmax-1/11 takes the max over the input flattened from axis (default 1) to the end;
+    it was taken along that one axis (default -1)."""
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(5).standard_normal((2, 3, 4)).astype(np.float32)
+    model = _typed_model("Hardmax", x, opset=opset, **attrs)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
+    np.testing.assert_array_equal(satura.compile(satura.load(model))(x0=x)["y"], want)
+
+
+def _rnn_model(direction: str, w_dirs: int) -> onnx.ModelProto:
+    m = _model("GRU", [(5, 2, 3)], 4, hidden_size=4, direction=direction)
+    return _with_inits(m, W=np.ones((w_dirs, 12, 3), np.float32),
+                       R=np.ones((w_dirs, 12, 4), np.float32))
+
+
+@pytest.mark.parametrize(("build", "msg"), [
+    (lambda: _with_inits(_model("ConvTranspose", [(1, 3, 4, 4)], 4, group=2),
+                         w=np.ones((3, 2, 3, 3), np.float32)),
+     r"\(ConvTranspose\): group 2 does not divide the weights' 3 input channels"),
+    (lambda: _with_inits(_model("ConvTranspose", [(1, 3, 4, 4)], 4, kernel_shape=[2, 2]),
+                         w=np.ones((3, 2, 3, 3), np.float32)),
+     r"kernel_shape \(2, 2\) differs from the weights' spatial shape \(3, 3\)"),
+    (lambda: _with_inits(_model("GroupNormalization", [(1, 4, 5)], 3, num_groups=0),
+                         s=np.ones(4, np.float32), b=np.ones(4, np.float32)),
+     r"num_groups 0 must be at least 1"),
+    (lambda: _with_inits(_model("OneHot", [(3,)], 2), d=np.array(4), v=np.ones(1, np.float32)),
+     r"values must be the two values \[off, on\], got shape \(1,\)"),
+    (lambda: _rnn_model("bidirectional", 1),
+     r"\(GRU\).*W has shape \(1, 12, 3\), expected \(2, 12, 3\)"),
+    (lambda: _with_inits(_model("Resize", [(1, 1, 2, 2)], 4), roi=np.zeros(0, np.float32),
+                         scales=np.array([1, 1, -2, 2], np.float32)),
+     r"scale -2.0 of axis 2 is not a positive number"),
+], ids=["convtranspose-group", "convtranspose-kernel", "groupnorm-groups", "onehot-values",
+        "gru-directions", "resize-scale"])
+def test_bad_models_are_a_model_error_naming_the_node(build, msg):
+    """Each used to import silently (and fail or compute wrong later) or raise a bare
+    exception."""
+    with pytest.raises(ModelError, match=msg):
+        satura.load(build())
+
+
+def test_resize_to_sizes_known_only_at_run_time_is_a_clear_error():
+    """sizes from another input's Shape: float(H) raised 'Cannot convert expression to float'."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 3, 4, 4))
+    r = helper.make_tensor_value_info("r", TensorProto.FLOAT, (1, 3, "H", "W"))
+    nodes = [helper.make_node("Shape", ["r"], ["s"]),
+             helper.make_node("Resize", ["x", "", "", "s"], ["y"], mode="nearest")]
+    graph = helper.make_graph(nodes, "g", [x, r], [helper.make_tensor_value_info(
+        "y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    with pytest.raises(ModelError, match=r"\(Resize\): axis 2: resizing 4 to H needs both sizes "
+                                         r"known at import"):
+        satura.load(model)
