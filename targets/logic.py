@@ -1,4 +1,4 @@
-"""Comparisons, logical ops and Where as elementwise kernels over bool and float32 operands.
+"""Comparisons, logical ops and Where as elementwise kernels over fp32, bool and integers.
 
 Each of ``equal``, ``less``, ``less_equal``, ``greater``, ``greater_equal``, ``not``, ``and``,
 ``or``, ``isnan`` and ``where`` becomes a typed :func:`~satura.targets.elementwise.ew_kernel`

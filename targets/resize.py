@@ -20,9 +20,8 @@ from satura.engine.graph import Node, TensorType, Value
 from satura.engine.ops.nn import resize_taps, resized_axes
 from satura.targets.irmath import Emitter
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
+from satura.targets.layout import INT_TYPES
 from satura.targets.lower import LOWERINGS, Lowerer, Lowering, Ref, Step, numel, worth_splitting
-
-_INT_TYPES = {1: "i8", 2: "i16", 4: "i32", 8: "i64"}
 
 
 def resize_kernel(name: str, planes: int, h: int, w: int, oh: int, ow: int, linear: bool,
@@ -69,6 +68,8 @@ def resize_kernel(name: str, planes: int, h: int, w: int, oh: int, ow: int, line
 
 
 def lower_resize(lw: Lowerer, node: Node, name: str) -> bool:
+    """One :func:`resize_kernel` step when only the last two axes change (nearest: any element
+    size; linear: fp32), its tap tables as constants; False (numpy fallback) otherwise."""
     x, out = node.inputs[0], node.outputs[0]
     assert x is not None
     shape = [int(d) for d in x.type.shape]
@@ -76,7 +77,7 @@ def lower_resize(lw: Lowerer, node: Node, name: str) -> bool:
     at = node.attrs
     linear = at.get("mode", "nearest") == "linear"
     axes = resized_axes(shape, {"sizes": oshape, "scales": at["scales"]})
-    elem = "float" if linear else _INT_TYPES.get(np.dtype(x.type.dtype).itemsize)
+    elem = "float" if linear else INT_TYPES.get(x.type.itemsize)
     if not shape or any(ax < len(shape) - 2 for ax in axes) or elem is None or (
             linear and x.type.dtype != "float32") or 0 in shape or 0 in oshape:
         return False
@@ -109,14 +110,17 @@ def lower_resize(lw: Lowerer, node: Node, name: str) -> bool:
         return resize_kernel(name, planes, h, w, oh, ow, linear, elem,  # type: ignore[arg-type]
                              loc(out), loc(x), [loc(t) for t in tables])  # type: ignore[misc]
 
-    nbytes = np.dtype(x.type.dtype).itemsize * (numel(tuple(shape)) + numel(tuple(oshape)))
+    nbytes = x.type.itemsize * (numel(tuple(shape)) + numel(tuple(oshape)))
     lw.steps.append(Step(name, [x, *tables], [out], gen, op=node.op, units=planes * oh,
                          parallel=worth_splitting(nbytes=nbytes) and planes * oh > 1))
     return True
 
 
 def _movable(node: Node) -> bool:
-    return True  # nearest copies raw elements of any size; linear checks float32 itself
+    """Nearest copies raw elements of 1, 2, 4 or 8 bytes (strings are Python objects); linear
+    checks float32 itself."""
+    x = node.inputs[0]
+    return x is not None and x.type.dtype != "string"
 
 
 LOWERINGS["resize"] = Lowering(lower_resize, _movable)
