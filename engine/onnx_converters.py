@@ -347,10 +347,14 @@ def _reduce_composite(ctx: NodeCtx) -> Outs:
         return [ctx.one("log", total(x))]
     if noop:  # log(exp(x))
         return [ctx.one("identity", x)]
-    # log(sum(exp(x - m))) + m with m the max over the axes: no overflow for large x
+    # log(sum(exp(x - m))) + m with m the max over the axes: no overflow for large x. An
+    # infinite max counts as 0 (inf - inf would be NaN): an all -inf slice gives -inf, one
+    # holding +inf gives inf, as onnxruntime (and scipy's logsumexp) do.
     m = ctx.one("reduce_max", x, axes=axes, keepdims=1)
+    inf = ctx.one("equal", ctx.one("abs", m), ctx.scalar(np.inf, x, "inf"))
+    m = ctx.one("where", inf, ctx.scalar(0.0, x, "zero"), m)
     s = ctx.one("reduce_sum", ctx.one("exp", ctx.one("sub", x, m)), axes=axes, keepdims=keep)
-    mk = m if keep else ctx.one("reduce_max", x, axes=axes, keepdims=0)
+    mk = m if keep else ctx.one("reshape", m, shape=s.type.shape)
     return [ctx.one("add", ctx.one("log", s), mk)]
 
 

@@ -271,3 +271,18 @@ def test_resize_to_sizes_known_only_at_run_time_is_a_clear_error():
     with pytest.raises(ModelError, match=r"\(Resize\): axis 2: resizing 4 to H needs both sizes "
                                          r"known at import"):
         satura.load(model)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_log_sum_exp_of_infinite_slices_matches_onnxruntime(keepdims):
+    """log(sum(exp(x - max))) + max was NaN for a slice of -inf (max -inf) or holding +inf."""
+    ort = pytest.importorskip("onnxruntime")
+    x = np.array([[-np.inf, -np.inf, -np.inf], [1, 2, 3], [np.inf, 0, 1], [-np.inf, 0, 1]],
+                 np.float32)
+    model = _with_inits(_typed_model("ReduceLogSumExp", x, keepdims=keepdims),
+                        axes=np.array([1]))
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
+    for target in ("reference", "cpu"):
+        got = satura.compile(satura.load(model), target=target)(x0=x)["y"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6)
