@@ -20,7 +20,13 @@ import numpy as np
 import onnx
 import sympy
 from onnx import helper, numpy_helper
-from satura.engine.errors import ModelError, SaturaError, ShapeError, UnsupportedOpError
+from satura.engine.errors import (
+    InputError,
+    ModelError,
+    SaturaError,
+    ShapeError,
+    UnsupportedOpError,
+)
 from satura.engine.fold import try_fold
 from satura.engine.graph import DTYPES, Graph, Value
 from satura.engine.ops import OPS
@@ -290,7 +296,7 @@ class NodeCtx:
                 outs = [self.imp.add_const(a, f"{self.name}_c") for a in folded]
             else:
                 outs = graph.add(op, list(inputs), attrs, name=self.name).outputs
-        except ShapeError as e:
+        except (ShapeError, InputError) as e:  # InputError: folding met a bad constant index
             raise self.fail(str(e)) from None
         self.created |= {id(o) for o in outs}
         if folded is None:

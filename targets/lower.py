@@ -39,9 +39,11 @@ from satura.targets.rows import row_kernel
 
 # Below these a second core costs more than it saves. The native pool hands a kernel's shares to
 # a spinning worker in ~1 µs and wakes a sleeping one in a few µs (``python -m benchmarks.run``,
-# table "two-core hand-off"), so kernels of ~20 µs and up (2 MFLOP, 256 KiB moved) are split.
-PARALLEL_FLOPS = 2e6
-PARALLEL_BYTES = 256 << 10
+# table "two-core hand-off"), so kernels of ~5 µs and up (0.5 MFLOP, 128 KiB moved) are split.
+# Measured on two cores against 2 MFLOP / 256 KiB, A/B in one process: llama_block batch 1
+# 299 -> 276 µs, resnet_small batch 1 71.9 -> 69.9 µs, gpt2/bert/resnet batch 8 equal.
+PARALLEL_FLOPS = 5e5
+PARALLEL_BYTES = 128 << 10
 
 
 def worth_splitting(flops: float = 0.0, nbytes: float = 0.0) -> bool:
@@ -759,5 +761,7 @@ def generate(program: Program, graph: Graph, plan: MemoryPlan,
 
 
 # Lowerings kept in modules of their own add themselves to LOWERINGS when imported (they import
-# this module, so they are imported last).
-from satura.targets import indexing, logic, reductions, resize, scatter  # noqa: E402,F401
+# this module, so they are imported last). logic comes last of all: it wraps the lowerings that
+# can start a typed elementwise chain, which must all be registered by then.
+from satura.targets import indexing, reductions, resize, scatter  # noqa: E402,F401,I001
+from satura.targets import logic  # noqa: E402, F401

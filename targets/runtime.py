@@ -160,6 +160,18 @@ def _object_code(ir: str, cache_dir: str | None) -> tuple[bytes, bool]:
     return obj, False
 
 
+try:
+    _sched_getcpu = ctypes.CDLL(None, use_errno=True).sched_getcpu
+    _sched_getcpu.restype = ctypes.c_int
+except (OSError, AttributeError):  # not glibc: assume the caller is elsewhere (always hold)
+    _sched_getcpu = None
+
+
+def _current_cpu() -> int:
+    """The core this thread runs on now (-1 if unknown)."""
+    return _sched_getcpu() if _sched_getcpu is not None else -1
+
+
 def _thread_ids() -> set[int]:
     """This process's kernel thread ids."""
     try:
@@ -353,7 +365,9 @@ class CompiledModel:
             self._native = NativePool(self._jit, self.threads - 1)
         held = None
         main_cpu = self._native.main_cpu if native else None  # type: ignore[union-attr]
-        if main_cpu is not None:
+        # Held only when the caller sits on another core (a worker's): the two syscalls and the
+        # migration cost microseconds a call, and a caller already on its core stays there.
+        if main_cpu is not None and _current_cpu() != main_cpu:
             held = os.sched_getaffinity(0)
             if main_cpu in held:  # this thread may run there (another thread may not)
                 os.sched_setaffinity(0, {main_cpu})

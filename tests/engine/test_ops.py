@@ -200,6 +200,36 @@ def _ew(rng: np.random.Generator) -> Case:
     return [_f(rng, *a), _f(rng, *b)], {"expr": expr}
 
 
+def _scatter_nd(rng: np.random.Generator) -> Case:
+    x = _f(rng, 4, 3, 2)
+    idx = rng.integers(-4, 4, (5, 1)).astype(np.int64)
+    return [x, idx, _f(rng, 5, 3, 2)], {"reduction": "add"}
+
+
+def _scatter_elements(rng: np.random.Generator) -> Case:
+    x = _f(rng, 4, 3)
+    idx = rng.integers(-3, 3, (2, 3)).astype(np.int64)
+    return [x, idx, _f(rng, 2, 3)], {"axis": 1, "reduction": "max"}
+
+
+def _resize(rng: np.random.Generator) -> Case:
+    h, w = _shape(rng, 2, 2, 6)
+    oh, ow = (int(v) for v in rng.integers(1, 9, 2))
+    mode = "linear" if rng.random() < 0.5 else "nearest"
+    return [_f(rng, 1, 2, h, w)], {"sizes": (1, 2, oh, ow), "scales": (1.0, 1.0, oh / h, ow / w),
+                                   "mode": mode}
+
+
+def _rnn(rng: np.random.Generator) -> Case:
+    cell = ("rnn", "gru", "lstm")[int(rng.integers(0, 3))]
+    g, h, dirs = {"rnn": 1, "gru": 3, "lstm": 4}[cell], 3, int(rng.integers(1, 3))
+    seq, batch, feats = _shape(rng, 3)
+    return ([_f(rng, seq, batch, feats), _f(rng, dirs, g * h, feats), _f(rng, dirs, g * h, h),
+             _f(rng, dirs, 2 * g * h)],
+            {"cell": cell, "hidden_size": h,
+             "direction": "bidirectional" if dirs == 2 else "forward"})
+
+
 CASES: dict[str, Callable[[np.random.Generator], Case]] = {
     "matmul": _matmul, "gemm": _gemm, "linear": _linear,
     "softmax": _axis_op, "log_softmax": _axis_op, "layer_norm": _layer_norm, "rms_norm": _norm,
@@ -216,6 +246,15 @@ CASES: dict[str, Callable[[np.random.Generator], Case]] = {
     "ew": _ew, "where": lambda r: ([r.random(3) < 0.5, _f(r, 2, 3), _f(r, 1)], {}),
     "cast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),
     "clip": lambda r: ([_f(r, 2, 3), np.float32(-0.5), np.float32(0.5)], {}),
+    "cumsum": lambda r: ([_f(r, 3, 4)], {"axis": int(r.integers(-2, 2)), "exclusive": 1}),
+    "trilu": lambda r: ([_f(r, 2, 3, 4)], {"upper": int(r.integers(0, 2)),
+                                           "k": int(r.integers(-2, 3))}),
+    "gather_nd": lambda r: ([_f(r, 3, 4, 2), r.integers(-3, 3, (5, 2)).astype(np.int64)], {}),
+    "scatter_nd": _scatter_nd, "scatter_elements": _scatter_elements,
+    "topk": lambda r: ([_f(r, 3, 6)], {"k": int(r.integers(1, 7)), "axis": -1}),
+    "one_hot": lambda r: ([r.integers(-5, 5, (2, 3)).astype(np.int64),
+                           np.asarray([0.0, 1.0], np.float32)], {"depth": 5, "axis": 1}),
+    "resize": _resize, "rnn": _rnn,
 }
 
 
