@@ -70,28 +70,40 @@ def compulsory_bytes(g: Graph) -> int:
     return sum(seen.values())
 
 
-def _onnx(nodes: list[Any], inputs: dict[str, np.ndarray], output: str,
-          inits: dict[str, np.ndarray]) -> bytes:
+def _onnx(
+    nodes: list[Any], inputs: dict[str, np.ndarray], output: str, inits: dict[str, np.ndarray]
+) -> bytes:
     model = helper.make_model(
         helper.make_graph(
-            nodes, "bench",
-            [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
-             for k, v in inputs.items()],
+            nodes,
+            "bench",
+            [
+                helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
+                for k, v in inputs.items()
+            ],
             [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(v, k) for k, v in inits.items()]),
-        opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+            [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=9,
+    )
     return model.SerializeToString()
 
 
 def _onnx_gelu(src: str, dst: str, tag: str) -> tuple[list[Any], dict[str, np.ndarray]]:
     """x·0.5·(1 + erf(x/√2)), the form exporters write (onnxruntime fuses it into Gelu)."""
-    c = {f"{tag}_sqrt2": np.array(math.sqrt(2.0), np.float32),
-         f"{tag}_one": np.array(1.0, np.float32), f"{tag}_half": np.array(0.5, np.float32)}
-    nodes = [helper.make_node("Div", [src, f"{tag}_sqrt2"], [f"{tag}_d"]),
-             helper.make_node("Erf", [f"{tag}_d"], [f"{tag}_e"]),
-             helper.make_node("Add", [f"{tag}_e", f"{tag}_one"], [f"{tag}_a"]),
-             helper.make_node("Mul", [src, f"{tag}_a"], [f"{tag}_m"]),
-             helper.make_node("Mul", [f"{tag}_m", f"{tag}_half"], [dst])]
+    c = {
+        f"{tag}_sqrt2": np.array(math.sqrt(2.0), np.float32),
+        f"{tag}_one": np.array(1.0, np.float32),
+        f"{tag}_half": np.array(0.5, np.float32),
+    }
+    nodes = [
+        helper.make_node("Div", [src, f"{tag}_sqrt2"], [f"{tag}_d"]),
+        helper.make_node("Erf", [f"{tag}_d"], [f"{tag}_e"]),
+        helper.make_node("Add", [f"{tag}_e", f"{tag}_one"], [f"{tag}_a"]),
+        helper.make_node("Mul", [src, f"{tag}_a"], [f"{tag}_m"]),
+        helper.make_node("Mul", [f"{tag}_m", f"{tag}_half"], [dst]),
+    ]
     return nodes, c
 
 
@@ -108,19 +120,33 @@ def w_elementwise(rng: np.random.Generator) -> Workload:
     w, b = (rng.standard_normal(1024).astype(np.float32) for _ in range(2))
     g = Graph("ew")
     xv = g.add_input("x", x.shape)
-    out = g.apply("ew", xv, g.add_const(w, "w"), g.add_const(b, "b"),
-                  expr=("gelu", ("add", ("mul", ("in", 0), ("in", 1)), ("in", 2))))
+    out = g.apply(
+        "ew",
+        xv,
+        g.add_const(w, "w"),
+        g.add_const(b, "b"),
+        expr=("gelu", ("add", ("mul", ("in", 0), ("in", 1)), ("in", 2))),
+    )
     g.set_outputs(out)
     nodes, c = _onnx_gelu("t1", "y", "g")
-    model = _onnx([helper.make_node("Mul", ["x", "w"], ["t0"]),
-                   helper.make_node("Add", ["t0", "b"], ["t1"]), *nodes],
-                  {"x": x}, "y", {"w": w, "b": b, **c})
+    model = _onnx(
+        [
+            helper.make_node("Mul", ["x", "w"], ["t0"]),
+            helper.make_node("Add", ["t0", "b"], ["t1"]),
+            *nodes,
+        ],
+        {"x": x},
+        "y",
+        {"w": w, "b": b, **c},
+    )
     torch = _torch()
     tf = None
     if torch is not None:
         tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+
         def tf() -> Any:
             return torch.nn.functional.gelu(tx * tw + tb)
+
     return Workload("gelu(x*w+b) 4M", g, {"x": x}, model, None, tf, key="ew")
 
 
@@ -132,16 +158,26 @@ def w_layernorm_gelu(rng: np.random.Generator, batch: int = 8) -> Workload:
     ln = g.apply("layer_norm", xv, g.add_const(s, "s"), g.add_const(b, "b"))
     g.set_outputs(g.apply("gelu", ln))
     nodes, c = _onnx_gelu("ln", "y", "g")
-    model = _onnx([helper.make_node("LayerNormalization", ["x", "s", "b"], ["ln"], axis=-1,
-                                    epsilon=1e-5), *nodes], {"x": x}, "y", {"s": s, "b": b, **c})
+    model = _onnx(
+        [
+            helper.make_node("LayerNormalization", ["x", "s", "b"], ["ln"], axis=-1, epsilon=1e-5),
+            *nodes,
+        ],
+        {"x": x},
+        "y",
+        {"s": s, "b": b, **c},
+    )
     torch = _torch()
     tf = None
     if torch is not None:
         tx, ts, tb = (torch.from_numpy(a) for a in (x, s, b))
+
         def tf() -> Any:
             return torch.nn.functional.gelu(torch.nn.functional.layer_norm(tx, (768,), ts, tb))
-    return Workload(f"LayerNorm+GELU [{batch}*128,768]", g, {"x": x}, model, None, tf,
-                    key="ln_gelu")
+
+    return Workload(
+        f"LayerNorm+GELU [{batch}*128,768]", g, {"x": x}, model, None, tf, key="ln_gelu"
+    )
 
 
 def w_mlp(rng: np.random.Generator, rows: int = 256) -> Workload:
@@ -155,19 +191,36 @@ def w_mlp(rng: np.random.Generator, rows: int = 256) -> Workload:
     h = g.apply("linear", xv, g.add_const(w1, "w1"), g.add_const(b1, "b1"), act="gelu")
     g.set_outputs(g.apply("linear", h, g.add_const(w2, "w2"), g.add_const(b2, "b2")))
     nodes, c = _onnx_gelu("h1", "h", "g")
-    model = _onnx([helper.make_node("MatMul", ["x", "w1"], ["h0"]),
-                   helper.make_node("Add", ["h0", "b1"], ["h1"]), *nodes,
-                   helper.make_node("MatMul", ["h", "w2"], ["y0"]),
-                   helper.make_node("Add", ["y0", "b2"], ["y"])],
-                  {"x": x}, "y", {"w1": w1, "w2": w2, "b1": b1, "b2": b2, **c})
+    model = _onnx(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+            helper.make_node("Add", ["h0", "b1"], ["h1"]),
+            *nodes,
+            helper.make_node("MatMul", ["h", "w2"], ["y0"]),
+            helper.make_node("Add", ["y0", "b2"], ["y"]),
+        ],
+        {"x": x},
+        "y",
+        {"w1": w1, "w2": w2, "b1": b1, "b2": b2, **c},
+    )
     torch = _torch()
     tf = None
     if torch is not None:
         tx, tw1, tw2, tb1, tb2 = (torch.from_numpy(a) for a in (x, w1, w2, b1, b2))
+
         def tf() -> Any:
             return torch.nn.functional.gelu(tx @ tw1 + tb1) @ tw2 + tb2
-    return Workload(f"MLP 768-3072-768 [{rows},768]", g, {"x": x}, model, None, tf,
-                    flops=2.0 * rows * 768 * 3072 * 2, key="mlp_kernel")
+
+    return Workload(
+        f"MLP 768-3072-768 [{rows},768]",
+        g,
+        {"x": x},
+        model,
+        None,
+        tf,
+        flops=2.0 * rows * 768 * 3072 * 2,
+        key="mlp_kernel",
+    )
 
 
 def w_attention(rng: np.random.Generator, seq: int, heads: int = 8) -> Workload:
@@ -175,12 +228,18 @@ def w_attention(rng: np.random.Generator, seq: int, heads: int = 8) -> Workload:
     g = Graph("attn")
     qv, kv, vv = (g.add_input(n, q.shape) for n in "qkv")
     g.set_outputs(g.apply("attention", qv, kv, vv, scale=0.125))
-    model = _onnx([helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-                   helper.make_node("MatMul", ["q", "kt"], ["s0"]),
-                   helper.make_node("Mul", ["s0", "scale"], ["s1"]),
-                   helper.make_node("Softmax", ["s1"], ["p"], axis=-1),
-                   helper.make_node("MatMul", ["p", "v"], ["y"])],
-                  {"q": q, "k": k, "v": v}, "y", {"scale": np.array(0.125, np.float32)})
+    model = _onnx(
+        [
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+            helper.make_node("MatMul", ["q", "kt"], ["s0"]),
+            helper.make_node("Mul", ["s0", "scale"], ["s1"]),
+            helper.make_node("Softmax", ["s1"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "v"], ["y"]),
+        ],
+        {"q": q, "k": k, "v": v},
+        "y",
+        {"scale": np.array(0.125, np.float32)},
+    )
 
     def nf() -> Any:
         s = (q @ np.swapaxes(k, -1, -2)) * np.float32(0.125)
@@ -191,10 +250,20 @@ def w_attention(rng: np.random.Generator, seq: int, heads: int = 8) -> Workload:
     tf = None
     if torch is not None:
         tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+
         def tf() -> Any:
             return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=0.125)
-    return Workload(f"attention s={seq} h={heads} d=64", g, {"q": q, "k": k, "v": v}, model,
-                    nf, tf, flops=4.0 * heads * seq * seq * 64, key=f"attention{seq}")
+
+    return Workload(
+        f"attention s={seq} h={heads} d=64",
+        g,
+        {"q": q, "k": k, "v": v},
+        model,
+        nf,
+        tf,
+        flops=4.0 * heads * seq * seq * 64,
+        key=f"attention{seq}",
+    )
 
 
 def w_conv(rng: np.random.Generator) -> Workload:
@@ -203,16 +272,27 @@ def w_conv(rng: np.random.Generator) -> Workload:
     g = Graph("conv")
     xv = g.add_input("x", x.shape)
     g.set_outputs(g.apply("conv", xv, g.add_const(w, "w"), pads=(1, 1, 1, 1)))
-    model = _onnx([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
-                  {"x": x}, "y", {"w": w})
+    model = _onnx(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], {"x": x}, "y", {"w": w}
+    )
     torch = _torch()
     tf = None
     if torch is not None:
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+
         def tf() -> Any:
             return torch.nn.functional.conv2d(tx, tw, padding=1)
-    return Workload("conv3x3 64->64 56x56", g, {"x": x}, model, None, tf,
-                    flops=2.0 * 64 * 64 * 9 * 56 * 56, key="conv")
+
+    return Workload(
+        "conv3x3 64->64 56x56",
+        g,
+        {"x": x},
+        model,
+        None,
+        tf,
+        flops=2.0 * 64 * 64 * 9 * 56 * 56,
+        key="conv",
+    )
 
 
 def w_gemm(rng: np.random.Generator, n: int = 1024) -> Workload:
@@ -225,10 +305,13 @@ def w_gemm(rng: np.random.Generator, n: int = 1024) -> Workload:
     tf = None
     if torch is not None:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
         def tf() -> Any:
             return ta @ tb
-    return Workload(f"GEMM {n}^3", g, {"a": a, "b": b}, model, lambda: a @ b, tf,
-                    flops=2.0 * n ** 3, key="gemm")
+
+    return Workload(
+        f"GEMM {n}^3", g, {"a": a, "b": b}, model, lambda: a @ b, tf, flops=2.0 * n**3, key="gemm"
+    )
 
 
 def median_time(fn: Callable[[], Any], budget: float, min_reps: int = 5) -> float:
@@ -236,8 +319,13 @@ def median_time(fn: Callable[[], Any], budget: float, min_reps: int = 5) -> floa
     return median_times({"f": fn}, budget, min_reps)["f"]
 
 
-def median_times(fns: dict[str, Callable[[], Any]], budget: float, min_reps: int = 5,
-                 rounds: int = 11, settle: float = 0.1) -> dict[str, float]:
+def median_times(
+    fns: dict[str, Callable[[], Any]],
+    budget: float,
+    min_reps: int = 5,
+    rounds: int = 11,
+    settle: float = 0.1,
+) -> dict[str, float]:
     """Median seconds of each function. The systems take turns in ``rounds`` blocks of repeats:
     a change in the machine's load (other jobs on the shared cores) hits every system alike.
     (This machine is a VM whose cores other tenants share: whole blocks of tens of ms run at
@@ -267,8 +355,9 @@ def median_times(fns: dict[str, Callable[[], Any]], budget: float, min_reps: int
 
 
 def _set_blas_threads(n: int) -> None:
-    for lib in glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs",
-                                      "libscipy_openblas*.so")):
+    for lib in glob.glob(
+        os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "libscipy_openblas*.so")
+    ):
         ctypes.CDLL(lib).scipy_openblas_set_num_threads64_(n)
 
 
@@ -281,19 +370,35 @@ def _fma_loop(lanes: int, chains: int = 12) -> Callable[[int], None]:
     def splat(x: str) -> str:
         return "<" + ", ".join([f"float {x}"] * lanes) + ">"
 
-    ir = ["define void @sat_fma_peak(i64 %n, ptr %out) {", "entry:", "  br label %l", "l:",
-          "  %i = phi i64 [0, %entry], [%in, %l]"]
+    ir = [
+        "define void @sat_fma_peak(i64 %n, ptr %out) {",
+        "entry:",
+        "  br label %l",
+        "l:",
+        "  %i = phi i64 [0, %entry], [%in, %l]",
+    ]
     ir += [f"  %a{j} = phi {vty} [{splat('1.0')}, %entry], [%b{j}, %l]" for j in range(chains)]
-    ir += [f"  %b{j} = call {vty} @llvm.fma.v{lanes}f32({vty} %a{j}, {vty} {splat('0.5')}, "
-           f"{vty} {splat('0.25')})" for j in range(chains)]
-    ir += ["  %in = add i64 %i, 1", "  %more = icmp ult i64 %in, %n",
-           "  br i1 %more, label %l, label %x", "x:"]
+    ir += [
+        f"  %b{j} = call {vty} @llvm.fma.v{lanes}f32({vty} %a{j}, {vty} {splat('0.5')}, "
+        f"{vty} {splat('0.25')})"
+        for j in range(chains)
+    ]
+    ir += [
+        "  %in = add i64 %i, 1",
+        "  %more = icmp ult i64 %in, %n",
+        "  br i1 %more, label %l, label %x",
+        "x:",
+    ]
     acc = "%b0"
     for j in range(1, chains):  # every chain feeds the stored result: none is dead code
         ir.append(f"  %s{j} = fadd {vty} {acc}, %b{j}")
         acc = f"%s{j}"
-    ir += [f"  store {vty} {acc}, ptr %out, align 4", "  ret void", "}",
-           f"declare {vty} @llvm.fma.v{lanes}f32({vty}, {vty}, {vty})"]
+    ir += [
+        f"  store {vty} {acc}, ptr %out, align 4",
+        "  ret void",
+        "}",
+        f"declare {vty} @llvm.fma.v{lanes}f32({vty}, {vty}, {vty})",
+    ]
     jit = codegen.JitModule(codegen.emit_object(codegen.optimize_ir("\n".join(ir))))
     fn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)(jit.address("sat_fma_peak"))
     out = np.zeros(lanes, np.float32)
@@ -327,6 +432,7 @@ def copy_bandwidth(threads: int, budget: float, nbytes: int = 64 << 20) -> float
     parts = np.array_split(np.arange(src.size), threads)
     bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
     if threads == 1:
+
         def copy() -> None:
             np.copyto(dst, src)
     else:
@@ -335,7 +441,8 @@ def copy_bandwidth(threads: int, budget: float, nbytes: int = 64 << 20) -> float
         pool = ThreadPoolExecutor(threads)
 
         def copy() -> None:
-            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
+            list(pool.map(lambda b: np.copyto(dst[b[0] : b[1]], src[b[0] : b[1]]), bounds))
+
     return 3 * nbytes / median_time(copy, budget)
 
 
@@ -346,12 +453,12 @@ class ModelCase:
 
     name: str
     batch: int
-    proto: Any                     # onnx.ModelProto
-    graph: Graph                   # satura.optimize(satura.load(proto)).graph
+    proto: Any  # onnx.ModelProto
+    graph: Graph  # satura.optimize(satura.load(proto)).graph
     feeds: dict[str, np.ndarray]
     optimize_seconds: float
-    label: str = ""                # the table's name column (default: "NAME batch B")
-    example: bool = True           # an example architecture (torch can run its twin)
+    label: str = ""  # the table's name column (default: "NAME batch B")
+    example: bool = True  # an example architecture (torch can run its twin)
 
     @property
     def key(self) -> str:
@@ -395,8 +502,10 @@ def synthetic_inputs(proto: Any, dims: dict[str, int], seed: int = 0) -> dict[st
                 shape.append(dims[d.dim_param])
             else:
                 what = f"'{d.dim_param}'" if d.dim_param else "unnamed"
-                raise ValueError(f"input '{vi.name}': dimension {i} is {what} and symbolic; "
-                                 f"bind it with --dim {d.dim_param or 'NAME'}=SIZE")
+                raise ValueError(
+                    f"input '{vi.name}': dimension {i} is {what} and symbolic; "
+                    f"bind it with --dim {d.dim_param or 'NAME'}=SIZE"
+                )
         dtype = np.dtype(onnx_helper.tensor_dtype_to_np_dtype(tt.elem_type))
         if dtype.kind == "f":
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
@@ -420,9 +529,18 @@ def file_cases(paths: list[str], dims: dict[str, int]) -> list[ModelCase]:
         graph = satura.optimize(satura.load(proto)).graph
         name = os.path.splitext(os.path.basename(path))[0]
         shapes = ", ".join(f"{list(a.shape)}" for a in feeds.values())
-        cases.append(ModelCase(name, dims.get("batch", 0), proto, graph, feeds,
-                               time.perf_counter() - t0, label=f"{name} {shapes}"[:30],
-                               example=False))
+        cases.append(
+            ModelCase(
+                name,
+                dims.get("batch", 0),
+                proto,
+                graph,
+                feeds,
+                time.perf_counter() - t0,
+                label=f"{name} {shapes}"[:30],
+                example=False,
+            )
+        )
     return cases
 
 
@@ -458,12 +576,12 @@ def _torch_model(case: ModelCase, compiled: bool) -> tuple[Callable[[], Any] | N
 class Row:
     key: str
     name: str
-    times: dict[str, float]            # system -> median seconds
-    notes: dict[str, str]              # system -> why it has no time
-    max_diff: float                    # satura vs onnxruntime, relative to max(1, |ort|max)
+    times: dict[str, float]  # system -> median seconds
+    notes: dict[str, str]  # system -> why it has no time
+    max_diff: float  # satura vs onnxruntime, relative to max(1, |ort|max)
     compile_seconds: float
     fallback: list[str]
-    roof: float = math.nan             # satura time / roofline floor (kernels)
+    roof: float = math.nan  # satura time / roofline floor (kernels)
 
     @property
     def ratio(self) -> float:
@@ -486,13 +604,15 @@ def _max_diff(got: dict[str, np.ndarray], sess: Any, ref: list[np.ndarray]) -> f
     for i, (n, r) in enumerate(zip(names, ref, strict=True)):
         a = got[n] if n in got else vals[i]
         scale = max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
-        worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - r))) / scale
-                    if r.size else 0.0)
+        worst = max(
+            worst, float(np.max(np.abs(a.astype(np.float64) - r))) / scale if r.size else 0.0
+        )
     return worst
 
 
-def _satura_fns(model: Any, feeds: dict[str, np.ndarray],
-                threads: int) -> dict[str, Callable[[], Any]]:
+def _satura_fns(
+    model: Any, feeds: dict[str, np.ndarray], threads: int
+) -> dict[str, Callable[[], Any]]:
     """satura with its default (native) thread pool, and with the Python pool when threads > 1."""
 
     def native() -> Any:
@@ -518,8 +638,16 @@ def kernel_row(w: Workload, threads: int, budget: float, peak: float, bw: float)
         fns["torch"] = w.torch_fn
     med = median_times(fns, budget)
     floor = max(w.flops / peak, compulsory_bytes(w.graph) / bw)
-    return Row(w.key, w.name, med, {}, diff, model.compile_seconds, model.fallback_nodes,
-               med["satura"] / floor)
+    return Row(
+        w.key,
+        w.name,
+        med,
+        {},
+        diff,
+        model.compile_seconds,
+        model.fallback_nodes,
+        med["satura"] / floor,
+    )
 
 
 def model_row(case: ModelCase, threads: int, budget: float, torch_compile: bool) -> Row:
@@ -544,19 +672,38 @@ def model_row(case: ModelCase, threads: int, budget: float, torch_compile: bool)
     if not torch_compile:
         notes["t.compile"] = "skipped (--quick / --no-torch-compile)"
     med = median_times(fns, budget)
-    return Row(case.key, case.label or f"{case.name} batch {case.batch}", med, notes, diff,
-               compile_s, model.fallback_nodes)
+    return Row(
+        case.key,
+        case.label or f"{case.name} batch {case.batch}",
+        med,
+        notes,
+        diff,
+        compile_s,
+        model.fallback_nodes,
+    )
 
 
-COLS = [("satura", 9), ("py pool", 9), ("ort", 9), ("ort/sat", 7), ("torch", 9), ("t.compile", 9),
-        ("numpy", 9), ("roof", 6), ("max Δ", 7), ("compile s", 9)]
+COLS = [
+    ("satura", 9),
+    ("py pool", 9),
+    ("ort", 9),
+    ("ort/sat", 7),
+    ("torch", 9),
+    ("t.compile", 9),
+    ("numpy", 9),
+    ("roof", 6),
+    ("max Δ", 7),
+    ("compile s", 9),
+]
 
 
 def format_table(threads: int, rows: list[Row], bw: float, peak: float) -> str:
     """One markdown table; notes (why a system has no time) and fallbacks follow it."""
-    out = [f"\n## {threads} thread(s): median ms; ort/sat = onnxruntime / satura (>1: satura "
-           f"faster); roof = satura / max(flops / {peak / 1e9:.0f} GFLOP/s FMA peak, "
-           f"bytes / {bw / 1e9:.1f} GB/s DRAM bandwidth of a numpy copy)"]
+    out = [
+        f"\n## {threads} thread(s): median ms; ort/sat = onnxruntime / satura (>1: satura "
+        f"faster); roof = satura / max(flops / {peak / 1e9:.0f} GFLOP/s FMA peak, "
+        f"bytes / {bw / 1e9:.1f} GB/s DRAM bandwidth of a numpy copy)"
+    ]
     head = f"| {'workload':30} | " + " | ".join(f"{c:>{w}}" for c, w in COLS) + " | fallback |"
     out += [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
     notes: list[str] = []
@@ -591,10 +738,14 @@ def kernel_makers(quick: bool) -> list[tuple[str, Callable[[], Workload]]]:
     """(key, builder) of each kernel workload."""
     rng = np.random.default_rng(0)
     makers: list[tuple[str, Callable[[], Workload]]] = [
-        ("ew", lambda: w_elementwise(rng)), ("ln_gelu", lambda: w_layernorm_gelu(rng)),
-        ("mlp_kernel", lambda: w_mlp(rng))]
-    makers += [(f"attention{s}", lambda s=s: w_attention(rng, s))
-               for s in ((128,) if quick else (128, 256, 512))]
+        ("ew", lambda: w_elementwise(rng)),
+        ("ln_gelu", lambda: w_layernorm_gelu(rng)),
+        ("mlp_kernel", lambda: w_mlp(rng)),
+    ]
+    makers += [
+        (f"attention{s}", lambda s=s: w_attention(rng, s))
+        for s in ((128,) if quick else (128, 256, 512))
+    ]
     makers += [("conv", lambda: w_conv(rng)), ("gemm", lambda: w_gemm(rng))]
     return makers
 
@@ -617,17 +768,25 @@ def unknown_keys(only: set[str], batches: tuple[int, ...] = (1, 8)) -> list[str]
     return sorted(only - known)
 
 
-def run(threads: list[int], budget: float, quick: bool, only: set[str] | None = None,
-        torch_compile: bool = True, models: tuple[str, ...] | None = None,
-        batches: tuple[int, ...] = (1, 8), print_fn: Callable[[str], None] = print,
-        extra: list[ModelCase] | None = None) -> dict[int, list[Row]]:
+def run(
+    threads: list[int],
+    budget: float,
+    quick: bool,
+    only: set[str] | None = None,
+    torch_compile: bool = True,
+    models: tuple[str, ...] | None = None,
+    batches: tuple[int, ...] = (1, 8),
+    print_fn: Callable[[str], None] = print,
+    extra: list[ModelCase] | None = None,
+) -> dict[int, list[Row]]:
     """Measure the selected workloads, then the ``extra`` model cases (ONNX files), for each
     thread count; print and return the rows."""
     from examples.models import EXAMPLES
 
     works = kernel_workloads(quick, only)
-    names = [n for n in (models or tuple(EXAMPLES))
-             if any(_selected(f"{n}@{b}", only) for b in batches)]
+    names = [
+        n for n in (models or tuple(EXAMPLES)) if any(_selected(f"{n}@{b}", only) for b in batches)
+    ]
     cases = [c for c in model_cases(names, batches) if _selected(c.key, only)] + (extra or [])
     torch = _torch()
     tables: dict[int, list[Row]] = {}
@@ -649,9 +808,11 @@ def parallel_overhead(budget: float, print_fn: Callable[[str], None] = print) ->
 
     saved = lower.PARALLEL_BYTES
     lower.PARALLEL_BYTES = 0  # make every kernel parallel
-    lines = ["\n## two-core hand-off: tanh over n floats, median µs per model call",
-             f"| {'n':>9} | {'1 thread':>9} | {'2: python pool':>14} | {'2: native pool':>14} |",
-             "|-----------|-----------|----------------|----------------|"]
+    lines = [
+        "\n## two-core hand-off: tanh over n floats, median µs per model call",
+        f"| {'n':>9} | {'1 thread':>9} | {'2: python pool':>14} | {'2: native pool':>14} |",
+        "|-----------|-----------|----------------|----------------|",
+    ]
     try:
         for n in (4096, 262144, 4194304):
             g = Graph("tanh")
@@ -660,10 +821,18 @@ def parallel_overhead(budget: float, print_fn: Callable[[str], None] = print) ->
             one, pool, native = (compile_graph(g, threads=t) for t in (1, 2, 2))
             pool.native_threads, native.native_threads = False, True
             xv = np.random.default_rng(0).random(n, dtype=np.float32)
-            t = median_times({"1": lambda m=one, a=xv: m(x=a), "pool": lambda m=pool, a=xv: m(x=a),
-                              "native": lambda m=native, a=xv: m(x=a)}, budget)
-            lines.append(f"| {n:9} | {t['1'] * 1e6:9.1f} | {t['pool'] * 1e6:14.1f} | "
-                         f"{t['native'] * 1e6:14.1f} |")
+            t = median_times(
+                {
+                    "1": lambda m=one, a=xv: m(x=a),
+                    "pool": lambda m=pool, a=xv: m(x=a),
+                    "native": lambda m=native, a=xv: m(x=a),
+                },
+                budget,
+            )
+            lines.append(
+                f"| {n:9} | {t['1'] * 1e6:9.1f} | {t['pool'] * 1e6:14.1f} | "
+                f"{t['native'] * 1e6:14.1f} |"
+            )
     finally:
         lower.PARALLEL_BYTES = saved
     print_fn("\n".join(lines))
@@ -672,19 +841,40 @@ def parallel_overhead(budget: float, print_fn: Callable[[str], None] = print) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds per measurement (default 0.4, --quick 0.15)")
-    ap.add_argument("--quick", action="store_true",
-                    help="fewer attention sizes, shorter measurements, no torch.compile")
-    ap.add_argument("--only", default="", help="comma-separated workload keys (see --list); a "
-                    "model name selects both batch sizes, name@batch one")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds per measurement (default 0.4, --quick 0.15)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer attention sizes, shorter measurements, no torch.compile",
+    )
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated workload keys (see --list); a "
+        "model name selects both batch sizes, name@batch one",
+    )
     ap.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--list", action="store_true", help="print the workload keys and exit")
-    ap.add_argument("--model", action="append", default=[], metavar="FILE.onnx",
-                    help="also time this ONNX model against onnxruntime (repeatable; inputs: "
-                    "normal floats, integer ones); alone, it is the only workload")
-    ap.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
-                    help="size of a symbolic input dimension of the --model files (repeatable)")
+    ap.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="FILE.onnx",
+        help="also time this ONNX model against onnxruntime (repeatable; inputs: "
+        "normal floats, integer ones); alone, it is the only workload",
+    )
+    ap.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=SIZE",
+        help="size of a symbolic input dimension of the --model files (repeatable)",
+    )
     args = ap.parse_args()
     if args.list:
         from examples.models import EXAMPLES
@@ -711,8 +901,14 @@ def main() -> None:
         only = set()  # the files alone
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.4)
     t0 = time.perf_counter()
-    run([int(t) for t in args.threads.split(",")], budget, args.quick, only,
-        torch_compile=not args.no_torch_compile, extra=extra)
+    run(
+        [int(t) for t in args.threads.split(",")],
+        budget,
+        args.quick,
+        only,
+        torch_compile=not args.no_torch_compile,
+        extra=extra,
+    )
     if only is None:
         parallel_overhead(budget)
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")

@@ -39,6 +39,7 @@ from satura.engine.shapes import SymDims
 _REG: dict[str, Any] = {}
 _ids = itertools.count()
 
+
 class _Fn:
     """A picklable handle on a registered Python function (egglog pickles PyObjects)."""
 
@@ -64,8 +65,9 @@ STRUCTURAL = ("Input", "Const", "Scalar", "Absent", "Get", "TNil", "TCons", "TLA
 
 def ctor(op: str) -> str:
     """The egglog constructor name of an op: ``layer_norm`` -> ``LayerNorm``."""
-    return "".join(p[:1].upper() + p[1:] for p in op.split("_")) + ("Op" if op in (
-        "input", "const", "scalar", "absent", "get") else "")
+    return "".join(p[:1].upper() + p[1:] for p in op.split("_")) + (
+        "Op" if op in ("input", "const", "scalar", "absent", "get") else ""
+    )
 
 
 CTOR_TO_OP = {ctor(name): name for name in OPS}
@@ -87,8 +89,15 @@ def _safe_infer(op: str, types: Sequence[Any], attrs: tuple) -> Any:
         return INVALID  # an absent optional input in a place that needs one
     try:
         outs = infer_types(op, list(types), dict(attrs))
-    except (ShapeError, TypeError, ValueError, IndexError, KeyError, ZeroDivisionError,
-            AttributeError):
+    except (
+        ShapeError,
+        TypeError,
+        ValueError,
+        IndexError,
+        KeyError,
+        ZeroDivisionError,
+        AttributeError,
+    ):
         return INVALID
     return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -198,30 +207,40 @@ class EGraph:
             return self._obj_keys[key]
         name = f"$g{self.uid}o{len(_REG)}"
         _REG[name] = value
-        self._run(f'(let {name} (py-eval "__import__(\'satura.engine.egraph\', '
-                  f'fromlist=[\'_\'])._lookup(\'{name}\')" (py-dict) (py-dict)))')
+        self._run(
+            f"(let {name} (py-eval \"__import__('satura.engine.egraph', "
+            f"fromlist=['_'])._lookup('{name}')\" (py-dict) (py-dict)))"
+        )
         if key is not None:
             self._obj_keys[key] = name
         return name
 
     def _prelude(self) -> str:
-        lines = ["(sort T)", "(sort TL)",
-                 "(constructor Input (String) T)", "(constructor Const (String) T)",
-                 "(constructor Scalar (PyObject) T)", "(constructor Absent () T)",
-                 "(constructor Get (T i64) T)",
-                 "(constructor TNil () TL)", "(constructor TCons (T TL) TL)",
-                 "(constructor TLAppend (TL TL) TL)",
-                 "(function ty (T) PyObject :merge old)",
-                 "(function tys (TL) PyObject :merge old)",
-                 "(function scalar (T) PyObject :merge old)",
-                 "(ruleset types)"]
+        lines = [
+            "(sort T)",
+            "(sort TL)",
+            "(constructor Input (String) T)",
+            "(constructor Const (String) T)",
+            "(constructor Scalar (PyObject) T)",
+            "(constructor Absent () T)",
+            "(constructor Get (T i64) T)",
+            "(constructor TNil () TL)",
+            "(constructor TCons (T TL) TL)",
+            "(constructor TLAppend (TL TL) TL)",
+            "(function ty (T) PyObject :merge old)",
+            "(function tys (TL) PyObject :merge old)",
+            "(function scalar (T) PyObject :merge old)",
+            "(ruleset types)",
+        ]
         for op, info in OPS.items():
             if info.inputs[1] is None:
                 lines.append(f"(constructor {ctor(op)} (TL PyObject) T)")
             else:
                 lines.append(f"(constructor {ctor(op)} ({'T ' * info.inputs[1]}PyObject) T)")
-        lines += ["(rewrite (TLAppend (TNil) l) l :ruleset types)",
-                  "(rewrite (TLAppend (TCons h t) l) (TCons h (TLAppend t l)) :ruleset types)"]
+        lines += [
+            "(rewrite (TLAppend (TNil) l) l :ruleset types)",
+            "(rewrite (TLAppend (TCons h t) l) (TCons h (TLAppend t l)) :ruleset types)",
+        ]
         return "\n".join(lines)
 
     def _type_rules(self) -> str:
@@ -243,16 +262,20 @@ class EGraph:
         for op, info in OPS.items():
             infer = self.obj(_make_infer(op))
             if info.inputs[1] is None:
-                lines.append(f"(rule ((= e ({ctor(op)} l at)) (= tl (tys l))) "
-                             f"((set (ty e) (py-call {infer} tl at))) :ruleset types)")
+                lines.append(
+                    f"(rule ((= e ({ctor(op)} l at)) (= tl (tys l))) "
+                    f"((set (ty e) (py-call {infer} tl at))) :ruleset types)"
+                )
             else:
                 n = info.inputs[1]
                 xs = " ".join(f"x{i}" for i in range(n))
                 q = " ".join(f"(= t{i} (ty x{i}))" for i in range(n))
                 ts = " ".join(f"t{i}" for i in range(n))
                 types = f"(py-call {self.obj(_pack)} {ts})" if n else self.obj(())
-                lines.append(f"(rule ((= e ({ctor(op)} {xs} at)) {q}) "
-                             f"((set (ty e) (py-call {infer} {types} at))) :ruleset types)")
+                lines.append(
+                    f"(rule ((= e ({ctor(op)} {xs} at)) {q}) "
+                    f"((set (ty e) (py-call {infer} {types} at))) :ruleset types)"
+                )
         return "\n".join(lines)
 
     # -- loading a graph -----------------------------------------------------------------------
@@ -269,8 +292,10 @@ class EGraph:
             names[id(v)] = f'(Const "{v.name}")'
             lines.append(f"(set (ty {names[id(v)]}) {self.obj(v.type)})")
             if v.data is not None and v.data.size == 1 and v.data.dtype.kind in "fiu":
-                lines.append(f"(set (scalar {names[id(v)]}) "
-                             f"{self.obj((float(v.data.reshape(())), v.type.dtype))})")
+                lines.append(
+                    f"(set (scalar {names[id(v)]}) "
+                    f"{self.obj((float(v.data.reshape(())), v.type.dtype))})"
+                )
         for k, n in enumerate(graph.nodes):
             info = get_op(n.op)
             attrs = self.obj(tuple(sorted(info.with_defaults(n.attrs).items())))
@@ -376,11 +401,13 @@ class EGraph:
                 sorts = fn.input_sorts
                 node = self._snode(name, r.inputs, sorts, cid)
                 classes.setdefault(cid(r.output), []).append(node)
-        return Snapshot(classes, types, [roots[r] for r in self.roots], self.graph,
-                        dict(self._consts))
+        return Snapshot(
+            classes, types, [roots[r] for r in self.roots], self.graph, dict(self._consts)
+        )
 
-    def _snode(self, name: str, inputs: Sequence[Any], sorts: Sequence[str],
-               cid: Callable[[Any], int]) -> SNode:
+    def _snode(
+        self, name: str, inputs: Sequence[Any], sorts: Sequence[str], cid: Callable[[Any], int]
+    ) -> SNode:
         e = self.egg
         if name in ("Input", "Const"):
             return SNode(name, (), payload=e.value_to_string(inputs[0]))
@@ -449,32 +476,53 @@ class _RuleCompiler:
             self.roots.append(self.pattern(root))
         for r in self.roots:
             self.tensor_args.setdefault(f"__root_{r}", f"(ty {r})")
-        exprs = [e for t in self.rule.rhs for s in walk(t) if isinstance(s, Call)
-                 for _, e in s.attrs] + ([self.rule.guard] if self.rule.guard is not None else [])
-        self.valued = sorted({n.args[0].id for e in exprs for n in ast.walk(e)
-                              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-                              and n.func.id == "value" and n.args
-                              and isinstance(n.args[0], ast.Name)})
+        exprs = [
+            e for t in self.rule.rhs for s in walk(t) if isinstance(s, Call) for _, e in s.attrs
+        ] + ([self.rule.guard] if self.rule.guard is not None else [])
+        self.valued = sorted(
+            {
+                n.args[0].id
+                for e in exprs
+                for n in ast.walk(e)
+                if isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Name)
+                and n.func.id == "value"
+                and n.args
+                and isinstance(n.args[0], ast.Name)
+            }
+        )
         for v in self.valued:
             self.tensor_args[f"{VALUES}{v}"] = f"(scalar p_{v})"
         # Lookups of functions may stand only in the query: bind each to a variable there.
         binds: dict[str, str] = {}
-        for lookup in [*self.tensor_args.values(), *self.list_args.values(),
-                       *[f"(scalar {v})" for _, v in self.lits]]:
+        for lookup in [
+            *self.tensor_args.values(),
+            *self.list_args.values(),
+            *[f"(scalar {v})" for _, v in self.lits],
+        ]:
             binds[lookup] = self.var("t")
             self.atoms.append(f"(= {binds[lookup]} {lookup})")
         self.tensor_args = {k: binds[v] for k, v in self.tensor_args.items()}
         self.list_args = {k: binds[v] for k, v in self.list_args.items()}
         guard = self.eg.obj(self.make_guard())
-        args = " ".join([*self.tensor_args.values(), *self.list_args.values(),
-                         *[a for _, a in self.call_attrs],
-                         *[binds[f"(scalar {v})"] for _, v in self.lits]])
+        args = " ".join(
+            [
+                *self.tensor_args.values(),
+                *self.list_args.values(),
+                *[a for _, a in self.call_attrs],
+                *[binds[f"(scalar {v})"] for _, v in self.lits],
+            ]
+        )
         self.atoms.append(f"(= true (py-to-bool (py-call {guard} {args})))")
-        actions = [f"(union {root} {self.replacement(t)})"
-                   for root, t in zip(self.roots, self.rule.rhs, strict=True)]
+        actions = [
+            f"(union {root} {self.replacement(t)})"
+            for root, t in zip(self.roots, self.rule.rhs, strict=True)
+        ]
         name = self.rule.name.replace('"', "'")
-        return (f"(rule ({' '.join(self.atoms)}) ({' '.join(actions)}) "
-                f":ruleset {self.rs} :name \"{name}\")")
+        return (
+            f"(rule ({' '.join(self.atoms)}) ({' '.join(actions)}) "
+            f':ruleset {self.rs} :name "{name}")'
+        )
 
     # Query side.
     def pattern(self, t: Any) -> str:
@@ -494,8 +542,12 @@ class _RuleCompiler:
             items = [a for a in t.args if not isinstance(a, Star)]
             stars = [a for a in t.args if isinstance(a, Star)]
             if (stars and t.args[-1] is not stars[0]) or len(stars) > 1:
-                raise RuleError("in a pattern, one list variable '*xs' may stand last among "
-                                "a variadic op's inputs", self.rule.file, self.rule.line)
+                raise RuleError(
+                    "in a pattern, one list variable '*xs' may stand last among "
+                    "a variadic op's inputs",
+                    self.rule.file,
+                    self.rule.line,
+                )
             tail = "(TNil)"
             if stars:
                 tail = "q_" + stars[0].name
@@ -530,7 +582,7 @@ class _RuleCompiler:
             for n in lnames:
                 env[n] = args[i]
                 i += 1
-            attr_objs = args[i:i + len(calls)]
+            attr_objs = args[i : i + len(calls)]
             i += len(calls)
             scalars = args[i:]
             _split_values(env)
@@ -644,7 +696,7 @@ class _RuleCompiler:
         def attrs_fn(*args: Any) -> tuple:
             env = dict(zip(tnames + lnames, args, strict=False))
             _split_values(env)
-            attr_objs = args[len(tnames) + len(lnames):len(tnames) + len(lnames) + ncalls]
+            attr_objs = args[len(tnames) + len(lnames) : len(tnames) + len(lnames) + ncalls]
             for c, at in zip([c for c, _ in compiler.call_attrs], attr_objs, strict=True):
                 ad = dict(at)
                 for k, expr in c.attrs:
@@ -655,21 +707,24 @@ class _RuleCompiler:
             return compiler.rhs_attrs(t, env, attr_objs)
 
         fn = self.eg.obj(attrs_fn)
-        args = " ".join([*self.tensor_args.values(), *self.list_args.values(),
-                         *[a for _, a in self.call_attrs]])
+        args = " ".join(
+            [*self.tensor_args.values(), *self.list_args.values(), *[a for _, a in self.call_attrs]]
+        )
         return f"(py-call {fn} {args})"
 
 
 def _split_values(env: dict[str, Any]) -> None:
     """Move the scalar lookups (``__values__x``) into ``env[VALUES]`` as plain floats."""
-    vals = {k[len(VALUES):]: env.pop(k) for k in [k for k in env if k.startswith(VALUES)]}
+    vals = {k[len(VALUES) :]: env.pop(k) for k in [k for k in env if k.startswith(VALUES)]}
     env[VALUES] = {k: (None if v is None else v[0]) for k, v in vals.items()}
 
 
 def _is_literal(e: Any) -> bool:
-    return isinstance(e, ast.Constant) or (
-        isinstance(e, (ast.List, ast.Tuple)) and all(_is_literal(x) for x in e.elts)) or (
-        isinstance(e, ast.UnaryOp) and _is_literal(e.operand))
+    return (
+        isinstance(e, ast.Constant)
+        or (isinstance(e, (ast.List, ast.Tuple)) and all(_is_literal(x) for x in e.elts))
+        or (isinstance(e, ast.UnaryOp) and _is_literal(e.operand))
+    )
 
 
 def _close(a: float, b: float) -> bool:

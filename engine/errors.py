@@ -26,8 +26,9 @@ class ShapeError(SaturaError):
 class RuleError(SaturaError):
     """A rule file that does not parse or type-check. Carries ``file:line:col``."""
 
-    def __init__(self, message: str, file: str = "<rules>", line: int = 0, col: int = 0,
-                 text: str = "") -> None:
+    def __init__(
+        self, message: str, file: str = "<rules>", line: int = 0, col: int = 0, text: str = ""
+    ) -> None:
         self.file, self.line, self.col, self.text = file, line, col, text
         where = f"{file}:{line}:{col}: " if line else f"{file}: "
         shown = f"\n    {text.strip()}" if text.strip() else ""

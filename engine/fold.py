@@ -17,6 +17,7 @@ from satura.engine.ops import get_op, infer_types
 
 MAX_FOLD_ELEMS = 1 << 20
 
+
 def has_symbols(v: Any) -> bool:
     """True when an attribute value holds a sympy expression anywhere."""
     if isinstance(v, sympy.Basic):
@@ -26,8 +27,12 @@ def has_symbols(v: Any) -> bool:
     return False
 
 
-def try_fold(op: str, inputs: Sequence[Value | None], attrs: Mapping[str, Any],
-             max_elems: int = MAX_FOLD_ELEMS) -> list[np.ndarray] | None:
+def try_fold(
+    op: str,
+    inputs: Sequence[Value | None],
+    attrs: Mapping[str, Any],
+    max_elems: int = MAX_FOLD_ELEMS,
+) -> list[np.ndarray] | None:
     """Outputs of ``op`` on constant ``inputs``, or None when it cannot or should not be folded
     (an input is not constant, an attribute is symbolic, or an output is too large)."""
     if any(v is not None and not v.is_const for v in inputs):
@@ -39,10 +44,13 @@ def try_fold(op: str, inputs: Sequence[Value | None], attrs: Mapping[str, Any],
         return None
     info = get_op(op)
     with np.errstate(all="ignore"):
-        outs = info.reference([None if v is None else v.data for v in inputs],
-                              info.with_defaults(attrs))
-    return [np.asarray(o).astype(t.dtype, copy=False).reshape(tuple(int(s) for s in t.shape))
-            for o, t in zip(outs, types, strict=True)]
+        outs = info.reference(
+            [None if v is None else v.data for v in inputs], info.with_defaults(attrs)
+        )
+    return [
+        np.asarray(o).astype(t.dtype, copy=False).reshape(tuple(int(s) for s in t.shape))
+        for o, t in zip(outs, types, strict=True)
+    ]
 
 
 def _numel(shape: Sequence[Any]) -> int:
@@ -72,4 +80,3 @@ def fold_constants(graph: Graph, max_elems: int = MAX_FOLD_ELEMS) -> int:
     graph.nodes = kept
     graph.outputs = [replaced.get(id(v), v) for v in graph.outputs]
     return folded
-

@@ -18,8 +18,22 @@ import sympy
 from satura.engine.errors import ShapeError
 from satura.engine.shapes import Dim, Shape, as_dim
 
-DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
-          "uint64", "uint32", "uint16", "uint8", "bool", "string")
+DTYPES = (
+    "float32",
+    "float64",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint64",
+    "uint32",
+    "uint16",
+    "uint8",
+    "bool",
+    "string",
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +66,9 @@ class TensorType:
         """The same type with symbols replaced by the ints in ``env``."""
         if self.is_static:
             return self
-        return TensorType(tuple(d if isinstance(d, int) else int(d.subs(env)) for d in self.shape),
-                          self.dtype)
+        return TensorType(
+            tuple(d if isinstance(d, int) else int(d.subs(env)) for d in self.shape), self.dtype
+        )
 
     def numel(self) -> Dim:
         n: Dim = 1
@@ -63,8 +78,11 @@ class TensorType:
 
     @property
     def itemsize(self) -> int:
-        return 2 if self.dtype == "bfloat16" else (8 if self.dtype == "string" else
-                                                   np.dtype(self.dtype).itemsize)
+        return (
+            2
+            if self.dtype == "bfloat16"
+            else (8 if self.dtype == "string" else np.dtype(self.dtype).itemsize)
+        )
 
     def __str__(self) -> str:
         return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
@@ -95,10 +113,21 @@ class Value:
 
     __slots__ = ("data", "index", "name", "producer", "type")
 
-    def __init__(self, name: str, type: TensorType, producer: Node | None = None, index: int = 0,
-                 data: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        type: TensorType,
+        producer: Node | None = None,
+        index: int = 0,
+        data: np.ndarray | None = None,
+    ) -> None:
         self.name, self.type, self.producer, self.index, self.data = (
-            name, type, producer, index, data)
+            name,
+            type,
+            producer,
+            index,
+            data,
+        )
 
     @property
     def is_const(self) -> bool:
@@ -113,8 +142,9 @@ class Node:
 
     __slots__ = ("attrs", "inputs", "name", "op", "outputs")
 
-    def __init__(self, op: str, inputs: list[Value | None], attrs: Mapping[str, Any],
-                 name: str) -> None:
+    def __init__(
+        self, op: str, inputs: list[Value | None], attrs: Mapping[str, Any], name: str
+    ) -> None:
         self.op, self.inputs, self.name = op, inputs, name
         self.attrs = {k: freeze_attr(v) for k, v in attrs.items()}
         self.outputs: list[Value] = []
@@ -165,8 +195,14 @@ class Graph:
         arr = np.asarray(array, dtype=dtype)
         return Value(self.fresh_name(name), TensorType(arr.shape, arr.dtype.name), data=arr)
 
-    def add(self, op: str, inputs: list[Value | None], attrs: Mapping[str, Any] | None = None,
-            name: str | None = None, out_names: list[str] | None = None) -> Node:
+    def add(
+        self,
+        op: str,
+        inputs: list[Value | None],
+        attrs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        out_names: list[str] | None = None,
+    ) -> Node:
         """Append a node, inferring its output types from the op registry. Raises ShapeError."""
         from satura.engine.ops import infer_types
 
@@ -177,8 +213,11 @@ class Graph:
         except ShapeError as e:
             raise ShapeError(f"node '{node.name}' ({op}): {e}") from None
         for i, t in enumerate(types):
-            hint = out_names[i] if out_names and i < len(out_names) else (
-                node.name if len(types) == 1 else f"{node.name}_{i}")
+            hint = (
+                out_names[i]
+                if out_names and i < len(out_names)
+                else (node.name if len(types) == 1 else f"{node.name}_{i}")
+            )
             node.outputs.append(Value(self.fresh_name(hint), t, node, i))
         self.nodes.append(node)
         return node
@@ -247,13 +286,13 @@ class Graph:
             types = infer_types(n.op, [None if v is None else v.type for v in n.inputs], n.attrs)
             for o, t in zip(n.outputs, types, strict=True):
                 if o.type != t:
-                    raise ShapeError(f"node '{n.name}': output %{o.name} is {o.type}, "
-                                     f"the op says {t}")
+                    raise ShapeError(
+                        f"node '{n.name}': output %{o.name} is {o.type}, the op says {t}"
+                    )
             defined |= {id(o) for o in n.outputs}
 
     def __str__(self) -> str:
-        lines = [f"graph {self.name}("
-                 + ", ".join(repr(v) for v in self.inputs) + ")"]
+        lines = [f"graph {self.name}(" + ", ".join(repr(v) for v in self.inputs) + ")"]
         lines += [f"  {n!r}" for n in self.nodes]
         lines.append("  return " + ", ".join(f"%{v.name}" for v in self.outputs))
         return "\n".join(lines)
@@ -288,4 +327,3 @@ def specialize(graph: Graph, env: Mapping[sympy.Symbol, int]) -> Graph:
             new[id(o)] = o2
     g.set_outputs(*[new.get(id(v), v) for v in graph.outputs])  # type: ignore[misc]
     return g
-

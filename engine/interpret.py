@@ -30,8 +30,10 @@ def bind_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[sympy.Sy
     names = {v.name for v in graph.inputs}
     unknown = sorted(set(inputs) - names)
     if unknown:
-        raise InputError(f"unknown input '{unknown[0]}' (the model's inputs: "
-                         f"{', '.join(sorted(names)) or 'none'})")
+        raise InputError(
+            f"unknown input '{unknown[0]}' (the model's inputs: "
+            f"{', '.join(sorted(names)) or 'none'})"
+        )
     env: dict[sympy.Symbol, int] = {}
     pending: list[tuple[Value, int, Any, np.ndarray]] = []
     for v in graph.inputs:
@@ -40,30 +42,40 @@ def bind_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[sympy.Sy
         arr = np.asarray(inputs[v.name])
         want = v.type
         if arr.dtype.name != want.dtype:
-            raise InputError(f"input '{v.name}': dtype {arr.dtype.name}, the model expects "
-                             f"{want.dtype} (shape {_fmt(want.shape)})")
+            raise InputError(
+                f"input '{v.name}': dtype {arr.dtype.name}, the model expects "
+                f"{want.dtype} (shape {_fmt(want.shape)})"
+            )
         if arr.ndim != want.rank:
-            raise InputError(f"input '{v.name}': shape {_fmt(arr.shape)} has rank {arr.ndim}, "
-                             f"the model expects {_fmt(want.shape)}")
+            raise InputError(
+                f"input '{v.name}': shape {_fmt(arr.shape)} has rank {arr.ndim}, "
+                f"the model expects {_fmt(want.shape)}"
+            )
         for i, d in enumerate(want.shape):
             got = int(arr.shape[i])
             if isinstance(d, int):
                 if d != got:
-                    raise InputError(f"input '{v.name}': shape {_fmt(arr.shape)}, the model "
-                                     f"expects {_fmt(want.shape)} (dimension {i})")
+                    raise InputError(
+                        f"input '{v.name}': shape {_fmt(arr.shape)}, the model "
+                        f"expects {_fmt(want.shape)} (dimension {i})"
+                    )
             elif isinstance(d, sympy.Symbol):
                 if d in env and env[d] != got:
-                    raise InputError(f"input '{v.name}': shape {_fmt(arr.shape)}, the model "
-                                     f"expects {_fmt(want.shape)} with {d} = {env[d]} "
-                                     "(bound by an earlier input)")
+                    raise InputError(
+                        f"input '{v.name}': shape {_fmt(arr.shape)}, the model "
+                        f"expects {_fmt(want.shape)} with {d} = {env[d]} "
+                        "(bound by an earlier input)"
+                    )
                 env[d] = got
             else:
                 pending.append((v, i, d, arr))
     for v, i, d, arr in pending:  # expressions like 2*seq: check once every symbol is bound
         want_i = d.subs(env)
         if not want_i.is_Integer or int(want_i) != arr.shape[i]:
-            raise InputError(f"input '{v.name}': shape {_fmt(arr.shape)}, the model expects "
-                             f"{_fmt(v.type.shape)} (dimension {i} = {d})")
+            raise InputError(
+                f"input '{v.name}': shape {_fmt(arr.shape)}, the model expects "
+                f"{_fmt(v.type.shape)} (dimension {i} = {d})"
+            )
     return env
 
 

@@ -32,8 +32,10 @@ def _conv_transpose(ctx: NodeCtx) -> Outs:
         raise ctx.fail(f"group {g} does not divide the weights' {w.shape[0]} input channels")
     k = tuple(w.shape[2:])
     if tuple(ctx.attr("kernel_shape", k)) != k:
-        raise ctx.fail(f"kernel_shape {tuple(ctx.attr('kernel_shape'))} differs from the "
-                       f"weights' spatial shape {k}")
+        raise ctx.fail(
+            f"kernel_shape {tuple(ctx.attr('kernel_shape'))} differs from the "
+            f"weights' spatial shape {k}"
+        )
     s = tuple(ctx.attr("strides", (1,) * nsp))
     d = tuple(ctx.attr("dilations", (1,) * nsp))
     op = tuple(ctx.attr("output_padding", (0,) * nsp))
@@ -46,13 +48,16 @@ def _conv_transpose(ctx: NodeCtx) -> Outs:
         want = tuple(ctx.attr("output_shape"))[-nsp:]
         total = [full[i] - want[i] for i in range(nsp)]
         upper = auto == "SAME_UPPER"
-        pads = tuple([t // 2 if upper else t - t // 2 for t in total]
-                     + [t - t // 2 if upper else t // 2 for t in total])
+        pads = tuple(
+            [t // 2 if upper else t - t // 2 for t in total]
+            + [t - t // 2 if upper else t // 2 for t in total]
+        )
     elif auto in ("SAME_UPPER", "SAME_LOWER"):
         total = [full[i] - sp[i] * s[i] for i in range(nsp)]
         small = [t // 2 for t in total]
-        begin = small if auto == "SAME_UPPER" else [t - b for t, b in
-                                                    zip(total, small, strict=True)]
+        begin = (
+            small if auto == "SAME_UPPER" else [t - b for t, b in zip(total, small, strict=True)]
+        )
         pads = tuple(begin + [t - b for t, b in zip(total, begin, strict=True)])
     else:
         pads = tuple(ctx.attr("pads", (0,) * (2 * nsp))) if auto != "VALID" else (0,) * (2 * nsp)
@@ -65,27 +70,46 @@ def _conv_transpose(ctx: NodeCtx) -> Outs:
             inter += [a, 1]
         y = ctx.one("reshape", y, shape=tuple(inter))
         pad_end = [0, 0] + [v for st in s for v in (0, st - 1)]
-        y = ctx.one("pad", y, pads=(0,) * len(pad_end) + tuple(pad_end), mode="constant",
-                    value=0.0)
+        y = ctx.one("pad", y, pads=(0,) * len(pad_end) + tuple(pad_end), mode="constant", value=0.0)
         y = ctx.one("reshape", y, shape=(n, c, *[a * st for a, st in zip(sp, s, strict=True)]))
-        y = ctx.one("slice", y, starts=(0,) * nsp,
-                    ends=tuple(st * (a - 1) + 1 for a, st in zip(sp, s, strict=True)),
-                    axes=tuple(range(2, 2 + nsp)), steps=(1,) * nsp)
+        y = ctx.one(
+            "slice",
+            y,
+            starts=(0,) * nsp,
+            ends=tuple(st * (a - 1) + 1 for a, st in zip(sp, s, strict=True)),
+            axes=tuple(range(2, 2 + nsp)),
+            steps=(1,) * nsp,
+        )
     begin = [(k[i] - 1) * d[i] - pads[i] for i in range(nsp)]
     end = [(k[i] - 1) * d[i] - pads[nsp + i] + op[i] for i in range(nsp)]
     if any(v < 0 for v in begin + end):  # pads past the kernel's reach crop the input
         cur = [st * (a - 1) + 1 for a, st in zip(sp, s, strict=True)]
-        y = ctx.one("slice", y, starts=tuple(max(0, -b) for b in begin),
-                    ends=tuple(cur[i] - max(0, -end[i]) for i in range(nsp)),
-                    axes=tuple(range(2, 2 + nsp)), steps=(1,) * nsp)
+        y = ctx.one(
+            "slice",
+            y,
+            starts=tuple(max(0, -b) for b in begin),
+            ends=tuple(cur[i] - max(0, -end[i]) for i in range(nsp)),
+            axes=tuple(range(2, 2 + nsp)),
+            steps=(1,) * nsp,
+        )
         begin, end = [max(0, b) for b in begin], [max(0, e) for e in end]
     cin, coutg = w.shape[0], w.shape[1]
     wt = w.reshape(g, cin // g, coutg, *w.shape[2:]).swapaxes(1, 2)
     wt = np.flip(wt.reshape(g * coutg, cin // g, *w.shape[2:]), tuple(range(2, 2 + nsp)))
     wc = ctx.imp.add_const(np.ascontiguousarray(wt), f"{ctx.name}_w")
     del wv
-    return [ctx.one("conv", y, wc, ctx.inp(2), strides=(1,) * nsp, pads=tuple(begin + end),
-                    dilations=d, group=g)]
+    return [
+        ctx.one(
+            "conv",
+            y,
+            wc,
+            ctx.inp(2),
+            strides=(1,) * nsp,
+            pads=tuple(begin + end),
+            dilations=d,
+            group=g,
+        )
+    ]
 
 
 @converter("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
@@ -138,8 +162,7 @@ def _depth_space(ctx: NodeCtx) -> Outs:
         t = ctx.one("reshape", x, shape=(n, c, as_dim(h // b), b, as_dim(w // b), b))
         crd = ctx.attr("mode", "DCR") == "CRD"
         t = ctx.one("transpose", t, perm=(0, 1, 3, 5, 2, 4) if crd else (0, 3, 5, 1, 2, 4))
-        return [ctx.one("reshape", t, shape=(n, as_dim(c * b * b), as_dim(h // b),
-                                             as_dim(w // b)))]
+        return [ctx.one("reshape", t, shape=(n, as_dim(c * b * b), as_dim(h // b), as_dim(w // b)))]
     cb = as_dim(c // (b * b))
     if ctx.attr("mode", "DCR") == "DCR":
         t, perm = ctx.one("reshape", x, shape=(n, b, b, cb, h, w)), (0, 3, 4, 1, 5, 2)
@@ -164,21 +187,27 @@ def _einsum_terms(ctx: NodeCtx, eq: str, ranks: list[int]) -> tuple[list[str], s
         if "..." in t:
             ell_rank = max(ell_rank, r - named)
     ell = "0123456789"[:ell_rank]
-    terms = [t.replace("...", ell[ell_rank - (r - len(t) + 3):]) if "..." in t else t
-             for t, r in zip(terms, ranks, strict=True)]
+    terms = [
+        t.replace("...", ell[ell_rank - (r - len(t) + 3) :]) if "..." in t else t
+        for t, r in zip(terms, ranks, strict=True)
+    ]
     if arrow:
         out = out.replace("...", ell)
     else:  # implicit output: the ellipsis, then the letters used once, alphabetically
         joined = "".join(terms)
-        out = ell + "".join(sorted(ch for ch in set(joined)
-                                   if joined.count(ch) == 1 and ch not in ell))
+        out = ell + "".join(
+            sorted(ch for ch in set(joined) if joined.count(ch) == 1 and ch not in ell)
+        )
     for t in terms:
         if len(set(t)) != len(t):
-            raise ctx.fail(f"equation '{eq}': an index repeated within one operand (a diagonal) "
-                           "is not supported")
+            raise ctx.fail(
+                f"equation '{eq}': an index repeated within one operand (a diagonal) "
+                "is not supported"
+            )
     if len(set(out)) != len(out):
-        raise ctx.fail(f"equation '{eq}': an index repeated in the output (a diagonal) is not "
-                       "supported")
+        raise ctx.fail(
+            f"equation '{eq}': an index repeated in the output (a diagonal) is not supported"
+        )
     missing = sorted(set(out) - set("".join(terms)))
     if missing:
         raise ctx.fail(f"equation '{eq}': output index '{missing[0]}' is in no operand")
@@ -198,16 +227,20 @@ def _einsum(ctx: NodeCtx) -> Outs:
     for x, t in zip(xs, terms, strict=True):
         for ch, d in zip(t, x.type.shape, strict=True):
             if ch in size and size[ch] != d:
-                raise ctx.fail(f"index '{ch}' has sizes {size[ch]} and {d} (broadcasting "
-                               "between operands is not supported)")
+                raise ctx.fail(
+                    f"index '{ch}' has sizes {size[ch]} and {d} (broadcasting "
+                    "between operands is not supported)"
+                )
             size[ch] = d
 
     def reduce_to(x: Value, t: str, keep: str) -> tuple[Value, str]:
         drop = tuple(i for i, ch in enumerate(t) if ch not in keep)
         if not drop:
             return x, t
-        return (ctx.one("reduce_sum", x, axes=drop, keepdims=0),
-                "".join(ch for ch in t if ch in keep))
+        return (
+            ctx.one("reduce_sum", x, axes=drop, keepdims=0),
+            "".join(ch for ch in t if ch in keep),
+        )
 
     def arrange(x: Value, t: str, order: str) -> Value:
         if t == order:
@@ -217,9 +250,10 @@ def _einsum(ctx: NodeCtx) -> Outs:
     if len(xs) == 1:
         x, t = reduce_to(xs[0], terms[0], out)
         return [arrange(x, t, out) if t else ctx.one("identity", x)]
-    (a, ta), (b, tb) = (reduce_to(x, t, out + other)
-                        for x, t, other in ((xs[0], terms[0], terms[1]),
-                                            (xs[1], terms[1], terms[0])))
+    (a, ta), (b, tb) = (
+        reduce_to(x, t, out + other)
+        for x, t, other in ((xs[0], terms[0], terms[1]), (xs[1], terms[1], terms[0]))
+    )
     batch = "".join(ch for ch in out if ch in ta and ch in tb)
     contr = "".join(ch for ch in ta if ch in tb and ch not in out)
     ka = "".join(ch for ch in ta if ch not in tb)
@@ -228,10 +262,16 @@ def _einsum(ctx: NodeCtx) -> Outs:
     def dims(letters: str) -> tuple[Any, ...]:
         return tuple(size[ch] for ch in letters)
 
-    a = ctx.one("reshape", arrange(a, ta, batch + ka + contr),
-                shape=(*dims(batch), dims_product(dims(ka)), dims_product(dims(contr))))
-    b = ctx.one("reshape", arrange(b, tb, batch + contr + kb),
-                shape=(*dims(batch), dims_product(dims(contr)), dims_product(dims(kb))))
+    a = ctx.one(
+        "reshape",
+        arrange(a, ta, batch + ka + contr),
+        shape=(*dims(batch), dims_product(dims(ka)), dims_product(dims(contr))),
+    )
+    b = ctx.one(
+        "reshape",
+        arrange(b, tb, batch + contr + kb),
+        shape=(*dims(batch), dims_product(dims(contr)), dims_product(dims(kb))),
+    )
     y = ctx.one("reshape", ctx.one("matmul", a, b), shape=dims(batch + ka + kb))
     return [arrange(y, batch + ka + kb, out)]
 
@@ -268,8 +308,11 @@ def _activation_composite(ctx: NodeCtx) -> Outs:
     pos = ctx.one("cast", ctx.one("greater", x, zero), to=x.type.dtype)
     neg = ctx.one("cast", ctx.one("less", x, zero), to=x.type.dtype)
     sign = ctx.one("sub", pos, neg)
-    return [ctx.one("where", ctx.one("isnan", x), x, sign)] if x.type.dtype.startswith(
-        "float") else [sign]
+    return (
+        [ctx.one("where", ctx.one("isnan", x), x, sign)]
+        if x.type.dtype.startswith("float")
+        else [sign]
+    )
 
 
 @converter("IsInf", "Xor", "Tan", "Sinh", "Cosh", "Shrink", "Hardmax")
@@ -298,11 +341,16 @@ def _more_composites(ctx: NodeCtx) -> Outs:
         # expm1(-|x|)·(1 + e^|x|)/2, expm1 of a negative number being elu; then the sign of x
         a = ctx.one("abs", x)
         em1 = ctx.one("elu", ctx.one("neg", a), alpha=1.0)
-        neg = ctx.one("mul", ctx.one("mul", em1, ctx.one("add", ctx.one("exp", a),
-                                                         ctx.scalar(1.0, x, "one"))),
-                      ctx.scalar(0.5, x, "half"))
-        return [ctx.one("where", ctx.one("less", x, ctx.scalar(0.0, x, "zero")), neg,
-                        ctx.one("neg", neg))]
+        neg = ctx.one(
+            "mul",
+            ctx.one("mul", em1, ctx.one("add", ctx.one("exp", a), ctx.scalar(1.0, x, "one"))),
+            ctx.scalar(0.5, x, "half"),
+        )
+        return [
+            ctx.one(
+                "where", ctx.one("less", x, ctx.scalar(0.0, x, "zero")), neg, ctx.one("neg", neg)
+            )
+        ]
     if op == "Shrink":  # x + bias below -lambd, x - bias above lambd, 0 between
         lambd, bias = float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
         dtype = x.type.dtype
@@ -320,8 +368,11 @@ def _more_composites(ctx: NodeCtx) -> Outs:
     axis = normalize_axis(int(ctx.attr("axis", 1 if ctx.opset < 13 else -1)), rank)
     v = x
     if ctx.opset < 13 and axis != rank - 1:
-        v = ctx.one("reshape", x, shape=(dims_product(x.type.shape[:axis]),
-                                         dims_product(x.type.shape[axis:])))
+        v = ctx.one(
+            "reshape",
+            x,
+            shape=(dims_product(x.type.shape[:axis]), dims_product(x.type.shape[axis:])),
+        )
         axis = 1
     depth = v.type.shape[axis]
     if not isinstance(depth, int):
@@ -343,8 +394,9 @@ def _lp_mvn(ctx: NodeCtx) -> Outs:
         if p == 1:
             norm = ctx.one("reduce_sum", ctx.one("abs", x), axes=(axis,), keepdims=1)
         elif p == 2:
-            norm = ctx.one("sqrt", ctx.one("reduce_sum", ctx.one("mul", x, x), axes=(axis,),
-                                           keepdims=1))
+            norm = ctx.one(
+                "sqrt", ctx.one("reduce_sum", ctx.one("mul", x, x), axes=(axis,), keepdims=1)
+            )
         else:
             raise ctx.fail(f"p={p} is not supported (1 or 2)")
         one = ctx.scalar(1.0, x, "one")  # an all-zero slice stays 0, as ONNX's reference has it

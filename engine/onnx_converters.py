@@ -71,8 +71,11 @@ def _clip(ctx: NodeCtx) -> Outs:
     if ctx.opset < 11:  # min and max were attributes
         lo = ctx.scalar(ctx.attr("min", -np.inf), x, "min")
         hi = ctx.scalar(ctx.attr("max", np.inf), x, "max")
-    return [ctx.one("clip", x, lo, hi) if hi is not None else
-            (ctx.one("clip", x, lo) if lo is not None else ctx.one("identity", x))]
+    return [
+        ctx.one("clip", x, lo, hi)
+        if hi is not None
+        else (ctx.one("clip", x, lo) if lo is not None else ctx.one("identity", x))
+    ]
 
 
 @converter("Max", "Min", "Sum", "Mean")
@@ -114,9 +117,18 @@ def _matmul(ctx: NodeCtx) -> Outs:
 
 @converter("Gemm")
 def _gemm(ctx: NodeCtx) -> Outs:
-    return [ctx.one("gemm", ctx.x(0), ctx.x(1), ctx.inp(2),
-                    trans_a=int(ctx.attr("transA", 0)), trans_b=int(ctx.attr("transB", 0)),
-                    alpha=float(ctx.attr("alpha", 1.0)), beta=float(ctx.attr("beta", 1.0)))]
+    return [
+        ctx.one(
+            "gemm",
+            ctx.x(0),
+            ctx.x(1),
+            ctx.inp(2),
+            trans_a=int(ctx.attr("transA", 0)),
+            trans_b=int(ctx.attr("transB", 0)),
+            alpha=float(ctx.attr("alpha", 1.0)),
+            beta=float(ctx.attr("beta", 1.0)),
+        )
+    ]
 
 
 # -- nn ----------------------------------------------------------------------------------------
@@ -128,8 +140,11 @@ def _softmax(ctx: NodeCtx) -> Outs:
         axis = normalize_axis(int(ctx.attr("axis", 1)), x.type.rank)
         if axis == x.type.rank - 1:
             return [ctx.one(op, x, axis=axis)]
-        flat = ctx.one("reshape", x, shape=(dims_product(x.type.shape[:axis]),
-                                            dims_product(x.type.shape[axis:])))
+        flat = ctx.one(
+            "reshape",
+            x,
+            shape=(dims_product(x.type.shape[:axis]), dims_product(x.type.shape[axis:])),
+        )
         return [ctx.one("reshape", ctx.one(op, flat, axis=1), shape=x.type.shape)]
     return [ctx.one(op, x, axis=int(ctx.attr("axis", -1)))]
 
@@ -156,8 +171,10 @@ def _layer_norm(ctx: NodeCtx) -> Outs:
 def _nll(ctx: NodeCtx) -> Outs:
     x = ctx.x()
     ii = ctx.attr("ignore_index")
-    at = {"reduction": ctx.attr("reduction", "mean"),
-          "ignore_index": None if ii is None else int(ii)}
+    at = {
+        "reduction": ctx.attr("reduction", "mean"),
+        "ignore_index": None if ii is None else int(ii),
+    }
     if ctx.op_type == "NegativeLogLikelihoodLoss":
         return [ctx.one("nll_loss", x, ctx.x(1), ctx.inp(2), **at)]
     logp = ctx.one("log_softmax", x, axis=1)
@@ -172,8 +189,9 @@ def _batch_norm(ctx: NodeCtx) -> Outs:
     return [ctx.one("batch_norm", *ins, epsilon=float(ctx.attr("epsilon", 1e-5)))]
 
 
-def _auto_pads(ctx: NodeCtx, x: Value, kernel: tuple[int, ...], strides: tuple[int, ...],
-               dil: tuple[int, ...]) -> tuple[int, ...]:
+def _auto_pads(
+    ctx: NodeCtx, x: Value, kernel: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
+) -> tuple[int, ...]:
     auto = ctx.attr("auto_pad", "NOTSET")
     nsp = len(kernel)
     if auto in ("NOTSET", ""):
@@ -201,8 +219,18 @@ def _conv(ctx: NodeCtx) -> Outs:
     strides = tuple(ctx.attr("strides", (1,) * nsp))
     dil = tuple(ctx.attr("dilations", (1,) * nsp))
     pads = _auto_pads(ctx, x, kernel, strides, dil)  # type: ignore[arg-type]
-    return [ctx.one("conv", x, w, ctx.inp(2), strides=strides, pads=pads, dilations=dil,
-                    group=int(ctx.attr("group", 1)))]
+    return [
+        ctx.one(
+            "conv",
+            x,
+            w,
+            ctx.inp(2),
+            strides=strides,
+            pads=pads,
+            dilations=dil,
+            group=int(ctx.attr("group", 1)),
+        )
+    ]
 
 
 @converter("MaxPool", "AveragePool")
@@ -213,8 +241,13 @@ def _pool(ctx: NodeCtx) -> Outs:
     strides = tuple(ctx.attr("strides", (1,) * nsp))
     dil = tuple(ctx.attr("dilations", (1,) * nsp))
     pads = _auto_pads(ctx, x, kernel, strides, dil)
-    at: dict[str, Any] = {"kernel": kernel, "strides": strides, "pads": pads,
-                          "dilations": dil, "ceil_mode": int(ctx.attr("ceil_mode", 0))}
+    at: dict[str, Any] = {
+        "kernel": kernel,
+        "strides": strides,
+        "pads": pads,
+        "dilations": dil,
+        "ceil_mode": int(ctx.attr("ceil_mode", 0)),
+    }
     if ctx.op_type == "MaxPool":
         if ctx.attr("storage_order", 0):
             raise ctx.fail("storage_order=1 is not supported")
@@ -229,9 +262,13 @@ def _gap(ctx: NodeCtx) -> Outs:
 
 
 # -- reductions --------------------------------------------------------------------------------
-_REDUCE = {"ReduceSum": ("reduce_sum", 13), "ReduceMean": ("reduce_mean", 18),
-           "ReduceMax": ("reduce_max", 18), "ReduceMin": ("reduce_min", 18),
-           "ReduceProd": ("reduce_prod", 18)}
+_REDUCE = {
+    "ReduceSum": ("reduce_sum", 13),
+    "ReduceMean": ("reduce_mean", 18),
+    "ReduceMax": ("reduce_max", 18),
+    "ReduceMin": ("reduce_min", 18),
+    "ReduceProd": ("reduce_prod", 18),
+}
 
 
 def reduce_axes_of(ctx: NodeCtx, since: int) -> tuple[tuple[int, ...] | None, int, bool]:
@@ -255,9 +292,15 @@ def _reduce(ctx: NodeCtx) -> Outs:
 
 @converter("ArgMax", "ArgMin")
 def _arg(ctx: NodeCtx) -> Outs:
-    return [ctx.one(ctx.op_type.lower(), ctx.x(), axis=int(ctx.attr("axis", 0)),
-                    keepdims=int(ctx.attr("keepdims", 1)),
-                    select_last_index=int(ctx.attr("select_last_index", 0)))]
+    return [
+        ctx.one(
+            ctx.op_type.lower(),
+            ctx.x(),
+            axis=int(ctx.attr("axis", 0)),
+            keepdims=int(ctx.attr("keepdims", 1)),
+            select_last_index=int(ctx.attr("select_last_index", 0)),
+        )
+    ]
 
 
 # -- shape and data movement -------------------------------------------------------------------
@@ -285,7 +328,7 @@ def _reshape(ctx: NodeCtx) -> Outs:
         out.append(x.type.shape[i] if (s == 0 and not allowzero) else s)
     if -1 in out:
         i = out.index(-1)
-        rest = dims_product(out[:i] + out[i + 1:])
+        rest = dims_product(out[:i] + out[i + 1 :])
         total = dims_product(x.type.shape)
         q = as_dim(sympy.simplify(sympy.sympify(total) / rest)) if rest != 0 else 0
         if isinstance(q, sympy.Basic) and not q.is_integer and q.is_number:
@@ -300,8 +343,9 @@ def _flatten(ctx: NodeCtx) -> Outs:
     r = x.type.rank
     axis = int(ctx.attr("axis", 1))
     axis = axis + r if axis < 0 else axis
-    return [_reshape_to(ctx, x, (dims_product(x.type.shape[:axis]),
-                                 dims_product(x.type.shape[axis:])))]
+    return [
+        _reshape_to(ctx, x, (dims_product(x.type.shape[:axis]), dims_product(x.type.shape[axis:])))
+    ]
 
 
 @converter("Squeeze")
@@ -372,8 +416,9 @@ def _slice(ctx: NodeCtx) -> Outs:
         axes = ctx.dims(3, "axes") or tuple(range(len(starts)))
         steps = ctx.dims(4, "steps") or (1,) * len(starts)
     axes = tuple(normalize_axis(int(a), x.type.rank) for a in axes)
-    return [ctx.one("slice", x, starts=starts, ends=ends, axes=axes,
-                    steps=tuple(int(s) for s in steps))]
+    return [
+        ctx.one("slice", x, starts=starts, ends=ends, axes=axes, steps=tuple(int(s) for s in steps))
+    ]
 
 
 @converter("GatherElements")
@@ -390,16 +435,25 @@ def _mod(ctx: NodeCtx) -> Outs:
 def _swish(ctx: NodeCtx) -> Outs:
     x = ctx.x()
     alpha = float(ctx.attr("alpha", 1.0))
-    return [ctx.one("silu", x) if alpha == 1.0 else
-            ctx.one("mul", x, ctx.one("sigmoid", ctx.one("mul", x, ctx.scalar(alpha, x))))]
+    return [
+        ctx.one("silu", x)
+        if alpha == 1.0
+        else ctx.one("mul", x, ctx.one("sigmoid", ctx.one("mul", x, ctx.scalar(alpha, x))))
+    ]
 
 
 @converter("Elu", "HardSigmoid")
 def _unary_with_attrs(ctx: NodeCtx) -> Outs:
     if ctx.op_type == "Elu":
         return [ctx.one("elu", ctx.x(), alpha=float(ctx.attr("alpha", 1.0)))]
-    return [ctx.one("hard_sigmoid", ctx.x(), alpha=float(ctx.attr("alpha", 0.2)),
-                    beta=float(ctx.attr("beta", 0.5)))]
+    return [
+        ctx.one(
+            "hard_sigmoid",
+            ctx.x(),
+            alpha=float(ctx.attr("alpha", 0.2)),
+            beta=float(ctx.attr("beta", 0.5)),
+        )
+    ]
 
 
 @converter("Resize", "Upsample")
@@ -435,8 +489,10 @@ def _resize(ctx: NodeCtx) -> Outs:
             raise ctx.fail(f"sizes has {len(sizes_in)} entries for {len(axes)} axes")
         for a, n in zip(axes, sizes_in, strict=True):
             if not isinstance(shape[a], int) or not isinstance(n, int):
-                raise ctx.fail(f"axis {a}: resizing {shape[a]} to {n} needs both sizes known "
-                               "at import (static)")
+                raise ctx.fail(
+                    f"axis {a}: resizing {shape[a]} to {n} needs both sizes known "
+                    "at import (static)"
+                )
             if shape[a] == 0 and n:
                 raise ctx.fail(f"axis {a} is empty: it cannot be resized to {n}")
             shape[a], scales[a] = n, float(n) / shape[a] if shape[a] else 1.0
@@ -449,14 +505,24 @@ def _resize(ctx: NodeCtx) -> Outs:
                 raise ctx.fail(f"scale {s} of axis {a} is not a positive number")
             if s != 1.0:
                 if not isinstance(shape[a], int):
-                    raise ctx.fail(f"axis {a} is symbolic ({shape[a]}): resizing it needs a "
-                                   "static size")
+                    raise ctx.fail(
+                        f"axis {a} is symbolic ({shape[a]}): resizing it needs a static size"
+                    )
                 shape[a] = int(np.floor(shape[a] * s))
             scales[a] = float(s)
     else:
         raise ctx.fail("one of scales and sizes must be given (a constant)")
-    return [ctx.one("resize", x, sizes=tuple(shape), scales=tuple(scales), mode=mode,
-                    coordinate_transformation_mode=coord, nearest_mode=nearest)]
+    return [
+        ctx.one(
+            "resize",
+            x,
+            sizes=tuple(shape),
+            scales=tuple(scales),
+            mode=mode,
+            coordinate_transformation_mode=coord,
+            nearest_mode=nearest,
+        )
+    ]
 
 
 @converter("GatherND")
@@ -469,8 +535,16 @@ def _scatter(ctx: NodeCtx) -> Outs:
     red = str(ctx.attr("reduction", "none"))
     if ctx.op_type == "ScatterND":
         return [ctx.one("scatter_nd", ctx.x(0), ctx.x(1), ctx.x(2), reduction=red)]
-    return [ctx.one("scatter_elements", ctx.x(0), ctx.x(1), ctx.x(2),
-                    axis=int(ctx.attr("axis", 0)), reduction=red)]
+    return [
+        ctx.one(
+            "scatter_elements",
+            ctx.x(0),
+            ctx.x(1),
+            ctx.x(2),
+            axis=int(ctx.attr("axis", 0)),
+            reduction=red,
+        )
+    ]
 
 
 @converter("TopK")
@@ -478,8 +552,14 @@ def _topk(ctx: NodeCtx) -> Outs:
     k = ctx.dims(1, "k") if ctx.opset >= 10 else (ctx.attr("k"),)
     if k is None or len(k) != 1 or not isinstance(k[0], int):
         raise ctx.fail("k must be one integer known at import")
-    return ctx.emit("topk", [ctx.x()], k=int(k[0]), axis=int(ctx.attr("axis", -1)),
-                    largest=int(ctx.attr("largest", 1)), sorted=int(ctx.attr("sorted", 1)))
+    return ctx.emit(
+        "topk",
+        [ctx.x()],
+        k=int(k[0]),
+        axis=int(ctx.attr("axis", -1)),
+        largest=int(ctx.attr("largest", 1)),
+        sorted=int(ctx.attr("sorted", 1)),
+    )
 
 
 @converter("OneHot")
@@ -487,12 +567,22 @@ def _one_hot(ctx: NodeCtx) -> Outs:
     depth = ctx.const(1)
     if depth is None or np.asarray(depth).size != 1:
         raise ctx.fail("depth (input 1) must be one number known at import")
-    return [ctx.one("one_hot", ctx.x(0), ctx.x(2), depth=int(np.asarray(depth).item()),
-                    axis=int(ctx.attr("axis", -1)))]
+    return [
+        ctx.one(
+            "one_hot",
+            ctx.x(0),
+            ctx.x(2),
+            depth=int(np.asarray(depth).item()),
+            axis=int(ctx.attr("axis", -1)),
+        )
+    ]
 
 
-_RNN_DEFAULT_ACTS = {"RNN": ("tanh",), "GRU": ("sigmoid", "tanh"),
-                     "LSTM": ("sigmoid", "tanh", "tanh")}
+_RNN_DEFAULT_ACTS = {
+    "RNN": ("tanh",),
+    "GRU": ("sigmoid", "tanh"),
+    "LSTM": ("sigmoid", "tanh", "tanh"),
+}
 
 
 @converter("RNN", "GRU", "LSTM")
@@ -503,19 +593,25 @@ def _rnn(ctx: NodeCtx) -> Outs:
         want = _RNN_DEFAULT_ACTS[ctx.op_type]
         given = tuple(str(a.decode() if isinstance(a, bytes) else a).lower() for a in acts)
         if given not in (want, want * 2):
-            raise ctx.fail(f"activations {list(given)} are not supported (only the defaults "
-                           f"{list(want)})")
+            raise ctx.fail(
+                f"activations {list(given)} are not supported (only the defaults {list(want)})"
+            )
     if int(ctx.attr("input_forget", 0)):
         raise ctx.fail("input_forget=1 is not supported")
     r = ctx.x(2)
     hidden = int(ctx.attr("hidden_size", r.type.shape[-1]))
     clip = ctx.attr("clip")
     ins = [ctx.inp(i) for i in range(min(ctx.n_in, 8))]
-    return ctx.emit("rnn", ins, cell=ctx.op_type.lower(), hidden_size=hidden,
-                    direction=str(ctx.attr("direction", "forward")),
-                    layout=int(ctx.attr("layout", 0)),
-                    clip=None if clip is None else float(clip),
-                    linear_before_reset=int(ctx.attr("linear_before_reset", 0)))
+    return ctx.emit(
+        "rnn",
+        ins,
+        cell=ctx.op_type.lower(),
+        hidden_size=hidden,
+        direction=str(ctx.attr("direction", "forward")),
+        layout=int(ctx.attr("layout", 0)),
+        clip=None if clip is None else float(clip),
+        linear_before_reset=int(ctx.attr("linear_before_reset", 0)),
+    )
 
 
 @converter("CumSum")
@@ -523,8 +619,15 @@ def _cumsum(ctx: NodeCtx) -> Outs:
     axis = ctx.dims(1, "axis")
     if axis is None or len(axis) != 1:
         raise ctx.fail("axis (input 1) must be one integer")
-    return [ctx.one("cumsum", ctx.x(), axis=int(axis[0]), exclusive=int(ctx.attr("exclusive", 0)),
-                    reverse=int(ctx.attr("reverse", 0)))]
+    return [
+        ctx.one(
+            "cumsum",
+            ctx.x(),
+            axis=int(axis[0]),
+            exclusive=int(ctx.attr("exclusive", 0)),
+            reverse=int(ctx.attr("reverse", 0)),
+        )
+    ]
 
 
 @converter("Trilu")
@@ -561,8 +664,15 @@ def _tile(ctx: NodeCtx) -> Outs:
 def _pad(ctx: NodeCtx) -> Outs:
     x = ctx.x()
     if ctx.opset < 11:
-        return [ctx.one("pad", x, pads=tuple(ctx.attr("pads")), mode=ctx.attr("mode", "constant"),
-                        value=float(ctx.attr("value", 0.0)))]
+        return [
+            ctx.one(
+                "pad",
+                x,
+                pads=tuple(ctx.attr("pads")),
+                mode=ctx.attr("mode", "constant"),
+                value=float(ctx.attr("value", 0.0)),
+            )
+        ]
     pads = ctx.dims(1, "pads")
     assert pads is not None
     r = x.type.rank
@@ -575,15 +685,28 @@ def _pad(ctx: NodeCtx) -> Outs:
         pads = tuple(full)
     value = ctx.const(2)
     mode = ctx.attr("mode", "constant")
-    return [ctx.one("pad", x, pads=tuple(int(p) for p in pads), mode=mode,
-                    value=float(value.ravel()[0]) if value is not None and value.size else 0.0)]
+    return [
+        ctx.one(
+            "pad",
+            x,
+            pads=tuple(int(p) for p in pads),
+            mode=mode,
+            value=float(value.ravel()[0]) if value is not None and value.size else 0.0,
+        )
+    ]
 
 
 @converter("Shape")
 def _shape(ctx: NodeCtx) -> Outs:
     end = ctx.attr("end")
-    return [ctx.one("shape_of", ctx.x(), start=int(ctx.attr("start", 0)),
-                    end=None if end is None else int(end))]
+    return [
+        ctx.one(
+            "shape_of",
+            ctx.x(),
+            start=int(ctx.attr("start", 0)),
+            end=None if end is None else int(end),
+        )
+    ]
 
 
 @converter("Size")
@@ -603,8 +726,7 @@ def _constant_of_shape(ctx: NodeCtx) -> Outs:
     t = ctx.attrs.get("value")
     arr = ctx.imp.tensor_array(t) if t is not None else np.zeros(1, np.float32)
     value = arr.ravel()[0].item() if arr.size else 0.0
-    return [ctx.one("constant_of_shape", shape=shape, value=float(value),
-                    dtype=arr.dtype.name)]
+    return [ctx.one("constant_of_shape", shape=shape, value=float(value), dtype=arr.dtype.name)]
 
 
 @converter("Range")
@@ -630,13 +752,21 @@ def _dim(node: ast.AST, ctx: NodeCtx) -> Any:
         return -_dim(node.operand, ctx)
     if isinstance(node, ast.BinOp):
         a, b = _dim(node.left, ctx), _dim(node.right, ctx)
-        ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
-               ast.Div: lambda: sympy.sympify(a) / b, ast.FloorDiv: lambda: sympy.floor(
-                   sympy.sympify(a) / b)}
+        ops = {
+            ast.Add: lambda: a + b,
+            ast.Sub: lambda: a - b,
+            ast.Mult: lambda: a * b,
+            ast.Div: lambda: sympy.sympify(a) / b,
+            ast.FloorDiv: lambda: sympy.floor(sympy.sympify(a) / b),
+        }
         if type(node.op) in ops:
             return ops[type(node.op)]()
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-            and node.func.id == "floor" and len(node.args) == 1):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "floor"
+        and len(node.args) == 1
+    ):
         return sympy.floor(_dim(node.args[0], ctx))
     raise ctx.fail(f"cannot read dimension expression {ast.unparse(node)!r}")
 
@@ -652,8 +782,10 @@ def _decode(ctx: NodeCtx, kind: str, v: Any) -> Any:
         return ast.literal_eval(v)
     if kind == "dims":
         parts = ast.literal_eval(v)
-        return tuple(as_dim(_dim(ast.parse(p, mode="eval").body, ctx)) if isinstance(p, str)
-                     else p for p in parts)
+        return tuple(
+            as_dim(_dim(ast.parse(p, mode="eval").body, ctx)) if isinstance(p, str) else p
+            for p in parts
+        )
     return as_dim(_dim(ast.parse(v, mode="eval").body, ctx))
 
 

@@ -53,8 +53,9 @@ def _dim_proto(d: Any) -> Any:
 
 def _value_info(v: Value, name: str | None = None) -> onnx.ValueInfoProto:
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(v.type.dtype))
-    return helper.make_tensor_value_info(name or v.name, elem,
-                                         [_dim_proto(d) for d in v.type.shape])
+    return helper.make_tensor_value_info(
+        name or v.name, elem, [_dim_proto(d) for d in v.type.shape]
+    )
 
 
 class ExportCtx:
@@ -85,12 +86,16 @@ class ExportCtx:
         self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=dtype), name))
         return name
 
-    def add(self, op_type: str, ins: list[str], outs: list[str], domain: str = "",
-            **attrs: Any) -> None:
+    def add(
+        self, op_type: str, ins: list[str], outs: list[str], domain: str = "", **attrs: Any
+    ) -> None:
         if domain == SATURA_DOMAIN:
             self.uses_satura = True
-        self.nodes.append(helper.make_node(op_type, ins, outs, name=self.fresh(op_type),
-                                           domain=domain or None, **attrs))
+        self.nodes.append(
+            helper.make_node(
+                op_type, ins, outs, name=self.fresh(op_type), domain=domain or None, **attrs
+            )
+        )
 
     def dims_tensor(self, dims: tuple[Any, ...]) -> str | None:
         """A 1-D int64 tensor holding ``dims``; symbolic ones computed at run time from the
@@ -125,9 +130,10 @@ class ExportCtx:
         if isinstance(d, sympy.floor):
             return self._dim(d.args[0])  # x / k of positive ints: Div floors
         if d.is_Add or d.is_Mul:
-            coeff, rest = (d.as_coeff_Mul() if d.is_Mul else (sympy.Integer(1), d))
-            args = list(rest.args) if (rest.is_Add or rest.is_Mul) and rest.func == d.func \
-                else [rest]
+            coeff, rest = d.as_coeff_Mul() if d.is_Mul else (sympy.Integer(1), d)
+            args = (
+                list(rest.args) if (rest.is_Add or rest.is_Mul) and rest.func == d.func else [rest]
+            )
             names = [self._dim(a) for a in args]
             if any(n is None for n in names):
                 return None
@@ -209,13 +215,14 @@ def _silu(ctx: ExportCtx, node: Node) -> None:
 
 @writer("gelu")
 def _gelu(ctx: ExportCtx, node: Node) -> None:
-    ctx.add("Gelu", ctx.ins(node), ctx.outs(node), approximate=node.attrs.get("approximate",
-                                                                               "none"))
+    ctx.add(
+        "Gelu", ctx.ins(node), ctx.outs(node), approximate=node.attrs.get("approximate", "none")
+    )
 
 
 @writer("leaky_relu")
 def _leaky(ctx: ExportCtx, node: Node) -> None:
-    ctx.add("LeakyRelu", ctx.ins(node), ctx.outs(node), alpha=float(node.attrs.get("alpha", .01)))
+    ctx.add("LeakyRelu", ctx.ins(node), ctx.outs(node), alpha=float(node.attrs.get("alpha", 0.01)))
 
 
 @writer("cast")
@@ -232,8 +239,15 @@ def _clip(ctx: ExportCtx, node: Node) -> None:
 @writer("gemm")
 def _gemm(ctx: ExportCtx, node: Node) -> None:
     a = OPS["gemm"].with_defaults(node.attrs)
-    ctx.add("Gemm", ctx.ins(node), ctx.outs(node), transA=a["trans_a"], transB=a["trans_b"],
-            alpha=float(a["alpha"]), beta=float(a["beta"]))
+    ctx.add(
+        "Gemm",
+        ctx.ins(node),
+        ctx.outs(node),
+        transA=a["trans_a"],
+        transB=a["trans_b"],
+        alpha=float(a["alpha"]),
+        beta=float(a["beta"]),
+    )
 
 
 @writer("linear")
@@ -301,8 +315,12 @@ def _write_simple(ctx: ExportCtx, node: Node, ins: list[str], outs: list[str]) -
 
 @writer("softmax", "log_softmax")
 def _softmax(ctx: ExportCtx, node: Node) -> None:
-    ctx.add("Softmax" if node.op == "softmax" else "LogSoftmax", ctx.ins(node), ctx.outs(node),
-            axis=int(node.attrs.get("axis", -1)))
+    ctx.add(
+        "Softmax" if node.op == "softmax" else "LogSoftmax",
+        ctx.ins(node),
+        ctx.outs(node),
+        axis=int(node.attrs.get("axis", -1)),
+    )
 
 
 def _static_tail(v: Value, axis: int) -> tuple[int, ...] | None:
@@ -323,8 +341,13 @@ def _layer_norm(ctx: ExportCtx, node: Node) -> None:
             _satura(ctx, node)
             return
         ins[1] = ctx.const(np.ones(tail), "ones", dtype=x.type.dtype)
-    ctx.add("LayerNormalization", [i for i in ins if i] if not ins[2] else ins, ctx.outs(node),
-            axis=axis, epsilon=float(a["epsilon"]))
+    ctx.add(
+        "LayerNormalization",
+        [i for i in ins if i] if not ins[2] else ins,
+        ctx.outs(node),
+        axis=axis,
+        epsilon=float(a["epsilon"]),
+    )
 
 
 @writer("rms_norm")
@@ -348,8 +371,12 @@ def _rms_norm(ctx: ExportCtx, node: Node) -> None:
 
 @writer("batch_norm")
 def _batch_norm(ctx: ExportCtx, node: Node) -> None:
-    ctx.add("BatchNormalization", ctx.ins(node), ctx.outs(node),
-            epsilon=float(node.attrs.get("epsilon", 1e-5)))
+    ctx.add(
+        "BatchNormalization",
+        ctx.ins(node),
+        ctx.outs(node),
+        epsilon=float(node.attrs.get("epsilon", 1e-5)),
+    )
 
 
 @writer("conv")
@@ -378,12 +405,18 @@ def _pool(ctx: ExportCtx, node: Node) -> None:
             kw[k] = list(a[k])
     if node.op == "avg_pool":
         kw["count_include_pad"] = a["count_include_pad"]
-    ctx.add("MaxPool" if node.op == "max_pool" else "AveragePool", ctx.ins(node),
-            ctx.outs(node), **kw)
+    ctx.add(
+        "MaxPool" if node.op == "max_pool" else "AveragePool", ctx.ins(node), ctx.outs(node), **kw
+    )
 
 
-_REDUCE = {"reduce_sum": "ReduceSum", "reduce_mean": "ReduceMean", "reduce_max": "ReduceMax",
-           "reduce_min": "ReduceMin", "reduce_prod": "ReduceProd"}
+_REDUCE = {
+    "reduce_sum": "ReduceSum",
+    "reduce_mean": "ReduceMean",
+    "reduce_max": "ReduceMax",
+    "reduce_min": "ReduceMin",
+    "reduce_prod": "ReduceProd",
+}
 
 
 @writer(*_REDUCE)
@@ -398,8 +431,14 @@ def _reduce(ctx: ExportCtx, node: Node) -> None:
 @writer("argmax", "argmin")
 def _arg(ctx: ExportCtx, node: Node) -> None:
     a = OPS[node.op].with_defaults(node.attrs)
-    ctx.add("ArgMax" if node.op == "argmax" else "ArgMin", ctx.ins(node), ctx.outs(node),
-            axis=a["axis"], keepdims=a["keepdims"], select_last_index=a["select_last_index"])
+    ctx.add(
+        "ArgMax" if node.op == "argmax" else "ArgMin",
+        ctx.ins(node),
+        ctx.outs(node),
+        axis=a["axis"],
+        keepdims=a["keepdims"],
+        select_last_index=a["select_last_index"],
+    )
 
 
 @writer("nll_loss")
@@ -454,12 +493,19 @@ def _reshape(ctx: ExportCtx, node: Node) -> None:
     assert x is not None
     dims = node.attrs["shape"]
     if 0 in dims and all(isinstance(d, int) for d in dims):  # a real 0, not "copy"
-        ctx.add("Reshape", [x.name, ctx.const(list(dims), "shape", np.int64)], ctx.outs(node),
-                allowzero=1)
+        ctx.add(
+            "Reshape",
+            [x.name, ctx.const(list(dims), "shape", np.int64)],
+            ctx.outs(node),
+            allowzero=1,
+        )
         return
     shape = _shape_operand(x.type, dims, zero_ok=True)
-    t = ctx.const(shape, "shape", np.int64) if shape is not None else \
-        ctx.dims_tensor(node.attrs["shape"])
+    t = (
+        ctx.const(shape, "shape", np.int64)
+        if shape is not None
+        else ctx.dims_tensor(node.attrs["shape"])
+    )
     if t is None:
         _satura(ctx, node)
         return
@@ -499,8 +545,12 @@ def _split(ctx: ExportCtx, node: Node) -> None:
     if not all(isinstance(s, int) for s in sizes):
         _satura(ctx, node)
         return
-    ctx.add("Split", [*ctx.ins(node), ctx.const(list(sizes), "split", np.int64)], ctx.outs(node),
-            axis=int(node.attrs.get("axis", 0)))
+    ctx.add(
+        "Split",
+        [*ctx.ins(node), ctx.const(list(sizes), "split", np.int64)],
+        ctx.outs(node),
+        axis=int(node.attrs.get("axis", 0)),
+    )
 
 
 @writer("slice")
@@ -511,9 +561,13 @@ def _slice(ctx: ExportCtx, node: Node) -> None:
         _satura(ctx, node)
         return
     n = len(a["starts"])
-    ins = [*ctx.ins(node), starts, ends,
-           ctx.const(list(a["axes"] or range(n)), "axes", np.int64),
-           ctx.const(list(a["steps"] or [1] * n), "steps", np.int64)]
+    ins = [
+        *ctx.ins(node),
+        starts,
+        ends,
+        ctx.const(list(a["axes"] or range(n)), "axes", np.int64),
+        ctx.const(list(a["steps"] or [1] * n), "steps", np.int64),
+    ]
     ctx.add("Slice", ins, ctx.outs(node))
 
 
@@ -536,14 +590,24 @@ def _resize(ctx: ExportCtx, node: Node) -> None:
     # The scales when they give the sizes back (they also set the coordinate transform), else
     # the sizes (whose transform then uses size / input size, which is what the scales are).
     scales = np.float32(a["scales"])
-    exact = all(isinstance(n, int) and int(np.floor(np.float32(i) * s)) == n
-                for i, s, n in zip(x.type.shape, scales, a["sizes"], strict=True))
+    exact = all(
+        isinstance(n, int) and int(np.floor(np.float32(i) * s)) == n
+        for i, s, n in zip(x.type.shape, scales, a["sizes"], strict=True)
+    )
     sizes = None if exact else ctx.dims_tensor(tuple(a["sizes"]))
-    ins = [x.name, "", "", sizes] if sizes else [
-        x.name, "", ctx.const(scales.tolist(), "scales", np.float32)]
-    ctx.add("Resize", ins, ctx.outs(node), mode=a["mode"],
-            coordinate_transformation_mode=a["coordinate_transformation_mode"],
-            nearest_mode=a["nearest_mode"])
+    ins = (
+        [x.name, "", "", sizes]
+        if sizes
+        else [x.name, "", ctx.const(scales.tolist(), "scales", np.float32)]
+    )
+    ctx.add(
+        "Resize",
+        ins,
+        ctx.outs(node),
+        mode=a["mode"],
+        coordinate_transformation_mode=a["coordinate_transformation_mode"],
+        nearest_mode=a["nearest_mode"],
+    )
 
 
 @writer("gather_nd", "scatter_nd", "scatter_elements")
@@ -551,8 +615,11 @@ def _indexing(ctx: ExportCtx, node: Node) -> None:
     a = OPS[node.op].with_defaults(node.attrs)
     if node.op == "scatter_elements":
         a["axis"] = int(a["axis"])
-    onnx_op = {"gather_nd": "GatherND", "scatter_nd": "ScatterND",
-               "scatter_elements": "ScatterElements"}[node.op]
+    onnx_op = {
+        "gather_nd": "GatherND",
+        "scatter_nd": "ScatterND",
+        "scatter_elements": "ScatterElements",
+    }[node.op]
     ctx.add(onnx_op, ctx.ins(node), ctx.outs(node), **a)
 
 
@@ -569,8 +636,12 @@ def _one_hot(ctx: ExportCtx, node: Node) -> None:
     idx, values = ctx.ins(node)
     ix = node.inputs[0]
     assert ix is not None  # depth in the indices' type: the pairs onnxruntime has kernels for
-    ctx.add("OneHot", [idx, ctx.const(a["depth"], "depth", ix.type.dtype), values],
-            ctx.outs(node), axis=a["axis"])
+    ctx.add(
+        "OneHot",
+        [idx, ctx.const(a["depth"], "depth", ix.type.dtype), values],
+        ctx.outs(node),
+        axis=a["axis"],
+    )
 
 
 @writer("rnn")
@@ -590,15 +661,24 @@ def _rnn(ctx: ExportCtx, node: Node) -> None:
 @writer("cumsum")
 def _cumsum(ctx: ExportCtx, node: Node) -> None:
     a = OPS["cumsum"].with_defaults(node.attrs)
-    ctx.add("CumSum", [*ctx.ins(node), ctx.const(a["axis"], "axis", np.int64)], ctx.outs(node),
-            exclusive=a["exclusive"], reverse=a["reverse"])
+    ctx.add(
+        "CumSum",
+        [*ctx.ins(node), ctx.const(a["axis"], "axis", np.int64)],
+        ctx.outs(node),
+        exclusive=a["exclusive"],
+        reverse=a["reverse"],
+    )
 
 
 @writer("trilu")
 def _trilu(ctx: ExportCtx, node: Node) -> None:
     a = OPS["trilu"].with_defaults(node.attrs)
-    ctx.add("Trilu", [*ctx.ins(node), ctx.const(a["k"], "k", np.int64)], ctx.outs(node),
-            upper=a["upper"])
+    ctx.add(
+        "Trilu",
+        [*ctx.ins(node), ctx.const(a["k"], "k", np.int64)],
+        ctx.outs(node),
+        upper=a["upper"],
+    )
 
 
 @writer("pad")
@@ -640,13 +720,17 @@ def to_model(graph: Graph) -> onnx.ModelProto:
     for node in graph.nodes:
         fn = WRITERS.get(node.op)
         if fn is None:
-            raise ModelError(f"cannot export node '{node.name}': op '{node.op}' has no ONNX "
-                             "writer")
+            raise ModelError(f"cannot export node '{node.name}': op '{node.op}' has no ONNX writer")
         ctx.names |= {o.name for o in node.outputs}
         fn(ctx, node)
     outputs = [_value_info(v) for v in graph.outputs]
-    g = helper.make_graph(ctx.nodes, graph.name, [_value_info(v) for v in graph.inputs],
-                          outputs, initializer=ctx.inits)
+    g = helper.make_graph(
+        ctx.nodes,
+        graph.name,
+        [_value_info(v) for v in graph.inputs],
+        outputs,
+        initializer=ctx.inits,
+    )
     opsets = [helper.make_opsetid("", OPSET)]
     if ctx.uses_satura:
         opsets.append(helper.make_opsetid(SATURA_DOMAIN, 1))

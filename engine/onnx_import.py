@@ -62,8 +62,11 @@ def onnx_dtype(elem_type: int, where: str) -> str:
     if elem_type == onnx.TensorProto.BFLOAT16:
         name = "bfloat16"
     if elem_type == onnx.TensorProto.STRING or name not in DTYPES or name == "string":
-        tname = onnx.TensorProto.DataType.Name(elem_type) if elem_type in \
-            onnx.TensorProto.DataType.values() else str(elem_type)
+        tname = (
+            onnx.TensorProto.DataType.Name(elem_type)
+            if elem_type in onnx.TensorProto.DataType.values()
+            else str(elem_type)
+        )
         raise ModelError(f"{where}: element type {tname} is not supported")
     return name
 
@@ -86,9 +89,11 @@ class Importer:
             raise ModelError("model has no default-domain opset import (not an ONNX model?)")
         v = versions[0]
         if not MIN_OPSET <= v <= MAX_OPSET:
-            raise ModelError(f"opset {v} is not supported (satura reads opsets "
-                             f"{MIN_OPSET}..{MAX_OPSET}); convert the model with "
-                             "onnx.version_converter")
+            raise ModelError(
+                f"opset {v} is not supported (satura reads opsets "
+                f"{MIN_OPSET}..{MAX_OPSET}); convert the model with "
+                "onnx.version_converter"
+            )
         return v
 
     def symbol(self, name: str) -> sympy.Symbol:
@@ -110,21 +115,26 @@ class Importer:
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
         if self.base_dir is None:
-            raise ModelError(f"initializer '{t.name}' has external data '{loc}' but the model "
-                             "was not loaded from a file")
+            raise ModelError(
+                f"initializer '{t.name}' has external data '{loc}' but the model "
+                "was not loaded from a file"
+            )
         base = os.path.realpath(self.base_dir)
         path = os.path.realpath(os.path.join(base, loc))
         if os.path.isabs(loc) or os.path.commonpath([base, path]) != base:
-            raise ModelError(f"initializer '{t.name}': external data path '{loc}' is outside "
-                             f"the model's folder {base}")
+            raise ModelError(
+                f"initializer '{t.name}': external data path '{loc}' is outside "
+                f"the model's folder {base}"
+            )
         offset, length = int(info.get("offset", 0) or 0), info.get("length")
         try:
             with open(path, "rb") as f:
                 f.seek(offset)
                 raw = f.read(int(length)) if length else f.read()
         except OSError as e:
-            raise ModelError(f"initializer '{t.name}': cannot read external data "
-                             f"'{loc}': {e.strerror}") from None
+            raise ModelError(
+                f"initializer '{t.name}': cannot read external data '{loc}': {e.strerror}"
+            ) from None
         out = onnx.TensorProto()
         out.CopyFrom(t)
         del out.external_data[:]
@@ -167,8 +177,9 @@ class Importer:
                 continue  # an initializer also listed as an input (old exporters): a constant
             if not vi.type.HasField("tensor_type"):
                 kind = vi.type.WhichOneof("value") or "untyped"
-                raise ModelError(f"input '{vi.name}' has type {kind}, not a tensor (satura reads "
-                                 "tensors only)")
+                raise ModelError(
+                    f"input '{vi.name}' has type {kind}, not a tensor (satura reads tensors only)"
+                )
             dtype = onnx_dtype(vi.type.tensor_type.elem_type, f"input '{vi.name}'")
             self.values[vi.name] = self.graph.add_input(vi.name, self.value_shape(vi), dtype)
         for i, node in enumerate(g.node):
@@ -187,12 +198,16 @@ class Importer:
 
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         name = node.name or f"{node.op_type}_{index}"
-        fn = CONVERTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else (
-            SATURA_CONVERTER if node.domain == SATURA_DOMAIN else None)
+        fn = (
+            CONVERTERS.get(node.op_type)
+            if node.domain in ("", "ai.onnx")
+            else (SATURA_CONVERTER if node.domain == SATURA_DOMAIN else None)
+        )
         if fn is None:
             dom = f"{node.domain}." if node.domain else ""
-            raise UnsupportedOpError(f"unsupported ONNX op '{dom}{node.op_type}' (node '{name}', "
-                                     f"opset {self.opset})")
+            raise UnsupportedOpError(
+                f"unsupported ONNX op '{dom}{node.op_type}' (node '{name}', opset {self.opset})"
+            )
         ctx = NodeCtx(self, node, name)
         try:
             outs = fn(ctx)
@@ -204,8 +219,10 @@ class Importer:
             if not oname:
                 continue
             if i >= len(outs) or outs[i] is None:
-                raise UnsupportedOpError(f"{node.op_type} output {i} ('{oname}') is not supported "
-                                         f"(node '{name}', opset {self.opset})")
+                raise UnsupportedOpError(
+                    f"{node.op_type} output {i} ('{oname}') is not supported "
+                    f"(node '{name}', opset {self.opset})"
+                )
             v = outs[i]
             assert v is not None
             if id(v) in ctx.created and v.name != oname:
@@ -258,8 +275,10 @@ class NodeCtx:
             return None
         k = self.known(i)
         if k is None:
-            raise self.fail(f"{what} (input {i}, '{self.node.input[i]}') must be known at "
-                            "import (a constant or computed from shapes)")
+            raise self.fail(
+                f"{what} (input {i}, '{self.node.input[i]}') must be known at "
+                "import (a constant or computed from shapes)"
+            )
         return tuple(as_dim(v) for v in k.ravel().tolist())
 
     def const(self, i: int) -> np.ndarray | None:
@@ -267,8 +286,9 @@ class NodeCtx:
         if v is None:
             return None
         if v.data is None:
-            raise self.fail(f"input {i} ('{self.node.input[i]}') must be known at import "
-                            "(a constant)")
+            raise self.fail(
+                f"input {i} ('{self.node.input[i]}') must be known at import (a constant)"
+            )
         return v.data
 
     def attr(self, name: str, default: Any = None) -> Any:
@@ -316,14 +336,16 @@ class NodeCtx:
     def one(self, op: str, *inputs: Value | None, **attrs: Any) -> Value:
         return self.emit(op, list(inputs), **attrs)[0]
 
-    def _propagate_known(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any],
-                         outs: list[Value]) -> None:
+    def _propagate_known(
+        self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any], outs: list[Value]
+    ) -> None:
         fn = KNOWN_FNS.get(op)
         if fn is None or len(outs) != 1:
             return
         ks = [None if v is None else self.imp.known.get(id(v)) for v in inputs]
-        if op != "shape_of" and any(k is None for k, v in zip(ks, inputs, strict=True)
-                                    if v is not None):
+        if op != "shape_of" and any(
+            k is None for k, v in zip(ks, inputs, strict=True) if v is not None
+        ):
             return
         try:
             out = fn(inputs, ks, attrs)
@@ -398,8 +420,11 @@ KNOWN_FNS: dict[str, Callable[..., np.ndarray | None]] = {
     "sub": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a - b), otypes=[object])(*ks),
     "mul": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a * b), otypes=[object])(*ks),
     "div": lambda vs, ks, at: np.vectorize(_kdiv, otypes=[object])(*ks),
-    "reduce_prod": lambda vs, ks, at: np.asarray(as_dim(sympy.Mul(*ks[0].ravel().tolist())))
-    if at.get("axes") is None and not at.get("keepdims", 1) else None,
+    "reduce_prod": lambda vs, ks, at: (
+        np.asarray(as_dim(sympy.Mul(*ks[0].ravel().tolist())))
+        if at.get("axes") is None and not at.get("keepdims", 1)
+        else None
+    ),
     "expand": lambda vs, ks, at: np.broadcast_to(ks[0], tuple(int(d) for d in at["shape"])),
 }
 
@@ -424,8 +449,9 @@ def load_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> Graph:
         try:
             proto.ParseFromString(data)
         except Exception:
-            raise ModelError(f"'{path}' is not a valid ONNX model (protobuf parse failed)"
-                             ) from None
+            raise ModelError(
+                f"'{path}' is not a valid ONNX model (protobuf parse failed)"
+            ) from None
         base_dir = str(path.resolve().parent)
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise ModelError("not a valid ONNX model (no graph or ir_version)")

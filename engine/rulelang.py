@@ -36,7 +36,10 @@ EXACTNESS = ("exact", "real", "approx")
 # Named real constants a pattern may use; a model's constant matches when it equals the value
 # after rounding to its dtype (the verifier sees the exact real).
 NAMED_CONSTANTS = {
-    "PI": math.pi, "E": math.e, "SQRT2": math.sqrt(2.0), "SQRT1_2": math.sqrt(0.5),
+    "PI": math.pi,
+    "E": math.e,
+    "SQRT2": math.sqrt(2.0),
+    "SQRT1_2": math.sqrt(0.5),
     "SQRT_2_OVER_PI": math.sqrt(2.0 / math.pi),
 }
 
@@ -146,7 +149,8 @@ def to_text(term: Any) -> str:
 _HEADER = re.compile(
     r"^rule\s+(?P<name>[A-Za-z_][\w.\-]*)"
     r"(?:\s+for\s+(?P<var>[A-Za-z_]\w*)\s+in\s+(?P<fam>\[[^\]]*\]|[A-Za-z_]\w*))?"
-    r"\s*\[(?P<cls>[A-Za-z]+)(?:\s+(?P<tol>[0-9.eE+\-]+))?\]\s*:\s*$")
+    r"\s*\[(?P<cls>[A-Za-z]+)(?:\s+(?P<tol>[0-9.eE+\-]+))?\]\s*:\s*$"
+)
 
 
 @dataclass
@@ -189,24 +193,36 @@ class _Parser:
                 i += 1
                 continue
             if raw[:1].isspace():
-                raise self.error("indented line outside a rule (a rule starts with 'rule NAME "
-                                 "[exact|real|approx TOL]:')", i + 1, len(raw) - len(raw.lstrip()))
+                raise self.error(
+                    "indented line outside a rule (a rule starts with 'rule NAME "
+                    "[exact|real|approx TOL]:')",
+                    i + 1,
+                    len(raw) - len(raw.lstrip()),
+                )
             m = _HEADER.match(stripped.rstrip())
             if not m:
-                raise self.error("expected 'rule NAME [exact|real|approx TOL]:' or "
-                                 "'rule NAME for OP in TRAIT [CLASS]:'", i + 1, 0)
+                raise self.error(
+                    "expected 'rule NAME [exact|real|approx TOL]:' or "
+                    "'rule NAME for OP in TRAIT [CLASS]:'",
+                    i + 1,
+                    0,
+                )
             header_line = i + 1
             body: list[tuple[int, str]] = []
             i += 1
-            while i < len(self.lines) and (not self.lines[i].strip()
-                                           or self.lines[i][:1].isspace()):
+            while i < len(self.lines) and (
+                not self.lines[i].strip() or self.lines[i][:1].isspace()
+            ):
                 if _strip_comment(self.lines[i]).strip():
                     body.append((i + 1, _strip_comment(self.lines[i])))
                 i += 1
             name = m["name"]
             if name in names:
-                raise self.error(f"rule '{name}' is already defined at line {names[name]}",
-                                 header_line, len("rule "))
+                raise self.error(
+                    f"rule '{name}' is already defined at line {names[name]}",
+                    header_line,
+                    len("rule "),
+                )
             names[name] = header_line
             rules += self._rule(m, header_line, body)
         return rules
@@ -214,17 +230,22 @@ class _Parser:
     def _rule(self, m: re.Match[str], line: int, body: list[tuple[int, str]]) -> list[Rule]:
         cls = m["cls"]
         if cls not in EXACTNESS:
-            raise self.error(f"unknown exactness class '{cls}' (use exact, real or approx TOL)",
-                             line, m.start("cls"))
+            raise self.error(
+                f"unknown exactness class '{cls}' (use exact, real or approx TOL)",
+                line,
+                m.start("cls"),
+            )
         tol: float | None = None
         if cls == "approx":
             if m["tol"] is None:
-                raise self.error("approx rules state their tolerance: [approx 1e-3]",
-                                 line, m.start("cls"))
+                raise self.error(
+                    "approx rules state their tolerance: [approx 1e-3]", line, m.start("cls")
+                )
             tol = float(m["tol"])
         elif m["tol"] is not None:
-            raise self.error(f"only approx rules take a tolerance, not '{cls}'", line,
-                             m.start("tol"))
+            raise self.error(
+                f"only approx rules take a tolerance, not '{cls}'", line, m.start("tol")
+            )
         if not body:
             raise self.error(f"rule '{m['name']}' has no body: 'PATTERN => REPLACEMENT'", line, 0)
         rewrite, guard = self._split_body(body)
@@ -238,8 +259,14 @@ class _Parser:
             rhs = self._side(rhs_seg, rename, is_lhs=False)
             guard_ast = self._expr(guard) if guard else None
             suffix = f"[{op}]" if var else ""
-            base = dict(exactness=cls, tolerance=tol, file=self.file, line=line, text=text,
-                        family_op=(var, op) if var else None)
+            base = dict(
+                exactness=cls,
+                tolerance=tol,
+                file=self.file,
+                line=line,
+                text=text,
+                family_op=(var, op) if var else None,
+            )
             fwd = Rule(m["name"] + suffix, lhs=lhs, rhs=rhs, guard=guard_ast, **base)
             self._check(fwd, lhs_seg, rhs_seg, guard)
             out.append(fwd)
@@ -258,18 +285,21 @@ class _Parser:
             names = [n.strip() for n in fam[1:-1].split(",") if n.strip()]
             for n in names:
                 if n not in OPS:
-                    raise self.error(f"unknown op '{n}' in the family list", line,
-                                     col + fam.find(n))
+                    raise self.error(
+                        f"unknown op '{n}' in the family list", line, col + fam.find(n)
+                    )
             ops = names
         else:
             ops = [o.name for o in ops_with_trait(fam)]
             if not ops:
                 traits = sorted({t for o in OPS.values() for t in o.traits})
-                raise self.error(f"no op has the trait '{fam}' (traits: {', '.join(traits)})",
-                                 line, col)
+                raise self.error(
+                    f"no op has the trait '{fam}' (traits: {', '.join(traits)})", line, col
+                )
         if m["var"] in OPS:
-            raise self.error(f"family variable '{m['var']}' shadows the op of that name", line,
-                             m.start("var"))
+            raise self.error(
+                f"family variable '{m['var']}' shadows the op of that name", line, m.start("var")
+            )
         return [(m["var"], op) for op in ops]
 
     def _split_body(self, body: list[tuple[int, str]]) -> tuple[_Segment, _Segment | None]:
@@ -279,8 +309,11 @@ class _Parser:
             s = text.lstrip()
             if s.startswith("if ") or s == "if":
                 if guard:
-                    raise self.error("a rule has one guard ('if ...'): join them with 'and'", ln,
-                                     len(text) - len(s))
+                    raise self.error(
+                        "a rule has one guard ('if ...'): join them with 'and'",
+                        ln,
+                        len(text) - len(s),
+                    )
                 guard.append((ln, " " * (len(text) - len(s) + 3) + s[3:]))
             elif guard:
                 guard.append((ln, text))
@@ -329,34 +362,47 @@ class _Parser:
             return Lit(NAMED_CONSTANTS[node.id], node.id)
         if isinstance(node, ast.Name):
             if node.id in OPS or node.id in rename:
-                raise self.error(f"'{node.id}' is an op: call it, '{node.id}(...)'",
-                                 node.lineno, node.col_offset)
+                raise self.error(
+                    f"'{node.id}' is an op: call it, '{node.id}(...)'", node.lineno, node.col_offset
+                )
             return Var(node.id)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
-                and not isinstance(node.value, bool):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, (int, float))
+            and not isinstance(node.value, bool)
+        ):
             return Lit(float(node.value))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) \
-                and isinstance(node.operand, ast.Constant) \
-                and isinstance(node.operand.value, (int, float)):
+        if (
+            isinstance(node, ast.UnaryOp)
+            and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant)
+            and isinstance(node.operand.value, (int, float))
+        ):
             return Lit(-float(node.operand.value))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             op = rename.get(node.func.id, node.func.id)
             if op not in OPS:
                 hint = _closest(op, list(OPS))
-                raise self.error(f"unknown op '{op}'" + (f" (did you mean '{hint}'?)" if hint
-                                                          else ""),
-                                 node.func.lineno, node.func.col_offset)
+                raise self.error(
+                    f"unknown op '{op}'" + (f" (did you mean '{hint}'?)" if hint else ""),
+                    node.func.lineno,
+                    node.func.col_offset,
+                )
             info = OPS[op]
             args: list[Any] = []
             for a in node.args:
                 if isinstance(a, ast.Starred):
                     if info.inputs[1] is not None:
-                        raise self.error(f"'*{ast.unparse(a.value)}' only fits a variadic op; "
-                                         f"'{op}' takes a fixed number of inputs",
-                                         a.lineno, a.col_offset)
+                        raise self.error(
+                            f"'*{ast.unparse(a.value)}' only fits a variadic op; "
+                            f"'{op}' takes a fixed number of inputs",
+                            a.lineno,
+                            a.col_offset,
+                        )
                     if not isinstance(a.value, ast.Name):
-                        raise self.error("a list variable is a plain name: '*xs'", a.lineno,
-                                         a.col_offset)
+                        raise self.error(
+                            "a list variable is a plain name: '*xs'", a.lineno, a.col_offset
+                        )
                     args.append(Star(a.value.id))
                 else:
                     args.append(self._term(a, rename))
@@ -365,33 +411,44 @@ class _Parser:
             fixed = len(args) - len(stars)
             if (not stars and fixed < lo) or (hi is not None and fixed > hi):
                 want = str(lo) if lo == hi else f"{lo} to {hi if hi is not None else 'any'}"
-                raise self.error(f"'{op}' takes {want} inputs, got {len(args)}",
-                                 node.lineno, node.col_offset)
+                raise self.error(
+                    f"'{op}' takes {want} inputs, got {len(args)}", node.lineno, node.col_offset
+                )
             attrs: list[tuple[str, ast.expr]] = []
             for kw in node.keywords:
                 if kw.arg is None:
-                    raise self.error("'**' is not allowed in rules", kw.value.lineno,
-                                     kw.value.col_offset)
+                    raise self.error(
+                        "'**' is not allowed in rules", kw.value.lineno, kw.value.col_offset
+                    )
                 if kw.arg not in info.attrs:
                     known = ", ".join(sorted(info.attrs)) or "none"
-                    raise self.error(f"'{op}' has no attribute '{kw.arg}' (attributes: {known})",
-                                     kw.value.lineno, kw.value.col_offset)
+                    raise self.error(
+                        f"'{op}' has no attribute '{kw.arg}' (attributes: {known})",
+                        kw.value.lineno,
+                        kw.value.col_offset,
+                    )
                 attrs.append((kw.arg, kw.value))
             return Call(op, tuple(args), tuple(attrs))
-        raise self.error(f"expected an op call, a tensor variable or a number, got "
-                         f"'{ast.unparse(node)}'", node.lineno, node.col_offset)
+        raise self.error(
+            f"expected an op call, a tensor variable or a number, got '{ast.unparse(node)}'",
+            node.lineno,
+            node.col_offset,
+        )
 
-    def _check(self, rule: Rule, lhs_seg: _Segment, rhs_seg: _Segment,
-               guard_seg: _Segment | None) -> None:
+    def _check(
+        self, rule: Rule, lhs_seg: _Segment, rhs_seg: _Segment, guard_seg: _Segment | None
+    ) -> None:
         if len(rule.lhs) != len(rule.rhs):
             ln, col = rhs_seg.pos(0)
-            raise self.error(f"{len(rule.lhs)} pattern roots but {len(rule.rhs)} replacements",
-                             ln, col)
+            raise self.error(
+                f"{len(rule.lhs)} pattern roots but {len(rule.rhs)} replacements", ln, col
+            )
         for root in rule.lhs:
             if not isinstance(root, Call):
                 ln, col = lhs_seg.pos(0)
-                raise self.error("a pattern root must be an op call, not a bare variable or "
-                                 "number", ln, col)
+                raise self.error(
+                    "a pattern root must be an op call, not a bare variable or number", ln, col
+                )
         bound = set(tensor_vars(rule.lhs))
         abound = set(attr_vars(rule.lhs))
         for v in tensor_vars(rule.rhs):
@@ -407,30 +464,62 @@ class _Parser:
         for e in exprs:
             for node in ast.walk(e):
                 if isinstance(node, ast.Name) and node.id not in names:
-                    raise self.error(f"'{node.id}' is not bound by the pattern and is not a "
-                                     f"known function", node.lineno, node.col_offset)
+                    raise self.error(
+                        f"'{node.id}' is not bound by the pattern and is not a known function",
+                        node.lineno,
+                        node.col_offset,
+                    )
                 if isinstance(node, ast.Call):
                     if not isinstance(node.func, ast.Name) or node.func.id not in (
-                            set(BUILTINS) | set(RULE_FUNCTIONS)):
-                        raise self.error(f"unknown function '{ast.unparse(node.func)}' (known: "
-                                         f"{', '.join(sorted({*BUILTINS, *RULE_FUNCTIONS}))})",
-                                         node.lineno, node.col_offset)
+                        set(BUILTINS) | set(RULE_FUNCTIONS)
+                    ):
+                        raise self.error(
+                            f"unknown function '{ast.unparse(node.func)}' (known: "
+                            f"{', '.join(sorted({*BUILTINS, *RULE_FUNCTIONS}))})",
+                            node.lineno,
+                            node.col_offset,
+                        )
                     arity = BUILTIN_ARITY.get(node.func.id)
                     if arity is not None and len(node.args) != arity:
-                        raise self.error(f"{node.func.id}() takes {arity} argument"
-                                         f"{'s' if arity != 1 else ''}, got {len(node.args)}",
-                                         node.lineno, node.col_offset)
-                    if node.func.id in (*TENSOR_QUERIES, "value") and node.args and not (
-                            isinstance(node.args[0], ast.Name) and node.args[0].id in bound):
-                        raise self.error(f"{node.func.id}({ast.unparse(node.args[0])}): "
-                                         f"'{ast.unparse(node.args[0])}' is not a tensor "
-                                         f"variable of the pattern", node.lineno,
-                                         node.col_offset)
-                if isinstance(node, (ast.Lambda, ast.ListComp, ast.GeneratorExp, ast.SetComp,
-                                     ast.DictComp, ast.NamedExpr, ast.Attribute, ast.Await,
-                                     ast.Yield, ast.YieldFrom, ast.Starred)):
-                    raise self.error(f"'{ast.unparse(node)}' is not allowed in a rule expression",
-                                     node.lineno, node.col_offset)
+                        raise self.error(
+                            f"{node.func.id}() takes {arity} argument"
+                            f"{'s' if arity != 1 else ''}, got {len(node.args)}",
+                            node.lineno,
+                            node.col_offset,
+                        )
+                    if (
+                        node.func.id in (*TENSOR_QUERIES, "value")
+                        and node.args
+                        and not (isinstance(node.args[0], ast.Name) and node.args[0].id in bound)
+                    ):
+                        raise self.error(
+                            f"{node.func.id}({ast.unparse(node.args[0])}): "
+                            f"'{ast.unparse(node.args[0])}' is not a tensor "
+                            f"variable of the pattern",
+                            node.lineno,
+                            node.col_offset,
+                        )
+                if isinstance(
+                    node,
+                    (
+                        ast.Lambda,
+                        ast.ListComp,
+                        ast.GeneratorExp,
+                        ast.SetComp,
+                        ast.DictComp,
+                        ast.NamedExpr,
+                        ast.Attribute,
+                        ast.Await,
+                        ast.Yield,
+                        ast.YieldFrom,
+                        ast.Starred,
+                    ),
+                ):
+                    raise self.error(
+                        f"'{ast.unparse(node)}' is not allowed in a rule expression",
+                        node.lineno,
+                        node.col_offset,
+                    )
         # Literal attributes of the replacement are checked against the op's attribute kinds.
         for t in rule.rhs:
             for s in walk(t):
@@ -469,7 +558,8 @@ def _join(lines: list[tuple[int, str]]) -> _Segment:
 
 def _find_name(seg: _Segment, name: str) -> tuple[int, int]:
     m = re.search(rf"(?<![\w*]){re.escape(name)}(?!\w)", seg.text) or re.search(
-        re.escape(name), seg.text)
+        re.escape(name), seg.text
+    )
     return seg.pos(m.start() if m else 0)
 
 
@@ -497,8 +587,16 @@ def load_rules(path: str | Path) -> list[Rule]:
 
 # -- guard and attribute expressions ---------------------------------------------------------------
 TENSOR_QUERIES = ("rank", "shape", "dim", "dtype", "numel")
-BUILTIN_ARITY = {"rank": 1, "shape": 1, "dim": 2, "dtype": 1, "numel": 1, "len": 1, "value": 1,
-                 "broadcasts_to": 2}
+BUILTIN_ARITY = {
+    "rank": 1,
+    "shape": 1,
+    "dim": 2,
+    "dtype": 1,
+    "numel": 1,
+    "len": 1,
+    "value": 1,
+    "broadcasts_to": 2,
+}
 BUILTINS = (*TENSOR_QUERIES, "len", "value", "broadcasts_to")
 VALUES = "__values__"  # env key: tensor variable -> its scalar value, for value(x)
 
@@ -547,8 +645,10 @@ class _Eval:
     def v_Subscript(self, n: ast.Subscript) -> Any:
         base = self.visit(n.value)
         if isinstance(n.slice, ast.Slice):
-            parts = [None if p is None else self.visit(p)
-                     for p in (n.slice.lower, n.slice.upper, n.slice.step)]
+            parts = [
+                None if p is None else self.visit(p)
+                for p in (n.slice.lower, n.slice.upper, n.slice.step)
+            ]
             return tuple(base[slice(*parts)])
         return base[self.visit(n.slice)]
 
@@ -564,9 +664,15 @@ class _Eval:
 
     def v_BinOp(self, n: ast.BinOp) -> Any:
         a, b = self.visit(n.left), self.visit(n.right)
-        ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
-               ast.FloorDiv: lambda: self.d.floordiv(a, b) if self.d else a // b,
-               ast.Mod: lambda: a % b, ast.Div: lambda: a / b, ast.Pow: lambda: a**b}
+        ops = {
+            ast.Add: lambda: a + b,
+            ast.Sub: lambda: a - b,
+            ast.Mult: lambda: a * b,
+            ast.FloorDiv: lambda: self.d.floordiv(a, b) if self.d else a // b,
+            ast.Mod: lambda: a % b,
+            ast.Div: lambda: a / b,
+            ast.Pow: lambda: a**b,
+        }
         fn = ops.get(type(n.op))
         if fn is None:
             raise RuleError(f"operator in '{ast.unparse(n)}' is not allowed")
@@ -710,11 +816,21 @@ def guard_holds(expr: ast.expr | None, env: Mapping[str, Any], dims: DimOps) -> 
         return True
     try:
         v = evaluate(expr, env, dims)
-    except (_GuardFalse, ShapeError, TypeError, ValueError, IndexError, KeyError,
-            ZeroDivisionError):
+    except (
+        _GuardFalse,
+        ShapeError,
+        TypeError,
+        ValueError,
+        IndexError,
+        KeyError,
+        ZeroDivisionError,
+    ):
         return False
-    return v is True or (isinstance(v, (int, float)) and not isinstance(v, bool) and bool(v)) \
+    return (
+        v is True
+        or (isinstance(v, (int, float)) and not isinstance(v, bool) and bool(v))
         or (hasattr(v, "is_Boolean") and bool(v == True))  # noqa: E712  (sympy true)
+    )
 
 
 def eval_attr(expr: ast.expr, env: Mapping[str, Any]) -> Any:

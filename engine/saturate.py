@@ -53,14 +53,18 @@ class Report:
 
     def summary(self) -> str:
         fired = {k: v for k, v in sorted(self.fired.items()) if v}
-        lines = [f"saturation: {self.stop_reason} after {self.iterations} iterations, "
-                 f"{self.nodes_before} -> {self.nodes} e-nodes, {self.classes} e-classes, "
-                 f"{self.seconds:.2f} s"]
+        lines = [
+            f"saturation: {self.stop_reason} after {self.iterations} iterations, "
+            f"{self.nodes_before} -> {self.nodes} e-nodes, {self.classes} e-classes, "
+            f"{self.seconds:.2f} s"
+        ]
         if fired:
             lines.append("rules fired: " + ", ".join(f"{k} x{v}" for k, v in fired.items()))
         if self.cost_before is not None and self.cost_after is not None:
-            lines.append(f"cost: {self.cost_before * 1e6:.1f} us -> {self.cost_after * 1e6:.1f} us"
-                         f" ({self.cost_before / max(self.cost_after, 1e-30):.2f}x)")
+            lines.append(
+                f"cost: {self.cost_before * 1e6:.1f} us -> {self.cost_after * 1e6:.1f} us"
+                f" ({self.cost_before / max(self.cost_after, 1e-30):.2f}x)"
+            )
         return "\n".join(lines)
 
 
@@ -69,8 +73,9 @@ def default_rule_files() -> list[Path]:
     return sorted(RULES_DIR.glob("*.rules")) + sorted(RULES_DIR.glob("*.egg"))
 
 
-def load_rule_sets(paths: Iterable[str | Path] | None, fp: str = "real"
-                   ) -> list[tuple[str, list[Rule] | str]]:
+def load_rule_sets(
+    paths: Iterable[str | Path] | None, fp: str = "real"
+) -> list[tuple[str, list[Rule] | str]]:
     """Parse rule files (default: the shipped ones), keeping the exactness classes ``fp`` allows.
 
     Returns (ruleset name, rules or raw egglog text) per file.
@@ -79,7 +84,7 @@ def load_rule_sets(paths: Iterable[str | Path] | None, fp: str = "real"
         raise RuleError(f"unknown --fp mode '{fp}' (use strict, real or fast)")
     allowed = FP_MODES[fp]
     out: list[tuple[str, list[Rule] | str]] = []
-    for p in (default_rule_files() if paths is None else [Path(x) for x in paths]):
+    for p in default_rule_files() if paths is None else [Path(x) for x in paths]:
         if p.suffix == ".egg":
             try:
                 out.append((p.stem, p.read_text()))
@@ -91,8 +96,12 @@ def load_rule_sets(paths: Iterable[str | Path] | None, fp: str = "real"
     return out
 
 
-def saturate(graph: Graph, rule_sets: Sequence[tuple[str, list[Rule] | str]],
-             limits: Limits = Limits(), progress: TextIO | None = None) -> tuple[EGraph, Report]:
+def saturate(
+    graph: Graph,
+    rule_sets: Sequence[tuple[str, list[Rule] | str]],
+    limits: Limits = Limits(),
+    progress: TextIO | None = None,
+) -> tuple[EGraph, Report]:
     """Load ``graph`` into an e-graph and run the rule sets within ``limits``.
 
     ``progress``: a stream for one status line per iteration (default: stderr when it is a
@@ -116,8 +125,9 @@ def saturate(graph: Graph, rule_sets: Sequence[tuple[str, list[Rule] | str]],
         nodes, classes = eg.size()
         elapsed = time.perf_counter() - start
         if progress is not None:
-            progress.write(f"\r  iteration {it + 1}: {nodes} e-nodes, {classes} e-classes, "
-                           f"{elapsed:.1f} s")
+            progress.write(
+                f"\r  iteration {it + 1}: {nodes} e-nodes, {classes} e-classes, {elapsed:.1f} s"
+            )
             progress.flush()
         if not changed:
             reason = "saturated"

@@ -72,8 +72,9 @@ class DimOps:
 
     def broadcast(self, a: Dim, b: Dim) -> Dim:
         """numpy's rule for one dimension pair."""
-        self.require(self.or_(self.eq(a, 1), self.eq(b, 1), self.eq(a, b)),
-                     "dimensions do not broadcast")
+        self.require(
+            self.or_(self.eq(a, 1), self.eq(b, 1), self.eq(a, b)), "dimensions do not broadcast"
+        )
         return self.select(self.eq(a, 1), b, a)
 
     def broadcast_shapes(self, *shapes: Sequence[Dim]) -> Shape:

@@ -34,8 +34,9 @@ def _layers(g: Graph) -> dict[int, tuple[int, int]]:
 def graph_svg_body(g: Graph, x0: int, title: str) -> tuple[list[str], int, int]:
     pos = _layers(g)
     producer = {id(o): n for n in g.nodes for o in n.outputs}
-    parts = [f'<text x="{x0}" y="16" font-weight="bold">{escape(title)} '
-             f'({len(g.nodes)} nodes)</text>']
+    parts = [
+        f'<text x="{x0}" y="16" font-weight="bold">{escape(title)} ({len(g.nodes)} nodes)</text>'
+    ]
 
     def xy(key: int) -> tuple[int, int]:
         layer, slot = pos[key]
@@ -50,19 +51,25 @@ def graph_svg_body(g: Graph, x0: int, title: str) -> tuple[list[str], int, int]:
             key = id(src) if src is not None else id(v)
             if key in pos:
                 sx, sy = xy(key)
-                parts.append(f'<line x1="{sx + BOX_W // 2}" y1="{sy + BOX_H}" '
-                             f'x2="{x + BOX_W // 2}" y2="{y}" stroke="#888"/>')
+                parts.append(
+                    f'<line x1="{sx + BOX_W // 2}" y1="{sy + BOX_H}" '
+                    f'x2="{x + BOX_W // 2}" y2="{y}" stroke="#888"/>'
+                )
     for v in g.inputs:
         x, y = xy(id(v))
-        parts.append(f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="12" '
-                     f'fill="#e8f0ff" stroke="#446"/><text x="{x + 6}" y="{y + 18}">'
-                     f'{escape(v.name[:20])}</text>')
+        parts.append(
+            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="12" '
+            f'fill="#e8f0ff" stroke="#446"/><text x="{x + 6}" y="{y + 18}">'
+            f"{escape(v.name[:20])}</text>"
+        )
     for n in g.nodes:
         x, y = xy(id(n))
         label = n.op if n.op != "linear" else f"linear[{n.attrs.get('act', 'none')}]"
-        parts.append(f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="3" '
-                     f'fill="#fff6e0" stroke="#664"/><text x="{x + 6}" y="{y + 18}">'
-                     f'{escape(label[:20])}</text>')
+        parts.append(
+            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="3" '
+            f'fill="#fff6e0" stroke="#664"/><text x="{x + 6}" y="{y + 18}">'
+            f"{escape(label[:20])}</text>"
+        )
     width = max((p[1] + 1 for p in pos.values()), default=1) * (BOX_W + GAP_X)
     height = 30 + (max((p[0] for p in pos.values()), default=0) + 1) * (BOX_H + GAP_Y)
     return parts, width, height
@@ -77,5 +84,7 @@ def graphs_to_svg(graphs: Sequence[tuple[str, Graph]]) -> str:
         parts += body
         x0 += w + 40
         height = max(height, h)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{x0}" height="{height + 10}" '
-            f'font-family="monospace" font-size="12">' + "".join(parts) + "</svg>\n")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{x0}" height="{height + 10}" '
+        f'font-family="monospace" font-size="12">' + "".join(parts) + "</svg>\n"
+    )

@@ -7,8 +7,24 @@ from satura.extract.hardware import PROFILES, HardwareProfile, get_profile, host
 from satura.extract.ilp import IlpResult, ilp_extract
 
 __all__ = [
-    "PROFILES", "EGraphData", "ENode", "HardwareProfile", "IlpResult", "Roofline",
-    "check_choices", "dag_cost", "dag_greedy", "get_profile", "graph_time", "host_cpu",
-    "ilp_extract", "load_serialized", "node_roofline", "node_time", "symbol_hint",
-    "to_serialized", "tree_cost", "tree_greedy",
+    "PROFILES",
+    "EGraphData",
+    "ENode",
+    "HardwareProfile",
+    "IlpResult",
+    "Roofline",
+    "check_choices",
+    "dag_cost",
+    "dag_greedy",
+    "get_profile",
+    "graph_time",
+    "host_cpu",
+    "ilp_extract",
+    "load_serialized",
+    "node_roofline",
+    "node_time",
+    "symbol_hint",
+    "to_serialized",
+    "tree_cost",
+    "tree_greedy",
 ]

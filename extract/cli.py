@@ -27,8 +27,13 @@ from satura.extract.ilp import ilp_extract
 EXTRACTORS = ("tree", "dag", "ilp")
 
 
-def extract_command(path: str, out: str | None = None, extractor: str = "dag",
-                    ilp_time_limit_s: float = 5.0, stream: TextIO | None = None) -> dict[str, Any]:
+def extract_command(
+    path: str,
+    out: str | None = None,
+    extractor: str = "dag",
+    ilp_time_limit_s: float = 5.0,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
     """Load ``path`` and run tree-greedy, DAG-greedy and the ILP (skipped when
     ``ilp_time_limit_s <= 0``; it starts from the DAG-greedy result and never returns worse).
 
@@ -51,8 +56,11 @@ def extract_command(path: str, out: str | None = None, extractor: str = "dag",
         ms = (time.perf_counter() - t0) * 1e3
         check_choices(g, choices)
         chosen[name] = choices
-        results[name] = {"dag_cost": dag_cost(g, choices), "tree_cost": tree_cost(g, choices),
-                         "ms": ms}
+        results[name] = {
+            "dag_cost": dag_cost(g, choices),
+            "tree_cost": tree_cost(g, choices),
+            "ms": ms,
+        }
 
     t0 = time.perf_counter()
     record("tree", tree_greedy(g), t0)
@@ -63,17 +71,26 @@ def extract_command(path: str, out: str | None = None, extractor: str = "dag",
         r = ilp_extract(g, ilp_time_limit_s, start=chosen["dag"])
         record("ilp", r.choices, t0)
         results["ilp"]["optimal"] = r.optimal
-    print(f"{path}: {len(g.nodes)} e-nodes, {len(g.classes)} e-classes, "
-          f"{len(g.roots)} roots", file=stream)
+    print(
+        f"{path}: {len(g.nodes)} e-nodes, {len(g.classes)} e-classes, {len(g.roots)} roots",
+        file=stream,
+    )
     print(f"{'extractor':<10} {'DAG cost':>14} {'tree cost':>14} {'time ms':>10}", file=stream)
     for name, r in results.items():
         note = "" if r.get("optimal") is None else ("  optimal" if r["optimal"] else "  time limit")
-        print(f"{name:<10} {r['dag_cost']:>14.6g} {r['tree_cost']:>14.6g} {r['ms']:>10.2f}{note}",
-              file=stream)
+        print(
+            f"{name:<10} {r['dag_cost']:>14.6g} {r['tree_cost']:>14.6g} {r['ms']:>10.2f}{note}",
+            file=stream,
+        )
     if out is not None:
         write_choices(out, chosen[extractor])
-    return {"file": path, "nodes": len(g.nodes), "classes": len(g.classes),
-            "extractor": extractor, "results": results}
+    return {
+        "file": path,
+        "nodes": len(g.nodes),
+        "classes": len(g.classes),
+        "extractor": extractor,
+        "results": results,
+    }
 
 
 def write_choices(out: str, choices: Choices) -> None:
@@ -93,8 +110,9 @@ def write_choices(out: str, choices: Choices) -> None:
         raise ExtractError(f"{out}: cannot write: {e.strerror}") from None
 
 
-def benchmark_folder(folder: str, ilp_time_limit_s: float | None = None,
-                     stream: TextIO | None = None) -> dict[str, Any]:
+def benchmark_folder(
+    folder: str, ilp_time_limit_s: float | None = None, stream: TextIO | None = None
+) -> dict[str, Any]:
     """Run the extractors on every ``*.json`` under ``folder``; print one line per file and totals.
 
     Files that fail to load are listed under ``"errors"`` (one-line messages), not raised.
@@ -102,8 +120,9 @@ def benchmark_folder(folder: str, ilp_time_limit_s: float | None = None,
     DAG costs of every extractor are summed over the files that extract.
     """
     stream = stream or sys.stdout
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
-                   if f.endswith(".json"))
+    paths = sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".json")
+    )
     names = ["tree", "dag"] + (["ilp"] if ilp_time_limit_s is not None else [])
     totals = {n: {"dag_cost": 0.0, "ms": 0.0} for n in names}
     per_file: list[dict[str, Any]] = []
@@ -130,11 +149,15 @@ def benchmark_folder(folder: str, ilp_time_limit_s: float | None = None,
             totals[name]["dag_cost"] += row[name]
             totals[name]["ms"] += ms
         per_file.append(row)
-        print(f"{row['file']:<60} {row['nodes']:>7} " +
-              " ".join(f"{n}={row[n]:.6g}" for n in names), file=stream)
+        print(
+            f"{row['file']:<60} {row['nodes']:>7} " + " ".join(f"{n}={row[n]:.6g}" for n in names),
+            file=stream,
+        )
     for n in names:
-        print(f"total {n:<5} DAG cost {totals[n]['dag_cost']:.6g}  time {totals[n]['ms']:.0f} ms",
-              file=stream)
+        print(
+            f"total {n:<5} DAG cost {totals[n]['dag_cost']:.6g}  time {totals[n]['ms']:.0f} ms",
+            file=stream,
+        )
     for e in errors:
         print(f"error: {e}", file=stream)
     return {"files": len(paths), "errors": errors, "totals": totals, "per_file": per_file}

@@ -88,9 +88,14 @@ def _bind_attr(v: Any, hints: Hints) -> Any:
     return v
 
 
-def node_roofline(op: str, in_types: Sequence[TensorType | None],
-                  out_types: Sequence[TensorType] | None, attrs: Mapping[str, Any],
-                  profile: HardwareProfile | str, hints: Hints = None) -> Roofline:
+def node_roofline(
+    op: str,
+    in_types: Sequence[TensorType | None],
+    out_types: Sequence[TensorType] | None,
+    attrs: Mapping[str, Any],
+    profile: HardwareProfile | str,
+    hints: Hints = None,
+) -> Roofline:
     """Compute, memory and launch time of one ``op`` node (see :func:`node_time`)."""
     prof = get_profile(profile)
     info = get_op(op)
@@ -105,18 +110,26 @@ def node_roofline(op: str, in_types: Sequence[TensorType | None],
     try:
         work = info.work(ins, outs, bound_attrs)
     except (TypeError, ValueError, AttributeError) as e:
-        raise ShapeError(f"{op}: cannot estimate work for inputs "
-                         f"{', '.join(str(t) for t in ins)}: {e}") from None
-    dtype = next((t.dtype for t in ins if t is not None and "float" in t.dtype),
-                 outs[0].dtype if outs else "float32")  # type: ignore[union-attr]
+        raise ShapeError(
+            f"{op}: cannot estimate work for inputs {', '.join(str(t) for t in ins)}: {e}"
+        ) from None
+    dtype = next(
+        (t.dtype for t in ins if t is not None and "float" in t.dtype),
+        outs[0].dtype if outs else "float32",
+    )  # type: ignore[union-attr]
     compute = work.flops / prof.peak(dtype)
     memory = work.bytes / prof.bandwidth_for(work.bytes) if work.bytes else 0.0
     return Roofline(compute, memory, prof.launch_overhead_s)
 
 
-def node_time(op: str, in_types: Sequence[TensorType | None],
-              out_types: Sequence[TensorType] | None, attrs: Mapping[str, Any],
-              profile: HardwareProfile | str, hints: Hints = None) -> float:
+def node_time(
+    op: str,
+    in_types: Sequence[TensorType | None],
+    out_types: Sequence[TensorType] | None,
+    attrs: Mapping[str, Any],
+    profile: HardwareProfile | str,
+    hints: Hints = None,
+) -> float:
     """Seconds one ``op`` node takes on ``profile``: roofline plus one kernel launch.
 
     ``in_types``/``out_types`` are TensorTypes (``None`` for an absent optional input;

@@ -75,8 +75,9 @@ class EGraphData:
     _index: EGraphIndex | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_nodes(cls, nodes: Mapping[NodeId, ENode], roots: list[ClassId],
-                   name: str = "<egraph>") -> EGraphData:
+    def from_nodes(
+        cls, nodes: Mapping[NodeId, ENode], roots: list[ClassId], name: str = "<egraph>"
+    ) -> EGraphData:
         """Build from nodes (classes are derived from ``ENode.eclass``); checks references.
 
         Raises ExtractError when a child or root class has no node.
@@ -90,8 +91,10 @@ class EGraphData:
                     raise ExtractError(f"{name}: node '{nid}' has child class '{ch}' with no nodes")
         for r in roots:
             if r not in classes:
-                raise ExtractError(f"{name}: root e-class '{r}' has no nodes "
-                                   "(not a canonical class of this e-graph)")
+                raise ExtractError(
+                    f"{name}: root e-class '{r}' has no nodes "
+                    "(not a canonical class of this e-graph)"
+                )
         return cls(classes=classes, nodes=dict(nodes), roots=list(roots), name=name)
 
     def index(self) -> EGraphIndex:
@@ -144,8 +147,19 @@ def _build_index(g: EGraphData) -> EGraphIndex:
         for c in u:
             parents[c].append(ni)
     roots = [class_of[r] for r in g.roots]
-    return EGraphIndex(class_ids, class_of, node_ids, node_of, node_class, node_cost, children,
-                       uniq, class_nodes, parents, roots)
+    return EGraphIndex(
+        class_ids,
+        class_of,
+        node_ids,
+        node_of,
+        node_class,
+        node_cost,
+        children,
+        uniq,
+        class_nodes,
+        parents,
+        roots,
+    )
 
 
 def load_serialized(source: str | os.PathLike[str] | Mapping[str, Any]) -> EGraphData:
@@ -165,8 +179,9 @@ def load_serialized(source: str | os.PathLike[str] | Mapping[str, Any]) -> EGrap
         except FileNotFoundError:
             raise ExtractError(f"{name}: no such file") from None
         except json.JSONDecodeError as e:
-            raise ExtractError(f"{name}: not valid JSON: {e.msg} at line {e.lineno} "
-                               f"column {e.colno}") from None
+            raise ExtractError(
+                f"{name}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            ) from None
         except (OSError, UnicodeDecodeError) as e:
             raise ExtractError(f"{name}: cannot read: {e}") from None
     return _parse(data, name)
@@ -194,13 +209,19 @@ def _parse(data: Any, name: str) -> EGraphData:
         try:
             children = tuple(eclass_of[str(k)] for k in kids)
         except KeyError as e:
-            raise ExtractError(f"{name}: node '{nid}' has child {e.args[0]!r}, "
-                               "which is not a node of the e-graph") from None
+            raise ExtractError(
+                f"{name}: node '{nid}' has child {e.args[0]!r}, which is not a node of the e-graph"
+            ) from None
         cost = raw.get("cost", 1.0)
         if isinstance(cost, bool) or not isinstance(cost, (int, float)) or math.isnan(cost):
             raise ExtractError(f"{name}: node '{nid}' has cost {cost!r}; it must be a number")
-        nodes[str(nid)] = ENode(str(raw["op"]), children, eclass_of[nid], float(cost),
-                                subsumed=bool(raw.get("subsumed", False)))
+        nodes[str(nid)] = ENode(
+            str(raw["op"]),
+            children,
+            eclass_of[nid],
+            float(cost),
+            subsumed=bool(raw.get("subsumed", False)),
+        )
     roots = data.get("root_eclasses", [])
     if not isinstance(roots, list):
         raise ExtractError(f"{name}: 'root_eclasses' must be a list of e-class ids")
@@ -215,17 +236,29 @@ def _parse(data: Any, name: str) -> EGraphData:
 def reprice(g: EGraphData, cost: Callable[[NodeId, ENode], float]) -> EGraphData:
     """A copy of ``g`` whose node costs are ``cost(node_id, node)`` (e.g. the roofline model)."""
     nodes = {nid: replace(n, cost=float(cost(nid, n))) for nid, n in g.nodes.items()}
-    return EGraphData({c: list(ns) for c, ns in g.classes.items()}, nodes, list(g.roots),
-                      dict(g.class_data), g.name)
+    return EGraphData(
+        {c: list(ns) for c, ns in g.classes.items()},
+        nodes,
+        list(g.roots),
+        dict(g.class_data),
+        g.name,
+    )
 
 
 def to_serialized(g: EGraphData) -> dict[str, Any]:
     """The egraph-serialize dict of ``g`` (children name the first node of their class)."""
     first = {c: ns[0] for c, ns in g.classes.items()}
     return {
-        "nodes": {nid: {"op": n.op, "children": [first[c] for c in n.children],
-                        "eclass": n.eclass, "cost": n.cost, "subsumed": n.subsumed}
-                  for nid, n in g.nodes.items()},
+        "nodes": {
+            nid: {
+                "op": n.op,
+                "children": [first[c] for c in n.children],
+                "eclass": n.eclass,
+                "cost": n.cost,
+                "subsumed": n.subsumed,
+            }
+            for nid, n in g.nodes.items()
+        },
         "root_eclasses": list(g.roots),
         "class_data": dict(g.class_data),
     }

@@ -111,8 +111,10 @@ def _reachable_choices(g: EGraphData, ix: EGraphIndex, choice: list[int]) -> Cho
     stack: list[int] = []
     for r in ix.roots:
         if choice[r] < 0:
-            raise ExtractError(f"{g.name}: root e-class '{ix.class_ids[r]}' has no finite "
-                               "extraction (every term in it is cyclic or needs such a class)")
+            raise ExtractError(
+                f"{g.name}: root e-class '{ix.class_ids[r]}' has no finite "
+                "extraction (every term in it is cyclic or needs such a class)"
+            )
         if not seen[r]:
             seen[r] = True
             stack.append(r)
@@ -152,8 +154,10 @@ def check_choices(g: EGraphData, choices: Choices) -> None:
                 continue
             state = color.get(child)
             if state == gray:
-                raise ExtractError(f"{g.name}: extraction is cyclic: e-class '{child}' reaches "
-                                   "itself through the chosen nodes")
+                raise ExtractError(
+                    f"{g.name}: extraction is cyclic: e-class '{child}' reaches "
+                    "itself through the chosen nodes"
+                )
             if state is None:
                 _node_of(g, choices, child)
                 color[child] = gray
@@ -166,8 +170,9 @@ def _node_of(g: EGraphData, choices: Choices, cls: ClassId) -> NodeId:
         raise ExtractError(f"{g.name}: extraction is incomplete: e-class '{cls}' has no choice")
     node = g.nodes.get(nid)
     if node is None or node.eclass != cls:
-        raise ExtractError(f"{g.name}: choice for e-class '{cls}' is '{nid}', "
-                           "which is not a node of that class")
+        raise ExtractError(
+            f"{g.name}: choice for e-class '{cls}' is '{nid}', which is not a node of that class"
+        )
     if node.subsumed:
         raise ExtractError(f"{g.name}: choice for e-class '{cls}' is '{nid}', which is subsumed")
     return nid

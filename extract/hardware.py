@@ -99,8 +99,9 @@ def _parse_size(text: str) -> int:
     return int(t.rstrip("KMGB") or 0) * mult
 
 
-def read_caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache"),
-                cores: int = 1) -> dict[str, int]:
+def read_caches(
+    root: Path = Path("/sys/devices/system/cpu/cpu0/cache"), cores: int = 1
+) -> dict[str, int]:
     """Data/unified cache capacities from sysfs, totalled over the cores that have one each.
 
     A cache shared by all cores counts once. Returns {} when sysfs is absent.
@@ -150,14 +151,28 @@ def host_cpu() -> HardwareProfile:
     # DRAM: the dev machine's measurements, scaled gently beyond two cores (it saturates).
     dram = DEV_DRAM_BW_1CORE if cores == 1 else DEV_DRAM_BW_2CORES * min(4.0, cores / 2) ** 0.5
     return HardwareProfile(
-        name="host", kind="cpu",
-        peak_flops={"float32": fp32, "float64": fp32 / 2, "float16": fp32, "bfloat16": fp32,
-                    "int8": fp32 * 2, "int32": fp32 / 2},
-        bandwidth={"l1": 64 * freq * cores, "l2": 32 * freq * cores, "llc": 16 * freq * cores,
-                   "dram": dram},
-        cache_bytes=caches, cores=cores, vector_bits=vbits,
+        name="host",
+        kind="cpu",
+        peak_flops={
+            "float32": fp32,
+            "float64": fp32 / 2,
+            "float16": fp32,
+            "bfloat16": fp32,
+            "int8": fp32 * 2,
+            "int32": fp32 / 2,
+        },
+        bandwidth={
+            "l1": 64 * freq * cores,
+            "l2": 32 * freq * cores,
+            "llc": 16 * freq * cores,
+            "dram": dram,
+        },
+        cache_bytes=caches,
+        cores=cores,
+        vector_bits=vbits,
         launch_overhead_s=1e-6 if cores > 1 else 1e-7,
-        notes="detected; fallbacks measured on the dev machine (EPYC, AVX2, 2 cores)")
+        notes="detected; fallbacks measured on the dev machine (EPYC, AVX2, 2 cores)",
+    )
 
 
 # -- shipped profiles --------------------------------------------------------------------------
@@ -169,14 +184,27 @@ def x86_server() -> HardwareProfile:
     """
     fp32 = 56 * 2.0e9 * 64
     return HardwareProfile(
-        name="x86_server", kind="cpu",
-        peak_flops={"float32": fp32, "float64": fp32 / 2, "bfloat16": 56 * 2.0e9 * 1024,
-                    "float16": 56 * 2.0e9 * 1024, "int8": 56 * 2.0e9 * 2048},
-        bandwidth={"l1": 56 * 2.0e9 * 128, "l2": 56 * 2.0e9 * 64, "llc": 56 * 2.0e9 * 16,
-                   "dram": 307 * GB},
+        name="x86_server",
+        kind="cpu",
+        peak_flops={
+            "float32": fp32,
+            "float64": fp32 / 2,
+            "bfloat16": 56 * 2.0e9 * 1024,
+            "float16": 56 * 2.0e9 * 1024,
+            "int8": 56 * 2.0e9 * 2048,
+        },
+        bandwidth={
+            "l1": 56 * 2.0e9 * 128,
+            "l2": 56 * 2.0e9 * 64,
+            "llc": 56 * 2.0e9 * 16,
+            "dram": 307 * GB,
+        },
         cache_bytes={"l1": 56 * 48 * KiB, "l2": 56 * 2 * MiB, "llc": 105 * MiB},
-        cores=56, vector_bits=512, launch_overhead_s=3e-6,
-        notes="Intel Xeon Platinum 8480+ datasheet")
+        cores=56,
+        vector_bits=512,
+        launch_overhead_s=3e-6,
+        notes="Intel Xeon Platinum 8480+ datasheet",
+    )
 
 
 def arm_mobile() -> HardwareProfile:
@@ -187,13 +215,21 @@ def arm_mobile() -> HardwareProfile:
     """
     fp32 = 8 * 2.8e9 * 16
     return HardwareProfile(
-        name="arm_mobile", kind="cpu",
+        name="arm_mobile",
+        kind="cpu",
         peak_flops={"float32": fp32, "float16": 2 * fp32, "float64": fp32 / 2, "int8": 4 * fp32},
-        bandwidth={"l1": 8 * 2.8e9 * 32, "l2": 8 * 2.8e9 * 32, "llc": 8 * 2.8e9 * 8,
-                   "dram": 67 * GB},
+        bandwidth={
+            "l1": 8 * 2.8e9 * 32,
+            "l2": 8 * 2.8e9 * 32,
+            "llc": 8 * 2.8e9 * 8,
+            "dram": 67 * GB,
+        },
         cache_bytes={"l1": 8 * 64 * KiB, "l2": 8 * 512 * KiB, "llc": 8 * MiB},
-        cores=8, vector_bits=128, launch_overhead_s=5e-6,
-        notes="Snapdragon 8 Gen 2 class")
+        cores=8,
+        vector_bits=128,
+        launch_overhead_s=5e-6,
+        notes="Snapdragon 8 Gen 2 class",
+    )
 
 
 def jetson_orin() -> HardwareProfile:
@@ -203,12 +239,22 @@ def jetson_orin() -> HardwareProfile:
     dense. LPDDR5 204.8 GB/s, 4 MiB L2.
     """
     return HardwareProfile(
-        name="jetson_orin", kind="gpu",
-        peak_flops={"float32": 5.3 * TB, "float16": 42.5 * TB, "bfloat16": 42.5 * TB,
-                    "int8": 85 * TB, "float64": 5.3 * TB / 32},
+        name="jetson_orin",
+        kind="gpu",
+        peak_flops={
+            "float32": 5.3 * TB,
+            "float16": 42.5 * TB,
+            "bfloat16": 42.5 * TB,
+            "int8": 85 * TB,
+            "float64": 5.3 * TB / 32,
+        },
         bandwidth={"l2": 1.3 * TB, "dram": 204.8 * GB},
-        cache_bytes={"l2": 4 * MiB}, cores=16, vector_bits=1024, launch_overhead_s=1e-5,
-        notes="Jetson AGX Orin series datasheet")
+        cache_bytes={"l2": 4 * MiB},
+        cores=16,
+        vector_bits=1024,
+        launch_overhead_s=1e-5,
+        notes="Jetson AGX Orin series datasheet",
+    )
 
 
 def h100() -> HardwareProfile:
@@ -217,19 +263,34 @@ def h100() -> HardwareProfile:
     HBM3 3.35 TB/s, 50 MB L2 (about 10 TB/s, a measured-class estimate).
     """
     return HardwareProfile(
-        name="h100", kind="gpu",
-        peak_flops={"float32": 67 * TB, "tf32": 494.7 * TB, "float16": 989.4 * TB,
-                    "bfloat16": 989.4 * TB, "float8": 1978.9 * TB, "int8": 1978.9 * TB,
-                    "float64": 67 * TB},
+        name="h100",
+        kind="gpu",
+        peak_flops={
+            "float32": 67 * TB,
+            "tf32": 494.7 * TB,
+            "float16": 989.4 * TB,
+            "bfloat16": 989.4 * TB,
+            "float8": 1978.9 * TB,
+            "int8": 1978.9 * TB,
+            "float64": 67 * TB,
+        },
         bandwidth={"l2": 10 * TB, "dram": 3.35 * TB},
-        cache_bytes={"l2": 50 * MiB}, cores=132, vector_bits=1024, launch_overhead_s=4e-6,
-        notes="NVIDIA H100 Tensor Core GPU datasheet (SXM5)")
+        cache_bytes={"l2": 50 * MiB},
+        cores=132,
+        vector_bits=1024,
+        launch_overhead_s=4e-6,
+        notes="NVIDIA H100 Tensor Core GPU datasheet (SXM5)",
+    )
 
 
 def h200() -> HardwareProfile:
     """NVIDIA H200 SXM 141GB: H100's compute with HBM3e at 4.8 TB/s."""
-    return replace(h100(), name="h200", bandwidth={"l2": 10 * TB, "dram": 4.8 * TB},
-                   notes="NVIDIA H200 Tensor Core GPU datasheet")
+    return replace(
+        h100(),
+        name="h200",
+        bandwidth={"l2": 10 * TB, "dram": 4.8 * TB},
+        notes="NVIDIA H200 Tensor Core GPU datasheet",
+    )
 
 
 def mi300x() -> HardwareProfile:
@@ -237,17 +298,34 @@ def mi300x() -> HardwareProfile:
     fp8 2614.9 dense. HBM3 5.3 TB/s; 256 MB Infinity Cache (17.2 TB/s peak), 4 MB L2 per XCD.
     """
     return HardwareProfile(
-        name="mi300x", kind="gpu",
-        peak_flops={"float32": 163.4 * TB, "float16": 1307.4 * TB, "bfloat16": 1307.4 * TB,
-                    "float8": 2614.9 * TB, "int8": 2614.9 * TB, "float64": 163.4 * TB},
+        name="mi300x",
+        kind="gpu",
+        peak_flops={
+            "float32": 163.4 * TB,
+            "float16": 1307.4 * TB,
+            "bfloat16": 1307.4 * TB,
+            "float8": 2614.9 * TB,
+            "int8": 2614.9 * TB,
+            "float64": 163.4 * TB,
+        },
         bandwidth={"l2": 17.2 * TB, "llc": 17.2 * TB, "dram": 5.3 * TB},
-        cache_bytes={"l2": 32 * MiB, "llc": 256 * MiB}, cores=304, vector_bits=2048,
-        launch_overhead_s=5e-6, notes="AMD Instinct MI300X datasheet")
+        cache_bytes={"l2": 32 * MiB, "llc": 256 * MiB},
+        cores=304,
+        vector_bits=2048,
+        launch_overhead_s=5e-6,
+        notes="AMD Instinct MI300X datasheet",
+    )
 
 
 PROFILES: dict[str, Callable[[], HardwareProfile]] = {
-    "host": host_cpu, "cpu": host_cpu, "x86_server": x86_server, "arm_mobile": arm_mobile,
-    "jetson_orin": jetson_orin, "h100": h100, "h200": h200, "mi300x": mi300x,
+    "host": host_cpu,
+    "cpu": host_cpu,
+    "x86_server": x86_server,
+    "arm_mobile": arm_mobile,
+    "jetson_orin": jetson_orin,
+    "h100": h100,
+    "h200": h200,
+    "mi300x": mi300x,
 }
 
 
@@ -261,5 +339,6 @@ def get_profile(name: str | HardwareProfile) -> HardwareProfile:
     try:
         return PROFILES[name]()
     except KeyError:
-        raise HardwareError(f"unknown hardware profile '{name}' "
-                            f"(known: {', '.join(sorted(PROFILES))})") from None
+        raise HardwareError(
+            f"unknown hardware profile '{name}' (known: {', '.join(sorted(PROFILES))})"
+        ) from None

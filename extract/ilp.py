@@ -36,8 +36,9 @@ class IlpResult:
     seconds: float
 
 
-def ilp_extract(g: EGraphData, time_limit_s: float = 10.0,
-                start: Choices | None = None) -> IlpResult:
+def ilp_extract(
+    g: EGraphData, time_limit_s: float = 10.0, start: Choices | None = None
+) -> IlpResult:
     """Minimum DAG-cost extraction of ``g``, or the best found within ``time_limit_s``.
 
     ``start`` (default: :func:`~satura.extract.greedy.dag_greedy`) is the fallback; the result's
@@ -48,8 +49,11 @@ def ilp_extract(g: EGraphData, time_limit_s: float = 10.0,
     best_cost = dag_cost(g, best)
     ix = g.index()
     finite = [c >= 0 for c in _knuth_tree(ix)]
-    usable = [all(finite[ch] for ch in ix.uniq_children[n]) and ix.node_class[n] not in
-              ix.uniq_children[n] for n in range(len(ix.node_ids))]
+    usable = [
+        all(finite[ch] for ch in ix.uniq_children[n])
+        and ix.node_class[n] not in ix.uniq_children[n]
+        for n in range(len(ix.node_ids))
+    ]
     reach = _reachable(ix, usable)
 
     deadline = t0 + time_limit_s
@@ -70,8 +74,9 @@ def ilp_extract(g: EGraphData, time_limit_s: float = 10.0,
     for r in ix.roots:
         opt.add(used[r])
     # The greedy cost bounds the search (slack for float rounding of the greedy sum).
-    objective = z3.Sum([z3.If(p, z3.RealVal(ix.node_cost[n]), z3.RealVal(0))
-                        for n, p in pick.items()])
+    objective = z3.Sum(
+        [z3.If(p, z3.RealVal(ix.node_cost[n]), z3.RealVal(0)) for n, p in pick.items()]
+    )
     opt.add(objective <= z3.RealVal(best_cost + 1e-9 * (1.0 + abs(best_cost))))
     handle = opt.minimize(objective)
     opt.set("timeout", max(1, int((deadline - time.perf_counter()) * 1000)))
@@ -101,8 +106,14 @@ def _choices_of(ix: EGraphIndex, m: z3.ModelRef, pick: dict[int, z3.BoolRef]) ->
     seen = set(stack)
     while stack:
         c = stack.pop()
-        n = next((n for n in ix.class_nodes[c]
-                  if n in pick and z3.is_true(m.eval(pick[n], model_completion=True))), None)
+        n = next(
+            (
+                n
+                for n in ix.class_nodes[c]
+                if n in pick and z3.is_true(m.eval(pick[n], model_completion=True))
+            ),
+            None,
+        )
         if n is None:
             continue  # incomplete: _trim rejects it
         out[ix.class_ids[c]] = ix.node_ids[n]

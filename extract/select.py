@@ -48,8 +48,10 @@ def constant_classes(snap: Snapshot) -> set[int]:
                 continue
             for n in ns:
                 if n.op in ("Const", "Scalar", "Absent", "TNil") or (
-                        n.op not in ("Input", "Get") and n.children
-                        and all(ch in const for ch in n.children)):
+                    n.op not in ("Input", "Get")
+                    and n.children
+                    and all(ch in const for ch in n.children)
+                ):
                     const.add(c)
                     changed = True
                     break
@@ -73,12 +75,21 @@ def price(snap: Snapshot, profile: HardwareProfile | str, hints: Hints = None) -
         for i, n in enumerate(ns):
             cost = 0.0
             out = snap.types.get(c)
-            if n.op not in FREE and n.children and all(ch in const for ch in n.children) \
-                    and out is not None and out != INVALID and _foldable(out):
+            if (
+                n.op not in FREE
+                and n.children
+                and all(ch in const for ch in n.children)
+                and out is not None
+                and out != INVALID
+                and _foldable(out)
+            ):
                 cost = FOLDED
             elif n.op not in FREE:
-                if n.children and snap.classes.get(n.children[0]) and \
-                        snap.classes[n.children[0]][0].op in ("TNil", "TCons"):
+                if (
+                    n.children
+                    and snap.classes.get(n.children[0])
+                    and snap.classes[n.children[0]][0].op in ("TNil", "TCons")
+                ):
                     ins = _list_types(snap, n.children[0])
                 else:
                     ins = [snap.types.get(ch) for ch in n.children]
@@ -98,8 +109,9 @@ def price(snap: Snapshot, profile: HardwareProfile | str, hints: Hints = None) -
     return EGraphData.from_nodes(usable, [str(r) for r in snap.roots], name="satura")
 
 
-def extract_graph(snap: Snapshot, profile: HardwareProfile | str, hints: Hints = None
-                  ) -> tuple[Graph, float, float]:
+def extract_graph(
+    snap: Snapshot, profile: HardwareProfile | str, hints: Hints = None
+) -> tuple[Graph, float, float]:
     """The cheapest program in ``snap``: (graph, modelled seconds, extraction seconds)."""
     t0 = time.perf_counter()
     data = price(snap, profile, hints)

@@ -1,10 +1,10 @@
 """satura: an AI compiler built on equality saturation.
 
-    import satura
-    g = satura.load("model.onnx")
-    r = satura.optimize(g, target="cpu")       # .graph .report .cost_before .cost_after
-    exe = satura.compile(r.graph, target="cpu")
-    outputs = exe(input_ids=ids)
+import satura
+g = satura.load("model.onnx")
+r = satura.optimize(g, target="cpu")       # .graph .report .cost_before .cost_after
+exe = satura.compile(r.graph, target="cpu")
+outputs = exe(input_ids=ids)
 """
 
 from satura.api import OptimizeResult, compile, load, optimize, verify

@@ -39,9 +39,14 @@ def _profile_for(target: str) -> str:
     return {"cpu": "host", "reference": "host"}.get(target, target)
 
 
-def optimize(graph: Graph, target: str = "cpu", rules: Iterable[str | Path] | None = None,
-             fp: str = "real", limits: Limits | None = None,
-             hints: Mapping[str, int] | None = None) -> OptimizeResult:
+def optimize(
+    graph: Graph,
+    target: str = "cpu",
+    rules: Iterable[str | Path] | None = None,
+    fp: str = "real",
+    limits: Limits | None = None,
+    hints: Mapping[str, int] | None = None,
+) -> OptimizeResult:
     """Saturate ``graph`` with the rule files (default: the shipped ones) and extract the
     cheapest program for ``target``'s hardware profile (``cpu``, or a profile name such as
     ``h100``). ``fp`` picks the rule classes: strict (exact only), real (default), fast."""

@@ -53,8 +53,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     import satura
 
     g = satura.load(args.model)
-    r = satura.optimize(g, target=args.target, rules=args.rules or None, fp=args.fp,
-                        limits=_limits(args))
+    r = satura.optimize(
+        g, target=args.target, rules=args.rules or None, fp=args.fp, limits=_limits(args)
+    )
     print(r.report.summary())
     print(f"ops before: {_fmt_counts(g.op_counts())}")
     print(f"ops after:  {_fmt_counts(r.graph.op_counts())}")
@@ -95,8 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         buf = io.BytesIO()
         np.savez(buf, **outputs)
         _write_atomic(args.out, buf.getvalue())
-        print(f"wrote {args.out}: " + ", ".join(f"{k} {v.dtype}{list(v.shape)}"
-                                                 for k, v in outputs.items()))
+        print(
+            f"wrote {args.out}: "
+            + ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in outputs.items())
+        )
     else:
         for k, v in outputs.items():
             print(f"{k}: {v.dtype}{list(v.shape)}\n{v}")
@@ -123,13 +126,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.asm:
         files.append((args.asm, mod.assembly.encode()))
     _write_all_atomic(files)
-    print(f"wrote {args.out}: {mod.target.triple} ({mod.target.cpu}), {len(mod.kernels)} kernels "
-          f"({', '.join(mod.kernels)}), arena {mod.arena_bytes} bytes")
+    print(
+        f"wrote {args.out}: {mod.target.triple} ({mod.target.cpu}), {len(mod.kernels)} kernels "
+        f"({', '.join(mod.kernels)}), arena {mod.arena_bytes} bytes"
+    )
     if args.asm:
         print(f"wrote {args.asm}")
     if mod.fallback_nodes:
-        print(f"note: {len(mod.fallback_nodes)} nodes have no kernel and are not in the object: "
-              + ", ".join(mod.fallback_nodes))
+        print(
+            f"note: {len(mod.fallback_nodes)} nodes have no kernel and are not in the object: "
+            + ", ".join(mod.fallback_nodes)
+        )
     return 0
 
 
@@ -147,9 +154,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     paths = args.rules or [str(p) for p in default_rule_files() if p.suffix == ".rules"]
     cases = VALUE_CASE_BUDGET if args.cases is None else args.cases or None  # 0: no limit
-    return verify_command(paths, bound=args.bound, timeout_s=args.timeout,
-                          cache_dir=None if args.no_cache else DEFAULT_VERIFY_CACHE,
-                          as_json=args.json, case_budget=cases)
+    return verify_command(
+        paths,
+        bound=args.bound,
+        timeout_s=args.timeout,
+        cache_dir=None if args.no_cache else DEFAULT_VERIFY_CACHE,
+        as_json=args.json,
+        case_budget=cases,
+    )
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -184,14 +196,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = exe(**inputs)
     for k in ref:
         err = float(np.max(np.abs(out[k] - ref[k])) / max(float(np.max(np.abs(ref[k]))), 1e-30))
-        print(f"output {k}: {out[k].dtype}{list(out[k].shape)}, max relative difference to the "
-              f"unoptimized model: {err:.2e}")
+        print(
+            f"output {k}: {out[k].dtype}{list(out[k].shape)}, max relative difference to the "
+            f"unoptimized model: {err:.2e}"
+        )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="satura", description="Equality-saturation compiler for "
-                                "ONNX models.")
+    p = argparse.ArgumentParser(
+        prog="satura", description="Equality-saturation compiler for ONNX models."
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -218,33 +233,57 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-optimize", action="store_true")
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("compile", help="compile a model to an object file (and assembly) for a "
-                       "CPU target, without running it")
+    s = sub.add_parser(
+        "compile",
+        help="compile a model to an object file (and assembly) for a "
+        "CPU target, without running it",
+    )
     s.add_argument("model")
-    s.add_argument("--target", default="cpu", choices=["cpu", "aarch64"],
-                   help="cpu (the host) or aarch64 (Linux, NEON; a cross target)")
+    s.add_argument(
+        "--target",
+        default="cpu",
+        choices=["cpu", "aarch64"],
+        help="cpu (the host) or aarch64 (Linux, NEON; a cross target)",
+    )
     s.add_argument("-o", "--out", required=True, help="the ELF object to write")
     s.add_argument("--asm", help="also write the assembly")
-    s.add_argument("--dim", type=_dim, action="append", metavar="NAME=SIZE",
-                   help="bind a symbolic input dimension (repeatable); shapes must be static")
-    s.add_argument("--threads", type=int, default=1,
-                   help="size scratch for this many cores (parts = threads x 4)")
+    s.add_argument(
+        "--dim",
+        type=_dim,
+        action="append",
+        metavar="NAME=SIZE",
+        help="bind a symbolic input dimension (repeatable); shapes must be static",
+    )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="size scratch for this many cores (parts = threads x 4)",
+    )
     s.add_argument("--no-optimize", action="store_true")
     s.set_defaults(fn=cmd_compile)
 
     s = sub.add_parser("extract", help="extract from a serialized e-graph (egraph-serialize JSON)")
     s.add_argument("egraph")
-    s.add_argument("--out", help="write {\"choices\": {eclass: node}}")
+    s.add_argument("--out", help='write {"choices": {eclass: node}}')
     s.set_defaults(fn=cmd_extract)
 
     s = sub.add_parser("verify", help="prove rules with Z3 (exit 1 when one is not proved)")
     s.add_argument("rules", nargs="*", help="rule files (default: every shipped one)")
     s.add_argument("--bound", type=int, default=3, help="largest dimension of the value check")
-    s.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds per rule, a safety net: a rule past it is unknown, never proved")
-    s.add_argument("--cases", type=int, metavar="N",
-                   help="most concrete shape cases in a rule's value check, whole ranks, "
-                   "smallest first (default 1000; 0: no limit)")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds per rule, a safety net: a rule past it is unknown, never proved",
+    )
+    s.add_argument(
+        "--cases",
+        type=int,
+        metavar="N",
+        help="most concrete shape cases in a rule's value check, whole ranks, "
+        "smallest first (default 1000; 0: no limit)",
+    )
     s.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
     s.add_argument("--json", action="store_true", help="verdicts as JSON on stdout")
     s.set_defaults(fn=cmd_verify)
@@ -267,8 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SaturaError as e:
         if args.debug:
             raise
-        print(f"satura: error: {e}".splitlines()[0] if "\n" not in str(e) else
-              f"satura: error: {_one_line(str(e))}", file=sys.stderr)
+        print(
+            f"satura: error: {e}".splitlines()[0]
+            if "\n" not in str(e)
+            else f"satura: error: {_one_line(str(e))}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("satura: interrupted", file=sys.stderr)

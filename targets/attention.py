@@ -45,16 +45,22 @@ from satura.targets.lower import (
 )
 from satura.targets.memory import align
 
-BR = 48          # query rows per block (a multiple of MR)
-BC = 256         # keys per block when T is longer than BC_ONE (the BR×BC scores in L2)
-BC_ONE = 256     # up to this many keys, one block holds them all
+BR = 48  # query rows per block (a multiple of MR)
+BC = 256  # keys per block when T is longer than BC_ONE (the BR×BC scores in L2)
+BC_ONE = 256  # up to this many keys, one block holds them all
 QK_ROWS_OUTER = False  # q·kᵀ: each kᵀ panel over all row tiles (the panel stays in L1)
-PV_ROWS_OUTER = True   # p·v: each row tile over all v column panels (its p rows stay in L1)
-PACK_V = True          # v into panels (contiguous B rows for p·v); always when Dv % NR != 0
+PV_ROWS_OUTER = True  # p·v: each row tile over all v column panels (its p rows stay in L1)
+PACK_V = True  # v into panels (contiguous B rows for p·v); always when Dv % NR != 0
 LOG2E = 1.4426950408889634
 # 2**f on [-0.5, 0.5], degree 5, highest first (relative error 2.2e-7 in fp32).
-EXP2_POLY = [1.3266970386718723e-3, 9.675459745554338e-3, 5.550742616001672e-2,
-             2.4022121753560885e-1, 6.931469491610641e-1, 1.0000000710296997]
+EXP2_POLY = [
+    1.3266970386718723e-3,
+    9.675459745554338e-3,
+    5.550742616001672e-2,
+    2.4022121753560885e-1,
+    6.931469491610641e-1,
+    1.0000000710296997,
+]
 
 
 def tile(lanes: int) -> tuple[int, int]:
@@ -66,7 +72,7 @@ def tile(lanes: int) -> tuple[int, int]:
 class AttentionSpec:
     """Static sizes of one attention: output batch dims, heads, lengths, strides (elements)."""
 
-    batch: tuple[int, ...]       # output batch dims
+    batch: tuple[int, ...]  # output batch dims
     hq: int
     hkv: int
     sq: int
@@ -75,7 +81,7 @@ class AttentionSpec:
     dv: int
     scale: float
     causal: bool
-    q_bstr: tuple[int, ...]      # per batch dim, 0 where broadcast
+    q_bstr: tuple[int, ...]  # per batch dim, 0 where broadcast
     k_bstr: tuple[int, ...]
     v_bstr: tuple[int, ...]
     m_str: tuple[int, ...] | None  # mask strides over (*batch, Hq, S, T), 0 where broadcast
@@ -126,9 +132,16 @@ class AttentionSpec:
     def scratch_floats(self) -> list[int]:
         """Per-part buffers: packed kᵀ, packed v, scores/probabilities, O, m, l, alpha and the
         row maxima of a block's scores (<L x float> a row)."""
-        return [self.kpanels * self.d * self.nr, self.sk * self.dvp if self.pack_v else 0,
-                self.br * self.bc, self.br * self.dvp, self.br, self.br, self.br,
-                self.br * self.lanes]
+        return [
+            self.kpanels * self.d * self.nr,
+            self.sk * self.dvp if self.pack_v else 0,
+            self.br * self.bc,
+            self.br * self.dvp,
+            self.br,
+            self.br,
+            self.br,
+            self.br * self.lanes,
+        ]
 
     def scratch_bytes_per_part(self) -> int:
         return sum(align(4 * max(f, 1)) for f in self.scratch_floats())
@@ -228,8 +241,7 @@ class _IR:
 
     def func(self, head: str) -> str:
         body = self.L
-        return "\n".join([head, "entry:", *self.allocas, "  br label %start", "start:", *body,
-                          "}"])
+        return "\n".join([head, "entry:", *self.allocas, "  br label %start", "start:", *body, "}"])
 
 
 def exp2(em: Emitter, t: str) -> str:
@@ -241,8 +253,10 @@ def exp2(em: Emitter, t: str) -> str:
     lo = em.const(-127.0)
     cty = "i1" if em.lanes == 1 else f"<{em.lanes} x i1>"
     c1, t2 = em.tmp(), em.tmp()
-    em.lines += [f"  {c1} = fcmp olt {ty} {t}, {lo}", f"  {t2} = select {cty} {c1}, {ty} {lo}, "
-                 f"{ty} {t}"]
+    em.lines += [
+        f"  {c1} = fcmp olt {ty} {t}, {lo}",
+        f"  {t2} = select {cty} {c1}, {ty} {lo}, {ty} {t}",
+    ]
     # t + 1.5·2^23 + 127 rounds to an integer whose low mantissa bits are n + 127 (n = rint t):
     # shifted up 23 bits they are the exponent of 2^n.
     r = em.add(t2, em.const(12583039.0))
@@ -250,8 +264,11 @@ def exp2(em: Emitter, t: str) -> str:
     f = em.sub(t2, n)
     p = em.poly(f, EXP2_POLY)
     ri, sh, sc = em.tmp(), em.tmp(), em.tmp()
-    em.lines += [f"  {ri} = bitcast {ty} {r} to {ity}", f"  {sh} = shl {ity} {ri}, {em.iconst(23)}",
-                 f"  {sc} = bitcast {ity} {sh} to {ty}"]
+    em.lines += [
+        f"  {ri} = bitcast {ty} {r} to {ity}",
+        f"  {sh} = shl {ity} {ri}, {em.iconst(23)}",
+        f"  {sc} = bitcast {ity} {sh} to {ty}",
+    ]
     return em.mul(p, sc)
 
 
@@ -267,8 +284,18 @@ def hreduce(ir: _IR, em: Emitter, v: str, kind: str) -> str:
     return ir(f"extractelement {ir.vty} {v}, i64 0")
 
 
-def _ukernel(fname: str, mr: int, nr: int, lanes: int, lda: int, ldb: int, ldc: int,
-             kind: str, scale: float, causal: bool) -> str:
+def _ukernel(
+    fname: str,
+    mr: int,
+    nr: int,
+    lanes: int,
+    lda: int,
+    ldb: int,
+    ldc: int,
+    kind: str,
+    scale: float,
+    causal: bool,
+) -> str:
     """The MR×NR register-tile micro-kernel ``fname(a, b, c, kc, aux, lim)``.
 
     ``kind`` 'qk': C = (A·B)·scale, columns ``>= lim`` (``lim + i`` in row i when causal) set to
@@ -278,8 +305,11 @@ def _ukernel(fname: str, mr: int, nr: int, lanes: int, lda: int, ldb: int, ldc: 
     stride ldb, C at stride ldc. The k loop is GEMM's (``fma_tile``); the epilogues are these.
     """
     nv, vty = nr // lanes, vec_type(lanes)
-    out = [f"define internal void @{fname}(ptr noalias %a, ptr noalias %b, ptr noalias %c, "
-           f"i64 %kc, ptr noalias %al, i64 %lim) noinline {{", "entry:"]
+    out = [
+        f"define internal void @{fname}(ptr noalias %a, ptr noalias %b, ptr noalias %c, "
+        f"i64 %kc, ptr noalias %al, i64 %lim) noinline {{",
+        "entry:",
+    ]
     res = fma_tile(out, lanes, mr, nv, a=("%a", lda, 1), b=("%b", ldb))
     em = Emitter(out, lanes)
     ninf = "<" + ", ".join([f"float {fconst(float('-inf'))}"] * lanes) + ">"
@@ -289,45 +319,61 @@ def _ukernel(fname: str, mr: int, nr: int, lanes: int, lda: int, ldb: int, ldc: 
                 for v in range(nv):
                     res[i][v] = em.mul(res[i][v], em.const(scale))
         # columns past the limit: -inf (only when the limit falls inside this tile)
-        out += [f"  %cut = icmp slt i64 %lim, {nr}", "  br i1 %cut, label %mask, label %st",
-                "mask:"]
+        out += [
+            f"  %cut = icmp slt i64 %lim, {nr}",
+            "  br i1 %cut, label %mask, label %st",
+            "mask:",
+        ]
         iota = "<" + ", ".join(f"i64 {e}" for e in range(lanes)) + ">"
         masked = [[""] * nv for _ in range(mr)]
         for i in range(mr):
-            out += [f"  %lm{i} = add i64 %lim, {i if causal else 0}",
-                    f"  %lmi{i} = insertelement <{lanes} x i64> poison, i64 %lm{i}, i64 0",
-                    f"  %lmv{i} = shufflevector <{lanes} x i64> %lmi{i}, <{lanes} x i64> poison, "
-                    f"<{lanes} x i32> zeroinitializer"]
+            out += [
+                f"  %lm{i} = add i64 %lim, {i if causal else 0}",
+                f"  %lmi{i} = insertelement <{lanes} x i64> poison, i64 %lm{i}, i64 0",
+                f"  %lmv{i} = shufflevector <{lanes} x i64> %lmi{i}, <{lanes} x i64> poison, "
+                f"<{lanes} x i32> zeroinitializer",
+            ]
             for v in range(nv):
-                out += [f"  %ok{i}_{v} = icmp sgt <{lanes} x i64> %lmv{i}, "
-                        + "<" + ", ".join(f"i64 {e + v * lanes}" for e in range(lanes)) + ">",
-                        f"  %mk{i}_{v} = select <{lanes} x i1> %ok{i}_{v}, {vty} {res[i][v]}, "
-                        f"{vty} {ninf}"]
+                out += [
+                    f"  %ok{i}_{v} = icmp sgt <{lanes} x i64> %lmv{i}, "
+                    + "<"
+                    + ", ".join(f"i64 {e + v * lanes}" for e in range(lanes))
+                    + ">",
+                    f"  %mk{i}_{v} = select <{lanes} x i1> %ok{i}_{v}, {vty} {res[i][v]}, "
+                    f"{vty} {ninf}",
+                ]
                 masked[i][v] = f"%mk{i}_{v}"
         del iota
         out += ["  br label %st", "st:"]
         for i in range(mr):
             for v in range(nv):
-                out.append(f"  %x{i}_{v} = phi {vty} [{res[i][v]}, %kdone], "
-                           f"[{masked[i][v]}, %mask]")
+                out.append(
+                    f"  %x{i}_{v} = phi {vty} [{res[i][v]}, %kdone], [{masked[i][v]}, %mask]"
+                )
                 res[i][v] = f"%x{i}_{v}"
         for i in range(mr):
-            out += [f"  %rmp{i} = getelementptr float, ptr %al, i64 {i * lanes}",
-                    f"  %rmo{i} = load {vty}, ptr %rmp{i}, align 4"]
+            out += [
+                f"  %rmp{i} = getelementptr float, ptr %al, i64 {i * lanes}",
+                f"  %rmo{i} = load {vty}, ptr %rmp{i}, align 4",
+            ]
             mx = f"%rmo{i}"
             for v in range(nv):
-                out += [f"  %rc{i}_{v} = fcmp ogt {vty} {res[i][v]}, {mx}",
-                        f"  %rx{i}_{v} = select <{lanes} x i1> %rc{i}_{v}, {vty} {res[i][v]}, "
-                        f"{vty} {mx}"]
+                out += [
+                    f"  %rc{i}_{v} = fcmp ogt {vty} {res[i][v]}, {mx}",
+                    f"  %rx{i}_{v} = select <{lanes} x i1> %rc{i}_{v}, {vty} {res[i][v]}, "
+                    f"{vty} {mx}",
+                ]
                 mx = f"%rx{i}_{v}"
             out.append(f"  store {vty} {mx}, ptr %rmp{i}, align 4")
     for i in range(mr):
         if kind == "pv":
-            out += [f"  %alp{i} = getelementptr float, ptr %al, i64 {i}",
-                    f"  %als{i} = load float, ptr %alp{i}, align 4",
-                    f"  %ali{i} = insertelement {vty} poison, float %als{i}, i64 0",
-                    f"  %alv{i} = shufflevector {vty} %ali{i}, {vty} poison, "
-                    f"<{lanes} x i32> zeroinitializer"]
+            out += [
+                f"  %alp{i} = getelementptr float, ptr %al, i64 {i}",
+                f"  %als{i} = load float, ptr %alp{i}, align 4",
+                f"  %ali{i} = insertelement {vty} poison, float %als{i}, i64 0",
+                f"  %alv{i} = shufflevector {vty} %ali{i}, {vty} poison, "
+                f"<{lanes} x i32> zeroinitializer",
+            ]
         for v in range(nv):
             out += [f"  %cp{i}_{v} = getelementptr float, ptr %c, i64 {i * ldc + v * lanes}"]
             x = res[i][v]
@@ -339,8 +385,18 @@ def _ukernel(fname: str, mr: int, nr: int, lanes: int, lda: int, ldb: int, ldc: 
     return "\n".join(out)
 
 
-def _tiles_driver(fname: str, uk: str, mr_max: int, lda: int, ldc: int, aux: int,
-                  limstep: int, bstride: int, nr: int, rows_outer: bool) -> str:
+def _tiles_driver(
+    fname: str,
+    uk: str,
+    mr_max: int,
+    lda: int,
+    ldc: int,
+    aux: int,
+    limstep: int,
+    bstride: int,
+    nr: int,
+    rows_outer: bool,
+) -> str:
     """``fname(a, b, c, kc, aux, lim, rows, panels)``: the micro-kernel over ``rows`` rows (MR at
     a time) and ``panels`` column panels (B advances ``bstride`` floats a panel, C ``nr`` and
     ``lim`` -nr); per row ``aux`` advances ``aux`` floats and ``lim`` ``limstep``. Loops rows
@@ -349,30 +405,57 @@ def _tiles_driver(fname: str, uk: str, mr_max: int, lda: int, ldc: int, aux: int
     outer, inner = ("r", "p") if rows_outer else ("p", "r")
     step = {"r": mr_max, "p": 1}
     end = {"r": "%rows", "p": "%panels"}
-    L = [f"define internal void @{fname}(ptr noalias %a, ptr noalias %b, ptr noalias %c, "
-         f"i64 %kc, ptr noalias %al, i64 %lim, i64 %rows, i64 %panels) {{", "entry:",
-         "  br label %oh", "oh:", f"  %{outer} = phi i64 [0, %entry], [%{outer}n, %ix]",
-         f"  %omore = icmp slt i64 %{outer}, {end[outer]}",
-         "  br i1 %omore, label %ob, label %x", "ob:", "  br label %ih", "ih:",
-         f"  %{inner} = phi i64 [0, %ob], [%{inner}n, %next]",
-         f"  %imore = icmp slt i64 %{inner}, {end[inner]}",
-         "  br i1 %imore, label %body, label %ix", "body:",
-         "  %left = sub i64 %rows, %r", f"  %mr = call i64 @llvm.smin.i64(i64 %left, i64 {mr_max})",
-         f"  %ao = mul i64 %r, {lda}", "  %ap = getelementptr float, ptr %a, i64 %ao",
-         f"  %bo = mul i64 %p, {bstride}", "  %bp = getelementptr float, ptr %b, i64 %bo",
-         f"  %co0 = mul i64 %r, {ldc}", f"  %co1 = mul i64 %p, {nr}", "  %co = add i64 %co0, %co1",
-         "  %cp = getelementptr float, ptr %c, i64 %co",
-         f"  %alo = mul i64 %r, {aux}", "  %alp = getelementptr float, ptr %al, i64 %alo",
-         f"  %lo0 = mul i64 %r, {limstep}", f"  %lo1 = mul i64 %p, {nr}",
-         "  %lr0 = add i64 %lim, %lo0", "  %lr = sub i64 %lr0, %lo1",
-         f"  switch i64 %mr, label %next [ {cases} ]"]
+    L = [
+        f"define internal void @{fname}(ptr noalias %a, ptr noalias %b, ptr noalias %c, "
+        f"i64 %kc, ptr noalias %al, i64 %lim, i64 %rows, i64 %panels) {{",
+        "entry:",
+        "  br label %oh",
+        "oh:",
+        f"  %{outer} = phi i64 [0, %entry], [%{outer}n, %ix]",
+        f"  %omore = icmp slt i64 %{outer}, {end[outer]}",
+        "  br i1 %omore, label %ob, label %x",
+        "ob:",
+        "  br label %ih",
+        "ih:",
+        f"  %{inner} = phi i64 [0, %ob], [%{inner}n, %next]",
+        f"  %imore = icmp slt i64 %{inner}, {end[inner]}",
+        "  br i1 %imore, label %body, label %ix",
+        "body:",
+        "  %left = sub i64 %rows, %r",
+        f"  %mr = call i64 @llvm.smin.i64(i64 %left, i64 {mr_max})",
+        f"  %ao = mul i64 %r, {lda}",
+        "  %ap = getelementptr float, ptr %a, i64 %ao",
+        f"  %bo = mul i64 %p, {bstride}",
+        "  %bp = getelementptr float, ptr %b, i64 %bo",
+        f"  %co0 = mul i64 %r, {ldc}",
+        f"  %co1 = mul i64 %p, {nr}",
+        "  %co = add i64 %co0, %co1",
+        "  %cp = getelementptr float, ptr %c, i64 %co",
+        f"  %alo = mul i64 %r, {aux}",
+        "  %alp = getelementptr float, ptr %al, i64 %alo",
+        f"  %lo0 = mul i64 %r, {limstep}",
+        f"  %lo1 = mul i64 %p, {nr}",
+        "  %lr0 = add i64 %lim, %lo0",
+        "  %lr = sub i64 %lr0, %lo1",
+        f"  switch i64 %mr, label %next [ {cases} ]",
+    ]
     for m in range(1, mr_max + 1):
-        L += [f"m{m}:",
-              f"  call void @{uk}{m}(ptr %ap, ptr %bp, ptr %cp, i64 %kc, ptr %alp, i64 %lr)",
-              "  br label %next"]
-    L += ["next:", f"  %{inner}n = add i64 %{inner}, {step[inner]}", "  br label %ih",
-          "ix:", f"  %{outer}n = add i64 %{outer}, {step[outer]}", "  br label %oh",
-          "x:", "  ret void", "}"]
+        L += [
+            f"m{m}:",
+            f"  call void @{uk}{m}(ptr %ap, ptr %bp, ptr %cp, i64 %kc, ptr %alp, i64 %lr)",
+            "  br label %next",
+        ]
+    L += [
+        "next:",
+        f"  %{inner}n = add i64 %{inner}, {step[inner]}",
+        "  br label %ih",
+        "ix:",
+        f"  %{outer}n = add i64 %{outer}, {step[outer]}",
+        "  br label %oh",
+        "x:",
+        "  ret void",
+        "}",
+    ]
     return "\n".join(L)
 
 
@@ -396,10 +479,15 @@ def _transpose8(ir: _IR, rows: list[str]) -> list[str]:
         t += [sh(rows[2 * p], rows[2 * p + 1], _LO), sh(rows[2 * p], rows[2 * p + 1], _HI)]
     tt = []
     for g in (0, 4):
-        tt += [sh(t[g], t[g + 2], _S44), sh(t[g], t[g + 2], _SEE),
-               sh(t[g + 1], t[g + 3], _S44), sh(t[g + 1], t[g + 3], _SEE)]
-    return [sh(tt[c], tt[c + 4], _P20) for c in range(4)] + \
-           [sh(tt[c], tt[c + 4], _P31) for c in range(4)]
+        tt += [
+            sh(t[g], t[g + 2], _S44),
+            sh(t[g], t[g + 2], _SEE),
+            sh(t[g + 1], t[g + 3], _S44),
+            sh(t[g + 1], t[g + 3], _SEE),
+        ]
+    return [sh(tt[c], tt[c + 4], _P20) for c in range(4)] + [
+        sh(tt[c], tt[c + 4], _P31) for c in range(4)
+    ]
 
 
 def _pack_k(fname: str, s: AttentionSpec) -> str:
@@ -410,7 +498,7 @@ def _pack_k(fname: str, s: AttentionSpec) -> str:
     k8 = "<" + ", ".join([f"float {k1}"] * 8) + ">"
     g_per = nr // 8
     d8 = d // 8 * 8
-    with ir.loop(0, t // 8) as q:               # groups of 8 keys, all inside T
+    with ir.loop(0, t // 8) as q:  # groups of 8 keys, all inside T
         p = ir(f"udiv i64 {q}, {g_per}")
         g = ir(f"urem i64 {q}, {g_per}")
         base = ir.add(ir.mul(p, d * nr), ir.mul(g, 8))
@@ -418,8 +506,10 @@ def _pack_k(fname: str, s: AttentionSpec) -> str:
         dst = ir.gep("%dst", base)
         if d8:
             with ir.loop(0, d8, 8) as c:
-                rows = [ir(f"load <8 x float>, ptr {ir.gep(src, ir.add(c, r * d))}, align 4")
-                        for r in range(8)]
+                rows = [
+                    ir(f"load <8 x float>, ptr {ir.gep(src, ir.add(c, r * d))}, align 4")
+                    for r in range(8)
+                ]
                 cols = _transpose8(ir, rows)
                 for e in range(8):
                     off = ir.mul(ir.add(c, e), nr)
@@ -462,8 +552,7 @@ def _pack_v(fname: str, s: AttentionSpec) -> str:
             dst = ir.gep("%dst", ir.add(full * s.sk * nr, ir.mul(j, nr)))
             for e in range(nr):
                 col = full * nr + e
-                x = (ir(f"load float, ptr {ir.gep(src, col)}, align 4") if col < s.dv
-                     else "0.0")
+                x = ir(f"load float, ptr {ir.gep(src, col)}, align 4") if col < s.dv else "0.0"
                 ir.do(f"store float {x}, ptr {ir.gep(dst, e)}, align 4")
     ir.do("ret void")
     return ir.func(f"define internal void @{fname}(ptr noalias %dst, ptr noalias %src) {{")
@@ -494,8 +583,9 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
     with ir.loop(0, "%rows") as r:
         srow = ir.gep("%sb", ir.mul(r, bc))
         if s.m_str is None:
-            bm = hreduce(ir, em, ir(f"load {vty}, ptr {ir.gep('%rm', ir.mul(r, lanes))}, "
-                                    "align 4"), "max")
+            bm = hreduce(
+                ir, em, ir(f"load {vty}, ptr {ir.gep('%rm', ir.mul(r, lanes))}, align 4"), "max"
+            )
         else:
             m_s, m_t = s.m_str[-2], s.m_str[-1]
             boolean = s.mask_fill is not None  # a bool mask: bytes, 0 where masked
@@ -507,8 +597,10 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
                 if boolean:
                     m0 = ir(f"icmp eq i8 {m0}, 0")
                     i = ir(f"insertelement <{lanes} x i1> poison, i1 {m0}, i64 0")
-                    msplat = ir(f"shufflevector <{lanes} x i1> {i}, <{lanes} x i1> poison, "
-                                f"<{lanes} x i32> zeroinitializer")
+                    msplat = ir(
+                        f"shufflevector <{lanes} x i1> {i}, <{lanes} x i1> poison, "
+                        f"<{lanes} x i32> zeroinitializer"
+                    )
                 else:
                     msplat = ir.splat(m0)
             mx = ir.var(vty, vninf)
@@ -520,9 +612,17 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
             kbf = ir(f"and i64 %kb, {-lanes}")
             kb1 = ir("sub i64 %kb, 1")
 
-            def add_mask(j: str, tail: bool, srow: str = srow, mrow: str = mrow,
-                         msplat: str | None = msplat, mx: str = mx, kb1: str = kb1,
-                         fillv: str = fillv, vninf: str = vninf) -> None:
+            def add_mask(
+                j: str,
+                tail: bool,
+                srow: str = srow,
+                mrow: str = mrow,
+                msplat: str | None = msplat,
+                mx: str = mx,
+                kb1: str = kb1,
+                fillv: str = fillv,
+                vninf: str = vninf,
+            ) -> None:
                 sp = ir.gep(srow, j)
                 x = ir(f"load {vty}, ptr {sp}, align 4")
                 mvty = f"<{lanes} x {mty}>"
@@ -581,28 +681,56 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
         ir.do(f"store float {m_new}, ptr {mp}, align 4")
         ir.do(f"store float {alpha}, ptr {ap}, align 4")
     ir.do("ret void")
-    return ir.func(f"define internal void @{fname}(ptr noalias %sb, ptr noalias %rm, "
-                   "ptr noalias %mk, i64 %rows, i64 %kb, ptr noalias %m, ptr noalias %l, "
-                   "ptr noalias %alpha) noinline {")
+    return ir.func(
+        f"define internal void @{fname}(ptr noalias %sb, ptr noalias %rm, "
+        "ptr noalias %mk, i64 %rows, i64 %kb, ptr noalias %m, ptr noalias %l, "
+        "ptr noalias %alpha) noinline {"
+    )
 
 
-def attention_kernel(name: str, s: AttentionSpec, out: Operand, q: Operand, k: Operand,
-                     v: Operand, mask: Operand | None, scratch: Operand) -> str:
+def attention_kernel(
+    name: str,
+    s: AttentionSpec,
+    out: Operand,
+    q: Operand,
+    k: Operand,
+    v: Operand,
+    mask: Operand | None,
+    scratch: Operand,
+) -> str:
     """LLVM IR of the fused attention kernel; ``scratch`` holds one set of buffers per part."""
     lanes, mr, nr = s.lanes, s.mr, s.nr
     br, bc, dvp, sq, sk, d, dv = s.br, s.bc, s.dvp, s.sq, s.sk, s.d, s.dv
     ldv = nr if s.pack_v else dv
     vty = vec_type(lanes)
     ninf = fconst(float("-inf"))
-    parts = [_ukernel(f"{name}_qk{m}", m, nr, lanes, d, nr, bc, "qk", 1.0,
-                      s.causal) for m in range(1, mr + 1)]
-    parts += [_ukernel(f"{name}_pv{m}", m, nr, lanes, bc, ldv, dvp, "pv", 1.0, False)
-              for m in range(1, mr + 1)]
-    parts += [_tiles_driver(f"{name}_qkr", f"{name}_qk", mr, d, bc, lanes, int(s.causal), d * nr,
-                            nr, QK_ROWS_OUTER),
-              _tiles_driver(f"{name}_pvr", f"{name}_pv", mr, bc, dvp, 1, 0,
-                            sk * nr if s.pack_v else nr, nr, PV_ROWS_OUTER),
-              _pack_k(f"{name}_pk", s), _softmax_block(f"{name}_sm", s)]
+    parts = [
+        _ukernel(f"{name}_qk{m}", m, nr, lanes, d, nr, bc, "qk", 1.0, s.causal)
+        for m in range(1, mr + 1)
+    ]
+    parts += [
+        _ukernel(f"{name}_pv{m}", m, nr, lanes, bc, ldv, dvp, "pv", 1.0, False)
+        for m in range(1, mr + 1)
+    ]
+    parts += [
+        _tiles_driver(
+            f"{name}_qkr", f"{name}_qk", mr, d, bc, lanes, int(s.causal), d * nr, nr, QK_ROWS_OUTER
+        ),
+        _tiles_driver(
+            f"{name}_pvr",
+            f"{name}_pv",
+            mr,
+            bc,
+            dvp,
+            1,
+            0,
+            sk * nr if s.pack_v else nr,
+            nr,
+            PV_ROWS_OUTER,
+        ),
+        _pack_k(f"{name}_pk", s),
+        _softmax_block(f"{name}_sm", s),
+    ]
     if s.pack_v:
         parts.append(_pack_v(f"{name}_pvk", s))
 
@@ -617,8 +745,9 @@ def attention_kernel(name: str, s: AttentionSpec, out: Operand, q: Operand, k: O
         acc += align(4 * max(f, 1))
     sb = ir(f"mul i64 %part, {acc}")
     scr = ir(f"getelementptr i8, ptr %a5, i64 {sb}")
-    kp, vp, sbuf, obuf, mbuf, lbuf, abuf, rmbuf = (ir(f"getelementptr i8, ptr {scr}, i64 {o}")
-                                           for o in offs)
+    kp, vp, sbuf, obuf, mbuf, lbuf, abuf, rmbuf = (
+        ir(f"getelementptr i8, ptr {scr}, i64 {o}") for o in offs
+    )
     packed_k = ir.var("i64", "-1")
     packed_v = ir.var("i64", "-1")
     nqb, rep = s.qblocks, s.hq // s.hkv
@@ -680,18 +809,26 @@ def attention_kernel(name: str, s: AttentionSpec, out: Operand, q: Operand, k: O
                 ir.do(f"store {vty} {ninfv}, ptr {ir.gep(rmbuf, c)}, align 4")
             # the limit of row i0 relative to the block: causal i0 + T - S + 1 - j0, else kb
             lim0 = ir(f"sub i64 {ir.add(i0, sk - sq + 1)}, {j0}") if s.causal else kb
-            ir.do(f"call void @{name}_qkr(ptr {qp}, ptr {kpj}, ptr {sbuf}, i64 {d}, "
-                  f"ptr {rmbuf}, i64 {lim0}, i64 {rows}, i64 {npan})")
+            ir.do(
+                f"call void @{name}_qkr(ptr {qp}, ptr {kpj}, ptr {sbuf}, i64 {d}, "
+                f"ptr {rmbuf}, i64 {lim0}, i64 {rows}, i64 {npan})"
+            )
             mk = "null"
             if s.m_str is not None:
-                mk = ir.gep("%a4", ir.add(ir.add(mo, ir.mul(i0, s.m_str[-2])),
-                                          ir.mul(j0, s.m_str[-1])),
-                            "float" if s.mask_fill is None else "i8")
-            ir.do(f"call void @{name}_sm(ptr {sbuf}, ptr {rmbuf}, ptr {mk}, i64 {rows}, "
-                  f"i64 {kb}, ptr {mbuf}, ptr {lbuf}, ptr {abuf})")
+                mk = ir.gep(
+                    "%a4",
+                    ir.add(ir.add(mo, ir.mul(i0, s.m_str[-2])), ir.mul(j0, s.m_str[-1])),
+                    "float" if s.mask_fill is None else "i8",
+                )
+            ir.do(
+                f"call void @{name}_sm(ptr {sbuf}, ptr {rmbuf}, ptr {mk}, i64 {rows}, "
+                f"i64 {kb}, ptr {mbuf}, ptr {lbuf}, ptr {abuf})"
+            )
             vj = ir.gep(vsrc, ir.mul(j0, ldv))
-            ir.do(f"call void @{name}_pvr(ptr {sbuf}, ptr {vj}, ptr {obuf}, i64 {kb}, "
-                  f"ptr {abuf}, i64 0, i64 {rows}, i64 {dvp // nr})")
+            ir.do(
+                f"call void @{name}_pvr(ptr {sbuf}, ptr {vj}, ptr {obuf}, i64 {kb}, "
+                f"ptr {abuf}, i64 0, i64 {rows}, i64 {dvp // nr})"
+            )
         # O / l into the output
         op = ir.gep("%a0", ir.add(ir.mul(bh, sq * dv), ir.mul(i0, dv)))
         dfull = dv // lanes * lanes
@@ -766,20 +903,51 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
             st[i] = 0 if ms[i] == 1 else acc_
             acc_ *= ms[i]
         m_str = tuple(st)
-    spec = AttentionSpec(batch, hq, hkv, sq, sk, d, dv, scale, causal,
-                         _bstrides(qs, batch, hq * sq * d), _bstrides(ks, batch, hkv * sk * d),
-                         _bstrides(vs, batch, hkv * sk * dv), m_str, lw.host.lanes, fill)
-    scratch = Scratch(f"{name}_scratch",
-                      lw.threads * CHUNKS_PER_THREAD * spec.scratch_bytes_per_part())
+    spec = AttentionSpec(
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+        scale,
+        causal,
+        _bstrides(qs, batch, hq * sq * d),
+        _bstrides(ks, batch, hkv * sk * d),
+        _bstrides(vs, batch, hkv * sk * dv),
+        m_str,
+        lw.host.lanes,
+        fill,
+    )
+    scratch = Scratch(
+        f"{name}_scratch", lw.threads * CHUNKS_PER_THREAD * spec.scratch_bytes_per_part()
+    )
     ins = [x for x in (q, k, v, mask) if x is not None]
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return attention_kernel(name, spec, loc(out), loc(q), loc(k), loc(v),  # type: ignore
-                                loc(mask), loc(scratch))  # type: ignore[arg-type]
+        return attention_kernel(
+            name,
+            spec,
+            loc(out),
+            loc(q),
+            loc(k),
+            loc(v),  # type: ignore
+            loc(mask),
+            loc(scratch),
+        )  # type: ignore[arg-type]
 
     flops = 2.0 * spec.heads * sq * sk * (d + dv)
     units = spec.heads * spec.qblocks
-    lw.steps.append(Step(name, [*ins, scratch], [out], gen,
-                         parallel=worth_splitting(flops) and units > 1, op=node.op,
-                         units=units))
+    lw.steps.append(
+        Step(
+            name,
+            [*ins, scratch],
+            [out],
+            gen,
+            parallel=worth_splitting(flops) and units > 1,
+            op=node.op,
+            units=units,
+        )
+    )
     return True

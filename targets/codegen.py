@@ -70,15 +70,24 @@ def host_target() -> CpuTarget:
     bits = 512 if feats.get("avx512f") else (256 if feats.get("avx2") else 128)
     triple = llvm.get_process_triple()
     arch = "aarch64" if triple.startswith(("aarch64", "arm64")) else "x86_64"
-    return CpuTarget("host", arch, triple, llvm.get_host_cpu_name(), feats.flatten(), bits,
-                     _x86_tile(bits) if arch == "x86_64" else AARCH64_TILE, jit=True)
+    return CpuTarget(
+        "host",
+        arch,
+        triple,
+        llvm.get_host_cpu_name(),
+        feats.flatten(),
+        bits,
+        _x86_tile(bits) if arch == "x86_64" else AARCH64_TILE,
+        jit=True,
+    )
 
 
 @functools.cache
 def aarch64_target() -> CpuTarget:
     """The AArch64 cross target: Linux, Neoverse N1 scheduling, NEON (128-bit vectors)."""
-    return CpuTarget("aarch64", "aarch64", "aarch64-unknown-linux-gnu", "neoverse-n1", "+neon",
-                     128, AARCH64_TILE)
+    return CpuTarget(
+        "aarch64", "aarch64", "aarch64-unknown-linux-gnu", "neoverse-n1", "+neon", 128, AARCH64_TILE
+    )
 
 
 CROSS_TARGETS = {"aarch64": aarch64_target, "arm64": aarch64_target}
@@ -96,8 +105,10 @@ def resolve_target(target: str | CpuTarget) -> CpuTarget:
         return host_target()
     if target in CROSS_TARGETS:
         return CROSS_TARGETS[target]()
-    raise CodegenError(f"unknown CPU target '{target}' (known: cpu, the host, JIT-compiled; "
-                       "aarch64, emitted as an object file and assembly)")
+    raise CodegenError(
+        f"unknown CPU target '{target}' (known: cpu, the host, JIT-compiled; "
+        "aarch64, emitted as an object file and assembly)"
+    )
 
 
 def _target_machine(target: CpuTarget | None = None) -> llvm.TargetMachine:
@@ -111,8 +122,12 @@ def _machine(t: CpuTarget) -> llvm.TargetMachine:
     # The host's code is loaded by MCJIT; a cross object is linked by someone else, so it is
     # position-independent (fits a shared library as well as an executable).
     return llvm_target.create_target_machine(
-        cpu=t.cpu, features=t.features, opt=3, reloc="default" if t.jit else "pic",
-        codemodel="jitdefault" if t.jit else "default")
+        cpu=t.cpu,
+        features=t.features,
+        opt=3,
+        reloc="default" if t.jit else "pic",
+        codemodel="jitdefault" if t.jit else "default",
+    )
 
 
 def optimize_ir(ir_text: str, target: CpuTarget | None = None) -> llvm.ModuleRef:
@@ -142,8 +157,10 @@ def optimize_ir(ir_text: str, target: CpuTarget | None = None) -> llvm.ModuleRef
 def _machine_for(mod: llvm.ModuleRef, target: CpuTarget | None) -> llvm.TargetMachine:
     tm = _target_machine(target)
     if mod.triple != tm.triple:
-        raise CodegenError(f"module was optimized for '{mod.triple}', not '{tm.triple}': pass the "
-                           "same target to optimize_ir and emit_object/emit_assembly")
+        raise CodegenError(
+            f"module was optimized for '{mod.triple}', not '{tm.triple}': pass the "
+            "same target to optimize_ir and emit_object/emit_assembly"
+        )
     return tm
 
 

@@ -76,8 +76,7 @@ class Window:
     @property
     def prep(self) -> bool:
         """Whether the input needs rewriting into phase planes (strided or padded)."""
-        return self.stride != (1, 1) or self.pad != (0, 0) or self.hq != self.h \
-            or self.wq != self.w
+        return self.stride != (1, 1) or self.pad != (0, 0) or self.hq != self.h or self.wq != self.w
 
     @property
     def hq(self) -> int:
@@ -118,8 +117,9 @@ Dims2 = tuple[int, int]
 Geometry = tuple[tuple[int, int, int, int], Dims2, Dims2, Dims2, tuple[int, ...], Dims2]
 
 
-def window_2d(x: tuple[int, ...], out: tuple[int, ...], kernel: tuple[int, ...],
-              at: dict) -> Geometry | None:
+def window_2d(
+    x: tuple[int, ...], out: tuple[int, ...], kernel: tuple[int, ...], at: dict
+) -> Geometry | None:
     """(N, C, H, W), (OH, OW), kernel, strides, pads (4), dilations of a 2-D window; a 1-D one
     (rank 3) as a 2-D window of height 1; None for other ranks."""
     nsp = len(x) - 2
@@ -129,10 +129,22 @@ def window_2d(x: tuple[int, ...], out: tuple[int, ...], kernel: tuple[int, ...],
     pads = tuple(int(v) for v in at.get("pads") or (0,) * (2 * nsp))
     dil = tuple(int(v) for v in at.get("dilations") or (1,) * nsp)
     if nsp == 1:
-        return ((x[0], x[1], 1, x[2]), (1, out[2]), (1, kernel[0]), (1, st[0]),
-                (0, pads[0], 0, pads[1]), (1, dil[0]))
-    return ((x[0], x[1], x[2], x[3]), (out[2], out[3]), (kernel[0], kernel[1]),
-            (st[0], st[1]), pads, (dil[0], dil[1]))
+        return (
+            (x[0], x[1], 1, x[2]),
+            (1, out[2]),
+            (1, kernel[0]),
+            (1, st[0]),
+            (0, pads[0], 0, pads[1]),
+            (1, dil[0]),
+        )
+    return (
+        (x[0], x[1], x[2], x[3]),
+        (out[2], out[3]),
+        (kernel[0], kernel[1]),
+        (st[0], st[1]),
+        pads,
+        (dil[0], dil[1]),
+    )
 
 
 def _span(size: int, out: int, stride: int, phase: int, pad: int) -> tuple[int, int]:
@@ -146,8 +158,7 @@ def _span(size: int, out: int, stride: int, phase: int, pad: int) -> tuple[int, 
     return lo, hi
 
 
-def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float,
-                lanes: int) -> str:
+def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, lanes: int) -> str:
     """LLVM IR writing the phase planes of every input plane (pads = ``padval``), then ``lanes``
     floats of slack (zeros) after the last one; parts split the input planes."""
     pv = fconst(padval)
@@ -156,9 +167,12 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float,
     allocas = ["p"]
     share(L, win.planes, 1, "%c0", "%c1")
     loops.open("p", "%c0", "%c1", 1)
-    L += [f"  %so = mul i64 %p, {win.h * win.w}", "  %src = getelementptr float, ptr %a1, i64 %so",
-          f"  %do = mul i64 %p, {win.plane_stride}",
-          "  %dst = getelementptr float, ptr %a0, i64 %do"]
+    L += [
+        f"  %so = mul i64 %p, {win.h * win.w}",
+        "  %src = getelementptr float, ptr %a1, i64 %so",
+        f"  %do = mul i64 %p, {win.plane_stride}",
+        "  %dst = getelementptr float, ptr %a0, i64 %do",
+    ]
     sy, sx = win.stride
     for iy_, py in enumerate(win.phases_y):
         ylo, yhi = _span(win.h, win.hq, sy, py, win.pad[0])
@@ -168,37 +182,51 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float,
             allocas += [f"qy{t}", f"z1{t}", f"z2{t}", f"cx{t}"]
             poff = (iy_ * len(win.phases_x) + ix_) * win.hq * win.wq
             loops.open(f"qy{t}", "0", str(win.hq), 1)
-            L += [f"  %ro{t}0 = mul i64 %qy{t}, {win.wq}", f"  %ro{t} = add i64 %ro{t}0, {poff}",
-                  f"  %row{t} = getelementptr float, ptr %dst, i64 %ro{t}",
-                  f"  %yin{t} = icmp sge i64 %qy{t}, {ylo}",
-                  f"  %yin2{t} = icmp slt i64 %qy{t}, {yhi}",
-                  f"  %yok{t} = and i1 %yin{t}, %yin2{t}",
-                  f"  %clo{t} = select i1 %yok{t}, i64 {xlo}, i64 {win.wq}",
-                  f"  %chi{t} = select i1 %yok{t}, i64 {xhi}, i64 {win.wq}",
-                  f"  %iy0{t} = mul i64 %qy{t}, {sy}",
-                  f"  %iy{t} = add i64 %iy0{t}, {py - win.pad[0]}",
-                  f"  %iyw{t} = mul i64 %iy{t}, {win.w}",
-                  f"  %srow{t} = getelementptr float, ptr %src, i64 %iyw{t}"]
+            L += [
+                f"  %ro{t}0 = mul i64 %qy{t}, {win.wq}",
+                f"  %ro{t} = add i64 %ro{t}0, {poff}",
+                f"  %row{t} = getelementptr float, ptr %dst, i64 %ro{t}",
+                f"  %yin{t} = icmp sge i64 %qy{t}, {ylo}",
+                f"  %yin2{t} = icmp slt i64 %qy{t}, {yhi}",
+                f"  %yok{t} = and i1 %yin{t}, %yin2{t}",
+                f"  %clo{t} = select i1 %yok{t}, i64 {xlo}, i64 {win.wq}",
+                f"  %chi{t} = select i1 %yok{t}, i64 {xhi}, i64 {win.wq}",
+                f"  %iy0{t} = mul i64 %qy{t}, {sy}",
+                f"  %iy{t} = add i64 %iy0{t}, {py - win.pad[0]}",
+                f"  %iyw{t} = mul i64 %iy{t}, {win.w}",
+                f"  %srow{t} = getelementptr float, ptr %src, i64 %iyw{t}",
+            ]
             for part, lo, hi in (("z1", "0", f"%clo{t}"), ("z2", f"%chi{t}", str(win.wq))):
                 loops.open(f"{part}{t}", lo, hi, 1)
-                L += [f"  %{part}p{t} = getelementptr float, ptr %row{t}, i64 %{part}{t}",
-                      f"  store float {pv}, ptr %{part}p{t}"]
+                L += [
+                    f"  %{part}p{t} = getelementptr float, ptr %row{t}, i64 %{part}{t}",
+                    f"  store float {pv}, ptr %{part}p{t}",
+                ]
                 loops.close(f"{part}{t}", 1)
             loops.open(f"cx{t}", f"%clo{t}", f"%chi{t}", 1)
-            L += [f"  %ix0{t} = mul i64 %cx{t}, {sx}",
-                  f"  %ix{t} = add i64 %ix0{t}, {px - win.pad[1]}",
-                  f"  %sp{t} = getelementptr float, ptr %srow{t}, i64 %ix{t}",
-                  f"  %sv{t} = load float, ptr %sp{t}",
-                  f"  %cp{t} = getelementptr float, ptr %row{t}, i64 %cx{t}",
-                  f"  store float %sv{t}, ptr %cp{t}"]
+            L += [
+                f"  %ix0{t} = mul i64 %cx{t}, {sx}",
+                f"  %ix{t} = add i64 %ix0{t}, {px - win.pad[1]}",
+                f"  %sp{t} = getelementptr float, ptr %srow{t}, i64 %ix{t}",
+                f"  %sv{t} = load float, ptr %sp{t}",
+                f"  %cp{t} = getelementptr float, ptr %row{t}, i64 %cx{t}",
+                f"  store float %sv{t}, ptr %cp{t}",
+            ]
             loops.close(f"cx{t}", 1)
             loops.close(f"qy{t}", 1)
     loops.close("p", 1)
     # The slack after the last plane: partial tiles load whole vectors past a plane's end.
-    L += [f"  %lastp = icmp eq i64 %c1, {win.planes}", "  br i1 %lastp, label %slack, label %done",
-          "slack:", f"  %sl = getelementptr float, ptr %a0, i64 {win.planes * win.plane_stride}",
-          f"  store {vec_type(lanes)} zeroinitializer, ptr %sl, align 4", "  br label %done",
-          "done:", "  ret void", "}"]
+    L += [
+        f"  %lastp = icmp eq i64 %c1, {win.planes}",
+        "  br i1 %lastp, label %slack, label %done",
+        "slack:",
+        f"  %sl = getelementptr float, ptr %a0, i64 {win.planes * win.plane_stride}",
+        f"  store {vec_type(lanes)} zeroinitializer, ptr %sl, align 4",
+        "  br label %done",
+        "done:",
+        "  ret void",
+        "}",
+    ]
     L[2:2] = [f"  %{v}.a = alloca i64, align 8" for v in allocas]
     return wrapper(name, [xp, x]) + "\n" + "\n".join(L)
 
@@ -221,14 +249,14 @@ class Tiling:
     consecutive rows form one tile together (NV // tail vectors each), so narrow rows still fill
     the registers; a work unit is ``rg`` rows (a chunk of tiles when the plane is walked flat)."""
 
-    rows: int      # output rows walked (OH, or 1 when flat)
-    width: int     # pixels per walked row (OW, or OH·OW when flat)
-    in_row: int    # input floats between walked rows
-    out_row: int   # output floats between walked rows
+    rows: int  # output rows walked (OH, or 1 when flat)
+    width: int  # pixels per walked row (OW, or OH·OW when flat)
+    in_row: int  # input floats between walked rows
+    out_row: int  # output floats between walked rows
     lanes: int
     nv: int
     per_chunk: int  # full tiles per work unit
-    rg: int         # rows per work unit
+    rg: int  # rows per work unit
 
     @property
     def tw(self) -> int:
@@ -256,9 +284,15 @@ class Tiling:
     def tail_vecs(self, rows: int) -> list[Vec]:
         """The tail tile of ``rows`` rows, from the first row's tail start."""
         n = -(-self.tail // self.lanes)
-        return [(j * self.in_row + v * self.lanes, j * self.out_row + v * self.lanes,
-                 self.tail % self.lanes if v == n - 1 else 0)
-                for j in range(rows) for v in range(n)]
+        return [
+            (
+                j * self.in_row + v * self.lanes,
+                j * self.out_row + v * self.lanes,
+                self.tail % self.lanes if v == n - 1 else 0,
+            )
+            for j in range(rows)
+            for v in range(n)
+        ]
 
 
 def row_group(width: int, lanes: int, nv: int, flat: bool) -> int:
@@ -270,12 +304,21 @@ def tiling(win: Window, lanes: int, nv: int) -> Tiling:
     if win.flat:
         return Tiling(1, win.oh * win.ow, 0, 0, lanes, nv, max(1, 256 // (nv * lanes)), 1)
     full = win.ow // (nv * lanes)
-    return Tiling(win.oh, win.ow, win.wq, win.ow, lanes, nv, max(1, full),
-                  min(win.oh, row_group(win.ow, lanes, nv, False)))
+    return Tiling(
+        win.oh,
+        win.ow,
+        win.wq,
+        win.ow,
+        lanes,
+        nv,
+        max(1, full),
+        min(win.oh, row_group(win.ow, lanes, nv, False)),
+    )
 
 
-def load_tile(out: list[str], p: str, base: str, off: int, lanes: int, valid: int,
-              safe: bool) -> str:
+def load_tile(
+    out: list[str], p: str, base: str, off: int, lanes: int, valid: int, safe: bool
+) -> str:
     """Emit a vector load of ``lanes`` floats at ``base + off``; only ``valid`` lanes (0: all)
     are needed, and unless ``safe`` only those may be read."""
     vty = vec_type(lanes)
@@ -285,9 +328,11 @@ def load_tile(out: list[str], p: str, base: str, off: int, lanes: int, valid: in
         return p
     prev = "zeroinitializer"
     for j in range(valid):
-        out += [f"  {p}q{j} = getelementptr float, ptr {p}p, i64 {j}",
-                f"  {p}s{j} = load float, ptr {p}q{j}, align 4",
-                f"  {p}i{j} = insertelement {vty} {prev}, float {p}s{j}, i64 {j}"]
+        out += [
+            f"  {p}q{j} = getelementptr float, ptr {p}p, i64 {j}",
+            f"  {p}s{j} = load float, ptr {p}q{j}, align 4",
+            f"  {p}i{j} = insertelement {vty} {prev}, float {p}s{j}, i64 {j}",
+        ]
         prev = f"{p}i{j}"
     out.append(f"  {p} = fadd {vty} {prev}, zeroinitializer")
     return p
@@ -300,16 +345,19 @@ def store_tile(out: list[str], val: str, ptr: str, lanes: int, valid: int) -> No
         out.append(f"  store {vty} {val}, ptr {ptr}, align 4")
         return
     for j in range(valid):
-        out += [f"  {val}x{j} = extractelement {vty} {val}, i64 {j}",
-                f"  {val}q{j} = getelementptr float, ptr {ptr}, i64 {j}",
-                f"  store float {val}x{j}, ptr {val}q{j}, align 4"]
+        out += [
+            f"  {val}x{j} = extractelement {vty} {val}, i64 {j}",
+            f"  {val}q{j} = getelementptr float, ptr {ptr}, i64 {j}",
+            f"  store float {val}x{j}, ptr {val}q{j}, align 4",
+        ]
 
 
 def splat(out: list[str], lanes: int, scalar: str, name: str) -> str:
     vty = vec_type(lanes)
-    out += [f"  {name}i = insertelement {vty} poison, float {scalar}, i64 0",
-            f"  {name} = shufflevector {vty} {name}i, {vty} poison, "
-            f"<{lanes} x i32> zeroinitializer"]
+    out += [
+        f"  {name}i = insertelement {vty} poison, float {scalar}, i64 0",
+        f"  {name} = shufflevector {vty} {name}i, {vty} poison, <{lanes} x i32> zeroinitializer",
+    ]
     return name
 
 
@@ -323,9 +371,19 @@ def driver_units(t: Tiling, outer: int, blocks: int, per_unit: int = 0) -> int:
     return outer * (t.groups * t.chunks if by_rows else -(-blocks // per_unit))
 
 
-def tile_driver(name: str, t: Tiling, outer: int, x_outer: int, o_outer: int, nptrs: int,
-                blocks: int, kblocks: int, call: TileCall, per_unit: int = 0,
-                pre: TileCall | None = None) -> list[str]:
+def tile_driver(
+    name: str,
+    t: Tiling,
+    outer: int,
+    x_outer: int,
+    o_outer: int,
+    nptrs: int,
+    blocks: int,
+    kblocks: int,
+    call: TileCall,
+    per_unit: int = 0,
+    pre: TileCall | None = None,
+) -> list[str]:
     """The body that walks this part's share of work units and emits ``call`` per tile and
     block. With ``per_unit`` 0 (or at least ``blocks``) a unit is (outer index, group of rows,
     chunk of tiles) and takes every block: the blocks' data (weights) is re-read per unit. Else a
@@ -335,8 +393,10 @@ def tile_driver(name: str, t: Tiling, outer: int, x_outer: int, o_outer: int, np
     ``%outer`` is live in ``call``."""
     L = [body_header(name, nptrs), "entry:"]
     loops = Loops(L)
-    L += [f"  %{v}.a = alloca i64, align 8"
-          for v in ("u", "t", "blk", "blt", "blp", "kb", "j", "gl", "cl")]
+    L += [
+        f"  %{v}.a = alloca i64, align 8"
+        for v in ("u", "t", "blk", "blt", "blp", "kb", "j", "gl", "cl")
+    ]
     by_rows = per_unit <= 0 or per_unit >= blocks
     per = driver_units(t, 1, blocks, per_unit)
     share(L, outer * per, 1, "%u0", "%u1")
@@ -346,8 +406,11 @@ def tile_driver(name: str, t: Tiling, outer: int, x_outer: int, o_outer: int, np
         L += [f"  %grp = udiv i64 %rc, {t.chunks}", f"  %ch = urem i64 %rc, {t.chunks}"]
         b0, b1 = "0", str(blocks)
     else:
-        L += [f"  %b0 = mul i64 %rc, {per_unit}", f"  %b1a = add i64 %b0, {per_unit}",
-              f"  %b1 = call i64 @llvm.smin.i64(i64 %b1a, i64 {blocks})"]
+        L += [
+            f"  %b0 = mul i64 %rc, {per_unit}",
+            f"  %b1a = add i64 %b0, {per_unit}",
+            f"  %b1 = call i64 @llvm.smin.i64(i64 %b1a, i64 {blocks})",
+        ]
         b0, b1 = "%b0", "%b1"
     kb = "%kb" if kblocks > 1 else "0"
     if kblocks > 1:
@@ -356,14 +419,22 @@ def tile_driver(name: str, t: Tiling, outer: int, x_outer: int, o_outer: int, np
         loops.open("gl", "0", str(t.groups), 1)
         loops.open("cl", "0", str(t.chunks), 1)
         L += ["  %grp = add i64 %gl, 0", "  %ch = add i64 %cl, 0"]
-    L += [f"  %row0 = mul i64 %grp, {t.rg}", f"  %rleft = sub i64 {t.rows}, %row0",
-          f"  %nrows = call i64 @llvm.smin.i64(i64 %rleft, i64 {t.rg})",
-          f"  %xb0 = mul i64 %outer, {x_outer}", f"  %xb1 = mul i64 %row0, {t.in_row}",
-          "  %xb = add i64 %xb0, %xb1", "  %xbase = getelementptr float, ptr %a1, i64 %xb",
-          f"  %ob0 = mul i64 %outer, {o_outer}", f"  %ob1 = mul i64 %row0, {t.out_row}",
-          "  %ob = add i64 %ob0, %ob1", "  %obase = getelementptr float, ptr %a0, i64 %ob",
-          f"  %t0 = mul i64 %ch, {t.per_chunk}", f"  %t1a = add i64 %t0, {t.per_chunk}",
-          f"  %t1 = call i64 @llvm.smin.i64(i64 %t1a, i64 {t.full})"]
+    L += [
+        f"  %row0 = mul i64 %grp, {t.rg}",
+        f"  %rleft = sub i64 {t.rows}, %row0",
+        f"  %nrows = call i64 @llvm.smin.i64(i64 %rleft, i64 {t.rg})",
+        f"  %xb0 = mul i64 %outer, {x_outer}",
+        f"  %xb1 = mul i64 %row0, {t.in_row}",
+        "  %xb = add i64 %xb0, %xb1",
+        "  %xbase = getelementptr float, ptr %a1, i64 %xb",
+        f"  %ob0 = mul i64 %outer, {o_outer}",
+        f"  %ob1 = mul i64 %row0, {t.out_row}",
+        "  %ob = add i64 %ob0, %ob1",
+        "  %obase = getelementptr float, ptr %a0, i64 %ob",
+        f"  %t0 = mul i64 %ch, {t.per_chunk}",
+        f"  %t1a = add i64 %t0, {t.per_chunk}",
+        f"  %t1 = call i64 @llvm.smin.i64(i64 %t1a, i64 {t.full})",
+    ]
     multi = blocks > 1
 
     def tile(xt: str, ot: str, vecs: list[Vec], var: str) -> None:
@@ -377,24 +448,36 @@ def tile_driver(name: str, t: Tiling, outer: int, x_outer: int, o_outer: int, np
 
     if t.full:
         loops.open("j", "0", "%nrows", 1)
-        L += [f"  %jx = mul i64 %j, {t.in_row}", f"  %jo = mul i64 %j, {t.out_row}",
-              "  %xrow = getelementptr float, ptr %xbase, i64 %jx",
-              "  %orow = getelementptr float, ptr %obase, i64 %jo"]
+        L += [
+            f"  %jx = mul i64 %j, {t.in_row}",
+            f"  %jo = mul i64 %j, {t.out_row}",
+            "  %xrow = getelementptr float, ptr %xbase, i64 %jx",
+            "  %orow = getelementptr float, ptr %obase, i64 %jo",
+        ]
         loops.open("t", "%t0", "%t1", 1)
-        L += [f"  %px = mul i64 %t, {t.tw}", "  %xt = getelementptr float, ptr %xrow, i64 %px",
-              "  %ot = getelementptr float, ptr %orow, i64 %px"]
+        L += [
+            f"  %px = mul i64 %t, {t.tw}",
+            "  %xt = getelementptr float, ptr %xrow, i64 %px",
+            "  %ot = getelementptr float, ptr %orow, i64 %px",
+        ]
         tile("%xt", "%ot", t.full_vecs(), "blk")
         loops.close("t", 1)
         loops.close("j", 1)
     if t.tail:
-        L += [f"  %lastch = icmp eq i64 %ch, {t.chunks - 1}",
-              "  br i1 %lastch, label %tail, label %tdone", "tail:",
-              f"  %xtt = getelementptr float, ptr %xbase, i64 {t.full * t.tw}",
-              f"  %ott = getelementptr float, ptr %obase, i64 {t.full * t.tw}"]
+        L += [
+            f"  %lastch = icmp eq i64 %ch, {t.chunks - 1}",
+            "  br i1 %lastch, label %tail, label %tdone",
+            "tail:",
+            f"  %xtt = getelementptr float, ptr %xbase, i64 {t.full * t.tw}",
+            f"  %ott = getelementptr float, ptr %obase, i64 {t.full * t.tw}",
+        ]
         part = t.rows % t.rg
         if part:
-            L += [f"  %whole = icmp eq i64 %nrows, {t.rg}",
-                  "  br i1 %whole, label %tw.y, label %tw.n", "tw.y:"]
+            L += [
+                f"  %whole = icmp eq i64 %nrows, {t.rg}",
+                "  br i1 %whole, label %tw.y, label %tw.n",
+                "tw.y:",
+            ]
         tile("%xtt", "%ott", t.tail_vecs(t.rg), "blt")
         if part:
             L += ["  br label %tw.x", "tw.n:"]
@@ -424,10 +507,10 @@ class ConvSpec:
     has_bias: bool
     act: str
     safe: bool  # whole-vector loads past a row are inside the buffer
-    cb: int     # input channels per block (the micro-kernel's reduction)
+    cb: int  # input channels per block (the micro-kernel's reduction)
     per_unit: int = 0  # channel blocks per work unit (0: all, units are rows)
     packed: bool = False  # tiles copied into a per-part panel [channel][tap][NV·L] first
-    split: bool = False   # packed tiles of the flat output, vectors split between two rows
+    split: bool = False  # packed tiles of the flat output, vectors split between two rows
 
     @property
     def panel_bytes(self) -> int:
@@ -481,30 +564,51 @@ def _conv_ukernel(fname: str, s: ConvSpec, mr: int, vecs: list[Vec]) -> str:
         taps = s.win.taps()
         cstride, xvecs, safe = s.win.plane_stride, [(xo, va) for xo, _, va in vecs], s.safe
     acc = [[f"%c{i}_{v}" for v in range(nv)] for i in range(mr)]
-    o = [f"define internal void @{fname}(ptr noalias %x, ptr noalias %w, ptr noalias %o, "
-         "ptr noalias %bias, i64 %nc, i1 %accum, i1 %last) noinline {", "entry:",
-         "  br label %k", "k:", "  %ci = phi i64 [0, %entry], [%cn, %k]"]
+    o = [
+        f"define internal void @{fname}(ptr noalias %x, ptr noalias %w, ptr noalias %o, "
+        "ptr noalias %bias, i64 %nc, i1 %accum, i1 %last) noinline {",
+        "entry:",
+        "  br label %k",
+        "k:",
+        "  %ci = phi i64 [0, %entry], [%cn, %k]",
+    ]
     for i in range(mr):
         for v in range(nv):
-            o.append(f"  {acc[i][v]} = phi {vty} [zeroinitializer, %entry], "
-                     f"[%n{i}_{v}_{len(taps) - 1}, %k]")
-    o += [f"  %xo = mul i64 %ci, {cstride}", "  %xc = getelementptr float, ptr %x, i64 %xo",
-          f"  %wo = mul i64 %ci, {s.kk * s.mr}", "  %wc = getelementptr float, ptr %w, i64 %wo"]
+            o.append(
+                f"  {acc[i][v]} = phi {vty} [zeroinitializer, %entry], "
+                f"[%n{i}_{v}_{len(taps) - 1}, %k]"
+            )
+    o += [
+        f"  %xo = mul i64 %ci, {cstride}",
+        "  %xc = getelementptr float, ptr %x, i64 %xo",
+        f"  %wo = mul i64 %ci, {s.kk * s.mr}",
+        "  %wc = getelementptr float, ptr %w, i64 %wo",
+    ]
     cur = [row[:] for row in acc]
     for k, off in enumerate(taps):
-        xs = [load_tile(o, f"%x{k}_{v}", "%xc", off + xo, lanes, va, safe)
-              for v, (xo, va) in enumerate(xvecs)]
+        xs = [
+            load_tile(o, f"%x{k}_{v}", "%xc", off + xo, lanes, va, safe)
+            for v, (xo, va) in enumerate(xvecs)
+        ]
         for i in range(mr):
-            o += [f"  %wp{k}_{i} = getelementptr float, ptr %wc, i64 {k * s.mr + i}",
-                  f"  %ws{k}_{i} = load float, ptr %wp{k}_{i}, align 4"]
+            o += [
+                f"  %wp{k}_{i} = getelementptr float, ptr %wc, i64 {k * s.mr + i}",
+                f"  %ws{k}_{i} = load float, ptr %wp{k}_{i}, align 4",
+            ]
             splat(o, lanes, f"%ws{k}_{i}", f"%wv{k}_{i}")
             for v in range(nv):
                 nxt = f"%n{i}_{v}_{k}"
-                o.append(f"  {nxt} = call {vty} @llvm.fma.v{lanes}f32({vty} %wv{k}_{i}, "
-                         f"{vty} {xs[v]}, {vty} {cur[i][v]})")
+                o.append(
+                    f"  {nxt} = call {vty} @llvm.fma.v{lanes}f32({vty} %wv{k}_{i}, "
+                    f"{vty} {xs[v]}, {vty} {cur[i][v]})"
+                )
                 cur[i][v] = nxt
-    o += ["  %cn = add i64 %ci, 1", "  %cm = icmp ult i64 %cn, %nc",
-          "  br i1 %cm, label %k, label %done", "done:"]
+    o += [
+        "  %cn = add i64 %ci, 1",
+        "  %cm = icmp ult i64 %cn, %nc",
+        "  br i1 %cm, label %k, label %done",
+        "done:",
+    ]
     plane = s.win.oh * s.win.ow
     cells = [(i, v) for i in range(mr) for v in range(nv)]
     for i, v in cells:
@@ -523,8 +627,10 @@ def _conv_ukernel(fname: str, s: ConvSpec, mr: int, vecs: list[Vec]) -> str:
     em = Emitter(o, lanes)
     for i in range(mr):
         if s.has_bias:
-            o += [f"  %bp{i} = getelementptr float, ptr %bias, i64 {i}",
-                  f"  %bs{i} = load float, ptr %bp{i}, align 4"]
+            o += [
+                f"  %bp{i} = getelementptr float, ptr %bias, i64 {i}",
+                f"  %bs{i} = load float, ptr %bp{i}, align 4",
+            ]
             splat(o, lanes, f"%bs{i}", f"%bv{i}")
     for i, v in cells:
         y = sums[(i, v)]
@@ -545,8 +651,15 @@ def _conv_ukernel(fname: str, s: ConvSpec, mr: int, vecs: list[Vec]) -> str:
     return "\n".join(o)
 
 
-def conv_kernel(name: str, s: ConvSpec, out: Operand, x: Operand, wp: Operand,
-                bias: Operand | None, panels: Operand | None = None) -> str:
+def conv_kernel(
+    name: str,
+    s: ConvSpec,
+    out: Operand,
+    x: Operand,
+    wp: Operand,
+    bias: Operand | None,
+    panels: Operand | None = None,
+) -> str:
     """LLVM IR of the direct convolution over (phase-plane) input ``x``; with ``s.packed``,
     ``panels`` holds one panel per part."""
     t = s.t
@@ -566,36 +679,50 @@ def conv_kernel(name: str, s: ConvSpec, out: Operand, x: Operand, wp: Operand,
     def call(L: list[str], xt: str, ot: str, vecs: list[Vec], blk: str, kb: str) -> None:
         j = counter[0]
         counter[0] += 1
-        L += [f"  %k{j}g = urem i64 %outer, {s.group}",
-              f"  %k{j}w0 = mul i64 %k{j}g, {s.mblocks * wblock}",
-              f"  %k{j}w1 = mul i64 {blk}, {wblock}", f"  %k{j}w2 = add i64 %k{j}w0, %k{j}w1",
-              f"  %k{j}w3 = mul i64 {kb}, {s.cb * s.kk * s.mr}",
-              f"  %k{j}w4 = add i64 %k{j}w2, %k{j}w3",
-              f"  %k{j}w = getelementptr float, ptr %a2, i64 %k{j}w4",
-              f"  %k{j}x0 = mul i64 {kb}, {s.cb * s.win.plane_stride}",
-              f"  %k{j}x = getelementptr float, ptr {xt}, i64 %k{j}x0",
-              f"  %k{j}c1 = mul i64 {kb}, {s.cb}", f"  %k{j}c2 = sub i64 {s.cg}, %k{j}c1",
-              f"  %k{j}nc = call i64 @llvm.smin.i64(i64 %k{j}c2, i64 {s.cb})",
-              f"  %k{j}acc = icmp ne i64 {kb}, 0",
-              f"  %k{j}last = icmp eq i64 {kb}, {s.kblocks - 1}",
-              f"  %k{j}b0 = mul i64 %k{j}g, {s.mg}", f"  %k{j}b1 = mul i64 {blk}, {s.mr}",
-              f"  %k{j}b2 = add i64 %k{j}b0, %k{j}b1",
-              f"  %k{j}b = getelementptr float, ptr %a3, i64 %k{j}b2",
-              f"  %k{j}o0 = mul i64 {blk}, {s.mr * plane}",
-              f"  %k{j}o = getelementptr float, ptr {ot}, i64 %k{j}o0"]
+        L += [
+            f"  %k{j}g = urem i64 %outer, {s.group}",
+            f"  %k{j}w0 = mul i64 %k{j}g, {s.mblocks * wblock}",
+            f"  %k{j}w1 = mul i64 {blk}, {wblock}",
+            f"  %k{j}w2 = add i64 %k{j}w0, %k{j}w1",
+            f"  %k{j}w3 = mul i64 {kb}, {s.cb * s.kk * s.mr}",
+            f"  %k{j}w4 = add i64 %k{j}w2, %k{j}w3",
+            f"  %k{j}w = getelementptr float, ptr %a2, i64 %k{j}w4",
+            f"  %k{j}x0 = mul i64 {kb}, {s.cb * s.win.plane_stride}",
+            f"  %k{j}x = getelementptr float, ptr {xt}, i64 %k{j}x0",
+            f"  %k{j}c1 = mul i64 {kb}, {s.cb}",
+            f"  %k{j}c2 = sub i64 {s.cg}, %k{j}c1",
+            f"  %k{j}nc = call i64 @llvm.smin.i64(i64 %k{j}c2, i64 {s.cb})",
+            f"  %k{j}acc = icmp ne i64 {kb}, 0",
+            f"  %k{j}last = icmp eq i64 {kb}, {s.kblocks - 1}",
+            f"  %k{j}b0 = mul i64 %k{j}g, {s.mg}",
+            f"  %k{j}b1 = mul i64 {blk}, {s.mr}",
+            f"  %k{j}b2 = add i64 %k{j}b0, %k{j}b1",
+            f"  %k{j}b = getelementptr float, ptr %a3, i64 %k{j}b2",
+            f"  %k{j}o0 = mul i64 {blk}, {s.mr * plane}",
+            f"  %k{j}o = getelementptr float, ptr {ot}, i64 %k{j}o0",
+        ]
         src = panel[0] if s.packed else f"%k{j}x"
-        args = (f"(ptr {src}, ptr %k{j}w, ptr %k{j}o, ptr %k{j}b, i64 %k{j}nc, i1 %k{j}acc, "
-                f"i1 %k{j}last)")
+        args = (
+            f"(ptr {src}, ptr %k{j}w, ptr %k{j}o, ptr %k{j}b, i64 %k{j}nc, i1 %k{j}acc, "
+            f"i1 %k{j}last)"
+        )
         if not mtail:
             L.append(f"  call void @{ukernel(s.mr, vecs)}{args}")
             return
         if not fulls:
             L.append(f"  call void @{ukernel(mtail, vecs)}{args}")
             return
-        L += [f"  %k{j}full = icmp slt i64 {blk}, {fulls}",
-              f"  br i1 %k{j}full, label %k{j}f, label %k{j}t", f"k{j}f:",
-              f"  call void @{ukernel(s.mr, vecs)}{args}", f"  br label %k{j}j", f"k{j}t:",
-              f"  call void @{ukernel(mtail, vecs)}{args}", f"  br label %k{j}j", f"k{j}j:"]
+        L += [
+            f"  %k{j}full = icmp slt i64 {blk}, {fulls}",
+            f"  br i1 %k{j}full, label %k{j}f, label %k{j}t",
+            f"k{j}f:",
+            f"  call void @{ukernel(s.mr, vecs)}{args}",
+            f"  br label %k{j}j",
+            f"k{j}t:",
+            f"  call void @{ukernel(mtail, vecs)}{args}",
+            f"  br label %k{j}j",
+            f"k{j}j:",
+        ]
 
     panel = [""]
 
@@ -610,32 +737,48 @@ def conv_kernel(name: str, s: ConvSpec, out: Operand, x: Operand, wp: Operand,
             w, gap = s.win.ow, s.win.wq - s.win.ow
             ity = f"<{lanes} x i64>"
             ids = "<" + ", ".join(f"i64 {i}" for i in range(lanes)) + ">"
-            L += [f"  {p}pa = ptrtoint ptr {xt} to i64", f"  {p}pb = ptrtoint ptr %xbase to i64",
-                  f"  {p}pc = sub i64 {p}pa, {p}pb", f"  {p}px = udiv exact i64 {p}pc, 4"]
+            L += [
+                f"  {p}pa = ptrtoint ptr {xt} to i64",
+                f"  {p}pb = ptrtoint ptr %xbase to i64",
+                f"  {p}pc = sub i64 {p}pa, {p}pb",
+                f"  {p}px = udiv exact i64 {p}pc, 4",
+            ]
             for v, (xo, _, _) in enumerate(vecs):
                 q = f"{p}s{v}"
-                L += [f"  {q}f = add i64 {p}px, {xo}", f"  {q}r = udiv i64 {q}f, {w}",
-                      f"  {q}c = urem i64 {q}f, {w}", f"  {q}o0 = mul i64 {q}r, {s.win.wq}",
-                      f"  {q}o = add i64 {q}o0, {q}c", f"  {q}n = sub i64 {w}, {q}c",
-                      f"  {q}ni = insertelement {ity} poison, i64 {q}n, i64 0",
-                      f"  {q}ns = shufflevector {ity} {q}ni, {ity} poison, "
-                      f"<{lanes} x i32> zeroinitializer",
-                      f"  {q}m = icmp ult {ity} {ids}, {q}ns"]
+                L += [
+                    f"  {q}f = add i64 {p}px, {xo}",
+                    f"  {q}r = udiv i64 {q}f, {w}",
+                    f"  {q}c = urem i64 {q}f, {w}",
+                    f"  {q}o0 = mul i64 {q}r, {s.win.wq}",
+                    f"  {q}o = add i64 {q}o0, {q}c",
+                    f"  {q}n = sub i64 {w}, {q}c",
+                    f"  {q}ni = insertelement {ity} poison, i64 {q}n, i64 0",
+                    f"  {q}ns = shufflevector {ity} {q}ni, {ity} poison, "
+                    f"<{lanes} x i32> zeroinitializer",
+                    f"  {q}m = icmp ult {ity} {ids}, {q}ns",
+                ]
             base = "%xbase"
-        L += [f"  {p}o = mul i64 %part, {s.panel_bytes}",
-              f"  {p}pan = getelementptr i8, ptr %a4, i64 {p}o",
-              f"  {p}x0 = mul i64 {kb}, {s.cb * ps}",
-              f"  {p}x = getelementptr float, ptr {base}, i64 {p}x0",
-              f"  {p}c1 = mul i64 {kb}, {s.cb}", f"  {p}c2 = sub i64 {s.cg}, {p}c1",
-              f"  {p}nc = call i64 @llvm.smin.i64(i64 {p}c2, i64 {s.cb})",
-              f"  br label %q{j}pre", f"q{j}pre:", f"  br label %q{j}h", f"q{j}h:",
-              f"  {p}c = phi i64 [0, %q{j}pre], [{p}cn, %q{j}b]",
-              f"  {p}cm = icmp slt i64 {p}c, {p}nc",
-              f"  br i1 {p}cm, label %q{j}b, label %q{j}x", f"q{j}b:",
-              f"  {p}so = mul i64 {p}c, {ps}",
-              f"  {p}src = getelementptr float, ptr {p}x, i64 {p}so",
-              f"  {p}do = mul i64 {p}c, {s.kk * tw}",
-              f"  {p}dst = getelementptr float, ptr {p}pan, i64 {p}do"]
+        L += [
+            f"  {p}o = mul i64 %part, {s.panel_bytes}",
+            f"  {p}pan = getelementptr i8, ptr %a4, i64 {p}o",
+            f"  {p}x0 = mul i64 {kb}, {s.cb * ps}",
+            f"  {p}x = getelementptr float, ptr {base}, i64 {p}x0",
+            f"  {p}c1 = mul i64 {kb}, {s.cb}",
+            f"  {p}c2 = sub i64 {s.cg}, {p}c1",
+            f"  {p}nc = call i64 @llvm.smin.i64(i64 {p}c2, i64 {s.cb})",
+            f"  br label %q{j}pre",
+            f"q{j}pre:",
+            f"  br label %q{j}h",
+            f"q{j}h:",
+            f"  {p}c = phi i64 [0, %q{j}pre], [{p}cn, %q{j}b]",
+            f"  {p}cm = icmp slt i64 {p}c, {p}nc",
+            f"  br i1 {p}cm, label %q{j}b, label %q{j}x",
+            f"q{j}b:",
+            f"  {p}so = mul i64 {p}c, {ps}",
+            f"  {p}src = getelementptr float, ptr {p}x, i64 {p}so",
+            f"  {p}do = mul i64 {p}c, {s.kk * tw}",
+            f"  {p}dst = getelementptr float, ptr {p}pan, i64 {p}do",
+        ]
         if s.split:
             for v in range(len(vecs)):
                 L.append(f"  {p}r{v} = getelementptr float, ptr {p}src, i64 {p}s{v}o")
@@ -650,32 +793,62 @@ def conv_kernel(name: str, s: ConvSpec, out: Operand, x: Operand, wp: Operand,
                 else:
                     val = load_tile(L, f"{p}v{k}_{v}", f"{p}src", off + xo, lanes, va, s.safe)
                 d = k * tw + v * lanes
-                L += [f"  {p}d{k}_{v} = getelementptr float, ptr {p}dst, i64 {d}",
-                      f"  store {vty} {val}, ptr {p}d{k}_{v}, align 4"]
+                L += [
+                    f"  {p}d{k}_{v} = getelementptr float, ptr {p}dst, i64 {d}",
+                    f"  store {vty} {val}, ptr {p}d{k}_{v}, align 4",
+                ]
         L += [f"  {p}cn = add i64 {p}c, 1", f"  br label %q{j}h", f"q{j}x:"]
         panel[0] = f"{p}pan"
 
-    L = tile_driver(name, t, s.n * s.group, s.cg * s.win.plane_stride, s.mg * plane,
-                    5 if s.packed else 4, s.mblocks, s.kblocks, call, s.per_unit,
-                    pack if s.packed else None)
+    L = tile_driver(
+        name,
+        t,
+        s.n * s.group,
+        s.cg * s.win.plane_stride,
+        s.mg * plane,
+        5 if s.packed else 4,
+        s.mblocks,
+        s.kblocks,
+        call,
+        s.per_unit,
+        pack if s.packed else None,
+    )
     parts = [_conv_ukernel(fn, s, mr, list(vecs)) for (mr, vecs), fn in kernels.items()]
-    return "\n".join([wrapper(name, [out, x, wp, bias, *([panels] if s.packed else [])]),
-                      "\n".join(L), *parts])
+    return "\n".join(
+        [wrapper(name, [out, x, wp, bias, *([panels] if s.packed else [])]), "\n".join(L), *parts]
+    )
 
 
-def prep_conv_kernel(name: str, s: ConvSpec, lanes: int, out: Operand, x: Operand,
-                     wp: Operand, bias: Operand | None, planes: Operand,
-                     panels: Operand | None) -> str:
+def prep_conv_kernel(
+    name: str,
+    s: ConvSpec,
+    lanes: int,
+    out: Operand,
+    x: Operand,
+    wp: Operand,
+    bias: Operand | None,
+    planes: Operand,
+    panels: Operand | None,
+) -> str:
     """LLVM IR of one serial kernel writing the phase planes and then convolving them."""
     dummy = Operand(0)
-    parts = [prep_kernel(f"{name}_pp", s.win, dummy, dummy, 0.0, lanes),
-             conv_kernel(f"{name}_cv", s, dummy, dummy, dummy, bias and dummy,
-                         panels and dummy)]
+    parts = [
+        prep_kernel(f"{name}_pp", s.win, dummy, dummy, 0.0, lanes),
+        conv_kernel(f"{name}_cv", s, dummy, dummy, dummy, bias and dummy, panels and dummy),
+    ]
     extra = ", ptr %a5" if s.packed else ""
-    L = [body_header(name, 6), "entry:",
-         "  call void @" + name + "_pp_body(ptr %a4, ptr %a1, i64 0, i64 1)",
-         "  call void @" + name + "_cv_body(ptr %a0, ptr %a4, ptr %a2, ptr %a3" + extra
-         + ", i64 %part, i64 %nparts)", "  ret void", "}"]
+    L = [
+        body_header(name, 6),
+        "entry:",
+        "  call void @" + name + "_pp_body(ptr %a4, ptr %a1, i64 0, i64 1)",
+        "  call void @"
+        + name
+        + "_cv_body(ptr %a0, ptr %a4, ptr %a2, ptr %a3"
+        + extra
+        + ", i64 %part, i64 %nparts)",
+        "  ret void",
+        "}",
+    ]
     return "\n".join([wrapper(name, [out, x, wp, bias, planes, panels]), "\n".join(L), *parts])
 
 
@@ -759,8 +932,9 @@ def choose_tile(mg: int, width: int, depth: int, lanes: int, flat: bool) -> tupl
     return best[1], best[2]
 
 
-def _fold_batch_norm(lw: Lowerer, out: Value, w: np.ndarray, bias: Value | None
-                     ) -> tuple[Node, np.ndarray, np.ndarray] | None:
+def _fold_batch_norm(
+    lw: Lowerer, out: Value, w: np.ndarray, bias: Value | None
+) -> tuple[Node, np.ndarray, np.ndarray] | None:
     """When the conv's only reader is an inference batch norm with constant parameters, the
     weights and bias that give the normalized output directly (computed in float64):
     w·s and (b - mean)·s + beta per output channel, s = scale / sqrt(var + eps)."""
@@ -769,12 +943,18 @@ def _fold_batch_norm(lw: Lowerer, out: Value, w: np.ndarray, bias: Value | None
         return None
     bn = users[0]
     params = bn.inputs[1:]
-    if bn.inputs[0] is not out or len(params) != 4 or (bias is not None and not bias.is_const) \
-            or not all(p is not None and p.is_const for p in params):
+    if (
+        bn.inputs[0] is not out
+        or len(params) != 4
+        or (bias is not None and not bias.is_const)
+        or not all(p is not None and p.is_const for p in params)
+    ):
         return None
     m = w.shape[0]
-    scale, beta, mean, var = (np.asarray(p.data, np.float64).reshape(-1)  # type: ignore
-                              for p in params)
+    scale, beta, mean, var = (
+        np.asarray(p.data, np.float64).reshape(-1)  # type: ignore
+        for p in params
+    )
     if any(a.shape != (m,) for a in (scale, beta, mean, var)):
         return None
     s = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
@@ -794,8 +974,9 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
     if not w.is_const or act not in ACTIVATIONS:
         return False
     wshape = tuple(int(d) for d in w.type.shape)
-    geo = window_2d(tuple(int(d) for d in x.type.shape), tuple(int(d) for d in out.type.shape),
-                    wshape[2:], at)
+    geo = window_2d(
+        tuple(int(d) for d in x.type.shape), tuple(int(d) for d in out.type.shape), wshape[2:], at
+    )
     if geo is None:
         return False
     (n, c, h, wd), (oh, ow), (kh, kw), st, pads, dil = geo
@@ -814,8 +995,12 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
             bias = Value(f"{name}_bias", bn.inputs[1].type, data=bdata)  # type: ignore
             lw.extra[id(bias)] = bdata
         post = lw.post_op(out)
-        if post is not None and len(post[1]) == 2 and post[1][1] == ("in", 0) \
-                and post[1][0] in ACTIVATIONS:
+        if (
+            post is not None
+            and len(post[1]) == 2
+            and post[1][1] == ("in", 0)
+            and post[1][0] in ACTIVATIONS
+        ):
             lw.absorbed.add(id(post[0]))
             out, act, name = post[0].outputs[0], post[1][0], f"{name}_{post[1][0]}"
     win = Window(n * c, h, wd, kh, kw, oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
@@ -825,25 +1010,50 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
         flat = win.flat or split
         mr, nv = choose_tile(m // group, oh * ow if flat else ow, cg * kh * kw, lanes, flat)
         mblocks = -(-(m // group) // mr)
-        per_unit = blocks_per_unit(mblocks, 4 * mr * cg * kh * kw, n * group,
-                                   lw.threads * CHUNKS_PER_THREAD)
+        per_unit = blocks_per_unit(
+            mblocks, 4 * mr * cg * kh * kw, n * group, lw.threads * CHUNKS_PER_THREAD
+        )
         sharing = per_unit if 0 < per_unit < mblocks else mblocks
-        pack = PACK if PACK is not None else sharing >= PACK_BLOCKS and (
-            win.flat or win.stride != (1, 1))
+        pack = (
+            PACK
+            if PACK is not None
+            else sharing >= PACK_BLOCKS and (win.flat or win.stride != (1, 1))
+        )
         # Packed rows that end in a partial tile: tile the flat output instead (SPLIT).
-        if split or not (pack and SPLIT and not win.flat and win.prep and ow >= lanes
-                         and ow % (nv * lanes)):
+        if split or not (
+            pack and SPLIT and not win.flat and win.prep and ow >= lanes and ow % (nv * lanes)
+        ):
             break
         split = True
-    til = Tiling(1, oh * ow, 0, 0, lanes, nv, max(1, 256 // (nv * lanes)), 1) if split \
+    til = (
+        Tiling(1, oh * ow, 0, 0, lanes, nv, max(1, 256 // (nv * lanes)), 1)
+        if split
         else tiling(win, lanes, nv)
-    spec = ConvSpec(win, n, c, m, group, mr, til, bias is not None, act, win.prep,
-                    channel_block(win, cg, mr, til, pack), per_unit, pack, split)
+    )
+    spec = ConvSpec(
+        win,
+        n,
+        c,
+        m,
+        group,
+        mr,
+        til,
+        bias is not None,
+        act,
+        win.prep,
+        channel_block(win, cg, mr, til, pack),
+        per_unit,
+        pack,
+        split,
+    )
     packed = Value(f"{name}_wpack", w.type, data=pack_weights(wdata, group, mr))
     lw.extra[id(packed)] = packed.data  # type: ignore[assignment]
     steps: list[Step] = []
-    panels = Scratch(f"{name}_panels", lw.threads * CHUNKS_PER_THREAD * spec.panel_bytes) \
-        if pack else None
+    panels = (
+        Scratch(f"{name}_panels", lw.threads * CHUNKS_PER_THREAD * spec.panel_bytes)
+        if pack
+        else None
+    )
     parallel = worth_splitting(spec.flops)
     prep_parallel = parallel or worth_splitting(nbytes=prep_bytes(win, lanes))
     src: Ref = x
@@ -852,31 +1062,68 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
         planes = Scratch(f"{name}_planes", prep_bytes(win, lanes))
 
         def gen_both(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return prep_conv_kernel(name, spec, lanes, loc(out), loc(x),  # type: ignore
-                                    loc(packed), loc(bias), loc(planes), loc(panels))
+            return prep_conv_kernel(
+                name,
+                spec,
+                lanes,
+                loc(out),
+                loc(x),  # type: ignore
+                loc(packed),
+                loc(bias),
+                loc(planes),
+                loc(panels),
+            )
 
-        steps.append(Step(name, [x, packed, planes, *[r for r in (bias, panels) if r]], [out],
-                          gen_both, op=node.op))
+        steps.append(
+            Step(
+                name,
+                [x, packed, planes, *[r for r in (bias, panels) if r]],
+                [out],
+                gen_both,
+                op=node.op,
+            )
+        )
         lw.steps += steps
         return True
     if win.prep:
         planes = Scratch(f"{name}_planes", prep_bytes(win, lanes))
 
         def gen_prep(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return prep_kernel(f"{name}_prep", win, loc(x), loc(planes), 0.0,  # type: ignore
-                               lanes)
+            return prep_kernel(
+                f"{name}_prep",
+                win,
+                loc(x),
+                loc(planes),
+                0.0,  # type: ignore
+                lanes,
+            )
 
-        steps.append(Step(f"{name}_prep", [x], [planes], gen_prep, parallel=prep_parallel,
-                          op="pad"))
+        steps.append(
+            Step(f"{name}_prep", [x], [planes], gen_prep, parallel=prep_parallel, op="pad")
+        )
         src = planes
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return conv_kernel(name, spec, loc(out), loc(src), loc(packed), loc(bias),  # type: ignore
-                           loc(panels))
+        return conv_kernel(
+            name,
+            spec,
+            loc(out),
+            loc(src),
+            loc(packed),
+            loc(bias),  # type: ignore
+            loc(panels),
+        )
 
-    steps.append(Step(name, [src, packed, *[r for r in (bias, panels) if r is not None]], [out],
-                      gen, parallel=parallel, op=node.op,
-                      units=driver_units(til, n * group, spec.mblocks, spec.per_unit)))
+    steps.append(
+        Step(
+            name,
+            [src, packed, *[r for r in (bias, panels) if r is not None]],
+            [out],
+            gen,
+            parallel=parallel,
+            op=node.op,
+            units=driver_units(til, n * group, spec.mblocks, spec.per_unit),
+        )
+    )
     lw.steps += steps
     return True
-

@@ -99,15 +99,26 @@ def apply_expr(expr: Expr, em: Emitter, leaves: list[str]) -> str:
 # dtype -> (LLVM type of one element in memory, kind): "f" fp32, "b" bool (a 0/1 byte, i1 once
 # loaded), "s" signed and "u" unsigned integers.
 LEAF_TYPES: dict[str, tuple[str, str]] = {
-    "float32": ("float", "f"), "bool": ("i8", "b"),
-    "int8": ("i8", "s"), "int16": ("i16", "s"), "int32": ("i32", "s"), "int64": ("i64", "s"),
-    "uint8": ("i8", "u"), "uint16": ("i16", "u"), "uint32": ("i32", "u"), "uint64": ("i64", "u")}
+    "float32": ("float", "f"),
+    "bool": ("i8", "b"),
+    "int8": ("i8", "s"),
+    "int16": ("i16", "s"),
+    "int32": ("i32", "s"),
+    "int64": ("i64", "s"),
+    "uint8": ("i8", "u"),
+    "uint16": ("i16", "u"),
+    "uint32": ("i32", "u"),
+    "uint64": ("i64", "u"),
+}
 # op -> (fcmp predicate, signed icmp predicate, unsigned icmp predicate). The ordered fcmp
 # predicates are false when either side is NaN, as numpy's comparisons are.
 COMPARISONS: dict[str, tuple[str, str, str]] = {
-    "equal": ("oeq", "eq", "eq"), "less": ("olt", "slt", "ult"),
-    "less_equal": ("ole", "sle", "ule"), "greater": ("ogt", "sgt", "ugt"),
-    "greater_equal": ("oge", "sge", "uge")}
+    "equal": ("oeq", "eq", "eq"),
+    "less": ("olt", "slt", "ult"),
+    "less_equal": ("ole", "sle", "ule"),
+    "greater": ("ogt", "sgt", "ugt"),
+    "greater_equal": ("oge", "sge", "uge"),
+}
 LOGIC_OPS = frozenset({"and", "or"})
 FLOAT_UNARY = UNARY_OPS | {"gelu_tanh"}
 # The ops a typed expression may hold besides fp32 maths.
@@ -258,8 +269,9 @@ class _Typed:
         a, b = self.ty(src), self.ty(dst)
         zero = "zeroinitializer" if self.em.lanes > 1 else ("0.0" if sk == "f" else "0")
         if dk == "b":
-            return self.line(f"fcmp une {a} {v}, {zero}" if sk == "f" else
-                             f"icmp ne {a} {v}, {zero}")
+            return self.line(
+                f"fcmp une {a} {v}, {zero}" if sk == "f" else f"icmp ne {a} {v}, {zero}"
+            )
         if dk == "f":
             conv = "sitofp" if sk == "s" else "uitofp"  # bools convert as unsigned 0/1
             return self.line(f"{conv} {a} {v} to {b}")
@@ -302,13 +314,21 @@ def _leaf_lines(L: list[str], dtype: str, name: str, ptr: str, lanes: int) -> No
         L.append(f"  {name} = load {vty}, ptr {ptr}, align {size}")
         return
     zero = "0" if lanes == 1 else "zeroinitializer"
-    L += [f"  {name}b = load {vty}, ptr {ptr}, align 1",
-          f"  {name} = icmp ne {vty} {name}b, {zero}"]
+    L += [
+        f"  {name}b = load {vty}, ptr {ptr}, align 1",
+        f"  {name} = icmp ne {vty} {name}b, {zero}",
+    ]
 
 
-def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
-              ins: Sequence[tuple[Operand, Sequence[int]]], lanes: int,
-              dtypes: Sequence[str] | None = None) -> str:
+def ew_kernel(
+    name: str,
+    expr: Expr,
+    out: Operand,
+    out_shape: Sequence[int],
+    ins: Sequence[tuple[Operand, Sequence[int]]],
+    lanes: int,
+    dtypes: Sequence[str] | None = None,
+) -> str:
     """LLVM IR of a kernel computing ``expr`` over broadcast inputs into ``out``.
 
     ``dtypes``: the inputs' dtypes (default: all float32). An fp32 expression over fp32 inputs
@@ -323,8 +343,10 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
         pinned = pin_consts(expr, dts)
         out_dtype = None if pinned is None else _infer(pinned, dts, {})
         if pinned is None or out_dtype is None:
-            raise CodegenError(f"kernel {name}: expression {expr!r} over {dts} has an op "
-                               "without a lowering or operands of differing dtypes")
+            raise CodegenError(
+                f"kernel {name}: expression {expr!r} over {dts} has an op "
+                "without a lowering or operands of differing dtypes"
+            )
         expr = pinned
     else:
         out_dtype = "float32"
@@ -343,8 +365,12 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
     # so the output's offset and each row's start must keep that alignment. (Narrow outputs
     # stream only in whole 16-byte vectors.)
     align = min(BASE_ALIGN, osize * lanes)
-    stream = (osize * n * rows >= STREAM_BYTES and out.offset % BASE_ALIGN == 0
-              and (rows == 1 or (osize * n) % align == 0) and osize * lanes >= 16)
+    stream = (
+        osize * n * rows >= STREAM_BYTES
+        and out.offset % BASE_ALIGN == 0
+        and (rows == 1 or (osize * n) % align == 0)
+        and osize * lanes >= 16
+    )
     vstore = f"align {align}, !nontemporal !{{i32 1}}" if stream else f"align {osize}"
     L: list[str] = [body_header(name, nin + 1), "entry:"]
     if rows == 1:
@@ -353,18 +379,25 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
     else:
         share(L, rows, 1, "%r0", "%r1")
         L += ["  %lo = add i64 0, 0", f"  %hi = add i64 {n}, 0"]
-    L += ["  %span = sub i64 %hi, %lo", f"  %nv = and i64 %span, {-lanes}",
-          "  %vend = add i64 %lo, %nv", "  %any = icmp ult i64 %r0, %r1",
-          "  br i1 %any, label %row, label %done", "row:",
-          "  %r = phi i64 [%r0, %entry], [%rn, %rowend]"]
+    L += [
+        "  %span = sub i64 %hi, %lo",
+        f"  %nv = and i64 %span, {-lanes}",
+        "  %vend = add i64 %lo, %nv",
+        "  %any = icmp ult i64 %r0, %r1",
+        "  br i1 %any, label %row, label %done",
+        "row:",
+        "  %r = phi i64 [%r0, %entry], [%rn, %rowend]",
+    ]
     # Per-row base offsets of every input (outer dims by div/mod with constants).
     for k in range(nin):
         terms, inner = [], 1
         for d in range(len(shape) - 2, -1, -1):
             if strides[k][d]:
-                L += [f"  %q{k}_{d} = udiv i64 %r, {inner}",
-                      f"  %i{k}_{d} = urem i64 %q{k}_{d}, {shape[d]}",
-                      f"  %t{k}_{d} = mul i64 %i{k}_{d}, {strides[k][d]}"]
+                L += [
+                    f"  %q{k}_{d} = udiv i64 %r, {inner}",
+                    f"  %i{k}_{d} = urem i64 %q{k}_{d}, {shape[d]}",
+                    f"  %t{k}_{d} = mul i64 %i{k}_{d}, {strides[k][d]}",
+                ]
                 terms.append(f"%t{k}_{d}")
             inner *= shape[d]
         acc = "0"
@@ -377,49 +410,75 @@ def ew_kernel(name: str, expr: Expr, out: Operand, out_shape: Sequence[int],
             kvty = _vec(vt, lanes)
             L.append(f"  %sp{k} = getelementptr {ety}, ptr %a{k + 1}, i64 %base{k}")
             _leaf_lines(L, dts[k], f"%sc{k}", f"%sp{k}", 1)
-            L += [f"  %si{k} = insertelement {kvty} poison, {vt} %sc{k}, i64 0",
-                  f"  %sv{k} = shufflevector {kvty} %si{k}, {kvty} poison, "
-                  f"<{lanes} x i32> zeroinitializer"]
-    L += [f"  %obase = mul i64 %r, {n}", "  %hasv = icmp ult i64 %lo, %vend",
-          "  br i1 %hasv, label %vloop, label %vexit", "vloop:",
-          "  %j = phi i64 [%lo, %row], [%jn, %vloop]"]
+            L += [
+                f"  %si{k} = insertelement {kvty} poison, {vt} %sc{k}, i64 0",
+                f"  %sv{k} = shufflevector {kvty} %si{k}, {kvty} poison, "
+                f"<{lanes} x i32> zeroinitializer",
+            ]
+    L += [
+        f"  %obase = mul i64 %r, {n}",
+        "  %hasv = icmp ult i64 %lo, %vend",
+        "  br i1 %hasv, label %vloop, label %vexit",
+        "vloop:",
+        "  %j = phi i64 [%lo, %row], [%jn, %vloop]",
+    ]
     leaves = []
     for k in range(nin):
         if strides[k][-1] == 0:
             leaves.append(f"%sv{k}")
             continue
-        L += [f"  %vi{k} = add i64 %base{k}, %j",
-              f"  %vp{k} = getelementptr {LEAF_TYPES[dts[k]][0]}, ptr %a{k + 1}, i64 %vi{k}"]
+        L += [
+            f"  %vi{k} = add i64 %base{k}, %j",
+            f"  %vp{k} = getelementptr {LEAF_TYPES[dts[k]][0]}, ptr %a{k + 1}, i64 %vi{k}",
+        ]
         _leaf_lines(L, dts[k], f"%vl{k}", f"%vp{k}", lanes)
         leaves.append(f"%vl{k}")
     res = _emit(expr, typed, Emitter(L, lanes), leaves, dts)
     res = _store_value(L, res, out_dtype, lanes, "%vz")
-    L += ["  %vo = add i64 %obase, %j", f"  %vop = getelementptr {oty}, ptr %a0, i64 %vo",
-          f"  store {_vec(oty, lanes)} {res}, ptr %vop, {vstore}",
-          f"  %jn = add i64 %j, {lanes}",
-          "  %vmore = icmp ult i64 %jn, %vend", "  br i1 %vmore, label %vloop, label %vexit",
-          "vexit:", "  %hass = icmp ult i64 %vend, %hi",
-          "  br i1 %hass, label %sloop, label %rowend", "sloop:",
-          "  %s = phi i64 [%vend, %vexit], [%sn, %sloop]"]
+    L += [
+        "  %vo = add i64 %obase, %j",
+        f"  %vop = getelementptr {oty}, ptr %a0, i64 %vo",
+        f"  store {_vec(oty, lanes)} {res}, ptr %vop, {vstore}",
+        f"  %jn = add i64 %j, {lanes}",
+        "  %vmore = icmp ult i64 %jn, %vend",
+        "  br i1 %vmore, label %vloop, label %vexit",
+        "vexit:",
+        "  %hass = icmp ult i64 %vend, %hi",
+        "  br i1 %hass, label %sloop, label %rowend",
+        "sloop:",
+        "  %s = phi i64 [%vend, %vexit], [%sn, %sloop]",
+    ]
     leaves = []
     for k in range(nin):
         if strides[k][-1] == 0:
             leaves.append(f"%sc{k}")
             continue
-        L += [f"  %xi{k} = add i64 %base{k}, %s",
-              f"  %xp{k} = getelementptr {LEAF_TYPES[dts[k]][0]}, ptr %a{k + 1}, i64 %xi{k}"]
+        L += [
+            f"  %xi{k} = add i64 %base{k}, %s",
+            f"  %xp{k} = getelementptr {LEAF_TYPES[dts[k]][0]}, ptr %a{k + 1}, i64 %xi{k}",
+        ]
         _leaf_lines(L, dts[k], f"%xl{k}", f"%xp{k}", 1)
         leaves.append(f"%xl{k}")
     res = _emit(expr, typed, Emitter(L, 1), leaves, dts)
     res = _store_value(L, res, out_dtype, 1, "%sz")
-    L += ["  %so = add i64 %obase, %s", f"  %sop = getelementptr {oty}, ptr %a0, i64 %so",
-          f"  store {oty} {res}, ptr %sop, align {osize}", "  %sn = add i64 %s, 1",
-          "  %smore = icmp ult i64 %sn, %hi", "  br i1 %smore, label %sloop, label %rowend",
-          "rowend:", "  %rn = add i64 %r, 1", "  %rmore = icmp ult i64 %rn, %r1",
-          "  br i1 %rmore, label %row, label %done", "done:",
-          # Streaming stores are weakly ordered: fence them before this share counts as done,
-          # so another core that reads the output next sees every value.
-          *(["  call void @sat_store_fence()"] if stream else []), "  ret void", "}"]
+    L += [
+        "  %so = add i64 %obase, %s",
+        f"  %sop = getelementptr {oty}, ptr %a0, i64 %so",
+        f"  store {oty} {res}, ptr %sop, align {osize}",
+        "  %sn = add i64 %s, 1",
+        "  %smore = icmp ult i64 %sn, %hi",
+        "  br i1 %smore, label %sloop, label %rowend",
+        "rowend:",
+        "  %rn = add i64 %r, 1",
+        "  %rmore = icmp ult i64 %rn, %r1",
+        "  br i1 %rmore, label %row, label %done",
+        "done:",
+        # Streaming stores are weakly ordered: fence them before this share counts as done,
+        # so another core that reads the output next sees every value.
+        *(["  call void @sat_store_fence()"] if stream else []),
+        "  ret void",
+        "}",
+    ]
     return wrapper(name, [out] + [o for o, _ in ins]) + "\n" + "\n".join(L)
 
 

@@ -39,7 +39,7 @@ from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 # 3-4% at 8 rows.
 B_PANEL_BYTES = 32 << 10
 FEW_ROW_PANELS = 4
-MC = 96   # row block: an MC×KC A block (192 KiB at KC = 512) stays in L2 across all B panels
+MC = 96  # row block: an MC×KC A block (192 KiB at KC = 512) stays in L2 across all B panels
 # A part packs A when it has at least this many B panels (fewer when rows are 4 KiB apart).
 PACK_MIN_PANELS = 32
 PACK_MIN_PANELS_ALIASED = 16
@@ -62,7 +62,7 @@ class GemmSpec:
     n: int
     k: int
     a_batch_stride: int  # elements
-    b_batched: bool      # packed B differs per batch
+    b_batched: bool  # packed B differs per batch
     has_bias: bool
     has_res: bool
     act: str
@@ -141,9 +141,10 @@ def pack_b_numpy(b: np.ndarray, nr: int) -> np.ndarray:
 
 
 def _splat(lines: list[str], vty: str, lanes: int, scalar: str, name: str) -> str:
-    lines += [f"  {name}i = insertelement {vty} poison, float {scalar}, i64 0",
-              f"  {name} = shufflevector {vty} {name}i, {vty} poison, "
-              f"<{lanes} x i32> zeroinitializer"]
+    lines += [
+        f"  {name}i = insertelement {vty} poison, float {scalar}, i64 0",
+        f"  {name} = shufflevector {vty} {name}i, {vty} poison, <{lanes} x i32> zeroinitializer",
+    ]
     return name
 
 
@@ -157,27 +158,45 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
     """
     L, nv, vty = s.lanes, s.nr // s.lanes, vec_type(s.lanes)
     rs, ks = (1, s.mr) if packed else (s.k, 1)  # A(i, k) at a + i·rs + k·ks
-    out = [f"define internal void @{name}_{'u' if packed else 'd'}{mr}(ptr noalias %a, "
-           "ptr noalias %bp, i64 %kc, ptr noalias %c, i64 %ldc, i1 %accum, i1 %last, "
-           "ptr noalias %bias, ptr noalias %res, ptr %pfb, ptr %pfl2) noinline {", "entry:"]
+    out = [
+        f"define internal void @{name}_{'u' if packed else 'd'}{mr}(ptr noalias %a, "
+        "ptr noalias %bp, i64 %kc, ptr noalias %c, i64 %ldc, i1 %accum, i1 %last, "
+        "ptr noalias %bias, ptr noalias %res, ptr %pfb, ptr %pfl2) noinline {",
+        "entry:",
+    ]
     # The C tile is needed after the k loop: start bringing its lines in now.
     for i in range(mr):
-        out += [f"  %pf{i}o = mul i64 %ldc, {i}",
-                f"  %pf{i} = getelementptr float, ptr %c, i64 %pf{i}o",
-                f"  call void @llvm.prefetch.p0(ptr %pf{i}, i32 1, i32 3, i32 1)",
-                f"  %pg{i} = getelementptr float, ptr %pf{i}, i64 {s.nr - 1}",
-                f"  call void @llvm.prefetch.p0(ptr %pg{i}, i32 1, i32 3, i32 1)"]
-    acc = fma_tile(out, L, mr, nv, a=("%a", rs, ks), b=("%bp", s.nr), ksets=_ksets(mr, nv),
-                   prefetch=("%pfb", "%pfl2"))
+        out += [
+            f"  %pf{i}o = mul i64 %ldc, {i}",
+            f"  %pf{i} = getelementptr float, ptr %c, i64 %pf{i}o",
+            f"  call void @llvm.prefetch.p0(ptr %pf{i}, i32 1, i32 3, i32 1)",
+            f"  %pg{i} = getelementptr float, ptr %pf{i}, i64 {s.nr - 1}",
+            f"  call void @llvm.prefetch.p0(ptr %pg{i}, i32 1, i32 3, i32 1)",
+        ]
+    acc = fma_tile(
+        out,
+        L,
+        mr,
+        nv,
+        a=("%a", rs, ks),
+        b=("%bp", s.nr),
+        ksets=_ksets(mr, nv),
+        prefetch=("%pfb", "%pfl2"),
+    )
     for i in range(mr):
         for v in range(nv):
-            out += [f"  %o{i}_{v} = mul i64 %ldc, {i}", f"  %q{i}_{v} = add i64 %o{i}_{v}, {v * L}",
-                    f"  %cp{i}_{v} = getelementptr float, ptr %c, i64 %q{i}_{v}"]
+            out += [
+                f"  %o{i}_{v} = mul i64 %ldc, {i}",
+                f"  %q{i}_{v} = add i64 %o{i}_{v}, {v * L}",
+                f"  %cp{i}_{v} = getelementptr float, ptr %c, i64 %q{i}_{v}",
+            ]
     out += ["  br i1 %accum, label %addold, label %merge", "addold:"]
     for i in range(mr):
         for v in range(nv):
-            out += [f"  %old{i}_{v} = load {vty}, ptr %cp{i}_{v}, align 4",
-                    f"  %sum{i}_{v} = fadd {vty} %old{i}_{v}, {acc[i][v]}"]
+            out += [
+                f"  %old{i}_{v} = load {vty}, ptr %cp{i}_{v}, align 4",
+                f"  %sum{i}_{v} = fadd {vty} %old{i}_{v}, {acc[i][v]}",
+            ]
     out += ["  br label %merge", "merge:"]
     for i in range(mr):
         for v in range(nv):
@@ -188,12 +207,16 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
         em = Emitter(out, L)
         if s.has_bias and not s.bias_rows:
             for v in range(nv):
-                out += [f"  %bb{v} = getelementptr float, ptr %bias, i64 {v * L}",
-                        f"  %bv{v} = load {vty}, ptr %bb{v}, align 4"]
+                out += [
+                    f"  %bb{v} = getelementptr float, ptr %bias, i64 {v * L}",
+                    f"  %bv{v} = load {vty}, ptr %bb{v}, align 4",
+                ]
         for i in range(mr):
             if s.has_bias and s.bias_rows:
-                out += [f"  %br{i}p = getelementptr float, ptr %bias, i64 {i}",
-                        f"  %br{i} = load float, ptr %br{i}p, align 4"]
+                out += [
+                    f"  %br{i}p = getelementptr float, ptr %bias, i64 {i}",
+                    f"  %br{i} = load float, ptr %br{i}p, align 4",
+                ]
                 _splat(out, vty, L, f"%br{i}", f"%brv{i}")
             for v in range(nv):
                 x = final[i][v]
@@ -201,8 +224,10 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
                     x = em.add(x, f"%brv{i}" if s.bias_rows else f"%bv{v}")
                 x = em.unary(s.act, x)
                 if s.has_res:
-                    out += [f"  %rp{i}_{v} = getelementptr float, ptr %res, i64 %q{i}_{v}",
-                            f"  %rv{i}_{v} = load {vty}, ptr %rp{i}_{v}, align 4"]
+                    out += [
+                        f"  %rp{i}_{v} = getelementptr float, ptr %res, i64 %q{i}_{v}",
+                        f"  %rv{i}_{v} = load {vty}, ptr %rp{i}_{v}, align 4",
+                    ]
                     x = em.add(x, f"%rv{i}_{v}")
                 out.append(f"  %f{i}_{v} = fadd {vty} {x}, zeroinitializer")
         out += ["  br label %store", "store:"]
@@ -226,9 +251,16 @@ def _ksets(mr: int, nv: int) -> int:
     return sets
 
 
-def fma_tile(out: list[str], lanes: int, mr: int, nv: int, a: tuple[str, int, int],
-             b: tuple[str, int], ksets: int = 1,
-             prefetch: tuple[str, str] | None = None) -> list[list[str]]:
+def fma_tile(
+    out: list[str],
+    lanes: int,
+    mr: int,
+    nv: int,
+    a: tuple[str, int, int],
+    b: tuple[str, int],
+    ksets: int = 1,
+    prefetch: tuple[str, str] | None = None,
+) -> list[list[str]]:
     """The k loop of a register-tile FMA micro-kernel (GEMM's, attention's): the ``mr``×NR tile
     (NR = ``nv``·``lanes``) of ``A·B`` over ``k < %kc``, in mr·nv vector accumulators.
 
@@ -247,13 +279,35 @@ def fma_tile(out: list[str], lanes: int, mr: int, nv: int, a: tuple[str, int, in
     zero = [["zeroinitializer"] * nv for _ in range(mr)]
     start, init, pred = "0", zero, "%entry"
     if ksets > 1:
-        out += [f"  %kcu = and i64 %kc, {-ksets}", "  %khasu = icmp ugt i64 %kcu, 0",
-                "  br i1 %khasu, label %ku, label %ku.x", "ku:"]
-        _kloop(out, lanes, mr, nv, a, b, prefetch, "ku", "0", "%kcu", ksets, [zero] * ksets,
-               pred, "%ku.x")
+        out += [
+            f"  %kcu = and i64 %kc, {-ksets}",
+            "  %khasu = icmp ugt i64 %kcu, 0",
+            "  br i1 %khasu, label %ku, label %ku.x",
+            "ku:",
+        ]
+        _kloop(
+            out,
+            lanes,
+            mr,
+            nv,
+            a,
+            b,
+            prefetch,
+            "ku",
+            "0",
+            "%kcu",
+            ksets,
+            [zero] * ksets,
+            pred,
+            "%ku.x",
+        )
         out += ["ku.x:", f"  %kx = phi i64 [0, {pred}], [%kun, %ku]"]
-        out += [f"  %kx{i}_{v}s{j} = phi {vty} [zeroinitializer, {pred}], [%ku{i}_{v}s{j}, %ku]"
-                for i in range(mr) for v in range(nv) for j in range(ksets)]
+        out += [
+            f"  %kx{i}_{v}s{j} = phi {vty} [zeroinitializer, {pred}], [%ku{i}_{v}s{j}, %ku]"
+            for i in range(mr)
+            for v in range(nv)
+            for j in range(ksets)
+        ]
         init = [[f"%kt{i}_{v}" for v in range(nv)] for i in range(mr)]
         for i in range(mr):
             for v in range(nv):
@@ -264,19 +318,34 @@ def fma_tile(out: list[str], lanes: int, mr: int, nv: int, a: tuple[str, int, in
                     parts = [nxt, *parts[2:]]
                 out.append(f"  {init[i][v]} = fadd {vty} {parts[0]}, zeroinitializer")
         start, pred = "%kx", "%ku.x"
-    out += [f"  %krem = icmp ult i64 {start}, %kc", "  br i1 %krem, label %k, label %kdone",
-            "k:"]
+    out += [f"  %krem = icmp ult i64 {start}, %kc", "  br i1 %krem, label %k, label %kdone", "k:"]
     _kloop(out, lanes, mr, nv, a, b, prefetch, "k", start, "%kc", 1, [init], pred, "%kdone")
     out.append("kdone:")
     acc = [[f"%kd{i}_{v}" for v in range(nv)] for i in range(mr)]
-    out += [f"  {acc[i][v]} = phi {vty} [{init[i][v]}, {pred}], [%k{i}_{v}s0, %k]"
-            for i in range(mr) for v in range(nv)]
+    out += [
+        f"  {acc[i][v]} = phi {vty} [{init[i][v]}, {pred}], [%k{i}_{v}s0, %k]"
+        for i in range(mr)
+        for v in range(nv)
+    ]
     return acc
 
 
-def _kloop(out: list[str], lanes: int, mr: int, nv: int, a: tuple[str, int, int],
-           b: tuple[str, int], prefetch: tuple[str, str] | None, lab: str, start: str, end: str,
-           step: int, init: list[list[list[str]]], pred: str, exit_: str) -> None:
+def _kloop(
+    out: list[str],
+    lanes: int,
+    mr: int,
+    nv: int,
+    a: tuple[str, int, int],
+    b: tuple[str, int],
+    prefetch: tuple[str, str] | None,
+    lab: str,
+    start: str,
+    end: str,
+    step: int,
+    init: list[list[list[str]]],
+    pred: str,
+    exit_: str,
+) -> None:
     """``fma_tile``'s loop (block ``lab``, already opened; at least one turn): ``step`` k steps
     a turn from ``start`` while below ``end``, then on to ``exit_``; step j accumulates into set
     j, started from ``init[j]`` on entry from ``pred``. The updated accumulators are
@@ -287,68 +356,104 @@ def _kloop(out: list[str], lanes: int, mr: int, nv: int, a: tuple[str, int, int]
     for j in range(step):
         for i in range(mr):
             for v in range(nv):
-                out.append(f"  %{lab}a{i}_{v}s{j} = phi {vty} [{init[j][i][v]}, {pred}], "
-                           f"[%{lab}{i}_{v}s{j}, %{lab}]")
+                out.append(
+                    f"  %{lab}a{i}_{v}s{j} = phi {vty} [{init[j][i][v]}, {pred}], "
+                    f"[%{lab}{i}_{v}s{j}, %{lab}]"
+                )
     for j in range(step):
         kk = f"%{lab}k" if j == 0 else f"%{lab}k{j}"
         if j:
             out.append(f"  {kk} = add i64 %{lab}k, {j}")
         p = f"%{lab}{j}"
-        out += [f"  {p}bo = mul i64 {kk}, {ldb}",
-                f"  {p}bq = getelementptr float, ptr {bp}, i64 {p}bo",
-                f"  {p}ao = mul i64 {kk}, {ks}",
-                f"  {p}aq = getelementptr float, ptr {ap}, i64 {p}ao"]
+        out += [
+            f"  {p}bo = mul i64 {kk}, {ldb}",
+            f"  {p}bq = getelementptr float, ptr {bp}, i64 {p}bo",
+            f"  {p}ao = mul i64 {kk}, {ks}",
+            f"  {p}aq = getelementptr float, ptr {ap}, i64 {p}ao",
+        ]
         if prefetch is not None:
-            out += [f"  {p}pfq = getelementptr float, ptr {prefetch[0]}, i64 {p}bo",
-                    f"  call void @llvm.prefetch.p0(ptr {p}pfq, i32 0, i32 3, i32 1)",
-                    f"  {p}pfr = getelementptr float, ptr {prefetch[1]}, i64 {p}bo",
-                    f"  call void @llvm.prefetch.p0(ptr {p}pfr, i32 0, i32 2, i32 1)"]
+            out += [
+                f"  {p}pfq = getelementptr float, ptr {prefetch[0]}, i64 {p}bo",
+                f"  call void @llvm.prefetch.p0(ptr {p}pfq, i32 0, i32 3, i32 1)",
+                f"  {p}pfr = getelementptr float, ptr {prefetch[1]}, i64 {p}bo",
+                f"  call void @llvm.prefetch.p0(ptr {p}pfr, i32 0, i32 2, i32 1)",
+            ]
         for v in range(nv):
-            out += [f"  {p}bq{v} = getelementptr float, ptr {p}bq, i64 {v * lanes}",
-                    f"  {p}b{v} = load {vty}, ptr {p}bq{v}, align 4"]
+            out += [
+                f"  {p}bq{v} = getelementptr float, ptr {p}bq, i64 {v * lanes}",
+                f"  {p}b{v} = load {vty}, ptr {p}bq{v}, align 4",
+            ]
         for i in range(mr):
-            out += [f"  {p}ap{i} = getelementptr float, ptr {p}aq, i64 {i * rs}",
-                    f"  {p}as{i} = load float, ptr {p}ap{i}, align 4"]
+            out += [
+                f"  {p}ap{i} = getelementptr float, ptr {p}aq, i64 {i * rs}",
+                f"  {p}as{i} = load float, ptr {p}ap{i}, align 4",
+            ]
             _splat(out, vty, lanes, f"{p}as{i}", f"{p}av{i}")
             for v in range(nv):
-                out.append(f"  %{lab}{i}_{v}s{j} = call {vty} @llvm.fma.v{lanes}f32("
-                           f"{vty} {p}av{i}, {vty} {p}b{v}, {vty} %{lab}a{i}_{v}s{j})")
-    out += [f"  %{lab}n = add i64 %{lab}k, {step}", f"  %{lab}more = icmp ult i64 %{lab}n, {end}",
-            f"  br i1 %{lab}more, label %{lab}, label {exit_}"]
+                out.append(
+                    f"  %{lab}{i}_{v}s{j} = call {vty} @llvm.fma.v{lanes}f32("
+                    f"{vty} {p}av{i}, {vty} {p}b{v}, {vty} %{lab}a{i}_{v}s{j})"
+                )
+    out += [
+        f"  %{lab}n = add i64 %{lab}k, {step}",
+        f"  %{lab}more = icmp ult i64 %{lab}n, {end}",
+        f"  br i1 %{lab}more, label %{lab}, label {exit_}",
+    ]
 
 
 def _epilogue(name: str, s: GemmSpec) -> str:
     """``@NAME_ep(c, ldc, rows, bias, res)``: bias, activation and residual in place over
     ``rows`` rows of one NR-wide panel of C, a row per iteration."""
     L, nv, vty = s.lanes, s.nr // s.lanes, vec_type(s.lanes)
-    out = [f"define internal void @{name}_ep(ptr noalias %c, i64 %ldc, i64 %rows, "
-           "ptr noalias %bias, ptr noalias %res) noinline {", "entry:"]
+    out = [
+        f"define internal void @{name}_ep(ptr noalias %c, i64 %ldc, i64 %rows, "
+        "ptr noalias %bias, ptr noalias %res) noinline {",
+        "entry:",
+    ]
     if s.has_bias and not s.bias_rows:
         for v in range(nv):
-            out += [f"  %bb{v} = getelementptr float, ptr %bias, i64 {v * L}",
-                    f"  %bv{v} = load {vty}, ptr %bb{v}, align 4"]
-    out += ["  br label %row", "row:", "  %i = phi i64 [0, %entry], [%in, %row]",
-            "  %ro = mul i64 %i, %ldc"]
+            out += [
+                f"  %bb{v} = getelementptr float, ptr %bias, i64 {v * L}",
+                f"  %bv{v} = load {vty}, ptr %bb{v}, align 4",
+            ]
+    out += [
+        "  br label %row",
+        "row:",
+        "  %i = phi i64 [0, %entry], [%in, %row]",
+        "  %ro = mul i64 %i, %ldc",
+    ]
     if s.has_bias and s.bias_rows:
-        out += ["  %brp = getelementptr float, ptr %bias, i64 %i",
-                "  %br = load float, ptr %brp, align 4"]
+        out += [
+            "  %brp = getelementptr float, ptr %bias, i64 %i",
+            "  %br = load float, ptr %brp, align 4",
+        ]
         _splat(out, vty, L, "%br", "%brv")
     em = Emitter(out, L)
     for v in range(nv):
-        out += [f"  %o{v} = add i64 %ro, {v * L}",
-                f"  %p{v} = getelementptr float, ptr %c, i64 %o{v}",
-                f"  %x{v} = load {vty}, ptr %p{v}, align 4"]
+        out += [
+            f"  %o{v} = add i64 %ro, {v * L}",
+            f"  %p{v} = getelementptr float, ptr %c, i64 %o{v}",
+            f"  %x{v} = load {vty}, ptr %p{v}, align 4",
+        ]
         x = f"%x{v}"
         if s.has_bias:
             x = em.add(x, "%brv" if s.bias_rows else f"%bv{v}")
         x = em.unary(s.act, x)
         if s.has_res:
-            out += [f"  %rp{v} = getelementptr float, ptr %res, i64 %o{v}",
-                    f"  %rv{v} = load {vty}, ptr %rp{v}, align 4"]
+            out += [
+                f"  %rp{v} = getelementptr float, ptr %res, i64 %o{v}",
+                f"  %rv{v} = load {vty}, ptr %rp{v}, align 4",
+            ]
             x = em.add(x, f"%rv{v}")
         out.append(f"  store {vty} {x}, ptr %p{v}, align 4")
-    out += ["  %in = add i64 %i, 1", "  %im = icmp slt i64 %in, %rows",
-            "  br i1 %im, label %row, label %done", "done:", "  ret void", "}"]
+    out += [
+        "  %in = add i64 %i, 1",
+        "  %im = icmp slt i64 %in, %rows",
+        "  br i1 %im, label %row, label %done",
+        "done:",
+        "  ret void",
+        "}",
+    ]
     return "\n".join(out)
 
 
@@ -356,16 +461,23 @@ def _pack_a(name: str, s: GemmSpec) -> str:
     """``@NAME_pa(src, dst, kc, mr)``: copy ``mr`` rows × ``kc`` of A (row stride K) into a
     ``[kc][MR]`` panel. Full panels go 8 k at a time: MR vector loads, one interleaving shuffle."""
     mr, w = s.mr, 8
-    out = [f"define internal void @{name}_pa(ptr noalias %src, ptr noalias %dst, i64 %kc, "
-           "i64 %mr) {", "entry:",
-           f"  %full = icmp eq i64 %mr, {mr}", f"  %kc8 = and i64 %kc, -{w}",
-           "  %hasv = icmp sgt i64 %kc8, 0", "  %vgo = and i1 %full, %hasv",
-           "  br i1 %vgo, label %v, label %vdone", "v:",
-           "  %vk = phi i64 [0, %entry], [%vkn, %v]"]
+    out = [
+        f"define internal void @{name}_pa(ptr noalias %src, ptr noalias %dst, i64 %kc, i64 %mr) {{",
+        "entry:",
+        f"  %full = icmp eq i64 %mr, {mr}",
+        f"  %kc8 = and i64 %kc, -{w}",
+        "  %hasv = icmp sgt i64 %kc8, 0",
+        "  %vgo = and i1 %full, %hasv",
+        "  br i1 %vgo, label %v, label %vdone",
+        "v:",
+        "  %vk = phi i64 [0, %entry], [%vkn, %v]",
+    ]
     for i in range(mr):
-        out += [f"  %vp{i} = getelementptr float, ptr %src, i64 %vk",
-                f"  %vq{i} = getelementptr float, ptr %vp{i}, i64 {i * s.k}",
-                f"  %r{i} = load <{w} x float>, ptr %vq{i}, align 4"]
+        out += [
+            f"  %vp{i} = getelementptr float, ptr %src, i64 %vk",
+            f"  %vq{i} = getelementptr float, ptr %vp{i}, i64 {i * s.k}",
+            f"  %r{i} = load <{w} x float>, ptr %vq{i}, align 4",
+        ]
     # Concatenate the rows (padded with poison to a power of two), then interleave them.
     rows, width = [f"%r{i}" for i in range(mr)], w
     while len(rows) & (len(rows) - 1):
@@ -376,29 +488,50 @@ def _pack_a(name: str, s: GemmSpec) -> str:
         nxt = []
         for p in range(0, len(rows), 2):
             nm = f"%cat{level}_{p}"
-            out.append(f"  {nm} = shufflevector <{width} x float> {rows[p]}, <{width} x float> "
-                       f"{rows[p + 1]}, <{2 * width} x i32> <{mask}>")
+            out.append(
+                f"  {nm} = shufflevector <{width} x float> {rows[p]}, <{width} x float> "
+                f"{rows[p + 1]}, <{2 * width} x i32> <{mask}>"
+            )
             nxt.append(nm)
         rows, width, level = nxt, 2 * width, level + 1
     mask = ", ".join(f"i32 {i * w + j}" for j in range(w) for i in range(mr))
-    out += [f"  %tr = shufflevector <{width} x float> {rows[0]}, <{width} x float> poison, "
-            f"<{w * mr} x i32> <{mask}>",
-            f"  %vd0 = mul i64 %vk, {mr}", "  %vd = getelementptr float, ptr %dst, i64 %vd0",
-            f"  store <{w * mr} x float> %tr, ptr %vd, align 4",
-            f"  %vkn = add i64 %vk, {w}", "  %vm = icmp slt i64 %vkn, %kc8",
-            "  br i1 %vm, label %v, label %vdone", "vdone:",
-            "  %k0 = select i1 %vgo, i64 %kc8, i64 0",
-            "  %sgo = icmp slt i64 %k0, %kc", "  br i1 %sgo, label %sk, label %ret", "sk:",
-            "  %kk = phi i64 [%k0, %vdone], [%kn, %si.x]", "  br label %si", "si:",
-            "  %ii = phi i64 [0, %sk], [%in, %si]",
-            f"  %so0 = mul i64 %ii, {s.k}", "  %so = add i64 %so0, %kk",
-            "  %sp = getelementptr float, ptr %src, i64 %so", "  %sv = load float, ptr %sp",
-            f"  %do0 = mul i64 %kk, {mr}", "  %do = add i64 %do0, %ii",
-            "  %dp = getelementptr float, ptr %dst, i64 %do", "  store float %sv, ptr %dp",
-            "  %in = add i64 %ii, 1", "  %im = icmp slt i64 %in, %mr",
-            "  br i1 %im, label %si, label %si.x", "si.x:",
-            "  %kn = add i64 %kk, 1", "  %km = icmp slt i64 %kn, %kc",
-            "  br i1 %km, label %sk, label %ret", "ret:", "  ret void", "}"]
+    out += [
+        f"  %tr = shufflevector <{width} x float> {rows[0]}, <{width} x float> poison, "
+        f"<{w * mr} x i32> <{mask}>",
+        f"  %vd0 = mul i64 %vk, {mr}",
+        "  %vd = getelementptr float, ptr %dst, i64 %vd0",
+        f"  store <{w * mr} x float> %tr, ptr %vd, align 4",
+        f"  %vkn = add i64 %vk, {w}",
+        "  %vm = icmp slt i64 %vkn, %kc8",
+        "  br i1 %vm, label %v, label %vdone",
+        "vdone:",
+        "  %k0 = select i1 %vgo, i64 %kc8, i64 0",
+        "  %sgo = icmp slt i64 %k0, %kc",
+        "  br i1 %sgo, label %sk, label %ret",
+        "sk:",
+        "  %kk = phi i64 [%k0, %vdone], [%kn, %si.x]",
+        "  br label %si",
+        "si:",
+        "  %ii = phi i64 [0, %sk], [%in, %si]",
+        f"  %so0 = mul i64 %ii, {s.k}",
+        "  %so = add i64 %so0, %kk",
+        "  %sp = getelementptr float, ptr %src, i64 %so",
+        "  %sv = load float, ptr %sp",
+        f"  %do0 = mul i64 %kk, {mr}",
+        "  %do = add i64 %do0, %ii",
+        "  %dp = getelementptr float, ptr %dst, i64 %do",
+        "  store float %sv, ptr %dp",
+        "  %in = add i64 %ii, 1",
+        "  %im = icmp slt i64 %in, %mr",
+        "  br i1 %im, label %si, label %si.x",
+        "si.x:",
+        "  %kn = add i64 %kk, 1",
+        "  %km = icmp slt i64 %kn, %kc",
+        "  br i1 %km, label %sk, label %ret",
+        "ret:",
+        "  ret void",
+        "}",
+    ]
     return "\n".join(out)
 
 
@@ -410,13 +543,24 @@ def _grid_table(name: str, s: GemmSpec) -> str:
 
 def _range(L: list[str], idx: str, shares: str, total: int, lo: str, hi: str) -> None:
     """``lo``/``hi``: share ``idx`` of ``shares`` equal shares of ``range(total)``."""
-    L += [f"  {lo}0 = mul i64 {idx}, {total}", f"  {lo} = udiv i64 {lo}0, {shares}",
-          f"  {hi}0 = add i64 {idx}, 1", f"  {hi}1 = mul i64 {hi}0, {total}",
-          f"  {hi} = udiv i64 {hi}1, {shares}"]
+    L += [
+        f"  {lo}0 = mul i64 {idx}, {total}",
+        f"  {lo} = udiv i64 {lo}0, {shares}",
+        f"  {hi}0 = add i64 {idx}, 1",
+        f"  {hi}1 = mul i64 {hi}0, {total}",
+        f"  {hi} = udiv i64 {hi}1, {shares}",
+    ]
 
 
-def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
-                bias: Operand | None, res: Operand | None) -> str:
+def gemm_kernel(
+    name: str,
+    s: GemmSpec,
+    c: Operand,
+    a: Operand,
+    bp: Operand,
+    bias: Operand | None,
+    res: Operand | None,
+) -> str:
     """LLVM IR of one batched GEMM with its fused epilogue (all parts' shares)."""
     # Packed A: every row count (a partial row panel is always packed); A in place: full panels.
     parts = [_ukernel(name, s, mr, True) for mr in range(1, s.mr + 1)]
@@ -431,94 +575,144 @@ def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
     loops = Loops(L)
     for v in ("bi", "pc", "ic", "jp", "ir", "ti", "tj", "pr"):
         L.append(f"  %{v}.a = alloca i64, align 8")
-    L += [f"  %tmp = alloca [{mr * s.nr} x float], align 64",
-          f"  %apk = alloca [{mc * kc} x float], align 64",
-          # This part's rectangle: row panels [u0, u1) (over all batches) × B panels [p0, p1).
-          f"  %gin = icmp ule i64 %nparts, {MAX_PARTS}",
-          "  %gi = select i1 %gin, i64 %nparts, i64 0",
-          f"  %grp = getelementptr [{MAX_PARTS + 1} x i64], ptr @{name}_grid, i64 0, i64 %gi",
-          "  %gt = load i64, ptr %grp, align 8", "  %sm = select i1 %gin, i64 %gt, i64 %nparts",
-          "  %sn = udiv i64 %nparts, %sm", "  %pm = udiv i64 %part, %sn",
-          "  %pn = urem i64 %part, %sn"]
+    L += [
+        f"  %tmp = alloca [{mr * s.nr} x float], align 64",
+        f"  %apk = alloca [{mc * kc} x float], align 64",
+        # This part's rectangle: row panels [u0, u1) (over all batches) × B panels [p0, p1).
+        f"  %gin = icmp ule i64 %nparts, {MAX_PARTS}",
+        "  %gi = select i1 %gin, i64 %nparts, i64 0",
+        f"  %grp = getelementptr [{MAX_PARTS + 1} x i64], ptr @{name}_grid, i64 0, i64 %gi",
+        "  %gt = load i64, ptr %grp, align 8",
+        "  %sm = select i1 %gin, i64 %gt, i64 %nparts",
+        "  %sn = udiv i64 %nparts, %sm",
+        "  %pm = udiv i64 %part, %sn",
+        "  %pn = urem i64 %part, %sn",
+    ]
     _range(L, "%pm", "%sm", s.units, "%u0", "%u1")
     _range(L, "%pn", "%sn", s.panels, "%p0", "%p1")
-    L += ["  %np = sub i64 %p1, %p0", "  %nonempty = icmp sgt i64 %np, 0",
-          f"  %dopack = icmp sge i64 %np, {s.pack_min_panels}",
-          f"  %bfirst = udiv i64 %u0, {upb}", f"  %ulast = add i64 %u1, {upb - 1}",
-          f"  %bend0 = udiv i64 %ulast, {upb}",
-          "  %bend = select i1 %nonempty, i64 %bend0, i64 %bfirst"]
+    L += [
+        "  %np = sub i64 %p1, %p0",
+        "  %nonempty = icmp sgt i64 %np, 0",
+        f"  %dopack = icmp sge i64 %np, {s.pack_min_panels}",
+        f"  %bfirst = udiv i64 %u0, {upb}",
+        f"  %ulast = add i64 %u1, {upb - 1}",
+        f"  %bend0 = udiv i64 %ulast, {upb}",
+        "  %bend = select i1 %nonempty, i64 %bend0, i64 %bfirst",
+    ]
     loops.open("bi", "%bfirst", "%bend", 1)
-    L += [f"  %ub = mul i64 %bi, {upb}", "  %lo0 = sub i64 %u0, %ub",
-          "  %lo = call i64 @llvm.smax.i64(i64 %lo0, i64 0)", "  %hi0 = sub i64 %u1, %ub",
-          f"  %hi = call i64 @llvm.smin.i64(i64 %hi0, i64 {upb})",
-          f"  %r0 = mul i64 %lo, {mr}", f"  %r1a = mul i64 %hi, {mr}",
-          f"  %r1 = call i64 @llvm.smin.i64(i64 %r1a, i64 {s.m})",
-          f"  %ab = mul i64 %bi, {s.a_batch_stride}",
-          "  %abp = getelementptr float, ptr %a1, i64 %ab",
-          f"  %bb = mul i64 %bi, {s.packed_elems if s.b_batched else 0}",
-          "  %bbp = getelementptr float, ptr %a2, i64 %bb",
-          f"  %cb = mul i64 %bi, {s.m * s.n}", "  %cbp = getelementptr float, ptr %a0, i64 %cb",
-          "  %rbp = getelementptr float, ptr %a4, i64 %cb"]
+    L += [
+        f"  %ub = mul i64 %bi, {upb}",
+        "  %lo0 = sub i64 %u0, %ub",
+        "  %lo = call i64 @llvm.smax.i64(i64 %lo0, i64 0)",
+        "  %hi0 = sub i64 %u1, %ub",
+        f"  %hi = call i64 @llvm.smin.i64(i64 %hi0, i64 {upb})",
+        f"  %r0 = mul i64 %lo, {mr}",
+        f"  %r1a = mul i64 %hi, {mr}",
+        f"  %r1 = call i64 @llvm.smin.i64(i64 %r1a, i64 {s.m})",
+        f"  %ab = mul i64 %bi, {s.a_batch_stride}",
+        "  %abp = getelementptr float, ptr %a1, i64 %ab",
+        f"  %bb = mul i64 %bi, {s.packed_elems if s.b_batched else 0}",
+        "  %bbp = getelementptr float, ptr %a2, i64 %bb",
+        f"  %cb = mul i64 %bi, {s.m * s.n}",
+        "  %cbp = getelementptr float, ptr %a0, i64 %cb",
+        "  %rbp = getelementptr float, ptr %a4, i64 %cb",
+    ]
     loops.open("pc", "0", str(s.k), kc)
-    L += [f"  %kr = sub i64 {s.k}, %pc", f"  %kc = call i64 @llvm.smin.i64(i64 %kr, i64 {kc})",
-          "  %accum = icmp sgt i64 %pc, 0", "  %kend = add i64 %pc, %kc",
-          f"  %last = icmp eq i64 %kend, {s.k}"]
+    L += [
+        f"  %kr = sub i64 {s.k}, %pc",
+        f"  %kc = call i64 @llvm.smin.i64(i64 %kr, i64 {kc})",
+        "  %accum = icmp sgt i64 %pc, 0",
+        "  %kend = add i64 %pc, %kc",
+        f"  %last = icmp eq i64 %kend, {s.k}",
+    ]
     loops.open("ic", "%r0", "%r1", mc)
-    L += [f"  %ie0 = add i64 %ic, {mc}", "  %iend = call i64 @llvm.smin.i64(i64 %ie0, i64 %r1)",
-          "  %iall = sub i64 %iend, %ic", f"  %ifull0 = udiv i64 %iall, {mr}",
-          f"  %ifull1 = mul i64 %ifull0, {mr}", "  %ifull = add i64 %ic, %ifull1",
-          "  %pfrom = select i1 %dopack, i64 %ic, i64 %ifull"]
+    L += [
+        f"  %ie0 = add i64 %ic, {mc}",
+        "  %iend = call i64 @llvm.smin.i64(i64 %ie0, i64 %r1)",
+        "  %iall = sub i64 %iend, %ic",
+        f"  %ifull0 = udiv i64 %iall, {mr}",
+        f"  %ifull1 = mul i64 %ifull0, {mr}",
+        "  %ifull = add i64 %ic, %ifull1",
+        "  %pfrom = select i1 %dopack, i64 %ic, i64 %ifull",
+    ]
     # Pack this row block's A (rows ic..iend, k pc..pc+kc) into MR-row panels: all of them, or
     # only a partial last one (the in-place micro-kernel takes full panels only).
     loops.open("pr", "%pfrom", "%iend", mr)
-    L += ["  %prr = sub i64 %iend, %pr", f"  %prm = call i64 @llvm.smin.i64(i64 %prr, i64 {mr})",
-          f"  %pso0 = mul i64 %pr, {s.k}", "  %pso = add i64 %pso0, %pc",
-          "  %psrc = getelementptr float, ptr %abp, i64 %pso",
-          "  %pdo0 = sub i64 %pr, %ic", "  %pdo = mul i64 %pdo0, %kc",
-          "  %pdst = getelementptr float, ptr %apk, i64 %pdo",
-          f"  call void @{name}_pa(ptr %psrc, ptr %pdst, i64 %kc, i64 %prm)"]
+    L += [
+        "  %prr = sub i64 %iend, %pr",
+        f"  %prm = call i64 @llvm.smin.i64(i64 %prr, i64 {mr})",
+        f"  %pso0 = mul i64 %pr, {s.k}",
+        "  %pso = add i64 %pso0, %pc",
+        "  %psrc = getelementptr float, ptr %abp, i64 %pso",
+        "  %pdo0 = sub i64 %pr, %ic",
+        "  %pdo = mul i64 %pdo0, %kc",
+        "  %pdst = getelementptr float, ptr %apk, i64 %pdo",
+        f"  call void @{name}_pa(ptr %psrc, ptr %pdst, i64 %kc, i64 %prm)",
+    ]
     loops.close("pr", mr)
     loops.open("jp", "%p0", "%p1", 1)
-    L += [f"  %j0 = mul i64 %jp, {s.nr}", f"  %bpo0 = mul i64 %jp, {s.k * s.nr}",
-          f"  %bpo1 = mul i64 %pc, {s.nr}", "  %bpo = add i64 %bpo0, %bpo1",
-          "  %bpt = getelementptr float, ptr %bbp, i64 %bpo",
-          f"  %bnext = getelementptr float, ptr %bpt, i64 {s.k * s.nr}",
-          "  %biasp = getelementptr float, ptr %a3, i64 %j0",
-          f"  %isfull = icmp slt i64 %jp, {full}"]
+    L += [
+        f"  %j0 = mul i64 %jp, {s.nr}",
+        f"  %bpo0 = mul i64 %jp, {s.k * s.nr}",
+        f"  %bpo1 = mul i64 %pc, {s.nr}",
+        "  %bpo = add i64 %bpo0, %bpo1",
+        "  %bpt = getelementptr float, ptr %bbp, i64 %bpo",
+        f"  %bnext = getelementptr float, ptr %bpt, i64 {s.k * s.nr}",
+        "  %biasp = getelementptr float, ptr %a3, i64 %j0",
+        f"  %isfull = icmp slt i64 %jp, {full}",
+    ]
     loops.open("ir", "%ic", "%iend", mr)
-    L += ["  %mrr = sub i64 %iend, %ir", f"  %mr = call i64 @llvm.smin.i64(i64 %mrr, i64 {mr})",
-          "  %apo0 = sub i64 %ir, %ic", "  %apo = mul i64 %apo0, %kc",
-          "  %atp = getelementptr float, ptr %apk, i64 %apo",
-          f"  %ado0 = mul i64 %ir, {s.k}", "  %ado = add i64 %ado0, %pc",
-          "  %atd = getelementptr float, ptr %abp, i64 %ado",
-          f"  %part_rows = icmp slt i64 %mr, {mr}", "  %usep = or i1 %dopack, %part_rows",
-          "  %at = select i1 %usep, ptr %atp, ptr %atd",
-          f"  %case = select i1 %usep, i64 %mr, i64 {mr + 1}",
-          f"  %co0 = mul i64 %ir, {s.n}", "  %co = add i64 %co0, %j0",
-          "  %ct = getelementptr float, ptr %cbp, i64 %co",
-          "  %rt = getelementptr float, ptr %rbp, i64 %co",
-          "  %biasr = getelementptr float, ptr %a3, i64 %ir",
-          f"  %biast = select i1 {'true' if s.bias_rows else 'false'}, ptr %biasr, ptr %biasp",
-          # The block's last row panel prefetches the next B panel; the others their own. One
-          # row panel in all streams B just once: it prefetches a few k steps ahead instead.
-          f"  %irl0 = add i64 %ir, {mr}", "  %irl = icmp sge i64 %irl0, %iend",
-          *([f"  %pfb = getelementptr float, ptr %bpt, i64 {STREAM_PF_L1 * s.nr}",
-             f"  %pf2 = getelementptr float, ptr %bpt, i64 {STREAM_PF_L2 * s.nr}"]
-            if s.m <= s.mr else
-            ["  %pfb = select i1 %irl, ptr %bnext, ptr %bpt",
-             f"  %pf2 = getelementptr float, ptr %bpt, i64 {PF_L2_PANELS * s.k * s.nr}"]),
-          "  br i1 %isfull, label %fsw, label %tsw"]
+    L += [
+        "  %mrr = sub i64 %iend, %ir",
+        f"  %mr = call i64 @llvm.smin.i64(i64 %mrr, i64 {mr})",
+        "  %apo0 = sub i64 %ir, %ic",
+        "  %apo = mul i64 %apo0, %kc",
+        "  %atp = getelementptr float, ptr %apk, i64 %apo",
+        f"  %ado0 = mul i64 %ir, {s.k}",
+        "  %ado = add i64 %ado0, %pc",
+        "  %atd = getelementptr float, ptr %abp, i64 %ado",
+        f"  %part_rows = icmp slt i64 %mr, {mr}",
+        "  %usep = or i1 %dopack, %part_rows",
+        "  %at = select i1 %usep, ptr %atp, ptr %atd",
+        f"  %case = select i1 %usep, i64 %mr, i64 {mr + 1}",
+        f"  %co0 = mul i64 %ir, {s.n}",
+        "  %co = add i64 %co0, %j0",
+        "  %ct = getelementptr float, ptr %cbp, i64 %co",
+        "  %rt = getelementptr float, ptr %rbp, i64 %co",
+        "  %biasr = getelementptr float, ptr %a3, i64 %ir",
+        f"  %biast = select i1 {'true' if s.bias_rows else 'false'}, ptr %biasr, ptr %biasp",
+        # The block's last row panel prefetches the next B panel; the others their own. One
+        # row panel in all streams B just once: it prefetches a few k steps ahead instead.
+        f"  %irl0 = add i64 %ir, {mr}",
+        "  %irl = icmp sge i64 %irl0, %iend",
+        *(
+            [
+                f"  %pfb = getelementptr float, ptr %bpt, i64 {STREAM_PF_L1 * s.nr}",
+                f"  %pf2 = getelementptr float, ptr %bpt, i64 {STREAM_PF_L2 * s.nr}",
+            ]
+            if s.m <= s.mr
+            else [
+                "  %pfb = select i1 %irl, ptr %bnext, ptr %bpt",
+                f"  %pf2 = getelementptr float, ptr %bpt, i64 {PF_L2_PANELS * s.k * s.nr}",
+            ]
+        ),
+        "  br i1 %isfull, label %fsw, label %tsw",
+    ]
     for kind in ("f", "t"):
         cases = " ".join(f"i64 {m}, label %{kind}m{m}" for m in range(1, mr + 2))
         L += [f"{kind}sw:", f"  switch i64 %case, label %{kind}join [ {cases} ]"]
         for m in range(1, mr + 2):
             fn = f"{name}_u{m}" if m <= mr else f"{name}_d{mr}"
             if kind == "f":
-                args = (f"ptr %at, ptr %bpt, i64 %kc, ptr %ct, i64 {s.n}, i1 %accum, i1 %last, "
-                        "ptr %biast, ptr %rt, ptr %pfb, ptr %pf2")
+                args = (
+                    f"ptr %at, ptr %bpt, i64 %kc, ptr %ct, i64 {s.n}, i1 %accum, i1 %last, "
+                    "ptr %biast, ptr %rt, ptr %pfb, ptr %pf2"
+                )
             else:
-                args = (f"ptr %at, ptr %bpt, i64 %kc, ptr %tmp, i64 {s.nr}, i1 false, i1 false, "
-                        "ptr null, ptr null, ptr %pfb, ptr %pf2")
+                args = (
+                    f"ptr %at, ptr %bpt, i64 %kc, ptr %tmp, i64 {s.nr}, i1 false, i1 false, "
+                    "ptr null, ptr null, ptr %pfb, ptr %pf2"
+                )
             L += [f"{kind}m{m}:", f"  call void @{fn}({args})", f"  br label %{kind}join"]
         L.append(f"{kind}join:")
         if kind == "t":
@@ -528,15 +722,21 @@ def gemm_kernel(name: str, s: GemmSpec, c: Operand, a: Operand, bp: Operand,
     loops.close("ir", mr)
     if not s.epilogue_in_registers:
         # The activation over this row block's full panel, just stored (in L1).
-        L += ["  %epgo = and i1 %last, %isfull", "  br i1 %epgo, label %fep, label %fepx", "fep:",
-              f"  %eco0 = mul i64 %ic, {s.n}", "  %eco = add i64 %eco0, %j0",
-              "  %ect = getelementptr float, ptr %cbp, i64 %eco",
-              "  %ert = getelementptr float, ptr %rbp, i64 %eco",
-              "  %ebr = getelementptr float, ptr %a3, i64 %ic",
-              f"  %ebt = select i1 {'true' if s.bias_rows else 'false'}, ptr %ebr, ptr %biasp",
-              "  %erows = sub i64 %iend, %ic",
-              f"  call void @{name}_ep(ptr %ect, i64 {s.n}, i64 %erows, ptr %ebt, ptr %ert)",
-              "  br label %fepx", "fepx:"]
+        L += [
+            "  %epgo = and i1 %last, %isfull",
+            "  br i1 %epgo, label %fep, label %fepx",
+            "fep:",
+            f"  %eco0 = mul i64 %ic, {s.n}",
+            "  %eco = add i64 %eco0, %j0",
+            "  %ect = getelementptr float, ptr %cbp, i64 %eco",
+            "  %ert = getelementptr float, ptr %rbp, i64 %eco",
+            "  %ebr = getelementptr float, ptr %a3, i64 %ic",
+            f"  %ebt = select i1 {'true' if s.bias_rows else 'false'}, ptr %ebr, ptr %biasp",
+            "  %erows = sub i64 %iend, %ic",
+            f"  call void @{name}_ep(ptr %ect, i64 {s.n}, i64 %erows, ptr %ebt, ptr %ert)",
+            "  br label %fepx",
+            "fepx:",
+        ]
     loops.close("jp", 1)
     loops.close("ic", mc)
     loops.close("pc", kc)
@@ -553,34 +753,58 @@ def _tail_copy(s: GemmSpec, tail: int) -> list[str]:
     sub = Loops(L)
     sub.open("ti", "0", "%mr", 1)
     sub.open("tj", "0", str(tail), 1)
-    L += [f"  %to0 = mul i64 %ti, {s.nr}", "  %to = add i64 %to0, %tj",
-          "  %tp = getelementptr float, ptr %tmp, i64 %to", "  %tv = load float, ptr %tp",
-          f"  %go0 = mul i64 %ti, {s.n}", "  %go = add i64 %go0, %tj",
-          "  %gp = getelementptr float, ptr %ct, i64 %go",
-          "  br i1 %accum, label %tacc, label %tnoacc", "tacc:",
-          "  %gold = load float, ptr %gp", "  %gsum = fadd float %gold, %tv",
-          "  br label %tnoacc", "tnoacc:",
-          "  %gv = phi float [%gsum, %tacc], [%tv, %tj.b]",
-          "  br i1 %last, label %tepi, label %tstore", "tepi:"]
+    L += [
+        f"  %to0 = mul i64 %ti, {s.nr}",
+        "  %to = add i64 %to0, %tj",
+        "  %tp = getelementptr float, ptr %tmp, i64 %to",
+        "  %tv = load float, ptr %tp",
+        f"  %go0 = mul i64 %ti, {s.n}",
+        "  %go = add i64 %go0, %tj",
+        "  %gp = getelementptr float, ptr %ct, i64 %go",
+        "  br i1 %accum, label %tacc, label %tnoacc",
+        "tacc:",
+        "  %gold = load float, ptr %gp",
+        "  %gsum = fadd float %gold, %tv",
+        "  br label %tnoacc",
+        "tnoacc:",
+        "  %gv = phi float [%gsum, %tacc], [%tv, %tj.b]",
+        "  br i1 %last, label %tepi, label %tstore",
+        "tepi:",
+    ]
     em = Emitter(L, 1)
     x = "%gv"
     if s.has_bias:
-        L += [f"  %tbp = getelementptr float, ptr %biast, i64 {'%ti' if s.bias_rows else '%tj'}",
-              "  %tbv = load float, ptr %tbp"]
+        L += [
+            f"  %tbp = getelementptr float, ptr %biast, i64 {'%ti' if s.bias_rows else '%tj'}",
+            "  %tbv = load float, ptr %tbp",
+        ]
         x = em.add(x, "%tbv")
     x = em.unary(s.act, x)
     if s.has_res:
         L += ["  %trp = getelementptr float, ptr %rt, i64 %go", "  %trv = load float, ptr %trp"]
         x = em.add(x, "%trv")
-    L += [f"  %tf = fadd float {x}, 0.0", "  br label %tstore", "tstore:",
-          "  %tz = phi float [%tf, %tepi], [%gv, %tnoacc]", "  store float %tz, ptr %gp"]
+    L += [
+        f"  %tf = fadd float {x}, 0.0",
+        "  br label %tstore",
+        "tstore:",
+        "  %tz = phi float [%tf, %tepi], [%gv, %tnoacc]",
+        "  store float %tz, ptr %gp",
+    ]
     sub.close("tj", 1)
     sub.close("ti", 1)
     return L
 
 
-def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
-                dst: Operand, transposed: bool = False) -> str:
+def pack_kernel(
+    name: str,
+    batch: int,
+    k: int,
+    n: int,
+    nr: int,
+    src: Operand,
+    dst: Operand,
+    transposed: bool = False,
+) -> str:
     """LLVM IR that packs a runtime B ([batch, K, N]) into zero-padded NR-column panels.
 
     Parts take groups of PACK_GROUP panels; a group's full panels are copied a source row at a
@@ -596,45 +820,84 @@ def pack_kernel(name: str, batch: int, k: int, n: int, nr: int, src: Operand,
         L.append(f"  %{v}.a = alloca i64, align 8")
     share(L, batch * groups, 1, "%q0", "%q1")
     loops.open("pp", "%q0", "%q1", 1)
-    L += [f"  %bi = sdiv i64 %pp, {groups}", f"  %gi = srem i64 %pp, {groups}",
-          f"  %sb = mul i64 %bi, {k * n}", f"  %bp0 = mul i64 %bi, {panels}",
-          f"  %jlo = mul i64 %gi, {PACK_GROUP}", f"  %jhi0 = add i64 %jlo, {PACK_GROUP}",
-          f"  %jhi = call i64 @llvm.smin.i64(i64 %jhi0, i64 {panels})"]
+    L += [
+        f"  %bi = sdiv i64 %pp, {groups}",
+        f"  %gi = srem i64 %pp, {groups}",
+        f"  %sb = mul i64 %bi, {k * n}",
+        f"  %bp0 = mul i64 %bi, {panels}",
+        f"  %jlo = mul i64 %gi, {PACK_GROUP}",
+        f"  %jhi0 = add i64 %jlo, {PACK_GROUP}",
+        f"  %jhi = call i64 @llvm.smin.i64(i64 %jhi0, i64 {panels})",
+    ]
     if transposed:
         L.append("  %jscalar = add i64 %jlo, 0")
     else:
         vty = vec_type(nr)
-        L += [f"  %jfull = call i64 @llvm.smin.i64(i64 %jhi, i64 {n // nr})",
-              "  %anyfull = icmp slt i64 %jlo, %jfull",
-              "  br i1 %anyfull, label %fk, label %fdone", "fk:",
-              "  %fkk = phi i64 [0, %pp.b], [%fkn, %fj.x]", f"  %fs0 = mul i64 %fkk, {n}",
-              "  %fs1 = add i64 %sb, %fs0", f"  %fd0 = mul i64 %fkk, {nr}", "  br label %fj", "fj:",
-              "  %fjj = phi i64 [%jlo, %fk], [%fjn, %fj]",
-              f"  %fs2 = mul i64 %fjj, {nr}", "  %fs = add i64 %fs1, %fs2",
-              "  %fsp = getelementptr float, ptr %a1, i64 %fs",
-              f"  %fv = load {vty}, ptr %fsp, align 4",
-              "  %fdp0 = add i64 %bp0, %fjj", f"  %fdp1 = mul i64 %fdp0, {k * nr}",
-              "  %fd = add i64 %fdp1, %fd0", "  %fdp = getelementptr float, ptr %a0, i64 %fd",
-              f"  store {vty} %fv, ptr %fdp, align 4", "  %fjn = add i64 %fjj, 1",
-              "  %fjm = icmp slt i64 %fjn, %jfull", "  br i1 %fjm, label %fj, label %fj.x",
-              "fj.x:", "  %fkn = add i64 %fkk, 1", f"  %fkm = icmp slt i64 %fkn, {k}",
-              "  br i1 %fkm, label %fk, label %fdone", "fdone:",
-              "  %jscalar = add i64 %jfull, 0"]
+        L += [
+            f"  %jfull = call i64 @llvm.smin.i64(i64 %jhi, i64 {n // nr})",
+            "  %anyfull = icmp slt i64 %jlo, %jfull",
+            "  br i1 %anyfull, label %fk, label %fdone",
+            "fk:",
+            "  %fkk = phi i64 [0, %pp.b], [%fkn, %fj.x]",
+            f"  %fs0 = mul i64 %fkk, {n}",
+            "  %fs1 = add i64 %sb, %fs0",
+            f"  %fd0 = mul i64 %fkk, {nr}",
+            "  br label %fj",
+            "fj:",
+            "  %fjj = phi i64 [%jlo, %fk], [%fjn, %fj]",
+            f"  %fs2 = mul i64 %fjj, {nr}",
+            "  %fs = add i64 %fs1, %fs2",
+            "  %fsp = getelementptr float, ptr %a1, i64 %fs",
+            f"  %fv = load {vty}, ptr %fsp, align 4",
+            "  %fdp0 = add i64 %bp0, %fjj",
+            f"  %fdp1 = mul i64 %fdp0, {k * nr}",
+            "  %fd = add i64 %fdp1, %fd0",
+            "  %fdp = getelementptr float, ptr %a0, i64 %fd",
+            f"  store {vty} %fv, ptr %fdp, align 4",
+            "  %fjn = add i64 %fjj, 1",
+            "  %fjm = icmp slt i64 %fjn, %jfull",
+            "  br i1 %fjm, label %fj, label %fj.x",
+            "fj.x:",
+            "  %fkn = add i64 %fkk, 1",
+            f"  %fkm = icmp slt i64 %fkn, {k}",
+            "  br i1 %fkm, label %fk, label %fdone",
+            "fdone:",
+            "  %jscalar = add i64 %jfull, 0",
+        ]
     loops.open("jp", "%jscalar", "%jhi", 1)
-    L += [f"  %j0 = mul i64 %jp, {nr}", "  %dpn = add i64 %bp0, %jp",
-          f"  %db = mul i64 %dpn, {k * nr}"]
+    L += [
+        f"  %j0 = mul i64 %jp, {nr}",
+        "  %dpn = add i64 %bp0, %jp",
+        f"  %db = mul i64 %dpn, {k * nr}",
+    ]
     loops.open("pk", "0", str(k), 1)
     loops.open("pj", "0", str(nr), 1)
-    L += ["  %col = add i64 %j0, %pj", f"  %inb = icmp slt i64 %col, {n}",
-          f"  %colc = call i64 @llvm.smin.i64(i64 %col, i64 {n - 1})",
-          *([f"  %so0 = mul i64 %colc, {k}", "  %so1 = add i64 %sb, %so0",
-             "  %so = add i64 %so1, %pk"] if transposed else
-            [f"  %so0 = mul i64 %pk, {n}", "  %so1 = add i64 %sb, %so0",
-             "  %so = add i64 %so1, %colc"]),
-          "  %sp = getelementptr float, ptr %a1, i64 %so", "  %sv = load float, ptr %sp",
-          "  %v = select i1 %inb, float %sv, float 0.0",
-          f"  %do0 = mul i64 %pk, {nr}", "  %do1 = add i64 %db, %do0", "  %do = add i64 %do1, %pj",
-          "  %dp = getelementptr float, ptr %a0, i64 %do", "  store float %v, ptr %dp"]
+    L += [
+        "  %col = add i64 %j0, %pj",
+        f"  %inb = icmp slt i64 %col, {n}",
+        f"  %colc = call i64 @llvm.smin.i64(i64 %col, i64 {n - 1})",
+        *(
+            [
+                f"  %so0 = mul i64 %colc, {k}",
+                "  %so1 = add i64 %sb, %so0",
+                "  %so = add i64 %so1, %pk",
+            ]
+            if transposed
+            else [
+                f"  %so0 = mul i64 %pk, {n}",
+                "  %so1 = add i64 %sb, %so0",
+                "  %so = add i64 %so1, %colc",
+            ]
+        ),
+        "  %sp = getelementptr float, ptr %a1, i64 %so",
+        "  %sv = load float, ptr %sp",
+        "  %v = select i1 %inb, float %sv, float 0.0",
+        f"  %do0 = mul i64 %pk, {nr}",
+        "  %do1 = add i64 %db, %do0",
+        "  %do = add i64 %do1, %pj",
+        "  %dp = getelementptr float, ptr %a0, i64 %do",
+        "  store float %v, ptr %dp",
+    ]
     loops.close("pj", 1)
     loops.close("pk", 1)
     loops.close("jp", 1)

@@ -128,22 +128,42 @@ class IndexCheck:
     input_no: int = 1
 
 
-def checked_index(L: list[str], tail: list[str], tag: str, pos: str, check: IndexCheck,
-                  indices: str = "%a2", record: str = "%a3") -> str:
+def checked_index(
+    L: list[str],
+    tail: list[str],
+    tag: str,
+    pos: str,
+    check: IndexCheck,
+    indices: str = "%a2",
+    record: str = "%a3",
+) -> str:
     """Emit the load of ``indices[pos]`` and its range check (out of range: the error block,
     appended to ``tail``, reports it and returns); the normalized index's i64 name."""
     v = f"%{tag}.v"
-    L.extend([f"  %{tag}.p = getelementptr {check.ty}, ptr {indices}, i64 {pos}",
-              f"  %{tag}.l = load {check.ty}, ptr %{tag}.p, align 1"])
-    L.append(f"  {v} = sext {check.ty} %{tag}.l to i64" if check.ty != "i64"
-             else f"  {v} = add i64 %{tag}.l, 0")
-    L.extend([f"  %{tag}.neg = icmp slt i64 {v}, 0",
-              f"  %{tag}.w = add i64 {v}, {check.dim}",
-              f"  %{tag}.u = select i1 %{tag}.neg, i64 %{tag}.w, i64 {v}",
-              f"  %{tag}.ok = icmp ult i64 %{tag}.u, {check.dim}",
-              f"  br i1 %{tag}.ok, label %{tag}.in, label %{tag}.bad", f"{tag}.in:"])
-    report_error(tail, f"{tag}.bad", record, check.code, pos, v, -check.dim, check.dim - 1,
-                 check.input_no)
+    L.extend(
+        [
+            f"  %{tag}.p = getelementptr {check.ty}, ptr {indices}, i64 {pos}",
+            f"  %{tag}.l = load {check.ty}, ptr %{tag}.p, align 1",
+        ]
+    )
+    L.append(
+        f"  {v} = sext {check.ty} %{tag}.l to i64"
+        if check.ty != "i64"
+        else f"  {v} = add i64 %{tag}.l, 0"
+    )
+    L.extend(
+        [
+            f"  %{tag}.neg = icmp slt i64 {v}, 0",
+            f"  %{tag}.w = add i64 {v}, {check.dim}",
+            f"  %{tag}.u = select i1 %{tag}.neg, i64 %{tag}.w, i64 {v}",
+            f"  %{tag}.ok = icmp ult i64 %{tag}.u, {check.dim}",
+            f"  br i1 %{tag}.ok, label %{tag}.in, label %{tag}.bad",
+            f"{tag}.in:",
+        ]
+    )
+    report_error(
+        tail, f"{tag}.bad", record, check.code, pos, v, -check.dim, check.dim - 1, check.input_no
+    )
     return f"%{tag}.u"
 
 
@@ -158,10 +178,18 @@ def _signed(bits: int, width: int) -> int:
     return bits - top if bits >= top >> 1 else bits
 
 
-def index_copy_kernel(name: str, itemsize: int, out: Operand, src: Operand,
-                      outer: Sequence[Outer], row: Sequence[Segment], fill: int = 0,
-                      indices: Operand | None = None, check: IndexCheck | None = None,
-                      base: int = 0) -> str:
+def index_copy_kernel(
+    name: str,
+    itemsize: int,
+    out: Operand,
+    src: Operand,
+    outer: Sequence[Outer],
+    row: Sequence[Segment],
+    fill: int = 0,
+    indices: Operand | None = None,
+    check: IndexCheck | None = None,
+    base: int = 0,
+) -> str:
     """LLVM IR of ``out[r, :] = segments of src`` for every row ``r`` of the outer dims (see the
     module docstring); ``fill`` is the fill value's bits, ``base`` a constant source offset.
     ``indices`` and ``check`` are needed where an outer dim is Indexed or a segment Gathered."""
@@ -170,20 +198,28 @@ def index_copy_kernel(name: str, itemsize: int, out: Operand, src: Operand,
     rows = numel(tuple(a.size for a in outer))
     row_len = sum(_seg_len(s) for s in row)
     has_index = any(isinstance(a, Indexed) for a in outer) or any(
-        isinstance(s, Gathered) for s in row)
+        isinstance(s, Gathered) for s in row
+    )
     if has_index and (indices is None or check is None):
         raise CodegenError(f"kernel {name}: a gather needs its indices and their check")
-    G: list[str] = []       # module-level tables
-    tail: list[str] = []    # error blocks, after the body's return
-    L = [body_header(name, 4 if has_index else 2), "entry:", "  %r.a = alloca i64, align 8",
-         "  %f.a = alloca i64, align 8"]
+    G: list[str] = []  # module-level tables
+    tail: list[str] = []  # error blocks, after the body's return
+    L = [
+        body_header(name, 4 if has_index else 2),
+        "entry:",
+        "  %r.a = alloca i64, align 8",
+        "  %f.a = alloca i64, align 8",
+    ]
     L += [f"  %j{s}.a = alloca i64, align 8" for s in range(len(row))]
     share(L, rows, 1, "%r0", "%r1")
     loops = Loops(L)
 
     def table(tag: str, offsets: Sequence[int]) -> str:
-        G.append(f"@{name}.{tag} = private unnamed_addr constant [{len(offsets)} x i64] ["
-                 + ", ".join(f"i64 {o}" for o in offsets) + "]")
+        G.append(
+            f"@{name}.{tag} = private unnamed_addr constant [{len(offsets)} x i64] ["
+            + ", ".join(f"i64 {o}" for o in offsets)
+            + "]"
+        )
         return f"@{name}.{tag}"
 
     def index(tag: str, pos: str) -> str:
@@ -206,8 +242,10 @@ def index_copy_kernel(name: str, itemsize: int, out: Operand, src: Operand,
                 L.append(f"  %t{k} = mul i64 {ix}, {ax.stride}")
                 terms.append(f"%t{k}")
         elif isinstance(ax, Table):
-            L += [f"  %tp{k} = getelementptr i64, ptr {table(f't{k}', ax.offsets)}, i64 {ix}",
-                  f"  %t{k} = load i64, ptr %tp{k}, align 8"]
+            L += [
+                f"  %tp{k} = getelementptr i64, ptr {table(f't{k}', ax.offsets)}, i64 {ix}",
+                f"  %t{k} = load i64, ptr %tp{k}, align 8",
+            ]
             terms.append(f"%t{k}")
             if min(ax.offsets) < 0:
                 L.append(f"  %fl{k} = icmp slt i64 %t{k}, 0")
@@ -220,8 +258,11 @@ def index_copy_kernel(name: str, itemsize: int, out: Operand, src: Operand,
     for n, t in enumerate(terms):
         L.append(f"  %bs{n} = add i64 {acc}, {t}")
         acc = f"%bs{n}"
-    L += [f"  %base = add i64 {acc}, 0", f"  %orow = mul i64 %r, {row_len}",
-          f"  %op = getelementptr {ty}, ptr %a0, i64 %orow"]
+    L += [
+        f"  %base = add i64 {acc}, 0",
+        f"  %orow = mul i64 %r, {row_len}",
+        f"  %op = getelementptr {ty}, ptr %a0, i64 %orow",
+    ]
     if fills:
         flag = fills[0]
         for n, f in enumerate(fills[1:]):
@@ -234,41 +275,55 @@ def index_copy_kernel(name: str, itemsize: int, out: Operand, src: Operand,
         L.append(f"  %d{s} = getelementptr {ty}, ptr %op, i64 {at}")
         at += _seg_len(seg)
         if isinstance(seg, Run) and seg.stride == 1:
-            L += [f"  %s{s} = getelementptr {ty}, ptr %sp, i64 {seg.offset}",
-                  f"  call void @llvm.memcpy.p0.p0.i64(ptr align 1 %d{s}, ptr align 1 %s{s}, "
-                  f"i64 {seg.n * itemsize}, i1 false)"]
+            L += [
+                f"  %s{s} = getelementptr {ty}, ptr %sp, i64 {seg.offset}",
+                f"  call void @llvm.memcpy.p0.p0.i64(ptr align 1 %d{s}, ptr align 1 %s{s}, "
+                f"i64 {seg.n * itemsize}, i1 false)",
+            ]
             continue
         j = loops.open(f"j{s}", "0", str(_seg_len(seg)), 1)
         if isinstance(seg, Fill):
             val = str(fv)
         else:
             if isinstance(seg, Run):
-                L += [f"  %e{s}.m = mul i64 {j}, {seg.stride}",
-                      f"  %e{s} = add i64 %e{s}.m, {seg.offset}"]
+                L += [
+                    f"  %e{s}.m = mul i64 {j}, {seg.stride}",
+                    f"  %e{s} = add i64 %e{s}.m, {seg.offset}",
+                ]
             elif isinstance(seg, Gathered):
                 L.append(f"  %e{s} = mul i64 {index(f'g{s}', j)}, {seg.stride}")
             else:
-                L += [f"  %m{s}.p = getelementptr i64, ptr {table(f'm{s}', seg.offsets)}, "
-                      f"i64 {j}", f"  %m{s} = load i64, ptr %m{s}.p, align 8"]
+                L += [
+                    f"  %m{s}.p = getelementptr i64, ptr {table(f'm{s}', seg.offsets)}, i64 {j}",
+                    f"  %m{s} = load i64, ptr %m{s}.p, align 8",
+                ]
                 if min(seg.offsets) < 0:
-                    L += [f"  %m{s}.neg = icmp slt i64 %m{s}, 0",
-                          f"  %e{s} = select i1 %m{s}.neg, i64 0, i64 %m{s}"]
+                    L += [
+                        f"  %m{s}.neg = icmp slt i64 %m{s}, 0",
+                        f"  %e{s} = select i1 %m{s}.neg, i64 0, i64 %m{s}",
+                    ]
                 else:
                     L.append(f"  %e{s} = add i64 %m{s}, 0")
-            L += [f"  %l{s}.p = getelementptr {ty}, ptr %sp, i64 %e{s}",
-                  f"  %l{s} = load {ty}, ptr %l{s}.p, align 1"]
+            L += [
+                f"  %l{s}.p = getelementptr {ty}, ptr %sp, i64 %e{s}",
+                f"  %l{s} = load {ty}, ptr %l{s}.p, align 1",
+            ]
             val = f"%l{s}"
             if isinstance(seg, Mapped) and min(seg.offsets) < 0:
                 L.append(f"  %v{s} = select i1 %m{s}.neg, {ty} {fv}, {ty} %l{s}")
                 val = f"%v{s}"
-        L += [f"  %o{s}.p = getelementptr {ty}, ptr %d{s}, i64 {j}",
-              f"  store {ty} {val}, ptr %o{s}.p, align 1"]
+        L += [
+            f"  %o{s}.p = getelementptr {ty}, ptr %d{s}, i64 {j}",
+            f"  store {ty} {val}, ptr %o{s}.p, align 1",
+        ]
         loops.close(f"j{s}", 1)
     if fills:
         L += ["  br label %rowend", "rowfill:"]
         f = loops.open("f", "0", str(row_len), 1)
-        L += [f"  %fp = getelementptr {ty}, ptr %op, i64 {f}",
-              f"  store {ty} {fv}, ptr %fp, align 1"]
+        L += [
+            f"  %fp = getelementptr {ty}, ptr %op, i64 {f}",
+            f"  store {ty} {fv}, ptr %fp, align 1",
+        ]
         loops.close("f", 1)
         L += ["  br label %rowend", "rowend:"]
     loops.close("r", 1)
@@ -304,8 +359,7 @@ def merge(axes: Sequence[Outer]) -> list[Outer]:
         if isinstance(a, Affine) and a.size == 1:
             continue
         prev = out[-1] if out else None
-        if isinstance(a, Affine) and isinstance(prev, Affine) and \
-                prev.stride == a.stride * a.size:
+        if isinstance(a, Affine) and isinstance(prev, Affine) and prev.stride == a.stride * a.size:
             out[-1] = Affine(prev.size * a.size, a.stride)
         else:
             out.append(a)
@@ -327,8 +381,12 @@ def split_last(axes: Sequence[Outer]) -> tuple[list[Outer], list[Segment]]:
 def movable(node: Node) -> bool:
     """Data and output of one dtype of 1, 2, 4 or 8 bytes (strings are Python objects)."""
     x, out = node.inputs[0], node.outputs[0]
-    return (x is not None and x.type.dtype == out.type.dtype and x.type.dtype != "string"
-            and x.type.itemsize in INT_TYPES)
+    return (
+        x is not None
+        and x.type.dtype == out.type.dtype
+        and x.type.dtype != "string"
+        and x.type.itemsize in INT_TYPES
+    )
 
 
 def gather_dtypes(node: Node) -> bool:
@@ -351,18 +409,42 @@ def static_operands(node: Node, n: int) -> list[Value] | None:
     return vals  # type: ignore[return-value]
 
 
-def kernel_step(lw: Lowerer, node: Node, name: str, reads: list[Value], writes: Value,
-                gen: Callable[[Callable[[Ref | None], Operand | None]], str], units: int,
-                nbytes: int) -> None:
+def kernel_step(
+    lw: Lowerer,
+    node: Node,
+    name: str,
+    reads: list[Value],
+    writes: Value,
+    gen: Callable[[Callable[[Ref | None], Operand | None]], str],
+    units: int,
+    nbytes: int,
+) -> None:
     """Append the step of one kernel whose ``units`` rows are shared between cores when it
     moves ``nbytes`` worth splitting."""
-    lw.steps.append(Step(name, reads, [writes], gen, op=node.op, units=units,
-                         parallel=worth_splitting(nbytes=nbytes) and units > 1))
+    lw.steps.append(
+        Step(
+            name,
+            reads,
+            [writes],
+            gen,
+            op=node.op,
+            units=units,
+            parallel=worth_splitting(nbytes=nbytes) and units > 1,
+        )
+    )
 
 
-def copy_step(lw: Lowerer, name: str, node: Node, reads: list[Value], outer: Sequence[Outer],
-              row: Sequence[Segment], fill: int = 0, check: IndexCheck | None = None,
-              base: int = 0) -> None:
+def copy_step(
+    lw: Lowerer,
+    name: str,
+    node: Node,
+    reads: list[Value],
+    outer: Sequence[Outer],
+    row: Sequence[Segment],
+    fill: int = 0,
+    check: IndexCheck | None = None,
+    base: int = 0,
+) -> None:
     """Append the :func:`index_copy_kernel` step that writes ``node``'s output from its data
     (``reads[0]``; ``reads[1]``: the gather indices that ``check`` checks)."""
     x, out = reads[0], node.outputs[0]
@@ -370,11 +452,29 @@ def copy_step(lw: Lowerer, name: str, node: Node, reads: list[Value], outer: Seq
     size = out.type.itemsize
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return index_copy_kernel(name, size, loc(out), loc(x), outer, row, fill,  # type: ignore
-                                 loc(idx), check, base)
+        return index_copy_kernel(
+            name,
+            size,
+            loc(out),
+            loc(x),
+            outer,
+            row,
+            fill,  # type: ignore
+            loc(idx),
+            check,
+            base,
+        )
 
-    kernel_step(lw, node, name, reads, out, gen, numel(tuple(a.size for a in outer)),
-                2 * numel(out.type.shape) * size)
+    kernel_step(
+        lw,
+        node,
+        name,
+        reads,
+        out,
+        gen,
+        numel(tuple(a.size for a in outer)),
+        2 * numel(out.type.shape) * size,
+    )
 
 
 def node_code(lw: Lowerer, node: Node) -> int:
@@ -382,8 +482,9 @@ def node_code(lw: Lowerer, node: Node) -> int:
     return next(i for i, n in enumerate(lw.g.nodes) if n is node) + 1
 
 
-def check_constant_indices(node: Node, idx: Value, x: Value, sizes: Sequence[int],
-                           axes: Sequence[int]) -> None:
+def check_constant_indices(
+    node: Node, idx: Value, x: Value, sizes: Sequence[int], axes: Sequence[int]
+) -> None:
     """Raise ShapeError for a constant index out of ``[-dim, dim-1]``: ``sizes``/``axes`` hold
     the size and number of the data axis each index selects on, per element of the indices'
     last dim (one entry: every index)."""
@@ -399,13 +500,16 @@ def check_constant_indices(node: Node, idx: Value, x: Value, sizes: Sequence[int
     k = 0 if len(sizes) == 1 else pos % len(sizes)
     dim, axis = sizes[k], axes[k]
     where = f"[{', '.join(str(i) for i in np.unravel_index(pos, shape))}]" if shape else ""
-    raise ShapeError(f"node '{node.name}' ({node.op}): constant index "
-                     f"{int(vals.reshape(-1)[pos])} at {idx.name}{where} is out of range "
-                     f"[{-dim}, {dim - 1}] for axis {axis} of '{x.name}' (size {dim})")
+    raise ShapeError(
+        f"node '{node.name}' ({node.op}): constant index "
+        f"{int(vals.reshape(-1)[pos])} at {idx.name}{where} is out of range "
+        f"[{-dim}, {dim - 1}] for axis {axis} of '{x.name}' (size {dim})"
+    )
 
 
-def index_checks(lw: Lowerer, node: Node, idx: Value, x: Value,
-                 axes: Sequence[int]) -> list[IndexCheck]:
+def index_checks(
+    lw: Lowerer, node: Node, idx: Value, x: Value, axes: Sequence[int]
+) -> list[IndexCheck]:
     """The run-time checks of indices ``idx`` that select on ``x``'s ``axes`` (one axis: every
     index; several: one per element of the indices' last dim); constant indices are checked
     now (ShapeError)."""
@@ -424,7 +528,7 @@ def lower_gather(lw: Lowerer, node: Node, name: str) -> bool:
     x, idx, _ = ops
     xs = dims(x)
     axis = normalize_axis(node.attrs.get("axis", 0), len(xs))
-    pre, dim, post = numel(tuple(xs[:axis])), xs[axis], numel(tuple(xs[axis + 1:]))
+    pre, dim, post = numel(tuple(xs[:axis])), xs[axis], numel(tuple(xs[axis + 1 :]))
     nidx = numel(idx.type.shape)
     (check,) = index_checks(lw, node, idx, x, [axis])
     outer: list[Outer] = [Affine(pre, dim * post)] if pre > 1 else []
@@ -437,8 +541,9 @@ def lower_gather(lw: Lowerer, node: Node, name: str) -> bool:
     return True
 
 
-def _affine_step(lw: Lowerer, node: Node, name: str, shape: Sequence[int],
-                 strides: Sequence[int]) -> bool:
+def _affine_step(
+    lw: Lowerer, node: Node, name: str, shape: Sequence[int], strides: Sequence[int]
+) -> bool:
     """A copy whose output index ``i`` reads ``sum(i[k] * strides[k])`` (0: broadcast)."""
     ms, (mst,) = collapse(list(shape), [list(strides)])
     outer, row = split_last([Affine(s, t) for s, t in zip(ms, mst, strict=True)])

@@ -56,14 +56,29 @@ def _split(v: Decimal, parts: int) -> tuple[float, ...]:
 _PI_2 = Decimal("1.57079632679489661923132169163975144209858469968755291048747229615390820")
 _PIO2_PARTS = _split(_PI_2, 3)  # x - q·π/2 with FMAs: exact first step, ~2^-75 relative tail
 _TWO_PI = _split(1 / _PI_2, 2)  # 2/π in two fp32 parts
-_LOG_P = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
-          -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)  # Cephes logf
+_LOG_P = (
+    7.0376836292e-2,
+    -1.1514610310e-1,
+    1.1676998740e-1,
+    -1.2420140846e-1,
+    1.4249322787e-1,
+    -1.6668057665e-1,
+    2.0000714765e-1,
+    -2.4999993993e-1,
+    3.3333331174e-1,
+)  # Cephes logf
 _SIN_P = (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)  # Cephes sinf on [-π/4, π/4]
 _COS_P = (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2)  # Cephes cosf
 # fdlibm's log: ln(1+f) = 2s + s·R(s²), s = f/(2+f), |R error| < 2^-58.
-_DLOG_P = (1.479819860511658591e-01, 1.531383769920937332e-01, 1.818357216161805012e-01,
-           2.222219843214978396e-01, 2.857142874366239149e-01, 3.999999999940941908e-01,
-           6.666666666666735130e-01)
+_DLOG_P = (
+    1.479819860511658591e-01,
+    1.531383769920937332e-01,
+    1.818357216161805012e-01,
+    2.222219843214978396e-01,
+    2.857142874366239149e-01,
+    3.999999999940941908e-01,
+    6.666666666666735130e-01,
+)
 _DEXP_P = tuple(1.0 / math.factorial(k) for k in range(11, -1, -1))  # e^r, |r| ≤ ln2/2: 7e-15
 _POW_INT_MAX = 64  # integer exponents up to this take products in fp64, not exp(y·log x)
 
@@ -77,8 +92,9 @@ class Emitter:
 
     _ids = itertools.count()
 
-    def __init__(self, lines: list[str], lanes: int = 1, fast: bool = False,
-                 elem: str = "float") -> None:
+    def __init__(
+        self, lines: list[str], lanes: int = 1, fast: bool = False, elem: str = "float"
+    ) -> None:
         if elem not in ("float", "double"):
             raise CodegenError(f"Emitter: element type '{elem}' is not float or double")
         self.lines, self.lanes, self.elem = lines, lanes, elem
@@ -233,8 +249,17 @@ class Emitter:
         n = self.call("rint", self.mul(x, self.const(1.4426950408889634)))
         r = self.fma(n, self.const(-0.693359375), x)
         r = self.fma(n, self.const(2.12194440e-4), r)
-        p = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                          1.6666665459e-1, 5.0000001201e-1])
+        p = self.poly(
+            r,
+            [
+                1.9875691500e-4,
+                1.3981999507e-3,
+                8.3334519073e-3,
+                4.1665795894e-2,
+                1.6666665459e-1,
+                5.0000001201e-1,
+            ],
+        )
         y = self.add(self.fma(self.mul(p, r), r, r), self.const(1.0))
         return self.mul(y, self.scale2(n))
 
@@ -246,14 +271,19 @@ class Emitter:
         depend on those ends.)"""
         low = self.cmp("olt", x, self.const(-87.33654))
         high = self.cmp("ogt", x, self.const(88.37626))  # 2^128 would overflow the scale
-        shift = self.select(low, self.const(20.0), self.select(high, self.const(-20.0),
-                                                                self.const(0.0)))
+        shift = self.select(
+            low, self.const(20.0), self.select(high, self.const(-20.0), self.const(0.0))
+        )
         y = self.exp(self.add(x, shift))
-        back = self.select(low, self.const(2.0611536224385579e-9), self.select(
-            high, self.const(485165195.40979028), self.const(1.0)))
+        back = self.select(
+            low,
+            self.const(2.0611536224385579e-9),
+            self.select(high, self.const(485165195.40979028), self.const(1.0)),
+        )
         y = self.mul(y, back)
-        y = self.select(self.cmp("ogt", x, self.const(88.72283935546875)),
-                        self.const(float("inf")), y)
+        y = self.select(
+            self.cmp("ogt", x, self.const(88.72283935546875)), self.const(float("inf")), y
+        )
         return self.select(self.cmp("uno", x, x), x, y)
 
     def expm1(self, x: str) -> str:
@@ -265,8 +295,17 @@ class Emitter:
         n = self.call("rint", self.mul(xc, self.const(1.4426950408889634)))
         r = self.fma(n, self.const(-0.693359375), xc)
         r = self.fma(n, self.const(2.12194440e-4), r)
-        p = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                          1.6666665459e-1, 5.0000001201e-1])
+        p = self.poly(
+            r,
+            [
+                1.9875691500e-4,
+                1.3981999507e-3,
+                8.3334519073e-3,
+                4.1665795894e-2,
+                1.6666665459e-1,
+                5.0000001201e-1,
+            ],
+        )
         em1 = self.fma(self.mul(p, r), r, r)  # e^r - 1
         half = self.scale2(self.sub(n, self.const(1.0)))  # 2^(n-1)
         y = self.fma(half, em1, self.sub(half, self.const(0.5)))
@@ -278,9 +317,20 @@ class Emitter:
         """Odd polynomial below |x| < 0.625, 1 - 2/(e**2|x| + 1) above, sign restored."""
         ax = self.call("fabs", x)
         z = self.mul(x, x)
-        small = self.fma(self.mul(x, z), self.poly(z, [
-            -5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1,
-            -3.33332819422e-1]), x)
+        small = self.fma(
+            self.mul(x, z),
+            self.poly(
+                z,
+                [
+                    -5.70498872745e-3,
+                    2.06390887954e-2,
+                    -5.37397155531e-2,
+                    1.33314422036e-1,
+                    -3.33332819422e-1,
+                ],
+            ),
+            x,
+        )
         e = self.exp(self.mul(ax, self.const(2.0)))
         big = self.sub(self.const(1.0), self.div(self.const(2.0), self.add(e, self.const(1.0))))
         big = self.call("copysign", big, x)
@@ -290,8 +340,8 @@ class Emitter:
     def _log_reduce(self, x: str) -> tuple[str, str]:
         """(e, f) with x = 2^e·(1 + f), 1 + f in [√½, √2), from the bits (subnormals scaled by
         2^23 first); meaningless for x <= 0, inf and NaN (the callers select those)."""
-        tiny = self.cmp("olt", x, self.const(2.0 ** -126))
-        xs = self.select(tiny, self.mul(x, self.const(2.0 ** 23)), x)
+        tiny = self.cmp("olt", x, self.const(2.0**-126))
+        xs = self.select(tiny, self.mul(x, self.const(2.0**23)), x)
         bits = self.bits(xs)
         k = self.iop("ashr", self.iop("sub", bits, self.iconst(0x3F3504F3)), self.iconst(23))
         m = self.from_bits(self.iop("sub", bits, self.iop("shl", k, self.iconst(23))))
@@ -353,24 +403,28 @@ class Emitter:
         c_hi = self.const(_TWO_PI[0])
         t = self.mul(x, c_hi)
         q = self.call("rint", t)
-        frac = self.add(self.sub(t, q), self.fma(x, self.const(_TWO_PI[1]),
-                                                 self.fma(x, c_hi, self.neg(t))))
+        frac = self.add(
+            self.sub(t, q), self.fma(x, self.const(_TWO_PI[1]), self.fma(x, c_hi, self.neg(t)))
+        )
         one = self.const(1.0)
-        step = self.select(self.cmp("ogt", frac, self.const(0.5)), one,
-                           self.select(self.cmp("olt", frac, self.const(-0.5)), self.neg(one),
-                                       self.const(0.0)))
+        step = self.select(
+            self.cmp("ogt", frac, self.const(0.5)),
+            one,
+            self.select(self.cmp("olt", frac, self.const(-0.5)), self.neg(one), self.const(0.0)),
+        )
         q = self.add(q, step)
         r = x
         for part in _PIO2_PARTS:
             r = self.fma(q, self.const(-part), r)
         # q as an integer; beyond ±2^30 (|x| > 1.6e9) the reduction is meaningless anyway,
         # and the clamp keeps fptosi defined (maxnum also turns NaN into a number here).
-        qc = self.min(self.max(q, self.const(-2.0 ** 30)), self.const(2.0 ** 30))
+        qc = self.min(self.max(q, self.const(-(2.0**30))), self.const(2.0**30))
         qi = self.iop("add", self.to_int(qc), self.iconst(quadrant_shift))
         z = self.mul(r, r)
         s = self.fma(self.mul(r, z), self.poly(z, _SIN_P), r)
-        c = self.fma(self.mul(z, z), self.poly(z, _COS_P), self.fma(z, self.const(-0.5),
-                                                                     self.const(1.0)))
+        c = self.fma(
+            self.mul(z, z), self.poly(z, _COS_P), self.fma(z, self.const(-0.5), self.const(1.0))
+        )
         odd = self.icmp("ne", self.iop("and", qi, self.iconst(1)), self.iconst(0))
         v = self.select(odd, c, s)
         sign = self.iop("shl", self.iop("and", qi, self.iconst(2)), self.iconst(30))
@@ -394,11 +448,22 @@ class Emitter:
 
     # -- erf, GELU, sigmoid -----------------------------------------------------------------------
     # erf(x) = x·P(x²)/Q(x²) on [-4, 4] (rational minimax, absolute error ~3e-7), ±1 beyond.
-    _ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-              -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-              -1.60960333262415e-02)
-    _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-              -7.37332916720468e-03, -1.42647390514189e-02)
+    _ERF_P = (
+        -2.72614225801306e-10,
+        2.77068142495902e-08,
+        -2.10102402082508e-06,
+        -5.69250639462346e-05,
+        -7.34990630326855e-04,
+        -2.95459980854025e-03,
+        -1.60960333262415e-02,
+    )
+    _ERF_Q = (
+        -1.45660718464996e-05,
+        -2.13374055278905e-04,
+        -1.68282697438203e-03,
+        -7.37332916720468e-03,
+        -1.42647390514189e-02,
+    )
 
     def erf_scaled(self, x: str, s: float = 1.0, k: float = 1.0) -> str:
         """k·erf(s·x), with s and k folded into the polynomials' coefficients (no extra mul)."""
@@ -440,8 +505,9 @@ class Emitter:
         """ln of a positive normal fp64 (fdlibm's reduction and polynomial, ~1e-16 relative);
         ``self`` is an fp64 emitter. 0, inf and NaN give a number the caller replaces."""
         bits = self.bits(xd)
-        k = self.iop("ashr", self.iop("sub", bits, self.iconst(0x3FE6A09E667F3BCD)),
-                     self.iconst(52))
+        k = self.iop(
+            "ashr", self.iop("sub", bits, self.iconst(0x3FE6A09E667F3BCD)), self.iconst(52)
+        )
         m = self.from_bits(self.iop("sub", bits, self.iop("shl", k, self.iconst(52))))
         f = self.sub(m, self.const(1.0))
         s = self.div(f, self.add(f, self.const(2.0)))
@@ -483,14 +549,20 @@ class Emitter:
         odd = self.both(yint, self.cmp("une", half, self.call("rint", half)))
         negative = self.icmp("slt", self.bits(x), self.iconst(0))  # sign bit, -0 included
         r = self.select(self.both(negative, odd), self.neg(r), r)
-        finite_neg = self.both(self.cmp("olt", x, self.const(0.0)),
-                               self.cmp("ogt", x, self.const(-math.inf)))
+        finite_neg = self.both(
+            self.cmp("olt", x, self.const(0.0)), self.cmp("ogt", x, self.const(-math.inf))
+        )
         r = self.select(self.both(finite_neg, self.cmp("une", y, yr)), self.const(math.nan), r)
         r = self.select(self.cmp("uno", x, y), self.const(math.nan), r)
         one = self.const(1.0)
-        r = self.select(self.both(self.cmp("oeq", ax, one),
-                                  self.cmp("oeq", self.call("fabs", y), self.const(math.inf))),
-                        one, r)
+        r = self.select(
+            self.both(
+                self.cmp("oeq", ax, one),
+                self.cmp("oeq", self.call("fabs", y), self.const(math.inf)),
+            ),
+            one,
+            r,
+        )
         r = self.select(self.cmp("oeq", x, one), one, r)
         return self.select(self.cmp("oeq", y, self.const(0.0)), one, r)
 
@@ -511,8 +583,9 @@ class Emitter:
             return self.call("sqrt", x)
         if c == -0.5:  # in fp64: one rounding, as powf's
             d = self.wide()
-            r = self.narrow(d.div(d.const(1.0), d.call("sqrt", self.extend(self.add(
-                x, self.const(0.0))))))
+            r = self.narrow(
+                d.div(d.const(1.0), d.call("sqrt", self.extend(self.add(x, self.const(0.0)))))
+            )
             return self.select(self.cmp("oeq", x, self.const(-math.inf)), self.const(0.0), r)
         if not math.isfinite(c) or c != int(c) or abs(c) > _POW_INT_MAX:
             return None
@@ -553,8 +626,9 @@ class Emitter:
         ey = d.iop("lshr", d.bits(yd), d.iconst(52))
 
         def mantissa(v: str, e: str) -> str:  # v·2^(23 - E), E = e - 1023
-            return d.mul(v, d.from_bits(d.iop("shl", d.iop("sub", d.iconst(2069), e),
-                                                d.iconst(52))))
+            return d.mul(
+                v, d.from_bits(d.iop("shl", d.iop("sub", d.iconst(2069), e), d.iconst(52)))
+            )
 
         mx, my = mantissa(xd, ex), mantissa(yd, ey)
         inv = d.div(d.const(1.0), my)
@@ -564,8 +638,9 @@ class Emitter:
         p = d.const(1.0)
         for b in range(8, -1, -1):
             p = d._mulmod(p, p, my, inv)
-            bit = d.icmp("ne", d.iop("and", d.iop("lshr", gap, d.iconst(b)), d.iconst(1)),
-                         d.iconst(0))
+            bit = d.icmp(
+                "ne", d.iop("and", d.iop("lshr", gap, d.iconst(b)), d.iconst(1)), d.iconst(0)
+            )
             p2 = d.add(p, p)
             p2 = d.select(d.cmp("oge", p2, my), d.sub(p2, my), p2)
             p = d.select(bit, p2, p)
@@ -573,8 +648,9 @@ class Emitter:
         unit = d.from_bits(d.iop("shl", d.iop("sub", ey, d.iconst(23)), d.iconst(52)))
         r = self.call("copysign", self.narrow(d.mul(rem, unit)), x)
         r = self.select(self.cmp("olt", ax, ay), x, r)
-        bad = self.either(self.cmp("oeq", ay, self.const(0.0)),
-                          self.cmp("oeq", ax, self.const(math.inf)))
+        bad = self.either(
+            self.cmp("oeq", ay, self.const(0.0)), self.cmp("oeq", ax, self.const(math.inf))
+        )
         return self.select(self.either(bad, self.cmp("uno", x, y)), self.const(math.nan), r)
 
     def floor_mod(self, x: str, y: str) -> str:
@@ -582,8 +658,10 @@ class Emitter:
         remainder whose sign differs from y's gets y added (one fp32 rounding, as numpy's);
         a zero one takes y's sign. Error: 0 against numpy."""
         r = self.fmod(x, y)
-        differ = self.emit(f"xor {self.cty} {self.cmp('olt', y, self.const(0.0))}, "
-                           f"{self.cmp('olt', r, self.const(0.0))}")
+        differ = self.emit(
+            f"xor {self.cty} {self.cmp('olt', y, self.const(0.0))}, "
+            f"{self.cmp('olt', r, self.const(0.0))}"
+        )
         r = self.select(self.both(self.cmp("une", r, self.const(0.0)), differ), self.add(r, y), r)
         zero = self.call("copysign", self.const(0.0), y)
         return self.select(self.cmp("oeq", r, self.const(0.0)), zero, r)
@@ -594,10 +672,21 @@ class Emitter:
         Raises CodegenError if unknown."""
         if name in ("identity", "none"):
             return x
-        simple = {"neg": self.neg, "exp": self.exp_op, "tanh": self.tanh, "erf": self.erf,
-                  "gelu": self.gelu, "gelu_tanh": self.gelu_tanh, "sigmoid": self.sigmoid,
-                  "log": self.log, "sin": self.sin, "cos": self.cos, "softplus": self.softplus,
-                  "expm1": self.expm1, "log1p": self.log1p}
+        simple = {
+            "neg": self.neg,
+            "exp": self.exp_op,
+            "tanh": self.tanh,
+            "erf": self.erf,
+            "gelu": self.gelu,
+            "gelu_tanh": self.gelu_tanh,
+            "sigmoid": self.sigmoid,
+            "log": self.log,
+            "sin": self.sin,
+            "cos": self.cos,
+            "softplus": self.softplus,
+            "expm1": self.expm1,
+            "log1p": self.log1p,
+        }
         if name in simple:
             return simple[name](x)
         if name == "abs":
@@ -624,9 +713,17 @@ class Emitter:
     def binary(self, name: str, a: str, b: str) -> str:
         """Apply the satura binary op ``name`` with numpy's semantics (max and min propagate
         NaN). Raises CodegenError if unknown."""
-        table = {"add": self.add, "sub": self.sub, "mul": self.mul, "div": self.div,
-                 "max": self.maximum, "min": self.minimum, "pow": self.pow, "fmod": self.fmod,
-                 "floor_mod": self.floor_mod}
+        table = {
+            "add": self.add,
+            "sub": self.sub,
+            "mul": self.mul,
+            "div": self.div,
+            "max": self.maximum,
+            "min": self.minimum,
+            "pow": self.pow,
+            "fmod": self.fmod,
+            "floor_mod": self.floor_mod,
+        }
         if name not in table:
             raise CodegenError(f"no LLVM lowering for elementwise op '{name}'")
         return table[name](a, b)
@@ -636,16 +733,49 @@ class Emitter:
 # kernel-only helpers that lowerings compose: expm1 (elu), log1p, relu6 (clip to [0, 6]), and
 # the two float remainders of mod (fmod: C fmod, sign of x; floor_mod: numpy's, sign of y).
 KERNEL_ONLY = frozenset({"expm1", "log1p", "relu6", "fmod", "floor_mod"})
-UNARY_OPS = frozenset({"identity", "neg", "exp", "tanh", "erf", "gelu", "sigmoid", "abs", "sqrt",
-                       "floor", "ceil", "reciprocal", "relu", "silu", "leaky_relu", "log", "sin",
-                       "cos", "round", "softplus", "expm1", "log1p", "relu6"})
+UNARY_OPS = frozenset(
+    {
+        "identity",
+        "neg",
+        "exp",
+        "tanh",
+        "erf",
+        "gelu",
+        "sigmoid",
+        "abs",
+        "sqrt",
+        "floor",
+        "ceil",
+        "reciprocal",
+        "relu",
+        "silu",
+        "leaky_relu",
+        "log",
+        "sin",
+        "cos",
+        "round",
+        "softplus",
+        "expm1",
+        "log1p",
+        "relu6",
+    }
+)
 BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max", "min", "pow", "fmod", "floor_mod"})
 # What a GEMM or convolution kernel may apply to its result before the store (by name, with
 # default attributes): every unary op of one value, and relu6 (MobileNet's clip).
 ACTIVATIONS = frozenset({"none", "gelu_tanh", "relu6"}) | (UNARY_OPS - KERNEL_ONLY - {"identity"})
 
-_INTRINSIC_ARITY = (("fma", 3), ("maxnum", 2), ("minnum", 2), ("rint", 1), ("fabs", 1),
-                    ("sqrt", 1), ("floor", 1), ("ceil", 1), ("copysign", 2))
+_INTRINSIC_ARITY = (
+    ("fma", 3),
+    ("maxnum", 2),
+    ("minnum", 2),
+    ("rint", 1),
+    ("fabs", 1),
+    ("sqrt", 1),
+    ("floor", 1),
+    ("ceil", 1),
+    ("copysign", 2),
+)
 INTRINSICS = [
     f"declare {vec_type(w, t)} @llvm.{name}.{'' if w == 1 else f'v{w}'}{s}"
     f"({', '.join([vec_type(w, t)] * n)})"
@@ -657,10 +787,19 @@ INTRINSICS = [
 
 # dtype -> (LLVM type, kind): "f" float, "s" signed int, "u" unsigned int, "b" bool (a 0/1 byte).
 # No float16: LLVM lowers some of its conversions to runtime-library calls the JIT does not link.
-CAST_TYPES = {"float32": ("float", "f"), "float64": ("double", "f"),
-              "int64": ("i64", "s"), "int32": ("i32", "s"), "int16": ("i16", "s"),
-              "int8": ("i8", "s"), "uint8": ("i8", "u"), "uint16": ("i16", "u"),
-              "uint32": ("i32", "u"), "uint64": ("i64", "u"), "bool": ("i8", "b")}
+CAST_TYPES = {
+    "float32": ("float", "f"),
+    "float64": ("double", "f"),
+    "int64": ("i64", "s"),
+    "int32": ("i32", "s"),
+    "int16": ("i16", "s"),
+    "int8": ("i8", "s"),
+    "uint8": ("i8", "u"),
+    "uint16": ("i16", "u"),
+    "uint32": ("i32", "u"),
+    "uint64": ("i64", "u"),
+    "bool": ("i8", "b"),
+}
 _FLOAT_BITS = {"float": 32, "double": 64}
 
 
@@ -686,8 +825,13 @@ def convert(lines: list[str], v: str, src: str, dst: str) -> str:
     elif dk == "f":
         op = "sitofp" if sk == "s" else "uitofp"
     else:
-        op = ("sext" if sk == "s" else "zext") if _bits(dt) > _bits(st) else \
-            "trunc" if _bits(dt) < _bits(st) else None
+        op = (
+            ("sext" if sk == "s" else "zext")
+            if _bits(dt) > _bits(st)
+            else "trunc"
+            if _bits(dt) < _bits(st)
+            else None
+        )
     if op is None:
         return v
     lines.append(f"  %cv = {op} {st} {v} to {dt}")
@@ -701,5 +845,9 @@ def _ftype(ty: str) -> str:
 def cast_declares() -> str:
     """The saturating float-to-int intrinsics ``convert`` may call."""
     ints = sorted({t for t, k in CAST_TYPES.values() if k != "f"})
-    return "\n".join(f"declare {i} @llvm.{op}.sat.{i}.{_ftype(f)}({f})"
-                     for op in ("fptosi", "fptoui") for i in ints for f in _FLOAT_BITS)
+    return "\n".join(
+        f"declare {i} @llvm.{op}.sat.{i}.{_ftype(f)}({f})"
+        for op in ("fptosi", "fptoui")
+        for i in ints
+        for f in _FLOAT_BITS
+    )

@@ -42,9 +42,11 @@ def wrapper(name: str, operands: list[Operand | None]) -> str:
         if op is None:
             args.append("ptr null")
             continue
-        lines += [f"  %s{k}p = getelementptr ptr, ptr %t, i64 {op.slot}",
-                  f"  %s{k} = load ptr, ptr %s{k}p, align 8",
-                  f"  %p{k} = getelementptr i8, ptr %s{k}, i64 {op.offset}"]
+        lines += [
+            f"  %s{k}p = getelementptr ptr, ptr %t, i64 {op.slot}",
+            f"  %s{k} = load ptr, ptr %s{k}p, align 8",
+            f"  %p{k} = getelementptr i8, ptr %s{k}, i64 {op.offset}",
+        ]
         args.append(f"ptr %p{k}")
     args += ["i64 %part", "i64 %nparts"]
     lines += [f"  call void @{name}_body({', '.join(args)})", "  ret void", "}"]
@@ -59,12 +61,17 @@ def body_header(name: str, nptrs: int) -> str:
 def share(lines: list[str], total: int, grain: int, lo: str, hi: str) -> None:
     """Emit ``lo``/``hi``: the ``part``-th share of ``range(total)``, cut at multiples of grain."""
     units = -(-total // grain)
-    lines += [f"  {lo}u0 = mul i64 %part, {units}", f"  {lo}u = udiv i64 {lo}u0, %nparts",
-              f"  {hi}u0 = add i64 %part, 1", f"  {hi}u1 = mul i64 {hi}u0, {units}",
-              f"  {hi}u = udiv i64 {hi}u1, %nparts",
-              f"  {lo}g = mul i64 {lo}u, {grain}", f"  {hi}g = mul i64 {hi}u, {grain}",
-              f"  {lo} = call i64 @llvm.umin.i64(i64 {lo}g, i64 {total})",
-              f"  {hi} = call i64 @llvm.umin.i64(i64 {hi}g, i64 {total})"]
+    lines += [
+        f"  {lo}u0 = mul i64 %part, {units}",
+        f"  {lo}u = udiv i64 {lo}u0, %nparts",
+        f"  {hi}u0 = add i64 %part, 1",
+        f"  {hi}u1 = mul i64 {hi}u0, {units}",
+        f"  {hi}u = udiv i64 {hi}u1, %nparts",
+        f"  {lo}g = mul i64 {lo}u, {grain}",
+        f"  {hi}g = mul i64 {hi}u, {grain}",
+        f"  {lo} = call i64 @llvm.umin.i64(i64 {lo}g, i64 {total})",
+        f"  {hi} = call i64 @llvm.umin.i64(i64 {hi}g, i64 {total})",
+    ]
 
 
 class Loops:
@@ -74,36 +81,53 @@ class Loops:
         self.L, self.n = lines, 0
 
     def open(self, var: str, start: str, end: str, step: int) -> str:
-        self.L += [f"  store i64 {start}, ptr %{var}.a", f"  br label %{var}.h", f"{var}.h:",
-                   f"  %{var} = load i64, ptr %{var}.a",
-                   f"  %{var}.c = icmp slt i64 %{var}, {end}",
-                   f"  br i1 %{var}.c, label %{var}.b, label %{var}.x", f"{var}.b:"]
+        self.L += [
+            f"  store i64 {start}, ptr %{var}.a",
+            f"  br label %{var}.h",
+            f"{var}.h:",
+            f"  %{var} = load i64, ptr %{var}.a",
+            f"  %{var}.c = icmp slt i64 %{var}, {end}",
+            f"  br i1 %{var}.c, label %{var}.b, label %{var}.x",
+            f"{var}.b:",
+        ]
         return f"%{var}"
 
     def close(self, var: str, step: int) -> None:
-        self.L += [f"  %{var}.n = add i64 %{var}, {step}", f"  store i64 %{var}.n, ptr %{var}.a",
-                   f"  br label %{var}.h", f"{var}.x:"]
+        self.L += [
+            f"  %{var}.n = add i64 %{var}, {step}",
+            f"  store i64 %{var}.n, ptr %{var}.a",
+            f"  br label %{var}.h",
+            f"{var}.x:",
+        ]
 
 
 @dataclass(frozen=True)
 class ArchIR:
     """How one ISA spells what the generated code needs and LLVM IR has no neutral form for."""
 
-    declares: str      # the intrinsics the lines below call
-    store_fence: str   # orders streaming (non-temporal) stores before a share reports done
-    spin_hint: str     # one spin-wait iteration's hint to the core
-    futex_nr: int      # Linux system call number of futex(2)
+    declares: str  # the intrinsics the lines below call
+    store_fence: str  # orders streaming (non-temporal) stores before a share reports done
+    spin_hint: str  # one spin-wait iteration's hint to the core
+    futex_nr: int  # Linux system call number of futex(2)
 
 
 ARCH_IR = {
     # ``fence release`` is no instruction on x86 (TSO), but movnt stores are weakly ordered:
     # they need sfence.
-    "x86_64": ArchIR("declare void @llvm.x86.sse.sfence()\ndeclare void @llvm.x86.sse2.pause()",
-                     "call void @llvm.x86.sse.sfence()", "call void @llvm.x86.sse2.pause()", 202),
+    "x86_64": ArchIR(
+        "declare void @llvm.x86.sse.sfence()\ndeclare void @llvm.x86.sse2.pause()",
+        "call void @llvm.x86.sse.sfence()",
+        "call void @llvm.x86.sse2.pause()",
+        202,
+    ),
     # AArch64: a release fence is ``dmb ish``, which orders STNP like any store; hint #1 is
     # ``yield``.
-    "aarch64": ArchIR("declare void @llvm.aarch64.hint(i32)", "fence release",
-                      "call void @llvm.aarch64.hint(i32 1)", 98),
+    "aarch64": ArchIR(
+        "declare void @llvm.aarch64.hint(i32)",
+        "fence release",
+        "call void @llvm.aarch64.hint(i32 1)",
+        98,
+    ),
 }
 
 
@@ -147,32 +171,55 @@ ERROR_SLOT = 1
 ERROR_WORDS = 8
 
 
-def report_error(lines: list[str], label: str, record: str, code: int, pos: str, value: str,
-                 lo: int, hi: int, input_no: int) -> None:
+def report_error(
+    lines: list[str],
+    label: str,
+    record: str,
+    code: int,
+    pos: str,
+    value: str,
+    lo: int,
+    hi: int,
+    input_no: int,
+) -> None:
     """Emit block ``label``: write (``code``, ``pos``, ``value``, [lo, hi], ``input_no``) into the
     error record at ``record`` under its lock unless an earlier report wins, then return from
     the kernel. ``pos`` and ``value`` are i64 SSA names (or constants) visible in the block."""
     t = label
-    lines += [f"{t}:", f"  br label %{t}.lock", f"{t}.lock:",
-              f"  %{t}.cx = cmpxchg ptr {record}, i64 0, i64 1 acquire monotonic, align 8",
-              f"  %{t}.got = extractvalue {{ i64, i1 }} %{t}.cx, 1",
-              f"  br i1 %{t}.got, label %{t}.held, label %{t}.spin", f"{t}.spin:",
-              "  call void @sat_spin_hint()", f"  br label %{t}.lock", f"{t}.held:",
-              f"  %{t}.cp = getelementptr i64, ptr {record}, i64 1",
-              f"  %{t}.c = load i64, ptr %{t}.cp, align 8",
-              f"  %{t}.pp = getelementptr i64, ptr {record}, i64 2",
-              f"  %{t}.p = load i64, ptr %{t}.pp, align 8",
-              f"  %{t}.empty = icmp eq i64 %{t}.c, 0",
-              f"  %{t}.same = icmp eq i64 %{t}.c, {code}",
-              f"  %{t}.less = icmp ult i64 {pos}, %{t}.p",
-              f"  %{t}.first = and i1 %{t}.same, %{t}.less",
-              f"  %{t}.take = or i1 %{t}.empty, %{t}.first",
-              f"  br i1 %{t}.take, label %{t}.write, label %{t}.done", f"{t}.write:"]
+    lines += [
+        f"{t}:",
+        f"  br label %{t}.lock",
+        f"{t}.lock:",
+        f"  %{t}.cx = cmpxchg ptr {record}, i64 0, i64 1 acquire monotonic, align 8",
+        f"  %{t}.got = extractvalue {{ i64, i1 }} %{t}.cx, 1",
+        f"  br i1 %{t}.got, label %{t}.held, label %{t}.spin",
+        f"{t}.spin:",
+        "  call void @sat_spin_hint()",
+        f"  br label %{t}.lock",
+        f"{t}.held:",
+        f"  %{t}.cp = getelementptr i64, ptr {record}, i64 1",
+        f"  %{t}.c = load i64, ptr %{t}.cp, align 8",
+        f"  %{t}.pp = getelementptr i64, ptr {record}, i64 2",
+        f"  %{t}.p = load i64, ptr %{t}.pp, align 8",
+        f"  %{t}.empty = icmp eq i64 %{t}.c, 0",
+        f"  %{t}.same = icmp eq i64 %{t}.c, {code}",
+        f"  %{t}.less = icmp ult i64 {pos}, %{t}.p",
+        f"  %{t}.first = and i1 %{t}.same, %{t}.less",
+        f"  %{t}.take = or i1 %{t}.empty, %{t}.first",
+        f"  br i1 %{t}.take, label %{t}.write, label %{t}.done",
+        f"{t}.write:",
+    ]
     for k, v in enumerate((code, pos, value, lo, hi, input_no)):
-        lines += [f"  %{t}.w{k} = getelementptr i64, ptr {record}, i64 {k + 1}",
-                  f"  store i64 {v}, ptr %{t}.w{k}, align 8"]
-    lines += [f"  br label %{t}.done", f"{t}.done:",
-              f"  store atomic i64 0, ptr {record} release, align 8", "  ret void"]
+        lines += [
+            f"  %{t}.w{k} = getelementptr i64, ptr {record}, i64 {k + 1}",
+            f"  store i64 {v}, ptr %{t}.w{k}, align 8",
+        ]
+    lines += [
+        f"  br label %{t}.done",
+        f"{t}.done:",
+        f"  store atomic i64 0, ptr {record} release, align 8",
+        "  ret void",
+    ]
 
 
 PRELUDE = """declare i64 @llvm.umin.i64(i64, i64)

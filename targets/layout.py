@@ -31,10 +31,18 @@ def contiguous_strides(shape: Sequence[int]) -> list[int]:
     return out
 
 
-def strided_copy_kernel(name: str, itemsize: int, shape: Sequence[int], strides: Sequence[int],
-                        offset: int, out: Operand, src: Operand,
-                        out_strides: Sequence[int] | None = None, out_offset: int = 0,
-                        cast: tuple[str, str] | None = None) -> str:
+def strided_copy_kernel(
+    name: str,
+    itemsize: int,
+    shape: Sequence[int],
+    strides: Sequence[int],
+    offset: int,
+    out: Operand,
+    src: Operand,
+    out_strides: Sequence[int] | None = None,
+    out_offset: int = 0,
+    cast: tuple[str, str] | None = None,
+) -> str:
     """``out[out_offset + sum(i[k] * out_strides[k])] = src[offset + sum(i[k] * strides[k])]``
     over ``shape`` (elements; ``out_strides`` default: contiguous). ``cast``: (source dtype,
     destination dtype) to convert each element between them (else moved as bytes)."""
@@ -46,8 +54,14 @@ def strided_copy_kernel(name: str, itemsize: int, shape: Sequence[int], strides:
     ostr = [int(s) for s in out_strides] if out_strides else contiguous_strides(shape)
     n, sn, on = shape[-1], strides[-1], ostr[-1]
     rows = numel(tuple(shape[:-1]))
-    L = [body_header(name, 2), "entry:", "  %r.a = alloca i64, align 8", "  %j.a = alloca i64",
-         "  br label %go", "go:"]
+    L = [
+        body_header(name, 2),
+        "entry:",
+        "  %r.a = alloca i64, align 8",
+        "  %j.a = alloca i64",
+        "  br label %go",
+        "go:",
+    ]
     share(L, rows, 1, "%r0", "%r1")
     loops = Loops(L)
     r = loops.open("r", "%r0", "%r1", 1)
@@ -55,38 +69,78 @@ def strided_copy_kernel(name: str, itemsize: int, shape: Sequence[int], strides:
     L += [f"  %base0 = add i64 0, {offset}", f"  %obase0 = add i64 0, {out_offset}"]
     cur, ocur, rem = "%base0", "%obase0", r
     for k in reversed(range(len(shape) - 1)):
-        L += [f"  %ix{k} = urem i64 {rem}, {shape[k]}", f"  %rq{k} = udiv i64 {rem}, {shape[k]}",
-              f"  %bo{k} = mul i64 %ix{k}, {strides[k]}", f"  %ba{k} = add i64 {cur}, %bo{k}",
-              f"  %obo{k} = mul i64 %ix{k}, {ostr[k]}", f"  %oba{k} = add i64 {ocur}, %obo{k}"]
+        L += [
+            f"  %ix{k} = urem i64 {rem}, {shape[k]}",
+            f"  %rq{k} = udiv i64 {rem}, {shape[k]}",
+            f"  %bo{k} = mul i64 %ix{k}, {strides[k]}",
+            f"  %ba{k} = add i64 {cur}, %bo{k}",
+            f"  %obo{k} = mul i64 %ix{k}, {ostr[k]}",
+            f"  %oba{k} = add i64 {ocur}, %obo{k}",
+        ]
         cur, ocur, rem = f"%ba{k}", f"%oba{k}", f"%rq{k}"
-    L += [f"  %orow = getelementptr {oty}, ptr %a0, i64 {ocur}",
-          f"  %irow = getelementptr {ty}, ptr %a1, i64 {cur}"]
+    L += [
+        f"  %orow = getelementptr {oty}, ptr %a0, i64 {ocur}",
+        f"  %irow = getelementptr {ty}, ptr %a1, i64 {cur}",
+    ]
     j = loops.open("j", "0", str(n), 1)
-    L += [f"  %jo = mul i64 {j}, {sn}", f"  %sp = getelementptr {ty}, ptr %irow, i64 %jo",
-          f"  %vv = load {ty}, ptr %sp, align 1"]
+    L += [
+        f"  %jo = mul i64 {j}, {sn}",
+        f"  %sp = getelementptr {ty}, ptr %irow, i64 %jo",
+        f"  %vv = load {ty}, ptr %sp, align 1",
+    ]
     val = convert(L, "%vv", *cast) if cast is not None else "%vv"
-    L += [f"  %ojo = mul i64 {j}, {on}", f"  %dp = getelementptr {oty}, ptr %orow, i64 %ojo",
-          f"  store {oty} {val}, ptr %dp, align 1"]
+    L += [
+        f"  %ojo = mul i64 {j}, {on}",
+        f"  %dp = getelementptr {oty}, ptr %orow, i64 %ojo",
+        f"  store {oty} {val}, ptr %dp, align 1",
+    ]
     loops.close("j", 1)
     loops.close("r", 1)
     L += ["  ret void", "}"]
     return "\n".join([wrapper(name, [out, src]), "\n".join(L)])
 
 
-def _copy_step(lw: Lowerer, name: str, src: Value, out: Value, strides: Sequence[int],
-               offset: int, shape: Sequence[int] | None = None,
-               out_strides: Sequence[int] | None = None, out_offset: int = 0) -> None:
+def _copy_step(
+    lw: Lowerer,
+    name: str,
+    src: Value,
+    out: Value,
+    strides: Sequence[int],
+    offset: int,
+    shape: Sequence[int] | None = None,
+    out_strides: Sequence[int] | None = None,
+    out_offset: int = 0,
+) -> None:
     shape = [int(d) for d in (out.type.shape if shape is None else shape)]
     size = out.type.itemsize
     cast = (src.type.dtype, out.type.dtype) if src.type.dtype != out.type.dtype else None
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return strided_copy_kernel(name, size, shape, strides, offset, loc(out),  # type: ignore
-                                   loc(src), out_strides, out_offset, cast)  # type: ignore
+        return strided_copy_kernel(
+            name,
+            size,
+            shape,
+            strides,
+            offset,
+            loc(out),  # type: ignore
+            loc(src),
+            out_strides,
+            out_offset,
+            cast,
+        )  # type: ignore
 
     nbytes = numel(tuple(shape)) * (size + src.type.itemsize)
-    lw.steps.append(Step(name, [src], [out], gen, parallel=worth_splitting(nbytes=nbytes),
-                         op="cast" if cast else "copy", units=numel(tuple(shape[:-1]))))
+    lw.steps.append(
+        Step(
+            name,
+            [src],
+            [out],
+            gen,
+            parallel=worth_splitting(nbytes=nbytes),
+            op="cast" if cast else "copy",
+            units=numel(tuple(shape[:-1])),
+        )
+    )
 
 
 def flat_copy(lw: Lowerer, node: Node, name: str) -> bool:
@@ -101,8 +155,12 @@ def flat_copy(lw: Lowerer, node: Node, name: str) -> bool:
 
 
 def _ok(x: Value | None, *outs: Value) -> bool:
-    return x is not None and x.type.is_static and x.type.itemsize in INT_TYPES and all(
-        o.type.is_static and numel(o.type.shape) > 0 for o in outs)
+    return (
+        x is not None
+        and x.type.is_static
+        and x.type.itemsize in INT_TYPES
+        and all(o.type.is_static and numel(o.type.shape) > 0 for o in outs)
+    )
 
 
 def lower_transpose(lw: Lowerer, node: Node, name: str) -> bool:
@@ -152,8 +210,11 @@ def lower_split(lw: Lowerer, node: Node, name: str) -> bool:
 def lower_concat(lw: Lowerer, node: Node, name: str) -> bool:
     out = node.outputs[0]
     ins = [x for x in node.inputs if x is not None]
-    if not ins or not all(_ok(x, out) for x in ins) or any(
-            x.type.dtype != out.type.dtype for x in ins):
+    if (
+        not ins
+        or not all(_ok(x, out) for x in ins)
+        or any(x.type.dtype != out.type.dtype for x in ins)
+    ):
         return False
     oshape = [int(d) for d in out.type.shape]
     axis = normalize_axis(node.attrs["axis"], len(oshape))
@@ -162,7 +223,16 @@ def lower_concat(lw: Lowerer, node: Node, name: str) -> bool:
     for i, x in enumerate(ins):
         shape = [int(d) for d in x.type.shape]
         if numel(tuple(shape)):
-            _copy_step(lw, f"{name}_{i}", x, out, contiguous_strides(shape), 0, shape, ost,
-                       start * ost[axis])
+            _copy_step(
+                lw,
+                f"{name}_{i}",
+                x,
+                out,
+                contiguous_strides(shape),
+                0,
+                shape,
+                ost,
+                start * ost[axis],
+            )
         start += shape[axis]
     return True

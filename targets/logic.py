@@ -43,8 +43,20 @@ from satura.targets.lower import LOWERINGS, Lowerer, Lowering, Ref, Step, numel,
 LOGIC_NODE_OPS = frozenset(COMPARISONS) | LOGIC_OPS | {"not", "isnan", "where"}
 # Ops cheap enough to recompute at every element of a broadcast consumer (an intermediate smaller
 # than the chain's output is evaluated once per output element, never stored).
-CHEAP_OPS = TYPED_OPS | {"add", "sub", "mul", "max", "min", "neg", "abs", "relu", "floor", "ceil",
-                         "identity", "cast"}
+CHEAP_OPS = TYPED_OPS | {
+    "add",
+    "sub",
+    "mul",
+    "max",
+    "min",
+    "neg",
+    "abs",
+    "relu",
+    "floor",
+    "ceil",
+    "identity",
+    "cast",
+}
 MAX_CHAIN = 16  # nodes per fused kernel (keeps the generated function small)
 
 
@@ -52,8 +64,12 @@ def plain_float_op(op: str) -> bool:
     """Whether ``op`` is a graph op without attributes that the fp32 emitter computes by name
     (``pow`` is left to its own lowering, which specialises constant exponents)."""
     info = OPS.get(op)
-    return info is not None and not info.attrs and op != "pow" and (
-        op in UNARY_OPS or op in BINARY_OPS)
+    return (
+        info is not None
+        and not info.attrs
+        and op != "pow"
+        and (op in UNARY_OPS or op in BINARY_OPS)
+    )
 
 
 def node_expr(node: Node) -> Expr | None:
@@ -177,8 +193,13 @@ class _Planner:
             return chain.inlined[id(x)]
         p = x.producer
         assert p is not None
-        if _sole_reader(self.lw, x) is not reader or id(p) in self.lw.absorbed \
-                or len(chain.nodes) >= MAX_CHAIN or not _static(x) or not typed_accepts(p):
+        if (
+            _sole_reader(self.lw, x) is not reader
+            or id(p) in self.lw.absorbed
+            or len(chain.nodes) >= MAX_CHAIN
+            or not _static(x)
+            or not typed_accepts(p)
+        ):
             return None
         expr = node_expr(p)
         assert expr is not None
@@ -232,8 +253,13 @@ class _Planner:
     def grow(self, chain: Chain) -> Chain | None:
         """``chain`` with the one reader of its value joined, or None where it ends."""
         u = _sole_reader(self.lw, chain.out)
-        if u is None or id(u) in self.lw.absorbed or len(chain.nodes) >= MAX_CHAIN \
-                or len(u.outputs) != 1 or not _static(u.outputs[0]):
+        if (
+            u is None
+            or id(u) in self.lw.absorbed
+            or len(chain.nodes) >= MAX_CHAIN
+            or len(u.outputs) != 1
+            or not _static(u.outputs[0])
+        ):
             return None
         return self.apply(chain, u, chain.out)
 
@@ -258,15 +284,33 @@ def emit_chain(lw: Lowerer, chain: Chain, name: str) -> bool:
     in_shapes = [tuple(int(d) for d in x.type.shape) for x in ins]
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return ew_kernel(name, expr, loc(out), shape,  # type: ignore[arg-type]
-                         [(loc(x), s) for x, s in zip(ins, in_shapes, strict=True)],
-                         lw.host.lanes, dtypes)
+        return ew_kernel(
+            name,
+            expr,
+            loc(out),
+            shape,  # type: ignore[arg-type]
+            [(loc(x), s) for x, s in zip(ins, in_shapes, strict=True)],
+            lw.host.lanes,
+            dtypes,
+        )
 
-    same = [x for x, s in zip(ins, in_shapes, strict=True)
-            if s == shape and x.type.dtype == out.type.dtype]
+    same = [
+        x
+        for x, s in zip(ins, in_shapes, strict=True)
+        if s == shape and x.type.dtype == out.type.dtype
+    ]
     nbytes = sum(numel(v.type.shape) * v.type.itemsize for v in [*ins, out])
-    lw.steps.append(Step(name, ins, [out], gen, parallel=worth_splitting(nbytes=nbytes),
-                         op=chain.nodes[0].op, inplace_ok=same))
+    lw.steps.append(
+        Step(
+            name,
+            ins,
+            [out],
+            gen,
+            parallel=worth_splitting(nbytes=nbytes),
+            op=chain.nodes[0].op,
+            inplace_ok=same,
+        )
+    )
     return True
 
 
@@ -298,8 +342,10 @@ def _chain_first(fp32: Lowering) -> Lowering:
 
 
 # The lowerings that a chain may start at besides this module's ("identity" is a view).
-CHAIN_STARTS = ({op for op in BINARY_OPS | UNARY_OPS if plain_float_op(op)}
-                | {"ew", "gelu", "leaky_relu", "cast"}) - {"identity"}
+CHAIN_STARTS = (
+    {op for op in BINARY_OPS | UNARY_OPS if plain_float_op(op)}
+    | {"ew", "gelu", "leaky_relu", "cast"}
+) - {"identity"}
 
 for _op in sorted(LOGIC_NODE_OPS):
     LOWERINGS[_op] = Lowering(lower_logic, typed_accepts)

@@ -68,8 +68,9 @@ def balanced_shares(units: int, threads: int) -> int:
     most = threads * CHUNKS_PER_THREAD
     if units <= 0:
         return most
-    return min(range(threads, most + 1),
-               key=lambda s: (-(-s // threads) * -(-units // s), s > units, -s))
+    return min(
+        range(threads, most + 1), key=lambda s: (-(-s // threads) * -(-units // s), s > units, -s)
+    )
 
 
 @dataclass
@@ -105,9 +106,9 @@ class Program:
     """Steps plus everything the runtime needs to bind pointers."""
 
     steps: list[Step]
-    consts: list[Value]                      # slots after inputs and outputs
+    consts: list[Value]  # slots after inputs and outputs
     extra_consts: dict[int, np.ndarray] = field(default_factory=dict)  # id(Value) -> packed data
-    alias: dict[int, Value] = field(default_factory=dict)             # id(view) -> storage value
+    alias: dict[int, Value] = field(default_factory=dict)  # id(view) -> storage value
 
 
 def _is_f32(vals: list[Value | None]) -> bool:
@@ -180,12 +181,22 @@ class Lowerer:
                 continue
             lower = LOWERINGS.get(node.op)
             done = False
-            if lower is not None and lower.accepts(node) and all(
-                    numel(o.type.shape) > 0 for o in node.outputs):
+            if (
+                lower is not None
+                and lower.accepts(node)
+                and all(numel(o.type.shape) > 0 for o in node.outputs)
+            ):
                 done = lower.fn(self, node, f"k{i}_{node.op}")
             if not done:
-                self.steps.append(Step(f"fallback_{node.name}", [x for x in node.inputs if x],
-                                       list(node.outputs), node=node, op=node.op))
+                self.steps.append(
+                    Step(
+                        f"fallback_{node.name}",
+                        [x for x in node.inputs if x],
+                        list(node.outputs),
+                        node=node,
+                        op=node.op,
+                    )
+                )
         consts: dict[int, Value] = {}
         for st in self.steps:
             for r in st.reads:
@@ -197,9 +208,14 @@ class Lowerer:
         return Program(self.steps, list(consts.values()), self.extra, self.alias)
 
     # -- lowerings --------------------------------------------------------------------------------
-    def ew(self, node: Node, name: str, expr: Expr,
-           ins: Sequence[Value | tuple[Value, tuple[int, ...]]] | None = None,
-           out: Value | None = None) -> bool:
+    def ew(
+        self,
+        node: Node,
+        name: str,
+        expr: Expr,
+        ins: Sequence[Value | tuple[Value, tuple[int, ...]]] | None = None,
+        out: Value | None = None,
+    ) -> bool:
         """One elementwise kernel computing ``expr`` into ``out`` (default: the node's output)
         over ``ins`` (default: the node's present inputs, ``("in", k)`` the k-th). An input may
         come with the shape to broadcast it as (same element count: a [C] parameter read as
@@ -208,23 +224,42 @@ class Lowerer:
             return False
         out = node.outputs[0] if out is None else out
         given = [x for x in node.inputs if x is not None] if ins is None else list(ins)
-        leaves = [x if isinstance(x, tuple) else (x, tuple(int(d) for d in x.type.shape))
-                  for x in given]
+        leaves = [
+            x if isinstance(x, tuple) else (x, tuple(int(d) for d in x.type.shape)) for x in given
+        ]
         shape = tuple(int(d) for d in out.type.shape)
         for x, s in leaves:
-            if numel(s) != numel(x.type.shape) or len(s) > len(shape) or any(
-                    a not in (1, b) for a, b in zip(s[::-1], shape[::-1], strict=False)):
+            if (
+                numel(s) != numel(x.type.shape)
+                or len(s) > len(shape)
+                or any(a not in (1, b) for a, b in zip(s[::-1], shape[::-1], strict=False))
+            ):
                 return False
         values = [x for x, _ in leaves]
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return ew_kernel(name, expr, loc(out), shape,  # type: ignore[arg-type]
-                             [(loc(x), s) for x, s in leaves], self.host.lanes)
+            return ew_kernel(
+                name,
+                expr,
+                loc(out),
+                shape,  # type: ignore[arg-type]
+                [(loc(x), s) for x, s in leaves],
+                self.host.lanes,
+            )
 
         same = [x for x, s in leaves if s == shape and x.type.dtype == out.type.dtype]
         nbytes = 4.0 * (numel(shape) + sum(numel(s) for _, s in leaves))
-        self.steps.append(Step(name, values, [out], gen, parallel=worth_splitting(nbytes=nbytes),
-                               op=node.op, inplace_ok=same))
+        self.steps.append(
+            Step(
+                name,
+                values,
+                [out],
+                gen,
+                parallel=worth_splitting(nbytes=nbytes),
+                op=node.op,
+                inplace_ok=same,
+            )
+        )
         return True
 
     def const(self, name: str, data: np.ndarray) -> Value:
@@ -244,8 +279,16 @@ class Lowerer:
         self.alias[id(out)] = src
         return True
 
-    def gemm(self, node: Node, name: str, a: Value, b: Value | np.ndarray, bias: Value | None,
-             res: Value | None, act: str) -> bool:
+    def gemm(
+        self,
+        node: Node,
+        name: str,
+        a: Value,
+        b: Value | np.ndarray,
+        bias: Value | None,
+        res: Value | None,
+        act: str,
+    ) -> bool:
         out = node.outputs[0]
         oshape = [int(d) for d in out.type.shape]
         ashape = [int(d) for d in a.type.shape]
@@ -261,19 +304,34 @@ class Lowerer:
             return False
         if 0 in (k, n, numel(tuple(oshape))):
             return False  # empty products: the reference handles them
-        if bias is not None and (numel(bias.type.shape) != n
-                                 or int(bias.type.shape[-1]) != n):
+        if bias is not None and (numel(bias.type.shape) != n or int(bias.type.shape[-1]) != n):
             return False
         if res is not None and [int(d) for d in res.type.shape] != oshape:
             return False
         post = self.post_op(out) if act == "none" and res is None else None
-        if post is not None and len(post[1]) == 2 and post[1][1] == ("in", 0) \
-                and post[1][0] in ACTIVATIONS:
+        if (
+            post is not None
+            and len(post[1]) == 2
+            and post[1][1] == ("in", 0)
+            and post[1][0] in ACTIVATIONS
+        ):
             self.absorbed.add(id(post[0]))
             out, act, name = post[0].outputs[0], post[1][0], f"{name}_{post[1][0]}"
         mr, nr = self.host.gemm_tile
-        spec = GemmSpec(batch, m, n, k, m * k, b_batched, bias is not None, res is not None, act,
-                        mr, nr, self.host.lanes)
+        spec = GemmSpec(
+            batch,
+            m,
+            n,
+            k,
+            m * k,
+            b_batched,
+            bias is not None,
+            res is not None,
+            act,
+            mr,
+            nr,
+            self.host.lanes,
+        )
         packed: Ref
         reads: list[Ref] = [x for x in (a, bias, res) if x is not None]
         data = b if isinstance(b, np.ndarray) else (b.data if b.is_const else None)
@@ -287,23 +345,54 @@ class Lowerer:
             src = b
 
             def gen_pack(loc: Callable[[Ref | None], Operand | None]) -> str:
-                return pack_kernel(f"{name}_pack", batch, k, n, nr, loc(src),  # type: ignore
-                                   loc(packed))  # type: ignore[arg-type]
+                return pack_kernel(
+                    f"{name}_pack",
+                    batch,
+                    k,
+                    n,
+                    nr,
+                    loc(src),  # type: ignore
+                    loc(packed),
+                )  # type: ignore[arg-type]
 
-            self.steps.append(Step(f"{name}_pack", [b], [packed], gen_pack, op="pack",
-                                   parallel=worth_splitting(2.0 * batch * m * n * k)))
+            self.steps.append(
+                Step(
+                    f"{name}_pack",
+                    [b],
+                    [packed],
+                    gen_pack,
+                    op="pack",
+                    parallel=worth_splitting(2.0 * batch * m * n * k),
+                )
+            )
         reads.append(packed)
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return gemm_kernel(name, spec, loc(out), loc(a), loc(packed), loc(bias),  # type: ignore
-                               loc(res))
+            return gemm_kernel(
+                name,
+                spec,
+                loc(out),
+                loc(a),
+                loc(packed),
+                loc(bias),  # type: ignore
+                loc(res),
+            )
 
         flops = 2.0 * batch * m * n * k
         # One rectangle of the grid a core: the grid is balanced for any part count, and more
         # parts re-read more of A and B (measured here on two cores: 16x1024x256 ran 50 µs in 2
         # shares, 56 in 8).
-        self.steps.append(Step(name, reads, [out], gen, parallel=worth_splitting(flops),
-                               op=node.op, units=self.threads))
+        self.steps.append(
+            Step(
+                name,
+                reads,
+                [out],
+                gen,
+                parallel=worth_splitting(flops),
+                op=node.op,
+                units=self.threads,
+            )
+        )
         return True
 
     def rows(self, node: Node, name: str, kind: str, axis: int, eps: float) -> bool:
@@ -328,12 +417,31 @@ class Lowerer:
             name = f"{name}_{post[0].op}"
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return row_kernel(name, kind, rows, n, loc(out), loc(x), loc(scale),  # type: ignore
-                              loc(bias), eps, expr, self.host.lanes)
+            return row_kernel(
+                name,
+                kind,
+                rows,
+                n,
+                loc(out),
+                loc(x),
+                loc(scale),  # type: ignore
+                loc(bias),
+                eps,
+                expr,
+                self.host.lanes,
+            )
 
-        self.steps.append(Step(name, [v for v in node.inputs if v is not None], [out], gen,
-                               parallel=worth_splitting(nbytes=_work(node) * 4) and rows > 1,
-                               op=node.op, units=rows))
+        self.steps.append(
+            Step(
+                name,
+                [v for v in node.inputs if v is not None],
+                [out],
+                gen,
+                parallel=worth_splitting(nbytes=_work(node) * 4) and rows > 1,
+                op=node.op,
+                units=rows,
+            )
+        )
         return True
 
 
@@ -364,8 +472,12 @@ def _lower_gap(lw: Lowerer, node: Node, name: str) -> bool:
 def _lower_layout(lw: Lowerer, node: Node, name: str) -> bool:
     from satura.targets import layout  # imports this module
 
-    fn = {"transpose": layout.lower_transpose, "slice": layout.lower_slice,
-          "split": layout.lower_split, "concat": layout.lower_concat}[node.op]
+    fn = {
+        "transpose": layout.lower_transpose,
+        "slice": layout.lower_slice,
+        "split": layout.lower_split,
+        "concat": layout.lower_concat,
+    }[node.op]
     return fn(lw, node, name)
 
 
@@ -441,8 +553,7 @@ def _hard_sigmoid(node: Node) -> Expr | None:
     a, b = _finite_attr(node, "alpha", 0.2), _finite_attr(node, "beta", 0.5)
     if a is None or b is None:
         return None
-    return ("min", ("max", ("add", ("mul", X, _const(a)), _const(b)), _const(0.0)),
-            _const(1.0))
+    return ("min", ("max", ("add", ("mul", X, _const(a)), _const(b)), _const(0.0)), _const(1.0))
 
 
 def _pow_const(node: Node) -> Expr | None:
@@ -452,8 +563,12 @@ def _pow_const(node: Node) -> Expr | None:
 
 # op -> its expression; clip and pow take constant operands, the others attributes.
 _NODE_EXPRS: dict[str, Callable[[Node], Expr | None]] = {
-    "leaky_relu": _leaky_relu, "elu": _elu, "hard_sigmoid": _hard_sigmoid, "clip": _clip_expr,
-    "pow": _pow_const}
+    "leaky_relu": _leaky_relu,
+    "elu": _elu,
+    "hard_sigmoid": _hard_sigmoid,
+    "clip": _clip_expr,
+    "pow": _pow_const,
+}
 
 
 def unary_expr(node: Node) -> Expr | None:
@@ -521,8 +636,11 @@ def _lower_pow(lw: Lowerer, node: Node, name: str) -> bool:
 def _pow_dtypes(node: Node) -> bool:
     """fp32 base and result; the exponent fp32 or a constant of any numeric dtype."""
     y = node.inputs[1]
-    return _is_f32([node.inputs[0], *node.outputs]) and y is not None and (
-        y.type.dtype == "float32" or (y.is_const and np.asarray(y.data).dtype.kind in "biuf"))
+    return (
+        _is_f32([node.inputs[0], *node.outputs])
+        and y is not None
+        and (y.type.dtype == "float32" or (y.is_const and np.asarray(y.data).dtype.kind in "biuf"))
+    )
 
 
 def _lower_batch_norm(lw: Lowerer, node: Node, name: str) -> bool:
@@ -540,17 +658,28 @@ def _lower_batch_norm(lw: Lowerer, node: Node, name: str) -> bool:
     pshape = (shape[1],) + (1,) * (len(shape) - 2)
     eps = float(node.attrs.get("epsilon", 1e-5))
     if all(p.is_const for p in params):  # type: ignore[union-attr]
-        sc, bi, mu, va = (np.asarray(p.data, np.float64).reshape(-1)  # type: ignore[union-attr]
-                          for p in params)
+        sc, bi, mu, va = (
+            np.asarray(p.data, np.float64).reshape(-1)  # type: ignore[union-attr]
+            for p in params
+        )
         s = sc / np.sqrt(va + eps)
         ins: list[Value | tuple[Value, tuple[int, ...]]] = [
-            x, (lw.const(f"{name}_s", s), pshape), (lw.const(f"{name}_t", bi - mu * s), pshape)]
+            x,
+            (lw.const(f"{name}_s", s), pshape),
+            (lw.const(f"{name}_t", bi - mu * s), pshape),
+        ]
         expr: Expr = ("add", ("mul", X, ("in", 1)), ("in", 2))
     else:
         ins = [x, *[(p, pshape) for p in params]]  # type: ignore[misc]
-        expr = ("add", ("mul", ("div", ("sub", X, ("in", 3)),
-                                ("sqrt", ("add", ("in", 4), _const(f32(eps))))), ("in", 1)),
-                ("in", 2))
+        expr = (
+            "add",
+            (
+                "mul",
+                ("div", ("sub", X, ("in", 3)), ("sqrt", ("add", ("in", 4), _const(f32(eps))))),
+                ("in", 1),
+            ),
+            ("in", 2),
+        )
     post = lw.post_op(out)
     if post is not None:
         lw.absorbed.add(id(post[0]))
@@ -609,8 +738,9 @@ def _lower_onnx_gemm(lw: Lowerer, node: Node, name: str) -> bool:
 
 
 def _lower_norm(lw: Lowerer, node: Node, name: str) -> bool:
-    return lw.rows(node, name, node.op, node.attrs.get("axis", -1),
-                   float(node.attrs.get("epsilon", 1e-5)))
+    return lw.rows(
+        node, name, node.op, node.attrs.get("axis", -1), float(node.attrs.get("epsilon", 1e-5))
+    )
 
 
 def _lower_softmax(lw: Lowerer, node: Node, name: str) -> bool:
@@ -625,7 +755,8 @@ def _attention_dtypes(node: Node) -> bool:
     """float32 operands; the mask (input 3) may be bool."""
     mask = node.inputs[3] if len(node.inputs) > 3 else None
     return _is_f32([v for v in node.inputs if v is not mask] + node.outputs) and (
-        mask is None or mask.type.dtype in ("float32", "bool"))
+        mask is None or mask.type.dtype in ("float32", "bool")
+    )
 
 
 def _lower_cast(lw: Lowerer, node: Node, name: str) -> bool:
@@ -639,15 +770,32 @@ def _cast_dtypes(node: Node) -> bool:
 
 
 LOWERINGS: dict[str, Lowering] = {
-    **{op: Lowering(fn) for op, fn in {
-        "ew": _lower_ew, "linear": _lower_linear, "matmul": _lower_matmul,
-        "gemm": _lower_onnx_gemm, "layer_norm": _lower_norm, "rms_norm": _lower_norm,
-        "softmax": _lower_softmax, "log_softmax": _lower_softmax, "conv": _lower_conv,
-        "max_pool": _lower_max_pool, "avg_pool": _lower_avg_pool, "global_avg_pool": _lower_gap,
-        **{op: _lower_unary for op in UNARY_OPS | {"gelu", "leaky_relu", "elu", "hard_sigmoid"}
-           if op in OPS and op != "identity"},
-        **{op: _lower_binary for op in BINARY_OPS - KERNEL_ONLY},
-        "mod": _lower_mod, "clip": _lower_clip, "batch_norm": _lower_batch_norm}.items()},
+    **{
+        op: Lowering(fn)
+        for op, fn in {
+            "ew": _lower_ew,
+            "linear": _lower_linear,
+            "matmul": _lower_matmul,
+            "gemm": _lower_onnx_gemm,
+            "layer_norm": _lower_norm,
+            "rms_norm": _lower_norm,
+            "softmax": _lower_softmax,
+            "log_softmax": _lower_softmax,
+            "conv": _lower_conv,
+            "max_pool": _lower_max_pool,
+            "avg_pool": _lower_avg_pool,
+            "global_avg_pool": _lower_gap,
+            **{
+                op: _lower_unary
+                for op in UNARY_OPS | {"gelu", "leaky_relu", "elu", "hard_sigmoid"}
+                if op in OPS and op != "identity"
+            },
+            **{op: _lower_binary for op in BINARY_OPS - KERNEL_ONLY},
+            "mod": _lower_mod,
+            "clip": _lower_clip,
+            "batch_norm": _lower_batch_norm,
+        }.items()
+    },
     "pow": Lowering(_lower_pow, _pow_dtypes),
     **{op: Lowering(_lower_view, any_dtype) for op in ("reshape", "identity")},
     **{op: Lowering(_lower_layout, any_dtype) for op in ("transpose", "slice", "split", "concat")},
@@ -702,9 +850,13 @@ def plan_inplace(program: Program, graph: Graph, root: Callable[[Value], Value])
             continue
         for x in st.inplace_ok:
             src = root(x)
-            if src.is_const or id(src) in external or last.get(id(src)) != i \
-                    or src.type.dtype != dst.type.dtype \
-                    or numel(src.type.shape) != numel(dst.type.shape):
+            if (
+                src.is_const
+                or id(src) in external
+                or last.get(id(src)) != i
+                or src.type.dtype != dst.type.dtype
+                or numel(src.type.shape) != numel(dst.type.shape)
+            ):
                 continue
             proof = _inplace_proof(tuple(int(d) for d in dst.type.shape))
             out.append(InPlace(st.name, x.name, dst.name, proof))
@@ -724,8 +876,11 @@ def lifetimes(program: Program, graph: Graph, root: Callable[[Value], Value]) ->
                 r = root(r)
                 if r.is_const or id(r) in external:
                     continue
-                size = 4 * numel(r.type.shape) if r.type.dtype == "float32" else (
-                    r.type.itemsize * numel(r.type.shape))
+                size = (
+                    4 * numel(r.type.shape)
+                    if r.type.dtype == "float32"
+                    else (r.type.itemsize * numel(r.type.shape))
+                )
             else:
                 size = r.nbytes
             span = spans.setdefault(id(r), [r, size, i, i])
@@ -733,9 +888,14 @@ def lifetimes(program: Program, graph: Graph, root: Callable[[Value], Value]) ->
     return [Buffer(id(r), size, first, last) for r, size, first, last in spans.values()]
 
 
-def generate(program: Program, graph: Graph, plan: MemoryPlan,
-             slot_of: Callable[[Ref], int | None], root: Callable[[Value], Value],
-             arch: str) -> str:
+def generate(
+    program: Program,
+    graph: Graph,
+    plan: MemoryPlan,
+    slot_of: Callable[[Ref], int | None],
+    root: Callable[[Value], Value],
+    arch: str,
+) -> str:
     """The whole module's LLVM IR for the ISA ``arch``, operands resolved through ``slot_of`` and
     the memory plan: the target-neutral kernels, then the ISA's fence, spin hint and futex."""
 

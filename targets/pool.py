@@ -43,12 +43,15 @@ from satura.targets.lower import (
 from satura.targets.memory import align
 
 
-def _pool_ukernel(fname: str, kind: str, win: Window, t: Tiling, vecs: list[Vec],
-                  safe: bool) -> str:
+def _pool_ukernel(
+    fname: str, kind: str, win: Window, t: Tiling, vecs: list[Vec], safe: bool
+) -> str:
     """The max (or sum times 1/count) of one tile's vectors over the window's taps."""
     lanes, vty = t.lanes, vec_type(t.lanes)
-    o = [f"define internal void @{fname}(ptr noalias %x, ptr noalias %o, ptr noalias %rc) {{",
-         "entry:"]
+    o = [
+        f"define internal void @{fname}(ptr noalias %x, ptr noalias %o, ptr noalias %rc) {{",
+        "entry:",
+    ]
     for v, (xo, oo, va) in enumerate(vecs):
         acc = ""
         for k, off in enumerate(win.taps()):
@@ -58,8 +61,10 @@ def _pool_ukernel(fname: str, kind: str, win: Window, t: Tiling, vecs: list[Vec]
                 continue
             nxt = f"%a{v}_{k}"
             if kind == "max":
-                o += [f"  {nxt}c = fcmp ogt {vty} {acc}, {xv}",
-                      f"  {nxt} = select <{lanes} x i1> {nxt}c, {vty} {acc}, {vty} {xv}"]
+                o += [
+                    f"  {nxt}c = fcmp ogt {vty} {acc}, {xv}",
+                    f"  {nxt} = select <{lanes} x i1> {nxt}c, {vty} {acc}, {vty} {xv}",
+                ]
             else:
                 o.append(f"  {nxt} = fadd {vty} {acc}, {xv}")
             acc = nxt
@@ -74,8 +79,9 @@ def _pool_ukernel(fname: str, kind: str, win: Window, t: Tiling, vecs: list[Vec]
     return "\n".join(o)
 
 
-def pool_kernel(name: str, kind: str, win: Window, t: Tiling, out: Operand, x: Operand,
-                rc: Operand | None) -> str:
+def pool_kernel(
+    name: str, kind: str, win: Window, t: Tiling, out: Operand, x: Operand, rc: Operand | None
+) -> str:
     """LLVM IR of max or average pooling over (phase-plane) input ``x``; parts split the
     planes' rows."""
     kernels: dict[tuple[Vec, ...], str] = {}
@@ -88,20 +94,25 @@ def pool_kernel(name: str, kind: str, win: Window, t: Tiling, out: Operand, x: O
             kernels[key] = f"{name}_u{len(kernels)}"
         j = counter[0]
         counter[0] += 1
-        L += [f"  %r{j}a = ptrtoint ptr {ot} to i64", f"  %r{j}b = ptrtoint ptr %a0 to i64",
-              f"  %r{j}c = sub i64 %r{j}a, %r{j}b", f"  %r{j}d = udiv i64 %r{j}c, 4",
-              f"  %r{j}e = mul i64 %outer, {plane}", f"  %r{j}f = sub i64 %r{j}d, %r{j}e",
-              f"  %r{j} = getelementptr float, ptr %a2, i64 %r{j}f",
-              f"  call void @{kernels[key]}(ptr {xt}, ptr {ot}, ptr %r{j})"]
+        L += [
+            f"  %r{j}a = ptrtoint ptr {ot} to i64",
+            f"  %r{j}b = ptrtoint ptr %a0 to i64",
+            f"  %r{j}c = sub i64 %r{j}a, %r{j}b",
+            f"  %r{j}d = udiv i64 %r{j}c, 4",
+            f"  %r{j}e = mul i64 %outer, {plane}",
+            f"  %r{j}f = sub i64 %r{j}d, %r{j}e",
+            f"  %r{j} = getelementptr float, ptr %a2, i64 %r{j}f",
+            f"  call void @{kernels[key]}(ptr {xt}, ptr {ot}, ptr %r{j})",
+        ]
 
     L = tile_driver(name, t, win.planes, win.plane_stride, plane, 3, 1, 1, call)
-    parts = [_pool_ukernel(fn, kind, win, t, list(vecs), win.prep)
-             for vecs, fn in kernels.items()]
+    parts = [_pool_ukernel(fn, kind, win, t, list(vecs), win.prep) for vecs, fn in kernels.items()]
     return "\n".join([wrapper(name, [out, x, rc]), "\n".join(L), *parts])
 
 
-def _counts(size: int, out: int, k: int, stride: int, pad: int, pad_end: int, dil: int,
-            include_pad: bool) -> np.ndarray:
+def _counts(
+    size: int, out: int, k: int, stride: int, pad: int, pad_end: int, dil: int, include_pad: bool
+) -> np.ndarray:
     """Cells counted by each output position's window along one axis."""
     lo, hi = (-pad, size + pad_end) if include_pad else (0, size)
     pos = np.arange(out)[:, None] * stride - pad + np.arange(k)[None, :] * dil
@@ -127,8 +138,12 @@ def lower_pool(lw: Lowerer, node: Node, name: str, kind: str) -> bool:
     x, out = node.inputs[0], node.outputs[0]
     assert x is not None
     at = node.attrs
-    geo = window_2d(tuple(int(d) for d in x.type.shape), tuple(int(d) for d in out.type.shape),
-                    tuple(int(v) for v in at["kernel"]), at)
+    geo = window_2d(
+        tuple(int(d) for d in x.type.shape),
+        tuple(int(d) for d in out.type.shape),
+        tuple(int(v) for v in at["kernel"]),
+        at,
+    )
     if geo is None:
         return False
     (n, c, h, w), (oh, ow), k, st, pads, dil = geo
@@ -151,6 +166,7 @@ def lower_pool(lw: Lowerer, node: Node, name: str, kind: str) -> bool:
     parallel = worth_splitting(nbytes=work)
     reads: list[Ref] = [x, *([rc] if rc is not None else [])]
     if not win.prep:
+
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
             return pool_kernel(name, kind, win, t, loc(out), loc(x), loc(rc))  # type: ignore
     else:
@@ -161,31 +177,47 @@ def lower_pool(lw: Lowerer, node: Node, name: str, kind: str) -> bool:
         pad = 0.0 if kind == "avg" else float("-inf")
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return fused_pool_kernel(name, kind, one, t, n * c, per_part, pad, loc(out),
-                                     loc(x), loc(rc), loc(scratch))  # type: ignore
+            return fused_pool_kernel(
+                name, kind, one, t, n * c, per_part, pad, loc(out), loc(x), loc(rc), loc(scratch)
+            )  # type: ignore
 
     lw.steps.append(Step(name, reads, [out], gen, parallel=parallel, op=node.op))
     return True
 
 
-def fused_pool_kernel(name: str, kind: str, one: Window, t: Tiling, planes: int, per_part: int,
-                      pad: float, out: Operand, x: Operand, rc: Operand | None,
-                      scratch: Operand) -> str:
+def fused_pool_kernel(
+    name: str,
+    kind: str,
+    one: Window,
+    t: Tiling,
+    planes: int,
+    per_part: int,
+    pad: float,
+    out: Operand,
+    x: Operand,
+    rc: Operand | None,
+    scratch: Operand,
+) -> str:
     """Pooling of strided or padded windows, one input plane at a time: the plane's phase planes
     are written to this part's scratch (it stays in L2) and pooled from there at once."""
     dummy = Operand(0)
-    parts = [prep_kernel(f"{name}_pp", one, dummy, dummy, pad, t.lanes),
-             pool_kernel(f"{name}_pk", kind, one, t, dummy, dummy, rc and dummy)]
+    parts = [
+        prep_kernel(f"{name}_pp", one, dummy, dummy, pad, t.lanes),
+        pool_kernel(f"{name}_pk", kind, one, t, dummy, dummy, rc and dummy),
+    ]
     L = [body_header(name, 4), "entry:", "  %p.a = alloca i64, align 8"]
     loops = Loops(L)
     share(L, planes, 1, "%p0", "%p1")
     L += [f"  %so = mul i64 %part, {per_part}", "  %scr = getelementptr i8, ptr %a3, i64 %so"]
     loops.open("p", "%p0", "%p1", 1)
-    L += [f"  %xo = mul i64 %p, {one.h * one.w}", "  %xp = getelementptr float, ptr %a1, i64 %xo",
-          f"  %oo = mul i64 %p, {one.oh * one.ow}",
-          "  %op = getelementptr float, ptr %a0, i64 %oo",
-          f"  call void @{name}_pp_body(ptr %scr, ptr %xp, i64 0, i64 1)",
-          f"  call void @{name}_pk_body(ptr %op, ptr %scr, ptr %a2, i64 0, i64 1)"]
+    L += [
+        f"  %xo = mul i64 %p, {one.h * one.w}",
+        "  %xp = getelementptr float, ptr %a1, i64 %xo",
+        f"  %oo = mul i64 %p, {one.oh * one.ow}",
+        "  %op = getelementptr float, ptr %a0, i64 %oo",
+        f"  call void @{name}_pp_body(ptr %scr, ptr %xp, i64 0, i64 1)",
+        f"  call void @{name}_pk_body(ptr %op, ptr %scr, ptr %a2, i64 0, i64 1)",
+    ]
     loops.close("p", 1)
     L += ["  ret void", "}"]
     return "\n".join([wrapper(name, [out, x, rc, scratch]), "\n".join(L), *parts])
@@ -201,26 +233,49 @@ def gap_kernel(name: str, planes: int, size: int, lanes: int, out: Operand, x: O
     loops.open("p", "%p0", "%p1", 1)
     step = 4 * lanes
     main = size - size % step
-    L += [f"  %po = mul i64 %p, {size}", "  %src = getelementptr float, ptr %a1, i64 %po",
-          "  br label %v", "v:", "  %vi = phi i64 [0, %p.b], [%vn, %vb]"]
+    L += [
+        f"  %po = mul i64 %p, {size}",
+        "  %src = getelementptr float, ptr %a1, i64 %po",
+        "  br label %v",
+        "v:",
+        "  %vi = phi i64 [0, %p.b], [%vn, %vb]",
+    ]
     L += [f"  %acc{j} = phi {vty} [zeroinitializer, %p.b], [%nacc{j}, %vb]" for j in range(4)]
     L += [f"  %vc = icmp slt i64 %vi, {main}", "  br i1 %vc, label %vb, label %vx", "vb:"]
     for j in range(4):
-        L += [f"  %vo{j} = add i64 %vi, {j * lanes}",
-              f"  %vp{j} = getelementptr float, ptr %src, i64 %vo{j}",
-              f"  %vv{j} = load {vty}, ptr %vp{j}, align 4",
-              f"  %nacc{j} = fadd {vty} %acc{j}, %vv{j}"]
-    L += [f"  %vn = add i64 %vi, {step}", "  br label %v", "vx:",
-          f"  %s01 = fadd {vty} %acc0, %acc1", f"  %s23 = fadd {vty} %acc2, %acc3",
-          f"  %s4 = fadd {vty} %s01, %s23",
-          f"  %vs = call float @llvm.vector.reduce.fadd.v{lanes}f32(float 0.0, {vty} %s4)"]
-    L += ["  br label %t", "t:", "  %ti = phi i64 [%vi, %vx], [%tn, %tb]",
-          "  %ts = phi float [%vs, %vx], [%tsn, %tb]",
-          f"  %tc = icmp slt i64 %ti, {size}", "  br i1 %tc, label %tb, label %tx", "tb:",
-          "  %tp = getelementptr float, ptr %src, i64 %ti", "  %tv = load float, ptr %tp",
-          "  %tsn = fadd float %ts, %tv", "  %tn = add i64 %ti, 1", "  br label %t", "tx:",
-          f"  %mean = fmul float %ts, {fconst(1.0 / size)}",
-          "  %op = getelementptr float, ptr %a0, i64 %p", "  store float %mean, ptr %op"]
+        L += [
+            f"  %vo{j} = add i64 %vi, {j * lanes}",
+            f"  %vp{j} = getelementptr float, ptr %src, i64 %vo{j}",
+            f"  %vv{j} = load {vty}, ptr %vp{j}, align 4",
+            f"  %nacc{j} = fadd {vty} %acc{j}, %vv{j}",
+        ]
+    L += [
+        f"  %vn = add i64 %vi, {step}",
+        "  br label %v",
+        "vx:",
+        f"  %s01 = fadd {vty} %acc0, %acc1",
+        f"  %s23 = fadd {vty} %acc2, %acc3",
+        f"  %s4 = fadd {vty} %s01, %s23",
+        f"  %vs = call float @llvm.vector.reduce.fadd.v{lanes}f32(float 0.0, {vty} %s4)",
+    ]
+    L += [
+        "  br label %t",
+        "t:",
+        "  %ti = phi i64 [%vi, %vx], [%tn, %tb]",
+        "  %ts = phi float [%vs, %vx], [%tsn, %tb]",
+        f"  %tc = icmp slt i64 %ti, {size}",
+        "  br i1 %tc, label %tb, label %tx",
+        "tb:",
+        "  %tp = getelementptr float, ptr %src, i64 %ti",
+        "  %tv = load float, ptr %tp",
+        "  %tsn = fadd float %ts, %tv",
+        "  %tn = add i64 %ti, 1",
+        "  br label %t",
+        "tx:",
+        f"  %mean = fmul float %ts, {fconst(1.0 / size)}",
+        "  %op = getelementptr float, ptr %a0, i64 %p",
+        "  store float %mean, ptr %op",
+    ]
     loops.close("p", 1)
     L += ["  ret void", "}"]
     return wrapper(name, [out, x]) + "\n" + "\n".join(L)
@@ -239,6 +294,7 @@ def lower_gap(lw: Lowerer, node: Node, name: str) -> bool:
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
         return gap_kernel(name, planes, size, lw.host.lanes, loc(out), loc(x))  # type: ignore
 
-    lw.steps.append(Step(name, [x], [out], gen, parallel=worth_splitting(nbytes=4 * planes * size),
-                         op=node.op))
+    lw.steps.append(
+        Step(name, [x], [out], gen, parallel=worth_splitting(nbytes=4 * planes * size), op=node.op)
+    )
     return True

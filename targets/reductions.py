@@ -83,11 +83,25 @@ from satura.targets.lower import (
 )
 
 # op -> kernel kind
-KINDS = {"reduce_sum": "sum", "reduce_mean": "mean", "reduce_max": "max", "reduce_min": "min",
-         "reduce_prod": "prod", "argmax": "argmax", "argmin": "argmin"}
+KINDS = {
+    "reduce_sum": "sum",
+    "reduce_mean": "mean",
+    "reduce_max": "max",
+    "reduce_min": "min",
+    "reduce_prod": "prod",
+    "argmax": "argmax",
+    "argmin": "argmin",
+}
 # What a float accumulator starts from: the identity of its combine (+0.0 as numpy's sum starts).
-IDENTITY = {"sum": 0.0, "mean": 0.0, "prod": 1.0, "max": float("-inf"), "min": float("inf"),
-            "argmax": float("-inf"), "argmin": float("inf")}
+IDENTITY = {
+    "sum": 0.0,
+    "mean": 0.0,
+    "prod": 1.0,
+    "max": float("-inf"),
+    "min": float("inf"),
+    "argmax": float("-inf"),
+    "argmin": float("inf"),
+}
 VECS = 4  # vector accumulators per row or column tile: independent add chains hide the latency
 
 
@@ -132,8 +146,15 @@ def identity(kind: str, dtype: str) -> float:
     if dtype == "float32":
         return IDENTITY[kind]
     info = np.iinfo(dtype)
-    return {"sum": 0, "mean": 0, "prod": 1, "max": info.min, "min": info.max,
-            "argmax": info.min, "argmin": info.max}[kind]
+    return {
+        "sum": 0,
+        "mean": 0,
+        "prod": 1,
+        "max": info.min,
+        "min": info.max,
+        "argmax": info.min,
+        "argmin": info.max,
+    }[kind]
 
 
 @dataclass(frozen=True)
@@ -192,8 +213,13 @@ def group_dims(shape: tuple[int, ...], axes: tuple[int, ...]) -> list[Group]:
     return out
 
 
-def plan_reduction(kind: str, shape: tuple[int, ...], axes: tuple[int, ...],
-                   last: bool = False, dtype: str = "float32") -> ReducePlan:
+def plan_reduction(
+    kind: str,
+    shape: tuple[int, ...],
+    axes: tuple[int, ...],
+    last: bool = False,
+    dtype: str = "float32",
+) -> ReducePlan:
     """The kernel plan of reducing ``shape`` (of ``dtype``) over the normalized ``axes``."""
     groups = group_dims(shape, axes)
     kept_count = numel(tuple(s for d, s in enumerate(shape) if d not in axes))
@@ -277,11 +303,13 @@ def _horizontal(f: _Fn, kind: str, e: Elem, w: int, v: str) -> str:
         fn = {"sum": "add", "prod": "mul", "max": "smax", "min": "smin"}[kind]
         return f.ins(f"call {e.ir} @llvm.vector.reduce.{fn}.{e.sfx(w)}({ty} {v})")
     if kind in ("sum", "mean"):
-        return f.ins(f"call reassoc float @llvm.vector.reduce.fadd.{e.sfx(w)}"
-                     f"(float {fconst(0.0)}, {ty} {v})")
+        return f.ins(
+            f"call reassoc float @llvm.vector.reduce.fadd.{e.sfx(w)}(float {fconst(0.0)}, {ty} {v})"
+        )
     if kind == "prod":
-        return f.ins(f"call reassoc float @llvm.vector.reduce.fmul.{e.sfx(w)}"
-                     f"(float {fconst(1.0)}, {ty} {v})")
+        return f.ins(
+            f"call reassoc float @llvm.vector.reduce.fmul.{e.sfx(w)}(float {fconst(1.0)}, {ty} {v})"
+        )
     fn = "fmaximum" if kind == "max" else "fminimum"
     return f.ins(f"call float @llvm.vector.reduce.{fn}.{e.sfx(w)}({ty} {v})")
 
@@ -330,14 +358,18 @@ def _tiled(f: _Fn, units: int, tiles: int, body: Callable[[str, str], None]) -> 
     f.slot("u")
     share(f.L, units, 1, "%u0", "%u1")
     u = f.loops.open("u", "%u0", "%u1", 1)
-    b, t = (u, "0") if tiles == 1 else (f.ins(f"udiv i64 {u}, {tiles}"),
-                                        f.ins(f"urem i64 {u}, {tiles}"))
+    b, t = (
+        (u, "0")
+        if tiles == 1
+        else (f.ins(f"udiv i64 {u}, {tiles}"), f.ins(f"urem i64 {u}, {tiles}"))
+    )
     body(b, t)
     f.loops.close("u", 1)
 
 
-def _full_or_tail(f: _Fn, t: str, tiles: int, full: int, tail: int,
-                  tile: Callable[[int, str], None]) -> None:
+def _full_or_tail(
+    f: _Fn, t: str, tiles: int, full: int, tail: int, tile: Callable[[int, str], None]
+) -> None:
     """Emit ``tile(width, tag)`` for the full tile width, and a branch to the tail's width when
     the last tile (``t`` = tiles - 1) is narrower."""
     if tail == full:
@@ -352,8 +384,9 @@ def _full_or_tail(f: _Fn, t: str, tiles: int, full: int, tail: int,
 
 
 # -- row kernel -------------------------------------------------------------------------------
-def row_reduce_kernel(name: str, plan: ReducePlan, out: Operand, x: Operand, lanes: int,
-                      post: Expr | None = None) -> str:
+def row_reduce_kernel(
+    name: str, plan: ReducePlan, out: Operand, x: Operand, lanes: int, post: Expr | None = None
+) -> str:
     """LLVM IR of a reduction whose last group (``plan.inner`` contiguous elements) is reduced:
     parts split the output elements. ``lanes``: elements of ``plan.dtype`` per vector."""
     kind, n, e = plan.kind, plan.inner, plan.elem
@@ -395,8 +428,10 @@ def row_reduce_kernel(name: str, plan: ReducePlan, out: Operand, x: Operand, lan
     _close_nest(f, names)
     vals = [f.load(vty, a, 64) for a in accs]
     while len(vals) > 1:  # pairwise: (a0 ⊕ a1) ⊕ (a2 ⊕ a3)
-        vals = [_combine(f, kind, e, lanes, vals[i], vals[i + 1]) if i + 1 < len(vals)
-                else vals[i] for i in range(0, len(vals), 2)]
+        vals = [
+            _combine(f, kind, e, lanes, vals[i], vals[i + 1]) if i + 1 < len(vals) else vals[i]
+            for i in range(0, len(vals), 2)
+        ]
     scalars = [_horizontal(f, kind, e, lanes, v) for v in vals]
     if odd:
         scalars.append(_horizontal(f, kind, e, odd, f.load(e.vec(odd), oacc, 64)))
@@ -420,12 +455,20 @@ def _arg_take(f: _Fn, plan: ReducePlan, w: int, v: str, best: str) -> str:
     """Whether ``v`` replaces ``best`` (lane-wise i1) in an ArgMax/ArgMin scan."""
     e, ty = plan.elem, plan.elem.vec(w)
     if not e.is_float:
-        cmp = {("argmax", False): "sgt", ("argmax", True): "sge",
-               ("argmin", False): "slt", ("argmin", True): "sle"}[plan.kind, plan.last]
+        cmp = {
+            ("argmax", False): "sgt",
+            ("argmax", True): "sge",
+            ("argmin", False): "slt",
+            ("argmin", True): "sle",
+        }[plan.kind, plan.last]
         return f.ins(f"icmp {cmp} {ty} {v}, {best}")
     cty = vec_type(w, "i1")
-    cmp = {("argmax", False): "ogt", ("argmax", True): "oge",
-           ("argmin", False): "olt", ("argmin", True): "ole"}[plan.kind, plan.last]
+    cmp = {
+        ("argmax", False): "ogt",
+        ("argmax", True): "oge",
+        ("argmin", False): "olt",
+        ("argmin", True): "ole",
+    }[plan.kind, plan.last]
     better = f.ins(f"fcmp {cmp} {ty} {v}, {best}")
     isnan = f.ins(f"fcmp uno {ty} {v}, {v}")
     if not plan.last:  # the first NaN wins, later ones do not replace it
@@ -433,8 +476,9 @@ def _arg_take(f: _Fn, plan: ReducePlan, w: int, v: str, best: str) -> str:
     return f.ins(f"or {cty} {better}, {isnan}")
 
 
-def _column_tile(f: _Fn, plan: ReducePlan, w: int, tag: str, xb: str, ob: str,
-                 lanes: int, post: Expr | None) -> None:
+def _column_tile(
+    f: _Fn, plan: ReducePlan, w: int, tag: str, xb: str, ob: str, lanes: int, post: Expr | None
+) -> None:
     """Reduce one tile of ``w`` lanes: input from ``xb``, output to ``ob`` (element pointers)."""
     kind, e = plan.kind, plan.elem
     ident = identity(kind, plan.dtype)
@@ -476,8 +520,9 @@ def _column_tile(f: _Fn, plan: ReducePlan, w: int, tag: str, xb: str, ob: str,
         f.store(e.vec(pw), res, f.gep(ob, str(po), e.ir), e.size)
 
 
-def column_reduce_kernel(name: str, plan: ReducePlan, out: Operand, x: Operand, lanes: int,
-                         post: Expr | None = None) -> str:
+def column_reduce_kernel(
+    name: str, plan: ReducePlan, out: Operand, x: Operand, lanes: int, post: Expr | None = None
+) -> str:
     """LLVM IR of a reduction whose lanes are ``plan.inner`` contiguous kept elements: parts
     split the (output block, tile) pairs. ``lanes``: elements of ``plan.dtype`` per vector."""
     f = _Fn(name, 2)
@@ -490,15 +535,22 @@ def column_reduce_kernel(name: str, plan: ReducePlan, out: Operand, x: Operand, 
         xb = f.gep("%a1", f.ins(f"add i64 {_kept_base(f, plan.kept, b)}, {toff}"), e.ir)
         oty = "i64" if plan.kind.startswith("arg") else e.ir
         ob = f.gep("%a0", f.ins(f"add i64 {f.ins(f'mul i64 {b}, {plan.inner}')}, {toff}"), oty)
-        _full_or_tail(f, t, tiles, full, tail,
-                      lambda w, tag: _column_tile(f, plan, w, tag, xb, ob, lanes, post))
+        _full_or_tail(
+            f,
+            t,
+            tiles,
+            full,
+            tail,
+            lambda w, tag: _column_tile(f, plan, w, tag, xb, ob, lanes, post),
+        )
 
     _tiled(f, plan.blocks * tiles, tiles, body)
     return wrapper(name, [out, x]) + "\n" + f.text()
 
 
-def reduce_kernel(name: str, plan: ReducePlan, out: Operand, x: Operand, lanes: int,
-                  post: Expr | None = None) -> str:
+def reduce_kernel(
+    name: str, plan: ReducePlan, out: Operand, x: Operand, lanes: int, post: Expr | None = None
+) -> str:
     """LLVM IR of ``plan`` (the row or the column kernel)."""
     gen = row_reduce_kernel if plan.row else column_reduce_kernel
     return gen(name, plan, out, x, lanes, post)
@@ -525,7 +577,7 @@ class AxisPlan:
 
     @staticmethod
     def around(shape: tuple[int, ...], axis: int, dtype: str) -> AxisPlan:
-        return AxisPlan(numel(shape[:axis]), shape[axis], numel(shape[axis + 1:]), dtype)
+        return AxisPlan(numel(shape[:axis]), shape[axis], numel(shape[axis + 1 :]), dtype)
 
 
 def scan_tiles(plan: AxisPlan, lanes: int) -> tuple[int, int]:
@@ -534,8 +586,17 @@ def scan_tiles(plan: AxisPlan, lanes: int) -> tuple[int, int]:
     return tw, -(-plan.inner // tw)
 
 
-def _scan_tile(f: _Fn, plan: AxisPlan, exclusive: bool, reverse: bool, w: int, tag: str,
-               xb: str, ob: str, lanes: int) -> None:
+def _scan_tile(
+    f: _Fn,
+    plan: AxisPlan,
+    exclusive: bool,
+    reverse: bool,
+    w: int,
+    tag: str,
+    xb: str,
+    ob: str,
+    lanes: int,
+) -> None:
     """Scan one tile of ``w`` lanes (stride ``plan.inner`` along the axis) from ``xb`` to ``ob``."""
     e, n, s = plan.elem, plan.n, plan.inner
     pieces = _pieces(w, lanes)
@@ -562,8 +623,9 @@ def _scan_tile(f: _Fn, plan: AxisPlan, exclusive: bool, reverse: bool, w: int, t
     f.loops.close(var, 1)
 
 
-def scan_kernel(name: str, plan: AxisPlan, exclusive: bool, reverse: bool, out: Operand,
-                x: Operand, lanes: int) -> str:
+def scan_kernel(
+    name: str, plan: AxisPlan, exclusive: bool, reverse: bool, out: Operand, x: Operand, lanes: int
+) -> str:
     """LLVM IR of CumSum along the middle axis of ``plan``: parts split (outer, tile) pairs."""
     f = _Fn(name, 2)
     e = plan.elem
@@ -574,8 +636,14 @@ def scan_kernel(name: str, plan: AxisPlan, exclusive: bool, reverse: bool, out: 
         toff = f.ins(f"mul i64 {t}, {tw}")
         base = f.ins(f"add i64 {f.ins(f'mul i64 {o}, {plan.n * plan.inner}')}, {toff}")
         xb, ob = f.gep("%a1", base, e.ir), f.gep("%a0", base, e.ir)
-        _full_or_tail(f, t, tiles, full, tail, lambda w, tag: _scan_tile(
-            f, plan, exclusive, reverse, w, tag, xb, ob, lanes))
+        _full_or_tail(
+            f,
+            t,
+            tiles,
+            full,
+            tail,
+            lambda w, tag: _scan_tile(f, plan, exclusive, reverse, w, tag, xb, ob, lanes),
+        )
 
     _tiled(f, plan.outer * tiles, tiles, body)
     return wrapper(name, [out, x]) + "\n" + f.text()
@@ -586,9 +654,13 @@ def _better(e: Elem, largest: bool, x: str, y: str, tag: str) -> list[str]:
     """IR setting ``%TAG`` (i1): whether value ``x`` ranks strictly before ``y`` (NaN last)."""
     if not e.is_float:
         return [f"  %{tag} = icmp {'sgt' if largest else 'slt'} {e.ir} {x}, {y}"]
-    return [f"  %{tag}.c = fcmp {'ogt' if largest else 'olt'} float {x}, {y}",
-            f"  %{tag}.yn = fcmp uno float {y}, 0.0", f"  %{tag}.xo = fcmp ord float {x}, 0.0",
-            f"  %{tag}.n = and i1 %{tag}.yn, %{tag}.xo", f"  %{tag} = or i1 %{tag}.c, %{tag}.n"]
+    return [
+        f"  %{tag}.c = fcmp {'ogt' if largest else 'olt'} float {x}, {y}",
+        f"  %{tag}.yn = fcmp uno float {y}, 0.0",
+        f"  %{tag}.xo = fcmp ord float {x}, 0.0",
+        f"  %{tag}.n = and i1 %{tag}.yn, %{tag}.xo",
+        f"  %{tag} = or i1 %{tag}.c, %{tag}.n",
+    ]
 
 
 def _heap_fns(name: str, e: Elem, largest: bool) -> str:
@@ -596,11 +668,18 @@ def _heap_fns(name: str, e: Elem, largest: bool) -> str:
     ``void @NAME_sift(ptr v, ptr ix, i64 stride, i64 pos, i64 size, T val, i64 vi)``: place
     (val, vi) at hole ``pos`` of the heap (worst at the root) of ``size`` and sift it down."""
     t, al = e.ir, e.size
-    worse = [f"define internal i1 @{name}_worse({t} %a, i64 %ia, {t} %b, i64 %ib) alwaysinline {{",
-             "entry:", *_better(e, largest, "%b", "%a", "ba"),
-             *_better(e, largest, "%a", "%b", "ab"),
-             "  %nab = xor i1 %ab, true", "  %lt = icmp slt i64 %ib, %ia",
-             "  %tie = and i1 %nab, %lt", "  %r = or i1 %ba, %tie", "  ret i1 %r", "}"]
+    worse = [
+        f"define internal i1 @{name}_worse({t} %a, i64 %ia, {t} %b, i64 %ib) alwaysinline {{",
+        "entry:",
+        *_better(e, largest, "%b", "%a", "ba"),
+        *_better(e, largest, "%a", "%b", "ab"),
+        "  %nab = xor i1 %ab, true",
+        "  %lt = icmp slt i64 %ib, %ia",
+        "  %tie = and i1 %nab, %lt",
+        "  %r = or i1 %ba, %tie",
+        "  ret i1 %r",
+        "}",
+    ]
     w = f"@{name}_worse"
     sift = f"""define internal void @{name}_sift(ptr %v, ptr %ix, i64 %s, i64 %pos0, i64 %size, \
 {t} %val, i64 %vi) {{
@@ -656,8 +735,9 @@ done:
     return "\n".join(worse) + "\n" + sift
 
 
-def topk_kernel(name: str, plan: AxisPlan, k: int, largest: bool, values: Operand,
-                indices: Operand, x: Operand) -> str:
+def topk_kernel(
+    name: str, plan: AxisPlan, k: int, largest: bool, values: Operand, indices: Operand, x: Operand
+) -> str:
     """LLVM IR of TopK along the middle axis of ``plan`` (1 <= k <= n): a heap per row in the
     outputs, then a heapsort; parts split the outer·inner rows."""
     e, n, s = plan.elem, plan.n, plan.inner
@@ -669,8 +749,10 @@ def topk_kernel(name: str, plan: AxisPlan, k: int, largest: bool, values: Operan
         return f.gep(base, pos if s == 1 else f.ins(f"mul i64 {pos}, {s}"), ty)
 
     def sift_call(pos: str, size: str, v: str, vi: str) -> None:
-        f.L.append(f"  call void {sift}(ptr {vb}, ptr {ib}, i64 {s}, i64 {pos}, i64 {size}, "
-                   f"{t} {v}, i64 {vi})")
+        f.L.append(
+            f"  call void {sift}(ptr {vb}, ptr {ib}, i64 {s}, i64 {pos}, i64 {size}, "
+            f"{t} {v}, i64 {vi})"
+        )
 
     for var in ("r", "a", "h", "i", "z"):
         f.slot(var)
@@ -692,8 +774,11 @@ def topk_kernel(name: str, plan: AxisPlan, k: int, largest: bool, values: Operan
         i = f.loops.open("i", str(k), str(n), 1)
         v = f.load(t, at(xb, i, t), al)
         root, rooti = f.load(t, vb, al), f.load("i64", ib, 8)
-        f.L += [f"  %in = call i1 @{name}_worse({t} {root}, i64 {rooti}, {t} {v}, i64 {i})",
-                "  br i1 %in, label %take, label %keep", "take:"]
+        f.L += [
+            f"  %in = call i1 @{name}_worse({t} {root}, i64 {rooti}, {t} {v}, i64 {i})",
+            "  br i1 %in, label %take, label %keep",
+            "take:",
+        ]
         sift_call("0", str(k), v, i)
         f.L += ["  br label %keep", "keep:"]
         f.loops.close("i", 1)
@@ -724,8 +809,7 @@ def lower_reduction(lw: Lowerer, node: Node, name: str) -> bool:
         last = bool(node.attrs.get("select_last_index", 0))
         plan = plan_reduction(kind, shape, (ax,), last, dtype)
     else:
-        plan = plan_reduction(kind, shape, reduce_axes(len(shape), node.attrs["axes"]),
-                              dtype=dtype)
+        plan = plan_reduction(kind, shape, reduce_axes(len(shape), node.attrs["axes"]), dtype=dtype)
     post = None
     if not kind.startswith("arg") and dtype == "float32":
         found = lw.post_op(out)
@@ -740,8 +824,17 @@ def lower_reduction(lw: Lowerer, node: Node, name: str) -> bool:
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
         return reduce_kernel(name, plan, loc(out), loc(x), lanes, post)  # type: ignore[arg-type]
 
-    lw.steps.append(Step(name, [x], [out], gen, op=node.op, units=units,
-                         parallel=units > 1 and worth_splitting(nbytes=nbytes)))
+    lw.steps.append(
+        Step(
+            name,
+            [x],
+            [out],
+            gen,
+            op=node.op,
+            units=units,
+            parallel=units > 1 and worth_splitting(nbytes=nbytes),
+        )
+    )
     return True
 
 
@@ -761,8 +854,17 @@ def lower_cumsum(lw: Lowerer, node: Node, name: str) -> bool:
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
         return scan_kernel(name, plan, excl, rev, loc(out), loc(x), lanes)  # type: ignore[arg-type]
 
-    lw.steps.append(Step(name, [x], [out], gen, op=node.op, units=units, parallel=units > 1 and
-                         worth_splitting(nbytes=2.0 * plan.elem.size * numel(shape))))
+    lw.steps.append(
+        Step(
+            name,
+            [x],
+            [out],
+            gen,
+            op=node.op,
+            units=units,
+            parallel=units > 1 and worth_splitting(nbytes=2.0 * plan.elem.size * numel(shape)),
+        )
+    )
     return True
 
 
@@ -790,8 +892,17 @@ def lower_topk(lw: Lowerer, node: Node, name: str) -> bool:
         assert xo is not None
         return topk_kernel(name, plan, k, largest, vo, io, xo)
 
-    lw.steps.append(Step(name, [x], [values, indices], gen, op=node.op, units=units,
-                         parallel=units > 1 and worth_splitting(nbytes=nbytes)))
+    lw.steps.append(
+        Step(
+            name,
+            [x],
+            [values, indices],
+            gen,
+            op=node.op,
+            units=units,
+            parallel=units > 1 and worth_splitting(nbytes=nbytes),
+        )
+    )
     return True
 
 
@@ -812,9 +923,13 @@ def _arg_dtypes(node: Node) -> bool:
 def _topk_dtypes(node: Node) -> bool:
     """float32, int32 or int64 values in and out, int64 indices."""
     x = node.inputs[0]
-    return (x is not None and x.type.dtype in ELEMS and len(node.outputs) == 2
-            and node.outputs[0].type.dtype == x.type.dtype
-            and node.outputs[1].type.dtype == "int64")
+    return (
+        x is not None
+        and x.type.dtype in ELEMS
+        and len(node.outputs) == 2
+        and node.outputs[0].type.dtype == x.type.dtype
+        and node.outputs[1].type.dtype == "int64"
+    )
 
 
 def _register() -> None:

@@ -17,10 +17,20 @@ from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 FAST = "fast"
 
 
-def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand,
-               scale: Operand | None = None, bias: Operand | None = None,
-               epsilon: float = 1e-5, post: Expr | None = None, lanes: int = 8,
-               logit_scale: float = 1.0) -> str:
+def row_kernel(
+    name: str,
+    kind: str,
+    rows: int,
+    n: int,
+    out: Operand,
+    x: Operand,
+    scale: Operand | None = None,
+    bias: Operand | None = None,
+    epsilon: float = 1e-5,
+    post: Expr | None = None,
+    lanes: int = 8,
+    logit_scale: float = 1.0,
+) -> str:
     """LLVM IR of ``kind`` ('softmax', 'log_softmax', 'layer_norm', 'rms_norm') over ``rows``
     rows of ``n``.
 
@@ -39,14 +49,21 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
             L.append(f"  %{t}w{w}.a = alloca i64, align 8")
     share(L, rows, 1, "%r0", "%r1")
     loops.open("r", "%r0", "%r1", 1)
-    L += [f"  %rb = mul i64 %r, {n}", "  %xr = getelementptr float, ptr %a1, i64 %rb",
-          "  %or = getelementptr float, ptr %a0, i64 %rb"]
+    L += [
+        f"  %rb = mul i64 %r, {n}",
+        "  %xr = getelementptr float, ptr %a1, i64 %rb",
+        "  %or = getelementptr float, ptr %a0, i64 %rb",
+    ]
     em = Emitter(L, 1)
     fast = Emitter(L, 1, fast=True)
 
     def load(ptr: str, idx: str, tag: str) -> str:
-        L.extend([f"  %{tag}p = getelementptr float, ptr {ptr}, i64 {idx}",
-                  f"  %{tag} = load float, ptr %{tag}p, align 4"])
+        L.extend(
+            [
+                f"  %{tag}p = getelementptr float, ptr {ptr}, i64 {idx}",
+                f"  %{tag} = load float, ptr %{tag}p, align 4",
+            ]
+        )
         return f"%{tag}"
 
     def reduce_loop(var: str, acc: str, init: str, step: object) -> str:
@@ -69,14 +86,22 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
 
     def splat(scalar: str, tag: str) -> str:
         vty = vec_type(wide)
-        L.extend([f"  %{tag}i = insertelement {vty} poison, float {scalar}, i64 0",
-                  f"  %{tag} = shufflevector {vty} %{tag}i, {vty} poison, "
-                  f"<{wide} x i32> zeroinitializer"])
+        L.extend(
+            [
+                f"  %{tag}i = insertelement {vty} poison, float {scalar}, i64 0",
+                f"  %{tag} = shufflevector {vty} %{tag}i, {vty} poison, "
+                f"<{wide} x i32> zeroinitializer",
+            ]
+        )
         return f"%{tag}"
 
-    def write_pass(tag: str, body: Callable[[Emitter, Callable[[str, str], str], str], str],
-                   scalars: dict[str, str], sum_into: str | None = None,
-                   store: bool = True) -> None:
+    def write_pass(
+        tag: str,
+        body: Callable[[Emitter, Callable[[str, str], str], str], str],
+        scalars: dict[str, str],
+        sum_into: str | None = None,
+        store: bool = True,
+    ) -> None:
         """Loop ``j`` over the row in <4L x float> values, then one float at a time.
 
         ``sum_into``: a float alloca that also receives the sum of the values computed;
@@ -94,27 +119,43 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
             sc = {k: (splat(v, f"{k}{var}") if width > 1 else v) for k, v in scalars.items()}
 
             def ld(ptr: str, what: str, var: str = var, vty: str = vty) -> str:
-                L.extend([f"  %{what}{var}p = getelementptr float, ptr {ptr}, i64 %{var}",
-                          f"  %{what}{var} = load {vty}, ptr %{what}{var}p, align 4"])
+                L.extend(
+                    [
+                        f"  %{what}{var}p = getelementptr float, ptr {ptr}, i64 %{var}",
+                        f"  %{what}{var} = load {vty}, ptr %{what}{var}p, align 4",
+                    ]
+                )
                 return f"%{what}{var}"
 
             v = body(e, ld, sc)  # type: ignore[arg-type]
             if store:
-                L.extend([f"  %st{var}p = getelementptr float, ptr %or, i64 %{var}",
-                          f"  store {vty} {v}, ptr %st{var}p, align 4"])
+                L.extend(
+                    [
+                        f"  %st{var}p = getelementptr float, ptr %or, i64 %{var}",
+                        f"  store {vty} {v}, ptr %st{var}p, align 4",
+                    ]
+                )
             if sum_into is not None:
                 acc = "%vacc.a" if width > 1 else sum_into
-                L.extend([f"  %sa{var} = load {vty}, ptr {acc}",
-                          f"  %sn{var} = fadd {vty} %sa{var}, {v}",
-                          f"  store {vty} %sn{var}, ptr {acc}"])
+                L.extend(
+                    [
+                        f"  %sa{var} = load {vty}, ptr {acc}",
+                        f"  %sn{var} = fadd {vty} %sa{var}, {v}",
+                        f"  store {vty} %sn{var}, ptr {acc}",
+                    ]
+                )
             loops.close(var, width)
             if sum_into is not None and width > 1:
-                L.extend([f"  %vs{var} = load {vty}, ptr %vacc.a",
-                          f"  %vr{var} = call reassoc float @llvm.vector.reduce.fadd.v{width}f32("
-                          f"float -0.0, {vty} %vs{var})",
-                          f"  %vo{var} = load float, ptr {sum_into}",
-                          f"  %vt{var} = fadd float %vo{var}, %vr{var}",
-                          f"  store float %vt{var}, ptr {sum_into}"])
+                L.extend(
+                    [
+                        f"  %vs{var} = load {vty}, ptr %vacc.a",
+                        f"  %vr{var} = call reassoc float @llvm.vector.reduce.fadd.v{width}f32("
+                        f"float -0.0, {vty} %vs{var})",
+                        f"  %vo{var} = load float, ptr {sum_into}",
+                        f"  %vt{var} = fadd float %vo{var}, %vr{var}",
+                        f"  store float %vt{var}, ptr {sum_into}",
+                    ]
+                )
 
     if kind == "softmax":
         mx = reduce_loop("j1", "acc1", fconst(float("-inf")), lambda v, a: fast.max(a, v))
@@ -131,18 +172,27 @@ def row_kernel(name: str, kind: str, rows: int, n: int, out: Operand, x: Operand
         # (x - max) - log(sum(exp(x - max))), the reference's order; the exps are only summed.
         mx = reduce_loop("j1", "acc1", fconst(float("-inf")), lambda v, a: fast.max(a, v))
         L += [f"  store float {fconst(0.0)}, ptr %acc2.a", f"  %mx = fadd float {mx}, 0.0"]
-        write_pass("e", lambda e, ld, sc: e.exp(e.sub(ld("%xr", "x"), sc["mx"])), {"mx": "%mx"},
-                   sum_into="%acc2.a", store=False)
+        write_pass(
+            "e",
+            lambda e, ld, sc: e.exp(e.sub(ld("%xr", "x"), sc["mx"])),
+            {"mx": "%mx"},
+            sum_into="%acc2.a",
+            store=False,
+        )
         L.append("  %sum = load float, ptr %acc2.a")
         lse = em.log("%sum")
-        write_pass("s", lambda e, ld, sc: e.sub(e.sub(ld("%xr", "x"), sc["mx"]), sc["lse"]),
-                   {"mx": "%mx", "lse": lse})
+        write_pass(
+            "s",
+            lambda e, ld, sc: e.sub(e.sub(ld("%xr", "x"), sc["mx"]), sc["lse"]),
+            {"mx": "%mx", "lse": lse},
+        )
     else:
         if kind == "layer_norm":
             s = reduce_loop("j1", "acc1", fconst(0.0), lambda v, a: fast.add(a, v))
             mean = em.mul(s, inv_n)
-            ss = reduce_loop("j2", "acc2", fconst(0.0),
-                             lambda v, a: fast.add(a, sq(fast.sub(v, mean))))
+            ss = reduce_loop(
+                "j2", "acc2", fconst(0.0), lambda v, a: fast.add(a, sq(fast.sub(v, mean)))
+            )
         else:
             mean = fconst(0.0)
             ss = reduce_loop("j2", "acc2", fconst(0.0), lambda v, a: fast.add(a, sq(v)))

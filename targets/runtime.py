@@ -54,8 +54,7 @@ import satura
 
 KernelFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 _PoolStart = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
-_PoolRun = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                            ctypes.c_int64)
+_PoolRun = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _PoolStop = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 _OBJECTS: dict[str, bytes] = {}  # IR hash -> object code, for this process
 
@@ -67,7 +66,7 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
     """Bytes starting at a multiple of the alignment that kernels assume of written buffers."""
     raw = np.empty(nbytes + _BASE, np.uint8)
     start = (-raw.ctypes.data) % _BASE
-    return raw[start:start + nbytes]
+    return raw[start : start + nbytes]
 
 
 def _addr(a: np.ndarray) -> int:
@@ -108,8 +107,10 @@ def build_module(graph: Graph, target: CpuTarget, threads: int) -> ModuleBuild:
     for v in graph.inputs:
         if not v.type.is_static:
             what = "the CPU target" if target.jit else f"the {target.name} target"
-            raise CodegenError(f"input '{v.name}' has symbolic shape {v.type}: {what} compiles "
-                               "static shapes only (bind the dimensions first)")
+            raise CodegenError(
+                f"input '{v.name}' has symbolic shape {v.type}: {what} compiles "
+                "static shapes only (bind the dimensions first)"
+            )
     lw = Lowerer(graph, target, threads)
     prog = lw.run()
     slot: dict[int, int] = {}
@@ -124,8 +125,7 @@ def build_module(graph: Graph, target: CpuTarget, threads: int) -> ModuleBuild:
     consts: list[tuple[int, np.ndarray]] = []
     const_vals = list(prog.consts)
     for st in prog.steps:
-        const_vals += [r for r in st.reads
-                       if isinstance(r, Value) and id(r) in prog.extra_consts]
+        const_vals += [r for r in st.reads if isinstance(r, Value) and id(r) in prog.extra_consts]
     for v in const_vals:
         if id(v) in slot:
             continue
@@ -142,7 +142,8 @@ def _object_code(ir: str, cache_dir: str | None) -> tuple[bytes, bool]:
     """Host machine code for ``ir``: from this process's memo, the disk cache, or LLVM.
     Returns (obj, hit)."""
     key = hashlib.sha256(
-        f"{satura.__version__}|{codegen.host_target().key()}|{ir}".encode()).hexdigest()
+        f"{satura.__version__}|{codegen.host_target().key()}|{ir}".encode()
+    ).hexdigest()
     if key in _OBJECTS:
         return _OBJECTS[key], True
     path = Path(cache_dir) / f"{key}.o" if cache_dir else None
@@ -207,8 +208,9 @@ class NativePool:
         before = _thread_ids()
         self.workers = int(_PoolStart(jit.address("sat_pool_start"))(self._addr, workers))
         # The finalizer holds the state (not self): the workers read it until they are joined.
-        self._stop = weakref.finalize(self, _stop_pool, _PoolStop(jit.address("sat_pool_stop")),
-                                      self._state, self.workers)
+        self._stop = weakref.finalize(
+            self, _stop_pool, _PoolStop(jit.address("sat_pool_stop")), self._state, self.workers
+        )
         if self.workers < workers:
             self._stop()
             raise CodegenError(f"could not start {workers} pthreads (started {self.workers})")
@@ -230,8 +232,9 @@ class NativePool:
 class CompiledModel:
     """A graph compiled for the host CPU. Call it with the graph's inputs by name."""
 
-    def __init__(self, graph: Graph, threads: int | None = None,
-                 cache_dir: str | None = None) -> None:
+    def __init__(
+        self, graph: Graph, threads: int | None = None, cache_dir: str | None = None
+    ) -> None:
         t0 = time.perf_counter()
         self.graph = graph
         self.threads = max(1, threads or len(os.sched_getaffinity(0)))
@@ -266,8 +269,9 @@ class CompiledModel:
             if st.gen is not None:
                 fn = KernelFn(self._jit.address(st.name))
                 self._addrs[id(fn)] = self._jit.address(st.name)
-                self._run.append(("k", fn, balanced_shares(st.units, self.threads)
-                                  if st.parallel else 0))
+                self._run.append(
+                    ("k", fn, balanced_shares(st.units, self.threads) if st.parallel else 0)
+                )
             else:
                 self._run.append(("f", st, 0))
         self._parallel = any(shares for kind, _, shares in self._run if kind == "k")
@@ -275,8 +279,16 @@ class CompiledModel:
             raise CodegenError(f"threads={self.threads}: too many for the thread pool")
         self._last_out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._bound: dict[int, tuple[np.ndarray, int]] = {}
-        self._in_specs = [(v.name, np.dtype(v.type.dtype), tuple(int(d) for d in v.type.shape),
-                           self._slot[id(v)], id(v)) for v in graph.inputs]
+        self._in_specs = [
+            (
+                v.name,
+                np.dtype(v.type.dtype),
+                tuple(int(d) for d in v.type.shape),
+                self._slot[id(v)],
+                id(v),
+            )
+            for v in graph.inputs
+        ]
         self._in_slots = [(id(v), self._slot[id(v)]) for v in graph.inputs]
         outs = {id(v) for v in self._out_vals}
         self._out_plan = [(v, id(v) in outs) for v in graph.outputs]
@@ -311,22 +323,25 @@ class CompiledModel:
         names = {v.name for v in self.graph.inputs}
         extra = sorted(set(inputs) - names)
         if extra:
-            return InputError(f"unknown input '{extra[0]}' "
-                              f"(the model takes: {', '.join(sorted(names))})")
+            return InputError(
+                f"unknown input '{extra[0]}' (the model takes: {', '.join(sorted(names))})"
+            )
         for v in self.graph.inputs:
             if v.name not in inputs:
                 return InputError(f"missing input '{v.name}' ({v.type})")
             a = inputs[v.name]
             if not isinstance(a, np.ndarray):
-                return InputError(f"input '{v.name}' must be a numpy array, "
-                                  f"got {type(a).__name__}")
+                return InputError(f"input '{v.name}' must be a numpy array, got {type(a).__name__}")
             want = tuple(int(d) for d in v.type.shape)
             if a.dtype.name != v.type.dtype or tuple(a.shape) != want:
-                return InputError(f"input '{v.name}': expected {v.type.dtype}{list(want)}, got "
-                                  f"{a.dtype.name}{list(a.shape)}")
+                return InputError(
+                    f"input '{v.name}': expected {v.type.dtype}{list(want)}, got "
+                    f"{a.dtype.name}{list(a.shape)}"
+                )
             if not a.flags.c_contiguous:
-                return InputError(f"input '{v.name}' must be C-contiguous "
-                                  "(pass np.ascontiguousarray(x))")
+                return InputError(
+                    f"input '{v.name}' must be C-contiguous (pass np.ascontiguousarray(x))"
+                )
         return InputError("inputs do not fit the model")
 
     def _bind(self, slot: int, a: np.ndarray) -> None:
@@ -336,8 +351,9 @@ class CompiledModel:
             self._bound[slot] = (a, _addr(a))
             self._table[slot] = self._bound[slot][1]
 
-    def __call__(self, inputs: Mapping[str, Any] | None = None, /,
-                 **kw: Any) -> dict[str, np.ndarray]:
+    def __call__(
+        self, inputs: Mapping[str, Any] | None = None, /, **kw: Any
+    ) -> dict[str, np.ndarray]:
         """Run the model: ``model(x=arr)`` or ``model({"x": arr})``. Raises InputError for inputs
         that do not fit, or for an index value a kernel found out of range (then no output).
 
@@ -349,8 +365,12 @@ class CompiledModel:
         bound: dict[int, np.ndarray] = {}
         for name, dtype, shape, _slot, key in self._in_specs:
             a = given.get(name)
-            if (type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape
-                    or not a.flags.c_contiguous):
+            if (
+                type(a) is not np.ndarray
+                or a.dtype != dtype
+                or a.shape != shape
+                or not a.flags.c_contiguous
+            ):
                 raise self._input_error(given)
             bound[key] = a
         for key, slot in self._in_slots:
@@ -407,10 +427,11 @@ class CompiledModel:
         shape = tuple(int(d) for d in src.type.shape) if src is not None else ()
         at = f"[{', '.join(str(i) for i in np.unravel_index(pos, shape))}]" if shape else ""
         name = src.name if src is not None else f"input {which}"
-        axis = (f" for axis {node.attrs['axis']} of size {hi + 1}" if "axis" in node.attrs
-                else "")
-        return InputError(f"node '{node.name}' ({node.op}): index {value} at {name}{at} is out "
-                          f"of range [{lo}, {hi}]{axis}; no output was returned")
+        axis = f" for axis {node.attrs['axis']} of size {hi + 1}" if "axis" in node.attrs else ""
+        return InputError(
+            f"node '{node.name}' ({node.op}): index {value} at {name}{at} is out "
+            f"of range [{lo}, {hi}]{axis}; no output was returned"
+        )
 
     def _run_shared(self, kernel: Any, addr: int, shares: int) -> None:
         """Run ``kernel``'s shares on this thread and the pool, each taking the next share."""
@@ -454,19 +475,23 @@ class CompiledModel:
             return np.asarray(r.data).reshape(shape)
         off = self._plan.offsets[id(r)]
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(v.type.dtype).itemsize
-        return self._arena[off:off + nbytes].view(v.type.dtype).reshape(shape)
+        return self._arena[off : off + nbytes].view(v.type.dtype).reshape(shape)
 
     def _fallback(self, st: Any, bound: dict[int, np.ndarray]) -> None:
         node = st.node
         ins = [None if x is None else self._array(x, bound) for x in node.inputs]
         outs = run_reference(node.op, ins, node.attrs)
         for o, res in zip(node.outputs, outs, strict=True):
-            np.copyto(self._array(o, bound), np.asarray(res).reshape(
-                tuple(int(d) for d in o.type.shape)), casting="unsafe")
+            np.copyto(
+                self._array(o, bound),
+                np.asarray(res).reshape(tuple(int(d) for d in o.type.shape)),
+                casting="unsafe",
+            )
 
 
-def compile_graph(graph: Graph, target: str = "cpu", threads: int | None = None,
-                  cache_dir: str | None = None) -> CompiledModel | SpecializingModel:
+def compile_graph(
+    graph: Graph, target: str = "cpu", threads: int | None = None, cache_dir: str | None = None
+) -> CompiledModel | SpecializingModel:
     """Compile ``graph`` for the host CPU.
 
     Static input shapes give a :class:`CompiledModel` at once. Symbolic input dimensions give a
@@ -480,11 +505,15 @@ def compile_graph(graph: Graph, target: str = "cpu", threads: int | None = None,
     """
     if target not in codegen.HOST_NAMES:
         if target in codegen.CROSS_TARGETS:
-            raise CodegenError(f"target '{target}' is a cross target: its code cannot run in this "
-                               "process; emit it with satura.targets.runtime.emit_cross(graph, "
-                               f"'{target}') or `satura compile MODEL --target {target} -o OUT.o`")
-        raise CodegenError(f"unknown target '{target}' (this backend compiles for: cpu; it emits "
-                           "code for the cross target aarch64 through emit_cross)")
+            raise CodegenError(
+                f"target '{target}' is a cross target: its code cannot run in this "
+                "process; emit it with satura.targets.runtime.emit_cross(graph, "
+                f"'{target}') or `satura compile MODEL --target {target} -o OUT.o`"
+            )
+        raise CodegenError(
+            f"unknown target '{target}' (this backend compiles for: cpu; it emits "
+            "code for the cross target aarch64 through emit_cross)"
+        )
     if any(not v.type.is_static for v in graph.inputs):
         return SpecializingModel(graph, lambda g: CompiledModel(g, threads, cache_dir))
     return CompiledModel(graph, threads, cache_dir)
@@ -525,8 +554,10 @@ def bind_dims(graph: Graph, dims: Mapping[str, int]) -> Graph:
     symbols = {str(s): s for v in graph.inputs for s in v.type.symbols}
     unknown = sorted(set(dims) - set(symbols))
     if unknown:
-        raise CodegenError(f"no input dimension is named '{unknown[0]}' (the symbolic ones: "
-                           f"{', '.join(sorted(symbols)) or 'none'})")
+        raise CodegenError(
+            f"no input dimension is named '{unknown[0]}' (the symbolic ones: "
+            f"{', '.join(sorted(symbols)) or 'none'})"
+        )
     if not dims:
         return graph
     return static_variant(graph, {symbols[k]: int(n) for k, n in dims.items()})
@@ -545,8 +576,12 @@ def _x86_user(ir: str) -> str | None:
     return None
 
 
-def emit_cross(graph: Graph, target: str | CpuTarget = "aarch64", threads: int = 1,
-               dims: Mapping[str, int] | None = None) -> CrossModule:
+def emit_cross(
+    graph: Graph,
+    target: str | CpuTarget = "aarch64",
+    threads: int = 1,
+    dims: Mapping[str, int] | None = None,
+) -> CrossModule:
     """Compile ``graph`` for a cross target (default ``aarch64``: Linux, NEON) without running it.
 
     The same lowering, memory plan and module as :class:`CompiledModel`, optimized at O3 for the
@@ -562,15 +597,22 @@ def emit_cross(graph: Graph, target: str | CpuTarget = "aarch64", threads: int =
     build = build_module(graph, t, threads)
     x86 = _x86_user(build.ir) if t.arch != "x86_64" else None
     if x86 is not None:
-        raise CodegenError(f"function '{x86}' calls an x86 intrinsic: it cannot be compiled for "
-                           f"{t.name} (call @sat_store_fence / @sat_spin_hint, kernel.py)")
+        raise CodegenError(
+            f"function '{x86}' calls an x86 intrinsic: it cannot be compiled for "
+            f"{t.name} (call @sat_store_fence / @sat_spin_hint, kernel.py)"
+        )
     mod = codegen.optimize_ir(build.ir, t)
     prog = build.program
     return CrossModule(
-        target=t, object=codegen.emit_object(mod, t), assembly=codegen.emit_assembly(mod, t),
-        llvm_ir=build.ir, kernels=[st.name for st in prog.steps if st.gen is not None],
+        target=t,
+        object=codegen.emit_object(mod, t),
+        assembly=codegen.emit_assembly(mod, t),
+        llvm_ir=build.ir,
+        kernels=[st.name for st in prog.steps if st.gen is not None],
         inputs={v.name: build.slot[id(v)] for v in graph.inputs},
         outputs={v.name: build.slot[id(v)] for v in graph.outputs if id(v) in build.slot},
-        constants=build.consts, arena_bytes=build.plan.arena_bytes,
+        constants=build.consts,
+        arena_bytes=build.plan.arena_bytes,
         max_parts=threads * CHUNKS_PER_THREAD,
-        fallback_nodes=[st.node.name for st in prog.steps if st.node is not None])
+        fallback_nodes=[st.node.name for st in prog.steps if st.node is not None],
+    )

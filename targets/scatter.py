@@ -51,10 +51,20 @@ COPY_ROW = 1024
 # The element types a scatter reduction combines: LLVM type and kind (f: float, s/u: signed or
 # unsigned integer, b: bool as a 0/1 byte). numpy's float16 arithmetic rounds a float32 result to
 # half, which is what LLVM's half arithmetic gives too.
-REDUCE_TYPES = {"float32": ("float", "f"), "float64": ("double", "f"), "float16": ("half", "f"),
-                "int64": ("i64", "s"), "int32": ("i32", "s"), "int16": ("i16", "s"),
-                "int8": ("i8", "s"), "uint64": ("i64", "u"), "uint32": ("i32", "u"),
-                "uint16": ("i16", "u"), "uint8": ("i8", "u"), "bool": ("i8", "b")}
+REDUCE_TYPES = {
+    "float32": ("float", "f"),
+    "float64": ("double", "f"),
+    "float16": ("half", "f"),
+    "int64": ("i64", "s"),
+    "int32": ("i32", "s"),
+    "int16": ("i16", "s"),
+    "int8": ("i8", "s"),
+    "uint64": ("i64", "u"),
+    "uint32": ("i32", "u"),
+    "uint16": ("i16", "u"),
+    "uint8": ("i8", "u"),
+    "bool": ("i8", "b"),
+}
 REDUCTIONS = ("none", "add", "mul", "max", "min")
 # OneHot's index types (the reference also takes floats: it truncates them to int64).
 ONE_HOT_INDEX = {"int32": "i32", "int64": "i64", "float32": "float", "float64": "double"}
@@ -73,8 +83,12 @@ def combine(L: list[str], tag: str, reduction: str, dtype: str, a: str, b: str) 
         L.append(f"  {r} = {'f' if kind == 'f' else ''}{reduction} {ty} {a}, {b}")
     elif kind == "f":
         cmp = "ogt" if reduction == "max" else "olt"
-        L += [f"  {r}.c = fcmp {cmp} {ty} {a}, {b}", f"  {r}.n = fcmp uno {ty} {a}, {a}",
-              f"  {r}.t = or i1 {r}.c, {r}.n", f"  {r} = select i1 {r}.t, {ty} {a}, {ty} {b}"]
+        L += [
+            f"  {r}.c = fcmp {cmp} {ty} {a}, {b}",
+            f"  {r}.n = fcmp uno {ty} {a}, {a}",
+            f"  {r}.t = or i1 {r}.c, {r}.n",
+            f"  {r} = select i1 {r}.t, {ty} {a}, {ty} {b}",
+        ]
     else:
         cmp = ("s" if kind == "s" else "u") + ("gt" if reduction == "max" else "lt")
         L += [f"  {r}.t = icmp {cmp} {ty} {a}, {b}", f"  {r} = select i1 {r}.t, {ty} {a}, {ty} {b}"]
@@ -87,28 +101,46 @@ def _rows_range(L: list[str], rows: int, split: bool) -> None:
     if split:
         share(L, rows, 1, "%r0", "%r1")
     else:
-        L += ["  %first = icmp eq i64 %part, 0", f"  %r1 = select i1 %first, i64 {rows}, i64 0",
-              "  %r0 = add i64 0, 0"]
+        L += [
+            "  %first = icmp eq i64 %part, 0",
+            f"  %r1 = select i1 %first, i64 {rows}, i64 0",
+            "  %r0 = add i64 0, 0",
+        ]
 
 
-def _update(L: list[str], tag: str, itemsize: int, reduction: str, dtype: str, dst: str,
-            src: str) -> None:
+def _update(
+    L: list[str], tag: str, itemsize: int, reduction: str, dtype: str, dst: str, src: str
+) -> None:
     """Emit ``*dst = reduction(*dst, *src)`` (``none``: ``*dst = *src``)."""
     if reduction == "none":
         ty = INT_TYPES[itemsize]
-        L += [f"  %{tag}.u = load {ty}, ptr {src}, align 1",
-              f"  store {ty} %{tag}.u, ptr {dst}, align 1"]
+        L += [
+            f"  %{tag}.u = load {ty}, ptr {src}, align 1",
+            f"  store {ty} %{tag}.u, ptr {dst}, align 1",
+        ]
         return
     ty = REDUCE_TYPES[dtype][0]
-    L += [f"  %{tag}.u = load {ty}, ptr {src}, align 1",
-          f"  %{tag}.o = load {ty}, ptr {dst}, align 1"]
+    L += [
+        f"  %{tag}.u = load {ty}, ptr {src}, align 1",
+        f"  %{tag}.o = load {ty}, ptr {dst}, align 1",
+    ]
     val = combine(L, f"{tag}.r", reduction, dtype, f"%{tag}.o", f"%{tag}.u")
     L.append(f"  store {ty} {val}, ptr {dst}, align 1")
 
 
-def elements_kernel(name: str, itemsize: int, out: Operand, src: Operand, indices: Operand,
-                    ishape: Sequence[int], xshape: Sequence[int], axis: int, check: IndexCheck,
-                    reduction: str | None = None, dtype: str = "") -> str:
+def elements_kernel(
+    name: str,
+    itemsize: int,
+    out: Operand,
+    src: Operand,
+    indices: Operand,
+    ishape: Sequence[int],
+    xshape: Sequence[int],
+    axis: int,
+    check: IndexCheck,
+    reduction: str | None = None,
+    dtype: str = "",
+) -> str:
     """LLVM IR of GatherElements (``reduction`` None): ``out[p] = src[p with p[axis] :=
     indices[p]]`` for every position ``p`` of ``indices`` (shape ``ishape``; ``src``, shape
     ``xshape``, is the data), rows shared between cores; or of ScatterElements' update phase
@@ -121,8 +153,12 @@ def elements_kernel(name: str, itemsize: int, out: Operand, src: Operand, indice
     rows, n = numel(tuple(ishape[:-1])), ishape[-1]
     xst = contiguous_strides(xshape)
     tail: list[str] = []
-    L = [body_header(name, 4), "entry:", "  %r.a = alloca i64, align 8",
-         "  %j.a = alloca i64, align 8"]
+    L = [
+        body_header(name, 4),
+        "entry:",
+        "  %r.a = alloca i64, align 8",
+        "  %j.a = alloca i64, align 8",
+    ]
     _rows_range(L, rows, not scatter)
     loops = Loops(L)
     r = loops.open("r", "%r0", "%r1", 1)
@@ -144,24 +180,39 @@ def elements_kernel(name: str, itemsize: int, out: Operand, src: Operand, indice
         L.append("  %xo = add i64 %xb, 0")
     if scatter:
         assert reduction is not None
-        L += [f"  %dp = getelementptr {ty}, ptr %a0, i64 %xo",
-              f"  %sp = getelementptr {ty}, ptr %a1, i64 %pos"]
+        L += [
+            f"  %dp = getelementptr {ty}, ptr %a0, i64 %xo",
+            f"  %sp = getelementptr {ty}, ptr %a1, i64 %pos",
+        ]
         _update(L, "e", itemsize, reduction, dtype, "%dp", "%sp")
     else:
-        L += [f"  %sp = getelementptr {ty}, ptr %a1, i64 %xo",
-              f"  %v = load {ty}, ptr %sp, align 1",
-              f"  %dp = getelementptr {ty}, ptr %a0, i64 %pos",
-              f"  store {ty} %v, ptr %dp, align 1"]
+        L += [
+            f"  %sp = getelementptr {ty}, ptr %a1, i64 %xo",
+            f"  %v = load {ty}, ptr %sp, align 1",
+            f"  %dp = getelementptr {ty}, ptr %a0, i64 %pos",
+            f"  store {ty} %v, ptr %dp, align 1",
+        ]
     loops.close("j", 1)
     loops.close("r", 1)
     L += ["  ret void", *tail, "}"]
     return "\n".join([wrapper(name, [out, src, indices, Operand(ERROR_SLOT)]), "\n".join(L)])
 
 
-def tuples_kernel(name: str, itemsize: int, out: Operand, src: Operand, indices: Operand,
-                  rows: int, per_batch: int, batch_stride: int, checks: Sequence[IndexCheck],
-                  strides: Sequence[int], post: int, reduction: str | None = None,
-                  dtype: str = "") -> str:
+def tuples_kernel(
+    name: str,
+    itemsize: int,
+    out: Operand,
+    src: Operand,
+    indices: Operand,
+    rows: int,
+    per_batch: int,
+    batch_stride: int,
+    checks: Sequence[IndexCheck],
+    strides: Sequence[int],
+    post: int,
+    reduction: str | None = None,
+    dtype: str = "",
+) -> str:
     """LLVM IR of GatherND (``reduction`` None) or of ScatterND's update phase. Row ``r`` has the
     index tuple ``indices[r, :]`` (component ``c`` checked against ``checks[c]``, then scaled by
     ``strides[c]``) and a block of ``post`` elements at ``(r // per_batch) * batch_stride + sum``
@@ -172,8 +223,12 @@ def tuples_kernel(name: str, itemsize: int, out: Operand, src: Operand, indices:
     ty = INT_TYPES[itemsize]
     depth = len(checks)
     tail: list[str] = []
-    L = [body_header(name, 4), "entry:", "  %r.a = alloca i64, align 8",
-         "  %e.a = alloca i64, align 8"]
+    L = [
+        body_header(name, 4),
+        "entry:",
+        "  %r.a = alloca i64, align 8",
+        "  %e.a = alloca i64, align 8",
+    ]
     _rows_range(L, rows, not scatter)
     loops = Loops(L)
     r = loops.open("r", "%r0", "%r1", 1)
@@ -190,16 +245,22 @@ def tuples_kernel(name: str, itemsize: int, out: Operand, src: Operand, indices:
         acc = f"%o{c}"
     L += [f"  %blk = add i64 {acc}, 0", f"  %rp = mul i64 {r}, {post}"]
     data, row = ("%a0", "%a1") if scatter else ("%a1", "%a0")
-    L += [f"  %dp = getelementptr {ty}, ptr {data}, i64 %blk",
-          f"  %rowp = getelementptr {ty}, ptr {row}, i64 %rp"]
+    L += [
+        f"  %dp = getelementptr {ty}, ptr {data}, i64 %blk",
+        f"  %rowp = getelementptr {ty}, ptr {row}, i64 %rp",
+    ]
     if reduction is None or reduction == "none":
         dst, srcp = ("%dp", "%rowp") if scatter else ("%rowp", "%dp")
-        L.append(f"  call void @llvm.memcpy.p0.p0.i64(ptr align 1 {dst}, ptr align 1 {srcp}, "
-                 f"i64 {post * itemsize}, i1 false)")
+        L.append(
+            f"  call void @llvm.memcpy.p0.p0.i64(ptr align 1 {dst}, ptr align 1 {srcp}, "
+            f"i64 {post * itemsize}, i1 false)"
+        )
     else:
         e = loops.open("e", "0", str(post), 1)
-        L += [f"  %ed = getelementptr {ty}, ptr %dp, i64 {e}",
-              f"  %es = getelementptr {ty}, ptr %rowp, i64 {e}"]
+        L += [
+            f"  %ed = getelementptr {ty}, ptr %dp, i64 {e}",
+            f"  %es = getelementptr {ty}, ptr %rowp, i64 {e}",
+        ]
         _update(L, "u", itemsize, reduction, dtype, "%ed", "%es")
         loops.close("e", 1)
     loops.close("r", 1)
@@ -207,16 +268,31 @@ def tuples_kernel(name: str, itemsize: int, out: Operand, src: Operand, indices:
     return "\n".join([wrapper(name, [out, src, indices, Operand(ERROR_SLOT)]), "\n".join(L)])
 
 
-def one_hot_kernel(name: str, itemsize: int, out: Operand, indices: Operand, values: Operand,
-                   ity: str, pre: int, depth: int, post: int) -> str:
+def one_hot_kernel(
+    name: str,
+    itemsize: int,
+    out: Operand,
+    indices: Operand,
+    values: Operand,
+    ity: str,
+    pre: int,
+    depth: int,
+    post: int,
+) -> str:
     """LLVM IR of OneHot: ``out[p, d, q] = values[1] if norm(indices[p, q]) == d else
     values[0]``, ``norm`` adding ``depth`` to a negative index (``ity``: the indices' LLVM type,
     an integer or a float the reference truncates); an index out of range matches no ``d`` (an
     all-off row, as the reference gives). The ``pre`` rows are shared between cores."""
     ty = INT_TYPES[itemsize]
-    L = [body_header(name, 3), "entry:", *(f"  %{v}.a = alloca i64, align 8" for v in "pdq"),
-         f"  %offp = getelementptr {ty}, ptr %a2, i64 0", f"  %off = load {ty}, ptr %offp, align 1",
-         f"  %onp = getelementptr {ty}, ptr %a2, i64 1", f"  %on = load {ty}, ptr %onp, align 1"]
+    L = [
+        body_header(name, 3),
+        "entry:",
+        *(f"  %{v}.a = alloca i64, align 8" for v in "pdq"),
+        f"  %offp = getelementptr {ty}, ptr %a2, i64 0",
+        f"  %off = load {ty}, ptr %offp, align 1",
+        f"  %onp = getelementptr {ty}, ptr %a2, i64 1",
+        f"  %on = load {ty}, ptr %onp, align 1",
+    ]
     share(L, pre, 1, "%p0", "%p1")
     loops = Loops(L)
     p = loops.open("p", "%p0", "%p1", 1)
@@ -224,24 +300,39 @@ def one_hot_kernel(name: str, itemsize: int, out: Operand, indices: Operand, val
     d = loops.open("d", "0", str(depth), 1)
     L += [f"  %ob0 = add i64 %pd, {d}", f"  %ob = mul i64 %ob0, {post}"]
     q = loops.open("q", "0", str(post), 1)
-    L += [f"  %ip = add i64 %ib, {q}", f"  %ipp = getelementptr {ity}, ptr %a1, i64 %ip",
-          f"  %il = load {ity}, ptr %ipp, align 1"]
+    L += [
+        f"  %ip = add i64 %ib, {q}",
+        f"  %ipp = getelementptr {ity}, ptr %a1, i64 %ip",
+        f"  %il = load {ity}, ptr %ipp, align 1",
+    ]
     if ity in ("float", "double"):
         # numpy: where(i < 0, i + depth, i) in the float type, then astype(int64) (truncation);
         # only values in (-1, 2^62) can truncate to a d in [0, depth): converted, they are exact.
         dep = fconst(depth) if ity == "float" else dconst(depth)
-        L += [f"  %neg = fcmp olt {ity} %il, 0.0", f"  %w = fadd {ity} %il, {dep}",
-              f"  %wv = select i1 %neg, {ity} %w, {ity} %il",
-              f"  %lo = fcmp ogt {ity} %wv, {dconst(-1.0)}",
-              f"  %hi = fcmp olt {ity} %wv, {dconst(2.0 ** 62)}", "  %in = and i1 %lo, %hi",
-              f"  %wi = fptosi {ity} %wv to i64", "  %u = select i1 %in, i64 %wi, i64 -1"]
+        L += [
+            f"  %neg = fcmp olt {ity} %il, 0.0",
+            f"  %w = fadd {ity} %il, {dep}",
+            f"  %wv = select i1 %neg, {ity} %w, {ity} %il",
+            f"  %lo = fcmp ogt {ity} %wv, {dconst(-1.0)}",
+            f"  %hi = fcmp olt {ity} %wv, {dconst(2.0**62)}",
+            "  %in = and i1 %lo, %hi",
+            f"  %wi = fptosi {ity} %wv to i64",
+            "  %u = select i1 %in, i64 %wi, i64 -1",
+        ]
     else:
-        L += [f"  %iv = sext {ity} %il to i64" if ity != "i64" else "  %iv = add i64 %il, 0",
-              "  %neg = icmp slt i64 %iv, 0", f"  %w = add i64 %iv, {depth}",
-              "  %u = select i1 %neg, i64 %w, i64 %iv"]
-    L += [f"  %hot = icmp eq i64 %u, {d}",
-          f"  %v = select i1 %hot, {ty} %on, {ty} %off", f"  %op = add i64 %ob, {q}",
-          f"  %opp = getelementptr {ty}, ptr %a0, i64 %op", f"  store {ty} %v, ptr %opp, align 1"]
+        L += [
+            f"  %iv = sext {ity} %il to i64" if ity != "i64" else "  %iv = add i64 %il, 0",
+            "  %neg = icmp slt i64 %iv, 0",
+            f"  %w = add i64 %iv, {depth}",
+            "  %u = select i1 %neg, i64 %w, i64 %iv",
+        ]
+    L += [
+        f"  %hot = icmp eq i64 %u, {d}",
+        f"  %v = select i1 %hot, {ty} %on, {ty} %off",
+        f"  %op = add i64 %ob, {q}",
+        f"  %opp = getelementptr {ty}, ptr %a0, i64 %op",
+        f"  store {ty} %v, ptr %opp, align 1",
+    ]
     loops.close("q", 1)
     loops.close("d", 1)
     loops.close("p", 1)
@@ -271,11 +362,28 @@ def lower_gather_elements(lw: Lowerer, node: Node, name: str) -> bool:
     size = out.type.itemsize
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return elements_kernel(name, size, loc(out), loc(x), loc(idx), ish,  # type: ignore
-                               xs, axis, check)
+        return elements_kernel(
+            name,
+            size,
+            loc(out),
+            loc(x),
+            loc(idx),
+            ish,  # type: ignore
+            xs,
+            axis,
+            check,
+        )
 
-    kernel_step(lw, node, name, [x, idx], out, gen, numel(tuple(ish[:-1])),
-                numel(tuple(ish)) * (2 * size + idx.type.itemsize))
+    kernel_step(
+        lw,
+        node,
+        name,
+        [x, idx],
+        out,
+        gen,
+        numel(tuple(ish[:-1])),
+        numel(tuple(ish)) * (2 * size + idx.type.itemsize),
+    )
     return True
 
 
@@ -293,18 +401,30 @@ def lower_gather_nd(lw: Lowerer, node: Node, name: str) -> bool:
     checks, st = index_checks(lw, node, idx, x, axes), contiguous_strides(xs)
     rows, per_batch = numel(tuple(ish[:-1])), numel(tuple(ish[b:-1]))
     batch_stride = numel(tuple(xs[b:])) if b else 0
-    post, size = numel(tuple(xs[b + len(axes):])), out.type.itemsize
+    post, size = numel(tuple(xs[b + len(axes) :])), out.type.itemsize
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return tuples_kernel(name, size, loc(out), loc(x), loc(idx), rows,  # type: ignore
-                             per_batch, batch_stride, checks, [st[a] for a in axes], post)
+        return tuples_kernel(
+            name,
+            size,
+            loc(out),
+            loc(x),
+            loc(idx),
+            rows,  # type: ignore
+            per_batch,
+            batch_stride,
+            checks,
+            [st[a] for a in axes],
+            post,
+        )
 
     kernel_step(lw, node, name, [x, idx], out, gen, rows, 2 * numel(out.type.shape) * size)
     return True
 
 
-def _scatter_steps(lw: Lowerer, node: Node, name: str, ops: list[Value], updates: int,
-                   gen: Gen) -> None:
+def _scatter_steps(
+    lw: Lowerer, node: Node, name: str, ops: list[Value], updates: int, gen: Gen
+) -> None:
     """A scatter's two steps (``ops``: data, indices, updates, output): the copy of its data
     into the output (rows of the trailing dims that make at least COPY_ROW elements, shared
     between cores), then, when there are ``updates``, ``gen``'s update kernel, which reads the
@@ -316,8 +436,9 @@ def _scatter_steps(lw: Lowerer, node: Node, name: str, ops: list[Value], updates
             break
         row *= d
     rows = numel(tuple(dims(x))) // row
-    copy_step(lw, f"{name}_copy", node, [x], [Affine(rows, row)] if rows > 1 else [],
-              [Run(row, 0, 1)])
+    copy_step(
+        lw, f"{name}_copy", node, [x], [Affine(rows, row)] if rows > 1 else [], [Run(row, 0, 1)]
+    )
     if updates:
         lw.steps.append(Step(f"{name}_update", [out, idx, upd], [out], gen, op=node.op))
 
@@ -339,8 +460,19 @@ def lower_scatter_elements(lw: Lowerer, node: Node, name: str) -> bool:
     size, dtype, red = out.type.itemsize, out.type.dtype, node.attrs.get("reduction", "none")
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return elements_kernel(f"{name}_update", size, loc(out), loc(upd),  # type: ignore
-                               loc(idx), ish, xs, axis, check, red, dtype)
+        return elements_kernel(
+            f"{name}_update",
+            size,
+            loc(out),
+            loc(upd),  # type: ignore
+            loc(idx),
+            ish,
+            xs,
+            axis,
+            check,
+            red,
+            dtype,
+        )
 
     _scatter_steps(lw, node, name, ops, numel(tuple(ish)), gen)
     return True
@@ -363,8 +495,21 @@ def lower_scatter_nd(lw: Lowerer, node: Node, name: str) -> bool:
     size, dtype, red = out.type.itemsize, out.type.dtype, node.attrs.get("reduction", "none")
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return tuples_kernel(f"{name}_update", size, loc(out), loc(upd),  # type: ignore
-                             loc(idx), rows, rows, 0, checks, st[:depth], post, red, dtype)
+        return tuples_kernel(
+            f"{name}_update",
+            size,
+            loc(out),
+            loc(upd),  # type: ignore
+            loc(idx),
+            rows,
+            rows,
+            0,
+            checks,
+            st[:depth],
+            post,
+            red,
+            dtype,
+        )
 
     _scatter_steps(lw, node, name, ops, rows, gen)
     return True
@@ -384,8 +529,17 @@ def lower_one_hot(lw: Lowerer, node: Node, name: str) -> bool:
     depth, size = int(node.attrs["depth"]), out.type.itemsize
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return one_hot_kernel(name, size, loc(out), loc(idx), loc(values),  # type: ignore
-                              ONE_HOT_INDEX[idx.type.dtype], pre, depth, post)
+        return one_hot_kernel(
+            name,
+            size,
+            loc(out),
+            loc(idx),
+            loc(values),  # type: ignore
+            ONE_HOT_INDEX[idx.type.dtype],
+            pre,
+            depth,
+            post,
+        )
 
     kernel_step(lw, node, name, [idx, values], out, gen, pre, numel(out.type.shape) * size)
     return True
@@ -396,16 +550,24 @@ def _scatter_dtypes(node: Node) -> bool:
     none); int32/int64 indices."""
     upd = node.inputs[2]
     red = node.attrs.get("reduction", "none")
-    return gather_dtypes(node) and upd is not None and \
-        upd.type.dtype == node.outputs[0].type.dtype and \
-        (red == "none" or (red in REDUCTIONS and upd.type.dtype in REDUCE_TYPES))
+    return (
+        gather_dtypes(node)
+        and upd is not None
+        and upd.type.dtype == node.outputs[0].type.dtype
+        and (red == "none" or (red in REDUCTIONS and upd.type.dtype in REDUCE_TYPES))
+    )
 
 
 def _one_hot_dtypes(node: Node) -> bool:
     idx, values, out = node.inputs[0], node.inputs[1], node.outputs[0]
-    return idx is not None and idx.type.dtype in ONE_HOT_INDEX and values is not None \
-        and values.type.dtype == out.type.dtype and out.type.dtype != "string" \
+    return (
+        idx is not None
+        and idx.type.dtype in ONE_HOT_INDEX
+        and values is not None
+        and values.type.dtype == out.type.dtype
+        and out.type.dtype != "string"
         and out.type.itemsize in INT_TYPES
+    )
 
 
 LOWERINGS["gather_elements"] = Lowering(lower_gather_elements, gather_dtypes)

@@ -55,8 +55,9 @@ class SpecializingModel:
             self.variants[key] = self._compile(static)
         return self.variants[key]
 
-    def __call__(self, inputs: Mapping[str, Any] | None = None, /,
-                 **kw: Any) -> dict[str, np.ndarray]:
+    def __call__(
+        self, inputs: Mapping[str, Any] | None = None, /, **kw: Any
+    ) -> dict[str, np.ndarray]:
         """Run the model; see :meth:`CompiledModel.__call__`. Raises InputError."""
         given = {**(inputs or {}), **kw}
         return self.variant(given)(given)

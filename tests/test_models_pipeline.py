@@ -63,8 +63,12 @@ def test_compiled_matches_reference(optimized, name):
 
 
 # Recognized fused ops: each family of block is one attention kernel, ResNet's BatchNorms fold.
-FUSED = {"gpt2_block": {"attention": 1, "layer_norm": 2}, "bert_block": {"attention": 1},
-         "llama_block": {"attention": 1, "rms_norm": 2}, "resnet_small": {"batch_norm": 0}}
+FUSED = {
+    "gpt2_block": {"attention": 1, "layer_norm": 2},
+    "bert_block": {"attention": 1},
+    "llama_block": {"attention": 1, "rms_norm": 2},
+    "resnet_small": {"batch_norm": 0},
+}
 
 
 @pytest.mark.parametrize("name", sorted(FUSED))

@@ -28,6 +28,16 @@ from satura.engine.ops.registry import (
 )
 
 __all__ = [
-    "OPS", "REQUIRED", "AttrSpec", "OpInfo", "Work", "elementwise_work", "get_op", "infer_types",
-    "ops_with_trait", "register", "run_reference", "same_dtype",
+    "OPS",
+    "REQUIRED",
+    "AttrSpec",
+    "OpInfo",
+    "Work",
+    "elementwise_work",
+    "get_op",
+    "infer_types",
+    "ops_with_trait",
+    "register",
+    "run_reference",
+    "same_dtype",
 ]

@@ -52,8 +52,7 @@ UNARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]] 
     "tanh": ("Tanh", np.tanh, 10, ("transcendental",)),
     "erf": ("Erf", erf, 10, ("transcendental",)),
     "relu": ("Relu", lambda x: np.maximum(x, np.zeros((), x.dtype)), 1, ()),
-    "sigmoid": ("Sigmoid", lambda x: _keep(1.0 / (1.0 + np.exp(-x)), x), 10,
-                ("transcendental",)),
+    "sigmoid": ("Sigmoid", lambda x: _keep(1.0 / (1.0 + np.exp(-x)), x), 10, ("transcendental",)),
     "silu": ("", lambda x: _keep(x / (1.0 + np.exp(-x)), x), 11, ("transcendental",)),
     "floor": ("Floor", np.floor, 1, ()),
     "round": ("Round", np.round, 1, ()),  # half to even, as ONNX
@@ -66,37 +65,58 @@ UNARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]] 
 }
 
 for _name, (_onnx, _fn, _flops, _traits) in UNARY.items():
-    register(OpInfo(
-        name=_name,
+    register(
+        OpInfo(
+            name=_name,
+            shape=unary_shape,
+            reference=(lambda fn: lambda ins, at: [np.asarray(fn(ins[0]))])(_fn),
+            dtype=_bool_dtype if _name == "isnan" else same_dtype,
+            work=(lambda f: lambda i, o, a: elementwise_work(i, o, a, f))(_flops),
+            onnx=(_onnx,) if _onnx else (),
+            traits=frozenset({"elementwise", "unary", *_traits}),
+            doc=f"elementwise {_name}",
+        )
+    )
+
+register(
+    OpInfo(
+        name="gelu",
         shape=unary_shape,
-        reference=(lambda fn: lambda ins, at: [np.asarray(fn(ins[0]))])(_fn),
-        dtype=_bool_dtype if _name == "isnan" else same_dtype,
-        work=(lambda f: lambda i, o, a: elementwise_work(i, o, a, f))(_flops),
-        onnx=(_onnx,) if _onnx else (),
-        traits=frozenset({"elementwise", "unary", *_traits}),
-        doc=f"elementwise {_name}",
-    ))
+        reference=lambda ins, at: [gelu_ref(ins[0], at["approximate"])],
+        attrs={"approximate": AttrSpec("str", "none")},
+        work=lambda i, o, a: elementwise_work(i, o, a, 14),
+        onnx=("Gelu",),
+        traits=frozenset({"elementwise", "unary", "transcendental"}),
+        doc="GELU: x·Φ(x) (erf form) or its tanh approximation",
+    )
+)
 
-register(OpInfo(
-    name="gelu", shape=unary_shape,
-    reference=lambda ins, at: [gelu_ref(ins[0], at["approximate"])],
-    attrs={"approximate": AttrSpec("str", "none")},
-    work=lambda i, o, a: elementwise_work(i, o, a, 14),
-    onnx=("Gelu",), traits=frozenset({"elementwise", "unary", "transcendental"}),
-    doc="GELU: x·Φ(x) (erf form) or its tanh approximation"))
+register(
+    OpInfo(
+        name="leaky_relu",
+        shape=unary_shape,
+        reference=lambda ins, at: [
+            _keep(np.where(ins[0] >= 0, ins[0], ins[0] * at["alpha"]), ins[0])
+        ],
+        attrs={"alpha": AttrSpec("float", 0.01)},
+        onnx=("LeakyRelu",),
+        traits=frozenset({"elementwise", "unary"}),
+        doc="x if x >= 0 else alpha·x",
+    )
+)
 
-register(OpInfo(
-    name="leaky_relu", shape=unary_shape,
-    reference=lambda ins, at: [_keep(np.where(ins[0] >= 0, ins[0], ins[0] * at["alpha"]), ins[0])],
-    attrs={"alpha": AttrSpec("float", 0.01)}, onnx=("LeakyRelu",),
-    traits=frozenset({"elementwise", "unary"}), doc="x if x >= 0 else alpha·x"))
-
-register(OpInfo(
-    name="cast", shape=unary_shape,
-    reference=lambda ins, at: [ins[0].astype(at["to"])],
-    dtype=lambda ins, at: [at["to"]],
-    attrs={"to": AttrSpec("dtype")}, onnx=("Cast",),
-    traits=frozenset({"elementwise", "unary"}), doc="convert to dtype `to`"))
+register(
+    OpInfo(
+        name="cast",
+        shape=unary_shape,
+        reference=lambda ins, at: [ins[0].astype(at["to"])],
+        dtype=lambda ins, at: [at["to"]],
+        attrs={"to": AttrSpec("dtype")},
+        onnx=("Cast",),
+        traits=frozenset({"elementwise", "unary"}),
+        doc="convert to dtype `to`",
+    )
+)
 
 
 def _clip_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -109,10 +129,18 @@ def _clip_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [np.asarray(out, dtype=x.dtype)]
 
 
-register(OpInfo(
-    name="clip", shape=lambda d, ins, at: [tuple(ins[0])],  # type: ignore[index]
-    reference=_clip_ref, inputs=(1, 3), onnx=("Clip",),
-    traits=frozenset({"elementwise"}), doc="clamp to [min, max] (scalar inputs 2 and 3)"))
+register(
+    OpInfo(
+        name="clip",
+        shape=lambda d, ins, at: [tuple(ins[0])],  # type: ignore[index]
+        reference=_clip_ref,
+        inputs=(1, 3),
+        onnx=("Clip",),
+        traits=frozenset({"elementwise"}),
+        doc="clamp to [min, max] (scalar inputs 2 and 3)",
+    )
+)
+
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a / b; integers divide truncating toward zero (C and ONNX), not flooring (numpy)."""
@@ -155,22 +183,37 @@ def _binary_ref(fn: Callable[..., np.ndarray]) -> Callable[..., list[np.ndarray]
 
 
 for _name, (_onnx, _fn, _flops, _traits) in BINARY.items():
-    register(OpInfo(
-        name=_name, shape=broadcast_shape, reference=_binary_ref(_fn), inputs=(2, 2),
-        dtype=_bool_dtype if "predicate" in _traits else same_dtype,
-        work=(lambda f: lambda i, o, a: elementwise_work(i, o, a, f))(_flops),
-        onnx=(_onnx,), traits=frozenset({"elementwise", "binary", *_traits}),
-        doc=f"elementwise {_name} with numpy broadcasting"))
+    register(
+        OpInfo(
+            name=_name,
+            shape=broadcast_shape,
+            reference=_binary_ref(_fn),
+            inputs=(2, 2),
+            dtype=_bool_dtype if "predicate" in _traits else same_dtype,
+            work=(lambda f: lambda i, o, a: elementwise_work(i, o, a, f))(_flops),
+            onnx=(_onnx,),
+            traits=frozenset({"elementwise", "binary", *_traits}),
+            doc=f"elementwise {_name} with numpy broadcasting",
+        )
+    )
 
 
 def _where_dtype(ins: Sequence[str | None], at: Any) -> list[str]:
     return [ins[1] or "float32"]
 
 
-register(OpInfo(
-    name="where", shape=broadcast_shape, inputs=(3, 3), dtype=_where_dtype,
-    reference=lambda ins, at: [np.where(ins[0], ins[1], ins[2])],  # type: ignore[arg-type]
-    onnx=("Where",), traits=frozenset({"elementwise"}), doc="cond ? a : b, broadcast"))
+register(
+    OpInfo(
+        name="where",
+        shape=broadcast_shape,
+        inputs=(3, 3),
+        dtype=_where_dtype,
+        reference=lambda ins, at: [np.where(ins[0], ins[1], ins[2])],  # type: ignore[arg-type]
+        onnx=("Where",),
+        traits=frozenset({"elementwise"}),
+        doc="cond ? a : b, broadcast",
+    )
+)
 
 
 def _mod_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -182,28 +225,57 @@ def _mod_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
         return [np.asarray(fn(a, b)).astype(a.dtype)]
 
 
-register(OpInfo(
-    name="mod", shape=broadcast_shape, reference=_mod_ref, inputs=(2, 2),
-    attrs={"fmod": AttrSpec("int", 0)}, onnx=("Mod",),
-    work=lambda i, o, a: elementwise_work(i, o, a, 4),
-    traits=frozenset({"elementwise", "binary"}),
-    doc="remainder: sign of the divisor (fmod=0) or of the dividend (fmod=1, C fmod)"))
+register(
+    OpInfo(
+        name="mod",
+        shape=broadcast_shape,
+        reference=_mod_ref,
+        inputs=(2, 2),
+        attrs={"fmod": AttrSpec("int", 0)},
+        onnx=("Mod",),
+        work=lambda i, o, a: elementwise_work(i, o, a, 4),
+        traits=frozenset({"elementwise", "binary"}),
+        doc="remainder: sign of the divisor (fmod=0) or of the dividend (fmod=1, C fmod)",
+    )
+)
 
 
-def _unary_attr_op(name: str, onnx_op: str, fn: Callable[..., np.ndarray],
-                   attrs: dict[str, AttrSpec], flops: float, doc: str) -> None:
-    register(OpInfo(
-        name=name, shape=unary_shape, attrs=attrs, onnx=(onnx_op,),
-        reference=lambda ins, at: [_keep(fn(ins[0], at), ins[0])],  # type: ignore[arg-type]
-        work=lambda i, o, a: elementwise_work(i, o, a, flops),
-        traits=frozenset({"elementwise", "unary", "transcendental"}), doc=doc))
+def _unary_attr_op(
+    name: str,
+    onnx_op: str,
+    fn: Callable[..., np.ndarray],
+    attrs: dict[str, AttrSpec],
+    flops: float,
+    doc: str,
+) -> None:
+    register(
+        OpInfo(
+            name=name,
+            shape=unary_shape,
+            attrs=attrs,
+            onnx=(onnx_op,),
+            reference=lambda ins, at: [_keep(fn(ins[0], at), ins[0])],  # type: ignore[arg-type]
+            work=lambda i, o, a: elementwise_work(i, o, a, flops),
+            traits=frozenset({"elementwise", "unary", "transcendental"}),
+            doc=doc,
+        )
+    )
 
 
-_unary_attr_op("elu", "Elu", lambda x, at: np.where(x > 0, x, at["alpha"] * np.expm1(x)),
-               {"alpha": AttrSpec("float", 1.0)}, 10, "x if x > 0 else alpha·(exp(x) - 1)")
-_unary_attr_op("softplus", "Softplus", lambda x, at: np.logaddexp(0, x), {}, 12,
-               "log(1 + exp(x))")
-_unary_attr_op("hard_sigmoid", "HardSigmoid",
-               lambda x, at: np.clip(at["alpha"] * x + at["beta"], 0, 1),
-               {"alpha": AttrSpec("float", 0.2), "beta": AttrSpec("float", 0.5)}, 3,
-               "max(0, min(1, alpha·x + beta))")
+_unary_attr_op(
+    "elu",
+    "Elu",
+    lambda x, at: np.where(x > 0, x, at["alpha"] * np.expm1(x)),
+    {"alpha": AttrSpec("float", 1.0)},
+    10,
+    "x if x > 0 else alpha·(exp(x) - 1)",
+)
+_unary_attr_op("softplus", "Softplus", lambda x, at: np.logaddexp(0, x), {}, 12, "log(1 + exp(x))")
+_unary_attr_op(
+    "hard_sigmoid",
+    "HardSigmoid",
+    lambda x, at: np.clip(at["alpha"] * x + at["beta"], 0, 1),
+    {"alpha": AttrSpec("float", 0.2), "beta": AttrSpec("float", 0.5)},
+    3,
+    "max(0, min(1, alpha·x + beta))",
+)

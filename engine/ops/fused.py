@@ -109,9 +109,16 @@ def _ew_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     return Work(flops * n, io_bytes(ins, outs))
 
 
-register(OpInfo(
-    name="ew", shape=_ew_shape, reference=_ew_ref, inputs=(1, None), work=_ew_work,
-    attrs={"expr": AttrSpec("expr")},
-    dtype=lambda ins, at: [_ew_dtype_of(at["expr"], ins)],
-    traits=frozenset({"elementwise", "fused"}),
-    doc="a fused elementwise expression tree over broadcast inputs (one pass over memory)"))
+register(
+    OpInfo(
+        name="ew",
+        shape=_ew_shape,
+        reference=_ew_ref,
+        inputs=(1, None),
+        work=_ew_work,
+        attrs={"expr": AttrSpec("expr")},
+        dtype=lambda ins, at: [_ew_dtype_of(at["expr"], ins)],
+        traits=frozenset({"elementwise", "fused"}),
+        doc="a fused elementwise expression tree over broadcast inputs (one pass over memory)",
+    )
+)

@@ -34,11 +34,18 @@ def matmul_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     return Work(2.0 * numel(outs[0].shape) * k, io_bytes(ins, outs))
 
 
-register(OpInfo(
-    name="matmul", shape=matmul_shape, inputs=(2, 2),
-    reference=lambda ins, at: [np.matmul(ins[0], ins[1]).astype(ins[0].dtype)],  # type: ignore
-    work=matmul_work, onnx=("MatMul",), traits=frozenset({"contraction"}),
-    doc="numpy matmul: 1-D operands promoted and squeezed, batch dimensions broadcast"))
+register(
+    OpInfo(
+        name="matmul",
+        shape=matmul_shape,
+        inputs=(2, 2),
+        reference=lambda ins, at: [np.matmul(ins[0], ins[1]).astype(ins[0].dtype)],  # type: ignore
+        work=matmul_work,
+        onnx=("MatMul",),
+        traits=frozenset({"contraction"}),
+        doc="numpy matmul: 1-D operands promoted and squeezed, batch dimensions broadcast",
+    )
+)
 
 
 # -- gemm --------------------------------------------------------------------------------------
@@ -77,12 +84,24 @@ def gemm_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     return Work(2.0 * n * k + 2.0 * n, io_bytes(ins, outs))
 
 
-register(OpInfo(
-    name="gemm", shape=gemm_shape, reference=_gemm_ref, inputs=(2, 3), work=gemm_work,
-    attrs={"trans_a": AttrSpec("int", 0), "trans_b": AttrSpec("int", 0),
-           "alpha": AttrSpec("float", 1.0), "beta": AttrSpec("float", 1.0)},
-    onnx=("Gemm",), traits=frozenset({"contraction"}),
-    doc="ONNX Gemm: alpha·A'·B' + beta·C, A' and B' optionally transposed, C broadcast"))
+register(
+    OpInfo(
+        name="gemm",
+        shape=gemm_shape,
+        reference=_gemm_ref,
+        inputs=(2, 3),
+        work=gemm_work,
+        attrs={
+            "trans_a": AttrSpec("int", 0),
+            "trans_b": AttrSpec("int", 0),
+            "alpha": AttrSpec("float", 1.0),
+            "beta": AttrSpec("float", 1.0),
+        },
+        onnx=("Gemm",),
+        traits=frozenset({"contraction"}),
+        doc="ONNX Gemm: alpha·A'·B' + beta·C, A' and B' optionally transposed, C broadcast",
+    )
+)
 
 
 # -- linear ------------------------------------------------------------------------------------
@@ -122,8 +141,11 @@ def linear_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]
     for extra, what in ((b, "bias"), (r, "residual")):
         if extra is not None:
             d.require(len(extra) <= len(out), f"linear: {what} has a higher rank than the output")
-            d.same(d.broadcast_shapes(out, extra), out,
-                   f"linear: {what} does not broadcast to the output")
+            d.same(
+                d.broadcast_shapes(out, extra),
+                out,
+                f"linear: {what} does not broadcast to the output",
+            )
     return [out]
 
 
@@ -147,7 +169,15 @@ def linear_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     return Work(2.0 * n * k + n * (2 + act_flops), io_bytes(ins, outs))
 
 
-register(OpInfo(
-    name="linear", shape=linear_shape, reference=_linear_ref, inputs=(2, 4), work=linear_work,
-    attrs={"act": AttrSpec("str", "none")}, traits=frozenset({"contraction", "fused"}),
-    doc="act(x @ w + b) + r: x rank >= 2, w [K, N], b and r broadcast to the output"))
+register(
+    OpInfo(
+        name="linear",
+        shape=linear_shape,
+        reference=_linear_ref,
+        inputs=(2, 4),
+        work=linear_work,
+        attrs={"act": AttrSpec("str", "none")},
+        traits=frozenset({"contraction", "fused"}),
+        doc="act(x @ w + b) + r: x rank >= 2, w [K, N], b and r broadcast to the output",
+    )
+)

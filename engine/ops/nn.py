@@ -42,17 +42,31 @@ def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return (s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))).astype(x.dtype)
 
 
-register(OpInfo(
-    name="softmax", shape=_first, attrs={"axis": AttrSpec("int", -1)},
-    reference=lambda ins, at: [softmax_ref(ins[0], at["axis"])],  # type: ignore[arg-type]
-    work=_per_elem(12), onnx=("Softmax",), traits=frozenset({"reduction", "transcendental"}),
-    doc="exp(x - max) / sum(exp(x - max)) along axis (ONNX opset >= 13)"))
+register(
+    OpInfo(
+        name="softmax",
+        shape=_first,
+        attrs={"axis": AttrSpec("int", -1)},
+        reference=lambda ins, at: [softmax_ref(ins[0], at["axis"])],  # type: ignore[arg-type]
+        work=_per_elem(12),
+        onnx=("Softmax",),
+        traits=frozenset({"reduction", "transcendental"}),
+        doc="exp(x - max) / sum(exp(x - max)) along axis (ONNX opset >= 13)",
+    )
+)
 
-register(OpInfo(
-    name="log_softmax", shape=_first, attrs={"axis": AttrSpec("int", -1)},
-    reference=lambda ins, at: [_log_softmax(ins[0], at["axis"])],  # type: ignore[arg-type]
-    work=_per_elem(14), onnx=("LogSoftmax",), traits=frozenset({"reduction", "transcendental"}),
-    doc="x - max - log(sum(exp(x - max))) along axis"))
+register(
+    OpInfo(
+        name="log_softmax",
+        shape=_first,
+        attrs={"axis": AttrSpec("int", -1)},
+        reference=lambda ins, at: [_log_softmax(ins[0], at["axis"])],  # type: ignore[arg-type]
+        work=_per_elem(14),
+        onnx=("LogSoftmax",),
+        traits=frozenset({"reduction", "transcendental"}),
+        doc="x - max - log(sum(exp(x - max))) along axis",
+    )
+)
 
 
 # -- normalizations ----------------------------------------------------------------------------
@@ -82,11 +96,19 @@ def _layer_norm_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarra
     return [np.asarray(out).astype(x.dtype)]
 
 
-register(OpInfo(
-    name="layer_norm", shape=_norm_shape, reference=_layer_norm_ref, inputs=(1, 3),
-    attrs={"axis": AttrSpec("int", -1), "epsilon": AttrSpec("float", 1e-5)},
-    work=_per_elem(8), onnx=("LayerNormalization",), traits=frozenset({"reduction", "norm"}),
-    doc="(x - mean) / sqrt(var + eps) · scale + bias, statistics over axis..end"))
+register(
+    OpInfo(
+        name="layer_norm",
+        shape=_norm_shape,
+        reference=_layer_norm_ref,
+        inputs=(1, 3),
+        attrs={"axis": AttrSpec("int", -1), "epsilon": AttrSpec("float", 1e-5)},
+        work=_per_elem(8),
+        onnx=("LayerNormalization",),
+        traits=frozenset({"reduction", "norm"}),
+        doc="(x - mean) / sqrt(var + eps) · scale + bias, statistics over axis..end",
+    )
+)
 
 
 def _rms_norm_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -100,11 +122,19 @@ def _rms_norm_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]
     return [np.asarray(out).astype(x.dtype)]
 
 
-register(OpInfo(
-    name="rms_norm", shape=_norm_shape, reference=_rms_norm_ref, inputs=(1, 2),
-    attrs={"axis": AttrSpec("int", -1), "epsilon": AttrSpec("float", 1e-6)},
-    work=_per_elem(5), onnx=("RMSNormalization",), traits=frozenset({"reduction", "norm"}),
-    doc="x / sqrt(mean(x²) + eps) · scale, statistics over axis..end"))
+register(
+    OpInfo(
+        name="rms_norm",
+        shape=_norm_shape,
+        reference=_rms_norm_ref,
+        inputs=(1, 2),
+        attrs={"axis": AttrSpec("int", -1), "epsilon": AttrSpec("float", 1e-6)},
+        work=_per_elem(5),
+        onnx=("RMSNormalization",),
+        traits=frozenset({"reduction", "norm"}),
+        doc="x / sqrt(mean(x²) + eps) · scale, statistics over axis..end",
+    )
+)
 
 
 def _bn_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -129,11 +159,19 @@ def _bn_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [np.asarray(out).astype(x.dtype)]
 
 
-register(OpInfo(
-    name="batch_norm", shape=_bn_shape, reference=_bn_ref, inputs=(5, 5),
-    attrs={"epsilon": AttrSpec("float", 1e-5)}, work=_per_elem(4),
-    onnx=("BatchNormalization",), traits=frozenset({"norm"}),
-    doc="inference batch norm: (x - mean[c]) / sqrt(var[c] + eps) · scale[c] + bias[c]"))
+register(
+    OpInfo(
+        name="batch_norm",
+        shape=_bn_shape,
+        reference=_bn_ref,
+        inputs=(5, 5),
+        attrs={"epsilon": AttrSpec("float", 1e-5)},
+        work=_per_elem(4),
+        onnx=("BatchNormalization",),
+        traits=frozenset({"norm"}),
+        doc="inference batch norm: (x - mean[c]) / sqrt(var[c] + eps) · scale[c] + bias[c]",
+    )
+)
 
 
 # -- convolution and pooling -------------------------------------------------------------------
@@ -144,8 +182,9 @@ def _window_attrs(at: Any, nsp: int) -> tuple[tuple[int, ...], ...]:
     return tuple(strides), tuple(pads), tuple(dil)
 
 
-def _window_out(d: DimOps, size: Any, k: Any, stride: int, pb: int, pe: int, dil: int,
-                ceil_mode: int = 0) -> Any:
+def _window_out(
+    d: DimOps, size: Any, k: Any, stride: int, pb: int, pe: int, dil: int, ceil_mode: int = 0
+) -> Any:
     span = size + pb + pe - (dil * (k - 1) + 1)
     d.require(d.ge(span, 0), "window larger than the padded input")
     if not ceil_mode:
@@ -163,19 +202,28 @@ def conv_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     d.require(len(x) >= 3 and len(w) == len(x), "conv: x and w must be N,C,spatial... of one rank")
     nsp = len(x) - 2
     strides, pads, dil = _window_attrs(at, nsp)
-    d.require(len(strides) == nsp and len(pads) == 2 * nsp and len(dil) == nsp,
-              "conv: strides/pads/dilations do not match the spatial rank")
+    d.require(
+        len(strides) == nsp and len(pads) == 2 * nsp and len(dil) == nsp,
+        "conv: strides/pads/dilations do not match the spatial rank",
+    )
     g = at["group"]
     d.require(d.eq(w[1] * g, x[1]), "conv: input channels differ from w's channels × group")
     if len(ins) > 2 and ins[2] is not None:
         d.same(ins[2], (w[0],), "conv: bias must be [M]")
-    sp = tuple(_window_out(d, x[2 + i], w[2 + i], strides[i], pads[i], pads[nsp + i], dil[i])
-               for i in range(nsp))
+    sp = tuple(
+        _window_out(d, x[2 + i], w[2 + i], strides[i], pads[i], pads[nsp + i], dil[i])
+        for i in range(nsp)
+    )
     return [(x[0], w[0], *sp)]
 
 
-def _windows(xp: np.ndarray, kernel: Sequence[int], strides: Sequence[int],
-             dil: Sequence[int], out_sp: Sequence[int]) -> np.ndarray:
+def _windows(
+    xp: np.ndarray,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dil: Sequence[int],
+    out_sp: Sequence[int],
+) -> np.ndarray:
     """View of padded ``xp`` [N, C, *sp] as [N, C, *out_sp, *kernel] windows."""
     nsp = len(kernel)
     span = [dil[i] * (kernel[i] - 1) + 1 for i in range(nsp)]
@@ -192,8 +240,11 @@ def _conv_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     assert w is not None
     nsp = x.ndim - 2
     strides, pads, dil = _window_attrs(at, nsp)
-    out_sp = [(x.shape[2 + i] + pads[i] + pads[nsp + i] - dil[i] * (w.shape[2 + i] - 1) - 1)
-              // strides[i] + 1 for i in range(nsp)]
+    out_sp = [
+        (x.shape[2 + i] + pads[i] + pads[nsp + i] - dil[i] * (w.shape[2 + i] - 1) - 1) // strides[i]
+        + 1
+        for i in range(nsp)
+    ]
     xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[nsp + i]) for i in range(nsp)])
     win = _windows(xp, w.shape[2:], strides, dil, out_sp)  # N, C, *out, *k
     g = at["group"]
@@ -216,13 +267,25 @@ def conv_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     return Work(2.0 * numel(outs[0].shape) * per_out, io_bytes(ins, outs))
 
 
-register(OpInfo(
-    name="conv", shape=conv_shape, reference=_conv_ref, inputs=(2, 3), work=conv_work,
-    attrs={"strides": AttrSpec("ints", None), "pads": AttrSpec("ints", None),
-           "dilations": AttrSpec("ints", None), "group": AttrSpec("int", 1),
-           "act": AttrSpec("str", "none")},
-    onnx=("Conv",), traits=frozenset({"contraction"}),
-    doc="N-d convolution, NCHW layout, pads (begin..., end...), grouped, optional activation"))
+register(
+    OpInfo(
+        name="conv",
+        shape=conv_shape,
+        reference=_conv_ref,
+        inputs=(2, 3),
+        work=conv_work,
+        attrs={
+            "strides": AttrSpec("ints", None),
+            "pads": AttrSpec("ints", None),
+            "dilations": AttrSpec("ints", None),
+            "group": AttrSpec("int", 1),
+            "act": AttrSpec("str", "none"),
+        },
+        onnx=("Conv",),
+        traits=frozenset({"contraction"}),
+        doc="N-d convolution, NCHW layout, pads (begin..., end...), grouped, optional activation",
+    )
+)
 
 
 def _pool_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -232,8 +295,10 @@ def _pool_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     nsp = len(k)
     d.require(len(x) == nsp + 2, "pool: x's rank must be 2 + the kernel's rank")
     strides, pads, dil = _window_attrs(at, nsp)
-    sp = tuple(_window_out(d, x[2 + i], k[i], strides[i], pads[i], pads[nsp + i], dil[i],
-                           at["ceil_mode"]) for i in range(nsp))
+    sp = tuple(
+        _window_out(d, x[2 + i], k[i], strides[i], pads[i], pads[nsp + i], dil[i], at["ceil_mode"])
+        for i in range(nsp)
+    )
     return [(x[0], x[1], *sp)]
 
 
@@ -243,14 +308,21 @@ def _pool_ref(x: np.ndarray, at: Any, kind: str) -> np.ndarray:
     strides, pads, dil = _window_attrs(at, nsp)
     out_sp = [int(s) for s in _pool_shape(IntDims(), [x.shape], at)[0][2:]]
     # Extra end padding so ceil-mode windows fit; those cells never count as data or pad.
-    extra = [max(0, (out_sp[i] - 1) * strides[i] + dil[i] * (k[i] - 1) + 1
-                 - (x.shape[2 + i] + pads[i] + pads[nsp + i])) for i in range(nsp)]
+    extra = [
+        max(
+            0,
+            (out_sp[i] - 1) * strides[i]
+            + dil[i] * (k[i] - 1)
+            + 1
+            - (x.shape[2 + i] + pads[i] + pads[nsp + i]),
+        )
+        for i in range(nsp)
+    ]
     padw = [(0, 0), (0, 0)] + [(pads[i], pads[nsp + i] + extra[i]) for i in range(nsp)]
     xf = x.astype(np.float64)
     if kind == "max":
         xp = np.pad(xf, padw, constant_values=-np.inf)
-        return _windows(xp, k, strides, dil, out_sp).max(axis=tuple(range(-nsp, 0))).astype(
-            x.dtype)
+        return _windows(xp, k, strides, dil, out_sp).max(axis=tuple(range(-nsp, 0))).astype(x.dtype)
     xp = np.pad(xf, padw)
     s = _windows(xp, k, strides, dil, out_sp).sum(axis=tuple(range(-nsp, 0)))
     # Count the cells: data cells always, explicit pads only with count_include_pad.
@@ -269,23 +341,44 @@ def _pool_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     return Work(float(numel(outs[0].shape) * numel(at["kernel"])), io_bytes(ins, outs))
 
 
-_POOL_ATTRS = {"kernel": AttrSpec("ints"), "strides": AttrSpec("ints", None),
-               "pads": AttrSpec("ints", None), "ceil_mode": AttrSpec("int", 0)}
+_POOL_ATTRS = {
+    "kernel": AttrSpec("ints"),
+    "strides": AttrSpec("ints", None),
+    "pads": AttrSpec("ints", None),
+    "ceil_mode": AttrSpec("int", 0),
+}
 
-register(OpInfo(
-    name="max_pool", shape=_pool_shape, inputs=(1, 1), work=_pool_work,
-    reference=lambda ins, at: [_pool_ref(ins[0], at, "max")],  # type: ignore[arg-type]
-    attrs={**_POOL_ATTRS, "dilations": AttrSpec("ints", None)},
-    onnx=("MaxPool",), traits=frozenset({"window"}),
-    doc="N-d max pooling (output 0 of ONNX MaxPool), pads as -inf"))
+register(
+    OpInfo(
+        name="max_pool",
+        shape=_pool_shape,
+        inputs=(1, 1),
+        work=_pool_work,
+        reference=lambda ins, at: [_pool_ref(ins[0], at, "max")],  # type: ignore[arg-type]
+        attrs={**_POOL_ATTRS, "dilations": AttrSpec("ints", None)},
+        onnx=("MaxPool",),
+        traits=frozenset({"window"}),
+        doc="N-d max pooling (output 0 of ONNX MaxPool), pads as -inf",
+    )
+)
 
-register(OpInfo(
-    name="avg_pool", shape=_pool_shape, inputs=(1, 1), work=_pool_work,
-    reference=lambda ins, at: [_pool_ref(ins[0], at, "avg")],  # type: ignore[arg-type]
-    attrs={**_POOL_ATTRS, "dilations": AttrSpec("ints", None),
-           "count_include_pad": AttrSpec("int", 0)},
-    onnx=("AveragePool",), traits=frozenset({"window"}),
-    doc="N-d average pooling; pads count in the divisor only with count_include_pad"))
+register(
+    OpInfo(
+        name="avg_pool",
+        shape=_pool_shape,
+        inputs=(1, 1),
+        work=_pool_work,
+        reference=lambda ins, at: [_pool_ref(ins[0], at, "avg")],  # type: ignore[arg-type]
+        attrs={
+            **_POOL_ATTRS,
+            "dilations": AttrSpec("ints", None),
+            "count_include_pad": AttrSpec("int", 0),
+        },
+        onnx=("AveragePool",),
+        traits=frozenset({"window"}),
+        doc="N-d average pooling; pads count in the divisor only with count_include_pad",
+    )
+)
 
 
 def _gap_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -295,12 +388,23 @@ def _gap_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     return [(x[0], x[1]) + (1,) * (len(x) - 2)]
 
 
-register(OpInfo(
-    name="global_avg_pool", shape=_gap_shape, work=_per_elem(1),
-    reference=lambda ins, at: [ins[0].mean(  # type: ignore[union-attr]
-        axis=tuple(range(2, ins[0].ndim)), keepdims=True).astype(ins[0].dtype)],  # type: ignore
-    onnx=("GlobalAveragePool",), traits=frozenset({"reduction"}),
-    doc="mean over all spatial dimensions, kept as size 1"))
+register(
+    OpInfo(
+        name="global_avg_pool",
+        shape=_gap_shape,
+        work=_per_elem(1),
+        reference=lambda ins, at: [
+            ins[0]
+            .mean(  # type: ignore[union-attr]
+                axis=tuple(range(2, ins[0].ndim)), keepdims=True
+            )
+            .astype(ins[0].dtype)
+        ],  # type: ignore
+        onnx=("GlobalAveragePool",),
+        traits=frozenset({"reduction"}),
+        doc="mean over all spatial dimensions, kept as size 1",
+    )
+)
 
 
 # -- attention ---------------------------------------------------------------------------------
@@ -309,8 +413,10 @@ def attention_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Sha
     assert q is not None
     assert k is not None
     assert v is not None
-    d.require(len(q) >= 3 and len(k) == len(q) and len(v) == len(q),
-              "attention: q, k, v must be [..., H, S, D] of one rank")
+    d.require(
+        len(q) >= 3 and len(k) == len(q) and len(v) == len(q),
+        "attention: q, k, v must be [..., H, S, D] of one rank",
+    )
     d.require(d.eq(q[-1], k[-1]), "attention: q and k head sizes differ")
     d.require(d.eq(k[-2], v[-2]), "attention: k and v sequence lengths differ")
     d.require(d.eq(k[-3], v[-3]), "attention: k and v head counts differ")
@@ -321,8 +427,11 @@ def attention_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Sha
     if len(ins) > 3 and ins[3] is not None:
         scores = (*batch, hq, q[-2], k[-2])
         d.require(len(ins[3]) <= len(scores), "attention: mask rank too high")
-        d.same(d.broadcast_shapes(scores, ins[3]), scores,
-               "attention: mask does not broadcast to the scores")
+        d.same(
+            d.broadcast_shapes(scores, ins[3]),
+            scores,
+            "attention: mask does not broadcast to the scores",
+        )
     return [out]
 
 
@@ -349,17 +458,28 @@ def _attention_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray
 def attention_work(ins: Sequence[Any], outs: Sequence[Any], at: Any) -> Work:
     q, k, v = ins[0].shape, ins[1].shape, ins[2].shape
     scores = numel(q[:-1]) * int(k[-2])
-    return Work(2.0 * scores * int(q[-1]) + 2.0 * scores * int(v[-1]) + 12.0 * scores,
-                io_bytes(ins, outs))
+    return Work(
+        2.0 * scores * int(q[-1]) + 2.0 * scores * int(v[-1]) + 12.0 * scores, io_bytes(ins, outs)
+    )
 
 
-register(OpInfo(
-    name="attention", shape=attention_shape, reference=_attention_ref, inputs=(3, 4),
-    attrs={"scale": AttrSpec("float"), "causal": AttrSpec("int", 0),
-           "mask_fill": AttrSpec("float", float("-inf"))}, work=attention_work,
-    traits=frozenset({"contraction", "fused"}),
-    doc="softmax(q·kᵀ·scale + mask [+ causal]) · v; kv heads repeated to q's (GQA); a bool "
-        "mask keeps its True scores and sets the rest to mask_fill"))
+register(
+    OpInfo(
+        name="attention",
+        shape=attention_shape,
+        reference=_attention_ref,
+        inputs=(3, 4),
+        attrs={
+            "scale": AttrSpec("float"),
+            "causal": AttrSpec("int", 0),
+            "mask_fill": AttrSpec("float", float("-inf")),
+        },
+        work=attention_work,
+        traits=frozenset({"contraction", "fused"}),
+        doc="softmax(q·kᵀ·scale + mask [+ causal]) · v; kv heads repeated to q's (GQA); a bool "
+        "mask keeps its True scores and sets the rest to mask_fill",
+    )
+)
 
 
 # -- losses ------------------------------------------------------------------------------------
@@ -392,38 +512,62 @@ def _nll_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [np.asarray(loss).astype(x.dtype)]
 
 
-register(OpInfo(
-    name="nll_loss", shape=_nll_shape, reference=_nll_ref, inputs=(2, 3), work=_per_elem(3),
-    attrs={"reduction": AttrSpec("str", "mean"), "ignore_index": AttrSpec("int", None)},
-    dtype=lambda ins, at: [ins[0] or "float32"], onnx=("NegativeLogLikelihoodLoss",),
-    traits=frozenset({"reduction", "loss"}),
-    doc="negative log-likelihood: -x[n, target[n, ...], ...] · weight, reduced none/sum/mean"))
+register(
+    OpInfo(
+        name="nll_loss",
+        shape=_nll_shape,
+        reference=_nll_ref,
+        inputs=(2, 3),
+        work=_per_elem(3),
+        attrs={"reduction": AttrSpec("str", "mean"), "ignore_index": AttrSpec("int", None)},
+        dtype=lambda ins, at: [ins[0] or "float32"],
+        onnx=("NegativeLogLikelihoodLoss",),
+        traits=frozenset({"reduction", "loss"}),
+        doc="negative log-likelihood: -x[n, target[n, ...], ...] · weight, reduced none/sum/mean",
+    )
+)
 
 
 # -- resize ------------------------------------------------------------------------------------
-RESIZE_COORDS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
-                 "asymmetric")
+RESIZE_COORDS = (
+    "half_pixel",
+    "half_pixel_symmetric",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+)
 RESIZE_NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
 def _resize_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x = ins[0]
     assert x is not None
-    d.require(len(at["sizes"]) == len(x) and len(at["scales"]) == len(x),
-              "resize: sizes and scales need one entry per axis")
+    d.require(
+        len(at["sizes"]) == len(x) and len(at["scales"]) == len(x),
+        "resize: sizes and scales need one entry per axis",
+    )
     # the coordinate transforms divide by the scale: NaN or 0 would give taps outside the input
-    d.require(all(np.isfinite(s) and (s > 0 or n == 0) for s, n in zip(at["scales"],
-                                                                         at["sizes"],
-                                                                         strict=True)),
-              f"resize: scales {tuple(at['scales'])} must be finite and positive (0 only for an "
-              "axis resized to nothing)")
-    d.require(at["mode"] in ("nearest", "linear"), f"resize: mode {at['mode']} is not supported "
-              "(nearest, linear)")
-    d.require(at["coordinate_transformation_mode"] in RESIZE_COORDS,
-              f"resize: coordinate_transformation_mode {at['coordinate_transformation_mode']} is "
-              f"not supported ({', '.join(RESIZE_COORDS)})")
-    d.require(at["nearest_mode"] in RESIZE_NEAREST,
-              f"resize: nearest_mode {at['nearest_mode']} is not supported")
+    d.require(
+        all(
+            np.isfinite(s) and (s > 0 or n == 0)
+            for s, n in zip(at["scales"], at["sizes"], strict=True)
+        ),
+        f"resize: scales {tuple(at['scales'])} must be finite and positive (0 only for an "
+        "axis resized to nothing)",
+    )
+    d.require(
+        at["mode"] in ("nearest", "linear"),
+        f"resize: mode {at['mode']} is not supported (nearest, linear)",
+    )
+    d.require(
+        at["coordinate_transformation_mode"] in RESIZE_COORDS,
+        f"resize: coordinate_transformation_mode {at['coordinate_transformation_mode']} is "
+        f"not supported ({', '.join(RESIZE_COORDS)})",
+    )
+    d.require(
+        at["nearest_mode"] in RESIZE_NEAREST,
+        f"resize: nearest_mode {at['nearest_mode']} is not supported",
+    )
     return [tuple(at["sizes"])]
 
 
@@ -443,8 +587,9 @@ def resize_source(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
     return o / scale  # asymmetric
 
 
-def resize_taps(n_in: int, n_out: int, scale: float,
-                at: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resize_taps(
+    n_in: int, n_out: int, scale: float, at: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Along one axis: for each output index the two input indices it reads (clamped to the
     input: edge values beyond it) and the weight of the second (float64). Nearest reads one
     index (chosen by ``nearest_mode``) twice with weight 0."""
@@ -457,19 +602,26 @@ def resize_taps(n_in: int, n_out: int, scale: float,
             idx = np.ceil(src)
         else:  # round half down (prefer floor) or up (prefer ceil)
             half = src - np.floor(src) == 0.5
-            idx = np.where(half, np.floor(src) if nm == "round_prefer_floor" else np.ceil(src),
-                           np.round(src))
+            idx = np.where(
+                half, np.floor(src) if nm == "round_prefer_floor" else np.ceil(src), np.round(src)
+            )
         i = np.clip(idx, 0, n_in - 1).astype(np.int64)
         return i, i, np.zeros(n_out)
     lo = np.floor(src)
-    return (np.clip(lo, 0, n_in - 1).astype(np.int64),
-            np.clip(lo + 1, 0, n_in - 1).astype(np.int64), src - lo)
+    return (
+        np.clip(lo, 0, n_in - 1).astype(np.int64),
+        np.clip(lo + 1, 0, n_in - 1).astype(np.int64),
+        src - lo,
+    )
 
 
 def resized_axes(in_shape: Sequence[Any], at: Any) -> list[int]:
     """The axes a resize changes (its size or its coordinate transform)."""
-    return [ax for ax, (n, s) in enumerate(zip(at["sizes"], at["scales"], strict=True))
-            if n != in_shape[ax] or s != 1.0]
+    return [
+        ax
+        for ax, (n, s) in enumerate(zip(at["sizes"], at["scales"], strict=True))
+        if n != in_shape[ax] or s != 1.0
+    ]
 
 
 def _resize_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -487,12 +639,22 @@ def _resize_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [np.asarray(y).astype(x.dtype)]
 
 
-register(OpInfo(
-    name="resize", shape=_resize_shape, reference=_resize_ref, work=_per_elem(4),
-    attrs={"sizes": AttrSpec("dims"), "scales": AttrSpec("floats"),
-           "mode": AttrSpec("str", "nearest"),
-           "coordinate_transformation_mode": AttrSpec("str", "half_pixel"),
-           "nearest_mode": AttrSpec("str", "round_prefer_floor")},
-    onnx=("Resize", "Upsample"), traits=frozenset({"layout"}),
-    doc="resize to ``sizes`` (nearest or linear, ONNX coordinate transforms; ``scales`` are the "
-        "ratios the transforms use)"))
+register(
+    OpInfo(
+        name="resize",
+        shape=_resize_shape,
+        reference=_resize_ref,
+        work=_per_elem(4),
+        attrs={
+            "sizes": AttrSpec("dims"),
+            "scales": AttrSpec("floats"),
+            "mode": AttrSpec("str", "nearest"),
+            "coordinate_transformation_mode": AttrSpec("str", "half_pixel"),
+            "nearest_mode": AttrSpec("str", "round_prefer_floor"),
+        },
+        onnx=("Resize", "Upsample"),
+        traits=frozenset({"layout"}),
+        doc="resize to ``sizes`` (nearest or linear, ONNX coordinate transforms; ``scales`` "
+        "are the ratios the transforms use)",
+    )
+)

@@ -57,8 +57,7 @@ def _reduce_ref(fn: Callable[..., np.ndarray]) -> Callable[..., list[np.ndarray]
         kw: dict[str, Any] = {}
         if fn in (np.max, np.min) and x.size == 0:  # ONNX: the identity (-inf / +inf)
             kw["initial"] = _identity(x.dtype, fn is np.max)
-        return [np.asarray(fn(x, axis=axes, keepdims=bool(at["keepdims"]), **kw)).astype(
-            x.dtype)]
+        return [np.asarray(fn(x, axis=axes, keepdims=bool(at["keepdims"]), **kw)).astype(x.dtype)]
 
     return ref
 
@@ -72,11 +71,18 @@ REDUCTIONS: dict[str, tuple[str, Callable[..., np.ndarray], str]] = {
 }
 
 for _name, (_onnx, _fn, _what) in REDUCTIONS.items():
-    register(OpInfo(
-        name=_name, shape=_reduce_shape, reference=_reduce_ref(_fn), work=reduce_work,
-        attrs={"axes": AttrSpec("ints", None), "keepdims": AttrSpec("int", 1)},
-        onnx=(_onnx,), traits=frozenset({"reduction"}),
-        doc=f"{_what} over axes (None: all axes), reduced axes kept as 1 when keepdims"))
+    register(
+        OpInfo(
+            name=_name,
+            shape=_reduce_shape,
+            reference=_reduce_ref(_fn),
+            work=reduce_work,
+            attrs={"axes": AttrSpec("ints", None), "keepdims": AttrSpec("int", 1)},
+            onnx=(_onnx,),
+            traits=frozenset({"reduction"}),
+            doc=f"{_what} over axes (None: all axes), reduced axes kept as 1 when keepdims",
+        )
+    )
 
 
 def _arg_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -101,9 +107,21 @@ def _arg_ref(fn: Callable[..., np.ndarray]) -> Callable[..., list[np.ndarray]]:
 
 
 for _name, _onnx, _fn in (("argmax", "ArgMax", np.argmax), ("argmin", "ArgMin", np.argmin)):
-    register(OpInfo(
-        name=_name, shape=_arg_shape, reference=_arg_ref(_fn), work=reduce_work,
-        attrs={"axis": AttrSpec("int", 0), "keepdims": AttrSpec("int", 1),
-               "select_last_index": AttrSpec("int", 0)},
-        dtype=lambda ins, at: ["int64"], onnx=(_onnx,), traits=frozenset({"reduction"}),
-        doc=f"int64 index of the {_name[3:]} along axis (first, or last with select_last_index)"))
+    register(
+        OpInfo(
+            name=_name,
+            shape=_arg_shape,
+            reference=_arg_ref(_fn),
+            work=reduce_work,
+            attrs={
+                "axis": AttrSpec("int", 0),
+                "keepdims": AttrSpec("int", 1),
+                "select_last_index": AttrSpec("int", 0),
+            },
+            dtype=lambda ins, at: ["int64"],
+            onnx=(_onnx,),
+            traits=frozenset({"reduction"}),
+            doc=f"int64 index of the {_name[3:]} along axis "
+            "(first, or last with select_last_index)",
+        )
+    )

@@ -76,8 +76,9 @@ def io_bytes(ins: Sequence[Any], outs: Sequence[Any]) -> float:
     return float(sum(numel(t.shape) * t.itemsize for t in [*ins, *outs] if t is not None))
 
 
-def elementwise_work(ins: Sequence[Any], outs: Sequence[Any], attrs: Attrs,
-                     flops_per: float = 1.0) -> Work:
+def elementwise_work(
+    ins: Sequence[Any], outs: Sequence[Any], attrs: Attrs, flops_per: float = 1.0
+) -> Work:
     n = float(sum(numel(o.shape) for o in outs))
     return Work(n * flops_per, io_bytes(ins, outs))
 
@@ -107,8 +108,10 @@ class OpInfo:
         out = dict(attrs)
         for k in out:
             if k not in self.attrs:
-                raise ShapeError(f"{self.name}: unknown attribute '{k}' "
-                                 f"(known: {', '.join(sorted(self.attrs)) or 'none'})")
+                raise ShapeError(
+                    f"{self.name}: unknown attribute '{k}' "
+                    f"(known: {', '.join(sorted(self.attrs)) or 'none'})"
+                )
         for k, spec in self.attrs.items():
             if k not in out:
                 if spec.default is REQUIRED:
@@ -139,8 +142,9 @@ def ops_with_trait(trait: str) -> list[OpInfo]:
     return [o for o in OPS.values() if trait in o.traits]
 
 
-def infer_types(op: str, in_types: Sequence[Any], attrs: Attrs,
-                dims: DimOps | None = None) -> list[Any]:
+def infer_types(
+    op: str, in_types: Sequence[Any], attrs: Attrs, dims: DimOps | None = None
+) -> list[Any]:
     """Output TensorTypes of ``op`` on inputs of ``in_types`` (None for an absent optional input).
 
     Uses sympy dimensions unless ``dims`` is given. Raises ShapeError when the inputs do not fit.

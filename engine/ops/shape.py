@@ -39,24 +39,35 @@ def _x(ins: Sequence[Shape | None]) -> Shape:
 def _transpose_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x = _x(ins)
     perm = at["perm"]
-    d.require(sorted(perm) == list(range(len(x))), f"transpose: perm {perm} is not a "
-              f"permutation of rank {len(x)}")
+    d.require(
+        sorted(perm) == list(range(len(x))),
+        f"transpose: perm {perm} is not a permutation of rank {len(x)}",
+    )
     return [tuple(x[p] for p in perm)]
 
 
-register(OpInfo(
-    name="transpose", shape=_transpose_shape, attrs={"perm": AttrSpec("ints")},
-    reference=lambda ins, at: [np.transpose(ins[0], at["perm"])],  # type: ignore[arg-type]
-    work=move_work, onnx=("Transpose",), traits=frozenset({"layout"}),
-    doc="permute dimensions: out.shape[i] = x.shape[perm[i]]"))
+register(
+    OpInfo(
+        name="transpose",
+        shape=_transpose_shape,
+        attrs={"perm": AttrSpec("ints")},
+        reference=lambda ins, at: [np.transpose(ins[0], at["perm"])],  # type: ignore[arg-type]
+        work=move_work,
+        onnx=("Transpose",),
+        traits=frozenset({"layout"}),
+        doc="permute dimensions: out.shape[i] = x.shape[perm[i]]",
+    )
+)
 
 
 # -- reshape -----------------------------------------------------------------------------------
 def _reshape_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x = _x(ins)
     shape = tuple(at["shape"])
-    d.require(d.eq(d.prod(x), d.prod(shape)),
-              f"reshape: {len(x)}-D input and target {shape} differ in element count")
+    d.require(
+        d.eq(d.prod(x), d.prod(shape)),
+        f"reshape: {len(x)}-D input and target {shape} differ in element count",
+    )
     return [shape]
 
 
@@ -64,12 +75,18 @@ def _concrete(dims: Sequence[Any]) -> tuple[int, ...]:
     return tuple(int(v) for v in dims)
 
 
-register(OpInfo(
-    name="reshape", shape=_reshape_shape, attrs={"shape": AttrSpec("dims")},
-    reference=lambda ins, at: [np.reshape(ins[0], _concrete(at["shape"]))],  # type: ignore
-    work=_view_work, onnx=("Reshape", "Flatten", "Squeeze", "Unsqueeze"),
-    traits=frozenset({"view", "layout"}),
-    doc="same elements in a new shape (explicit dims: the importer resolves -1 and 0)"))
+register(
+    OpInfo(
+        name="reshape",
+        shape=_reshape_shape,
+        attrs={"shape": AttrSpec("dims")},
+        reference=lambda ins, at: [np.reshape(ins[0], _concrete(at["shape"]))],  # type: ignore
+        work=_view_work,
+        onnx=("Reshape", "Flatten", "Squeeze", "Unsqueeze"),
+        traits=frozenset({"view", "layout"}),
+        doc="same elements in a new shape (explicit dims: the importer resolves -1 and 0)",
+    )
+)
 
 
 # -- concat / split ----------------------------------------------------------------------------
@@ -84,14 +101,22 @@ def _concat_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape
             if i != axis:
                 d.require(d.eq(s[i], shapes[0][i]), f"concat: dimension {i} differs")
         total = total + s[axis]
-    return [(*shapes[0][:axis], total, *shapes[0][axis + 1:])]
+    return [(*shapes[0][:axis], total, *shapes[0][axis + 1 :])]
 
 
-register(OpInfo(
-    name="concat", shape=_concat_shape, inputs=(1, None), attrs={"axis": AttrSpec("int")},
-    reference=lambda ins, at: [np.concatenate(list(ins), axis=at["axis"])],  # type: ignore
-    work=move_work, onnx=("Concat",), traits=frozenset({"layout"}),
-    doc="join inputs along axis"))
+register(
+    OpInfo(
+        name="concat",
+        shape=_concat_shape,
+        inputs=(1, None),
+        attrs={"axis": AttrSpec("int")},
+        reference=lambda ins, at: [np.concatenate(list(ins), axis=at["axis"])],  # type: ignore
+        work=move_work,
+        onnx=("Concat",),
+        traits=frozenset({"layout"}),
+        doc="join inputs along axis",
+    )
+)
 
 
 def _split_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -103,7 +128,7 @@ def _split_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]
     for s in sizes:
         total = total + s
     d.require(d.eq(total, x[axis]), f"split: sizes {tuple(sizes)} do not sum to the axis length")
-    return [(*x[:axis], s, *x[axis + 1:]) for s in sizes]
+    return [(*x[:axis], s, *x[axis + 1 :]) for s in sizes]
 
 
 def _split_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -113,13 +138,21 @@ def _split_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return list(np.split(x, cuts, axis=at["axis"]))
 
 
-register(OpInfo(
-    name="split", shape=_split_shape, reference=_split_ref, outputs=0,
-    dtype=lambda ins, at: [ins[0] or "float32"] * len(at["sizes"]),
-    num_outputs_fn=lambda at: len(at["sizes"]),
-    attrs={"axis": AttrSpec("int", 0), "sizes": AttrSpec("dims")},
-    work=move_work, onnx=("Split",), traits=frozenset({"layout"}),
-    doc="cut x along axis into pieces of the given sizes (one output each)"))
+register(
+    OpInfo(
+        name="split",
+        shape=_split_shape,
+        reference=_split_ref,
+        outputs=0,
+        dtype=lambda ins, at: [ins[0] or "float32"] * len(at["sizes"]),
+        num_outputs_fn=lambda at: len(at["sizes"]),
+        attrs={"axis": AttrSpec("int", 0), "sizes": AttrSpec("dims")},
+        work=move_work,
+        onnx=("Split",),
+        traits=frozenset({"layout"}),
+        doc="cut x along axis into pieces of the given sizes (one output each)",
+    )
+)
 
 
 # -- slice -------------------------------------------------------------------------------------
@@ -167,8 +200,10 @@ def _slice_params(rank: int, at: Any) -> list[tuple[int, Any, Any, int]]:
     steps = at["steps"] if at["steps"] is not None else (1,) * len(starts)
     if not len(starts) == len(ends) == len(axes) == len(steps):
         IntDims().require(False, "slice: starts, ends, axes, steps differ in length")
-    return [(normalize_axis(a, rank), s, e, st)
-            for a, s, e, st in zip(axes, starts, ends, steps, strict=True)]
+    return [
+        (normalize_axis(a, rank), s, e, st)
+        for a, s, e, st in zip(axes, starts, ends, steps, strict=True)
+    ]
 
 
 def _slice_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -189,12 +224,23 @@ def _slice_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [x[tuple(idx)]]
 
 
-register(OpInfo(
-    name="slice", shape=_slice_shape, reference=_slice_ref, work=move_work,
-    attrs={"starts": AttrSpec("dims"), "ends": AttrSpec("dims"), "axes": AttrSpec("ints", None),
-           "steps": AttrSpec("ints", None)},
-    onnx=("Slice",), traits=frozenset({"layout"}),
-    doc="ONNX Slice: per axis, start:end:step with negative indices and clamping"))
+register(
+    OpInfo(
+        name="slice",
+        shape=_slice_shape,
+        reference=_slice_ref,
+        work=move_work,
+        attrs={
+            "starts": AttrSpec("dims"),
+            "ends": AttrSpec("dims"),
+            "axes": AttrSpec("ints", None),
+            "steps": AttrSpec("ints", None),
+        },
+        onnx=("Slice",),
+        traits=frozenset({"layout"}),
+        doc="ONNX Slice: per axis, start:end:step with negative indices and clamping",
+    )
+)
 
 
 # -- gather ------------------------------------------------------------------------------------
@@ -209,8 +255,10 @@ def wrap_indices(op: str, idx: np.ndarray, sizes: Sequence[int], axes: Sequence[
         pos = int(bad[0])
         k = 0 if len(sizes) == 1 else pos % len(sizes)
         where = [int(i) for i in np.unravel_index(pos, idx.shape)]
-        raise InputError(f"{op}: index {int(idx.reshape(-1)[pos])} at {where} is out of range "
-                         f"[{-sizes[k]}, {sizes[k] - 1}] for axis {axes[k]} (size {sizes[k]})")
+        raise InputError(
+            f"{op}: index {int(idx.reshape(-1)[pos])} at {where} is out of range "
+            f"[{-sizes[k]}, {sizes[k] - 1}] for axis {axes[k]} (size {sizes[k]})"
+        )
     return np.where(idx < 0, idx + lim, idx)
 
 
@@ -219,7 +267,7 @@ def _gather_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape
     assert x is not None
     assert idx is not None
     axis = normalize_axis(at["axis"], len(x))
-    return [(*x[:axis], *idx, *x[axis + 1:])]
+    return [(*x[:axis], *idx, *x[axis + 1 :])]
 
 
 def _gather_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -230,11 +278,20 @@ def _gather_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [np.take(x, wrap_indices("gather", idx, [x.shape[axis]], [axis]), axis=axis)]
 
 
-register(OpInfo(
-    name="gather", shape=_gather_shape, reference=_gather_ref, inputs=(2, 2),
-    attrs={"axis": AttrSpec("int", 0)}, work=move_work,
-    dtype=lambda ins, at: [ins[0] or "float32"], onnx=("Gather",), traits=frozenset({"index"}),
-    doc="take x's slices at integer indices along axis (negative indices count from the end)"))
+register(
+    OpInfo(
+        name="gather",
+        shape=_gather_shape,
+        reference=_gather_ref,
+        inputs=(2, 2),
+        attrs={"axis": AttrSpec("int", 0)},
+        work=move_work,
+        dtype=lambda ins, at: [ins[0] or "float32"],
+        onnx=("Gather",),
+        traits=frozenset({"index"}),
+        doc="take x's slices at integer indices along axis (negative indices count from the end)",
+    )
+)
 
 
 def _gather_elements_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -255,12 +312,20 @@ def _gather_elements_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.n
     return [np.take_along_axis(x, idx, axis=axis)]
 
 
-register(OpInfo(
-    name="gather_elements", shape=_gather_elements_shape, reference=_gather_elements_ref,
-    inputs=(2, 2), attrs={"axis": AttrSpec("int", 0)}, work=move_work,
-    dtype=lambda ins, at: [ins[0] or "float32"], onnx=("GatherElements",),
-    traits=frozenset({"index"}),
-    doc="out[i][j]... = x[..., indices[i][j]..., ...] along axis (numpy take_along_axis)"))
+register(
+    OpInfo(
+        name="gather_elements",
+        shape=_gather_elements_shape,
+        reference=_gather_elements_ref,
+        inputs=(2, 2),
+        attrs={"axis": AttrSpec("int", 0)},
+        work=move_work,
+        dtype=lambda ins, at: [ins[0] or "float32"],
+        onnx=("GatherElements",),
+        traits=frozenset({"index"}),
+        doc="out[i][j]... = x[..., indices[i][j]..., ...] along axis (numpy take_along_axis)",
+    )
+)
 
 
 # -- expand / tile / pad -----------------------------------------------------------------------
@@ -275,10 +340,18 @@ def _expand_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [np.array(np.broadcast_to(x, shape))]
 
 
-register(OpInfo(
-    name="expand", shape=_expand_shape, reference=_expand_ref, work=move_work,
-    attrs={"shape": AttrSpec("dims")}, onnx=("Expand",), traits=frozenset({"layout"}),
-    doc="broadcast x with a shape (ONNX Expand: both ways, numpy rules)"))
+register(
+    OpInfo(
+        name="expand",
+        shape=_expand_shape,
+        reference=_expand_ref,
+        work=move_work,
+        attrs={"shape": AttrSpec("dims")},
+        onnx=("Expand",),
+        traits=frozenset({"layout"}),
+        doc="broadcast x with a shape (ONNX Expand: both ways, numpy rules)",
+    )
+)
 
 
 def _tile_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -288,18 +361,27 @@ def _tile_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     return [tuple(a * r for a, r in zip(x, reps, strict=True))]
 
 
-register(OpInfo(
-    name="tile", shape=_tile_shape, work=move_work, attrs={"repeats": AttrSpec("ints")},
-    reference=lambda ins, at: [np.tile(ins[0], at["repeats"])],  # type: ignore[arg-type]
-    onnx=("Tile",), traits=frozenset({"layout"}), doc="repeat x repeats[i] times along axis i"))
+register(
+    OpInfo(
+        name="tile",
+        shape=_tile_shape,
+        work=move_work,
+        attrs={"repeats": AttrSpec("ints")},
+        reference=lambda ins, at: [np.tile(ins[0], at["repeats"])],  # type: ignore[arg-type]
+        onnx=("Tile",),
+        traits=frozenset({"layout"}),
+        doc="repeat x repeats[i] times along axis i",
+    )
+)
 
 
 def _pad_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x = _x(ins)
     pads = at["pads"]
     d.require(len(pads) == 2 * len(x), "pad: pads must be (begin..., end...) for every axis")
-    d.require(at["mode"] in ("constant", "reflect", "edge", "wrap"),
-              f"pad: unknown mode {at['mode']}")
+    d.require(
+        at["mode"] in ("constant", "reflect", "edge", "wrap"), f"pad: unknown mode {at['mode']}"
+    )
     return [tuple(x[i] + pads[i] + pads[len(x) + i] for i in range(len(x)))]
 
 
@@ -316,12 +398,22 @@ def _pad_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [np.pad(x, width, mode=at["mode"])]
 
 
-register(OpInfo(
-    name="pad", shape=_pad_shape, reference=_pad_ref, work=move_work,
-    attrs={"pads": AttrSpec("ints"), "mode": AttrSpec("str", "constant"),
-           "value": AttrSpec("float", 0.0)},
-    onnx=("Pad",), traits=frozenset({"layout"}),
-    doc="pad (or crop, when negative) each axis by (begin..., end...); constant/reflect/edge"))
+register(
+    OpInfo(
+        name="pad",
+        shape=_pad_shape,
+        reference=_pad_ref,
+        work=move_work,
+        attrs={
+            "pads": AttrSpec("ints"),
+            "mode": AttrSpec("str", "constant"),
+            "value": AttrSpec("float", 0.0),
+        },
+        onnx=("Pad",),
+        traits=frozenset({"layout"}),
+        doc="pad (or crop, when negative) each axis by (begin..., end...); constant/reflect/edge",
+    )
+)
 
 
 # -- shape ops ---------------------------------------------------------------------------------
@@ -345,21 +437,39 @@ def _shape_of_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]
     return [np.array(x.shape[b:e], dtype=np.int64)]
 
 
-register(OpInfo(
-    name="shape_of", shape=_shape_of_shape, reference=_shape_of_ref, work=_view_work,
-    attrs={"start": AttrSpec("int", 0), "end": AttrSpec("int", None)},
-    dtype=lambda ins, at: ["int64"], onnx=("Shape",), traits=frozenset({"shape"}),
-    doc="x's dimensions start:end as an int64 vector"))
+register(
+    OpInfo(
+        name="shape_of",
+        shape=_shape_of_shape,
+        reference=_shape_of_ref,
+        work=_view_work,
+        attrs={"start": AttrSpec("int", 0), "end": AttrSpec("int", None)},
+        dtype=lambda ins, at: ["int64"],
+        onnx=("Shape",),
+        traits=frozenset({"shape"}),
+        doc="x's dimensions start:end as an int64 vector",
+    )
+)
 
 
-register(OpInfo(
-    name="constant_of_shape", inputs=(0, 0), work=move_work,
-    shape=lambda d, ins, at: [tuple(at["shape"])],
-    reference=lambda ins, at: [np.full(_concrete(at["shape"]), at["value"], dtype=at["dtype"])],
-    attrs={"shape": AttrSpec("dims"), "value": AttrSpec("float", 0.0),
-           "dtype": AttrSpec("dtype", "float32")},
-    dtype=lambda ins, at: [at["dtype"]], onnx=("ConstantOfShape",), traits=frozenset({"shape"}),
-    doc="a tensor of the given shape filled with value"))
+register(
+    OpInfo(
+        name="constant_of_shape",
+        inputs=(0, 0),
+        work=move_work,
+        shape=lambda d, ins, at: [tuple(at["shape"])],
+        reference=lambda ins, at: [np.full(_concrete(at["shape"]), at["value"], dtype=at["dtype"])],
+        attrs={
+            "shape": AttrSpec("dims"),
+            "value": AttrSpec("float", 0.0),
+            "dtype": AttrSpec("dtype", "float32"),
+        },
+        dtype=lambda ins, at: [at["dtype"]],
+        onnx=("ConstantOfShape",),
+        traits=frozenset({"shape"}),
+        doc="a tensor of the given shape filled with value",
+    )
+)
 
 
 def _same_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -373,17 +483,32 @@ def _cumsum_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     y = np.flip(x, ax) if at["reverse"] else x
     s = np.cumsum(y, axis=ax, dtype=x.dtype)
     if at["exclusive"]:  # shift by one: the first sum along the axis is 0
-        s = np.concatenate([np.zeros_like(np.take(s, [0], axis=ax)),
-                            np.delete(s, -1, axis=ax)], axis=ax) if x.shape[ax] else s
+        s = (
+            np.concatenate(
+                [np.zeros_like(np.take(s, [0], axis=ax)), np.delete(s, -1, axis=ax)], axis=ax
+            )
+            if x.shape[ax]
+            else s
+        )
     return [np.flip(s, ax) if at["reverse"] else s]
 
 
-register(OpInfo(
-    name="cumsum", shape=_same_shape, reference=_cumsum_ref, work=move_work,
-    attrs={"axis": AttrSpec("int"), "exclusive": AttrSpec("int", 0),
-           "reverse": AttrSpec("int", 0)},
-    onnx=("CumSum",), traits=frozenset({"scan"}),
-    doc="running sum along axis (exclusive: without the element itself; reverse: from the end)"))
+register(
+    OpInfo(
+        name="cumsum",
+        shape=_same_shape,
+        reference=_cumsum_ref,
+        work=move_work,
+        attrs={
+            "axis": AttrSpec("int"),
+            "exclusive": AttrSpec("int", 0),
+            "reverse": AttrSpec("int", 0),
+        },
+        onnx=("CumSum",),
+        traits=frozenset({"scan"}),
+        doc="running sum along axis (exclusive: without the element itself; reverse: from the end)",
+    )
+)
 
 
 def _trilu_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -393,11 +518,19 @@ def _trilu_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [fn(x, at["k"]) if x.ndim >= 2 else x.copy()]
 
 
-register(OpInfo(
-    name="trilu", shape=_same_shape, reference=_trilu_ref, work=move_work,
-    attrs={"upper": AttrSpec("int", 1), "k": AttrSpec("int", 0)},
-    onnx=("Trilu",), traits=frozenset({"layout"}),
-    doc="the upper (upper=1) or lower triangle of the last two axes from diagonal k, 0 elsewhere"))
+register(
+    OpInfo(
+        name="trilu",
+        shape=_same_shape,
+        reference=_trilu_ref,
+        work=move_work,
+        attrs={"upper": AttrSpec("int", 1), "k": AttrSpec("int", 0)},
+        onnx=("Trilu",),
+        traits=frozenset({"layout"}),
+        doc="the upper (upper=1) or lower triangle of the last two axes from diagonal k, "
+        "0 elsewhere",
+    )
+)
 
 
 # -- indexing by tuples, scatter, top-k, one-hot -----------------------------------------------
@@ -410,9 +543,11 @@ def _gather_nd_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Sh
     assert x is not None
     assert idx is not None
     b, depth = at["batch_dims"], idx[-1]
-    d.require(isinstance(depth, int) and b + depth <= len(x),
-              "gather_nd: the index depth (indices' last dim) must be static and fit the data")
-    return [(*idx[:-1], *x[b + int(depth):])]
+    d.require(
+        isinstance(depth, int) and b + depth <= len(x),
+        "gather_nd: the index depth (indices' last dim) must be static and fit the data",
+    )
+    return [(*idx[:-1], *x[b + int(depth) :])]
 
 
 def _gather_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -428,14 +563,23 @@ def _gather_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray
     ib = idx.reshape(xb.shape[0] if b else 1, -1, depth)
     out = [xb[i][tuple(ib[i].T)] for i in range(ib.shape[0])]
     res = np.stack(out)
-    return [res.reshape(*lead, *idx.shape[b:-1], *x.shape[b + depth:])]
+    return [res.reshape(*lead, *idx.shape[b:-1], *x.shape[b + depth :])]
 
 
-register(OpInfo(
-    name="gather_nd", shape=_gather_nd_shape, reference=_gather_nd_ref, inputs=(2, 2),
-    attrs={"batch_dims": AttrSpec("int", 0)}, work=move_work, dtype=_first_dtype,
-    onnx=("GatherND",), traits=frozenset({"index"}),
-    doc="take x's slices at integer index tuples (the indices' last axis), after batch_dims"))
+register(
+    OpInfo(
+        name="gather_nd",
+        shape=_gather_nd_shape,
+        reference=_gather_nd_ref,
+        inputs=(2, 2),
+        attrs={"batch_dims": AttrSpec("int", 0)},
+        work=move_work,
+        dtype=_first_dtype,
+        onnx=("GatherND",),
+        traits=frozenset({"index"}),
+        doc="take x's slices at integer index tuples (the indices' last axis), after batch_dims",
+    )
+)
 
 
 def _scatter_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
@@ -468,28 +612,48 @@ def _scatter_elements_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.
         key = list(pos)
         key[ax] = int(idx[pos])
         k = tuple(key)
-        out[k] = combine[at["reduction"]](out[k], upd[pos]) if at["reduction"] != "none" \
-            else upd[pos]
+        out[k] = (
+            combine[at["reduction"]](out[k], upd[pos]) if at["reduction"] != "none" else upd[pos]
+        )
     return [out]
 
 
 def _scatter_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
-    d.require(at["reduction"] in ("none", "add", "mul", "max", "min"),
-              f"scatter: unknown reduction {at['reduction']}")
+    d.require(
+        at["reduction"] in ("none", "add", "mul", "max", "min"),
+        f"scatter: unknown reduction {at['reduction']}",
+    )
     return [tuple(_x(ins))]
 
 
-register(OpInfo(
-    name="scatter_nd", shape=_scatter_shape, reference=_scatter_nd_ref, inputs=(3, 3),
-    attrs={"reduction": AttrSpec("str", "none")}, work=move_work, dtype=_first_dtype,
-    onnx=("ScatterND",), traits=frozenset({"index"}),
-    doc="x with the slices at index tuples replaced by (or combined with) updates"))
-register(OpInfo(
-    name="scatter_elements", shape=_scatter_shape, reference=_scatter_elements_ref,
-    inputs=(3, 3), attrs={"axis": AttrSpec("int", 0), "reduction": AttrSpec("str", "none")},
-    work=move_work, dtype=_first_dtype, onnx=("ScatterElements", "Scatter"),
-    traits=frozenset({"index"}),
-    doc="x with the elements at indices along axis replaced by (or combined with) updates"))
+register(
+    OpInfo(
+        name="scatter_nd",
+        shape=_scatter_shape,
+        reference=_scatter_nd_ref,
+        inputs=(3, 3),
+        attrs={"reduction": AttrSpec("str", "none")},
+        work=move_work,
+        dtype=_first_dtype,
+        onnx=("ScatterND",),
+        traits=frozenset({"index"}),
+        doc="x with the slices at index tuples replaced by (or combined with) updates",
+    )
+)
+register(
+    OpInfo(
+        name="scatter_elements",
+        shape=_scatter_shape,
+        reference=_scatter_elements_ref,
+        inputs=(3, 3),
+        attrs={"axis": AttrSpec("int", 0), "reduction": AttrSpec("str", "none")},
+        work=move_work,
+        dtype=_first_dtype,
+        onnx=("ScatterElements", "Scatter"),
+        traits=frozenset({"index"}),
+        doc="x with the elements at indices along axis replaced by (or combined with) updates",
+    )
+)
 
 
 def _topk_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
@@ -512,20 +676,35 @@ def _topk_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     return [np.take_along_axis(x, idx, axis=ax), idx.astype(np.int64)]
 
 
-register(OpInfo(
-    name="topk", shape=_topk_shape, reference=_topk_ref, outputs=2,
-    attrs={"k": AttrSpec("int"), "axis": AttrSpec("int", -1), "largest": AttrSpec("int", 1),
-           "sorted": AttrSpec("int", 1)},
-    dtype=lambda ins, at: [ins[0] or "float32", "int64"], work=move_work, onnx=("TopK",),
-    traits=frozenset({"index"}), doc="the k largest (or smallest) values along axis and their "
-    "indices, sorted; ties: the smaller index first"))
+register(
+    OpInfo(
+        name="topk",
+        shape=_topk_shape,
+        reference=_topk_ref,
+        outputs=2,
+        attrs={
+            "k": AttrSpec("int"),
+            "axis": AttrSpec("int", -1),
+            "largest": AttrSpec("int", 1),
+            "sorted": AttrSpec("int", 1),
+        },
+        dtype=lambda ins, at: [ins[0] or "float32", "int64"],
+        work=move_work,
+        onnx=("TopK",),
+        traits=frozenset({"index"}),
+        doc="the k largest (or smallest) values along axis and their "
+        "indices, sorted; ties: the smaller index first",
+    )
+)
 
 
 def _one_hot_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     idx, values = _x(ins), ins[1]
     assert values is not None
-    d.require(d.eq(d.prod(values), 2), f"one_hot: values must be the two values [off, on], got "
-              f"shape {tuple(values)}")
+    d.require(
+        d.eq(d.prod(values), 2),
+        f"one_hot: values must be the two values [off, on], got shape {tuple(values)}",
+    )
     ax = normalize_axis(at["axis"], len(idx) + 1)
     return [(*idx[:ax], at["depth"], *idx[ax:])]
 
@@ -538,14 +717,24 @@ def _one_hot_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     ax = normalize_axis(at["axis"], idx.ndim + 1)
     i = np.where(idx < 0, idx + depth, idx).astype(np.int64)
     hot = np.expand_dims(i, ax) == np.arange(depth).reshape(
-        [-1 if k == ax else 1 for k in range(idx.ndim + 1)])
+        [-1 if k == ax else 1 for k in range(idx.ndim + 1)]
+    )
     off, on = values.ravel()[0], values.ravel()[1]
     return [np.where(hot, on, off).astype(values.dtype)]
 
 
-register(OpInfo(
-    name="one_hot", shape=_one_hot_shape, reference=_one_hot_ref, inputs=(2, 2),
-    attrs={"depth": AttrSpec("int"), "axis": AttrSpec("int", -1)},
-    dtype=lambda ins, at: [ins[1] or "float32"], work=move_work, onnx=("OneHot",),
-    traits=frozenset({"index"}), doc="values[1] where the index equals the position along the "
-    "new axis (of size depth), values[0] elsewhere"))
+register(
+    OpInfo(
+        name="one_hot",
+        shape=_one_hot_shape,
+        reference=_one_hot_ref,
+        inputs=(2, 2),
+        attrs={"depth": AttrSpec("int"), "axis": AttrSpec("int", -1)},
+        dtype=lambda ins, at: [ins[1] or "float32"],
+        work=move_work,
+        onnx=("OneHot",),
+        traits=frozenset({"index"}),
+        doc="values[1] where the index equals the position along the "
+        "new axis (of size depth), values[0] elsewhere",
+    )
+)

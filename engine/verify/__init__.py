@@ -35,5 +35,12 @@ from satura.engine.verify.api import (
     verify_rules,
 )
 
-__all__ = ["Verdict", "format_counterexample", "verdicts_json", "verify_command", "verify_file",
-           "verify_rule", "verify_rules"]
+__all__ = [
+    "Verdict",
+    "format_counterexample",
+    "verdicts_json",
+    "verify_command",
+    "verify_file",
+    "verify_rule",
+    "verify_rules",
+]

@@ -41,18 +41,21 @@ class StridedView:
 
     def transpose(self, perm: Sequence[int]) -> StridedView:
         """The view of ``np.transpose(x, perm)``."""
-        return StridedView(self.offset, tuple(self.shape[p] for p in perm),
-                           tuple(self.strides[p] for p in perm))
+        return StridedView(
+            self.offset, tuple(self.shape[p] for p in perm), tuple(self.strides[p] for p in perm)
+        )
 
     def slice(self, axis: int, start: Any, stop: Any, step: int = 1) -> StridedView:
         """The view of ``x[..., start:stop:step, ...]`` (start < stop, step > 0, in range)."""
         shape = list(self.shape)
         strides = list(self.strides)
-        shape[axis] = (stop - start + step - 1) / step if not isinstance(stop - start, int) \
+        shape[axis] = (
+            (stop - start + step - 1) / step
+            if not isinstance(stop - start, int)
             else (stop - start + step - 1) // step
+        )
         strides[axis] = self.strides[axis] * step
-        return StridedView(self.offset + start * self.strides[axis], tuple(shape),
-                           tuple(strides))
+        return StridedView(self.offset + start * self.strides[axis], tuple(shape), tuple(strides))
 
     def address(self, idx: Sequence[Any]) -> Any:
         out = self.offset
@@ -76,27 +79,30 @@ def _solve(constraints: list[Any], timeout_ms: int) -> tuple[Any, Any]:
     return r, (s.model() if r == z3.sat else None)
 
 
-def overlap_witness(a: StridedView, b: StridedView, assumptions: Sequence[Any] = (),
-                    timeout_ms: int = TIMEOUT_MS) -> dict[str, Any] | None:
+def overlap_witness(
+    a: StridedView, b: StridedView, assumptions: Sequence[Any] = (), timeout_ms: int = TIMEOUT_MS
+) -> dict[str, Any] | None:
     """Indices of ``a`` and ``b`` that share an address, or None when there are none (or Z3 gave
     up: use :func:`prove_no_overlap` to tell those apart)."""
     i, j = _index("i", len(a.shape)), _index("j", len(b.shape))
-    r, m = _solve([*assumptions, *a.in_bounds(i), *b.in_bounds(j),
-                   a.address(i) == b.address(j)], timeout_ms)
+    r, m = _solve(
+        [*assumptions, *a.in_bounds(i), *b.in_bounds(j), a.address(i) == b.address(j)], timeout_ms
+    )
     if r != z3.sat:
         return None
     ev = lambda t: m.eval(t, model_completion=True).as_long()  # noqa: E731
-    return {"a": tuple(ev(x) for x in i), "b": tuple(ev(x) for x in j),
-            "address": ev(a.address(i))}
+    return {"a": tuple(ev(x) for x in i), "b": tuple(ev(x) for x in j), "address": ev(a.address(i))}
 
 
-def prove_no_overlap(a: StridedView, b: StridedView, assumptions: Sequence[Any] = (),
-                     timeout_ms: int = TIMEOUT_MS) -> bool | None:
+def prove_no_overlap(
+    a: StridedView, b: StridedView, assumptions: Sequence[Any] = (), timeout_ms: int = TIMEOUT_MS
+) -> bool | None:
     """True when no element of ``a`` shares an address with an element of ``b``; False when
     some does; None when Z3 cannot tell (the planner then copies)."""
     i, j = _index("i", len(a.shape)), _index("j", len(b.shape))
-    r, _ = _solve([*assumptions, *a.in_bounds(i), *b.in_bounds(j),
-                   a.address(i) == b.address(j)], timeout_ms)
+    r, _ = _solve(
+        [*assumptions, *a.in_bounds(i), *b.in_bounds(j), a.address(i) == b.address(j)], timeout_ms
+    )
     return True if r == z3.unsat else False if r == z3.sat else None
 
 
@@ -107,9 +113,13 @@ def _lex_less(i: Sequence[Any], j: Sequence[Any]) -> Any:
     return z3.Or(*terms) if terms else z3.BoolVal(False)
 
 
-def prove_inplace_safe(write: StridedView, reads: Sequence[StridedView],
-                       assumptions: Sequence[Any] = (), order: str = "any",
-                       timeout_ms: int = TIMEOUT_MS) -> bool | None:
+def prove_inplace_safe(
+    write: StridedView,
+    reads: Sequence[StridedView],
+    assumptions: Sequence[Any] = (),
+    order: str = "any",
+    timeout_ms: int = TIMEOUT_MS,
+) -> bool | None:
     """Can an elementwise kernel write ``write[i]`` from ``reads[k][i]`` (one iteration per
     logical index ``i``, all views of the same logical shape, in one buffer) without a read
     seeing another iteration's write?
@@ -129,8 +139,7 @@ def prove_inplace_safe(write: StridedView, reads: Sequence[StridedView],
     same = z3.And(*[a == b for a, b in zip(i, j, strict=True)]) if i else z3.BoolVal(True)
     checks = [z3.And(z3.Not(same), write.address(i) == write.address(j))]
     for r in reads:
-        base_r = [*r.in_bounds(j), *[n1 == n2 for n1, n2 in zip(r.shape, write.shape,
-                                                                 strict=True)]]
+        base_r = [*r.in_bounds(j), *[n1 == n2 for n1, n2 in zip(r.shape, write.shape, strict=True)]]
         earlier = z3.Not(same) if order == "any" else _lex_less(i, j)
         checks.append(z3.And(*base_r, earlier, write.address(i) == r.address(j)))
     unknown = False

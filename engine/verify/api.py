@@ -54,8 +54,10 @@ def _cache_key(rule: Rule, bound: int, case_budget: int | None = VALUE_CASE_BUDG
     from satura.engine.verify import instance, semantics
 
     h = hashlib.sha256()
-    h.update(f"{VERSION}|{bound}|cases={case_budget}|{rule.name}|{rule.exactness}|"
-             f"{rule.tolerance}|".encode())
+    h.update(
+        f"{VERSION}|{bound}|cases={case_budget}|{rule.name}|{rule.exactness}|"
+        f"{rule.tolerance}|".encode()
+    )
     h.update(rule.text.encode())
     h.update(repr((rule.lhs, rule.rhs)).encode())
     for mod in (semantics, check, instance):
@@ -66,9 +68,13 @@ def _cache_key(rule: Rule, bound: int, case_budget: int | None = VALUE_CASE_BUDG
     return h.hexdigest()[:32]
 
 
-def verify_rule(rule: Rule, bound: int = 3, timeout_s: float = 30.0,
-                case_budget: int | None = VALUE_CASE_BUDGET, assume_rhs_wellformed: bool = False,
-                ) -> Verdict:
+def verify_rule(
+    rule: Rule,
+    bound: int = 3,
+    timeout_s: float = 30.0,
+    case_budget: int | None = VALUE_CASE_BUDGET,
+    assume_rhs_wellformed: bool = False,
+) -> Verdict:
     """Verify one rule (no cache). The shape check covers every case; the value check runs
     cases smallest first, at most ``case_budget`` concrete shape cases (None: all; the verdict's
     reason says how far). The coverage is counted, never timed, so a rule gets the same verdict
@@ -80,12 +86,19 @@ def verify_rule(rule: Rule, bound: int = 3, timeout_s: float = 30.0,
     deadline = t0 + timeout_s
     step_ms = int(max(1000, min(timeout_s, 20) * 1000))
     out = _verify(rule, bound, deadline, step_ms, case_budget, assume_rhs_wellformed)
-    return Verdict(rule, out.status, out.check, out.reason, out.counterexample,
-                   time.monotonic() - t0)
+    return Verdict(
+        rule, out.status, out.check, out.reason, out.counterexample, time.monotonic() - t0
+    )
 
 
-def _verify(rule: Rule, bound: int, deadline: float, step_ms: int,
-            case_budget: int | None, assume_rhs: bool = False) -> check.Outcome:
+def _verify(
+    rule: Rule,
+    bound: int,
+    deadline: float,
+    step_ms: int,
+    case_budget: int | None,
+    assume_rhs: bool = False,
+) -> check.Outcome:
     try:
         insts = []
         for inst in z3_cases(rule):
@@ -101,16 +114,21 @@ def _verify(rule: Rule, bound: int, deadline: float, step_ms: int,
             return check.Outcome("unknown", "shape", "the pattern never matches under its guard")
         missing = check.missing_semantics(rule)
         if missing:
-            return check.Outcome("unknown", "value", f"no value semantics for "
-                                 f"{', '.join(missing)} (shapes proved)")
+            return check.Outcome(
+                "unknown", "value", f"no value semantics for {', '.join(missing)} (shapes proved)"
+            )
         return check.check_values(rule, insts, bound, deadline, step_ms, case_budget)
     except Unsupported as e:
         return check.Outcome("unknown", "setup", str(e))
 
 
-def verify_rules(rules: Iterable[Rule | str | Path], bound: int = 3, timeout_s: float = 30.0,
-                 cache_dir: str | Path | None = DEFAULT_CACHE,
-                 case_budget: int | None = VALUE_CASE_BUDGET) -> list[Verdict]:
+def verify_rules(
+    rules: Iterable[Rule | str | Path],
+    bound: int = 3,
+    timeout_s: float = 30.0,
+    cache_dir: str | Path | None = DEFAULT_CACHE,
+    case_budget: int | None = VALUE_CASE_BUDGET,
+) -> list[Verdict]:
     """Verify rules (``Rule`` objects or paths of rule files). ``cache_dir`` None disables the
     on-disk cache (keyed by the rule text, ``bound``, ``case_budget`` and the semantics and shape
     functions it uses)."""
@@ -125,8 +143,17 @@ def verify_rules(rules: Iterable[Rule | str | Path], bound: int = 3, timeout_s: 
             if cache_file.exists():
                 try:
                     v = pickle.loads(cache_file.read_bytes())
-                    out.append(Verdict(rule, v["status"], v["check"], v["reason"],
-                                       v["counterexample"], v["seconds"], cached=True))
+                    out.append(
+                        Verdict(
+                            rule,
+                            v["status"],
+                            v["check"],
+                            v["reason"],
+                            v["counterexample"],
+                            v["seconds"],
+                            cached=True,
+                        )
+                    )
                     continue
                 except Exception:
                     pass  # a stale or broken entry is recomputed
@@ -135,17 +162,29 @@ def verify_rules(rules: Iterable[Rule | str | Path], bound: int = 3, timeout_s: 
         if cache_file is not None and v.status != "unknown":
             try:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
-                cache_file.write_bytes(pickle.dumps(
-                    {"status": v.status, "check": v.check, "reason": v.reason,
-                     "counterexample": v.counterexample, "seconds": v.seconds}))
+                cache_file.write_bytes(
+                    pickle.dumps(
+                        {
+                            "status": v.status,
+                            "check": v.check,
+                            "reason": v.reason,
+                            "counterexample": v.counterexample,
+                            "seconds": v.seconds,
+                        }
+                    )
+                )
             except OSError:
                 pass
     return out
 
 
-def verify_file(path: str | Path, bound: int = 3, timeout_s: float = 30.0,
-                cache_dir: str | Path | None = DEFAULT_CACHE,
-                case_budget: int | None = VALUE_CASE_BUDGET) -> list[Verdict]:
+def verify_file(
+    path: str | Path,
+    bound: int = 3,
+    timeout_s: float = 30.0,
+    cache_dir: str | Path | None = DEFAULT_CACHE,
+    case_budget: int | None = VALUE_CASE_BUDGET,
+) -> list[Verdict]:
     """Verify every rule of one rule file."""
     return verify_rules([Path(path)], bound, timeout_s, cache_dir, case_budget)
 
@@ -160,12 +199,16 @@ def format_counterexample(cx: dict[str, Any]) -> str:
         lines.append("dims: " + ", ".join(f"{k}={v}" for k, v in dims.items()))
     with np.printoptions(floatmode="unique", threshold=40, linewidth=100):
         for n, a in (cx.get("inputs") or {}).items():
-            lines.append(f"{n} = {np.array2string(np.asarray(a), separator=', ')}".replace(
-                "\n", " "))
+            lines.append(
+                f"{n} = {np.array2string(np.asarray(a), separator=', ')}".replace("\n", " ")
+            )
         for side in ("lhs", "rhs"):
             if side in cx:
-                vals = [np.array2string(np.asarray(o), separator=", ").replace("\n", " ")
-                        for root in cx[side] for o in root]
+                vals = [
+                    np.array2string(np.asarray(o), separator=", ").replace("\n", " ")
+                    for root in cx[side]
+                    for o in root
+                ]
                 lines.append(f"{side} -> {'; '.join(vals)}")
     first = _first_difference(cx)
     if first:
@@ -173,8 +216,9 @@ def format_counterexample(cx: dict[str, Any]) -> str:
     for k in ("lhs_shapes", "rhs_shapes", "rhs_error"):
         if k in cx:
             lines.append(f"{k}: {cx[k]}")
-    lines.append("numpy confirms" if cx.get("confirmed") else
-                 f"numpy does NOT confirm: {cx.get('note', '')}")
+    lines.append(
+        "numpy confirms" if cx.get("confirmed") else f"numpy does NOT confirm: {cx.get('note', '')}"
+    )
     return "\n".join(lines)
 
 
@@ -188,21 +232,31 @@ def _first_difference(cx: dict[str, Any]) -> str:
     if lhs.shape != rhs.shape or lhs.dtype == np.bool_:
         return ""
     a32, b32 = lhs.astype(np.float32), rhs.astype(np.float32)
-    diff = np.argwhere((a32.view(np.uint32) != b32.view(np.uint32))
-                       & ~(np.isnan(a32) & np.isnan(b32)))
+    diff = np.argwhere(
+        (a32.view(np.uint32) != b32.view(np.uint32)) & ~(np.isnan(a32) & np.isnan(b32))
+    )
     if lhs.dtype == np.float64:
         diff = np.argwhere(~np.isclose(lhs, rhs, rtol=1e-9, atol=1e-9, equal_nan=True))
     if not len(diff):
         return ""
     idx = tuple(int(i) for i in diff[0])
-    bits = (f" (float32 bits {int(a32[idx].view(np.uint32)):#010x} vs "
-            f"{int(b32[idx].view(np.uint32)):#010x})" if lhs.dtype == np.float32 else "")
+    bits = (
+        f" (float32 bits {int(a32[idx].view(np.uint32)):#010x} vs "
+        f"{int(b32[idx].view(np.uint32)):#010x})"
+        if lhs.dtype == np.float32
+        else ""
+    )
     return f"first difference at {list(idx)}: {lhs[idx].item()!r} vs {rhs[idx].item()!r}{bits}"
 
 
-def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0,
-                   cache_dir: str | Path | None = DEFAULT_CACHE, as_json: bool = False,
-                   case_budget: int | None = VALUE_CASE_BUDGET) -> int:
+def verify_command(
+    paths: Sequence[str],
+    bound: int = 3,
+    timeout_s: float = 30.0,
+    cache_dir: str | Path | None = DEFAULT_CACHE,
+    as_json: bool = False,
+    case_budget: int | None = VALUE_CASE_BUDGET,
+) -> int:
     """``satura verify``: one line per rule; exit code 1 if any rule is refuted or unknown.
     ``case_budget`` None (``--cases 0``) checks every value case."""
     from satura.engine.rulelang import load_rules as _load
@@ -210,8 +264,7 @@ def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0
     if not paths:
         from importlib.resources import files
 
-        paths = sorted(str(p) for p in files("satura.rules").iterdir()
-                       if str(p).endswith(".rules"))
+        paths = sorted(str(p) for p in files("satura.rules").iterdir() if str(p).endswith(".rules"))
     if bound < 1 or timeout_s <= 0:
         raise SaturaError(f"--bound must be >= 1 and --timeout > 0 (got {bound}, {timeout_s})")
     if case_budget is not None and case_budget < 1:
@@ -232,8 +285,9 @@ def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0
             continue
         for v in verdicts:
             mark = {"proved": "ok", "refuted": "REFUTED", "unknown": "UNKNOWN"}[v.status]
-            print(f"{v.rule.where}  {v.name:<32} {mark:<8} {v.check:<6} {v.seconds:6.2f}s  "
-                  f"{v.reason}")
+            print(
+                f"{v.rule.where}  {v.name:<32} {mark:<8} {v.check:<6} {v.seconds:6.2f}s  {v.reason}"
+            )
             if v.counterexample:
                 for line in format_counterexample(v.counterexample).splitlines():
                     print(f"    {line}")
@@ -242,14 +296,17 @@ def verify_command(paths: Sequence[str], bound: int = 3, timeout_s: float = 30.0
     elif everything:
         n = {s: sum(v.status == s for v in everything) for s in ("proved", "refuted", "unknown")}
         secs = sorted(v.seconds for v in everything)
-        print(f"{len(everything)} rules: {n['proved']} proved, {n['refuted']} refuted, "
-              f"{n['unknown']} unknown; median {secs[len(secs) // 2]:.2f}s, "
-              f"slowest {secs[-1]:.2f}s")
+        print(
+            f"{len(everything)} rules: {n['proved']} proved, {n['refuted']} refuted, "
+            f"{n['unknown']} unknown; median {secs[len(secs) // 2]:.2f}s, "
+            f"slowest {secs[-1]:.2f}s"
+        )
     return 1 if bad else 0
 
 
 def verdicts_json(verdicts: Sequence[Verdict]) -> str:
     """Verdicts as JSON (counterexample arrays as lists)."""
+
     def conv(o: Any) -> Any:
         if isinstance(o, np.ndarray):
             return o.tolist()
@@ -261,6 +318,16 @@ def verdicts_json(verdicts: Sequence[Verdict]) -> str:
             return o.item()
         return o
 
-    return json.dumps([{"rule": v.name, "status": v.status, "check": v.check,
-                        "reason": v.reason, "seconds": round(v.seconds, 4),
-                        "counterexample": conv(v.counterexample)} for v in verdicts])
+    return json.dumps(
+        [
+            {
+                "rule": v.name,
+                "status": v.status,
+                "check": v.check,
+                "reason": v.reason,
+                "seconds": round(v.seconds, 4),
+                "counterexample": conv(v.counterexample),
+            }
+            for v in verdicts
+        ]
+    )

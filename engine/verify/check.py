@@ -62,9 +62,14 @@ class Outcome:
 
 
 # -- walking both sides ---------------------------------------------------------------------------
-def run_side(rule: Rule, inst: Instance, side: str, leaf: Callable[[str], Any],
-             lit: Callable[[Lit], Any],
-             call: Callable[[str, list[Any], dict[str, Any]], list[Any]]) -> list[list[Any]]:
+def run_side(
+    rule: Rule,
+    inst: Instance,
+    side: str,
+    leaf: Callable[[str], Any],
+    lit: Callable[[Lit], Any],
+    call: Callable[[str, list[Any], dict[str, Any]], list[Any]],
+) -> list[list[Any]]:
     """Evaluate every root of one side ("L" or "R"); one list of outputs per root."""
 
     def go(t: Any, path: tuple[Any, ...]) -> list[Any]:
@@ -85,19 +90,24 @@ def run_side(rule: Rule, inst: Instance, side: str, leaf: Callable[[str], Any],
     return [go(t, (side, i)) for i, t in enumerate(roots)]
 
 
-def numpy_side(rule: Rule, inst: Instance, side: str, inputs: dict[str, np.ndarray],
-               dtype: Any) -> list[list[Any]]:
+def numpy_side(
+    rule: Rule, inst: Instance, side: str, inputs: dict[str, np.ndarray], dtype: Any
+) -> list[list[Any]]:
     """One side with the numpy references."""
-    subs = [(z3.Real(n), z3.RealVal(float(np.asarray(inputs[n]).flat[0])))
-            for n in inst.scalars]
-    subs += [(z3.Real(f"value({v})"), z3.RealVal(float(np.asarray(inputs[v]).flat[0])))
-             for v in inst.value_vars]
+    subs = [(z3.Real(n), z3.RealVal(float(np.asarray(inputs[n]).flat[0]))) for n in inst.scalars]
+    subs += [
+        (z3.Real(f"value({v})"), z3.RealVal(float(np.asarray(inputs[v]).flat[0])))
+        for v in inst.value_vars
+    ]
 
     def conv(v: Any) -> Any:
         if isinstance(v, z3.ExprRef):
             r = z3.simplify(z3.substitute(v, *subs))
-            return float(r.as_fraction()) if z3.is_rational_value(r) else float(
-                r.approx(20).as_fraction())
+            return (
+                float(r.as_fraction())
+                if z3.is_rational_value(r)
+                else float(r.approx(20).as_fraction())
+            )
         return v
 
     def call(op: str, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
@@ -107,8 +117,9 @@ def numpy_side(rule: Rule, inst: Instance, side: str, inputs: dict[str, np.ndarr
         return [np.asarray(o) for o in run_reference(op, ins, plain)]
 
     with np.errstate(all="ignore"):
-        return run_side(rule, inst, side, lambda n: inputs[n],
-                        lambda t: np.asarray(t.value, dtype=dtype), call)
+        return run_side(
+            rule, inst, side, lambda n: inputs[n], lambda t: np.asarray(t.value, dtype=dtype), call
+        )
 
 
 def _concrete_expr(e: Any) -> Any:
@@ -123,11 +134,11 @@ def _concrete_expr(e: Any) -> Any:
     return (e[0], *kids)
 
 
-def numpy_sides(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray],
-                dtype: Any) -> tuple[list, list]:
+def numpy_sides(
+    rule: Rule, inst: Instance, inputs: dict[str, np.ndarray], dtype: Any
+) -> tuple[list, list]:
     """Both sides with the numpy references."""
-    return (numpy_side(rule, inst, "L", inputs, dtype),
-            numpy_side(rule, inst, "R", inputs, dtype))
+    return (numpy_side(rule, inst, "L", inputs, dtype), numpy_side(rule, inst, "R", inputs, dtype))
 
 
 def symbolic_sides(rule: Rule, inst: Instance, dom: Domain) -> tuple[list, list, dict]:
@@ -193,8 +204,9 @@ def _dims_ge1(inst: Instance) -> list[Any]:
 
 def hypothesis(inst: Instance) -> list[Any]:
     """Dimensions >= 1, the pattern well-formed, the guard true."""
-    hyp = _dims_ge1(inst) + [c if not isinstance(c, bool) else z3.BoolVal(c)
-                             for c in inst.lhs_conds]
+    hyp = _dims_ge1(inst) + [
+        c if not isinstance(c, bool) else z3.BoolVal(c) for c in inst.lhs_conds
+    ]
     if inst.guard is not True:
         g = inst.guard
         hyp.append(g if isinstance(g, z3.BoolRef) else z3.BoolVal(bool(g)))
@@ -230,21 +242,24 @@ def check_shape_case(rule: Rule, inst: Instance, timeout_ms: int) -> Outcome | N
     if inst.rhs_error is not None and inst.assume_rhs:
         return None  # the rule does not apply where its replacement is ill-formed
     if inst.rhs_error is not None:
-        return _shape_refuted(rule, inst, s.model(),
-                              f"replacement is ill-formed ({inst.rhs_error})")
+        return _shape_refuted(
+            rule, inst, s.model(), f"replacement is ill-formed ({inst.rhs_error})"
+        )
     goal: list[Any] = [c if not isinstance(c, bool) else z3.BoolVal(c) for c in inst.rhs_conds]
     for i, (lt, rt) in enumerate(zip(inst.lhs_types, inst.rhs_types, strict=True)):
         if len(lt) != len(rt):
-            return _shape_refuted(rule, inst, s.model(),
-                                  f"root {i}: {len(lt)} outputs vs {len(rt)}")
+            return _shape_refuted(
+                rule, inst, s.model(), f"root {i}: {len(lt)} outputs vs {len(rt)}"
+            )
         for (ls, ld), (rs, rd) in zip(lt, rt, strict=True):
             if ld != rd:
                 return _shape_refuted(rule, inst, s.model(), f"dtype {ld} becomes {rd}")
             if len(ls) != len(rs):
-                return _shape_refuted(rule, inst, s.model(),
-                                      f"rank {len(ls)} becomes {len(rs)}")
-            goal += [a == b if not (isinstance(a, int) and isinstance(b, int))
-                     else z3.BoolVal(a == b) for a, b in zip(ls, rs, strict=True)]
+                return _shape_refuted(rule, inst, s.model(), f"rank {len(ls)} becomes {len(rs)}")
+            goal += [
+                a == b if not (isinstance(a, int) and isinstance(b, int)) else z3.BoolVal(a == b)
+                for a, b in zip(ls, rs, strict=True)
+            ]
     s.add(z3.Not(z3.And(*goal)))
     r = s.check()
     if r == z3.unsat:
@@ -274,8 +289,9 @@ def _shape_refuted(rule: Rule, inst: Instance, model: z3.ModelRef, why: str) -> 
     try:
         ci = concrete_instance(rule, inst.choices, dims)
         rng = np.random.default_rng(0)
-        inputs = {n: rng.standard_normal(tuple(ci.env[n].shape)).astype(np.float32)
-                  for n in ci.leaves}
+        inputs = {
+            n: rng.standard_normal(tuple(ci.env[n].shape)).astype(np.float32) for n in ci.leaves
+        }
         cx["inputs"] = inputs
         lhs = numpy_side(rule, ci, "L", inputs, np.float32)
         cx["lhs_shapes"] = [[o.shape for o in r] for r in lhs]
@@ -300,8 +316,9 @@ def _shape_refuted(rule: Rule, inst: Instance, model: z3.ModelRef, why: str) -> 
 
 
 # -- values ---------------------------------------------------------------------------------------
-def _py_dims(rule: Rule, inst: Instance, names: list[str], b: int,
-             cap: int) -> list[dict[str, int]]:
+def _py_dims(
+    rule: Rule, inst: Instance, names: list[str], b: int, cap: int
+) -> list[dict[str, int]]:
     out = []
     for vals in itertools.product(range(1, b + 1), repeat=len(names)):
         dims = dict(zip(names, vals, strict=True))
@@ -316,8 +333,14 @@ def _py_dims(rule: Rule, inst: Instance, names: list[str], b: int,
     return out
 
 
-def _samples(rule: Rule, inst: Instance, bound: int, rng: np.random.Generator,
-             k: int = 2, timeout_ms: int = 20000) -> list[dict[str, int]]:
+def _samples(
+    rule: Rule,
+    inst: Instance,
+    bound: int,
+    rng: np.random.Generator,
+    k: int = 2,
+    timeout_ms: int = 20000,
+) -> list[dict[str, int]]:
     """A few random valid assignments at the full bound (beyond the exhaustive ones): each dim in
     a random order gets a random target size, or where the case's constraints rule that out the
     smallest size they allow. Every dim is fixed explicitly, so the samples follow from the rng
@@ -334,7 +357,7 @@ def _samples(rule: Rule, inst: Instance, bound: int, rng: np.random.Generator,
         if not _sat(s, f"sampling dims <= {bound}"):
             break  # no assignment at all
         fixed: dict[str, int] = {}
-        for n in (rng.permutation(names) if names else []):
+        for n in rng.permutation(names) if names else []:
             target = int(rng.integers(1, bound + 1))
             tries = [target] + [v for v in range(1, bound + 1) if v != target]
             for t, v in enumerate(tries):
@@ -362,8 +385,9 @@ def _sat(s: z3.Solver, what: str) -> bool:
     return r == z3.sat
 
 
-def concrete_dims(rule: Rule, inst: Instance, bound: int, cap: int,
-                  timeout_ms: int) -> tuple[list[dict[str, int]], int]:
+def concrete_dims(
+    rule: Rule, inst: Instance, bound: int, cap: int, timeout_ms: int
+) -> tuple[list[dict[str, int]], int]:
     """Dimension assignments (every dim <= b) of a case, with the largest b <= bound that gives
     at most ``cap`` of them. Returns (assignments, b); b is negative (-b) when even the smallest
     bound with any assignment has more than ``cap``: the first ``cap`` are returned, a sample.
@@ -385,8 +409,9 @@ def concrete_dims(rule: Rule, inst: Instance, bound: int, cap: int,
     return prev
 
 
-def _z3_dims(inst: Instance, names: list[str], b: int, cap: int,
-             timeout_ms: int) -> list[dict[str, int]]:
+def _z3_dims(
+    inst: Instance, names: list[str], b: int, cap: int, timeout_ms: int
+) -> list[dict[str, int]]:
     s = z3.Solver()
     s.set("timeout", timeout_ms)
     s.add(*hypothesis(inst))
@@ -413,8 +438,9 @@ def _shapes(sides: list[list[np.ndarray]]) -> list[Any]:
 def random_inputs(inst: Instance, rng: np.random.Generator, fp32: bool) -> dict[str, np.ndarray]:
     """Inputs mixing normal values, small integers (ties, zeros) and, for fp32, special values."""
     out = {}
-    special = np.array([0.0, -0.0, 1.0, -1.0, 0.5, 3.0, 1e-40, 3e38, np.inf, -np.inf, np.nan],
-                       dtype=np.float32)
+    special = np.array(
+        [0.0, -0.0, 1.0, -1.0, 0.5, 3.0, 1e-40, 3e38, np.inf, -np.inf, np.nan], dtype=np.float32
+    )
     for n in inst.leaves:
         shape = tuple(int(s) for s in inst.env[n].shape)
         if inst.env[n].dtype == "bool":
@@ -434,8 +460,11 @@ def random_inputs(inst: Instance, rng: np.random.Generator, fp32: bool) -> dict[
         # not see digits a float32 cannot hold.
         out[n] = np.asarray(a, dtype=np.float32).astype(np.float32 if fp32 else np.float64)
     for n in inst.scalars:
-        v = rng.choice([1e-5, 0.5, 2.0, -1.5, 0.125]) if rng.random() < 0.5 else \
-            rng.standard_normal()
+        v = (
+            rng.choice([1e-5, 0.5, 2.0, -1.5, 0.125])
+            if rng.random() < 0.5
+            else rng.standard_normal()
+        )
         out[n] = np.asarray(v, dtype=np.float32 if fp32 else np.float64)
     return out
 
@@ -454,33 +483,47 @@ def sides_differ(lhs: list, rhs: list, mode: str, tol: float | None = None) -> b
                 continue
             if mode == "bits":
                 a32, b32 = a.astype(np.float32), b.astype(np.float32)
-                same = (a32.view(np.uint32) == b32.view(np.uint32)) | (np.isnan(a32)
-                                                                        & np.isnan(b32))
+                same = (a32.view(np.uint32) == b32.view(np.uint32)) | (
+                    np.isnan(a32) & np.isnan(b32)
+                )
                 if not same.all():
                     return True
             elif mode == "real":
                 # Where the pattern is not finite in float64 it divided by zero or left a
                 # function's domain: undefined over the reals, so nothing to compare there.
                 keep = np.isfinite(a)
-                if not np.allclose(a[keep], np.broadcast_to(b, a.shape)[keep], rtol=1e-9,
-                                   atol=1e-9, equal_nan=True):
+                if not np.allclose(
+                    a[keep], np.broadcast_to(b, a.shape)[keep], rtol=1e-9, atol=1e-9, equal_nan=True
+                ):
                     return True
             else:
                 assert tol is not None
                 with np.errstate(all="ignore"):
-                    ok = (np.abs(a - b) <= tol * (np.abs(a) + 1)) | (np.isnan(a) & np.isnan(b)) \
+                    ok = (
+                        (np.abs(a - b) <= tol * (np.abs(a) + 1))
+                        | (np.isnan(a) & np.isnan(b))
                         | (a == b)
+                    )
                 if not ok.all():
                     return True
     return False
 
 
-def _value_cx(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray], mode: str,
-              tol: float | None, source: str) -> dict[str, Any]:
+def _value_cx(
+    rule: Rule,
+    inst: Instance,
+    inputs: dict[str, np.ndarray],
+    mode: str,
+    tol: float | None,
+    source: str,
+) -> dict[str, Any]:
     dtype = np.float32 if mode == "bits" else np.float64
-    cx: dict[str, Any] = {"case": inst.describe(),
-                          "dims": {n: int(v) for n, v in _concrete_dims(inst).items()},
-                          "inputs": inputs, "found_by": source}
+    cx: dict[str, Any] = {
+        "case": inst.describe(),
+        "dims": {n: int(v) for n, v in _concrete_dims(inst).items()},
+        "inputs": inputs,
+        "found_by": source,
+    }
     try:
         lhs = numpy_side(rule, inst, "L", inputs, dtype)
         cx["lhs"] = lhs
@@ -493,8 +536,10 @@ def _value_cx(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray], mode: s
         cx["rhs"] = rhs
         cx["confirmed"] = sides_differ(lhs, rhs, mode, tol)
         if not cx["confirmed"]:
-            cx["note"] = ("numpy does not confirm (uninterpreted functions or a rounding "
-                          "order numpy does not share)")
+            cx["note"] = (
+                "numpy does not confirm (uninterpreted functions or a rounding "
+                "order numpy does not share)"
+            )
     except Exception as e:
         cx["confirmed"] = False
         cx["note"] = f"numpy failed: {type(e).__name__}: {e}"
@@ -509,13 +554,15 @@ def _concrete_dims(inst: Instance) -> dict[str, Any]:
     return out
 
 
-def _model_inputs(model: z3.ModelRef, inputs: dict[str, np.ndarray],
-                  fp32: bool) -> dict[str, np.ndarray]:
+def _model_inputs(
+    model: z3.ModelRef, inputs: dict[str, np.ndarray], fp32: bool
+) -> dict[str, np.ndarray]:
     out = {}
     for n, arr in inputs.items():
         if arr.size and z3.is_bool(arr.flat[0]):
-            out[n] = np.array([z3.is_true(model.eval(b, model_completion=True))
-                               for b in arr.flat], dtype=bool).reshape(arr.shape)
+            out[n] = np.array(
+                [z3.is_true(model.eval(b, model_completion=True)) for b in arr.flat], dtype=bool
+            ).reshape(arr.shape)
             continue
         vals = np.zeros(arr.shape, dtype=np.float32 if fp32 else np.float64)
         for idx in np.ndindex(*arr.shape):
@@ -524,8 +571,11 @@ def _model_inputs(model: z3.ModelRef, inputs: dict[str, np.ndarray],
                 vals[idx] = np.array([bv.as_long()], dtype=np.uint32).view(np.float32)[0]
             else:
                 v = model.eval(arr[idx], model_completion=True)
-                vals[idx] = float(v.as_fraction()) if z3.is_rational_value(v) else float(
-                    v.approx(20).as_fraction())
+                vals[idx] = (
+                    float(v.as_fraction())
+                    if z3.is_rational_value(v)
+                    else float(v.approx(20).as_fraction())
+                )
         out[n] = vals
     return out
 
@@ -546,8 +596,9 @@ def _canonical(a: Any, b: Any) -> str:
     return z3.substitute(eq, *subs).sexpr() if subs else eq.sexpr()
 
 
-def prove_equal(lhs: list, rhs: list, dom: Domain, timeout_ms: int,
-                proven: set[str] | None = None) -> tuple[str, Any]:
+def prove_equal(
+    lhs: list, rhs: list, dom: Domain, timeout_ms: int, proven: set[str] | None = None
+) -> tuple[str, Any]:
     """('proved', None) | ('refuted', model) | ('unknown', reason) for elementwise equality.
     ``proven`` caches canonical queries already proved (shared across the cases of a rule)."""
     if _shapes(lhs) != _shapes(rhs):
@@ -608,9 +659,15 @@ class _Chosen:
     cap: int = 0  # assignments sampled where a case has too many
 
 
-def _value_cases(rule: Rule, z3_insts: list[Instance], bound: int, deadline: float,
-                 timeout_ms: int, case_budget: int | None, rng: np.random.Generator,
-                 ) -> Outcome | _Chosen:
+def _value_cases(
+    rule: Rule,
+    z3_insts: list[Instance],
+    bound: int,
+    deadline: float,
+    timeout_ms: int,
+    case_budget: int | None,
+    rng: np.random.Generator,
+) -> Outcome | _Chosen:
     """Choose the concrete cases of the value check: whole groups of rank/attribute cases of one
     total rank, smallest first, while their concrete cases fit ``case_budget`` (None: no limit;
     the smallest group always runs). A refutation found while listing them (an ill-formed
@@ -641,8 +698,9 @@ def _value_cases(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
                 if inst.rhs_error is not None:
                     if zi.assume_rhs:
                         continue  # the rule does not apply here
-                    return _shape_refuted(rule, zi, _dims_model(dims),
-                                          f"replacement is ill-formed ({inst.rhs_error})")
+                    return _shape_refuted(
+                        rule, zi, _dims_model(dims), f"replacement is ill-formed ({inst.rhs_error})"
+                    )
                 insts.append(inst)
             added += len(insts)
             rows.append((zi, insts, b if assignments else None))
@@ -664,12 +722,21 @@ def _value_cases(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
 
 def _timeout(stage: str, done: int, total: int | None) -> Outcome:
     of = f" of {total}" if total is not None else ""
-    return Outcome("unknown", "value", f"timeout (--timeout) while {stage}, after {done}{of} "
-                   f"value cases: not proved")
+    return Outcome(
+        "unknown",
+        "value",
+        f"timeout (--timeout) while {stage}, after {done}{of} value cases: not proved",
+    )
 
 
-def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: float,
-                 timeout_ms: int, case_budget: int | None = VALUE_CASE_BUDGET) -> Outcome:
+def check_values(
+    rule: Rule,
+    z3_insts: list[Instance],
+    bound: int,
+    deadline: float,
+    timeout_ms: int,
+    case_budget: int | None = VALUE_CASE_BUDGET,
+) -> Outcome:
     """Real (and for exact rules fp32) equality on the cases, smallest first, with dims <= bound
     (reduced per case to keep the count of shape assignments bounded). At most ``case_budget``
     concrete cases (None: no limit): whole groups of one total rank, smallest first; the reason
@@ -709,13 +776,18 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
                 if left_ms <= 0:
                     return _timeout("proving with Z3", k - 1, n_cases)
                 try:
-                    out = _check_one(rule, inst, check, mode, rng, min(timeout_ms, left_ms),
-                                     proven)
+                    out = _check_one(rule, inst, check, mode, rng, min(timeout_ms, left_ms), proven)
                 except NotEvaluable as e:
                     if str(e).startswith("pattern") or zi.assume_rhs:
                         break  # that side's semantics reject this case: the rule does not apply
-                    cx = _value_cx(rule, inst, random_inputs(inst, rng, False), "real",
-                                   rule.tolerance, "the replacement's semantics")
+                    cx = _value_cx(
+                        rule,
+                        inst,
+                        random_inputs(inst, rng, False),
+                        "real",
+                        rule.tolerance,
+                        "the replacement's semantics",
+                    )
                     return Outcome("refuted", "value", f"{inst.describe()}: {e}", cx)
                 if out is not None:
                     if out.status == "unknown":
@@ -727,19 +799,32 @@ def check_values(rule: Rule, z3_insts: list[Instance], bound: int, deadline: flo
     what = "reals" + (" and fp32 bits" if "fp32" in checks else "")
     if n_cases == 0:
         return Outcome("unknown", "value", f"no shape case with dims <= {bound} to check values on")
-    spread = ", ".join(f"{n} with dims <= {b}" if b > 0 else
-                       f"{n} with {chosen.cap} sampled assignments of dims <= {-b}"
-                       for b, n in sorted(chosen.bounds.items(), reverse=True))
+    spread = ", ".join(
+        f"{n} with dims <= {b}"
+        if b > 0
+        else f"{n} with {chosen.cap} sampled assignments of dims <= {-b}"
+        for b, n in sorted(chosen.bounds.items(), reverse=True)
+    )
     if chosen.cut is not None:
-        cover = (f"the {len(chosen.work)} of {len(z3_insts)} rank/attribute cases with at most "
-                 f"{chosen.max_rank} dimensions; larger ones skipped (case budget {case_budget})")
+        cover = (
+            f"the {len(chosen.work)} of {len(z3_insts)} rank/attribute cases with at most "
+            f"{chosen.max_rank} dimensions; larger ones skipped (case budget {case_budget})"
+        )
     else:
         cover = f"all {len(z3_insts)} rank/attribute cases"
     eff_bound = min((abs(b) for b in chosen.bounds), default=bound)
-    return Outcome("proved", "value", f"equal over {what} on {n_cases} shape cases ({cover}: "
-                   f"{spread}; plus samples at dims <= {bound})",
-                   detail={"cases": n_cases, "bound": eff_bound, "complete": chosen.cut is None,
-                           "case_budget": case_budget})
+    return Outcome(
+        "proved",
+        "value",
+        f"equal over {what} on {n_cases} shape cases ({cover}: "
+        f"{spread}; plus samples at dims <= {bound})",
+        detail={
+            "cases": n_cases,
+            "bound": eff_bound,
+            "complete": chosen.cut is None,
+            "case_budget": case_budget,
+        },
+    )
 
 
 def _widen(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -759,8 +844,9 @@ def _differs_over_reals(rule: Rule, inst: Instance, inputs: dict[str, np.ndarray
     return sides_differ(lhs, rhs, "real")
 
 
-def _random_search(rule: Rule, inst: Instance, mode: str, rng: np.random.Generator,
-                   trials: int) -> Outcome | None:
+def _random_search(
+    rule: Rule, inst: Instance, mode: str, rng: np.random.Generator, trials: int
+) -> Outcome | None:
     """Look for inputs on which numpy's references disagree; a refutation numpy confirms."""
     fp32 = mode == "bits"
     dtype = np.float32 if fp32 else np.float64
@@ -775,34 +861,53 @@ def _random_search(rule: Rule, inst: Instance, mode: str, rng: np.random.Generat
             cx = _value_cx(rule, inst, inputs, mode, tol, "random search")
             check = "fp32" if fp32 else "approx" if mode == "approx" else "value"
             if fp32 and _differs_over_reals(rule, inst, inputs):
-                cx = _value_cx(rule, inst, _widen(inputs),
-                               "real", tol, "random search")
+                cx = _value_cx(rule, inst, _widen(inputs), "real", tol, "random search")
                 check, fp32 = "value", False
-            return Outcome("refuted", check, f"{inst.describe()}: sides differ"
-                           + (" in fp32 bits" if fp32 else ""), cx)
+            return Outcome(
+                "refuted",
+                check,
+                f"{inst.describe()}: sides differ" + (" in fp32 bits" if fp32 else ""),
+                cx,
+            )
     return None
 
 
-def _check_one(rule: Rule, inst: Instance, check: str, mode: str, rng: np.random.Generator,
-               timeout_ms: int, proven: dict[str, set[str]]) -> Outcome | None:
+def _check_one(
+    rule: Rule,
+    inst: Instance,
+    check: str,
+    mode: str,
+    rng: np.random.Generator,
+    timeout_ms: int,
+    proven: dict[str, set[str]],
+) -> Outcome | None:
     fp32 = check == "fp32"
     tol = rule.tolerance
     dom: Domain = FP32Domain() if fp32 else RealDomain()
     lhs_t, rhs_t, sym_inputs = symbolic_sides(rule, inst, dom)
     if _shapes(lhs_t) == _shapes(rhs_t) and all(
-            a.eq(b) for a, b in zip(_flat(lhs_t), _flat(rhs_t), strict=True)):
+        a.eq(b) for a, b in zip(_flat(lhs_t), _flat(rhs_t), strict=True)
+    ):
         return None  # the same term on both sides: equal in every number model
     status, info = prove_equal(lhs_t, rhs_t, dom, timeout_ms, proven.setdefault(check, set()))
     if status == "proved":
         return None
     if status == "unknown":
         if mode == "approx":
-            return Outcome("unknown", "approx", f"{inst.describe()}: cannot bound |lhs - rhs| "
-                           f"by {tol}·(|lhs| + 1) with uninterpreted functions")
+            return Outcome(
+                "unknown",
+                "approx",
+                f"{inst.describe()}: cannot bound |lhs - rhs| "
+                f"by {tol}·(|lhs| + 1) with uninterpreted functions",
+            )
         return Outcome("unknown", check, f"{inst.describe()}: Z3 gave up ({info})")
     if mode == "approx":
-        return Outcome("unknown", "approx", f"{inst.describe()}: sides are not equal and the "
-                       f"tolerance {tol} cannot be proved with uninterpreted functions")
+        return Outcome(
+            "unknown",
+            "approx",
+            f"{inst.describe()}: sides are not equal and the "
+            f"tolerance {tol} cannot be proved with uninterpreted functions",
+        )
     if info is None:
         cx = _value_cx(rule, inst, random_inputs(inst, rng, fp32), mode, tol, "shapes")
         return Outcome("refuted", check, f"{inst.describe()}: output shapes differ", cx)
@@ -817,9 +922,14 @@ def _check_one(rule: Rule, inst: Instance, check: str, mode: str, rng: np.random
         found.counterexample["found_by"] = "random search after Z3"  # type: ignore[index]
         return found
     if dom.apps:
-        return Outcome("unknown", check, f"{inst.describe()}: Z3's counterexample needs values "
-                       f"of uninterpreted functions ({', '.join(sorted({a[0] for a in dom.apps}))})"
-                       f" that numpy does not produce; an axiom may be missing", cx)
+        return Outcome(
+            "unknown",
+            check,
+            f"{inst.describe()}: Z3's counterexample needs values "
+            f"of uninterpreted functions ({', '.join(sorted({a[0] for a in dom.apps}))})"
+            f" that numpy does not produce; an axiom may be missing",
+            cx,
+        )
     return Outcome("refuted", check, f"{inst.describe()}: sides differ{what}", cx)
 
 
@@ -834,5 +944,15 @@ def missing_semantics(rule: Rule) -> list[str]:
     return [op for op in uses_ops(rule) if op not in SEMANTICS]
 
 
-__all__ = ["Outcome", "check_shape_case", "check_values", "get_op", "missing_semantics",
-           "numpy_side", "numpy_sides", "prove_equal", "run_side", "uses_ops"]
+__all__ = [
+    "Outcome",
+    "check_shape_case",
+    "check_values",
+    "get_op",
+    "missing_semantics",
+    "numpy_side",
+    "numpy_sides",
+    "prove_equal",
+    "run_side",
+    "uses_ops",
+]

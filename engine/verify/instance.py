@@ -33,8 +33,16 @@ STAR_LENGTHS = (1, 2)  # a list variable holds one or several tensors; 3 adds no
 DTYPE = "float32"  # every tensor variable is float32: the verifier models float32 values
 
 # Exceptions a shape function or guard raises on input it does not accept.
-SHAPE_FAILS = (ShapeError, AssertionError, IndexError, TypeError, ValueError, KeyError,
-               ZeroDivisionError, RuleError)
+SHAPE_FAILS = (
+    ShapeError,
+    AssertionError,
+    IndexError,
+    TypeError,
+    ValueError,
+    KeyError,
+    ZeroDivisionError,
+    RuleError,
+)
 
 
 class NeedChoice(Exception):
@@ -143,13 +151,17 @@ def attr_domain(op: str, name: str, in_shapes: list[Any]) -> list[Any] | None:
     return None
 
 
-DIMS_ATTRS = {("reshape", "shape"): range(0, MAX_RANK + 1), ("expand", "shape"):
-              range(0, MAX_RANK + 1), ("split", "sizes"): range(1, 4)}
+DIMS_ATTRS = {
+    ("reshape", "shape"): range(0, MAX_RANK + 1),
+    ("expand", "shape"): range(0, MAX_RANK + 1),
+    ("split", "sizes"): range(1, 4),
+}
 
 
 class _Builder:
-    def __init__(self, rule: Rule, choices: dict[Any, Any], dims: DimOps,
-                 dimsrc: Callable[[str], Any]) -> None:
+    def __init__(
+        self, rule: Rule, choices: dict[Any, Any], dims: DimOps, dimsrc: Callable[[str], Any]
+    ) -> None:
         self.rule, self.d, self.dimsrc = rule, dims, dimsrc
         self.inst = Instance(choices=choices)
         self.value_vars = _value_vars(rule)
@@ -174,8 +186,7 @@ class _Builder:
         env = self.inst.env
         if name not in env:
             fixed = self.fixed_ranks.get(name)
-            r = self.choose(("rank", name),
-                            list(range(MAX_RANK + 1)) if fixed is None else [fixed])
+            r = self.choose(("rank", name), list(range(MAX_RANK + 1)) if fixed is None else [fixed])
             dtype = self.fixed_dtypes.get(name, DTYPE)
             if name in self.value_vars:  # value(v) needs a one-element constant: dims are 1
                 env[name] = TensorInfo((1,) * r, dtype)
@@ -223,8 +234,9 @@ class _Builder:
         kind = get_op(op).attrs[k].kind
         if (op, k) in DIMS_ATTRS:
             fixed = self.fixed_lens.get(name)
-            n = self.choose(("dimslen", name),
-                            list(DIMS_ATTRS[(op, k)]) if fixed is None else [fixed])
+            n = self.choose(
+                ("dimslen", name), list(DIMS_ATTRS[(op, k)]) if fixed is None else [fixed]
+            )
             v: Any = tuple(self.dim(f"{name}.{i}") for i in range(n))
         elif kind == "float":  # any real: a symbolic scalar
             v = z3.Real(f"attr({name})")
@@ -239,8 +251,9 @@ class _Builder:
         self.inst.env[name] = v
         return v
 
-    def _hidden(self, path: tuple[Any, ...], op: str, k: str, shapes: list[Any],
-                default: Any) -> Any:
+    def _hidden(
+        self, path: tuple[Any, ...], op: str, k: str, shapes: list[Any], default: Any
+    ) -> Any:
         if get_op(op).attrs[k].kind == "float":
             name = f"attr({op}@{'.'.join(map(str, path[1:])) or 'root'}{path[0]}.{k})"
             if name not in self.inst.scalars:
@@ -248,8 +261,10 @@ class _Builder:
             return z3.Real(name)
         dom = attr_domain(op, k, shapes)
         if dom is None:
-            raise Unsupported(f"the pattern leaves {op}.{k} open and its values cannot be "
-                              f"enumerated: write {k}=... in the pattern")
+            raise Unsupported(
+                f"the pattern leaves {op}.{k} open and its values cannot be "
+                f"enumerated: write {k}=... in the pattern"
+            )
         return self.choose(("hidden", path, op, k), dom)
 
     def _args(self, t: Call, path: tuple[Any, ...], side: Callable[..., Any]) -> list[Any]:
@@ -268,16 +283,16 @@ class _Builder:
     def _bound_star(self, name: str) -> list[str]:
         return [f"{name}{j}" for j in range(len(self.inst.env[name]))]
 
-    def _apply(self, op: str, ins: list[Any], attrs: dict[str, Any],
-               conds: list[Any]) -> list[tuple[tuple[Any, ...], str]]:
+    def _apply(
+        self, op: str, ins: list[Any], attrs: dict[str, Any], conds: list[Any]
+    ) -> list[tuple[tuple[Any, ...], str]]:
         info = get_op(op)
         lo, hi = info.inputs
         if len(ins) < lo or (hi is not None and len(ins) > hi):
             raise ShapeError(f"{op} takes {lo}..{hi} inputs, got {len(ins)}")
         full = plain_attrs(info.with_defaults(plain_attrs(attrs)))
         # Integer attributes computed from symbolic dimensions (a group) stay symbolic.
-        full.update({k: v for k, v in attrs.items() if isinstance(v, z3.ArithRef)
-                     and v.is_int()})
+        full.update({k: v for k, v in attrs.items() if isinstance(v, z3.ArithRef) and v.is_int()})
         before = len(self.d.conditions) if isinstance(self.d, Z3Dims) else 0
         shapes = info.shape(self.d, [s for s, _ in ins], full)
         if isinstance(self.d, Z3Dims):
@@ -301,8 +316,7 @@ class _Builder:
         return self._apply(t.op, ins, full, self.inst.rhs_conds)
 
 
-def _guard_facts(guard: ast.expr | None
-                 ) -> tuple[dict[str, int], dict[str, str], dict[str, int]]:
+def _guard_facts(guard: ast.expr | None) -> tuple[dict[str, int], dict[str, str], dict[str, int]]:
     """Ranks, dtypes and dims-attribute lengths the guard fixes outright: its top-level ``and``
     terms ``rank(x) == N``, ``dtype(x) == "bool"`` and ``len(s) == N``. Cases with another rank
     or length make the guard false, so they need not be enumerated (a length may then exceed
@@ -316,13 +330,19 @@ def _guard_facts(guard: ast.expr | None
             ranks.update(r)
             dtypes.update(d)
             lens.update(n)
-    elif isinstance(guard, ast.Compare) and len(guard.ops) == 1 \
-            and isinstance(guard.ops[0], ast.Eq):
+    elif (
+        isinstance(guard, ast.Compare) and len(guard.ops) == 1 and isinstance(guard.ops[0], ast.Eq)
+    ):
         a, b = guard.left, guard.comparators[0]
         if isinstance(a, ast.Constant):
             a, b = b, a
-        if isinstance(a, ast.Call) and isinstance(a.func, ast.Name) and len(a.args) == 1 \
-                and isinstance(a.args[0], ast.Name) and isinstance(b, ast.Constant):
+        if (
+            isinstance(a, ast.Call)
+            and isinstance(a.func, ast.Name)
+            and len(a.args) == 1
+            and isinstance(a.args[0], ast.Name)
+            and isinstance(b, ast.Constant)
+        ):
             if a.func.id == "rank" and type(b.value) is int and b.value >= 0:
                 ranks[a.args[0].id] = b.value
             elif a.func.id == "len" and type(b.value) is int and b.value >= 0:
@@ -340,8 +360,13 @@ def _value_vars(rule: Rule) -> list[str]:
     out: dict[str, None] = {}
     for e in exprs:
         for n in ast.walk(e):
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) \
-                    and n.func.id == "value" and n.args and isinstance(n.args[0], ast.Name):
+            if (
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Name)
+                and n.func.id == "value"
+                and n.args
+                and isinstance(n.args[0], ast.Name)
+            ):
                 out.setdefault(n.args[0].id, None)
     return list(out)
 
@@ -378,8 +403,9 @@ def plain_attrs(attrs: dict[str, Any], keep_exprs: bool = False) -> dict[str, An
     return out
 
 
-def instantiate(rule: Rule, choices: dict[Any, Any], dims: DimOps,
-                dimsrc: Callable[[str], Any]) -> Instance | None:
+def instantiate(
+    rule: Rule, choices: dict[Any, Any], dims: DimOps, dimsrc: Callable[[str], Any]
+) -> Instance | None:
     """Build one case. Returns None when the pattern cannot match in this case (ill-formed or
     the guard is false outright); raises NeedChoice or Unsupported."""
     from satura.engine.rulelang import _GuardFalse
@@ -420,8 +446,12 @@ def instantiate(rule: Rule, choices: dict[Any, Any], dims: DimOps,
     return inst
 
 
-def cases(rule: Rule, dims_factory: Callable[[], DimOps], dimsrc: Callable[[str], Any],
-          fixed: dict[Any, Any] | None = None) -> Iterator[Instance]:
+def cases(
+    rule: Rule,
+    dims_factory: Callable[[], DimOps],
+    dimsrc: Callable[[str], Any],
+    fixed: dict[Any, Any] | None = None,
+) -> Iterator[Instance]:
     """Every case of ``rule`` whose pattern can match, depth first. Raises Unsupported."""
     stack: list[dict[Any, Any]] = [dict(fixed or {})]
     while stack:

@@ -206,9 +206,12 @@ NAMED_REALS: dict[str, Callable[[], list[Any]]] = {
     "SQRT2": lambda: [z3.Real("SQRT2") > 1, z3.Real("SQRT2") * z3.Real("SQRT2") == 2],
     "PI": lambda: [z3.Real("PI") > 3.14159, z3.Real("PI") < 3.1416],
     "E": lambda: [z3.Real("E") > 2.71828, z3.Real("E") < 2.71829],
-    "SQRT_2_OVER_PI": lambda: [z3.Real("SQRT_2_OVER_PI") > 0, z3.Real("SQRT_2_OVER_PI")
-                               * z3.Real("SQRT_2_OVER_PI") * z3.Real("PI") == 2,
-                               z3.Real("PI") > 3.14159, z3.Real("PI") < 3.1416],
+    "SQRT_2_OVER_PI": lambda: [
+        z3.Real("SQRT_2_OVER_PI") > 0,
+        z3.Real("SQRT_2_OVER_PI") * z3.Real("SQRT_2_OVER_PI") * z3.Real("PI") == 2,
+        z3.Real("PI") > 3.14159,
+        z3.Real("PI") < 3.1416,
+    ],
     "SQRT1_2": lambda: [],
 }
 
@@ -244,12 +247,13 @@ def total(dom: Domain, items: Sequence[Any]) -> Any:
     return acc
 
 
-def reduce_along(x: Tensor, axes: Sequence[int], keepdims: bool,
-                 f: Callable[[list[Any]], Any]) -> Tensor:
+def reduce_along(
+    x: Tensor, axes: Sequence[int], keepdims: bool, f: Callable[[list[Any]], Any]
+) -> Tensor:
     """Reduce ``x`` over ``axes`` with ``f`` applied to the list of reduced elements (C order)."""
     keep = [i for i in range(x.ndim) if i not in axes]
     moved = np.transpose(x, keep + list(axes))
-    outer = moved.shape[:len(keep)]
+    outer = moved.shape[: len(keep)]
     flat = moved.reshape(*outer, -1) if outer else moved.reshape(1, -1)
     out = np.empty(outer, dtype=object)
     for idx in np.ndindex(*outer):
@@ -272,8 +276,9 @@ def matmul(dom: Domain, a: Tensor, b: Tensor) -> Tensor:
     for bi in np.ndindex(*batch):
         for i in range(m):
             for j in range(n):
-                out[(*bi, i, j)] = total(dom, [dom.mul(aa[(*bi, i, t)], bb[(*bi, t, j)])
-                                               for t in range(k)])
+                out[(*bi, i, j)] = total(
+                    dom, [dom.mul(aa[(*bi, i, t)], bb[(*bi, t, j)]) for t in range(k)]
+                )
     if b.ndim == 1:
         out = out[..., 0]
     if a.ndim == 1:
@@ -306,8 +311,10 @@ def gelu(dom: Domain, x: Any, approximate: str = "none") -> Any:
         cube = dom.mul(dom.mul(x, x), x)
         inner = dom.mul(c, dom.add(x, dom.mul(dom.const(0.044715), cube)))
         return dom.mul(dom.mul(half, x), dom.add(one, dom.uf("tanh", inner)))
-    return dom.mul(dom.mul(half, x),
-                   dom.add(one, dom.uf("erf", dom.div(x, dom.named("SQRT2", math.sqrt(2.0))))))
+    return dom.mul(
+        dom.mul(half, x),
+        dom.add(one, dom.uf("erf", dom.div(x, dom.named("SQRT2", math.sqrt(2.0))))),
+    )
 
 
 def activation(dom: Domain, x: Any, act: str) -> Any:
@@ -315,9 +322,13 @@ def activation(dom: Domain, x: Any, act: str) -> Any:
     if act == "none":
         return x
     fns: dict[str, Callable[[Any], Any]] = {
-        "relu": lambda v: _relu(dom, v), "gelu": lambda v: gelu(dom, v),
-        "gelu_tanh": lambda v: gelu(dom, v, "tanh"), "silu": lambda v: _silu(dom, v),
-        "sigmoid": lambda v: _sigmoid(dom, v), "tanh": lambda v: dom.uf("tanh", v)}
+        "relu": lambda v: _relu(dom, v),
+        "gelu": lambda v: gelu(dom, v),
+        "gelu_tanh": lambda v: gelu(dom, v, "tanh"),
+        "silu": lambda v: _silu(dom, v),
+        "sigmoid": lambda v: _sigmoid(dom, v),
+        "tanh": lambda v: dom.uf("tanh", v),
+    }
     if act not in fns:
         raise KeyError(f"activation '{act}' has no value semantics ({ACTIVATIONS})")
     return fns[act](x)
@@ -422,12 +433,16 @@ def _where(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
 
 
 _CMP: dict[str, Callable[[Domain, Any, Any], Any]] = {
-    "less": lambda d, a, b: d.lt(a, b), "less_equal": lambda d, a, b: d.le(a, b),
-    "greater": lambda d, a, b: d.lt(b, a), "greater_equal": lambda d, a, b: d.le(b, a),
-    "equal": lambda d, a, b: d.eq(a, b)}
+    "less": lambda d, a, b: d.lt(a, b),
+    "less_equal": lambda d, a, b: d.le(a, b),
+    "greater": lambda d, a, b: d.lt(b, a),
+    "greater_equal": lambda d, a, b: d.le(b, a),
+    "equal": lambda d, a, b: d.eq(a, b),
+}
 for _n, _f in _CMP.items():
-    SEMANTICS[_n] = OpSemantics((lambda f: lambda dom, ins, at: [
-        ew(lambda a, b: f(dom, a, b), *ins)])(_f))
+    SEMANTICS[_n] = OpSemantics(
+        (lambda f: lambda dom, ins, at: [ew(lambda a, b: f(dom, a, b), *ins)])(_f)
+    )
 SEMANTICS["where"] = OpSemantics(_where)
 SEMANTICS["and"] = OpSemantics(lambda dom, ins, at: [ew(z3.And, *ins)])
 SEMANTICS["or"] = OpSemantics(lambda dom, ins, at: [ew(z3.Or, *ins)])
@@ -499,8 +514,7 @@ def _gemm(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
     if at["alpha"] != 1.0:
         out = ew(lambda v: dom.mul(dom.const(at["alpha"]), v), out)
     if len(ins) > 2 and ins[2] is not None:
-        c = ins[2] if at["beta"] == 1.0 else ew(lambda v: dom.mul(dom.const(at["beta"]), v),
-                                                 ins[2])
+        c = ins[2] if at["beta"] == 1.0 else ew(lambda v: dom.mul(dom.const(at["beta"]), v), ins[2])
         out = ew(dom.add, out, c)
     return [out]
 
@@ -508,15 +522,20 @@ def _gemm(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
 SEMANTICS["gemm"] = OpSemantics(_gemm)
 
 # -- data movement (numpy indexing on the object arrays) -----------------------------------------
-SEMANTICS["transpose"] = OpSemantics(
-    lambda dom, ins, at: [np.transpose(ins[0], at["perm"])])
+SEMANTICS["transpose"] = OpSemantics(lambda dom, ins, at: [np.transpose(ins[0], at["perm"])])
 SEMANTICS["reshape"] = OpSemantics(
-    lambda dom, ins, at: [np.reshape(ins[0], tuple(int(v) for v in at["shape"]))])
+    lambda dom, ins, at: [np.reshape(ins[0], tuple(int(v) for v in at["shape"]))]
+)
 SEMANTICS["expand"] = OpSemantics(
-    lambda dom, ins, at: [np.array(np.broadcast_to(
-        ins[0], np.broadcast_shapes(ins[0].shape, tuple(int(v) for v in at["shape"]))))])
-SEMANTICS["concat"] = OpSemantics(
-    lambda dom, ins, at: [np.concatenate(list(ins), axis=at["axis"])])
+    lambda dom, ins, at: [
+        np.array(
+            np.broadcast_to(
+                ins[0], np.broadcast_shapes(ins[0].shape, tuple(int(v) for v in at["shape"]))
+            )
+        )
+    ]
+)
+SEMANTICS["concat"] = OpSemantics(lambda dom, ins, at: [np.concatenate(list(ins), axis=at["axis"])])
 
 
 def _split(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
@@ -587,8 +606,9 @@ def _fold(f: Callable[[Any, Any], Any], items: list[Any]) -> Any:
     return acc
 
 
-SEMANTICS["softmax"] = OpSemantics(lambda dom, ins, at: [softmax(dom, ins[0], at["axis"])],
-                                   ("exp",))
+SEMANTICS["softmax"] = OpSemantics(
+    lambda dom, ins, at: [softmax(dom, ins[0], at["axis"])], ("exp",)
+)
 
 
 def _attention(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
@@ -651,8 +671,7 @@ def _norm(dom: Domain, ins: list[Any], at: dict[str, Any], kind: str) -> list[Te
     return [out]
 
 
-SEMANTICS["layer_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "layer"),
-                                      ("sqrt",))
+SEMANTICS["layer_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "layer"), ("sqrt",))
 SEMANTICS["rms_norm"] = OpSemantics(lambda dom, ins, at: _norm(dom, ins, at, "rms"), ("sqrt",))
 
 
@@ -661,8 +680,9 @@ def _batch_norm(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]
     reference's order of operations)."""
     x, scale, bias, mean, var = ins
     per_channel = (1, -1) + (1,) * (x.ndim - 2)
-    s, b, m, v = (np.asarray(p, dtype=object).reshape(per_channel)
-                  for p in (scale, bias, mean, var))
+    s, b, m, v = (
+        np.asarray(p, dtype=object).reshape(per_channel) for p in (scale, bias, mean, var)
+    )
     eps = dom.const(at["epsilon"])
     out = ew(lambda a, mu, va: dom.div(dom.sub(a, mu), dom.uf("sqrt", dom.add(va, eps))), x, m, v)
     return [ew(lambda a, g, c: dom.add(dom.mul(a, g), c), out, s, b)]
@@ -685,11 +705,13 @@ def _conv(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:
     m, cg = w.shape[:2]
     ks = w.shape[2:]
     zero = dom.const(0.0)
-    xp = np.empty((n, c, *[x.shape[2 + i] + pads[i] + pads[nsp + i] for i in range(nsp)]),
-                  dtype=object)
+    xp = np.empty(
+        (n, c, *[x.shape[2 + i] + pads[i] + pads[nsp + i] for i in range(nsp)]), dtype=object
+    )
     xp[...] = zero
-    xp[(slice(None), slice(None), *[slice(pads[i], pads[i] + x.shape[2 + i])
-                                    for i in range(nsp)])] = x
+    xp[
+        (slice(None), slice(None), *[slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(nsp)])
+    ] = x
     out_sp = [(xp.shape[2 + i] - dil[i] * (ks[i] - 1) - 1) // strides[i] + 1 for i in range(nsp)]
     out = np.empty((n, m, *out_sp), dtype=object)
     if m % g or c % g:  # the reference cannot split the channels into groups either

@@ -113,8 +113,9 @@ def _text(t: tuple, groups: list[str] | None, counter: list[int]) -> str:
     if kind == "matmul":
         return f"matmul({_text(t[1], groups, counter)}, {_text(t[2], groups, counter)})"
     if kind == "concat":
-        return (f"concat({_text(t[3], groups, counter)}, {_text(t[4], groups, counter)}, "
-                f"axis={t[2]})")
+        return (
+            f"concat({_text(t[3], groups, counter)}, {_text(t[4], groups, counter)}, axis={t[2]})"
+        )
     if kind == "conv":
         x, w = _text(t[1], groups, counter), _text(t[2], groups, counter)
         group_expr = f"({_dim(t[1], 1)}) // ({_dim(t[2], 1)})"
@@ -125,8 +126,10 @@ def _text(t: tuple, groups: list[str] | None, counter: list[int]) -> str:
             g = f"g{counter[0]}"
             groups.append(f"{g} * {_dim(t[2], 1)} == {_dim(t[1], 1)}")
         act = '"relu"' if t[3] == "RELU" else '"none"'
-        return (f"conv({x}, {w}, strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], "
-                f"group={g}, act={act})")
+        return (
+            f"conv({x}, {w}, strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], "
+            f"group={g}, act={act})"
+        )
     raise SaturaError(kind)
 
 

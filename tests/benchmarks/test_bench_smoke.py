@@ -18,8 +18,14 @@ def test_bench_tables_for_a_kernel_and_an_example_model():
     from benchmarks import run as bench
 
     printed: list[str] = []
-    tables = bench.run([1, 2], budget=0.005, quick=True, only={"ew", "mlp_small@1"},
-                       torch_compile=False, print_fn=printed.append)
+    tables = bench.run(
+        [1, 2],
+        budget=0.005,
+        quick=True,
+        only={"ew", "mlp_small@1"},
+        torch_compile=False,
+        print_fn=printed.append,
+    )
     assert sorted(tables) == [1, 2]
     for t, rows in tables.items():
         assert [r.key for r in rows] == ["ew", "mlp_small@1"]
@@ -66,8 +72,15 @@ def test_bench_any_onnx_file(tmp_path):
         bench.file_cases([path], {})
     cases = bench.file_cases([path], {"batch": 3})
     assert [list(a.shape) for a in cases[0].feeds.values()] == [[3, 64]]
-    tables = bench.run([1], budget=0.005, quick=True, only=set(), torch_compile=False,
-                       print_fn=lambda s: None, extra=cases)
+    tables = bench.run(
+        [1],
+        budget=0.005,
+        quick=True,
+        only=set(),
+        torch_compile=False,
+        print_fn=lambda s: None,
+        extra=cases,
+    )
     (row,) = tables[1]
     assert row.name.startswith("mlp_small [3, 64]")
     assert row.max_diff < 1e-5

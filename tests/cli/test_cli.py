@@ -14,8 +14,13 @@ MLP = ROOT / "examples" / "mlp_small.onnx"
 
 
 def satura(*args, cwd=None):
-    p = subprocess.run([sys.executable, "-m", "satura.cli", *map(str, args)], capture_output=True,
-                       text=True, cwd=cwd, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "satura.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -59,8 +64,12 @@ def test_show_writes_svg(tmp_path):
 
 def test_unknown_op(tmp_path):
     node = helper.make_node("FancyOp", ["x"], ["y"], name="my_node")
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     _one_line_error(satura("optimize", path), "FancyOp", "my_node", "17")
@@ -72,23 +81,29 @@ def test_malformed_onnx(tmp_path):
     _one_line_error(satura("optimize", path), "bad.onnx")
 
 
-@pytest.mark.parametrize(("text", "what"), [
-    ("rule x [exact]:\n    add(a, b) => (a\n", "syntax error"),
-    ("rule x [exact]:\n    adde(a, b) => a\n", "unknown op"),
-    ("rule x [exact]:\n    add(a, b) => mul(a, c)\n", "not bound"),
-    ("rule x [exact]:\n    add(a, b, c) => a\n", "takes 2 inputs"),
-])
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("rule x [exact]:\n    add(a, b) => (a\n", "syntax error"),
+        ("rule x [exact]:\n    adde(a, b) => a\n", "unknown op"),
+        ("rule x [exact]:\n    add(a, b) => mul(a, c)\n", "not bound"),
+        ("rule x [exact]:\n    add(a, b, c) => a\n", "takes 2 inputs"),
+    ],
+)
 def test_bad_rule_file(tmp_path, text, what):
     path = tmp_path / "bad.rules"
     path.write_text(text)
     _one_line_error(satura("optimize", MLP, "--rules", path), "bad.rules:2:", what)
 
 
-@pytest.mark.parametrize(("shape", "dtype", "what"), [
-    ((3, 65), np.float32, "expects"),
-    ((3, 64), np.float64, "dtype"),
-    ((64,), np.float32, "rank"),
-])
+@pytest.mark.parametrize(
+    ("shape", "dtype", "what"),
+    [
+        ((3, 65), np.float32, "expects"),
+        ((3, 64), np.float64, "dtype"),
+        ((64,), np.float32, "rank"),
+    ],
+)
 def test_wrong_input_to_run(tmp_path, shape, dtype, what):
     np.savez(tmp_path / "in.npz", x=np.zeros(shape, dtype))
     _one_line_error(satura("run", MLP, "--inputs", tmp_path / "in.npz"), "'x'", what)
@@ -102,8 +117,13 @@ def test_external_data_outside_model_folder(tmp_path):
         e = t.external_data.add()
         e.key, e.value = k, v
     node = helper.make_node("Add", ["x", "w"], ["y"])
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [t])
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [t],
+    )
     d = tmp_path / "model"
     d.mkdir()
     (tmp_path / "outside.bin").write_bytes(b"\0" * 8)

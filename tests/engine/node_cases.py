@@ -26,30 +26,150 @@ ALLOWLIST = Path(__file__).with_name("node_allowlist.txt")
 
 # The op families satura claims: the acceptance list of the project brief, then the rest of what
 # the importer converts (a test there checks each converter against ONNX's own expected outputs).
-FAMILY_OPS = frozenset((
-    "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log",
-    "Tanh", "Erf", "Relu", "Sigmoid", "Gelu", "Softmax", "LayerNormalization", "ReduceMean",
-    "ReduceSum", "ReduceMax", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat",
-    "Split", "Slice", "Gather", "Where", "Cast", "Expand", "Identity", "Constant",
-    "ConstantOfShape", "Shape", "Equal", "Less", "LessOrEqual", "And", "Not", "IsNaN", "Neg",
-    "Clip", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
-)) | frozenset((
-    # and the ONNX ops satura imports beyond the brief's list
-    "Abs", "ArgMax", "ArgMin", "CastLike", "Ceil", "Celu", "Cos", "Dropout", "Elu", "Floor",
-    "GatherElements", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GroupNormalization",
-    "HardSigmoid", "HardSwish", "InstanceNormalization", "LeakyRelu", "LogSoftmax", "Max", "Mean",
-    "Min", "Mish", "Mod", "Or", "PRelu", "Pad", "Range", "ReduceL1", "ReduceL2", "ReduceLogSum",
-    "ReduceLogSumExp", "ReduceMin", "ReduceProd", "ReduceSumSquare", "Round", "Selu", "Sign", "Sin",
-    "Size", "Softplus", "Softsign", "Sum", "ThresholdedRelu", "Tile", "Einsum", "DepthToSpace",
-    "SpaceToDepth", "CumSum", "Trilu", "Resize", "Upsample",
-    "ConvTranspose", "GatherND", "ScatterND", "ScatterElements", "TopK", "OneHot", "RNN", "GRU",
-    "LSTM", "IsInf", "Xor", "Tan", "Sinh", "Cosh", "Shrink", "Hardmax", "LpNormalization",
-    "MeanVarianceNormalization",
-))
+FAMILY_OPS = frozenset(
+    (
+        "MatMul",
+        "Gemm",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Sqrt",
+        "Reciprocal",
+        "Exp",
+        "Log",
+        "Tanh",
+        "Erf",
+        "Relu",
+        "Sigmoid",
+        "Gelu",
+        "Softmax",
+        "LayerNormalization",
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceMax",
+        "Transpose",
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Concat",
+        "Split",
+        "Slice",
+        "Gather",
+        "Where",
+        "Cast",
+        "Expand",
+        "Identity",
+        "Constant",
+        "ConstantOfShape",
+        "Shape",
+        "Equal",
+        "Less",
+        "LessOrEqual",
+        "And",
+        "Not",
+        "IsNaN",
+        "Neg",
+        "Clip",
+        "Conv",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "BatchNormalization",
+    )
+) | frozenset(
+    (
+        # and the ONNX ops satura imports beyond the brief's list
+        "Abs",
+        "ArgMax",
+        "ArgMin",
+        "CastLike",
+        "Ceil",
+        "Celu",
+        "Cos",
+        "Dropout",
+        "Elu",
+        "Floor",
+        "GatherElements",
+        "GlobalMaxPool",
+        "Greater",
+        "GreaterOrEqual",
+        "GroupNormalization",
+        "HardSigmoid",
+        "HardSwish",
+        "InstanceNormalization",
+        "LeakyRelu",
+        "LogSoftmax",
+        "Max",
+        "Mean",
+        "Min",
+        "Mish",
+        "Mod",
+        "Or",
+        "PRelu",
+        "Pad",
+        "Range",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSumSquare",
+        "Round",
+        "Selu",
+        "Sign",
+        "Sin",
+        "Size",
+        "Softplus",
+        "Softsign",
+        "Sum",
+        "ThresholdedRelu",
+        "Tile",
+        "Einsum",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "CumSum",
+        "Trilu",
+        "Resize",
+        "Upsample",
+        "ConvTranspose",
+        "GatherND",
+        "ScatterND",
+        "ScatterElements",
+        "TopK",
+        "OneHot",
+        "RNN",
+        "GRU",
+        "LSTM",
+        "IsInf",
+        "Xor",
+        "Tan",
+        "Sinh",
+        "Cosh",
+        "Shrink",
+        "Hardmax",
+        "LpNormalization",
+        "MeanVarianceNormalization",
+    )
+)
 
 # Element types satura does not model (the brief excludes them from the count).
-EXCLUDED = ("bfloat16", "float8", "e4m3", "e5m2", "float4", "e2m1", "int4", "uint4", "int2",
-            "uint2", "e8m0")
+EXCLUDED = (
+    "bfloat16",
+    "float8",
+    "e4m3",
+    "e5m2",
+    "float4",
+    "e2m1",
+    "int4",
+    "uint4",
+    "int2",
+    "uint2",
+    "e8m0",
+)
 
 
 @dataclass
@@ -82,8 +202,9 @@ def family_cases() -> dict[str, Any]:
     return out
 
 
-def _freeze_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                   names: set[str]) -> onnx.ModelProto:
+def _freeze_inputs(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: set[str]
+) -> onnx.ModelProto:
     """Turn the graph inputs ``names`` (axes, shapes, scales...) into initializers.
 
     satura needs static parameters at import; the node tests pass them as run-time inputs.
@@ -129,7 +250,8 @@ def load_case(case: Any, feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, n
         except ModelError as e:
             named = re.search(r"\('([^']+)'\) must be known at import", str(e))
             if "must be known at import" not in str(e) or (
-                    frozen and (named is None or named[1] in frozen)):
+                frozen and (named is None or named[1] in frozen)
+            ):
                 raise
             frozen |= {k for k, v in feeds.items() if v.dtype.kind in "iu"}
             if named is not None and named[1] in feeds:
@@ -145,8 +267,11 @@ def run_case(case: Any, target: str = "reference") -> Outcome:
         for ins, outs in case.data_sets:
             feeds = _feeds(case, ins)
             graph, feeds = load_case(case, feeds)
-            got = (run_graph(graph, feeds) if target == "reference"
-                   else satura.compile(graph, target=target)(**feeds))
+            got = (
+                run_graph(graph, feeds)
+                if target == "reference"
+                else satura.compile(graph, target=target)(**feeds)
+            )
             for vo, want in zip(case.model.graph.output, outs, strict=True):
                 want = _array(want)
                 have = got[vo.name]

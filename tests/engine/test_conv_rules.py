@@ -19,9 +19,15 @@ def _conv_bn_relu(bias: bool, group: int, strides: tuple[int, int]) -> Graph:
     w = g.add_const(rng.standard_normal((m, c // group, 3, 3)).astype(np.float32), "w")
     ins = [x, w] + ([g.add_const(rng.standard_normal(m).astype(np.float32), "b")] if bias else [])
     y = g.apply("conv", *ins, strides=strides, pads=(1, 0, 1, 1), group=group)
-    params = [g.add_const(a.astype(np.float32), n) for a, n in (
-        (rng.standard_normal(m), "scale"), (rng.standard_normal(m), "shift"),
-        (rng.standard_normal(m), "mean"), (rng.random(m) + 0.5, "var"))]
+    params = [
+        g.add_const(a.astype(np.float32), n)
+        for a, n in (
+            (rng.standard_normal(m), "scale"),
+            (rng.standard_normal(m), "shift"),
+            (rng.standard_normal(m), "mean"),
+            (rng.random(m) + 0.5, "var"),
+        )
+    ]
     y = g.apply("batch_norm", y, *params, epsilon=1e-3)
     g.set_outputs(g.apply("relu", y))
     return g
@@ -29,8 +35,9 @@ def _conv_bn_relu(bias: bool, group: int, strides: tuple[int, int]) -> Graph:
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize(("group", "strides"), [(1, (1, 1)), (2, (2, 1))])
-def test_batch_norm_and_relu_fold_into_the_conv(bias: bool, group: int,
-                                                strides: tuple[int, int]) -> None:
+def test_batch_norm_and_relu_fold_into_the_conv(
+    bias: bool, group: int, strides: tuple[int, int]
+) -> None:
     g = _conv_bn_relu(bias, group, strides)
     res = satura.optimize(g)
     ops = [n.op for n in res.graph.nodes]

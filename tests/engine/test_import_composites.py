@@ -14,15 +14,21 @@ import satura
 pytestmark = pytest.mark.onnx
 
 
-def _model(op: str, shapes: list[tuple[int, ...]], out_rank: int,
-           **attrs: object) -> onnx.ModelProto:
+def _model(
+    op: str, shapes: list[tuple[int, ...]], out_rank: int, **attrs: object
+) -> onnx.ModelProto:
     names = [f"x{i}" for i in range(len(shapes))]
-    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
-           for n, s in zip(names, shapes, strict=True)]
+    ins = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+        for n, s in zip(names, shapes, strict=True)
+    ]
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * out_rank)
     node = helper.make_node(op, names, ["y"], **attrs)
-    return helper.make_model(helper.make_graph([node], "g", ins, [out]),
-                             opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    return helper.make_model(
+        helper.make_graph([node], "g", ins, [out]),
+        opset_imports=[helper.make_opsetid("", 18)],
+        ir_version=9,
+    )
 
 
 EINSUMS = [
@@ -51,18 +57,22 @@ def test_einsum_matches_numpy(eq, shapes, target):
     want = np.einsum(eq, *xs)
     model = _model("Einsum", shapes, want.ndim, equation=eq)
     got = satura.compile(satura.load(model), target=target)(
-        **{f"x{i}": x for i, x in enumerate(xs)})["y"]
+        **{f"x{i}": x for i, x in enumerate(xs)}
+    )["y"]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("eq", "shapes", "msg"), [
-    ("ii->i", [(3, 3)], "diagonal"),
-    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)], "only one or two"),
-    ("ij,jk->ik", [(2, 3), (4, 5)], "index 'j' has sizes 3 and 4"),
-    ("ij->ijk", [(2, 3)], "output index 'k' is in no operand"),
-    ("ij,jk->ii", [(2, 3), (3, 2)], "an index repeated in the output"),
-])
+@pytest.mark.parametrize(
+    ("eq", "shapes", "msg"),
+    [
+        ("ii->i", [(3, 3)], "diagonal"),
+        ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)], "only one or two"),
+        ("ij,jk->ik", [(2, 3), (4, 5)], "index 'j' has sizes 3 and 4"),
+        ("ij->ijk", [(2, 3)], "output index 'k' is in no operand"),
+        ("ij,jk->ii", [(2, 3), (3, 2)], "an index repeated in the output"),
+    ],
+)
 def test_einsum_unsupported_is_a_clear_error(eq, shapes, msg):
     with pytest.raises(ModelError, match=msg):
         satura.load(_model("Einsum", shapes, 2, equation=eq))
@@ -74,17 +84,29 @@ def test_depth_to_space_round_trip(mode):
     d2s = satura.compile(satura.load(_model("DepthToSpace", [x.shape], 4, blocksize=2, mode=mode)))
     y = d2s(x0=x)["y"]
     assert y.shape == (2, 3, 6, 10)
-    s2d = satura.compile(satura.load(_model("SpaceToDepth", [y.shape], 4, blocksize=2,
-                                            **({"mode": mode} if mode == "CRD" else {}))))
+    s2d = satura.compile(
+        satura.load(
+            _model(
+                "SpaceToDepth",
+                [y.shape],
+                4,
+                blocksize=2,
+                **({"mode": mode} if mode == "CRD" else {}),
+            )
+        )
+    )
     np.testing.assert_array_equal(s2d(x0=y)["y"], x)
 
 
-@pytest.mark.parametrize(("op", "attrs", "extra"), [
-    ("CumSum", {}, np.int64(1)),
-    ("CumSum", {"exclusive": 1, "reverse": 1}, np.int64(-1)),
-    ("Trilu", {"upper": 0}, np.int64(1)),
-    ("Trilu", {}, np.int64(-1)),
-])
+@pytest.mark.parametrize(
+    ("op", "attrs", "extra"),
+    [
+        ("CumSum", {}, np.int64(1)),
+        ("CumSum", {"exclusive": 1, "reverse": 1}, np.int64(-1)),
+        ("Trilu", {"upper": 0}, np.int64(1)),
+        ("Trilu", {}, np.int64(-1)),
+    ],
+)
 def test_new_ops_round_trip_through_onnxruntime(op, attrs, extra, tmp_path):
     """CumSum and Trilu: satura's reference equals onnxruntime on the original model and on the
     model satura writes back."""
@@ -107,10 +129,20 @@ def test_new_ops_round_trip_through_onnxruntime(op, attrs, extra, tmp_path):
 
 
 RESIZES = [  # what torch.nn.functional.interpolate exports, and sizes / downsampling
-    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
-     [1, 1, 2, 2], None),
-    ({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"},
-     [1, 1, 2, 3], None),
+    (
+        {
+            "mode": "nearest",
+            "coordinate_transformation_mode": "asymmetric",
+            "nearest_mode": "floor",
+        },
+        [1, 1, 2, 2],
+        None,
+    ),
+    (
+        {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"},
+        [1, 1, 2, 3],
+        None,
+    ),
     ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, [1, 1, 1.5, 2], None),
     ({"mode": "linear"}, None, [2, 3, 3, 7]),
     ({"mode": "nearest"}, [1, 1, 0.5, 0.75], None),
@@ -141,8 +173,11 @@ def test_resize_matches_onnxruntime(attrs, scales, sizes, tmp_path):
 
 
 CONV_T = [  # (input shape, weight shape, attrs)
-    ((2, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1],
-                                  "output_padding": [1, 1]}),
+    (
+        (2, 4, 5, 6),
+        (4, 3, 3, 3),
+        {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
+    ),
     ((1, 4, 5, 5), (4, 2, 4, 4), {"strides": [2, 2], "pads": [1, 1, 1, 1], "group": 2}),
     ((1, 3, 4, 7), (3, 5, 3, 2), {"strides": [3, 1], "dilations": [2, 1], "pads": [0, 1, 2, 0]}),
     ((2, 3, 9), (3, 2, 5), {"strides": [4], "pads": [3, 4]}),  # pads past the kernel: crops
@@ -161,8 +196,9 @@ def test_conv_transpose_matches_onnxruntime(xs, ws, attrs):
     b = rng.standard_normal(ws[1] * attrs.get("group", 1)).astype(np.float32)
     model = _model("ConvTranspose", [xs], len(xs), **attrs)
     model.graph.node[0].input.extend(["w", "b"])
-    model.graph.initializer.extend([numpy_helper.from_array(w, "w"),
-                                    numpy_helper.from_array(b, "b")])
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    )
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
     g = satura.load(model)
     for target in ("reference", "cpu"):
@@ -185,8 +221,12 @@ def _typed_model(op: str, x: np.ndarray, opset: int = 18, **attrs: object) -> on
     """One ``op`` node over an input ``x0`` of x's dtype and static shape."""
     t = helper.np_dtype_to_tensor_dtype(x.dtype)
     node = helper.make_node(op, ["x0"], ["y"], **attrs)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x0", t, x.shape)],
-                              [helper.make_tensor_value_info("y", t, None)])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x0", t, x.shape)],
+        [helper.make_tensor_value_info("y", t, None)],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
 
 
@@ -198,9 +238,14 @@ def test_sinh_keeps_its_precision_near_zero(target):
     np.testing.assert_allclose(got, np.sinh(x), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize(("dtype", "attrs"), [
-    ("uint8", {"lambd": 1.5, "bias": 1.0}), ("int8", {"lambd": 1.5, "bias": 0.5}),
-    ("int32", {"lambd": 2.0, "bias": -3.0})])
+@pytest.mark.parametrize(
+    ("dtype", "attrs"),
+    [
+        ("uint8", {"lambd": 1.5, "bias": 1.0}),
+        ("int8", {"lambd": 1.5, "bias": 0.5}),
+        ("int32", {"lambd": 2.0, "bias": -3.0}),
+    ],
+)
 def test_shrink_of_integers_matches_onnxruntime(dtype, attrs):
     """Integer Shrink computes in float64 as ONNX's reference does: the bounds were cast to the
     integer type (uint8: -1.5 did not import) and a fractional bias truncated away."""
@@ -215,8 +260,10 @@ def test_shrink_of_integers_matches_onnxruntime(dtype, attrs):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize(("opset", "attrs"), [(11, {}), (11, {"axis": 0}), (11, {"axis": -1}),
-                                              (13, {}), (13, {"axis": 1})])
+@pytest.mark.parametrize(
+    ("opset", "attrs"),
+    [(11, {}), (11, {"axis": 0}), (11, {"axis": -1}), (13, {}), (13, {"axis": 1})],
+)
 def test_hardmax_before_opset_13_coerces_to_two_dims(opset, attrs):
     """Hardmax-1/11 takes the max over the input flattened from axis (default 1) to the end;
     it was taken along that one axis (default -1)."""
@@ -229,29 +276,64 @@ def test_hardmax_before_opset_13_coerces_to_two_dims(opset, attrs):
 
 def _rnn_model(direction: str, w_dirs: int) -> onnx.ModelProto:
     m = _model("GRU", [(5, 2, 3)], 4, hidden_size=4, direction=direction)
-    return _with_inits(m, W=np.ones((w_dirs, 12, 3), np.float32),
-                       R=np.ones((w_dirs, 12, 4), np.float32))
+    return _with_inits(
+        m, W=np.ones((w_dirs, 12, 3), np.float32), R=np.ones((w_dirs, 12, 4), np.float32)
+    )
 
 
-@pytest.mark.parametrize(("build", "msg"), [
-    (lambda: _with_inits(_model("ConvTranspose", [(1, 3, 4, 4)], 4, group=2),
-                         w=np.ones((3, 2, 3, 3), np.float32)),
-     r"\(ConvTranspose\): group 2 does not divide the weights' 3 input channels"),
-    (lambda: _with_inits(_model("ConvTranspose", [(1, 3, 4, 4)], 4, kernel_shape=[2, 2]),
-                         w=np.ones((3, 2, 3, 3), np.float32)),
-     r"kernel_shape \(2, 2\) differs from the weights' spatial shape \(3, 3\)"),
-    (lambda: _with_inits(_model("GroupNormalization", [(1, 4, 5)], 3, num_groups=0),
-                         s=np.ones(4, np.float32), b=np.ones(4, np.float32)),
-     r"num_groups 0 must be at least 1"),
-    (lambda: _with_inits(_model("OneHot", [(3,)], 2), d=np.array(4), v=np.ones(1, np.float32)),
-     r"values must be the two values \[off, on\], got shape \(1,\)"),
-    (lambda: _rnn_model("bidirectional", 1),
-     r"\(GRU\).*W has shape \(1, 12, 3\), expected \(2, 12, 3\)"),
-    (lambda: _with_inits(_model("Resize", [(1, 1, 2, 2)], 4), roi=np.zeros(0, np.float32),
-                         scales=np.array([1, 1, -2, 2], np.float32)),
-     r"scale -2.0 of axis 2 is not a positive number"),
-], ids=["convtranspose-group", "convtranspose-kernel", "groupnorm-groups", "onehot-values",
-        "gru-directions", "resize-scale"])
+@pytest.mark.parametrize(
+    ("build", "msg"),
+    [
+        (
+            lambda: _with_inits(
+                _model("ConvTranspose", [(1, 3, 4, 4)], 4, group=2),
+                w=np.ones((3, 2, 3, 3), np.float32),
+            ),
+            r"\(ConvTranspose\): group 2 does not divide the weights' 3 input channels",
+        ),
+        (
+            lambda: _with_inits(
+                _model("ConvTranspose", [(1, 3, 4, 4)], 4, kernel_shape=[2, 2]),
+                w=np.ones((3, 2, 3, 3), np.float32),
+            ),
+            r"kernel_shape \(2, 2\) differs from the weights' spatial shape \(3, 3\)",
+        ),
+        (
+            lambda: _with_inits(
+                _model("GroupNormalization", [(1, 4, 5)], 3, num_groups=0),
+                s=np.ones(4, np.float32),
+                b=np.ones(4, np.float32),
+            ),
+            r"num_groups 0 must be at least 1",
+        ),
+        (
+            lambda: _with_inits(
+                _model("OneHot", [(3,)], 2), d=np.array(4), v=np.ones(1, np.float32)
+            ),
+            r"values must be the two values \[off, on\], got shape \(1,\)",
+        ),
+        (
+            lambda: _rnn_model("bidirectional", 1),
+            r"\(GRU\).*W has shape \(1, 12, 3\), expected \(2, 12, 3\)",
+        ),
+        (
+            lambda: _with_inits(
+                _model("Resize", [(1, 1, 2, 2)], 4),
+                roi=np.zeros(0, np.float32),
+                scales=np.array([1, 1, -2, 2], np.float32),
+            ),
+            r"scale -2.0 of axis 2 is not a positive number",
+        ),
+    ],
+    ids=[
+        "convtranspose-group",
+        "convtranspose-kernel",
+        "groupnorm-groups",
+        "onehot-values",
+        "gru-directions",
+        "resize-scale",
+    ],
+)
 def test_bad_models_are_a_model_error_naming_the_node(build, msg):
     """Each used to import silently (and fail or compute wrong later) or raise a bare
     exception."""
@@ -263,13 +345,19 @@ def test_resize_to_sizes_known_only_at_run_time_is_a_clear_error():
     """sizes from another input's Shape: float(H) raised 'Cannot convert expression to float'."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 3, 4, 4))
     r = helper.make_tensor_value_info("r", TensorProto.FLOAT, (1, 3, "H", "W"))
-    nodes = [helper.make_node("Shape", ["r"], ["s"]),
-             helper.make_node("Resize", ["x", "", "", "s"], ["y"], mode="nearest")]
-    graph = helper.make_graph(nodes, "g", [x, r], [helper.make_tensor_value_info(
-        "y", TensorProto.FLOAT, None)])
+    nodes = [
+        helper.make_node("Shape", ["r"], ["s"]),
+        helper.make_node("Resize", ["x", "", "", "s"], ["y"], mode="nearest"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [x, r], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    with pytest.raises(ModelError, match=r"\(Resize\): axis 2: resizing 4 to H needs both sizes "
-                                         r"known at import"):
+    with pytest.raises(
+        ModelError,
+        match=r"\(Resize\): axis 2: resizing 4 to H needs both sizes "
+        r"known at import",
+    ):
         satura.load(model)
 
 
@@ -277,10 +365,10 @@ def test_resize_to_sizes_known_only_at_run_time_is_a_clear_error():
 def test_reduce_log_sum_exp_of_infinite_slices_matches_onnxruntime(keepdims):
     """log(sum(exp(x - max))) + max was NaN for a slice of -inf (max -inf) or holding +inf."""
     ort = pytest.importorskip("onnxruntime")
-    x = np.array([[-np.inf, -np.inf, -np.inf], [1, 2, 3], [np.inf, 0, 1], [-np.inf, 0, 1]],
-                 np.float32)
-    model = _with_inits(_typed_model("ReduceLogSumExp", x, keepdims=keepdims),
-                        axes=np.array([1]))
+    x = np.array(
+        [[-np.inf, -np.inf, -np.inf], [1, 2, 3], [np.inf, 0, 1], [-np.inf, 0, 1]], np.float32
+    )
+    model = _with_inits(_typed_model("ReduceLogSumExp", x, keepdims=keepdims), axes=np.array([1]))
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
     for target in ("reference", "cpu"):
         got = satura.compile(satura.load(model), target=target)(x0=x)["y"]

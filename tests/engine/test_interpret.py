@@ -42,14 +42,17 @@ def _bad(**over: np.ndarray) -> dict[str, np.ndarray]:
     return feeds
 
 
-@pytest.mark.parametrize(("feeds", "pattern"), [
-    ({"x": np.zeros((2, 12), np.float32)}, "missing input 'm'"),
-    (_bad(z=np.zeros(1, np.float32)), "unknown input 'z'"),
-    (_bad(x=np.zeros((2, 12), np.float64)), "input 'x': dtype float64.*float32"),
-    (_bad(x=np.zeros((2, 3, 4), np.float32)), r"input 'x': shape \[2, 3, 4\] has rank 3"),
-    (_bad(x=np.zeros((2, 11), np.float32)), r"input 'x': shape \[2, 11\].*\[batch, 12\]"),
-    (_bad(m=np.zeros((3, 3, 4), np.float32)), r"input 'm'.*\[3, 3, 4\].*batch = 2"),
-])
+@pytest.mark.parametrize(
+    ("feeds", "pattern"),
+    [
+        ({"x": np.zeros((2, 12), np.float32)}, "missing input 'm'"),
+        (_bad(z=np.zeros(1, np.float32)), "unknown input 'z'"),
+        (_bad(x=np.zeros((2, 12), np.float64)), "input 'x': dtype float64.*float32"),
+        (_bad(x=np.zeros((2, 3, 4), np.float32)), r"input 'x': shape \[2, 3, 4\] has rank 3"),
+        (_bad(x=np.zeros((2, 11), np.float32)), r"input 'x': shape \[2, 11\].*\[batch, 12\]"),
+        (_bad(m=np.zeros((3, 3, 4), np.float32)), r"input 'm'.*\[3, 3, 4\].*batch = 2"),
+    ],
+)
 def test_bad_inputs_raise_one_line_input_errors(feeds: dict, pattern: str) -> None:
     g, _ = _graph()
     with pytest.raises(InputError, match=pattern) as e:

@@ -31,8 +31,10 @@ def test_node_case_counts() -> None:
     single = [n for n, c in cases.items() if len(c.model.graph.node) == 1]
     passed = sum(r.ok for r in results.values())
     passed_single = sum(results[n].ok for n in single)
-    print(f"\nONNX node tests (satura's op families): {passed} / {len(results)} pass; "
-          f"single-op cases: {passed_single} / {len(single)}")
+    print(
+        f"\nONNX node tests (satura's op families): {passed} / {len(results)} pass; "
+        f"single-op cases: {passed_single} / {len(single)}"
+    )
     not_listed = sorted(n for n, r in results.items() if r.ok and n not in set(ALLOWED))
     if not_listed:
         print(f"{len(not_listed)} passing cases are not allow-listed yet: {not_listed[:10]}")
@@ -50,25 +52,42 @@ def test_allowlisted_node_case_passes_compiled(name: str) -> None:
 
 # Cases whose graph satura writes correctly but onnxruntime cannot run.
 ORT_CANNOT = {
-    **dict.fromkeys([
-        "test_attention_3d_causal_bf16_expanded",
-        "test_attention_4d_attn_mask_causal_bf16_expanded",
-        "test_attention_4d_causal_bf16_expanded",
-        "test_attention_4d_causal_padded_kv_bf16_expanded",
-        "test_attention_4d_padded_kv_bf16_expanded", "test_pow_types_float32_uint32",
-        "test_pow_types_float32_uint64", "test_max_int16", "test_max_uint16", "test_min_int16",
-        "test_min_uint16"], "onnxruntime has no CPU kernel for this element type"),
-    **dict.fromkeys([
-        "test_mod_float16_mixed_sign_fmod_0", "test_mod_float32_mixed_sign_fmod_0",
-        "test_mod_float64_mixed_sign_fmod_0", "test_mod_float_edge_cases_fmod_0_float16",
-        "test_mod_float_edge_cases_fmod_0_float32", "test_mod_float_edge_cases_fmod_0_float64"],
-        "onnxruntime requires fmod=1 for floats"),
+    **dict.fromkeys(
+        [
+            "test_attention_3d_causal_bf16_expanded",
+            "test_attention_4d_attn_mask_causal_bf16_expanded",
+            "test_attention_4d_causal_bf16_expanded",
+            "test_attention_4d_causal_padded_kv_bf16_expanded",
+            "test_attention_4d_padded_kv_bf16_expanded",
+            "test_pow_types_float32_uint32",
+            "test_pow_types_float32_uint64",
+            "test_max_int16",
+            "test_max_uint16",
+            "test_min_int16",
+            "test_min_uint16",
+        ],
+        "onnxruntime has no CPU kernel for this element type",
+    ),
+    **dict.fromkeys(
+        [
+            "test_mod_float16_mixed_sign_fmod_0",
+            "test_mod_float32_mixed_sign_fmod_0",
+            "test_mod_float64_mixed_sign_fmod_0",
+            "test_mod_float_edge_cases_fmod_0_float16",
+            "test_mod_float_edge_cases_fmod_0_float32",
+            "test_mod_float_edge_cases_fmod_0_float64",
+        ],
+        "onnxruntime requires fmod=1 for floats",
+    ),
     "test_reduce_max_empty_set_bool": "onnxruntime rejects ReduceMax of an empty bool tensor",
-    **dict.fromkeys(["test_gru_batchwise", "test_lstm_batchwise", "test_simple_rnn_batchwise"],
-                    "onnxruntime's recurrent kernels take layout 0 only"),
-    "test_resize_downsample_scales_linear_align_corners":
-        "onnxruntime's align_corners divides by the rounded output length (the case's own model "
-        "gives 4.0, not 3.142857, there)",
+    **dict.fromkeys(
+        ["test_gru_batchwise", "test_lstm_batchwise", "test_simple_rnn_batchwise"],
+        "onnxruntime's recurrent kernels take layout 0 only",
+    ),
+    "test_resize_downsample_scales_linear_align_corners": (
+        "onnxruntime's align_corners divides by the rounded output length (the case's own "
+        "model gives 4.0, not 3.142857, there)"
+    ),
 }
 
 

@@ -43,14 +43,17 @@ def _fused_graph(attention: bool = True) -> Graph:
     bias = g.add_const(rng.standard_normal(16).astype(np.float32), "bias")
     h = g.apply("linear", x, w, bias, x, act="gelu_tanh")
     h = g.apply("rms_norm", h, g.add_const(np.ones(16, np.float32), "s"), epsilon=1e-6)
-    h = g.apply("ew", h, bias, expr=("silu", ("sub", ("in", 0), ("mul", ("in", 1),
-                                                                  ("const", 0.5)))))
+    h = g.apply(
+        "ew", h, bias, expr=("silu", ("sub", ("in", 0), ("mul", ("in", 1), ("const", 0.5))))
+    )
     q = g.apply("reshape", h, shape=(b, 4, 2, 8))
     q = g.apply("transpose", q, perm=(0, 2, 1, 3))
-    a = g.apply("attention", q, q, q, scale=0.35, causal=1) if attention else g.apply(
-        "softmax", q, axis=-1)
-    g.set_outputs(g.apply("reshape", g.apply("transpose", a, perm=(0, 2, 1, 3)),
-                          shape=(b, 64)))
+    a = (
+        g.apply("attention", q, q, q, scale=0.35, causal=1)
+        if attention
+        else g.apply("softmax", q, axis=-1)
+    )
+    g.set_outputs(g.apply("reshape", g.apply("transpose", a, perm=(0, 2, 1, 3)), shape=(b, 64)))
     return g
 
 

@@ -16,9 +16,13 @@ pytestmark = pytest.mark.onnx
 EXAMPLE_NAMES = ["mlp_small", "gpt2_block", "bert_block", "llama_block", "resnet_small"]
 
 
-def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
-           outputs: list[onnx.ValueInfoProto], inits: list[onnx.TensorProto] | None = None,
-           opset: int = 18) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    inits: list[onnx.TensorProto] | None = None,
+    opset: int = 18,
+) -> onnx.ModelProto:
     g = helper.make_graph(nodes, "t", inputs, outputs, initializer=inits or [])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
@@ -59,9 +63,12 @@ def test_symbolic_dims_and_torch_shape_chain_fold_to_reshape() -> None:
         helper.make_node("Concat", ["bu", "tu", "rest"], ["shape"], axis=0),
         helper.make_node("Reshape", ["x", "shape"], ["y"]),
     ]
-    inits = [numpy_helper.from_array(np.asarray(0, np.int64), "i0"),
-             numpy_helper.from_array(np.asarray(1, np.int64), "i1"),
-             _i64("ax", [0]), _i64("rest", [4, -1])]
+    inits = [
+        numpy_helper.from_array(np.asarray(0, np.int64), "i0"),
+        numpy_helper.from_array(np.asarray(1, np.int64), "i1"),
+        _i64("ax", [0]),
+        _i64("rest", [4, -1]),
+    ]
     m = _model(nodes, [_f32("x", ["batch", "seq", 64])], [_f32("y", None)], inits)
     g = load_onnx(m)
     b, s = sympy.symbols("batch seq", positive=True, integer=True)
@@ -73,26 +80,33 @@ def test_symbolic_dims_and_torch_shape_chain_fold_to_reshape() -> None:
 
 
 def test_unnamed_dynamic_dims_get_fresh_symbols() -> None:
-    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_f32("x", [None, 4])],
-               [_f32("y", None)])
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [_f32("x", [None, 4])], [_f32("y", None)])
     (d0, d1) = load_onnx(m).inputs[0].type.shape
     assert isinstance(d0, sympy.Symbol)
     assert d1 == 4
 
 
 def test_reshape_zero_and_minus_one_resolved() -> None:
-    m = _model([helper.make_node("Reshape", ["x", "s"], ["y"])], [_f32("x", ["n", 6, 4])],
-               [_f32("y", None)], [_i64("s", [0, -1, 2])])
+    m = _model(
+        [helper.make_node("Reshape", ["x", "s"], ["y"])],
+        [_f32("x", ["n", 6, 4])],
+        [_f32("y", None)],
+        [_i64("s", [0, -1, 2])],
+    )
     g = load_onnx(m)
     n = sympy.Symbol("n", positive=True, integer=True)
     assert g.nodes[0].attrs["shape"] == (n, 12, 2)
 
 
 def test_constant_subgraph_is_folded_and_sum_becomes_adds() -> None:
-    nodes = [helper.make_node("Add", ["c1", "c2"], ["c3"]),
-             helper.make_node("Sum", ["x", "c3", "x"], ["y"])]
-    inits = [numpy_helper.from_array(np.ones(4, np.float32), "c1"),
-             numpy_helper.from_array(np.full(4, 2.0, np.float32), "c2")]
+    nodes = [
+        helper.make_node("Add", ["c1", "c2"], ["c3"]),
+        helper.make_node("Sum", ["x", "c3", "x"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.ones(4, np.float32), "c1"),
+        numpy_helper.from_array(np.full(4, 2.0, np.float32), "c2"),
+    ]
     g = load_onnx(_model(nodes, [_f32("x", [4])], [_f32("y", None)], inits))
     assert g.op_counts() == {"add": 2}
     x = np.arange(4, dtype=np.float32)
@@ -100,15 +114,21 @@ def test_constant_subgraph_is_folded_and_sum_becomes_adds() -> None:
 
 
 def test_large_constant_is_not_folded() -> None:
-    nodes = [helper.make_node("ConstantOfShape", ["s"], ["z"]),
-             helper.make_node("Add", ["x", "z"], ["y"])]
+    nodes = [
+        helper.make_node("ConstantOfShape", ["s"], ["z"]),
+        helper.make_node("Add", ["x", "z"], ["y"]),
+    ]
     g = load_onnx(_model(nodes, [_f32("x", [1])], [_f32("y", None)], [_i64("s", [2048, 1024])]))
     assert "constant_of_shape" in g.op_counts()
 
 
 def test_unsupported_op_names_op_node_and_opset() -> None:
-    m = _model([helper.make_node("Det", ["x"], ["y"], name="det1")], [_f32("x", [2, 2])],
-               [_f32("y", None)], opset=17)
+    m = _model(
+        [helper.make_node("Det", ["x"], ["y"], name="det1")],
+        [_f32("x", [2, 2])],
+        [_f32("y", None)],
+        opset=17,
+    )
     with pytest.raises(UnsupportedOpError) as e:
         load_onnx(m)
     msg = str(e.value)
@@ -136,8 +156,9 @@ def _external_model(tmp_path, location: str) -> onnx.ModelProto:
     for k, v in (("location", location), ("offset", "0"), ("length", "24")):
         e = w.external_data.add()
         e.key, e.value = k, v
-    return _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_f32("x", [1, 2])],
-                  [_f32("y", None)], [w])
+    return _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], [_f32("x", [1, 2])], [_f32("y", None)], [w]
+    )
 
 
 def test_external_data_inside_the_folder_loads(tmp_path) -> None:
@@ -161,9 +182,11 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, location: str) ->
 
 
 def test_static_parameter_that_is_not_known_is_an_error() -> None:
-    m = _model([helper.make_node("Reshape", ["x", "s"], ["y"], name="r")],
-               [_f32("x", [4]), helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
-               [_f32("y", None)])
+    m = _model(
+        [helper.make_node("Reshape", ["x", "s"], ["y"], name="r")],
+        [_f32("x", [4]), helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
+        [_f32("y", None)],
+    )
     with pytest.raises(ModelError, match=r"'r'.*must be known at import"):
         load_onnx(m)
 

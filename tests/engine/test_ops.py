@@ -29,7 +29,7 @@ def _shape(rng: np.random.Generator, rank: int, lo: int = 1, hi: int = 5) -> tup
 
 def _bcast_pair(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
     a = _shape(rng, int(rng.integers(0, 4)))
-    b = tuple(1 if rng.random() < 0.3 else s for s in a[int(rng.integers(0, len(a) + 1)):])
+    b = tuple(1 if rng.random() < 0.3 else s for s in a[int(rng.integers(0, len(a) + 1)) :])
     return (a, b) if rng.random() < 0.5 else (b, a)
 
 
@@ -54,8 +54,10 @@ def _gemm(rng: np.random.Generator) -> Case:
     m, k, n = _shape(rng, 3)
     ta, tb = int(rng.integers(0, 2)), int(rng.integers(0, 2))
     c = _f(rng, n) if rng.random() < 0.5 else _f(rng, m, n)
-    return ([_f(rng, *((k, m) if ta else (m, k))), _f(rng, *((n, k) if tb else (k, n))), c],
-            {"trans_a": ta, "trans_b": tb, "alpha": 0.5, "beta": 2.0})
+    return (
+        [_f(rng, *((k, m) if ta else (m, k))), _f(rng, *((n, k) if tb else (k, n))), c],
+        {"trans_a": ta, "trans_b": tb, "alpha": 0.5, "beta": 2.0},
+    )
 
 
 def _linear(rng: np.random.Generator) -> Case:
@@ -93,8 +95,12 @@ def _conv(rng: np.random.Generator) -> Case:
     c, m = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
     k = _shape(rng, nsp, 1, 3)
     sp = tuple(int(v) + 4 for v in _shape(rng, nsp))
-    at = {"strides": _shape(rng, nsp, 1, 3), "pads": _shape(rng, 2 * nsp, 0, 2),
-          "dilations": _shape(rng, nsp, 1, 3), "group": g}
+    at = {
+        "strides": _shape(rng, nsp, 1, 3),
+        "pads": _shape(rng, 2 * nsp, 0, 2),
+        "dilations": _shape(rng, nsp, 1, 3),
+        "group": g,
+    }
     return [_f(rng, 2, c, *sp), _f(rng, m, c // g, *k), _f(rng, m)], at
 
 
@@ -102,10 +108,14 @@ def _pool(rng: np.random.Generator, avg: bool) -> Case:
     nsp = int(rng.integers(1, 3))
     k = _shape(rng, nsp, 1, 4)
     sp = tuple(int(v) + 4 for v in _shape(rng, nsp))
-    at: dict[str, Any] = {"kernel": k, "strides": _shape(rng, nsp, 1, 3),
-                          "pads": tuple(min(int(v), kk - 1) for v, kk in
-                                        zip(_shape(rng, 2 * nsp, 0, 2), k + k, strict=True)),
-                          "ceil_mode": int(rng.integers(0, 2))}
+    at: dict[str, Any] = {
+        "kernel": k,
+        "strides": _shape(rng, nsp, 1, 3),
+        "pads": tuple(
+            min(int(v), kk - 1) for v, kk in zip(_shape(rng, 2 * nsp, 0, 2), k + k, strict=True)
+        ),
+        "ceil_mode": int(rng.integers(0, 2)),
+    }
     if avg:
         at["count_include_pad"] = int(rng.integers(0, 2))
     return [_f(rng, 1, 2, *sp)], at
@@ -120,9 +130,14 @@ def _attention(rng: np.random.Generator) -> Case:
 
 def _reduce(rng: np.random.Generator) -> Case:
     s = _shape(rng, int(rng.integers(1, 4)))
-    axes = None if rng.random() < 0.3 else tuple(
-        int(a) for a in rng.choice(range(len(s)), size=int(rng.integers(1, len(s) + 1)),
-                                   replace=False))
+    axes = (
+        None
+        if rng.random() < 0.3
+        else tuple(
+            int(a)
+            for a in rng.choice(range(len(s)), size=int(rng.integers(1, len(s) + 1)), replace=False)
+        )
+    )
     return [_f(rng, *s)], {"axes": axes, "keepdims": int(rng.integers(0, 2))}
 
 
@@ -144,7 +159,7 @@ def _reshape(rng: np.random.Generator) -> Case:
 def _concat(rng: np.random.Generator) -> Case:
     s = _shape(rng, int(rng.integers(1, 4)))
     axis = int(rng.integers(0, len(s)))
-    xs = [_f(rng, *s[:axis], int(rng.integers(1, 4)), *s[axis + 1:]) for _ in range(3)]
+    xs = [_f(rng, *s[:axis], int(rng.integers(1, 4)), *s[axis + 1 :]) for _ in range(3)]
     return list(xs), {"axis": axis}
 
 
@@ -185,8 +200,10 @@ def _nll(rng: np.random.Generator) -> Case:
     extra = _shape(rng, int(rng.integers(0, 2)))
     t = rng.integers(0, c, size=(n, *extra))
     red = str(rng.choice(["none", "sum", "mean"]))
-    return [_f(rng, n, c, *extra), t, np.abs(_f(rng, c)) + 0.1], {"reduction": red,
-                                                                  "ignore_index": 0}
+    return [_f(rng, n, c, *extra), t, np.abs(_f(rng, c)) + 0.1], {
+        "reduction": red,
+        "ignore_index": 0,
+    }
 
 
 def _expand(rng: np.random.Generator) -> Case:
@@ -216,45 +233,76 @@ def _resize(rng: np.random.Generator) -> Case:
     h, w = _shape(rng, 2, 2, 6)
     oh, ow = (int(v) for v in rng.integers(1, 9, 2))
     mode = "linear" if rng.random() < 0.5 else "nearest"
-    return [_f(rng, 1, 2, h, w)], {"sizes": (1, 2, oh, ow), "scales": (1.0, 1.0, oh / h, ow / w),
-                                   "mode": mode}
+    return [_f(rng, 1, 2, h, w)], {
+        "sizes": (1, 2, oh, ow),
+        "scales": (1.0, 1.0, oh / h, ow / w),
+        "mode": mode,
+    }
 
 
 def _rnn(rng: np.random.Generator) -> Case:
     cell = ("rnn", "gru", "lstm")[int(rng.integers(0, 3))]
     g, h, dirs = {"rnn": 1, "gru": 3, "lstm": 4}[cell], 3, int(rng.integers(1, 3))
     seq, batch, feats = _shape(rng, 3)
-    return ([_f(rng, seq, batch, feats), _f(rng, dirs, g * h, feats), _f(rng, dirs, g * h, h),
-             _f(rng, dirs, 2 * g * h)],
-            {"cell": cell, "hidden_size": h,
-             "direction": "bidirectional" if dirs == 2 else "forward"})
+    return (
+        [
+            _f(rng, seq, batch, feats),
+            _f(rng, dirs, g * h, feats),
+            _f(rng, dirs, g * h, h),
+            _f(rng, dirs, 2 * g * h),
+        ],
+        {"cell": cell, "hidden_size": h, "direction": "bidirectional" if dirs == 2 else "forward"},
+    )
 
 
 CASES: dict[str, Callable[[np.random.Generator], Case]] = {
-    "matmul": _matmul, "gemm": _gemm, "linear": _linear,
-    "softmax": _axis_op, "log_softmax": _axis_op, "layer_norm": _layer_norm, "rms_norm": _norm,
-    "batch_norm": _batch_norm, "conv": _conv, "attention": _attention,
-    "max_pool": lambda r: _pool(r, False), "avg_pool": lambda r: _pool(r, True),
+    "matmul": _matmul,
+    "gemm": _gemm,
+    "linear": _linear,
+    "softmax": _axis_op,
+    "log_softmax": _axis_op,
+    "layer_norm": _layer_norm,
+    "rms_norm": _norm,
+    "batch_norm": _batch_norm,
+    "conv": _conv,
+    "attention": _attention,
+    "max_pool": lambda r: _pool(r, False),
+    "avg_pool": lambda r: _pool(r, True),
     "global_avg_pool": lambda r: ([_f(r, 2, 3, *_shape(r, 2))], {}),
-    "argmax": _arg, "argmin": _arg, "transpose": _transpose, "reshape": _reshape,
-    "concat": _concat, "split": _split, "slice": _slice, "gather": _gather,
-    "gather_elements": _gather_elements, "nll_loss": _nll, "expand": _expand,
+    "argmax": _arg,
+    "argmin": _arg,
+    "transpose": _transpose,
+    "reshape": _reshape,
+    "concat": _concat,
+    "split": _split,
+    "slice": _slice,
+    "gather": _gather,
+    "gather_elements": _gather_elements,
+    "nll_loss": _nll,
+    "expand": _expand,
     "tile": lambda r: ([_f(r, 2, 3)], {"repeats": _shape(r, 2, 1, 3)}),
     "pad": lambda r: ([_f(r, 3, 4)], {"pads": (1, -1, 0, 2)}),
     "shape_of": lambda r: ([_f(r, *_shape(r, 3))], {"start": -2}),
     "constant_of_shape": lambda r: ([], {"shape": _shape(r, 2), "value": 2.0}),
-    "ew": _ew, "where": lambda r: ([r.random(3) < 0.5, _f(r, 2, 3), _f(r, 1)], {}),
+    "ew": _ew,
+    "where": lambda r: ([r.random(3) < 0.5, _f(r, 2, 3), _f(r, 1)], {}),
     "cast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),
     "clip": lambda r: ([_f(r, 2, 3), np.float32(-0.5), np.float32(0.5)], {}),
     "cumsum": lambda r: ([_f(r, 3, 4)], {"axis": int(r.integers(-2, 2)), "exclusive": 1}),
-    "trilu": lambda r: ([_f(r, 2, 3, 4)], {"upper": int(r.integers(0, 2)),
-                                           "k": int(r.integers(-2, 3))}),
+    "trilu": lambda r: (
+        [_f(r, 2, 3, 4)],
+        {"upper": int(r.integers(0, 2)), "k": int(r.integers(-2, 3))},
+    ),
     "gather_nd": lambda r: ([_f(r, 3, 4, 2), r.integers(-3, 3, (5, 2)).astype(np.int64)], {}),
-    "scatter_nd": _scatter_nd, "scatter_elements": _scatter_elements,
+    "scatter_nd": _scatter_nd,
+    "scatter_elements": _scatter_elements,
     "topk": lambda r: ([_f(r, 3, 6)], {"k": int(r.integers(1, 7)), "axis": -1}),
-    "one_hot": lambda r: ([r.integers(-5, 5, (2, 3)).astype(np.int64),
-                           np.asarray([0.0, 1.0], np.float32)], {"depth": 5, "axis": 1}),
-    "resize": _resize, "rnn": _rnn,
+    "one_hot": lambda r: (
+        [r.integers(-5, 5, (2, 3)).astype(np.int64), np.asarray([0.0, 1.0], np.float32)],
+        {"depth": 5, "axis": 1},
+    ),
+    "resize": _resize,
+    "rnn": _rnn,
 }
 
 
@@ -286,8 +334,9 @@ def test_every_op_is_complete() -> None:
 def test_shape_fn_matches_reference(op: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
     ins, attrs = _case(op, rng)
-    in_types = [None if a is None else TensorType(np.shape(a), np.asarray(a).dtype.name)
-                for a in ins]
+    in_types = [
+        None if a is None else TensorType(np.shape(a), np.asarray(a).dtype.name) for a in ins
+    ]
     with np.errstate(all="ignore"):
         outs = run_reference(op, [None if a is None else np.asarray(a) for a in ins], attrs)
     for dims in (IntDims(), None):  # ints, then sympy (the default)
@@ -309,8 +358,9 @@ def test_symbolic_shapes_stay_symbolic() -> None:
     assert infer_types("matmul", [x, w], {})[0].shape == (b, s, 32)
     (t,) = infer_types("reshape", [x], {"shape": (b, s, 4, 16)})
     assert t.shape == (b, s, 4, 16)
-    (t,) = infer_types("slice", [x], {"starts": (1,), "ends": (2**62,), "axes": (1,),
-                                      "steps": (1,)})
+    (t,) = infer_types(
+        "slice", [x], {"starts": (1,), "ends": (2**62,), "axes": (1,), "steps": (1,)}
+    )
     assert sympy.simplify(t.shape[1] - (s - 1)) == 0
 
 
@@ -322,8 +372,11 @@ def test_z3_shapes() -> None:
     m, k, n = z3.Ints("m k n")
     (out,) = get_op("matmul").shape(d, [(m, k), (k, n)], {})
     assert len(out) == 2
-    (out,) = get_op("conv").shape(d, [(1, 3, m, n), (8, 3, 3, 3)], get_op("conv").with_defaults(
-        {"strides": (2, 2), "pads": (1, 1, 1, 1)}))
+    (out,) = get_op("conv").shape(
+        d,
+        [(1, 3, m, n), (8, 3, 3, 3)],
+        get_op("conv").with_defaults({"strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    )
     s = z3.Solver()
     s.add(m == 8)
     s.add(z3.Not(out[2] == 4))

@@ -22,8 +22,11 @@ def _mlp(hidden=16, out=8, act="erf"):
         y = g.apply("relu", h)
     else:
         t = g.apply("erf", g.apply("div", h, g.add_const(np.float32(np.sqrt(2)), "s")))
-        y = g.apply("mul", g.apply("mul", h, g.apply("add", t, g.add_const(np.float32(1), "o"))),
-                    g.add_const(np.float32(0.5), "h"))
+        y = g.apply(
+            "mul",
+            g.apply("mul", h, g.apply("add", t, g.add_const(np.float32(1), "o"))),
+            g.add_const(np.float32(0.5), "h"),
+        )
     g.set_outputs(y)
     return g
 
@@ -51,21 +54,26 @@ def _reshapes():
     return g
 
 
-@pytest.mark.parametrize(("build", "expected"), [
-    (lambda: _mlp(act="relu"), {"linear": 1}),           # relu(x·W + b) ⇒ linear[relu]
-    (lambda: _mlp(act="erf"), {"linear": 1}),            # erf-GELU(x·W + b) ⇒ linear[gelu]
-    (_unary_chain, {"ew": 1}),                           # tanh(exp(-x)) ⇒ one fused kernel
-    (_transposes, {"relu": 1}),                          # transpose∘transpose ⇒ gone
-    (_reshapes, {"exp": 1}),                             # reshape∘reshape back ⇒ gone
-])
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: _mlp(act="relu"), {"linear": 1}),  # relu(x·W + b) ⇒ linear[relu]
+        (lambda: _mlp(act="erf"), {"linear": 1}),  # erf-GELU(x·W + b) ⇒ linear[gelu]
+        (_unary_chain, {"ew": 1}),  # tanh(exp(-x)) ⇒ one fused kernel
+        (_transposes, {"relu": 1}),  # transpose∘transpose ⇒ gone
+        (_reshapes, {"exp": 1}),  # reshape∘reshape back ⇒ gone
+    ],
+)
 def test_golden(build, expected):
     g = build()
     r = satura.optimize(g)
     assert r.graph.op_counts() == expected
     assert r.cost_after <= r.cost_before
     rng = np.random.default_rng(1)
-    feeds = {v.name: rng.standard_normal([int(d) for d in v.type.shape]).astype(np.float32)
-             for v in g.inputs}
+    feeds = {
+        v.name: rng.standard_normal([int(d) for d in v.type.shape]).astype(np.float32)
+        for v in g.inputs
+    }
     want = run_graph(g, feeds)
     got = run_graph(r.graph, feeds)
     for k in want:
@@ -80,8 +88,10 @@ def test_linear_activation_attribute():
 
 
 def test_report_counts_are_deterministic():
-    rules = parse_rules("rule c for b in [add, mul] [exact]:\n    b(x, y) => b(y, x)\n"
-                        "rule z [exact]:\n    mul(x, 1.0) => x\n")
+    rules = parse_rules(
+        "rule c for b in [add, mul] [exact]:\n    b(x, y) => b(y, x)\n"
+        "rule z [exact]:\n    mul(x, 1.0) => x\n"
+    )
     g = Graph("d")
     x = g.add_input("x", (3,))
     y = g.add_input("y", (3,))
@@ -92,7 +102,11 @@ def test_report_counts_are_deterministic():
     assert rep.fired["c[add]"] >= 1
     _, rep2 = saturate(g, [("t", rules)])
     assert (rep.nodes, rep.classes, rep.iterations, rep.fired) == (
-        rep2.nodes, rep2.classes, rep2.iterations, rep2.fired)
+        rep2.nodes,
+        rep2.classes,
+        rep2.iterations,
+        rep2.fired,
+    )
 
 
 def test_ill_typed_rule_never_fires():
@@ -109,8 +123,10 @@ def test_ill_typed_rule_never_fires():
 
 def test_limits_stop_reason():
     # Every iteration makes a reshape to a new, longer shape: this never saturates.
-    rules = parse_rules("rule grow [exact]:\n"
-                        "    reshape(x, shape=s) => reshape(reshape(x, shape=s + (1,)), shape=s)\n")
+    rules = parse_rules(
+        "rule grow [exact]:\n"
+        "    reshape(x, shape=s) => reshape(reshape(x, shape=s + (1,)), shape=s)\n"
+    )
     g = Graph("g")
     x = g.add_input("x", (3,))
     g.set_outputs(g.apply("reshape", x, shape=(3, 1)))

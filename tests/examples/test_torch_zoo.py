@@ -27,12 +27,19 @@ pytestmark = [pytest.mark.torch, pytest.mark.onnx, pytest.mark.slow]
 class MobileBlock(nn.Module):
     def __init__(self, c: int = 16, e: int = 32) -> None:
         super().__init__()
-        self.expand = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e),
-                                    nn.Hardswish())
-        self.dw = nn.Sequential(nn.Conv2d(e, e, 3, padding=1, groups=e, bias=False),
-                                nn.BatchNorm2d(e), nn.Hardswish())
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(e, 8, 1), nn.ReLU(),
-                                nn.Conv2d(8, e, 1), nn.Hardsigmoid())
+        self.expand = nn.Sequential(
+            nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.Hardswish()
+        )
+        self.dw = nn.Sequential(
+            nn.Conv2d(e, e, 3, padding=1, groups=e, bias=False), nn.BatchNorm2d(e), nn.Hardswish()
+        )
+        self.se = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(e, 8, 1),
+            nn.ReLU(),
+            nn.Conv2d(8, e, 1),
+            nn.Hardsigmoid(),
+        )
         self.project = nn.Sequential(nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,8 +58,7 @@ class UNetUp(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         up = self.up(x)
         y = self.act(self.norm(self.conv(torch.cat([up, skip], dim=1))))
-        return y + nn.functional.interpolate(x[:, : y.shape[1]], scale_factor=2.0,
-                                             mode="nearest")
+        return y + nn.functional.interpolate(x[:, : y.shape[1]], scale_factor=2.0, mode="nearest")
 
 
 class ViTBlock(nn.Module):
@@ -107,16 +113,23 @@ def _inputs(name: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
     if name == "mobile":
         return {"x": rng.standard_normal((2, 16, 12, 12)).astype(np.float32)}
     if name == "unet":
-        return {"x": rng.standard_normal((2, 16, 6, 6)).astype(np.float32),
-                "skip": rng.standard_normal((2, 8, 12, 12)).astype(np.float32)}
+        return {
+            "x": rng.standard_normal((2, 16, 6, 6)).astype(np.float32),
+            "skip": rng.standard_normal((2, 8, 12, 12)).astype(np.float32),
+        }
     if name == "vit":
         return {"img": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
     mask = (rng.random((2, 7)) < 0.7).astype(np.float32)
     return {"ids": rng.integers(0, 50, (2, 7)).astype(np.int64), "mask": mask}
 
 
-ZOO = {"mobile": MobileBlock, "unet": UNetUp, "vit": ViTBlock, "text": TextHead,
-       "speech": SpeechRNN}
+ZOO = {
+    "mobile": MobileBlock,
+    "unet": UNetUp,
+    "vit": ViTBlock,
+    "text": TextHead,
+    "speech": SpeechRNN,
+}
 # ops that may still run as numpy fallbacks in the compiled model: the recurrent layers
 FALLBACK_OK = {"rnn"}
 
@@ -135,11 +148,13 @@ def test_zoo_export_compiles_and_matches(name, dynamo, tmp_path):
     args = tuple(torch.from_numpy(a) for a in feeds.values())
     path = tmp_path / f"{name}.onnx"
     if dynamo:
-        torch.onnx.export(module, args, dynamo=True, input_names=list(feeds),
-                          verbose=False).save(str(path), external_data=False)
+        torch.onnx.export(module, args, dynamo=True, input_names=list(feeds), verbose=False).save(
+            str(path), external_data=False
+        )
     else:
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=list(feeds),
-                          opset_version=18)
+        torch.onnx.export(
+            module, args, str(path), dynamo=False, input_names=list(feeds), opset_version=18
+        )
     model = onnx.load(str(path))
     with torch.no_grad():
         want = module(*args).numpy()
@@ -149,6 +164,8 @@ def test_zoo_export_compiles_and_matches(name, dynamo, tmp_path):
     got = next(iter(exe(**feeds).values()))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     fallback = [st.node.op for st in exe._prog.steps if st.node is not None]
-    print(f"{name} ({'dynamo' if dynamo else 'torchscript'}): {len(fallback)} fallback nodes "
-          f"{fallback}")
+    print(
+        f"{name} ({'dynamo' if dynamo else 'torchscript'}): {len(fallback)} fallback nodes "
+        f"{fallback}"
+    )
     assert set(fallback) <= FALLBACK_OK, fallback

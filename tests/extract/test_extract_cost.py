@@ -65,10 +65,14 @@ def test_host_detection() -> None:
 
 
 def test_read_caches_from_sysfs_layout(tmp_path: Path) -> None:
-    for i, (lvl, kind, size, shared) in enumerate([("1", "Data", "32K", "0"),
-                                                   ("1", "Instruction", "32K", "0"),
-                                                   ("2", "Unified", "512K", "0"),
-                                                   ("3", "Unified", "32768K", "0-3")]):
+    for i, (lvl, kind, size, shared) in enumerate(
+        [
+            ("1", "Data", "32K", "0"),
+            ("1", "Instruction", "32K", "0"),
+            ("2", "Unified", "512K", "0"),
+            ("3", "Unified", "32768K", "0-3"),
+        ]
+    ):
         d = tmp_path / f"index{i}"
         d.mkdir()
         for f, v in (("level", lvl), ("type", kind), ("size", size), ("shared_cpu_list", shared)):
@@ -102,9 +106,11 @@ def test_views_are_free() -> None:
 def test_fused_linear_beats_unfused(profile: str, m: int, k: int, n: int) -> None:
     x, w, b, y = T(m, k), T(k, n), T(n), T(m, n)
     fused = node_time("linear", [x, w, b], None, {"act": "gelu"}, profile)
-    unfused = (node_time("matmul", [x, w], None, {}, profile)
-               + node_time("add", [y, b], None, {}, profile)
-               + node_time("gelu", [y], None, {}, profile))
+    unfused = (
+        node_time("matmul", [x, w], None, {}, profile)
+        + node_time("add", [y, b], None, {}, profile)
+        + node_time("gelu", [y], None, {}, profile)
+    )
     assert fused < unfused
 
 
@@ -145,11 +151,13 @@ def test_fused_attention_beats_its_parts(profile: str) -> None:
     q = k = v = T(1, 12, 256, 64)
     kt, s = T(1, 12, 64, 256), T(1, 12, 256, 256)
     fused = node_time("attention", [q, k, v], None, {"scale": 0.125}, profile)
-    parts = (node_time("transpose", [k], None, {"perm": (0, 1, 3, 2)}, profile)
-             + node_time("matmul", [q, kt], None, {}, profile)
-             + node_time("mul", [s, T()], None, {}, profile)
-             + node_time("softmax", [s], None, {}, profile)
-             + node_time("matmul", [s, v], None, {}, profile))
+    parts = (
+        node_time("transpose", [k], None, {"perm": (0, 1, 3, 2)}, profile)
+        + node_time("matmul", [q, kt], None, {}, profile)
+        + node_time("mul", [s, T()], None, {}, profile)
+        + node_time("softmax", [s], None, {}, profile)
+        + node_time("matmul", [s, v], None, {}, profile)
+    )
     assert fused < parts
 
 
@@ -157,10 +165,12 @@ def test_fused_attention_beats_its_parts(profile: str) -> None:
 def test_fused_rms_norm_beats_its_parts(profile: str) -> None:
     x, r, w = T(8, 128, 4096), T(8, 128, 1), T(4096)
     fused = node_time("rms_norm", [x, w], None, {}, profile)
-    parts = (node_time("mul", [x, x], None, {}, profile)
-             + node_time("reduce_mean", [x], None, {"axes": (-1,), "keepdims": 1}, profile)
-             + node_time("add", [r, T()], None, {}, profile)
-             + node_time("sqrt", [r], None, {}, profile)
-             + node_time("div", [x, r], None, {}, profile)
-             + node_time("mul", [x, w], None, {}, profile))
+    parts = (
+        node_time("mul", [x, x], None, {}, profile)
+        + node_time("reduce_mean", [x], None, {"axes": (-1,), "keepdims": 1}, profile)
+        + node_time("add", [r, T()], None, {}, profile)
+        + node_time("sqrt", [r], None, {}, profile)
+        + node_time("div", [x, r], None, {}, profile)
+        + node_time("mul", [x, w], None, {}, profile)
+    )
     assert fused < parts

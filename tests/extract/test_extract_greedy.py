@@ -148,14 +148,17 @@ def test_broken_file_gives_one_line_error() -> None:
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(("text", "what"), [
-    ("{", "not valid JSON"),
-    ("[]", "top level must be a JSON object"),
-    ('{"root_eclasses": []}', "'nodes'"),
-    ('{"nodes": {"a": {"op": "x", "children": []}}}', "node 'a' has no 'eclass'"),
-    ('{"nodes": {"a": {"op": "x", "eclass": "0", "children": ["b"]}}}', "child 'b'"),
-    ('{"nodes": {"a": {"op": "x", "eclass": "0", "cost": "1"}}}', "cost '1'"),
-])
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("{", "not valid JSON"),
+        ("[]", "top level must be a JSON object"),
+        ('{"root_eclasses": []}', "'nodes'"),
+        ('{"nodes": {"a": {"op": "x", "children": []}}}', "node 'a' has no 'eclass'"),
+        ('{"nodes": {"a": {"op": "x", "eclass": "0", "children": ["b"]}}}', "child 'b'"),
+        ('{"nodes": {"a": {"op": "x", "eclass": "0", "cost": "1"}}}', "cost '1'"),
+    ],
+)
 def test_malformed_files(tmp_path: Path, text: str, what: str) -> None:
     p = tmp_path / "bad.json"
     p.write_text(text)
@@ -217,10 +220,13 @@ def test_egglog_serialized_egraph() -> None:
     from egglog import bindings
 
     eg = bindings.EGraph()
-    eg.run_program(*eg.parse_program(
-        "(datatype M (Num i64) (Add M M) (Mul M M))\n"
-        "(let $x (Mul (Add (Num 1) (Num 2)) (Add (Num 1) (Num 2))))\n"
-        "(rewrite (Mul a a) (Add a a))\n(run 2)"))
+    eg.run_program(
+        *eg.parse_program(
+            "(datatype M (Num i64) (Add M M) (Mul M M))\n"
+            "(let $x (Mul (Add (Num 1) (Num 2)) (Add (Num 1) (Num 2))))\n"
+            "(rewrite (Mul a a) (Add a a))\n(run 2)"
+        )
+    )
     data = json.loads(eg.serialize([]).to_json())
     g0 = load_serialized(data)
     mul = next(n for n in g0.nodes.values() if n.op == "Mul")

@@ -23,8 +23,9 @@ def reference(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return {v.name: get(v) for v in graph.outputs}
 
 
-def one_node(op: str, shapes: list[Any], consts: dict[int, np.ndarray] | None = None,
-             **attrs: Any) -> tuple[Graph, dict[str, np.ndarray]]:
+def one_node(
+    op: str, shapes: list[Any], consts: dict[int, np.ndarray] | None = None, **attrs: Any
+) -> tuple[Graph, dict[str, np.ndarray]]:
     """A graph of one ``op`` node over random fp32 inputs (or the given constants)."""
     rng = np.random.default_rng(abs(hash((op, str(shapes)))) % 2**32)
     g = Graph(op)
@@ -43,8 +44,12 @@ def one_node(op: str, shapes: list[Any], consts: dict[int, np.ndarray] | None = 
     return g, feeds
 
 
-def check_compiled(graph: Graph, feeds: dict[str, np.ndarray], threads: tuple[int, ...] = (1, 2),
-                   rtol: float | None = 1e-4) -> dict[str, np.ndarray]:
+def check_compiled(
+    graph: Graph,
+    feeds: dict[str, np.ndarray],
+    threads: tuple[int, ...] = (1, 2),
+    rtol: float | None = 1e-4,
+) -> dict[str, np.ndarray]:
     """Compile ``graph`` at each thread count, with no numpy fallback, and compare with the
     reference: within ``rtol`` (atol 1e-5), or bit for bit and dtype for dtype when None."""
     from satura.targets import compile_graph
@@ -59,6 +64,7 @@ def check_compiled(graph: Graph, feeds: dict[str, np.ndarray], threads: tuple[in
                 assert got[name].dtype == w.dtype
                 np.testing.assert_array_equal(got[name], w, err_msg=f"{name} threads={t}")
             else:
-                np.testing.assert_allclose(got[name], w, rtol=rtol, atol=1e-5,
-                                           err_msg=f"{name} threads={t}")
+                np.testing.assert_allclose(
+                    got[name], w, rtol=rtol, atol=1e-5, err_msg=f"{name} threads={t}"
+                )
     return want

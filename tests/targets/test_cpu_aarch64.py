@@ -29,8 +29,10 @@ pytestmark = pytest.mark.llvm
 EM_AARCH64 = 183
 EM_X86_64 = 62
 # Registers and mnemonics that only x86 assembly has (AT&T syntax, as LLVM prints it).
-X86 = re.compile(r"%[re]?(?:ax|bx|cx|dx|si|di|sp|bp)\b|%r\d+|\b[xyz]mm\d+|\bv?fmadd|\bsfence\b"
-                 r"|\bpause\b|\bvmov|\bmovnt")
+X86 = re.compile(
+    r"%[re]?(?:ax|bx|cx|dx|si|di|sp|bp)\b|%r\d+|\b[xyz]mm\d+|\bv?fmadd|\bsfence\b"
+    r"|\bpause\b|\bvmov|\bmovnt"
+)
 MR, NR = codegen.aarch64_target().gemm_tile
 
 
@@ -51,10 +53,13 @@ def _loops(body: str) -> list[str]:
     """The bodies of the function's loops: from a label to the branch back to it."""
     out = []
     for m in re.finditer(r"^(\.LBB\w+):\n", body, re.M):
-        back = re.search(rf"^\s+(?:b|b\.\w+|cbn?z\s+\w+,|tbn?z\s+\w+, #\d+,)\s+{m.group(1)}$",
-                         body[m.end():], re.M)
+        back = re.search(
+            rf"^\s+(?:b|b\.\w+|cbn?z\s+\w+,|tbn?z\s+\w+, #\d+,)\s+{m.group(1)}$",
+            body[m.end() :],
+            re.M,
+        )
         if back:
-            out.append(body[m.end():m.end() + back.start()])
+            out.append(body[m.end() : m.end() + back.start()])
     return out
 
 
@@ -80,8 +85,9 @@ def _ew_graph(rows: int, cols: int) -> Graph:
     x = g.add_input("x", (rows, cols))
     w = g.add_const(rng.standard_normal(cols).astype(np.float32), "w")
     b = g.add_const(rng.standard_normal(cols).astype(np.float32), "b")
-    g.set_outputs(g.apply("ew", x, w, b,
-                          expr=("gelu", ("add", ("mul", ("in", 0), ("in", 1)), ("in", 2)))))
+    g.set_outputs(
+        g.apply("ew", x, w, b, expr=("gelu", ("add", ("mul", ("in", 0), ("in", 1)), ("in", 2))))
+    )
     return g
 
 
@@ -175,7 +181,7 @@ def test_target_support_spells_each_isa():
 
 
 def test_x86_intrinsic_named_when_cross_compiling():
-    ir = ("define void @k(ptr %t) {\nentry:\n  call void @llvm.x86.sse.sfence()\n  ret void\n}\n")
+    ir = "define void @k(ptr %t) {\nentry:\n  call void @llvm.x86.sse.sfence()\n  ret void\n}\n"
     assert runtime._x86_user(ir) == "k"
     assert runtime._x86_user(target_support("aarch64")) is None
 
@@ -197,8 +203,20 @@ MODEL = Path(__file__).resolve().parents[2] / "examples" / "mlp_small.onnx"
 
 def test_cli_compile_writes_object_and_assembly(tmp_path, capsys):
     out, asm = tmp_path / "m.o", tmp_path / "m.s"
-    rc = main(["compile", str(MODEL), "--target", "aarch64", "--dim", "batch=2", "-o", str(out),
-               "--asm", str(asm)])
+    rc = main(
+        [
+            "compile",
+            str(MODEL),
+            "--target",
+            "aarch64",
+            "--dim",
+            "batch=2",
+            "-o",
+            str(out),
+            "--asm",
+            str(asm),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert _elf_machine(out.read_bytes()) == EM_AARCH64
     assert re.search(r"\bfmla\s+v\d+\.4s", asm.read_text())
@@ -208,8 +226,19 @@ def test_cli_compile_writes_object_and_assembly(tmp_path, capsys):
 
 def test_cli_compile_error_writes_nothing(tmp_path, capsys):
     out, asm = tmp_path / "m.o", tmp_path / "m.s"
-    rc = main(["compile", str(MODEL), "--target", "aarch64", "--no-optimize", "-o", str(out),
-               "--asm", str(asm)])  # the batch dimension is left symbolic
+    rc = main(
+        [
+            "compile",
+            str(MODEL),
+            "--target",
+            "aarch64",
+            "--no-optimize",
+            "-o",
+            str(out),
+            "--asm",
+            str(asm),
+        ]
+    )  # the batch dimension is left symbolic
     assert rc == 1
     err = capsys.readouterr().err
     assert "static shapes only" in err

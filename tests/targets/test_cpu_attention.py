@@ -19,8 +19,9 @@ def attention_graph(qs, ks, vs, ms=None, seed=0, **attrs):
     names = ["q", "k", "v"] + (["m"] if ms is not None else [])
     shapes = [qs, ks, vs] + ([ms] if ms is not None else [])
     ins = [g.add_input(n, s) for n, s in zip(names, shapes, strict=True)]
-    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in zip(names, shapes,
-                                                                          strict=True)}
+    feeds = {
+        n: rng.standard_normal(s).astype(np.float32) for n, s in zip(names, shapes, strict=True)
+    }
     g.set_outputs(g.apply("attention", *ins, **{"scale": 0.35, **attrs}))
     return g, feeds
 
@@ -29,14 +30,17 @@ def check(g, feeds, threads=(1, 2)):
     return check_compiled(g, feeds, threads)
 
 
-@pytest.mark.parametrize(("qs", "ks", "vs"), [
-    ((1, 2, 5, 8), (1, 2, 5, 8), (1, 2, 5, 8)),
-    ((2, 3, 37, 64), (2, 3, 300, 64), (2, 3, 300, 64)),      # T not a multiple of a block
-    ((1, 2, 130, 64), (1, 2, 1100, 64), (1, 2, 1100, 64)),   # several key blocks: rescaling
-    ((1, 1, 1, 5), (1, 1, 7, 5), (1, 1, 7, 3)),              # S=1, T=7, D=5, Dv=3
-    ((2, 2, 13, 5), (2, 2, 7, 5), (2, 2, 7, 3)),
-    ((3, 24, 16), (3, 40, 16), (3, 40, 24)),                 # no batch dims
-])
+@pytest.mark.parametrize(
+    ("qs", "ks", "vs"),
+    [
+        ((1, 2, 5, 8), (1, 2, 5, 8), (1, 2, 5, 8)),
+        ((2, 3, 37, 64), (2, 3, 300, 64), (2, 3, 300, 64)),  # T not a multiple of a block
+        ((1, 2, 130, 64), (1, 2, 1100, 64), (1, 2, 1100, 64)),  # several key blocks: rescaling
+        ((1, 1, 1, 5), (1, 1, 7, 5), (1, 1, 7, 3)),  # S=1, T=7, D=5, Dv=3
+        ((2, 2, 13, 5), (2, 2, 7, 5), (2, 2, 7, 3)),
+        ((3, 24, 16), (3, 40, 16), (3, 40, 24)),  # no batch dims
+    ],
+)
 def test_no_mask(qs, ks, vs):
     check(*attention_graph(qs, ks, vs))
 
@@ -110,8 +114,7 @@ def test_self_attention_one_tensor():
 def test_parallel_shares(causal, ms):
     """Large enough to be split between cores: shares cut heads into query blocks, each part
     packs its own kv heads."""
-    g, feeds = attention_graph((1, 6, 200, 64), (1, 3, 300, 64), (1, 3, 300, 48), ms,
-                               causal=causal)
+    g, feeds = attention_graph((1, 6, 200, 64), (1, 3, 300, 64), (1, 3, 300, 48), ms, causal=causal)
     check(g, feeds, threads=(2, 3))
     model = compile_graph(g, threads=2)
     assert any(st.parallel for st in model._prog.steps if st.op == "attention")
@@ -129,12 +132,16 @@ def test_bool_mask(fill, const_mask, ms):
     if keep.shape[-2] > 5:
         keep[..., 5, 2:] = False
     g = Graph("attn_bool")
-    q, k, v = (g.add_input(n, s) for n, s in (("q", (2, 3, 20, 8)), ("k", (2, 3, 29, 8)),
-                                              ("v", (2, 3, 29, 8))))
+    q, k, v = (
+        g.add_input(n, s)
+        for n, s in (("q", (2, 3, 20, 8)), ("k", (2, 3, 29, 8)), ("v", (2, 3, 29, 8)))
+    )
     m = g.add_const(keep, "keep") if const_mask else g.add_input("m", ms, "bool")
     g.set_outputs(g.apply("attention", q, k, v, m, scale=0.35, mask_fill=fill))
-    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in
-             (("q", (2, 3, 20, 8)), ("k", (2, 3, 29, 8)), ("v", (2, 3, 29, 8)))}
+    feeds = {
+        n: rng.standard_normal(s).astype(np.float32)
+        for n, s in (("q", (2, 3, 20, 8)), ("k", (2, 3, 29, 8)), ("v", (2, 3, 29, 8)))
+    }
     if not const_mask:
         feeds["m"] = keep
     want = reference(g, feeds)
@@ -144,5 +151,6 @@ def test_bool_mask(fill, const_mask, ms):
         assert model.fallback_nodes == []
         got = model(**feeds)
         for name, w in want.items():
-            np.testing.assert_allclose(got[name], w, rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{name} threads={t}")
+            np.testing.assert_allclose(
+                got[name], w, rtol=1e-4, atol=1e-5, err_msg=f"{name} threads={t}"
+            )

@@ -52,50 +52,72 @@ GRID = list(itertools.product((1, 3, 5, 7), (1, 2), ("1", "2", "dw")))
 @pytest.mark.parametrize(("k", "stride", "groups"), GRID)
 def test_conv_grid(k, stride, groups):
     i = GRID.index((k, stride, groups))
-    c, m, group = {"1": (3 + 2 * (i % 2), 5 + 2 * (i % 3), 1), "2": (6, 10, 2),
-                   "dw": (5, 5, 5)}[groups]
+    c, m, group = {"1": (3 + 2 * (i % 2), 5 + 2 * (i % 3), 1), "2": (6, 10, 2), "dw": (5, 5, 5)}[
+        groups
+    ]
     batch = 3 if i % 2 else 1
     p = k // 2
-    g, feeds = conv_graph((batch, c, 13, 11), m, k, bias=i % 3 != 0, seed=i,
-                          strides=(stride, stride), pads=(p, p, p, p), group=group,
-                          act="relu" if i % 2 == 0 else "none")
+    g, feeds = conv_graph(
+        (batch, c, 13, 11),
+        m,
+        k,
+        bias=i % 3 != 0,
+        seed=i,
+        strides=(stride, stride),
+        pads=(p, p, p, p),
+        group=group,
+        act="relu" if i % 2 == 0 else "none",
+    )
     check(g, feeds)
 
 
-@pytest.mark.parametrize(("x", "m", "k", "attrs"), [
-    ((1, 3, 9, 11), 5, 3, {"pads": (0, 1, 2, 0)}),                       # asymmetric pads
-    ((2, 5, 10, 7), 6, (3, 2), {"strides": (2, 1), "pads": (1, 0, 0, 1)}),
-    ((1, 4, 12, 13), 7, 3, {"dilations": (2, 2), "act": "relu"}),        # dilation, no pads
-    ((3, 5, 15, 14), 4, 3, {"dilations": (2, 2), "pads": (2, 2, 2, 2), "strides": (2, 2)}),
-    ((1, 3, 17, 19), 8, 5, {"dilations": (2, 1), "pads": (3, 1, 2, 2), "strides": (1, 2)}),
-    ((1, 8, 5, 5), 3, 1, {}),                                            # 1×1: flat, in place
-    ((2, 9, 7, 9), 11, 1, {"strides": (2, 2)}),                          # 1×1 strided: flat
-    ((1, 6, 9, 9), 12, 3, {"group": 6, "pads": (1, 1, 1, 1)}),           # depthwise ×2
-    ((3, 4, 7, 7), 8, 3, {"group": 2, "pads": (1, 1, 1, 1), "act": "sigmoid"}),
-    ((1, 2, 3, 3), 2, 3, {"pads": (1, 1, 1, 1), "act": "gelu"}),         # 3×3 output
-    ((1, 5, 1, 9), 3, (1, 3), {"pads": (0, 1, 0, 1)}),                   # one row
-    ((1, 48, 41, 39), 32, 3, {"pads": (1, 1, 1, 1)}),                    # parallel shares
-    ((2, 32, 7, 7), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),       # narrow rows
-    ((1, 16, 14, 28), 20, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}),
-])
+@pytest.mark.parametrize(
+    ("x", "m", "k", "attrs"),
+    [
+        ((1, 3, 9, 11), 5, 3, {"pads": (0, 1, 2, 0)}),  # asymmetric pads
+        ((2, 5, 10, 7), 6, (3, 2), {"strides": (2, 1), "pads": (1, 0, 0, 1)}),
+        ((1, 4, 12, 13), 7, 3, {"dilations": (2, 2), "act": "relu"}),  # dilation, no pads
+        ((3, 5, 15, 14), 4, 3, {"dilations": (2, 2), "pads": (2, 2, 2, 2), "strides": (2, 2)}),
+        ((1, 3, 17, 19), 8, 5, {"dilations": (2, 1), "pads": (3, 1, 2, 2), "strides": (1, 2)}),
+        ((1, 8, 5, 5), 3, 1, {}),  # 1×1: flat, in place
+        ((2, 9, 7, 9), 11, 1, {"strides": (2, 2)}),  # 1×1 strided: flat
+        ((1, 6, 9, 9), 12, 3, {"group": 6, "pads": (1, 1, 1, 1)}),  # depthwise ×2
+        ((3, 4, 7, 7), 8, 3, {"group": 2, "pads": (1, 1, 1, 1), "act": "sigmoid"}),
+        ((1, 2, 3, 3), 2, 3, {"pads": (1, 1, 1, 1), "act": "gelu"}),  # 3×3 output
+        ((1, 5, 1, 9), 3, (1, 3), {"pads": (0, 1, 0, 1)}),  # one row
+        ((1, 48, 41, 39), 32, 3, {"pads": (1, 1, 1, 1)}),  # parallel shares
+        ((2, 32, 7, 7), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),  # narrow rows
+        ((1, 16, 14, 28), 20, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    ],
+)
 def test_conv_cases(x, m, k, attrs):
     g, feeds = conv_graph(x, m, k, seed=x[1] + m, **attrs)
     check(g, feeds)
 
 
-@pytest.mark.parametrize(("x", "m", "k", "attrs"), [
-    ((2, 5, 37), 7, 3, {"pads": (1, 2), "act": "relu"}),
-    ((1, 6, 50), 9, 5, {"strides": (2,), "dilations": (2,), "pads": (3, 0), "group": 3}),
-    ((3, 4, 9), 4, 1, {}),
-])
+@pytest.mark.parametrize(
+    ("x", "m", "k", "attrs"),
+    [
+        ((2, 5, 37), 7, 3, {"pads": (1, 2), "act": "relu"}),
+        ((1, 6, 50), 9, 5, {"strides": (2,), "dilations": (2,), "pads": (3, 0), "group": 3}),
+        ((3, 4, 9), 4, 1, {}),
+    ],
+)
 def test_conv_1d(x, m, k, attrs):
     """1-D convolutions run as 2-D windows of height 1."""
     rng = np.random.default_rng(8)
     g = Graph("conv1d")
     xv = g.add_input("x", x)
     w = rng.standard_normal((m, x[1] // attrs.get("group", 1), k)).astype(np.float32)
-    g.set_outputs(g.apply("conv", xv, g.add_const(w), g.add_const(rng.standard_normal(m).astype(
-        np.float32)), **attrs))
+    g.set_outputs(
+        g.apply(
+            "conv",
+            xv,
+            g.add_const(w),
+            g.add_const(rng.standard_normal(m).astype(np.float32)),
+            **attrs,
+        )
+    )
     check(g, {"x": rng.standard_normal(x).astype(np.float32)})
 
 
@@ -106,14 +128,21 @@ def test_conv_relu_node_fused(bias):
     assert len([k for k in model.kernels if not k.endswith("_prep")]) == 1, model.kernels
 
 
-@pytest.mark.parametrize(("x", "m", "k", "attrs"), [
-    ((1, 37, 11, 16), 9, 3, {"pads": (1, 1, 1, 1)}),
-    ((2, 20, 8, 8), 14, 1, {}),
-    ((1, 12, 10, 32), 12, 3, {"group": 2, "strides": (2, 2), "pads": (0, 1, 1, 0),
-                              "act": "relu"}),
-    ((3, 9, 5, 16), 7, 3, {"pads": (1, 1, 1, 1)}),
-    ((1, 8, 32, 58), 120, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}),  # row-split panels
-])
+@pytest.mark.parametrize(
+    ("x", "m", "k", "attrs"),
+    [
+        ((1, 37, 11, 16), 9, 3, {"pads": (1, 1, 1, 1)}),
+        ((2, 20, 8, 8), 14, 1, {}),
+        (
+            (1, 12, 10, 32),
+            12,
+            3,
+            {"group": 2, "strides": (2, 2), "pads": (0, 1, 1, 0), "act": "relu"},
+        ),
+        ((3, 9, 5, 16), 7, 3, {"pads": (1, 1, 1, 1)}),
+        ((1, 8, 32, 58), 120, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}),  # row-split panels
+    ],
+)
 def test_conv_channel_blocks(monkeypatch, x, m, k, attrs):
     """A small L1 budget splits the input channels into several accumulated blocks (rows of
     whole 8- and 16-lane vectors: tiles ending in a partial vector keep one block)."""
@@ -123,12 +152,15 @@ def test_conv_channel_blocks(monkeypatch, x, m, k, attrs):
     assert "addold:" in model.llvm_ir  # partial sums added back
 
 
-@pytest.mark.parametrize(("x", "m", "k", "attrs"), [
-    ((2, 13, 7, 7), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),
-    ((2, 13, 6, 16), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),
-    ((1, 10, 9, 12), 25, 1, {}),
-    ((3, 8, 11, 9), 16, 3, {"group": 2, "strides": (2, 2), "pads": (1, 0, 0, 1)}),
-])
+@pytest.mark.parametrize(
+    ("x", "m", "k", "attrs"),
+    [
+        ((2, 13, 7, 7), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),
+        ((2, 13, 6, 16), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),
+        ((1, 10, 9, 12), 25, 1, {}),
+        ((3, 8, 11, 9), 16, 3, {"group": 2, "strides": (2, 2), "pads": (1, 0, 0, 1)}),
+    ],
+)
 @pytest.mark.parametrize("l1", [600, 1 << 20])
 def test_conv_units_by_weight_blocks(monkeypatch, x, m, k, attrs, l1):
     """Weights too big for L2: work units take a few output-channel blocks and walk every row
@@ -140,12 +172,15 @@ def test_conv_units_by_weight_blocks(monkeypatch, x, m, k, attrs, l1):
     check(g, feeds)
 
 
-@pytest.mark.parametrize(("x", "m", "k", "attrs"), [
-    ((1, 8, 29, 58), 120, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1), "act": "relu"}),
-    ((3, 6, 20, 35), 122, 3, {"strides": (2, 2), "pads": (0, 1, 2, 1)}),
-    ((2, 8, 23, 45), 240, 5, {"strides": (2, 2), "pads": (2, 2, 2, 2), "group": 2}),
-    ((1, 4, 17, 39), 120, 3, {"strides": (1, 2), "dilations": (2, 1), "pads": (2, 1, 2, 1)}),
-])
+@pytest.mark.parametrize(
+    ("x", "m", "k", "attrs"),
+    [
+        ((1, 8, 29, 58), 120, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1), "act": "relu"}),
+        ((3, 6, 20, 35), 122, 3, {"strides": (2, 2), "pads": (0, 1, 2, 1)}),
+        ((2, 8, 23, 45), 240, 5, {"strides": (2, 2), "pads": (2, 2, 2, 2), "group": 2}),
+        ((1, 4, 17, 39), 120, 3, {"strides": (1, 2), "dilations": (2, 1), "pads": (2, 1, 2, 1)}),
+    ],
+)
 def test_conv_packed_row_split(x, m, k, attrs):
     """Strided convs with many output channels pack tiles of the flat output, each vector
     gathered across a row end (rows not a multiple of the tile)."""
@@ -167,11 +202,14 @@ def test_conv_runtime_weight_falls_back():
     g.set_outputs(g.apply("conv", x, w))
     model = compile_graph(g, threads=1)
     rng = np.random.default_rng(0)
-    feeds = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
-             "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    feeds = {
+        "x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
+        "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+    }
     name = g.outputs[0].name
-    np.testing.assert_allclose(model(**feeds)[name], reference(g, feeds)[name], rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        model(**feeds)[name], reference(g, feeds)[name], rtol=1e-5, atol=1e-5
+    )
     assert len(model.fallback_nodes) == 1
 
 
@@ -210,8 +248,14 @@ def test_pool_1d(op):
 
 
 def test_max_pool_dilated():
-    g, feeds = pool_graph("max_pool", (2, 3, 13, 12), kernel=(3, 3), strides=(2, 1),
-                          pads=(2, 1, 2, 1), dilations=(2, 2))
+    g, feeds = pool_graph(
+        "max_pool",
+        (2, 3, 13, 12),
+        kernel=(3, 3),
+        strides=(2, 1),
+        pads=(2, 1, 2, 1),
+        dilations=(2, 2),
+    )
     check(g, feeds)
 
 
@@ -222,8 +266,9 @@ def test_avg_pool(x, attrs, include):
     check(g, feeds)
 
 
-@pytest.mark.parametrize("x", [(1, 3, 7, 7), (2, 5, 13, 11), (3, 64, 8, 8), (2, 3, 37),
-                               (1, 2, 3, 4, 5), (1, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "x", [(1, 3, 7, 7), (2, 5, 13, 11), (3, 64, 8, 8), (2, 3, 37), (1, 2, 3, 4, 5), (1, 1, 1, 1)]
+)
 def test_global_avg_pool(x):
     g, feeds = pool_graph("global_avg_pool", x)
     check(g, feeds)
@@ -251,10 +296,15 @@ def test_conv_batch_norm_relu_folded(bias):
     rng = np.random.default_rng(11)
     g, feeds = conv_graph((2, 6, 9, 8), 7, 3, bias=bias, pads=(1, 1, 1, 1))
     y = g.outputs[0]
-    params = [rng.standard_normal(7), rng.standard_normal(7), rng.standard_normal(7),
-              rng.random(7) + 0.1]
-    bn = g.apply("batch_norm", y, *(g.add_const(p.astype(np.float32)) for p in params),
-                 epsilon=1e-3)
+    params = [
+        rng.standard_normal(7),
+        rng.standard_normal(7),
+        rng.standard_normal(7),
+        rng.random(7) + 0.1,
+    ]
+    bn = g.apply(
+        "batch_norm", y, *(g.add_const(p.astype(np.float32)) for p in params), epsilon=1e-3
+    )
     g.set_outputs(g.apply("relu", bn))
     model = check(g, feeds)
     assert [k for k in model.kernels if not k.endswith("_prep")] == ["k0_conv_bn_relu"]
@@ -264,8 +314,9 @@ def test_conv_batch_norm_not_folded_when_conv_output_is_read_twice():
     rng = np.random.default_rng(12)
     g, feeds = conv_graph((1, 4, 6, 6), 3, 3, pads=(1, 1, 1, 1))
     y = g.outputs[0]
-    bn = g.apply("batch_norm", y, *(g.add_const((rng.random(3) + 0.5).astype(np.float32))
-                                    for _ in range(4)))
+    bn = g.apply(
+        "batch_norm", y, *(g.add_const((rng.random(3) + 0.5).astype(np.float32)) for _ in range(4))
+    )
     g.set_outputs(bn, y)
     model = compile_graph(g, threads=1)
     want = reference(g, feeds)

@@ -25,9 +25,27 @@ from tests.targets.helpers import one_node, reference
 
 pytestmark = pytest.mark.llvm
 
-SPECIALS = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-40, -1e-40,
-                     1.17549435e-38, 1.0, -1.0, 0.5, -0.5, 3.4028235e38, -3.4028235e38],
-                    np.float32)
+SPECIALS = np.array(
+    [
+        0.0,
+        -0.0,
+        np.inf,
+        -np.inf,
+        np.nan,
+        1e-45,
+        -1e-45,
+        1e-40,
+        -1e-40,
+        1.17549435e-38,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+        3.4028235e38,
+        -3.4028235e38,
+    ],
+    np.float32,
+)
 CHUNK = 1 << 18  # elements per kernel call (stays below the streaming-store size)
 
 
@@ -36,15 +54,19 @@ def _bits(rng: np.random.Generator, n: int, lo: int, hi: int) -> np.ndarray:
     return rng.integers(lo, hi, n, dtype=np.uint32).view(np.float32)
 
 
-def _jit_expr(expr: tuple, shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]
-              ) -> Callable[..., None]:
+def _jit_expr(
+    expr: tuple, shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]
+) -> Callable[..., None]:
     Emitter.reset_names()
-    ir = ew_kernel("k", expr, Operand(0), out_shape,
-                   [(Operand(i + 1), s) for i, s in enumerate(shapes)], 8)
-    jit = codegen.JitModule(codegen.emit_object(codegen.optimize_ir(
-        "\n".join([PRELUDE, *INTRINSICS, ir, target_support("x86_64")]))))
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
-        jit.address("k"))
+    ir = ew_kernel(
+        "k", expr, Operand(0), out_shape, [(Operand(i + 1), s) for i, s in enumerate(shapes)], 8
+    )
+    jit = codegen.JitModule(
+        codegen.emit_object(
+            codegen.optimize_ir("\n".join([PRELUDE, *INTRINSICS, ir, target_support("x86_64")]))
+        )
+    )
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(jit.address("k"))
 
     def run(*bufs: np.ndarray) -> None:
         table = (ctypes.c_void_p * len(bufs))(*[b.ctypes.data for b in bufs])
@@ -61,7 +83,7 @@ def run_expr(expr: tuple, *arrays: np.ndarray, scalar: bool = False) -> np.ndarr
     out = np.empty(n, np.float32)
     kernels: dict[int, Callable[..., None]] = {}
     for lo in range(0, n, CHUNK):
-        parts = [np.ascontiguousarray(a[lo:lo + CHUNK], np.float32) for a in arrays]
+        parts = [np.ascontiguousarray(a[lo : lo + CHUNK], np.float32) for a in arrays]
         m = parts[0].size
         if scalar:
             rows = -(-m // 3)
@@ -72,7 +94,7 @@ def run_expr(expr: tuple, *arrays: np.ndarray, scalar: bool = False) -> np.ndarr
         if key not in kernels:
             kernels[key] = _jit_expr(expr, [p.shape for p in parts], res.shape)
         kernels[key](res, *parts)
-        out[lo:lo + m] = res.reshape(-1)[:m]
+        out[lo : lo + m] = res.reshape(-1)[:m]
     return out
 
 
@@ -102,29 +124,61 @@ def _wide(rng: np.random.Generator, n: int, hi: int = 0x7F800000) -> np.ndarray:
 
 
 # name, inputs, float64 truth, max ulp (measured, rounded up)
-MATHS: dict[str, tuple[Callable[[np.random.Generator], np.ndarray],
-                       Callable[[np.ndarray], np.ndarray], float]] = {
-    "log": (lambda r: np.concatenate([_wide(r, 300_001), np.linspace(0.5, 2, 100_003,
-                                                                     dtype=np.float32)]),
-            np.log, 0.8),
-    "log1p": (lambda r: np.concatenate([_wide(r, 300_001), -_bits(r, 100_001, 0, 0x3F800000),
-                                        np.linspace(-0.999, 2, 100_003, dtype=np.float32)]),
-              np.log1p, 1.2),
-    "expm1": (lambda r: np.concatenate([_wide(r, 300_001, 0x42B80000),
-                                        np.linspace(-20, 89, 100_003, dtype=np.float32)]),
-              np.expm1, 1.5),
-    "softplus": (lambda r: np.concatenate([_wide(r, 300_001, 0x43000000),
-                                           np.linspace(-110, 90, 100_003, dtype=np.float32)]),
-                 lambda x: np.logaddexp(0.0, x), 1.8),
-    "sin": (lambda r: np.concatenate([_wide(r, 100_001, 0x3F800000),
-                                      r.uniform(-1e5, 1e5, 300_001).astype(np.float32)]),
-            np.sin, 1.6),
-    "cos": (lambda r: np.concatenate([_wide(r, 100_001, 0x3F800000),
-                                      r.uniform(-1e5, 1e5, 300_001).astype(np.float32)]),
-            np.cos, 1.6),
-    "round": (lambda r: np.concatenate([_wide(r, 300_001),
-                                        np.arange(-8, 8, 0.25, dtype=np.float32)]),
-              np.round, 0.0),
+MATHS: dict[
+    str,
+    tuple[Callable[[np.random.Generator], np.ndarray], Callable[[np.ndarray], np.ndarray], float],
+] = {
+    "log": (
+        lambda r: np.concatenate(
+            [_wide(r, 300_001), np.linspace(0.5, 2, 100_003, dtype=np.float32)]
+        ),
+        np.log,
+        0.8,
+    ),
+    "log1p": (
+        lambda r: np.concatenate(
+            [
+                _wide(r, 300_001),
+                -_bits(r, 100_001, 0, 0x3F800000),
+                np.linspace(-0.999, 2, 100_003, dtype=np.float32),
+            ]
+        ),
+        np.log1p,
+        1.2,
+    ),
+    "expm1": (
+        lambda r: np.concatenate(
+            [_wide(r, 300_001, 0x42B80000), np.linspace(-20, 89, 100_003, dtype=np.float32)]
+        ),
+        np.expm1,
+        1.5,
+    ),
+    "softplus": (
+        lambda r: np.concatenate(
+            [_wide(r, 300_001, 0x43000000), np.linspace(-110, 90, 100_003, dtype=np.float32)]
+        ),
+        lambda x: np.logaddexp(0.0, x),
+        1.8,
+    ),
+    "sin": (
+        lambda r: np.concatenate(
+            [_wide(r, 100_001, 0x3F800000), r.uniform(-1e5, 1e5, 300_001).astype(np.float32)]
+        ),
+        np.sin,
+        1.6,
+    ),
+    "cos": (
+        lambda r: np.concatenate(
+            [_wide(r, 100_001, 0x3F800000), r.uniform(-1e5, 1e5, 300_001).astype(np.float32)]
+        ),
+        np.cos,
+        1.6,
+    ),
+    "round": (
+        lambda r: np.concatenate([_wide(r, 300_001), np.arange(-8, 8, 0.25, dtype=np.float32)]),
+        np.round,
+        0.0,
+    ),
 }
 
 
@@ -134,7 +188,7 @@ def test_maths_function_ulp_error(name, scalar):
     make, truth, bound = MATHS[name]
     x = make(np.random.default_rng(sorted(MATHS).index(name)))
     if scalar:
-        x = x[:: 16].copy()
+        x = x[::16].copy()
     with np.errstate(all="ignore"):
         got = run_expr((name, ("in", 0)), x, scalar=scalar)
         err = ulp_error(got, truth(x.astype(np.float64)))
@@ -156,10 +210,30 @@ def test_log_special_values():
 def test_exp_ends_match_numpy(scalar):
     """The exp op: NaN, ±inf, the subnormal results below -87.34, and values up to FLT_MAX
     above 88.38 (where the 2^n scale alone would overflow)."""
-    ends = np.array([np.nan, -np.inf, np.inf, -200, -104, -103.5, -100, -90, -87.4, -87.3,
-                     88.3, 88.38, 88.5, 88.72, 88.7228, 88.73, 1e30, -0.0], np.float32)
-    x = np.concatenate([ends, np.random.default_rng(9).uniform(-110, 90, 2000)
-                        .astype(np.float32)])
+    ends = np.array(
+        [
+            np.nan,
+            -np.inf,
+            np.inf,
+            -200,
+            -104,
+            -103.5,
+            -100,
+            -90,
+            -87.4,
+            -87.3,
+            88.3,
+            88.38,
+            88.5,
+            88.72,
+            88.7228,
+            88.73,
+            1e30,
+            -0.0,
+        ],
+        np.float32,
+    )
+    x = np.concatenate([ends, np.random.default_rng(9).uniform(-110, 90, 2000).astype(np.float32)])
     with np.errstate(all="ignore"):
         want = np.exp(x.astype(np.float64))
     got = run_expr(("exp", ("in", 0)), x, scalar=scalar)
@@ -202,28 +276,71 @@ def test_subnormal_results_and_inputs():
 
 
 # -- pow and fmod -------------------------------------------------------------------------------
-POW_SPECIALS = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 3.0, -3.0, np.inf, -np.inf,
-                         np.nan, 1e-45, -1e-45, 3.4e38, 1e-30, 0.25, 1.5, -1.5, 7.0, 64.0, 65.0,
-                         -64.0, 1e10, -1e10], np.float32)
+POW_SPECIALS = np.array(
+    [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+        2.0,
+        -2.0,
+        3.0,
+        -3.0,
+        np.inf,
+        -np.inf,
+        np.nan,
+        1e-45,
+        -1e-45,
+        3.4e38,
+        1e-30,
+        0.25,
+        1.5,
+        -1.5,
+        7.0,
+        64.0,
+        65.0,
+        -64.0,
+        1e10,
+        -1e10,
+    ],
+    np.float32,
+)
 
 
 def _same(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return ((got == want) & (np.signbit(got) == np.signbit(want))) | (
-        np.isnan(got) & np.isnan(want))
+        np.isnan(got) & np.isnan(want)
+    )
 
 
 def test_pow_runtime_exponent():
     """Against float64: 0.5 ulp (one rounding of an fp64 core); special pairs as numpy."""
     rng = np.random.default_rng(5)
     n = 400_001
-    x = np.concatenate([_bits(rng, n, 0x20000000, 0x5F000000), _bits(rng, n, 0, 0x7F800000),
-                        -_bits(rng, n, 0x30000000, 0x4F000000)])
-    y = np.concatenate([rng.uniform(-12, 12, n), rng.uniform(-3, 3, n),
-                        rng.integers(-20, 21, n) + np.where(np.arange(n) % 3, 0.0, 0.5)]
-                       ).astype(np.float32)
+    x = np.concatenate(
+        [
+            _bits(rng, n, 0x20000000, 0x5F000000),
+            _bits(rng, n, 0, 0x7F800000),
+            -_bits(rng, n, 0x30000000, 0x4F000000),
+        ]
+    )
+    y = np.concatenate(
+        [
+            rng.uniform(-12, 12, n),
+            rng.uniform(-3, 3, n),
+            rng.integers(-20, 21, n) + np.where(np.arange(n) % 3, 0.0, 0.5),
+        ]
+    ).astype(np.float32)
     with np.errstate(all="ignore"):
-        assert ulp_error(run_expr(("pow", ("in", 0), ("in", 1)), x, y),
-                         np.power(x.astype(np.float64), y.astype(np.float64))) <= 0.5
+        assert (
+            ulp_error(
+                run_expr(("pow", ("in", 0), ("in", 1)), x, y),
+                np.power(x.astype(np.float64), y.astype(np.float64)),
+            )
+            <= 0.5
+        )
         xs, ys = (a.ravel().copy() for a in np.meshgrid(POW_SPECIALS, POW_SPECIALS))
         for scalar in (False, True):
             got = run_expr(("pow", ("in", 0), ("in", 1)), xs, ys, scalar=scalar)
@@ -231,8 +348,29 @@ def test_pow_runtime_exponent():
             assert same.all(), list(zip(xs[~same], ys[~same], got[~same], strict=True))[:5]
 
 
-@pytest.mark.parametrize("c", [0.0, 1.0, 2.0, 3.0, -1.0, -2.0, 0.5, -0.5, 7.0, -7.0, 64.0, 65.0,
-                               1.5, -2.5, 1e10, np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize(
+    "c",
+    [
+        0.0,
+        1.0,
+        2.0,
+        3.0,
+        -1.0,
+        -2.0,
+        0.5,
+        -0.5,
+        7.0,
+        -7.0,
+        64.0,
+        65.0,
+        1.5,
+        -2.5,
+        1e10,
+        np.inf,
+        -np.inf,
+        np.nan,
+    ],
+)
 def test_pow_literal_exponent(c):
     """A constant exponent: within 0.5 ulp of float64 (x**2, 1/x, sqrt are numpy's own), the
     specials as numpy's power by a scalar gives them (sqrt's for 0.5)."""
@@ -256,11 +394,20 @@ def test_float_remainders_exact(kernel_op, fn):
     quotients, and every pair of special values."""
     rng = np.random.default_rng(7)
     n = 300_001
-    x = np.concatenate([_bits(rng, n, 0, 0x7F800000) * np.where(np.arange(n) % 2, 1, -1),
-                        rng.uniform(-100, 100, n), _bits(rng, n, 0x7E000000, 0x7F800000)]
-                       ).astype(np.float32)
-    y = np.concatenate([_bits(rng, n, 0, 0x7F800000) * np.where(np.arange(n) % 3, 1, -1),
-                        rng.uniform(-3, 3, n), _bits(rng, n, 1, 0x00800000)]).astype(np.float32)
+    x = np.concatenate(
+        [
+            _bits(rng, n, 0, 0x7F800000) * np.where(np.arange(n) % 2, 1, -1),
+            rng.uniform(-100, 100, n),
+            _bits(rng, n, 0x7E000000, 0x7F800000),
+        ]
+    ).astype(np.float32)
+    y = np.concatenate(
+        [
+            _bits(rng, n, 0, 0x7F800000) * np.where(np.arange(n) % 3, 1, -1),
+            rng.uniform(-3, 3, n),
+            _bits(rng, n, 1, 0x00800000),
+        ]
+    ).astype(np.float32)
     xs, ys = (a.ravel().copy() for a in np.meshgrid(POW_SPECIALS, POW_SPECIALS))
     x, y = np.concatenate([x, xs]), np.concatenate([y, ys])
     with np.errstate(all="ignore"):
@@ -269,8 +416,7 @@ def test_float_remainders_exact(kernel_op, fn):
             k = 1 if not scalar else 13
             got = run_expr((kernel_op, ("in", 0), ("in", 1)), x[::k], y[::k], scalar=scalar)
             same = _same(got, want[::k])
-            assert same.all(), list(zip(x[::k][~same], y[::k][~same], got[~same],
-                                        strict=True))[:5]
+            assert same.all(), list(zip(x[::k][~same], y[::k][~same], got[~same], strict=True))[:5]
 
 
 def test_max_min_relu_keep_nan():
@@ -307,8 +453,9 @@ def compiled(graph: Graph, feeds: dict[str, np.ndarray]) -> tuple[dict, dict, ob
     return got, want, model
 
 
-def _special_feed(shape: tuple[int, ...], rng: np.random.Generator, scale: float = 3.0
-                  ) -> np.ndarray:
+def _special_feed(
+    shape: tuple[int, ...], rng: np.random.Generator, scale: float = 3.0
+) -> np.ndarray:
     x = (rng.standard_normal(shape) * scale).astype(np.float32)
     flat = x.reshape(-1)
     flat[: min(len(SPECIALS), flat.size)] = SPECIALS[: flat.size]
@@ -321,12 +468,19 @@ def _elu64(alpha: float) -> Callable[[np.ndarray], np.ndarray]:
 
 
 UNARY_CASES = [  # op, attrs, float64 truth and max ulp (None: bit for bit with the reference)
-    ("log", {}, np.log, 1.0), ("sin", {}, np.sin, 1.6), ("cos", {}, np.cos, 1.6),
-    ("round", {}, None, None), ("softplus", {}, lambda x: np.logaddexp(0.0, x), 1.8),
-    ("leaky_relu", {}, None, None), ("leaky_relu", {"alpha": 0.2}, None, None),
-    ("leaky_relu", {"alpha": 0.0}, None, None), ("leaky_relu", {"alpha": -1.5}, None, None),
-    ("leaky_relu", {"alpha": 3.0}, None, None), ("elu", {}, _elu64(1.0), 2.0),
-    ("elu", {"alpha": 0.3}, _elu64(0.3), 2.0), ("hard_sigmoid", {}, None, None),
+    ("log", {}, np.log, 1.0),
+    ("sin", {}, np.sin, 1.6),
+    ("cos", {}, np.cos, 1.6),
+    ("round", {}, None, None),
+    ("softplus", {}, lambda x: np.logaddexp(0.0, x), 1.8),
+    ("leaky_relu", {}, None, None),
+    ("leaky_relu", {"alpha": 0.2}, None, None),
+    ("leaky_relu", {"alpha": 0.0}, None, None),
+    ("leaky_relu", {"alpha": -1.5}, None, None),
+    ("leaky_relu", {"alpha": 3.0}, None, None),
+    ("elu", {}, _elu64(1.0), 2.0),
+    ("elu", {"alpha": 0.3}, _elu64(0.3), 2.0),
+    ("hard_sigmoid", {}, None, None),
     ("hard_sigmoid", {"alpha": 1 / 6, "beta": 0.5}, None, None),
 ]
 
@@ -338,8 +492,9 @@ def test_unary_op_compiled(op, attrs, truth, maxulp, shape):
     g, _ = one_node(op, [shape], **attrs)
     x = _special_feed(shape, np.random.default_rng(len(op) + sum(shape)))
     if op == "log":
-        x = (np.abs(x) * np.where(np.arange(x.size).reshape(shape) % 7 == 0, -1, 1)
-             ).astype(np.float32)
+        x = (np.abs(x) * np.where(np.arange(x.size).reshape(shape) % 7 == 0, -1, 1)).astype(
+            np.float32
+        )
     if op in ("sin", "cos"):
         x[np.abs(x) > 1e5] = 1e5  # beyond the accurate range (tested above)
     got, want, _ = compiled(g, {"x0": x})
@@ -352,8 +507,10 @@ def test_unary_op_compiled(op, attrs, truth, maxulp, shape):
             assert ulp_error(got[name], truth(x.astype(np.float64))) <= maxulp
 
 
-@pytest.mark.parametrize(("lo", "hi"), [(-1.0, 1.0), (0.0, 6.0), (None, 0.5), (-0.5, None),
-                                        (1.0, -1.0), (-np.inf, np.inf)])
+@pytest.mark.parametrize(
+    ("lo", "hi"),
+    [(-1.0, 1.0), (0.0, 6.0), (None, 0.5), (-0.5, None), (1.0, -1.0), (-np.inf, np.inf)],
+)
 @pytest.mark.parametrize("runtime", [False, True])
 def test_clip(lo, hi, runtime):
     rng = np.random.default_rng(8)
@@ -374,8 +531,9 @@ def test_clip(lo, hi, runtime):
     np.testing.assert_array_equal(got[g.outputs[0].name], want[g.outputs[0].name])
 
 
-@pytest.mark.parametrize(("a", "b"), [((5, 7), (5, 7)), ((3, 1, 9), (4, 1)), ((2, 33), (33,)),
-                                      ((1001,), ())])
+@pytest.mark.parametrize(
+    ("a", "b"), [((5, 7), (5, 7)), ((3, 1, 9), (4, 1)), ((2, 33), (33,)), ((1001,), ())]
+)
 def test_pow_and_mod_broadcast(a, b):
     rng = np.random.default_rng(len(a) + len(b))
     xa = _special_feed(a, rng)
@@ -389,13 +547,19 @@ def test_pow_and_mod_broadcast(a, b):
             assert _same(got[name], want[name]).all(), (op, attrs)
         else:
             with np.errstate(all="ignore"):
-                assert ulp_error(got[name], np.power(xa.astype(np.float64),
-                                                     y.astype(np.float64))) <= 0.5
+                assert (
+                    ulp_error(got[name], np.power(xa.astype(np.float64), y.astype(np.float64)))
+                    <= 0.5
+                )
 
 
-@pytest.mark.parametrize(("c", "dtype"), [
-    *[(c, "float32") for c in (2.0, 3.0, 0.5, -0.5, -1.0, 1.7)],
-    *[(c, "int64") for c in (2, 3, -1, -3)]])
+@pytest.mark.parametrize(
+    ("c", "dtype"),
+    [
+        *[(c, "float32") for c in (2.0, 3.0, 0.5, -0.5, -1.0, 1.7)],
+        *[(c, "int64") for c in (2, 3, -1, -3)],
+    ],
+)
 def test_pow_constant_exponent(c, dtype):
     g, feeds = one_node("pow", [(3, 41), ()], consts={1: np.array(c, dtype)})
     feeds["x0"] = _special_feed((3, 41), np.random.default_rng(9))
@@ -416,8 +580,9 @@ def test_pow_integer_array_exponent_and_runtime_integer_fallback():
     model = compile_graph(g, threads=1)
     assert model.fallback_nodes == [g.nodes[0].name]  # run-time integer exponents: numpy
     feeds = {"x": rng.standard_normal((4, 9)).astype(np.float32), "y": np.arange(9) - 4}
-    np.testing.assert_array_equal(model(**feeds)[g.outputs[0].name],
-                                  reference(g, feeds)[g.outputs[0].name])
+    np.testing.assert_array_equal(
+        model(**feeds)[g.outputs[0].name], reference(g, feeds)[g.outputs[0].name]
+    )
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 6), (1, 16, 9, 9, 3)])
@@ -425,11 +590,14 @@ def test_pow_integer_array_exponent_and_runtime_integer_fallback():
 def test_batch_norm(shape, const):
     rng = np.random.default_rng(sum(shape))
     c = shape[1]
-    params = [rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(c),
-              np.abs(rng.standard_normal(c)) + 0.1]
+    params = [
+        rng.standard_normal(c),
+        rng.standard_normal(c),
+        rng.standard_normal(c),
+        np.abs(rng.standard_normal(c)) + 0.1,
+    ]
     consts = {i + 1: p.astype(np.float32) for i, p in enumerate(params)} if const else None
-    g, feeds = one_node("batch_norm", [shape, (c,), (c,), (c,), (c,)], consts=consts,
-                        epsilon=1e-3)
+    g, feeds = one_node("batch_norm", [shape, (c,), (c,), (c,), (c,)], consts=consts, epsilon=1e-3)
     if not const:
         feeds.update({f"x{i + 1}": p.astype(np.float32) for i, p in enumerate(params)})
     feeds["x0"] = _special_feed(shape, rng)
@@ -446,13 +614,20 @@ def test_batch_norm_then_relu_is_one_kernel():
     rng = np.random.default_rng(11)
     g = Graph("bn_relu")
     x = g.add_input("x", (2, 4, 6, 5))
-    params = [g.add_const(a.astype(np.float32)) for a in (
-        rng.standard_normal(4), rng.standard_normal(4), rng.standard_normal(4),
-        np.abs(rng.standard_normal(4)) + 0.5)]
+    params = [
+        g.add_const(a.astype(np.float32))
+        for a in (
+            rng.standard_normal(4),
+            rng.standard_normal(4),
+            rng.standard_normal(4),
+            np.abs(rng.standard_normal(4)) + 0.5,
+        )
+    ]
     g.set_outputs(g.apply("relu", g.apply("batch_norm", x, *params)))
     got, want, model = compiled(g, {"x": rng.standard_normal((2, 4, 6, 5)).astype(np.float32)})
-    np.testing.assert_allclose(got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-5, atol=1e-5
+    )
     assert model.kernels == ["k0_batch_norm_relu"], model.kernels
 
 
@@ -463,21 +638,29 @@ def test_log_softmax(shape):
     x = (rng.standard_normal(shape) * 10).astype(np.float32)
     x.reshape(-1)[0] = -np.inf
     got, want, _ = compiled(g, {"x0": x})
-    np.testing.assert_allclose(got[g.outputs[0].name], want[g.outputs[0].name], rtol=2e-6,
-                               atol=2e-6)
+    np.testing.assert_allclose(
+        got[g.outputs[0].name], want[g.outputs[0].name], rtol=2e-6, atol=2e-6
+    )
 
 
 def test_log_softmax_inner_axis_falls_back():
     g, feeds = one_node("log_softmax", [(4, 5, 6)], axis=1)
     model = compile_graph(g, threads=1)
     assert model.fallback_nodes == [g.nodes[0].name]
-    np.testing.assert_allclose(model(**feeds)[g.outputs[0].name],
-                               reference(g, feeds)[g.outputs[0].name], rtol=1e-6)
+    np.testing.assert_allclose(
+        model(**feeds)[g.outputs[0].name], reference(g, feeds)[g.outputs[0].name], rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize(("op", "attrs", "kernels"), [
-    ("softplus", {}, 1), ("leaky_relu", {}, 1), ("sin", {}, 1), ("leaky_relu", {"alpha": 0.1}, 2),
-])
+@pytest.mark.parametrize(
+    ("op", "attrs", "kernels"),
+    [
+        ("softplus", {}, 1),
+        ("leaky_relu", {}, 1),
+        ("sin", {}, 1),
+        ("leaky_relu", {"alpha": 0.1}, 2),
+    ],
+)
 def test_new_unary_ops_fuse_after_gemm(op, attrs, kernels):
     """A unary op of default attributes is the GEMM's activation; others run after it."""
     rng = np.random.default_rng(12)
@@ -486,15 +669,23 @@ def test_new_unary_ops_fuse_after_gemm(op, attrs, kernels):
     mm = g.apply("matmul", x, g.add_const(rng.standard_normal((40, 24)).astype(np.float32)))
     g.set_outputs(g.apply(op, mm, **attrs))
     got, want, model = compiled(g, {"x": rng.standard_normal((17, 40)).astype(np.float32)})
-    np.testing.assert_allclose(got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-4, atol=1e-5
+    )
     assert len(model.kernels) == kernels, model.kernels
 
 
-@pytest.mark.parametrize(("op", "attrs", "extra"), [
-    ("leaky_relu", {"alpha": 0.2}, None), ("elu", {"alpha": 0.5}, None),
-    ("hard_sigmoid", {}, None), ("clip", {}, (-0.5, 0.5)), ("pow", {}, 2.0), ("log", {}, None),
-])
+@pytest.mark.parametrize(
+    ("op", "attrs", "extra"),
+    [
+        ("leaky_relu", {"alpha": 0.2}, None),
+        ("elu", {"alpha": 0.5}, None),
+        ("hard_sigmoid", {}, None),
+        ("clip", {}, (-0.5, 0.5)),
+        ("pow", {}, 2.0),
+        ("log", {}, None),
+    ],
+)
 def test_ops_with_attributes_fuse_after_layer_norm(op, attrs, extra):
     rng = np.random.default_rng(13)
     g = Graph("ln_act")
@@ -508,8 +699,9 @@ def test_ops_with_attributes_fuse_after_layer_norm(op, attrs, extra):
         ins = []
     g.set_outputs(g.apply(op, ln, *ins, **attrs))
     got, want, model = compiled(g, {"x": rng.standard_normal((9, 70)).astype(np.float32)})
-    np.testing.assert_allclose(got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-4, atol=1e-5
+    )
     assert len(model.kernels) == 1, model.kernels
 
 
@@ -520,15 +712,21 @@ def test_clip_0_6_is_the_relu6_of_conv_and_gemm(producer):
     g = Graph("relu6")
     if producer == "conv":
         x = g.add_input("x", (1, 3, 9, 9))
-        y = g.apply("conv", x, g.add_const(rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
-                    g.add_const(rng.standard_normal(4).astype(np.float32)), pads=(1, 1, 1, 1))
+        y = g.apply(
+            "conv",
+            x,
+            g.add_const(rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+            g.add_const(rng.standard_normal(4).astype(np.float32)),
+            pads=(1, 1, 1, 1),
+        )
     else:
         x = g.add_input("x", (7, 20))
         y = g.apply("matmul", x, g.add_const(rng.standard_normal((20, 9)).astype(np.float32)))
     g.set_outputs(g.apply("clip", y, g.add_const(np.float32(0.0)), g.add_const(np.float32(6.0))))
     feeds = {"x": (rng.standard_normal(tuple(x.type.shape)) * 3).astype(np.float32)}
     got, want, model = compiled(g, feeds)
-    np.testing.assert_allclose(got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        got[g.outputs[0].name], want[g.outputs[0].name], rtol=1e-4, atol=1e-4
+    )
     assert [k for k in model.kernels if k.endswith("_relu6")], model.kernels
     assert len([k for k in model.kernels if not k.endswith(("_prep", "_pack"))]) == 1

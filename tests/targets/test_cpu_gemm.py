@@ -84,8 +84,9 @@ def test_linear_size_triples_threads(always_parallel, threads, native):
 
 
 @pytest.mark.parametrize("act", ["none", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"])
-@pytest.mark.parametrize(("bias", "res"),
-                         [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(
+    ("bias", "res"), [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_epilogue_combinations(always_parallel, act, bias, res):
     """Bias, activation and residual, on full panels and the partial last panel (N = 16·2 + 5)."""
     rng = np.random.default_rng(7)
@@ -102,22 +103,30 @@ def test_epilogue_combinations(always_parallel, act, bias, res):
         ins.append(g.add_input("r", (m, n)))
         feeds["r"] = r
     g.set_outputs(g.apply("linear", *ins, act=act))
-    want = run_reference("linear", [x, w, b if bias else None, r if res else None],
-                         {"act": act})[0]
+    want = run_reference("linear", [x, w, b if bias else None, r if res else None], {"act": act})[0]
     for threads in (1, 2):
         _, got = _run(g, feeds, threads)
         np.testing.assert_allclose(got[g.outputs[0].name], want, rtol=RTOL, atol=RTOL)
 
 
-@pytest.mark.parametrize(("a", "b"), [((4, 17, 33), (4, 33, 129)), ((3, 1, 300), (3, 300, 3)),
-                                 ((2, 3, 64, 17), (2, 3, 17, 64)), ((5, 129, 64), (64, 17))])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((4, 17, 33), (4, 33, 129)),
+        ((3, 1, 300), (3, 300, 3)),
+        ((2, 3, 64, 17), (2, 3, 17, 64)),
+        ((5, 129, 64), (64, 17)),
+    ],
+)
 def test_batched_matmul_runtime_b(always_parallel, a, b):
     rng = np.random.default_rng(len(a) + a[-1])
     g = Graph("bmm")
     av, bv = g.add_input("a", a), g.add_input("b", b)
     g.set_outputs(g.apply("matmul", av, bv))
-    feeds = {"a": rng.standard_normal(a).astype(np.float32),
-             "b": rng.standard_normal(b).astype(np.float32)}
+    feeds = {
+        "a": rng.standard_normal(a).astype(np.float32),
+        "b": rng.standard_normal(b).astype(np.float32),
+    }
     want = feeds["a"] @ feeds["b"]
     for threads, native in ((1, False), (2, False), (2, True)):
         _, got = _run(g, feeds, threads, native)
@@ -131,13 +140,14 @@ def _gemm_alone(spec: gemm_mod.GemmSpec, a, bpacked, bias, res):
 
     out = np.full((spec.batch, spec.m, spec.n), np.nan, np.float32)
     bufs = [out, a, bpacked, bias, res]
-    ir = gemm_mod.gemm_kernel("g", spec, *[Operand(i) if x is not None else None
-                                           for i, x in enumerate(bufs)])
-    jit = codegen.JitModule(codegen.emit_object(codegen.optimize_ir(
-        "\n".join([PRELUDE, *INTRINSICS, ir]))))
+    ir = gemm_mod.gemm_kernel(
+        "g", spec, *[Operand(i) if x is not None else None for i, x in enumerate(bufs)]
+    )
+    jit = codegen.JitModule(
+        codegen.emit_object(codegen.optimize_ir("\n".join([PRELUDE, *INTRINSICS, ir])))
+    )
     table = (ctypes.c_void_p * 5)(*[x.ctypes.data if x is not None else 0 for x in bufs])
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
-        jit.address("g"))
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(jit.address("g"))
 
     def run(part: int, nparts: int) -> None:
         fn(ctypes.addressof(table), part, nparts)
@@ -159,8 +169,9 @@ def test_bias_per_row_and_shared_a(act, parts):
     b = rng.standard_normal((batch, k, n)).astype(np.float32)
     bias = rng.standard_normal(m).astype(np.float32)
     res = rng.standard_normal((batch, m, n)).astype(np.float32)
-    spec = gemm_mod.GemmSpec(batch, m, n, k, 0, True, True, True, act, mr, nr, host.lanes,
-                             bias_rows=True)
+    spec = gemm_mod.GemmSpec(
+        batch, m, n, k, 0, True, True, True, act, mr, nr, host.lanes, bias_rows=True
+    )
     run, out = _gemm_alone(spec, a, gemm_mod.pack_b_numpy(b, nr), bias, res)
     for p in range(parts):
         run(p, parts)
@@ -249,8 +260,15 @@ def test_ir_micro_kernels_and_driver():
     lanes = host.lanes
     g = Graph("snap")
     x = g.add_input("x", (100, 300))
-    g.set_outputs(g.apply("linear", x, g.add_const(np.ones((300, 1000), np.float32)),
-                          g.add_const(np.ones(1000, np.float32)), act="gelu"))
+    g.set_outputs(
+        g.apply(
+            "linear",
+            x,
+            g.add_const(np.ones((300, 1000), np.float32)),
+            g.add_const(np.ones(1000, np.float32)),
+            act="gelu",
+        )
+    )
     model = compile_graph(g)
     opt = str(codegen.optimize_ir(model.llvm_ir))
     assert "malloc" not in opt
@@ -288,11 +306,11 @@ def test_pack_kernel_matches_numpy_packing(transposed, parts):
     want = gemm_mod.pack_b_numpy(b, nr)
     out = np.full(want.shape, np.nan, np.float32)
     ir = gemm_mod.pack_kernel("p", batch, k, n, nr, Operand(1), Operand(0), transposed)
-    jit = codegen.JitModule(codegen.emit_object(codegen.optimize_ir(
-        "\n".join([PRELUDE, *INTRINSICS, ir]))))
+    jit = codegen.JitModule(
+        codegen.emit_object(codegen.optimize_ir("\n".join([PRELUDE, *INTRINSICS, ir])))
+    )
     table = (ctypes.c_void_p * 2)(out.ctypes.data, src.ctypes.data)
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
-        jit.address("p"))
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(jit.address("p"))
     for p in range(parts):
         fn(ctypes.addressof(table), p, parts)
     np.testing.assert_array_equal(out, want)

@@ -33,8 +33,11 @@ def split_always(monkeypatch):
 def _gather_graph(xshape, xdtype, ishape, idtype, axis, const_idx=None):
     g = Graph("gather")
     x = g.add_input("x", xshape, xdtype)
-    idx = (g.add_const(const_idx, "idx") if const_idx is not None
-           else g.add_input("idx", ishape, idtype))
+    idx = (
+        g.add_const(const_idx, "idx")
+        if const_idx is not None
+        else g.add_input("idx", ishape, idtype)
+    )
     g.set_outputs(g.apply("gather", x, idx, axis=axis))
     return g
 
@@ -57,8 +60,10 @@ def test_gather_axes_and_index_shapes(axis, ishape, idtype, split_always):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("xshape", "ishape", "axis"), [
-    ((9, 4), (3, 2), 0), ((3, 9), (5,), 1), ((2, 3, 9), (), -1), ((9,), (6,), 0)])
+@pytest.mark.parametrize(
+    ("xshape", "ishape", "axis"),
+    [((9, 4), (3, 2), 0), ((3, 9), (5,), 1), ((2, 3, 9), (), -1), ((9,), (6,), 0)],
+)
 def test_gather_dtypes(dtype, xshape, ishape, axis):
     rng = np.random.default_rng(1)
     g = _gather_graph(xshape, dtype, ishape, "int64", axis)
@@ -73,9 +78,15 @@ def test_gather_negative_indices_count_from_the_end():
     np.testing.assert_array_equal(out[g.outputs[0].name], x[[3, 0, 0, 3]])
 
 
-@pytest.mark.parametrize(("xshape", "axis", "index"), [
-    ((2, 5, 8), 1, np.array(0)), ((2, 5, 8), 1, np.array(-1)), ((3, 4), 0, np.array([2, -3])),
-    ((3, 4), -1, np.array([[3], [0]], np.int32))])
+@pytest.mark.parametrize(
+    ("xshape", "axis", "index"),
+    [
+        ((2, 5, 8), 1, np.array(0)),
+        ((2, 5, 8), 1, np.array(-1)),
+        ((3, 4), 0, np.array([2, -3])),
+        ((3, 4), -1, np.array([[3], [0]], np.int32)),
+    ],
+)
 def test_gather_constant_indices(xshape, axis, index):
     """``x[:, 0]`` exports as Gather with a constant scalar index: the output rank drops."""
     rng = np.random.default_rng(2)
@@ -83,13 +94,17 @@ def test_gather_constant_indices(xshape, axis, index):
     check_compiled(g, {"x": _data(xshape, "float32", rng)}, rtol=None)
 
 
-@pytest.mark.parametrize(("vocab", "hidden", "ids"), [(1000, 64, (2, 16)), (50, 768, (1, 7)),
-                                                      (30, 3, (4,))])
+@pytest.mark.parametrize(
+    ("vocab", "hidden", "ids"), [(1000, 64, (2, 16)), (50, 768, (1, 7)), (30, 3, (4,))]
+)
 def test_embedding_lookup(vocab, hidden, ids, split_always):
     rng = np.random.default_rng(3)
     g = _gather_graph((vocab, hidden), "float32", ids, "int64", 0)
-    check_compiled(g, {"x": _data((vocab, hidden), "float32", rng),
-                       "idx": rng.integers(0, vocab, ids)}, rtol=None)
+    check_compiled(
+        g,
+        {"x": _data((vocab, hidden), "float32", rng), "idx": rng.integers(0, vocab, ids)},
+        rtol=None,
+    )
 
 
 def test_embedding_rows_are_one_memcpy_each():
@@ -103,14 +118,18 @@ def test_embedding_rows_are_one_memcpy_each():
 
 def test_constant_index_out_of_range_fails_at_compile_time():
     g = _gather_graph((3, 4), "float32", None, None, 0, const_idx=np.array([0, 3]))
-    with pytest.raises(ShapeError, match=r"node 'gather' \(gather\): constant index 3 at "
-                                         r"idx\[1\] is out of range \[-3, 2\]"):
+    with pytest.raises(
+        ShapeError,
+        match=r"node 'gather' \(gather\): constant index 3 at "
+        r"idx\[1\] is out of range \[-3, 2\]",
+    ):
         compile_graph(g, threads=1)
 
 
 # -- runtime indices out of range -----------------------------------------------------------------
-@pytest.mark.parametrize(("axis", "bad", "where"), [
-    (0, 10, "idx[0, 2]"), (0, -11, "idx[0, 2]"), (-1, 7, "idx[0, 2]")])
+@pytest.mark.parametrize(
+    ("axis", "bad", "where"), [(0, 10, "idx[0, 2]"), (0, -11, "idx[0, 2]"), (-1, 7, "idx[0, 2]")]
+)
 @pytest.mark.parametrize("idtype", ["int32", "int64"])
 def test_index_out_of_range_raises_and_the_next_call_works(axis, bad, where, idtype):
     xshape = (10, 7)
@@ -125,13 +144,15 @@ def test_index_out_of_range_raises_and_the_next_call_works(axis, bad, where, idt
     with pytest.raises(InputError) as err:
         model(x=x, idx=idx)
     msg = str(err.value)
-    assert f"node 'gather' (gather): index {bad} at {where} is out of range [{-dim}, {dim - 1}]" \
-        in msg, msg
+    assert (
+        f"node 'gather' (gather): index {bad} at {where} is out of range [{-dim}, {dim - 1}]" in msg
+    ), msg
     assert "no output was returned" in msg
     good = _indices((2, 3), idtype, dim, rng)
     got = model(x=x, idx=good)  # the record was cleared
-    np.testing.assert_array_equal(got[g.outputs[0].name], reference(g, {"x": x, "idx": good})[
-        g.outputs[0].name])
+    np.testing.assert_array_equal(
+        got[g.outputs[0].name], reference(g, {"x": x, "idx": good})[g.outputs[0].name]
+    )
 
 
 def test_reference_rejects_an_index_below_minus_dim_as_the_kernel_does():
@@ -139,8 +160,11 @@ def test_reference_rejects_an_index_below_minus_dim_as_the_kernel_does():
     result again (x's last row, silently); it raises InputError as the kernel does."""
     g = _gather_graph((3, 4), "float32", (2,), "int64", 0)
     feeds = {"x": np.zeros((3, 4), np.float32), "idx": np.array([0, -4])}
-    with pytest.raises(InputError, match=r"gather: index -4 at \[1\] is out of range \[-3, 2\] "
-                                         r"for axis 0 \(size 3\)"):
+    with pytest.raises(
+        InputError,
+        match=r"gather: index -4 at \[1\] is out of range \[-3, 2\] "
+        r"for axis 0 \(size 3\)",
+    ):
         reference(g, feeds)
     with pytest.raises(InputError, match=r"node 'gather' \(gather\): index -4 at idx\[1\]"):
         compile_graph(g, threads=1)(**feeds)
@@ -208,9 +232,19 @@ def test_two_gathers_the_first_bad_node_is_reported():
 
 # -- expand, tile, pad ----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("xshape", "shape"), [
-    ((3, 1), (3, 4)), ((1, 4), (2, 3, 4)), ((1,), (5,)), ((), (2, 3)), ((2, 1, 3), (2, 4, 3)),
-    ((2, 3, 1), (1, 1, 5)), ((4,), (1,)), ((1, 1), (1, 1))])
+@pytest.mark.parametrize(
+    ("xshape", "shape"),
+    [
+        ((3, 1), (3, 4)),
+        ((1, 4), (2, 3, 4)),
+        ((1,), (5,)),
+        ((), (2, 3)),
+        ((2, 1, 3), (2, 4, 3)),
+        ((2, 3, 1), (1, 1, 5)),
+        ((4,), (1,)),
+        ((1, 1), (1, 1)),
+    ],
+)
 def test_expand(dtype, xshape, shape, split_always):
     rng = np.random.default_rng(7)
     g = Graph("e")
@@ -220,9 +254,17 @@ def test_expand(dtype, xshape, shape, split_always):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("xshape", "reps"), [
-    ((2, 3), (2, 2)), ((3,), (4,)), ((1, 4, 1), (3, 1, 2)), ((2, 3), (1, 1)), ((1,), (7,)),
-    ((2, 1, 3), (1, 5, 1))])
+@pytest.mark.parametrize(
+    ("xshape", "reps"),
+    [
+        ((2, 3), (2, 2)),
+        ((3,), (4,)),
+        ((1, 4, 1), (3, 1, 2)),
+        ((2, 3), (1, 1)),
+        ((1,), (7,)),
+        ((2, 1, 3), (1, 5, 1)),
+    ],
+)
 def test_tile(dtype, xshape, reps, split_always):
     rng = np.random.default_rng(8)
     g = Graph("t")
@@ -232,15 +274,15 @@ def test_tile(dtype, xshape, reps, split_always):
 
 
 PADS = [
-    ((1, 3, 8, 8), (0, 0, 1, 1, 0, 0, 1, 1)),     # before a conv
+    ((1, 3, 8, 8), (0, 0, 1, 1, 0, 0, 1, 1)),  # before a conv
     ((3, 5), (1, 2, 0, 3)),
-    ((3, 5), (-1, 0, 1, -2)),                    # crop and pad
-    ((4, 6), (0, -2, 0, -1)),                    # crop only
-    ((1, 5), (2, 0, 1, 0)),                      # size-1 dim padded
+    ((3, 5), (-1, 0, 1, -2)),  # crop and pad
+    ((4, 6), (0, -2, 0, -1)),  # crop only
+    ((1, 5), (2, 0, 1, 0)),  # size-1 dim padded
     ((6,), (3, 4)),
-    ((2, 3, 4), (0, 2, 0, 0, 0, 1)),              # padding an outer dim only
-    ((5, 1), (0, 1, 0, 2)),                       # size-1 last dim padded
-    ((3, 4), (0, -3, 0, 0)),                      # the last dim cropped to one element
+    ((2, 3, 4), (0, 2, 0, 0, 0, 1)),  # padding an outer dim only
+    ((5, 1), (0, 1, 0, 2)),  # size-1 last dim padded
+    ((3, 4), (0, -3, 0, 0)),  # the last dim cropped to one element
 ]
 
 
@@ -255,8 +297,10 @@ def test_pad_constant(dtype, xshape, pads, split_always):
 
 
 @pytest.mark.parametrize("mode", ["edge", "reflect"])
-@pytest.mark.parametrize(("xshape", "pads"), [
-    *PADS[:3], PADS[5], PADS[6], ((2, 3), (2, 2, 2, 2)), ((2, 2), (0, 9, 0, 9))])
+@pytest.mark.parametrize(
+    ("xshape", "pads"),
+    [*PADS[:3], PADS[5], PADS[6], ((2, 3), (2, 2, 2, 2)), ((2, 2), (0, 9, 0, 9))],
+)
 def test_pad_edge_reflect(mode, xshape, pads, split_always):
     rng = np.random.default_rng(10)
     g = Graph("p")

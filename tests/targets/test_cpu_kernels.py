@@ -23,8 +23,25 @@ def check(graph, feeds, rtol=2e-5, atol=2e-6, lowered=True):
     return model
 
 
-@pytest.mark.parametrize("op", ["neg", "abs", "exp", "tanh", "erf", "relu", "sigmoid", "silu",
-                                "floor", "ceil", "reciprocal", "sqrt", "leaky_relu", "gelu"])
+@pytest.mark.parametrize(
+    "op",
+    [
+        "neg",
+        "abs",
+        "exp",
+        "tanh",
+        "erf",
+        "relu",
+        "sigmoid",
+        "silu",
+        "floor",
+        "ceil",
+        "reciprocal",
+        "sqrt",
+        "leaky_relu",
+        "gelu",
+    ],
+)
 def test_unary(op):
     g, feeds = one_node(op, [(3, 37)])
     if op in ("sqrt", "reciprocal"):
@@ -42,8 +59,17 @@ def test_gelu_tanh_and_wide_range():
     check(g, {"x0": x}, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("a", "b"), [((5, 7), (5, 7)), ((5, 7), (7,)), ((4, 1, 9), (3, 1)),
-                                      ((1,), (2, 3, 17)), ((2, 1, 33), (2, 5, 1)), ((), (13,))])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((5, 7), (5, 7)),
+        ((5, 7), (7,)),
+        ((4, 1, 9), (3, 1)),
+        ((1,), (2, 3, 17)),
+        ((2, 1, 33), (2, 5, 1)),
+        ((), (13,)),
+    ],
+)
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "max", "min"])
 def test_binary_broadcast(op, a, b):
     g, feeds = one_node(op, [a, b])
@@ -61,8 +87,9 @@ def test_fused_ew_chain_odd_size():
     check(g, feeds)
 
 
-@pytest.mark.parametrize(("m", "k", "n"), [(1, 1, 1), (7, 13, 5), (37, 300, 45), (6, 16, 16),
-                                           (97, 257, 50)])
+@pytest.mark.parametrize(
+    ("m", "k", "n"), [(1, 1, 1), (7, 13, 5), (37, 300, 45), (6, 16, 16), (97, 257, 50)]
+)
 @pytest.mark.parametrize("act", ["none", "gelu", "relu"])
 def test_linear_const_weight(m, k, n, act):
     rng = np.random.default_rng(m * 1000 + k)
@@ -72,8 +99,9 @@ def test_linear_const_weight(m, k, n, act):
     check(g, feeds, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("a", "b"), [((2, 9, 33), (33, 17)), ((3, 10, 20), (3, 20, 7)),
-                                      ((65, 70), (70, 130))])
+@pytest.mark.parametrize(
+    ("a", "b"), [((2, 9, 33), (33, 17)), ((3, 10, 20), (3, 20, 7)), ((65, 70), (70, 130))]
+)
 def test_matmul_runtime_b(a, b):
     g, feeds = one_node("matmul", [a, b])
     check(g, feeds, rtol=1e-4, atol=1e-4)
@@ -106,35 +134,41 @@ def test_activation_fused_into_row_kernel_and_gemm():
     h = g.apply("gelu", ln)
     mm = g.apply("matmul", h, g.add_const(rng.standard_normal((70, 19)).astype(np.float32)))
     g.set_outputs(g.apply("tanh", mm))
-    model = check(g, {"x": rng.standard_normal((33, 70)).astype(np.float32)}, rtol=1e-4,
-                  atol=1e-5)
+    model = check(g, {"x": rng.standard_normal((33, 70)).astype(np.float32)}, rtol=1e-4, atol=1e-5)
     assert len(model.kernels) == 2, model.kernels  # layer_norm+gelu, matmul+tanh
 
 
-@pytest.mark.parametrize(("q", "k", "dv"), [((2, 3, 17, 8), (2, 3, 29, 8), 12),
-                                            ((4, 64, 16), (4, 64, 16), 16)])
+@pytest.mark.parametrize(
+    ("q", "k", "dv"), [((2, 3, 17, 8), (2, 3, 29, 8), 12), ((4, 64, 16), (4, 64, 16), 16)]
+)
 def test_attention(q, k, dv):
     v = (*k[:-1], dv)
     g, feeds = one_node("attention", [q, k, v], scale=0.3)
     check(g, feeds, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("x", "w", "attrs"), [
-    ((1, 3, 9, 11), (5, 3, 3, 3), {"pads": (1, 1, 1, 1)}),
-    ((2, 4, 10, 7), (6, 4, 3, 2), {"strides": (2, 1), "pads": (0, 1, 2, 0)}),
-    ((1, 2, 12, 12), (7, 2, 3, 3), {"dilations": (2, 2), "act": "relu"}),
-    ((1, 8, 5, 5), (3, 8, 1, 1), {}),
-])
+@pytest.mark.parametrize(
+    ("x", "w", "attrs"),
+    [
+        ((1, 3, 9, 11), (5, 3, 3, 3), {"pads": (1, 1, 1, 1)}),
+        ((2, 4, 10, 7), (6, 4, 3, 2), {"strides": (2, 1), "pads": (0, 1, 2, 0)}),
+        ((1, 2, 12, 12), (7, 2, 3, 3), {"dilations": (2, 2), "act": "relu"}),
+        ((1, 8, 5, 5), (3, 8, 1, 1), {}),
+    ],
+)
 def test_conv_im2col_gemm(x, w, attrs):
     rng = np.random.default_rng(len(x) + w[0])
-    consts = {1: rng.standard_normal(w).astype(np.float32),
-              2: rng.standard_normal(w[0]).astype(np.float32)}
+    consts = {
+        1: rng.standard_normal(w).astype(np.float32),
+        2: rng.standard_normal(w[0]).astype(np.float32),
+    }
     g, feeds = one_node("conv", [x, w, (w[0],)], consts=consts, **attrs)
     check(g, feeds, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("op", "shapes"), [("add", [(), ()]), ("mul", [(0, 3), (3,)]),
-                                            ("matmul", [(4, 0), (0, 3)])])
+@pytest.mark.parametrize(
+    ("op", "shapes"), [("add", [(), ()]), ("mul", [(0, 3), (3,)]), ("matmul", [(4, 0), (0, 3)])]
+)
 def test_scalar_and_empty_tensors(op, shapes):
     g, feeds = one_node(op, shapes)
     check(g, feeds, lowered=False)

@@ -24,9 +24,16 @@ def _check(g, feeds):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("shape", "perm"), [
-    ((2, 3, 4, 5), (0, 2, 1, 3)), ((2, 3, 4, 5), (0, 1, 3, 2)), ((7, 9), (1, 0)),
-    ((3, 1, 5), (2, 0, 1)), ((6,), (0,))])
+@pytest.mark.parametrize(
+    ("shape", "perm"),
+    [
+        ((2, 3, 4, 5), (0, 2, 1, 3)),
+        ((2, 3, 4, 5), (0, 1, 3, 2)),
+        ((7, 9), (1, 0)),
+        ((3, 1, 5), (2, 0, 1)),
+        ((6,), (0,)),
+    ],
+)
 def test_transpose(dtype, shape, perm):
     rng = np.random.default_rng(0)
     g = Graph("t")
@@ -36,9 +43,16 @@ def test_transpose(dtype, shape, perm):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bool"])
-@pytest.mark.parametrize(("starts", "ends", "axes", "steps"), [
-    ((1,), (4,), (1,), (1,)), ((0, 2), (2, 9), (0, 2), (1, 3)), ((-2,), (-100,), (2,), (-1,)),
-    ((5,), (9223372036854775807,), (-1,), (2,)), ((0, 0), (1, 1), (1, 2), (1, 1))])
+@pytest.mark.parametrize(
+    ("starts", "ends", "axes", "steps"),
+    [
+        ((1,), (4,), (1,), (1,)),
+        ((0, 2), (2, 9), (0, 2), (1, 3)),
+        ((-2,), (-100,), (2,), (-1,)),
+        ((5,), (9223372036854775807,), (-1,), (2,)),
+        ((0, 0), (1, 1), (1, 2), (1, 1)),
+    ],
+)
 def test_slice(dtype, starts, ends, axes, steps):
     rng = np.random.default_rng(1)
     g = Graph("s")
@@ -57,9 +71,14 @@ def test_split(axis, sizes):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int64"])
-@pytest.mark.parametrize(("axis", "shapes"), [
-    (0, [(1, 4, 3), (2, 4, 3)]), (1, [(2, 1, 3), (2, 5, 3), (2, 2, 3)]),
-    (-1, [(2, 4, 3), (2, 4, 1)])])
+@pytest.mark.parametrize(
+    ("axis", "shapes"),
+    [
+        (0, [(1, 4, 3), (2, 4, 3)]),
+        (1, [(2, 1, 3), (2, 5, 3), (2, 2, 3)]),
+        (-1, [(2, 4, 3), (2, 4, 1)]),
+    ],
+)
 def test_concat(dtype, axis, shapes):
     rng = np.random.default_rng(3)
     g = Graph("c")
@@ -81,8 +100,11 @@ def test_cast_every_pair(src, dst):
     if np.dtype(src).kind == "f" and np.dtype(dst).kind in "iu":
         info = np.iinfo(dst)
         x = np.clip(x, max(info.min, -120), min(info.max, 120)).astype(src)  # uint: from 0
-    x.flat[:4] = np.array([0, 1, -1 if dst[0] != "u" else 3, 2]).astype(src) if src != "bool" \
+    x.flat[:4] = (
+        np.array([0, 1, -1 if dst[0] != "u" else 3, 2]).astype(src)
+        if src != "bool"
         else [True, False] * 2
+    )
     g = Graph("cast")
     v = g.add_input("x", x.shape, src)
     g.set_outputs(g.apply("cast", v, to=dst))

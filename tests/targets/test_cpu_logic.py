@@ -23,8 +23,14 @@ pytestmark = pytest.mark.llvm
 
 COMPARE = ["equal", "less", "less_equal", "greater", "greater_equal"]
 # (a, b): same shape, row, column, scalar, both broadcast, long row (wide vectors plus a tail)
-BROADCASTS = [((5, 37), (5, 37)), ((5, 37), (37,)), ((5, 37), (5, 1)), ((), (3, 41)),
-              ((2, 1, 33), (2, 5, 1)), ((3, 1001), (1, 1001))]
+BROADCASTS = [
+    ((5, 37), (5, 37)),
+    ((5, 37), (37,)),
+    ((5, 37), (5, 1)),
+    ((), (3, 41)),
+    ((2, 1, 33), (2, 5, 1)),
+    ((3, 1001), (1, 1001)),
+]
 
 
 def special_floats(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -118,9 +124,16 @@ def test_isnan(shape):
     check_compiled(g, {"x0": x}, rtol=None)
 
 
-@pytest.mark.parametrize(("c", "a", "b"), [
-    ((5, 37), (5, 37), (5, 37)), ((5, 1), (37,), ()), ((37,), (5, 1), (5, 37)),
-    ((), (3, 1001), (1001,)), ((2, 1, 33), (5, 1), (2, 5, 33))])
+@pytest.mark.parametrize(
+    ("c", "a", "b"),
+    [
+        ((5, 37), (5, 37), (5, 37)),
+        ((5, 1), (37,), ()),
+        ((37,), (5, 1), (5, 37)),
+        ((), (3, 1001), (1001,)),
+        ((2, 1, 33), (5, 1), (2, 5, 33)),
+    ],
+)
 def test_where_broadcast_all_operands(c, a, b):
     g = graph_of("where", [(c, "bool"), (a, "float32"), (b, "float32")])
     feeds = {"x0": bools(c, 11), "x1": special_floats(a, 12), "x2": special_floats(b, 13)}
@@ -137,8 +150,9 @@ def test_where_attention_mask():
     rng = np.random.default_rng(14)
     m = bools((B, 1, 1, S), 15)
     m[0, ..., :3] = False
-    out = check_compiled(g, {"mask": m, "scores": rng.standard_normal((B, H, S, S))
-                             .astype(np.float32)}, rtol=None)
+    out = check_compiled(
+        g, {"mask": m, "scores": rng.standard_normal((B, H, S, S)).astype(np.float32)}, rtol=None
+    )
     assert np.isneginf(next(iter(out.values()))).any()
 
 
@@ -146,10 +160,14 @@ def test_where_attention_mask():
 def test_where_non_float_operands(dtype):
     g = graph_of("where", [((4, 37), "bool"), ((37,), dtype), ((4, 1), dtype)])
     rng = np.random.default_rng(16)
-    make = (lambda s, k: bools(s, k)) if dtype == "bool" else (
-        lambda s, k: rng.integers(-(2**31), 2**31 - 1, size=s).astype(dtype))
-    check_compiled(g, {"x0": bools((4, 37), 17), "x1": make((37,), 18), "x2": make((4, 1), 19)},
-                   rtol=None)
+    make = (
+        (lambda s, k: bools(s, k))
+        if dtype == "bool"
+        else (lambda s, k: rng.integers(-(2**31), 2**31 - 1, size=s).astype(dtype))
+    )
+    check_compiled(
+        g, {"x0": bools((4, 37), 17), "x1": make((37,), 18), "x2": make((4, 1), 19)}, rtol=None
+    )
 
 
 def test_parallel_shares_and_streaming_stores(monkeypatch):
@@ -159,11 +177,23 @@ def test_parallel_shares_and_streaming_stores(monkeypatch):
     monkeypatch.setattr(elementwise, "STREAM_BYTES", 0)
     for shape in [(6, 256), (4, 1001), (7000,)]:
         g = graph_of("less", [(shape, "float32"), (shape[-1:], "float32")])
-        check_compiled(g, {"x0": special_floats(shape, 20), "x1": special_floats(shape[-1:], 21)},
-                       threads=(2,), rtol=None)
+        check_compiled(
+            g,
+            {"x0": special_floats(shape, 20), "x1": special_floats(shape[-1:], 21)},
+            threads=(2,),
+            rtol=None,
+        )
         g = graph_of("where", [(shape, "bool"), (shape, "int64"), ((), "int64")])
-        check_compiled(g, {"x0": bools(shape, 22), "x1": np.arange(np.prod(shape)).reshape(shape),
-                           "x2": np.array(-7)}, threads=(2,), rtol=None)
+        check_compiled(
+            g,
+            {
+                "x0": bools(shape, 22),
+                "x1": np.arange(np.prod(shape)).reshape(shape),
+                "x2": np.array(-7),
+            },
+            threads=(2,),
+            rtol=None,
+        )
 
 
 # -- fusion ----------------------------------------------------------------------------------------
@@ -178,14 +208,14 @@ def mask_graph(B: int = 2, H: int = 3, S: int = 37) -> tuple[Graph, dict[str, np
     scaled = g.apply("mul", sc, g.add_const(np.float32(0.125), "scale"))
     masked = g.apply("where", keep, scaled, g.add_const(np.float32(-np.inf), "ninf"))
     probs = g.apply("softmax", masked)
-    bad = g.apply("or", g.apply("isnan", probs), g.apply("less", probs,
-                                                         g.add_const(np.float32(0.0), "z2")))
+    bad = g.apply(
+        "or", g.apply("isnan", probs), g.apply("less", probs, g.add_const(np.float32(0.0), "z2"))
+    )
     g.set_outputs(probs, g.apply("where", bad, g.add_const(np.float32(0.0), "z3"), probs))
     rng = np.random.default_rng(23)
     m = (rng.random((B, 1, 1, S)) < 0.8).astype(np.float32)
     m[1, ..., :4] = 0.0
-    return g, {"attention_mask": m,
-               "scores": rng.standard_normal((B, H, S, S)).astype(np.float32)}
+    return g, {"attention_mask": m, "scores": rng.standard_normal((B, H, S, S)).astype(np.float32)}
 
 
 def test_mask_graph_fuses_and_matches_numpy():
@@ -210,8 +240,10 @@ def test_chain_from_fp32_node_runs_into_where():
     model = compiled(g)
     assert model.kernels == ["k0_mul_exp_where_add"], model.kernels
     # finite values: the fp32 exp saturates instead of reaching inf (not what this checks)
-    feeds = {"x": np.random.default_rng(24).standard_normal((4, 37)).astype(np.float32),
-             "m": bools((37,), 25)}
+    feeds = {
+        "x": np.random.default_rng(24).standard_normal((4, 37)).astype(np.float32),
+        "m": bools((37,), 25),
+    }
     np.testing.assert_allclose(model(**feeds)["add"], reference(g, feeds)["add"], rtol=2e-6)
 
 
@@ -247,8 +279,9 @@ def test_producer_read_twice_is_inlined_once():
     t = g.apply("mul", x, x)
     g.set_outputs(g.apply("where", lt, t, t))  # one reader, two operands
     assert compiled(g).kernels == ["k0_less_where_mul"]
-    check_compiled(g, {"a": special_floats((3, 37), 34), "x": special_floats((3, 37), 35)},
-                   rtol=None)
+    check_compiled(
+        g, {"a": special_floats((3, 37), 34), "x": special_floats((3, 37), 35)}, rtol=None
+    )
 
 
 def test_chain_stops_where_values_are_shared_or_late():
@@ -284,13 +317,20 @@ def test_expensive_intermediate_is_not_recomputed_per_broadcast_element():
 
 def test_typed_ew_node():
     """An ``ew`` node whose expression compares and selects, over fp32 and bool inputs."""
-    expr = ("where", ("and", ("in", 2), ("greater_equal", ("in", 0), ("in", 1))),
-            ("mul", ("in", 0), ("const", 2.0)), ("neg", ("in", 1)))
+    expr = (
+        "where",
+        ("and", ("in", 2), ("greater_equal", ("in", 0), ("in", 1))),
+        ("mul", ("in", 0), ("const", 2.0)),
+        ("neg", ("in", 1)),
+    )
     g = Graph("ew")
     x, y, m = g.add_input("x", (3, 41)), g.add_input("y", (41,)), g.add_input("m", (3, 1), "bool")
     g.set_outputs(g.apply("ew", x, y, m, expr=expr))
-    feeds = {"x": special_floats((3, 41), 31), "y": special_floats((41,), 32),
-             "m": bools((3, 1), 33)}
+    feeds = {
+        "x": special_floats((3, 41), 31),
+        "y": special_floats((41,), 32),
+        "m": bools((3, 1), 33),
+    }
     check_compiled(g, feeds, rtol=None)
 
 
@@ -311,8 +351,10 @@ def test_constant_typed_as_the_reference_types_it():
     """``ew`` constants take input 0's dtype in the reference: 2.7 compared with int64 is 2."""
     ints = ["int64", "int64"]
     assert typed_expr_dtype(("less", ("in", 0), ("const", 2.7)), ints) == "bool"
-    assert typed_expr_dtype(("where", ("in", 0), ("in", 1), ("const", -1.0)),
-                            ["bool", "float32"]) is None  # the reference makes -1.0 a bool
+    assert (
+        typed_expr_dtype(("where", ("in", 0), ("in", 1), ("const", -1.0)), ["bool", "float32"])
+        is None
+    )  # the reference makes -1.0 a bool
     assert typed_expr_dtype(("add", ("in", 0), ("in", 1)), ints) is None
     assert typed_expr_dtype(("less", ("in", 0), ("in", 1)), ["int64", "int32"]) is None
     g = Graph("c")
@@ -323,8 +365,15 @@ def test_constant_typed_as_the_reference_types_it():
 
 def test_ill_typed_expression_is_a_codegen_error():
     with pytest.raises(CodegenError, match="differing dtypes"):
-        ew_kernel("k", ("where", ("in", 0), ("in", 1), ("in", 1)), Operand(0), (4,),
-                  [(Operand(1), (4,)), (Operand(2), (4,))], 8, ["float32", "float32"])
+        ew_kernel(
+            "k",
+            ("where", ("in", 0), ("in", 1), ("in", 1)),
+            Operand(0),
+            (4,),
+            [(Operand(1), (4,)), (Operand(2), (4,))],
+            8,
+            ["float32", "float32"],
+        )
 
 
 def test_fp32_expression_text_is_unchanged_by_dtypes():
@@ -365,19 +414,33 @@ def test_ir_is_vectorized_over_bytes():
 # -- casts inside chains -------------------------------------------------------------------------
 CAST_VALUES = {
     "bool": lambda n: bools((n,), 40),
-    "float32": lambda n: np.resize(np.array([0.0, -0.0, np.nan, np.inf, -2.5, 1e-45, 3.0],
-                                            np.float32), n),
-    "int64": lambda n: np.resize(np.array([0, -1, 2**40 + 1, -(2**63), 2**63 - 1, 16777217, 200],
-                                          np.int64), n),
+    "float32": lambda n: np.resize(
+        np.array([0.0, -0.0, np.nan, np.inf, -2.5, 1e-45, 3.0], np.float32), n
+    ),
+    "int64": lambda n: np.resize(
+        np.array([0, -1, 2**40 + 1, -(2**63), 2**63 - 1, 16777217, 200], np.int64), n
+    ),
     "uint64": lambda n: np.resize(np.array([0, 1, 2**64 - 1, 2**63, 16777217], np.uint64), n),
     "int8": lambda n: np.resize(np.array([0, -128, 127, -1, 5], np.int8), n),
     "uint8": lambda n: np.resize(np.array([0, 255, 128, 1], np.uint8), n),
     "int32": lambda n: np.resize(np.array([0, -(2**31), 2**31 - 1, -7, 16777217], np.int32), n),
 }
-CASTS = [("bool", "float32"), ("bool", "int64"), ("bool", "uint8"), ("float32", "bool"),
-         ("int64", "float32"), ("uint64", "float32"), ("int64", "int8"), ("int64", "bool"),
-         ("int8", "int64"), ("uint8", "int32"), ("int32", "uint8"), ("int64", "uint64"),
-         ("int32", "float32"), ("float32", "float32")]
+CASTS = [
+    ("bool", "float32"),
+    ("bool", "int64"),
+    ("bool", "uint8"),
+    ("float32", "bool"),
+    ("int64", "float32"),
+    ("uint64", "float32"),
+    ("int64", "int8"),
+    ("int64", "bool"),
+    ("int8", "int64"),
+    ("uint8", "int32"),
+    ("int32", "uint8"),
+    ("int64", "uint64"),
+    ("int32", "float32"),
+    ("float32", "float32"),
+]
 
 
 @pytest.mark.parametrize(("src", "dst"), CASTS)
@@ -385,11 +448,17 @@ def test_cast_in_a_chain_converts_as_astype(src, dst):
     """where(m, cast(x), y): the cast starts a typed kernel that runs into the where."""
     n = 1001
     g = Graph("cast")
-    x, m, y = g.add_input("x", (2, n), src), g.add_input("m", (n,), "bool"), g.add_input(
-        "y", (2, 1), dst)
+    x, m, y = (
+        g.add_input("x", (2, n), src),
+        g.add_input("m", (n,), "bool"),
+        g.add_input("y", (2, 1), dst),
+    )
     g.set_outputs(g.apply("where", m, g.apply("cast", x, to=dst), y))
-    feeds = {"x": np.stack([CAST_VALUES[src](n), CAST_VALUES[src](n)[::-1]]),
-             "m": bools((n,), 41) | (np.arange(n) < 7), "y": CAST_VALUES[dst](2).reshape(2, 1)}
+    feeds = {
+        "x": np.stack([CAST_VALUES[src](n), CAST_VALUES[src](n)[::-1]]),
+        "m": bools((n,), 41) | (np.arange(n) < 7),
+        "y": CAST_VALUES[dst](2).reshape(2, 1),
+    }
     model = compiled(g)
     assert model.kernels == ["k0_cast_where"], model.kernels
     check_compiled(g, feeds, rtol=None)
@@ -418,5 +487,8 @@ def test_hf_additive_mask_from_int64_is_one_kernel():
     mask = (rng.random((B, 1, 1, S)) < 0.7).astype(np.int64)
     model = compiled(g)
     assert model.kernels == ["k0_cast_sub_mul_add"], model.kernels
-    check_compiled(g, {"attention_mask": mask,
-                       "scores": rng.standard_normal((B, H, S, S)).astype(np.float32)}, rtol=None)
+    check_compiled(
+        g,
+        {"attention_mask": mask, "scores": rng.standard_normal((B, H, S, S)).astype(np.float32)},
+        rtol=None,
+    )

@@ -16,7 +16,7 @@ def assert_valid(buffers, plan):
         assert plan.offsets[b.key] % ALIGN == 0
         assert plan.offsets[b.key] + b.size <= plan.arena_bytes
     for i, a in enumerate(buffers):  # brute force over every pair
-        for b in buffers[i + 1:]:
+        for b in buffers[i + 1 :]:
             if a.overlaps(b):
                 oa, ob = plan.offsets[a.key], plan.offsets[b.key]
                 assert oa + a.size <= ob or ob + b.size <= oa, (a, b, oa, ob)
@@ -28,8 +28,9 @@ def test_random_lifetimes_never_overlap(seed):
     buffers = []
     for k in range(int(rng.integers(1, 40))):
         first = int(rng.integers(0, 30))
-        buffers.append(Buffer(k, int(rng.integers(1, 5000)), first,
-                              first + int(rng.integers(0, 8))))
+        buffers.append(
+            Buffer(k, int(rng.integers(1, 5000)), first, first + int(rng.integers(0, 8)))
+        )
     plan = plan_memory(buffers)
     assert_valid(buffers, plan)
     assert plan.lower_bound == lower_bound(buffers)
@@ -57,5 +58,6 @@ def test_compiled_chain_arena_and_results_across_calls():
     rng = np.random.default_rng(0)
     for _ in range(3):  # the arena is reused across calls
         feeds = {"x": rng.standard_normal((64, 100)).astype(np.float32)}
-        np.testing.assert_allclose(model(**feeds)[v.name], reference(g, feeds)[v.name],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            model(**feeds)[v.name], reference(g, feeds)[v.name], rtol=1e-5, atol=1e-6
+        )

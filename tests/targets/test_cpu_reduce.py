@@ -53,8 +53,9 @@ def _inputs(shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
     return {"x": x, "p": p}
 
 
-def _reduce_graph(shape: tuple[int, ...], axes: tuple[int, ...] | None,
-                  ops: tuple[str, ...] = REDUCE_OPS) -> Graph:
+def _reduce_graph(
+    shape: tuple[int, ...], axes: tuple[int, ...] | None, ops: tuple[str, ...] = REDUCE_OPS
+) -> Graph:
     """Every op in ``ops`` over ``axes``, keepdims 0 and 1: one output each."""
     g = Graph("reduce")
     x, p = g.add_input("x", shape), g.add_input("p", shape)
@@ -65,8 +66,15 @@ def _reduce_graph(shape: tuple[int, ...], axes: tuple[int, ...] | None,
     return g
 
 
-def _assert_close(op: str, got: np.ndarray, want: np.ndarray, x: np.ndarray,
-                  axes: tuple[int, ...] | None, keep: int, name: str) -> None:
+def _assert_close(
+    op: str,
+    got: np.ndarray,
+    want: np.ndarray,
+    x: np.ndarray,
+    axes: tuple[int, ...] | None,
+    keep: int,
+    name: str,
+) -> None:
     assert got.shape == want.shape, (name, got.shape, want.shape)
     assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
     if op in ("reduce_max", "reduce_min", "argmax", "argmin"):
@@ -74,8 +82,7 @@ def _assert_close(op: str, got: np.ndarray, want: np.ndarray, x: np.ndarray,
         return
     if op == "reduce_prod":
         count = x.size // max(want.size, 1)
-        np.testing.assert_allclose(got, want, rtol=max(1e-5, 1.2e-7 * count), atol=0,
-                                   err_msg=name)
+        np.testing.assert_allclose(got, want, rtol=max(1e-5, 1.2e-7 * count), atol=0, err_msg=name)
         return
     red = "reduce_sum" if op == "reduce_sum" else "reduce_mean"
     (scale,) = run_reference(red, [np.abs(x)], {"axes": axes, "keepdims": keep})
@@ -98,8 +105,15 @@ def _check(g: Graph, feeds: dict[str, np.ndarray], threads: int = 1) -> Any:
         for node in g.nodes:
             out = node.outputs[0].name
             src = feeds["p"] if node.inputs[0].name == "p" else feeds["x"]
-            _assert_close(node.op, got[out], want[out], src, node.attrs.get("axes"),
-                          node.attrs["keepdims"], f"{node.op} {node.attrs}")
+            _assert_close(
+                node.op,
+                got[out],
+                want[out],
+                src,
+                node.attrs.get("axes"),
+                node.attrs["keepdims"],
+                f"{node.op} {node.attrs}",
+            )
     return model
 
 
@@ -108,12 +122,21 @@ def test_plans_merge_groups_and_pick_the_kernel():
     """Size-1 dims vanish, adjacent dims of one kind merge; the last group picks the kernel."""
     # NCHW mean over (2, 3): rows of H·W, one kept group N·C.
     p = plan_reduction("mean", (2, 3, 4, 5), (2, 3))
-    assert (p.row, p.inner, p.kept, p.reduced, p.count) == (True, 20, (Group(6, 20, False),),
-                                                            (), 20)
+    assert (p.row, p.inner, p.kept, p.reduced, p.count) == (
+        True,
+        20,
+        (Group(6, 20, False),),
+        (),
+        20,
+    )
     # [outer, R, inner] over R: columns of inner, R walked with stride inner.
     p = plan_reduction("sum", (2, 3, 4), (1,))
-    assert (p.row, p.inner, p.kept, p.reduced) == (False, 4, (Group(2, 12, False),),
-                                                   (Group(3, 4, True),))
+    assert (p.row, p.inner, p.kept, p.reduced) == (
+        False,
+        4,
+        (Group(2, 12, False),),
+        (Group(3, 4, True),),
+    )
     # Size-1 dims between kept dims merge them: (7, 1, 17) over (1,) is a copy of 119 columns.
     p = plan_reduction("sum", (7, 1, 17), (1,))
     assert (p.row, p.inner, p.kept, p.reduced) == (False, 119, (), ())
@@ -147,13 +170,29 @@ def test_generated_ir_is_vectorized_with_nan_propagating_max():
 
 # -- values -----------------------------------------------------------------------------------
 CASES = [
-    ((1,), None), ((17,), None), ((257,), (0,)), ((65,), (-1,)),
-    ((3, 65), (1,)), ((3, 65), (0,)), ((7, 257), (-1,)), ((17, 3), (0, 1)),
-    ((2, 7, 17), (1,)), ((2, 7, 17), (0, 2)), ((3, 1, 257), (-1,)), ((7, 1, 17), (1,)),
-    ((1, 7, 3), (0, -1)), ((2, 3, 7, 7), (2, 3)), ((2, 3, 7, 7), (1,)),
-    ((2, 3, 7, 7), (0, 2)), ((2, 3, 4, 5, 6), (1, 3)), ((2, 3, 4, 5, 6), (0, 2, 4)),
-    ((3, 4, 5, 6, 7), (-1, -3)), ((2, 3, 4, 5, 7), None), ((3, 17, 65), (0,)),
-    ((2, 65, 3), (1,)), ((4, 3), ()),
+    ((1,), None),
+    ((17,), None),
+    ((257,), (0,)),
+    ((65,), (-1,)),
+    ((3, 65), (1,)),
+    ((3, 65), (0,)),
+    ((7, 257), (-1,)),
+    ((17, 3), (0, 1)),
+    ((2, 7, 17), (1,)),
+    ((2, 7, 17), (0, 2)),
+    ((3, 1, 257), (-1,)),
+    ((7, 1, 17), (1,)),
+    ((1, 7, 3), (0, -1)),
+    ((2, 3, 7, 7), (2, 3)),
+    ((2, 3, 7, 7), (1,)),
+    ((2, 3, 7, 7), (0, 2)),
+    ((2, 3, 4, 5, 6), (1, 3)),
+    ((2, 3, 4, 5, 6), (0, 2, 4)),
+    ((3, 4, 5, 6, 7), (-1, -3)),
+    ((2, 3, 4, 5, 7), None),
+    ((3, 17, 65), (0,)),
+    ((2, 65, 3), (1,)),
+    ((4, 3), ()),
 ]
 
 
@@ -168,15 +207,26 @@ def test_rank0_and_all_ones():
         _check(_reduce_graph(shape, None), _inputs(shape, 3))
 
 
-ARG_CASES = [((17,), 0), ((3, 65), 1), ((3, 65), 0), ((3, 65), -1), ((2, 7, 17), 1),
-             ((4, 1, 9), 1), ((2, 3, 4, 5, 6), 2), ((2, 3, 4, 5, 6), -1), ((5, 257), -1)]
+ARG_CASES = [
+    ((17,), 0),
+    ((3, 65), 1),
+    ((3, 65), 0),
+    ((3, 65), -1),
+    ((2, 7, 17), 1),
+    ((4, 1, 9), 1),
+    ((2, 3, 4, 5, 6), 2),
+    ((2, 3, 4, 5, 6), -1),
+    ((5, 257), -1),
+]
 
 
 def _arg_graph(shape: tuple[int, ...], axis: int) -> Graph:
     g = Graph("arg")
     x = g.add_input("x", shape)
-    outs = [g.apply(op, x, axis=axis, keepdims=keep, select_last_index=last)
-            for op, keep, last in itertools.product(ARG_OPS, (0, 1), (0, 1))]
+    outs = [
+        g.apply(op, x, axis=axis, keepdims=keep, select_last_index=last)
+        for op, keep, last in itertools.product(ARG_OPS, (0, 1), (0, 1))
+    ]
     g.set_outputs(*outs)
     return g
 
@@ -201,9 +251,16 @@ def _specials(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize(("shape", "axes"), [((5, 70), (1,)), ((5, 70), (0,)),
-                                             ((3, 9, 33), (1,)), ((4, 5, 6), (0, 2)),
-                                             ((2, 3, 4, 5), None)])
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [
+        ((5, 70), (1,)),
+        ((5, 70), (0,)),
+        ((3, 9, 33), (1,)),
+        ((4, 5, 6), (0, 2)),
+        ((2, 3, 4, 5), None),
+    ],
+)
 def test_nan_and_inf(shape, axes):
     """max/min propagate NaN as np.max/np.min; argmax/argmin take the first (last) NaN; sums
     give inf or NaN where numpy does."""
@@ -233,8 +290,10 @@ def test_argmax_over_an_empty_axis_is_left_to_the_reference():
 
 
 # -- parts ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("shape", "axes"), [((37, 300), (1,)), ((5, 30, 130), (1,)),
-                                             ((6, 7, 8, 9), (0, 2)), ((2, 3, 7, 7), (2, 3))])
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [((37, 300), (1,)), ((5, 30, 130), (1,)), ((6, 7, 8, 9), (0, 2)), ((2, 3, 7, 7), (2, 3))],
+)
 def test_two_threads_split_the_output(monkeypatch, shape, axes):
     """Every kernel split (thresholds 0): two threads give one thread's bits and the reference."""
     for attr in ("PARALLEL_FLOPS", "PARALLEL_BYTES"):
@@ -262,33 +321,49 @@ def test_unary_consumer_is_fused():
     assert model.fallback_nodes == []
     assert len(model.kernels) == 1, model.kernels
     feeds = {"x": np.random.default_rng(4).random((6, 50), dtype=np.float32)}
-    np.testing.assert_allclose(model(**feeds)[g.outputs[0].name],
-                               reference(g, feeds)[g.outputs[0].name], rtol=1e-5)
+    np.testing.assert_allclose(
+        model(**feeds)[g.outputs[0].name], reference(g, feeds)[g.outputs[0].name], rtol=1e-5
+    )
 
 
 def _onnx_model() -> onnx.ModelProto:
     """What torch.onnx exports: ReduceMean over [2, 3] (adaptive average pooling), a decomposed
     RMSNorm (Pow, ReduceMean over -1, Add, Sqrt, Div), ReduceMax and ArgMax over the classes."""
     f32 = TensorProto.FLOAT
-    init = [helper.make_tensor("hw", TensorProto.INT64, [2], [2, 3]),
-            helper.make_tensor("last", TensorProto.INT64, [1], [-1]),
-            helper.make_tensor("two", f32, [], [2.0]),
-            helper.make_tensor("eps", f32, [], [1e-6])]
-    nodes = [helper.make_node("ReduceMean", ["img", "hw"], ["pooled"], keepdims=1),
-             helper.make_node("Pow", ["h", "two"], ["sq"]),
-             helper.make_node("ReduceMean", ["sq", "last"], ["ms"], keepdims=1),
-             helper.make_node("Add", ["ms", "eps"], ["mse"]),
-             helper.make_node("Sqrt", ["mse"], ["rms"]),
-             helper.make_node("Div", ["h", "rms"], ["normed"]),
-             helper.make_node("ReduceMax", ["h", "last"], ["hmax"], keepdims=0),
-             helper.make_node("ArgMax", ["h"], ["cls"], axis=-1, keepdims=0)]
+    init = [
+        helper.make_tensor("hw", TensorProto.INT64, [2], [2, 3]),
+        helper.make_tensor("last", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("two", f32, [], [2.0]),
+        helper.make_tensor("eps", f32, [], [1e-6]),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["img", "hw"], ["pooled"], keepdims=1),
+        helper.make_node("Pow", ["h", "two"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq", "last"], ["ms"], keepdims=1),
+        helper.make_node("Add", ["ms", "eps"], ["mse"]),
+        helper.make_node("Sqrt", ["mse"], ["rms"]),
+        helper.make_node("Div", ["h", "rms"], ["normed"]),
+        helper.make_node("ReduceMax", ["h", "last"], ["hmax"], keepdims=0),
+        helper.make_node("ArgMax", ["h"], ["cls"], axis=-1, keepdims=0),
+    ]
     graph = helper.make_graph(
-        nodes, "exported",
-        [helper.make_tensor_value_info("img", f32, [2, 8, 7, 7]),
-         helper.make_tensor_value_info("h", f32, [3, 5, 96])],
-        [helper.make_tensor_value_info(n, t, None) for n, t in
-         (("pooled", f32), ("normed", f32), ("hmax", f32), ("cls", TensorProto.INT64))],
-        init)
+        nodes,
+        "exported",
+        [
+            helper.make_tensor_value_info("img", f32, [2, 8, 7, 7]),
+            helper.make_tensor_value_info("h", f32, [3, 5, 96]),
+        ],
+        [
+            helper.make_tensor_value_info(n, t, None)
+            for n, t in (
+                ("pooled", f32),
+                ("normed", f32),
+                ("hmax", f32),
+                ("cls", TensorProto.INT64),
+            )
+        ],
+        init,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -299,8 +374,10 @@ def test_exported_onnx_patterns_compile_without_fallback():
     reductions = {n.name for n in g.nodes if n.op in KINDS}
     assert not reductions & set(model.fallback_nodes), model.fallback_nodes
     rng = np.random.default_rng(5)
-    feeds = {"img": rng.standard_normal((2, 8, 7, 7)).astype(np.float32),
-             "h": rng.standard_normal((3, 5, 96)).astype(np.float32)}
+    feeds = {
+        "img": rng.standard_normal((2, 8, 7, 7)).astype(np.float32),
+        "h": rng.standard_normal((3, 5, 96)).astype(np.float32),
+    }
     got, want = model(**feeds), reference(g, feeds)
     for k, w in want.items():
         assert got[k].dtype == w.dtype, k
@@ -315,8 +392,11 @@ def test_aarch64_module_has_every_reduction_kernel():
 
     g = _reduce_graph((3, 5, 70), (1,))
     x = g.inputs[0]
-    g.set_outputs(*g.outputs, g.apply("reduce_max", x, axes=(2,), keepdims=0),
-                  g.apply("argmax", x, axis=1, keepdims=1, select_last_index=1))
+    g.set_outputs(
+        *g.outputs,
+        g.apply("reduce_max", x, axes=(2,), keepdims=0),
+        g.apply("argmax", x, axis=1, keepdims=1, select_last_index=1),
+    )
     mod = emit_cross(g, "aarch64")
     assert mod.fallback_nodes == []
     assert len(mod.kernels) == len(g.nodes)
@@ -326,9 +406,18 @@ def test_aarch64_module_has_every_reduction_kernel():
 
 # -- integers ---------------------------------------------------------------------------------
 INT_OPS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod")
-INT_CASES = [((1,), None), ((37,), None), ((3, 65), (1,)), ((3, 65), (0,)), ((7, 1, 17), (1,)),
-             ((2, 7, 17), (0, 2)), ((2, 3, 7, 7), (2, 3)), ((2, 3, 4, 5, 6), (1, 3)),
-             ((3, 17, 65), (0,)), ((4, 3), ())]
+INT_CASES = [
+    ((1,), None),
+    ((37,), None),
+    ((3, 65), (1,)),
+    ((3, 65), (0,)),
+    ((7, 1, 17), (1,)),
+    ((2, 7, 17), (0, 2)),
+    ((2, 3, 7, 7), (2, 3)),
+    ((2, 3, 4, 5, 6), (1, 3)),
+    ((3, 17, 65), (0,)),
+    ((4, 3), ()),
+]
 
 
 def _int_graph(shape: tuple[int, ...], axes: tuple[int, ...] | None, dtype: str) -> Graph:
@@ -336,11 +425,14 @@ def _int_graph(shape: tuple[int, ...], axes: tuple[int, ...] | None, dtype: str)
     last axis (first and last index)."""
     g = Graph("ireduce")
     x = g.add_input("x", shape, dtype)
-    outs = [g.apply(op, x, axes=axes, keepdims=keep)
-            for op, keep in itertools.product(INT_OPS, (0, 1))]
+    outs = [
+        g.apply(op, x, axes=axes, keepdims=keep) for op, keep in itertools.product(INT_OPS, (0, 1))
+    ]
     if shape:
-        outs += [g.apply(op, x, axis=-1, keepdims=1, select_last_index=last)
-                 for op, last in itertools.product(ARG_OPS, (0, 1))]
+        outs += [
+            g.apply(op, x, axis=-1, keepdims=1, select_last_index=last)
+            for op, last in itertools.product(ARG_OPS, (0, 1))
+        ]
     g.set_outputs(*outs)
     return g
 
@@ -399,8 +491,7 @@ def test_integer_empty_reduction_gives_the_identity(dtype):
 def test_integer_mean_is_left_to_the_reference():
     """np.mean of integers divides in float64 and truncates: not a kernel (fallback)."""
     g = Graph("imean")
-    g.set_outputs(g.apply("reduce_mean", g.add_input("x", (3, 5), "int64"), axes=(1,),
-                          keepdims=1))
+    g.set_outputs(g.apply("reduce_mean", g.add_input("x", (3, 5), "int64"), axes=(1,), keepdims=1))
     assert len(compile_graph(g, threads=1).fallback_nodes) == 1
 
 

@@ -13,8 +13,7 @@ from tests.targets.helpers import reference
 
 pytestmark = pytest.mark.llvm
 
-COORDS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
-          "asymmetric"]
+COORDS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"]
 
 
 def _graph(shape, sizes, scales, dtype="float32", **attrs):
@@ -38,24 +37,34 @@ def _check(g, x, threads=1):
 
 @pytest.mark.parametrize("coord", COORDS)
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
-@pytest.mark.parametrize(("shape", "sizes", "scales"), [
-    ((2, 3, 5, 7), (2, 3, 10, 14), (1.0, 1.0, 2.0, 2.0)),       # torch's scale_factor=2
-    ((1, 2, 9, 6), (1, 2, 4, 5), (1.0, 1.0, 4 / 9, 5 / 6)),     # down, by sizes
-    ((3, 4, 11), (3, 4, 17), (1.0, 1.0, 17 / 11)),              # one axis, rank 3
-    ((13,), (5,), (0.4,)),                                      # rank 1, down by scale
-])
+@pytest.mark.parametrize(
+    ("shape", "sizes", "scales"),
+    [
+        ((2, 3, 5, 7), (2, 3, 10, 14), (1.0, 1.0, 2.0, 2.0)),  # torch's scale_factor=2
+        ((1, 2, 9, 6), (1, 2, 4, 5), (1.0, 1.0, 4 / 9, 5 / 6)),  # down, by sizes
+        ((3, 4, 11), (3, 4, 17), (1.0, 1.0, 17 / 11)),  # one axis, rank 3
+        ((13,), (5,), (0.4,)),  # rank 1, down by scale
+    ],
+)
 def test_resize_matches_reference(shape, sizes, scales, mode, coord):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     _check(_graph(shape, sizes, scales, mode=mode, coordinate_transformation_mode=coord), x)
 
 
-@pytest.mark.parametrize("nearest_mode", ["round_prefer_floor", "round_prefer_ceil", "floor",
-                                          "ceil"])
+@pytest.mark.parametrize(
+    "nearest_mode", ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+)
 @pytest.mark.parametrize("dtype", ["int64", "uint8", "bool", "float32"])
 def test_nearest_copies_any_element(dtype, nearest_mode):
     x = (np.random.default_rng(1).standard_normal((2, 2, 6, 5)) * 9).astype(dtype)
-    g = _graph(x.shape, (2, 2, 9, 3), (1.0, 1.0, 1.5, 0.6), dtype, mode="nearest",
-               nearest_mode=nearest_mode)
+    g = _graph(
+        x.shape,
+        (2, 2, 9, 3),
+        (1.0, 1.0, 1.5, 0.6),
+        dtype,
+        mode="nearest",
+        nearest_mode=nearest_mode,
+    )
     _check(g, x)
 
 
@@ -71,8 +80,9 @@ def test_channel_resize_falls_back():
     g = _graph(x.shape, (1, 8, 3, 3), (1.0, 2.0, 1.0, 1.0), mode="nearest")
     m = compile_graph(g)
     assert len(m.fallback_nodes) == 1
-    np.testing.assert_array_equal(m(x=x)[g.outputs[0].name],
-                                  reference(g, {"x": x})[g.outputs[0].name])
+    np.testing.assert_array_equal(
+        m(x=x)[g.outputs[0].name], reference(g, {"x": x})[g.outputs[0].name]
+    )
 
 
 @pytest.mark.parametrize("scale", [float("nan"), 0.0, float("inf"), -2.0])
@@ -80,8 +90,12 @@ def test_scales_that_give_no_coordinates_are_a_shape_error(scale):
     """The coordinate transforms divide by the scale: a NaN tap became index -2**63, which the
     kernel read unchecked (0 raised ZeroDivisionError in half_pixel_symmetric)."""
     with pytest.raises(ShapeError, match=r"scales .* must be finite and positive"):
-        _graph((1, 1, 2, 2), (1, 1, 4, 4), (1.0, 1.0, scale, 2.0),
-               coordinate_transformation_mode="half_pixel_symmetric")
+        _graph(
+            (1, 1, 2, 2),
+            (1, 1, 4, 4),
+            (1.0, 1.0, scale, 2.0),
+            coordinate_transformation_mode="half_pixel_symmetric",
+        )
 
 
 def test_taps_outside_the_input_are_not_compiled(monkeypatch):

@@ -41,15 +41,23 @@ def test_outputs_and_dict_call():
     assert first[g.outputs[0].name] is not second[g.outputs[0].name]
 
 
-@pytest.mark.parametrize(("feeds", "message"), [
-    ({"x": np.zeros((8, 21), np.float32)},
-     r"input 'x': expected float32\[8, 20\], got float32\[8, 21\]"),
-    ({"x": np.zeros((8, 20), np.float64)}, r"input 'x': expected float32\[8, 20\], got float64"),
-    ({"x": np.zeros((20, 8), np.float32).T}, r"input 'x' must be C-contiguous"),
-    ({}, r"missing input 'x'"),
-    ({"x": np.zeros((8, 20), np.float32), "y": np.zeros(1)}, r"unknown input 'y'"),
-    ({"x": [[0.0] * 20] * 8}, r"input 'x' must be a numpy array"),
-])
+@pytest.mark.parametrize(
+    ("feeds", "message"),
+    [
+        (
+            {"x": np.zeros((8, 21), np.float32)},
+            r"input 'x': expected float32\[8, 20\], got float32\[8, 21\]",
+        ),
+        (
+            {"x": np.zeros((8, 20), np.float64)},
+            r"input 'x': expected float32\[8, 20\], got float64",
+        ),
+        ({"x": np.zeros((20, 8), np.float32).T}, r"input 'x' must be C-contiguous"),
+        ({}, r"missing input 'x'"),
+        ({"x": np.zeros((8, 20), np.float32), "y": np.zeros(1)}, r"unknown input 'y'"),
+        ({"x": [[0.0] * 20] * 8}, r"input 'x' must be a numpy array"),
+    ],
+)
 def test_bad_inputs_raise_before_generated_code(feeds, message):
     model = compile_graph(small_model())
     calls = []
@@ -75,11 +83,11 @@ def test_symbolic_inputs_specialize_per_shape():
         want = np.maximum(feeds["x"] @ np.asarray(w.data), 0).reshape(-1)
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     assert sorted(model.variants) == [((3, 12),), ((7, 12),)]
-    with pytest.raises(InputError,
-                       match=r"input 'x': shape \[12\] has rank 1, the model expects"):
+    with pytest.raises(InputError, match=r"input 'x': shape \[12\] has rank 1, the model expects"):
         model(x=np.zeros(12, np.float32))
-    with pytest.raises(InputError,
-                       match=r"input 'x': shape \[2, 13\], the model expects \[batch, 12\]"):
+    with pytest.raises(
+        InputError, match=r"input 'x': shape \[2, 13\], the model expects \[batch, 12\]"
+    ):
         model(x=np.zeros((2, 13), np.float32))
 
 
@@ -114,8 +122,9 @@ def test_ir_snapshot_fused_kernel_and_gemm_microkernel():
     g = Graph("snap")
     x = g.add_input("x", (64, 256))
     w = g.add_const(np.ones((256, 64), np.float32), "w")
-    e = g.apply("ew", x, g.add_const(np.ones(256, np.float32)),
-                expr=("gelu", ("mul", ("in", 0), ("in", 1))))
+    e = g.apply(
+        "ew", x, g.add_const(np.ones(256, np.float32)), expr=("gelu", ("mul", ("in", 0), ("in", 1)))
+    )
     g.set_outputs(g.apply("linear", e, w))
     model = compile_graph(g)
     opt = str(codegen.optimize_ir(model.llvm_ir))
@@ -148,14 +157,20 @@ def test_parallel_shares_match_reference(monkeypatch, native):
     h = g.apply("linear", x, w, act="gelu")
     n = g.apply("layer_norm", h)
     a = g.apply("attention", q, q, q, scale=0.25)
-    c = g.apply("conv", img, g.add_const(rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
-                pads=(1, 1, 1, 1))
+    c = g.apply(
+        "conv",
+        img,
+        g.add_const(rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+        pads=(1, 1, 1, 1),
+    )
     g.set_outputs(g.apply("softmax", n), a, c)
     model = compile_graph(g, threads=2)
     model.native_threads = native
-    feeds = {"x": rng.standard_normal((50, 40)).astype(np.float32),
-             "q": rng.standard_normal((3, 2, 20, 16)).astype(np.float32),
-             "img": rng.standard_normal((2, 3, 9, 9)).astype(np.float32)}
+    feeds = {
+        "x": rng.standard_normal((50, 40)).astype(np.float32),
+        "q": rng.standard_normal((3, 2, 20, 16)).astype(np.float32),
+        "img": rng.standard_normal((2, 3, 9, 9)).astype(np.float32),
+    }
     want = reference(g, feeds)
     for _ in range(3):
         got = model(**feeds)

@@ -39,8 +39,9 @@ def _same_bits(got: np.ndarray, want: np.ndarray, msg: str) -> None:
         return
     nan = np.isnan(want)
     np.testing.assert_array_equal(np.isnan(got), nan, err_msg=msg)
-    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32),
-                                  err_msg=msg)
+    np.testing.assert_array_equal(
+        got[~nan].view(np.uint32), want[~nan].view(np.uint32), err_msg=msg
+    )
 
 
 def _check(g: Graph, feeds: dict[str, np.ndarray], threads: int = 1) -> Any:
@@ -58,8 +59,12 @@ def _cumsum_graph(shape: tuple[int, ...], axis: int, dtype: str) -> Graph:
     """CumSum along ``axis``: one output per (exclusive, reverse)."""
     g = Graph("cumsum")
     x = g.add_input("x", shape, dtype)
-    g.set_outputs(*[g.apply("cumsum", x, axis=axis, exclusive=e, reverse=r)
-                    for e, r in itertools.product((0, 1), (0, 1))])
+    g.set_outputs(
+        *[
+            g.apply("cumsum", x, axis=axis, exclusive=e, reverse=r)
+            for e, r in itertools.product((0, 1), (0, 1))
+        ]
+    )
     return g
 
 
@@ -79,8 +84,18 @@ def _scan_input(shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
     return x
 
 
-SCAN_SHAPES = [(1,), (5,), (70,), (3, 9), (2, 37), (4, 1, 3), (2, 3, 40), (2, 5, 70),
-               (2, 1, 3, 5), (3, 4, 5, 6)]
+SCAN_SHAPES = [
+    (1,),
+    (5,),
+    (70,),
+    (3, 9),
+    (2, 37),
+    (4, 1, 3),
+    (2, 3, 40),
+    (2, 5, 70),
+    (2, 1, 3, 5),
+    (3, 4, 5, 6),
+]
 SCAN_CASES = [(s, a) for s in SCAN_SHAPES for a in range(len(s))]
 
 
@@ -131,15 +146,17 @@ def test_cumsum_ir_is_sequential():
 
 
 # -- topk -------------------------------------------------------------------------------------
-def _topk_graph(shape: tuple[int, ...], axis: int, k: int, dtype: str = "float32",
-                sort: int = 1) -> Graph:
+def _topk_graph(
+    shape: tuple[int, ...], axis: int, k: int, dtype: str = "float32", sort: int = 1
+) -> Graph:
     """TopK (largest and smallest) along ``axis``: values and indices of each."""
     g = Graph("topk")
     x = g.add_input("x", shape, dtype)
     outs = []
     for largest in (1, 0):
-        outs += g.add("topk", [x], {"k": k, "axis": axis, "largest": largest,
-                                    "sorted": sort}).outputs
+        outs += g.add(
+            "topk", [x], {"k": k, "axis": axis, "largest": largest, "sorted": sort}
+        ).outputs
     g.set_outputs(*outs)
     return g
 
@@ -149,27 +166,48 @@ def _topk_inputs(shape: tuple[int, ...], dtype: str, seed: int) -> list[np.ndarr
     rng = np.random.default_rng(seed)
     if dtype != "float32":
         info = np.iinfo(dtype)
-        return [rng.integers(-3, 3, shape, dtype),
-                rng.integers(info.min, info.max, shape, dtype, endpoint=True),
-                np.full(shape, info.min, dtype)]
+        return [
+            rng.integers(-3, 3, shape, dtype),
+            rng.integers(info.min, info.max, shape, dtype, endpoint=True),
+            np.full(shape, info.min, dtype),
+        ]
     ties = rng.integers(-3, 4, shape).astype(np.float32)
     special = ties.copy()
     flat = special.reshape(-1)
     pool = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
     picks = rng.random(flat.shape) < 0.4
     flat[picks] = rng.choice(pool, int(picks.sum()))
-    return [ties, special, rng.standard_normal(shape).astype(np.float32),
-            np.full(shape, np.nan, np.float32), np.full(shape, -np.inf, np.float32)]
+    return [
+        ties,
+        special,
+        rng.standard_normal(shape).astype(np.float32),
+        np.full(shape, np.nan, np.float32),
+        np.full(shape, -np.inf, np.float32),
+    ]
 
 
-TOPK_CASES = [((1,), 0, 1), ((9,), 0, 1), ((9,), 0, 4), ((9,), -1, 9), ((3, 17), 1, 5),
-              ((3, 17), 0, 2), ((3, 17), 0, 3), ((2, 5, 7), 1, 3), ((2, 5, 7), 0, 1),
-              ((4, 300), -1, 1), ((4, 300), -1, 10), ((4, 300), -1, 300), ((2, 300, 3), 1, 150),
-              ((2, 3, 4, 5), 2, 4), ((2, 3, 4, 5), -3, 3)]
+TOPK_CASES = [
+    ((1,), 0, 1),
+    ((9,), 0, 1),
+    ((9,), 0, 4),
+    ((9,), -1, 9),
+    ((3, 17), 1, 5),
+    ((3, 17), 0, 2),
+    ((3, 17), 0, 3),
+    ((2, 5, 7), 1, 3),
+    ((2, 5, 7), 0, 1),
+    ((4, 300), -1, 1),
+    ((4, 300), -1, 10),
+    ((4, 300), -1, 300),
+    ((2, 300, 3), 1, 150),
+    ((2, 3, 4, 5), 2, 4),
+    ((2, 3, 4, 5), -3, 3),
+]
 
 
-@pytest.mark.parametrize(("shape", "axis", "k"), TOPK_CASES,
-                         ids=[f"{s}-{a}-{k}" for s, a, k in TOPK_CASES])
+@pytest.mark.parametrize(
+    ("shape", "axis", "k"), TOPK_CASES, ids=[f"{s}-{a}-{k}" for s, a, k in TOPK_CASES]
+)
 def test_topk_matches_the_stable_argsort(shape, axis, k):
     """Rows (stride 1) and strided columns; k = 1, small, half and the whole axis; ties by
     index, NaN after every number (largest and smallest), ±inf, -0.0 tied with +0.0."""
@@ -179,8 +217,9 @@ def test_topk_matches_the_stable_argsort(shape, axis, k):
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64"])
-@pytest.mark.parametrize(("shape", "axis", "k"), [((3, 17), 1, 5), ((2, 40, 3), 1, 40),
-                                                  ((50,), 0, 1)])
+@pytest.mark.parametrize(
+    ("shape", "axis", "k"), [((3, 17), 1, 5), ((2, 40, 3), 1, 40), ((50,), 0, 1)]
+)
 def test_topk_integers(shape, axis, k, dtype):
     g = _topk_graph(shape, axis, k, dtype)
     for x in _topk_inputs(shape, dtype, k):
@@ -201,8 +240,9 @@ def test_topk_k_above_the_axis_is_left_to_the_reference():
 
 def test_topk_ir_calls_only_its_heap_helpers():
     """No library sort: a heap in the outputs, sifted by the kernel's own two functions."""
-    ir = topk_kernel("k", AxisPlan(2, 30, 3, "float32"), 5, True, Operand(0), Operand(1),
-                     Operand(2))
+    ir = topk_kernel(
+        "k", AxisPlan(2, 30, 3, "float32"), 5, True, Operand(0), Operand(1), Operand(2)
+    )
     called = set(re.findall(r"call \S+ @([\w.]+)\(", ir))
     assert called == {"k_body", "k_sift", "k_worse", "llvm.umin.i64"}, called
 
@@ -214,8 +254,9 @@ def test_two_threads_split_scans_and_selections(monkeypatch):
         monkeypatch.setattr(lower, attr, 0)
     for shape, axis in [((37, 300), 1), ((5, 30, 130), 1), ((6, 7, 8, 9), 0)]:
         for dtype in DTYPES:
-            model = _check(_cumsum_graph(shape, axis, dtype), {"x": _scan_input(shape, dtype, 3)},
-                           threads=2)
+            model = _check(
+                _cumsum_graph(shape, axis, dtype), {"x": _scan_input(shape, dtype, 3)}, threads=2
+            )
             assert all(shares >= 2 for kind, _, shares in model._run if kind == "k"), model._run
         g = _topk_graph(shape, axis, 5)
         for x in _topk_inputs(shape, "float32", 4)[:3]:
@@ -229,21 +270,39 @@ def _hf_model() -> onnx.ModelProto:
     mask.cumsum(-1) - 1``, the lengths ``mask.sum(-1)``, the last real token ``mask.argmax``
     of a reversed cumsum; and TopK over the logits (sampling)."""
     i64, f32 = TensorProto.INT64, TensorProto.FLOAT
-    init = [helper.make_tensor("last", i64, [], [-1]), helper.make_tensor("one", i64, [], [1]),
-            helper.make_tensor("axes", i64, [1], [-1]), helper.make_tensor("k", i64, [1], [5])]
-    nodes = [helper.make_node("CumSum", ["mask", "last"], ["cs"]),
-             helper.make_node("Sub", ["cs", "one"], ["position_ids"]),
-             helper.make_node("ReduceSum", ["mask", "axes"], ["lengths"], keepdims=0),
-             helper.make_node("CumSum", ["mask", "last"], ["rcs"], reverse=1, exclusive=1),
-             helper.make_node("ArgMin", ["rcs"], ["last_token"], axis=-1, keepdims=0),
-             helper.make_node("TopK", ["logits", "k"], ["top_values", "top_indices"])]
+    init = [
+        helper.make_tensor("last", i64, [], [-1]),
+        helper.make_tensor("one", i64, [], [1]),
+        helper.make_tensor("axes", i64, [1], [-1]),
+        helper.make_tensor("k", i64, [1], [5]),
+    ]
+    nodes = [
+        helper.make_node("CumSum", ["mask", "last"], ["cs"]),
+        helper.make_node("Sub", ["cs", "one"], ["position_ids"]),
+        helper.make_node("ReduceSum", ["mask", "axes"], ["lengths"], keepdims=0),
+        helper.make_node("CumSum", ["mask", "last"], ["rcs"], reverse=1, exclusive=1),
+        helper.make_node("ArgMin", ["rcs"], ["last_token"], axis=-1, keepdims=0),
+        helper.make_node("TopK", ["logits", "k"], ["top_values", "top_indices"]),
+    ]
     graph = helper.make_graph(
-        nodes, "hf",
-        [helper.make_tensor_value_info("mask", i64, [2, 9]),
-         helper.make_tensor_value_info("logits", f32, [2, 100])],
-        [helper.make_tensor_value_info(n, t, None) for n, t in
-         (("position_ids", i64), ("lengths", i64), ("last_token", i64), ("top_values", f32),
-          ("top_indices", i64))], init)
+        nodes,
+        "hf",
+        [
+            helper.make_tensor_value_info("mask", i64, [2, 9]),
+            helper.make_tensor_value_info("logits", f32, [2, 100]),
+        ],
+        [
+            helper.make_tensor_value_info(n, t, None)
+            for n, t in (
+                ("position_ids", i64),
+                ("lengths", i64),
+                ("last_token", i64),
+                ("top_values", f32),
+                ("top_indices", i64),
+            )
+        ],
+        init,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -270,9 +329,12 @@ def test_aarch64_module_has_the_scan_and_selection_kernels():
     g = Graph("cross")
     x = g.add_input("x", (3, 5, 70))
     m = g.add_input("m", (2, 9), "int64")
-    outs = [g.apply("cumsum", x, axis=1, exclusive=1), g.apply("cumsum", m, axis=-1, reverse=1),
-            g.apply("reduce_sum", m, axes=(-1,), keepdims=0),
-            *g.add("topk", [x], {"k": 4, "axis": -1}).outputs]
+    outs = [
+        g.apply("cumsum", x, axis=1, exclusive=1),
+        g.apply("cumsum", m, axis=-1, reverse=1),
+        g.apply("reduce_sum", m, axes=(-1,), keepdims=0),
+        *g.add("topk", [x], {"k": 4, "axis": -1}).outputs,
+    ]
     g.set_outputs(*outs)
     mod = emit_cross(g, "aarch64")
     assert mod.fallback_nodes == []

@@ -51,23 +51,33 @@ def _bits(a):
 
 # -- gather_elements ------------------------------------------------------------------------------
 @pytest.mark.parametrize("idtype", ["int32", "int64"])
-@pytest.mark.parametrize(("xshape", "ishape", "axis"), [
-    ((3, 4, 5), (3, 4, 5), 0), ((3, 4, 5), (7, 4, 5), 0), ((3, 4, 5), (3, 2, 5), 1),
-    ((3, 4, 5), (3, 4, 9), -1), ((6,), (4,), 0), ((2, 1, 3), (2, 1, 6), 2)])
+@pytest.mark.parametrize(
+    ("xshape", "ishape", "axis"),
+    [
+        ((3, 4, 5), (3, 4, 5), 0),
+        ((3, 4, 5), (7, 4, 5), 0),
+        ((3, 4, 5), (3, 2, 5), 1),
+        ((3, 4, 5), (3, 4, 9), -1),
+        ((6,), (4,), 0),
+        ((2, 1, 3), (2, 1, 6), 2),
+    ],
+)
 def test_gather_elements_axes(xshape, ishape, axis, idtype, split_always):
     rng = np.random.default_rng(0)
     dim = xshape[axis]
     g = _graph("gather_elements", [xshape, ishape], ["float32", idtype], axis=axis)
-    check_compiled(g, {"a": _data(xshape, "float32", rng),
-                       "b": rng.integers(-dim, dim, ishape).astype(idtype)}, rtol=None)
+    check_compiled(
+        g,
+        {"a": _data(xshape, "float32", rng), "b": rng.integers(-dim, dim, ishape).astype(idtype)},
+        rtol=None,
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int64", "bool", "uint8", "float16"])
 def test_gather_elements_dtypes(dtype):
     rng = np.random.default_rng(1)
     g = _graph("gather_elements", [(4, 6), (4, 3)], [dtype, "int64"], axis=1)
-    check_compiled(g, {"a": _data((4, 6), dtype, rng), "b": rng.integers(-6, 6, (4, 3))},
-                   rtol=None)
+    check_compiled(g, {"a": _data((4, 6), dtype, rng), "b": rng.integers(-6, 6, (4, 3))}, rtol=None)
 
 
 def test_gather_elements_negative_indices_count_from_the_end():
@@ -79,14 +89,23 @@ def test_gather_elements_negative_indices_count_from_the_end():
 
 # -- gather_nd ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("idtype", ["int32", "int64"])
-@pytest.mark.parametrize(("xshape", "ishape", "batch_dims"), [
-    ((4, 5, 6), (3, 1), 0), ((4, 5, 6), (2, 3, 2), 0), ((4, 5, 6), (7, 3), 0),
-    ((4, 5, 6), (4, 2, 1), 1), ((4, 5, 6), (4, 5, 1), 2), ((2, 3, 4, 5), (2, 3, 6, 1), 2),
-    ((2, 3, 4), (2, 2), 1), ((5,), (3, 1), 0)])
+@pytest.mark.parametrize(
+    ("xshape", "ishape", "batch_dims"),
+    [
+        ((4, 5, 6), (3, 1), 0),
+        ((4, 5, 6), (2, 3, 2), 0),
+        ((4, 5, 6), (7, 3), 0),
+        ((4, 5, 6), (4, 2, 1), 1),
+        ((4, 5, 6), (4, 5, 1), 2),
+        ((2, 3, 4, 5), (2, 3, 6, 1), 2),
+        ((2, 3, 4), (2, 2), 1),
+        ((5,), (3, 1), 0),
+    ],
+)
 def test_gather_nd(xshape, ishape, batch_dims, idtype, split_always):
     rng = np.random.default_rng(2)
     depth = ishape[-1]
-    dims = np.asarray(xshape[batch_dims:batch_dims + depth])
+    dims = np.asarray(xshape[batch_dims : batch_dims + depth])
     idx = (rng.integers(-(1 << 20), 1 << 20, ishape) % (2 * dims)) - dims  # in [-dim, dim)
     g = _graph("gather_nd", [xshape, ishape], ["float32", idtype], batch_dims=batch_dims)
     check_compiled(g, {"a": _data(xshape, "float32", rng), "b": idx.astype(idtype)}, rtol=None)
@@ -111,8 +130,10 @@ def test_gather_nd_blocks_are_one_memcpy_each():
 # -- scatter_nd -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", ["float32", "int64", "bool"])
-@pytest.mark.parametrize(("xshape", "ishape"), [
-    ((6, 3, 4), (5, 1)), ((6, 3, 4), (2, 4, 2)), ((4, 5), (9, 2)), ((7,), (12, 1))])
+@pytest.mark.parametrize(
+    ("xshape", "ishape"),
+    [((6, 3, 4), (5, 1)), ((6, 3, 4), (2, 4, 2)), ((4, 5), (9, 2)), ((7,), (12, 1))],
+)
 def test_scatter_nd_duplicates_in_order(xshape, ishape, dtype, reduction, split_always):
     """Indices repeat (and come negative): updates apply in order, as the reference's loop."""
     rng = np.random.default_rng(4)
@@ -120,23 +141,28 @@ def test_scatter_nd_duplicates_in_order(xshape, ishape, dtype, reduction, split_
     dims = np.asarray(xshape[:depth])
     idx = rng.integers(0, 2, ishape) * dims + (rng.integers(0, 3, ishape) % dims) - dims
     ushape = (*ishape[:-1], *xshape[depth:])
-    g = _graph("scatter_nd", [xshape, ishape, ushape], [dtype, "int64", dtype],
-               reduction=reduction)
+    g = _graph("scatter_nd", [xshape, ishape, ushape], [dtype, "int64", dtype], reduction=reduction)
     flat = idx.reshape(-1, depth) % dims
     assert len({tuple(t) for t in flat}) < len(flat), "the test needs duplicate indices"
-    check_compiled(g, {"a": _data(xshape, dtype, rng), "b": idx,
-                       "c": _data(ushape, dtype, rng)}, rtol=None)
+    check_compiled(
+        g, {"a": _data(xshape, dtype, rng), "b": idx, "c": _data(ushape, dtype, rng)}, rtol=None
+    )
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", ["float16", "float64", "int32", "uint8"])
 def test_scatter_nd_more_dtypes(dtype, reduction):
     rng = np.random.default_rng(5)
-    g = _graph("scatter_nd", [(5, 3), (6, 1), (6, 3)], [dtype, "int32", dtype],
-               reduction=reduction)
-    check_compiled(g, {"a": _data((5, 3), dtype, rng), "b": np.array([[1], [-1], [1], [4], [0],
-                                                                      [-4]], np.int32),
-                       "c": _data((6, 3), dtype, rng)}, rtol=None)
+    g = _graph("scatter_nd", [(5, 3), (6, 1), (6, 3)], [dtype, "int32", dtype], reduction=reduction)
+    check_compiled(
+        g,
+        {
+            "a": _data((5, 3), dtype, rng),
+            "b": np.array([[1], [-1], [1], [4], [0], [-4]], np.int32),
+            "c": _data((6, 3), dtype, rng),
+        },
+        rtol=None,
+    )
 
 
 def test_scatter_nd_writes_a_static_kv_cache():
@@ -151,16 +177,27 @@ def test_scatter_nd_writes_a_static_kv_cache():
     g.set_outputs(g.apply("add", written, g.add_const(np.float32(1), "one")))
     for pos in (0, 5, s - 1, -1):
         grid = np.stack(np.meshgrid(np.arange(b), np.arange(h), [pos], indexing="ij"), -1)
-        check_compiled(g, {"cache": _data((b, h, s, d), "float32", rng), "idx": grid,
-                           "new": _data((b, h, 1, d), "float32", rng)}, rtol=None)
+        check_compiled(
+            g,
+            {
+                "cache": _data((b, h, s, d), "float32", rng),
+                "idx": grid,
+                "new": _data((b, h, 1, d), "float32", rng),
+            },
+            rtol=None,
+        )
 
 
 def test_scatter_of_constant_data_and_a_copy_split_between_cores(split_always):
     """The data may be a constant; its copy runs in shares on two threads, the updates after."""
     rng = np.random.default_rng(7)
     base = _data((8, 16, 128), "float32", rng)
-    g = _graph("scatter_nd", [(8, 16, 128), (30, 1), (30, 16, 128)],
-               ["float32", "int64", "float32"], consts={0: base})
+    g = _graph(
+        "scatter_nd",
+        [(8, 16, 128), (30, 1), (30, 16, 128)],
+        ["float32", "int64", "float32"],
+        consts={0: base},
+    )
     model = compile_graph(g, threads=2)
     assert model.fallback_nodes == []
     steps = [(s.parallel, s.units) for s in model._prog.steps if s.gen is not None]
@@ -178,29 +215,55 @@ def test_scatter_update_runs_in_part_zero_only():
 # -- scatter_elements -----------------------------------------------------------------------------
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", ["float32", "int64", "bool"])
-@pytest.mark.parametrize(("xshape", "ishape", "axis"), [
-    ((5, 4, 3), (8, 4, 3), 0), ((5, 4, 3), (5, 6, 3), 1), ((5, 4, 3), (2, 3, 7), -1),
-    ((6,), (10,), 0), ((4, 6), (2, 9), 1)])
-def test_scatter_elements_duplicates_in_order(xshape, ishape, axis, dtype, reduction,
-                                              split_always):
+@pytest.mark.parametrize(
+    ("xshape", "ishape", "axis"),
+    [
+        ((5, 4, 3), (8, 4, 3), 0),
+        ((5, 4, 3), (5, 6, 3), 1),
+        ((5, 4, 3), (2, 3, 7), -1),
+        ((6,), (10,), 0),
+        ((4, 6), (2, 9), 1),
+    ],
+)
+def test_scatter_elements_duplicates_in_order(xshape, ishape, axis, dtype, reduction, split_always):
     """Indices smaller than the data off the axis, repeated and negative along it."""
     rng = np.random.default_rng(8)
     dim = xshape[axis]
     idx = rng.integers(0, 3, ishape) - rng.integers(0, 2, ishape) * dim
-    g = _graph("scatter_elements", [xshape, ishape, ishape], [dtype, "int32", dtype], axis=axis,
-               reduction=reduction)
-    check_compiled(g, {"a": _data(xshape, dtype, rng), "b": idx.astype(np.int32),
-                       "c": _data(ishape, dtype, rng)}, rtol=None)
+    g = _graph(
+        "scatter_elements",
+        [xshape, ishape, ishape],
+        [dtype, "int32", dtype],
+        axis=axis,
+        reduction=reduction,
+    )
+    check_compiled(
+        g,
+        {"a": _data(xshape, dtype, rng), "b": idx.astype(np.int32), "c": _data(ishape, dtype, rng)},
+        rtol=None,
+    )
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", ["float16", "float64", "uint8", "int32"])
 def test_scatter_elements_more_dtypes(dtype, reduction):
     rng = np.random.default_rng(9)
-    g = _graph("scatter_elements", [(3, 4), (3, 5), (3, 5)], [dtype, "int64", dtype], axis=1,
-               reduction=reduction)
-    check_compiled(g, {"a": _data((3, 4), dtype, rng), "b": rng.integers(-4, 4, (3, 5)),
-                       "c": _data((3, 5), dtype, rng)}, rtol=None)
+    g = _graph(
+        "scatter_elements",
+        [(3, 4), (3, 5), (3, 5)],
+        [dtype, "int64", dtype],
+        axis=1,
+        reduction=reduction,
+    )
+    check_compiled(
+        g,
+        {
+            "a": _data((3, 4), dtype, rng),
+            "b": rng.integers(-4, 4, (3, 5)),
+            "c": _data((3, 5), dtype, rng),
+        },
+        rtol=None,
+    )
 
 
 @pytest.mark.parametrize("op", ["scatter_nd", "scatter_elements"])
@@ -213,12 +276,12 @@ def test_scatter_float_reductions_bit_for_bit(op, reduction):
     upd = np.array([b for _, b in pairs], np.float32)
     n = len(pairs)
     if op == "scatter_nd":
-        g = _graph(op, [(n,), (n, 1), (n,)], ["float32", "int64", "float32"],
-                   reduction=reduction)
+        g = _graph(op, [(n,), (n, 1), (n,)], ["float32", "int64", "float32"], reduction=reduction)
         idx = np.arange(n).reshape(n, 1)
     else:
-        g = _graph(op, [(n,), (n,), (n,)], ["float32", "int64", "float32"], axis=0,
-                   reduction=reduction)
+        g = _graph(
+            op, [(n,), (n,), (n,)], ["float32", "int64", "float32"], axis=0, reduction=reduction
+        )
         idx = np.arange(n)
     feeds = {"a": x, "b": idx, "c": upd}
     with np.errstate(all="ignore"):
@@ -229,8 +292,10 @@ def test_scatter_float_reductions_bit_for_bit(op, reduction):
 
 # -- one_hot --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("idtype", ["int32", "int64", "float32", "float64"])
-@pytest.mark.parametrize(("ishape", "axis"), [((5,), -1), ((3, 4), 1), ((3, 4), 0), ((2, 3), -3),
-                                              ((), 0), ((2, 3, 4), 2)])
+@pytest.mark.parametrize(
+    ("ishape", "axis"),
+    [((5,), -1), ((3, 4), 1), ((3, 4), 0), ((2, 3), -3), ((), 0), ((2, 3, 4), 2)],
+)
 def test_one_hot_axes_and_out_of_range_rows(ishape, axis, idtype, split_always):
     """Negative indices count from depth; out of range (either side) gives an all-off row."""
     rng = np.random.default_rng(10)
@@ -261,18 +326,48 @@ def test_one_hot_float_indices_nan_and_huge_are_off():
 # -- runtime indices out of range -----------------------------------------------------------------
 BAD_CASES = [
     # op, shapes, attrs, the index input, where the bad ones go, the message's index and range
-    ("gather_elements", [(4, 5), (4, 5)], {"axis": 1}, [((1, 2), 5), ((3, 0), 9)],
-     "index 5 at b[1, 2] is out of range [-5, 4] for axis 1 of size 5"),
-    ("gather_elements", [(4, 5), (4, 5)], {"axis": 0}, [((0, 3), -5), ((2, 2), 4)],
-     "index -5 at b[0, 3] is out of range [-4, 3] for axis 0 of size 4"),
-    ("gather_nd", [(3, 4, 5), (6, 2)], {}, [((2, 1), 4), ((4, 0), -4)],
-     "index 4 at b[2, 1] is out of range [-4, 3]"),
-    ("gather_nd", [(3, 4, 5), (6, 2)], {}, [((1, 0), -4), ((2, 1), 4)],
-     "index -4 at b[1, 0] is out of range [-3, 2]"),
-    ("scatter_nd", [(6, 4), (3, 1), (3, 4)], {}, [((1, 0), -7), ((2, 0), 6)],
-     "index -7 at b[1, 0] is out of range [-6, 5]"),
-    ("scatter_elements", [(5, 3), (2, 3), (2, 3)], {"axis": 0, "reduction": "add"},
-     [((0, 2), 5), ((1, 0), 100)], "index 5 at b[0, 2] is out of range [-5, 4] for axis 0"),
+    (
+        "gather_elements",
+        [(4, 5), (4, 5)],
+        {"axis": 1},
+        [((1, 2), 5), ((3, 0), 9)],
+        "index 5 at b[1, 2] is out of range [-5, 4] for axis 1 of size 5",
+    ),
+    (
+        "gather_elements",
+        [(4, 5), (4, 5)],
+        {"axis": 0},
+        [((0, 3), -5), ((2, 2), 4)],
+        "index -5 at b[0, 3] is out of range [-4, 3] for axis 0 of size 4",
+    ),
+    (
+        "gather_nd",
+        [(3, 4, 5), (6, 2)],
+        {},
+        [((2, 1), 4), ((4, 0), -4)],
+        "index 4 at b[2, 1] is out of range [-4, 3]",
+    ),
+    (
+        "gather_nd",
+        [(3, 4, 5), (6, 2)],
+        {},
+        [((1, 0), -4), ((2, 1), 4)],
+        "index -4 at b[1, 0] is out of range [-3, 2]",
+    ),
+    (
+        "scatter_nd",
+        [(6, 4), (3, 1), (3, 4)],
+        {},
+        [((1, 0), -7), ((2, 0), 6)],
+        "index -7 at b[1, 0] is out of range [-6, 5]",
+    ),
+    (
+        "scatter_elements",
+        [(5, 3), (2, 3), (2, 3)],
+        {"axis": 0, "reduction": "add"},
+        [((0, 2), 5), ((1, 0), 100)],
+        "index 5 at b[0, 2] is out of range [-5, 4] for axis 0",
+    ),
 ]
 
 
@@ -280,7 +375,7 @@ BAD_CASES = [
 @pytest.mark.parametrize(("op", "shapes", "attrs", "bad", "msg"), BAD_CASES)
 def test_index_out_of_range_raises_and_the_next_call_works(op, shapes, attrs, bad, msg, idtype):
     rng = np.random.default_rng(11)
-    dtypes = ["float32", idtype, "float32"][:len(shapes)]
+    dtypes = ["float32", idtype, "float32"][: len(shapes)]
     g = _graph(op, shapes, dtypes, **attrs)
     model = compile_graph(g, threads=1)
     assert model.fallback_nodes == []
@@ -303,8 +398,7 @@ def test_index_out_of_range_raises_and_the_next_call_works(op, shapes, attrs, ba
 def test_index_out_of_range_on_two_threads_reports_the_first(op, native, split_always):
     """Shares on two threads meet bad indices: the smallest position is reported every time."""
     shapes = [(64, 16), (64, 16)] if op == "gather_elements" else [(64, 16), (64, 1)]
-    g = _graph(op, shapes, ["float32", "int64"], **({"axis": 0} if op == "gather_elements"
-                                                     else {}))
+    g = _graph(op, shapes, ["float32", "int64"], **({"axis": 0} if op == "gather_elements" else {}))
     model = compile_graph(g, threads=2)
     model.native_threads = native
     rng = np.random.default_rng(12)
@@ -316,31 +410,55 @@ def test_index_out_of_range_on_two_threads_reports_the_first(op, native, split_a
             model(a=x, b=idx)
     good = np.where((idx < 0) | (idx > 63), 7, idx)
     got = model(a=x, b=good)
-    np.testing.assert_array_equal(got[g.outputs[0].name],
-                                  reference(g, {"a": x, "b": good})[g.outputs[0].name])
+    np.testing.assert_array_equal(
+        got[g.outputs[0].name], reference(g, {"a": x, "b": good})[g.outputs[0].name]
+    )
 
 
-@pytest.mark.parametrize(("op", "shapes", "attrs", "const", "msg"), [
-    ("gather_elements", [(3, 4), (3, 2)], {"axis": 1}, np.array([[0, 1], [4, 0], [0, 0]]),
-     r"constant index 4 at b\[1, 0\] is out of range \[-4, 3\] for axis 1 of 'a' \(size 4\)"),
-    ("gather_nd", [(3, 4), (2, 2)], {}, np.array([[0, 0], [2, -5]]),
-     r"constant index -5 at b\[1, 1\] is out of range \[-4, 3\] for axis 1 of 'a'"),
-    ("scatter_nd", [(3, 4), (1, 1), (1, 4)], {}, np.array([[3]]),
-     r"constant index 3 at b\[0, 0\] is out of range \[-3, 2\] for axis 0"),
-    ("scatter_elements", [(3, 4), (1, 2), (1, 2)], {"axis": 1}, np.array([[0, -5]]),
-     r"constant index -5 at b\[0, 1\] is out of range \[-4, 3\] for axis 1"),
-])
+@pytest.mark.parametrize(
+    ("op", "shapes", "attrs", "const", "msg"),
+    [
+        (
+            "gather_elements",
+            [(3, 4), (3, 2)],
+            {"axis": 1},
+            np.array([[0, 1], [4, 0], [0, 0]]),
+            r"constant index 4 at b\[1, 0\] is out of range \[-4, 3\] for axis 1 of 'a' \(size 4\)",
+        ),
+        (
+            "gather_nd",
+            [(3, 4), (2, 2)],
+            {},
+            np.array([[0, 0], [2, -5]]),
+            r"constant index -5 at b\[1, 1\] is out of range \[-4, 3\] for axis 1 of 'a'",
+        ),
+        (
+            "scatter_nd",
+            [(3, 4), (1, 1), (1, 4)],
+            {},
+            np.array([[3]]),
+            r"constant index 3 at b\[0, 0\] is out of range \[-3, 2\] for axis 0",
+        ),
+        (
+            "scatter_elements",
+            [(3, 4), (1, 2), (1, 2)],
+            {"axis": 1},
+            np.array([[0, -5]]),
+            r"constant index -5 at b\[0, 1\] is out of range \[-4, 3\] for axis 1",
+        ),
+    ],
+)
 def test_constant_index_out_of_range_fails_at_compile_time(op, shapes, attrs, const, msg):
-    g = _graph(op, shapes, ["float32", "int64", "float32"][:len(shapes)], consts={1: const},
-               **attrs)
+    g = _graph(
+        op, shapes, ["float32", "int64", "float32"][: len(shapes)], consts={1: const}, **attrs
+    )
     with pytest.raises(ShapeError, match=rf"node '{op}' \({op}\): {msg}"):
         compile_graph(g, threads=1)
 
 
 def test_bad_scatter_index_then_a_good_call_starts_from_the_data():
     """A failed scatter leaves its output half updated; the next call copies the data again."""
-    g = _graph("scatter_nd", [(4, 2), (3, 1), (3, 2)], ["int64", "int64", "int64"],
-               reduction="add")
+    g = _graph("scatter_nd", [(4, 2), (3, 1), (3, 2)], ["int64", "int64", "int64"], reduction="add")
     model = compile_graph(g, threads=1)
     x = np.arange(8).reshape(4, 2)
     upd = np.full((3, 2), 10)
@@ -350,22 +468,44 @@ def test_bad_scatter_index_then_a_good_call_starts_from_the_data():
     np.testing.assert_array_equal(got[g.outputs[0].name], [[20, 21], [12, 13], [4, 5], [6, 7]])
 
 
-@pytest.mark.parametrize(("op", "shapes", "attrs", "bad", "msg"), [
-    ("gather_elements", [(4, 5), (4, 5)], {"axis": 1}, ((1, 2), -6),
-     r"index -6 at \[1, 2\] is out of range \[-5, 4\] for axis 1 \(size 5\)"),
-    ("gather_nd", [(3, 4, 5), (6, 2)], {}, ((2, 1), -8),
-     r"index -8 at \[2, 1\] is out of range \[-4, 3\] for axis 1 \(size 4\)"),
-    ("scatter_nd", [(6, 4), (3, 1), (3, 4)], {}, ((1, 0), -12),
-     r"index -12 at \[1, 0\] is out of range \[-6, 5\] for axis 0 \(size 6\)"),
-    ("scatter_elements", [(5, 3), (2, 3), (2, 3)], {"axis": 0}, ((0, 2), -6),
-     r"index -6 at \[0, 2\] is out of range \[-5, 4\] for axis 0 \(size 5\)"),
-])
-def test_reference_rejects_an_index_below_minus_dim_as_the_kernel_does(op, shapes, attrs, bad,
-                                                                       msg):
+@pytest.mark.parametrize(
+    ("op", "shapes", "attrs", "bad", "msg"),
+    [
+        (
+            "gather_elements",
+            [(4, 5), (4, 5)],
+            {"axis": 1},
+            ((1, 2), -6),
+            r"index -6 at \[1, 2\] is out of range \[-5, 4\] for axis 1 \(size 5\)",
+        ),
+        (
+            "gather_nd",
+            [(3, 4, 5), (6, 2)],
+            {},
+            ((2, 1), -8),
+            r"index -8 at \[2, 1\] is out of range \[-4, 3\] for axis 1 \(size 4\)",
+        ),
+        (
+            "scatter_nd",
+            [(6, 4), (3, 1), (3, 4)],
+            {},
+            ((1, 0), -12),
+            r"index -12 at \[1, 0\] is out of range \[-6, 5\] for axis 0 \(size 6\)",
+        ),
+        (
+            "scatter_elements",
+            [(5, 3), (2, 3), (2, 3)],
+            {"axis": 0},
+            ((0, 2), -6),
+            r"index -6 at \[0, 2\] is out of range \[-5, 4\] for axis 0 \(size 5\)",
+        ),
+    ],
+)
+def test_reference_rejects_an_index_below_minus_dim_as_the_kernel_does(op, shapes, attrs, bad, msg):
     """An index in [-2·dim, -dim-1] is out of range: the numpy reference used to add dim once and
     let numpy wrap it a second time (a silent wrong element) where the kernel raises."""
     rng = np.random.default_rng(13)
-    g = _graph(op, shapes, ["float32", "int64", "float32"][:len(shapes)], **attrs)
+    g = _graph(op, shapes, ["float32", "int64", "float32"][: len(shapes)], **attrs)
     feeds = {k: _data(s, "float32", rng) for k, s in zip("abc", shapes, strict=False)}
     feeds["b"] = np.zeros(shapes[1], np.int64)
     feeds["b"][bad[0]] = bad[1]

@@ -34,8 +34,9 @@ def _ew() -> tuple[Graph, dict[str, np.ndarray]]:
     x = g.add_input("x", (37, 1000))
     w = g.add_const(rng.standard_normal(1000).astype(np.float32), "w")
     b = g.add_const(rng.standard_normal((37, 1)).astype(np.float32), "b")
-    g.set_outputs(g.apply("ew", x, w, b,
-                          expr=("gelu", ("add", ("mul", ("in", 0), ("in", 1)), ("in", 2)))))
+    g.set_outputs(
+        g.apply("ew", x, w, b, expr=("gelu", ("add", ("mul", ("in", 0), ("in", 1)), ("in", 2))))
+    )
     return g, {"x": rng.standard_normal((37, 1000)).astype(np.float32)}
 
 
@@ -57,17 +58,21 @@ def _attention_conv() -> tuple[Graph, dict[str, np.ndarray]]:
     q = g.add_input("q", (2, 3, 24, 16))
     img = g.add_input("img", (2, 3, 11, 11))
     w = g.add_const(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
-    g.set_outputs(g.apply("attention", q, q, q, scale=0.25),
-                  g.apply("conv", img, w, pads=(1, 1, 1, 1)))
-    return g, {"q": rng.standard_normal((2, 3, 24, 16)).astype(np.float32),
-               "img": rng.standard_normal((2, 3, 11, 11)).astype(np.float32)}
+    g.set_outputs(
+        g.apply("attention", q, q, q, scale=0.25), g.apply("conv", img, w, pads=(1, 1, 1, 1))
+    )
+    return g, {
+        "q": rng.standard_normal((2, 3, 24, 16)).astype(np.float32),
+        "img": rng.standard_normal((2, 3, 11, 11)).astype(np.float32),
+    }
 
 
 GRAPHS = {"ew": _ew, "mlp_norm": _mlp_norm, "attention_conv": _attention_conv}
 
 
-def _check(got: dict[str, np.ndarray], one: dict[str, np.ndarray],
-           want: dict[str, np.ndarray]) -> None:
+def _check(
+    got: dict[str, np.ndarray], one: dict[str, np.ndarray], want: dict[str, np.ndarray]
+) -> None:
     for k in want:
         np.testing.assert_allclose(got[k], one[k], rtol=1e-6, atol=1e-6, err_msg=k)
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
@@ -95,8 +100,9 @@ def test_elementwise_shares_are_bitwise_equal():
     g, feeds = _ew()
     one, two = compile_graph(g, threads=1), compile_graph(g, threads=2)
     for _ in range(3):
-        np.testing.assert_array_equal(two(**feeds)[g.outputs[0].name],
-                                      one(**feeds)[g.outputs[0].name])
+        np.testing.assert_array_equal(
+            two(**feeds)[g.outputs[0].name], one(**feeds)[g.outputs[0].name]
+        )
 
 
 def test_two_python_threads_two_models():
@@ -156,7 +162,7 @@ def test_results_held_by_the_caller_are_never_overwritten(threads):
         feeds = {"x": rng.standard_normal((37, 1000)).astype(np.float32)}
         held.append(model(**feeds)[name])
         wants.append(reference(g, feeds)[name])
-    view = model(**feeds)[name][1:2]      # only a view is kept: its memory must stay its own
+    view = model(**feeds)[name][1:2]  # only a view is kept: its memory must stay its own
     want_view = reference(g, feeds)[name][1:2]
     for _ in range(3):
         model(x=rng.standard_normal((37, 1000)).astype(np.float32))
@@ -195,6 +201,9 @@ def test_workers_pinned_and_caller_affinity_restored():
     pool = model._native
     assert pool is not None
     assert pool.main_cpu in before
-    worker_cpus = [os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")
-                   if os.sched_getaffinity(int(t)) == {sorted(before)[1]}]
+    worker_cpus = [
+        os.sched_getaffinity(int(t))
+        for t in os.listdir("/proc/self/task")
+        if os.sched_getaffinity(int(t)) == {sorted(before)[1]}
+    ]
     assert worker_cpus, "no thread pinned to the worker's core"

@@ -63,12 +63,19 @@ def test_symbolic_sizes() -> None:
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.integers(0, 5), st.integers(1, 30), st.integers(1, 4),
-       st.integers(0, 5), st.integers(1, 30), st.integers(1, 4), st.booleans())
+@given(
+    st.integers(0, 5),
+    st.integers(1, 30),
+    st.integers(1, 4),
+    st.integers(0, 5),
+    st.integers(1, 30),
+    st.integers(1, 4),
+    st.booleans(),
+)
 def test_random_slices_match_numpy(s1, n1, k1, s2, n2, k2, two_d) -> None:
     buf = np.zeros(200, dtype=np.float32)
-    a = buf[s1:s1 + n1 * k1:k1]
-    b = buf[s2:s2 + n2 * k2:k2]
+    a = buf[s1 : s1 + n1 * k1 : k1]
+    b = buf[s2 : s2 + n2 * k2 : k2]
     if two_d:
         m = buf[:120].reshape(10, 12)
         a = m[s1:, ::k1][: max(1, n1 // 6)]
@@ -90,18 +97,22 @@ def _orders(shape: tuple[int, ...]) -> list[list]:
     return [fwd, fwd[::-1]]
 
 
-@pytest.mark.parametrize(("desc", "out_sl", "src_sl", "order", "expect"), [
-    ("same elements", slice(0, 10), slice(0, 10), "any", True),
-    ("read shifted by one", slice(0, 10), slice(1, 11), "any", False),
-    ("read shifted forward, sequential", slice(0, 10), slice(1, 11), "sequential", True),
-    ("read shifted backward, sequential", slice(1, 11), slice(0, 10), "sequential", False),
-    ("disjoint halves", slice(0, 10), slice(10, 20), "any", True),
-])
+@pytest.mark.parametrize(
+    ("desc", "out_sl", "src_sl", "order", "expect"),
+    [
+        ("same elements", slice(0, 10), slice(0, 10), "any", True),
+        ("read shifted by one", slice(0, 10), slice(1, 11), "any", False),
+        ("read shifted forward, sequential", slice(0, 10), slice(1, 11), "sequential", True),
+        ("read shifted backward, sequential", slice(1, 11), slice(0, 10), "sequential", False),
+        ("disjoint halves", slice(0, 10), slice(10, 20), "any", True),
+    ],
+)
 def test_inplace_elementwise(desc, out_sl, src_sl, order, expect) -> None:
     buf0 = np.arange(32, dtype=np.float64)
     ref = buf0[src_sl] * 2 + 1  # out-of-place result
-    got = prove_inplace_safe(view_of(buf0[out_sl], buf0), [view_of(buf0[src_sl], buf0)],
-                             order=order)
+    got = prove_inplace_safe(
+        view_of(buf0[out_sl], buf0), [view_of(buf0[src_sl], buf0)], order=order
+    )
     assert got is expect, desc
     orders = _orders(ref.shape)[:1] if order == "sequential" else _orders(ref.shape)
     results = []

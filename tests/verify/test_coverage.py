@@ -51,8 +51,9 @@ def _cases(reason: str) -> int:
 
 
 @pytest.mark.parametrize("budget", [BUDGET, check.VALUE_CASE_BUDGET])
-def test_coverage_and_reason_do_not_depend_on_speed(monkeypatch: pytest.MonkeyPatch,
-                                                    budget: int) -> None:
+def test_coverage_and_reason_do_not_depend_on_speed(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
     """The same rule, once at this machine's speed and once on a clock where every reading is a
     second later than the last (the old 6 s budget stopped after six readings and proved 4 of
     the 192 cases): the same cases are checked and the reason is the same, word for word."""
@@ -68,8 +69,9 @@ def test_coverage_and_reason_do_not_depend_on_speed(monkeypatch: pytest.MonkeyPa
     if budget == BUDGET:
         assert _cases(slow.reason) == _cases(fast.reason) <= BUDGET
         assert f"larger ones skipped (case budget {BUDGET})" in fast.reason
-        assert re.search(r"the \d+ of 25 rank/attribute cases with at most \d+ dimensions;",
-                         fast.reason), fast.reason
+        assert re.search(
+            r"the \d+ of 25 rank/attribute cases with at most \d+ dimensions;", fast.reason
+        ), fast.reason
     else:  # the default budget holds every case of this rule
         assert _cases(slow.reason) == _cases(fast.reason) == 192
         assert "all 25 rank/attribute cases" in fast.reason
@@ -115,21 +117,27 @@ def test_smallest_rank_group_is_never_cut() -> None:
     assert v.status == "proved", v.reason
     assert "rank/attribute cases with at most 0 dimensions;" in v.reason
     assert "case budget 1)" in v.reason
-    one = _rule("rule matmul-reassoc [real]:\n    matmul(matmul(a, b), c)  =>  matmul(a, matmul(b, "
-                "c))\n    if rank(a) == 2 and rank(b) == 2 and rank(c) == 2\n")
+    one = _rule(
+        "rule matmul-reassoc [real]:\n    matmul(matmul(a, b), c)  =>  matmul(a, matmul(b, "
+        "c))\n    if rank(a) == 2 and rank(b) == 2 and rank(c) == 2\n"
+    )
     v = verify_rule(one, case_budget=1)
     assert v.status == "proved", v.reason
     assert "all 1 rank/attribute cases" in v.reason
     assert _cases(v.reason) > 1
 
 
-@pytest.mark.parametrize(("slow_part", "stage"), [
-    ("concrete_dims", "listing the shape cases"),
-    ("_random_search", "trying numpy"),
-    ("_check_one", "proving with Z3"),
-])
-def test_deadline_gives_unknown_not_proved(monkeypatch: pytest.MonkeyPatch, slow_part: str,
-                                           stage: str) -> None:
+@pytest.mark.parametrize(
+    ("slow_part", "stage"),
+    [
+        ("concrete_dims", "listing the shape cases"),
+        ("_random_search", "trying numpy"),
+        ("_check_one", "proving with Z3"),
+    ],
+)
+def test_deadline_gives_unknown_not_proved(
+    monkeypatch: pytest.MonkeyPatch, slow_part: str, stage: str
+) -> None:
     """When one part of the value check takes longer than the whole timeout, the verdict is
     unknown and says so; it never reports the cases checked so far as proved."""
     clock = _SlowClock(step=0.0)
@@ -155,13 +163,16 @@ def test_real_timeout_gives_unknown() -> None:
     assert "timeout" in v.reason
 
 
-def test_z3_giving_up_on_dims_is_unknown_not_fewer_cases(monkeypatch: pytest.MonkeyPatch,
-                                                         ) -> None:
+def test_z3_giving_up_on_dims_is_unknown_not_fewer_cases(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Z3 timing out while listing or sampling assignments raises GaveUp (it must not read as
     "no more assignments", which would check fewer cases on a slower machine); the verdict is
     unknown."""
-    rule = _rule("rule mul-commute [exact]:\n    mul(x, y)  =>  mul(y, x)\n    "
-                 "if rank(x) == 4 and rank(y) == 4\n")
+    rule = _rule(
+        "rule mul-commute [exact]:\n    mul(x, y)  =>  mul(y, x)\n    "
+        "if rank(x) == 4 and rank(y) == 4\n"
+    )
     zi = max((i for i in z3_cases(rule) if i.rhs_error is None), key=check.total_rank)
     names = list(dict.fromkeys(zi.dim_names))
     assert 3 ** len(names) > check.PY_ENUM_LIMIT  # Z3 lists this case's assignments
@@ -212,11 +223,14 @@ def test_cli_cases_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def _chosen(rule: Rule) -> list[tuple[str, list[dict[str, Any]]]]:
     insts = sorted((i for i in z3_cases(rule) if i.rhs_error is None), key=check.total_rank)
-    chosen = check._value_cases(rule, insts, 3, float("inf"), 20000, None,
-                                np.random.default_rng(1234))
+    chosen = check._value_cases(
+        rule, insts, 3, float("inf"), 20000, None, np.random.default_rng(1234)
+    )
     assert isinstance(chosen, check._Chosen)
-    return [(zi.describe(), [{n: ci.env[n].shape for n in ci.leaves} for ci in cis])
-            for zi, cis in chosen.work]
+    return [
+        (zi.describe(), [{n: ci.env[n].shape for n in ci.leaves} for ci in cis])
+        for zi, cis in chosen.work
+    ]
 
 
 def test_cases_do_not_depend_on_earlier_z3_work() -> None:
@@ -224,6 +238,10 @@ def test_cases_do_not_depend_on_earlier_z3_work() -> None:
     every dim explicitly and a complete list is sorted, so the rules verified before (here a
     transpose rule) change none of this rule's cases."""
     first = _chosen(_rule())
-    verify_rule(_rule("rule tt [exact]:\n    transpose(transpose(x, perm=p), perm=q)  =>  "
-                      "transpose(x, perm=compose_perm(p, q))\n    if rank(x) <= 3\n"))
+    verify_rule(
+        _rule(
+            "rule tt [exact]:\n    transpose(transpose(x, perm=p), perm=q)  =>  "
+            "transpose(x, perm=compose_perm(p, q))\n    if rank(x) <= 3\n"
+        )
+    )
     assert _chosen(_rule()) == first

@@ -12,8 +12,9 @@ from satura.cli import main
 pytestmark = [pytest.mark.z3, pytest.mark.slow]
 
 
-def test_satura_verify_proves_every_shipped_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_satura_verify_proves_every_shipped_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # a cold cache: every rule is proved afresh
     files = [str(p) for p in default_rule_files() if p.suffix == ".rules"]
     assert len(files) >= 2

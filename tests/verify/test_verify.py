@@ -78,8 +78,9 @@ def test_proved_rules_agree_with_numpy_on_random_inputs(true_verdicts: list) -> 
                 ins = random_inputs(inst, rng, mode == "bits")
                 if mode == "real":  # keep to finite, well-scaled inputs for the tolerance
                     ins = {k: np.clip(np.nan_to_num(a), -50, 50) for k, a in ins.items()}
-                lhs, rhs = numpy_sides(v.rule, inst, ins,
-                                       np.float32 if mode == "bits" else np.float64)
+                lhs, rhs = numpy_sides(
+                    v.rule, inst, ins, np.float32 if mode == "bits" else np.float64
+                )
                 if mode == "real":
                     for lr, rr in zip(lhs, rhs, strict=True):
                         for a, b in zip(lr, rr, strict=True):
@@ -139,8 +140,9 @@ def test_cache_hits_and_invalidates(tmp_path: Path) -> None:
     assert other.status == "refuted"
 
 
-def test_verify_command_lines_and_exit_code(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_command_lines_and_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "good.rules"
     good.write_text("rule mul-commute [exact]:\n    mul(x, y)  =>  mul(y, x)\n")
     bad = tmp_path / "bad.rules"
@@ -156,8 +158,9 @@ def test_verify_command_lines_and_exit_code(tmp_path: Path,
     assert "x = " in out
 
 
-def test_verify_command_reports_a_bad_file(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_command_reports_a_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "broken.rules"
     bad.write_text("rule nope [exact]:\n    frobnicate(x)  =>  x\n")
     assert verify_command([str(bad)], cache_dir=None) == 1

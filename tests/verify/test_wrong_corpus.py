@@ -47,9 +47,13 @@ def test_wrong_rule_refuted_and_confirmed(path: Path, tmp_path: Path) -> None:
             lhs = np.asarray(cx["lhs"][0][0], dtype=np.float64)
             rhs = np.asarray(cx["rhs"][0][0], dtype=np.float64)
             same = lhs.shape == rhs.shape and (
-                np.array_equal(lhs, rhs, equal_nan=True) if check != "fp32" else
-                np.array_equal(np.asarray(cx["lhs"][0][0]).astype(np.float32).view(np.uint32),
-                               np.asarray(cx["rhs"][0][0]).astype(np.float32).view(np.uint32)))
+                np.array_equal(lhs, rhs, equal_nan=True)
+                if check != "fp32"
+                else np.array_equal(
+                    np.asarray(cx["lhs"][0][0]).astype(np.float32).view(np.uint32),
+                    np.asarray(cx["rhs"][0][0]).astype(np.float32).view(np.uint32),
+                )
+            )
             assert not same
 
 
@@ -59,8 +63,9 @@ def _view(spec: list) -> StridedView:
 
 def _np_view(buf: np.ndarray, spec: list) -> np.ndarray:
     item = buf.itemsize
-    return np.lib.stride_tricks.as_strided(buf[spec[0]:], shape=tuple(spec[1]),
-                                           strides=tuple(s * item for s in spec[2]))
+    return np.lib.stride_tricks.as_strided(
+        buf[spec[0] :], shape=tuple(spec[1]), strides=tuple(s * item for s in spec[2])
+    )
 
 
 CASES = json.loads((WRONG / "alias_inplace.json").read_text())["cases"]
@@ -68,8 +73,9 @@ CASES = json.loads((WRONG / "alias_inplace.json").read_text())["cases"]
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_alias_unsafe_inplace_refuted(case: dict) -> None:
-    got = prove_inplace_safe(_view(case["write"]), [_view(r) for r in case["reads"]],
-                             order=case["order"])
+    got = prove_inplace_safe(
+        _view(case["write"]), [_view(r) for r in case["reads"]], order=case["order"]
+    )
     assert got is False
     # Confirm by running the kernel in place (row-major, and reversed for "any" order).
     buf0 = np.arange(case["buffer"], dtype=np.float64) * 1.5 + 1
