@@ -240,27 +240,24 @@ class Emitter:
         return self.from_bits(self.iop("shl", i, self.iconst(shift)))
 
     # -- exp family -------------------------------------------------------------------------------
+    def _exp_reduced(self, x: str) -> tuple[str, str]:
+        """Cody-Waite: ``x = n·ln2 + r`` with |r| <= ln2/2 (n integral); returns n and e^r - 1
+        by a degree-6 polynomial (no cancellation: r + r²·P(r))."""
+        n = self.call("rint", self.mul(x, self.const(1.4426950408889634)))
+        r = self.fma(n, self.const(-0.693359375), x)
+        r = self.fma(n, self.const(2.12194440e-4), r)
+        coeffs = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                  1.6666665459e-1, 5.0000001201e-1]  # fmt: skip
+        return n, self.fma(self.mul(self.poly(r, coeffs), r), r, r)
+
     def exp(self, x: str) -> str:
         """e**x: Cody-Waite range reduction, degree-6 polynomial, 2**n by exponent bits.
         The argument is clamped to [-87.34, 88.38]: below, the result is 1.2e-38 (not a
         subnormal or 0); above, 2.4e38 (not inf); NaN gives 1.2e-38. Callers that need those
         ends exact mask them (see softplus)."""
         x = self.min(self.max(x, self.const(-87.33654)), self.const(88.37626))
-        n = self.call("rint", self.mul(x, self.const(1.4426950408889634)))
-        r = self.fma(n, self.const(-0.693359375), x)
-        r = self.fma(n, self.const(2.12194440e-4), r)
-        p = self.poly(
-            r,
-            [
-                1.9875691500e-4,
-                1.3981999507e-3,
-                8.3334519073e-3,
-                4.1665795894e-2,
-                1.6666665459e-1,
-                5.0000001201e-1,
-            ],
-        )
-        y = self.add(self.fma(self.mul(p, r), r, r), self.const(1.0))
+        n, em1 = self._exp_reduced(x)
+        y = self.add(em1, self.const(1.0))
         return self.mul(y, self.scale2(n))
 
     def exp_op(self, x: str) -> str:
@@ -292,21 +289,7 @@ class Emitter:
         -1 below -17.5, inf above ln(FLT_MAX), NaN for NaN; subnormals stay exact. Max error
         1.44 ulp (measured; at x ~ 0.37, where 2·expm1(x - ln2) doubles the polynomial's)."""
         xc = self.min(self.max(x, self.const(-17.5)), self.const(89.0))
-        n = self.call("rint", self.mul(xc, self.const(1.4426950408889634)))
-        r = self.fma(n, self.const(-0.693359375), xc)
-        r = self.fma(n, self.const(2.12194440e-4), r)
-        p = self.poly(
-            r,
-            [
-                1.9875691500e-4,
-                1.3981999507e-3,
-                8.3334519073e-3,
-                4.1665795894e-2,
-                1.6666665459e-1,
-                5.0000001201e-1,
-            ],
-        )
-        em1 = self.fma(self.mul(p, r), r, r)  # e^r - 1
+        n, em1 = self._exp_reduced(xc)
         half = self.scale2(self.sub(n, self.const(1.0)))  # 2^(n-1)
         y = self.fma(half, em1, self.sub(half, self.const(0.5)))
         y = self.add(y, y)
