@@ -262,6 +262,10 @@ def wrap_indices(op: str, idx: np.ndarray, sizes: Sequence[int], axes: Sequence[
     return np.where(idx < 0, idx + lim, idx)
 
 
+def _first_dtype(ins: Sequence[str | None], at: Any) -> list[str]:
+    return [ins[0] or "float32"]
+
+
 def _gather_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x, idx = ins[0], ins[1]
     assert x is not None
@@ -286,7 +290,7 @@ register(
         inputs=(2, 2),
         attrs={"axis": AttrSpec("int", 0)},
         work=move_work,
-        dtype=lambda ins, at: [ins[0] or "float32"],
+        dtype=_first_dtype,
         onnx=("Gather",),
         traits=frozenset({"index"}),
         doc="take x's slices at integer indices along axis (negative indices count from the end)",
@@ -320,7 +324,7 @@ register(
         inputs=(2, 2),
         attrs={"axis": AttrSpec("int", 0)},
         work=move_work,
-        dtype=lambda ins, at: [ins[0] or "float32"],
+        dtype=_first_dtype,
         onnx=("GatherElements",),
         traits=frozenset({"index"}),
         doc="out[i][j]... = x[..., indices[i][j]..., ...] along axis (numpy take_along_axis)",
@@ -534,10 +538,6 @@ register(
 
 
 # -- indexing by tuples, scatter, top-k, one-hot -----------------------------------------------
-def _first_dtype(ins: Sequence[str | None], at: Any) -> list[str]:
-    return [ins[0] or "float32"]
-
-
 def _gather_nd_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     x, idx = ins[0], ins[1]
     assert x is not None
@@ -582,6 +582,14 @@ register(
 )
 
 
+_SCATTER_COMBINE = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _scatter_update(reduction: str, old: Any, new: Any) -> Any:
+    """What a scatter writes where an update lands: the update, or it combined with the old."""
+    return new if reduction == "none" else _SCATTER_COMBINE[reduction](old, new)
+
+
 def _scatter_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
     x, idx, upd = ins
     assert x is not None
@@ -592,10 +600,9 @@ def _scatter_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarra
     axes = list(range(depth))
     flat_i = wrap_indices("scatter_nd", idx, [x.shape[a] for a in axes], axes).reshape(-1, depth)
     flat_u = upd.reshape(len(flat_i), *x.shape[depth:])
-    combine = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
     for t, u in zip(flat_i, flat_u, strict=True):
         key = tuple(t)
-        out[key] = combine[at["reduction"]](out[key], u) if at["reduction"] != "none" else u
+        out[key] = _scatter_update(at["reduction"], out[key], u)
     return [out]
 
 
@@ -607,14 +614,11 @@ def _scatter_elements_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.
     ax = normalize_axis(at["axis"], x.ndim)
     out = x.copy()
     idx = wrap_indices("scatter_elements", idx, [x.shape[ax]], [ax])
-    combine = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
     for pos in np.ndindex(*idx.shape):
         key = list(pos)
         key[ax] = int(idx[pos])
         k = tuple(key)
-        out[k] = (
-            combine[at["reduction"]](out[k], upd[pos]) if at["reduction"] != "none" else upd[pos]
-        )
+        out[k] = _scatter_update(at["reduction"], out[k], upd[pos])
     return [out]
 
 
