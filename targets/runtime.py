@@ -315,7 +315,13 @@ class CompiledModel:
 
     @property
     def fallback_nodes(self) -> list[str]:
+        """Names of the nodes that run their numpy reference (no kernel), in run order."""
         return [st.node.name for st in self._prog.steps if st.node is not None]
+
+    @property
+    def fallback_ops(self) -> list[str]:
+        """The ops of :attr:`fallback_nodes`, in the same order."""
+        return [st.node.op for st in self._prog.steps if st.node is not None]
 
     # -- running ----------------------------------------------------------------------------------
     def _input_error(self, inputs: Mapping[str, Any]) -> InputError:
