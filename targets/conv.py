@@ -178,7 +178,7 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, 
         ylo, yhi = _span(win.h, win.hq, sy, py, win.pad[0])
         for ix_, px in enumerate(win.phases_x):
             xlo, xhi = _span(win.w, win.wq, sx, px, win.pad[1])
-            t = f"{py}_{px}"
+            t = f"_{py}_{px}_"  # "_"-delimited: no name is another plus a suffix
             allocas += [f"qy{t}", f"z1{t}", f"z2{t}", f"cx{t}"]
             poff = (iy_ * len(win.phases_x) + ix_) * win.hq * win.wq
             loops.open(f"qy{t}", "0", str(win.hq), 1)

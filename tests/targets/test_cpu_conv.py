@@ -88,6 +88,10 @@ def test_conv_grid(k, stride, groups):
         ((1, 48, 41, 39), 32, 3, {"pads": (1, 1, 1, 1)}),  # parallel shares
         ((2, 32, 7, 7), 40, 3, {"pads": (1, 1, 1, 1), "act": "relu"}),  # narrow rows
         ((1, 16, 14, 28), 20, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}),
+        # a ViT patch embedding: 16×16 phase planes, whose IR names (phase 1_10, 11_0, ...) once
+        # collided
+        ((1, 3, 48, 64), 8, 16, {"strides": (16, 16)}),
+        ((1, 2, 23, 23), 4, 11, {"strides": (11, 11), "pads": (0, 0, 1, 1)}),
     ],
 )
 def test_conv_cases(x, m, k, attrs):
