@@ -853,9 +853,12 @@ def prep_conv_kernel(
 
 
 # Copy each tile into a contiguous panel first when at least this many output-channel blocks
-# of a work unit read it and the window is flat or strided (PACK forces it on or off). Measured
-# here: 1.1-1.2x on 1×1 and strided convolutions, whose tiles gather from many planes; 3% slower
-# on 3×3 stride 1; a loss with fewer blocks.
+# of a work unit read it and the window is flat or strided, or its rows end in a partial vector
+# while the weights stay in L2 (PACK forces it on or off). Measured here: 1.1-1.2x on 1×1 and
+# strided convolutions, whose tiles gather from many planes; 3×3 stride 1 64→64: 1.11x at 28×28,
+# 1.19x at 20×20, 1.07x at 14×14 (split tiles: no lanes lost to row tails), but 2% slower at
+# 56×56 (whole vectors) and 1.3-1.6x slower when the weights exceed L2 (256 channels at 14×14);
+# a loss with fewer blocks.
 PACK_BLOCKS = 8
 PACK: bool | None = None
 # Packed tiles may run over the flat output (no partial tile per row), each vector gathered from
@@ -1017,7 +1020,8 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
         pack = (
             PACK
             if PACK is not None
-            else sharing >= PACK_BLOCKS and (win.flat or win.stride != (1, 1))
+            else sharing >= PACK_BLOCKS
+            and (win.flat or win.stride != (1, 1) or (per_unit == 0 and ow % lanes != 0))
         )
         # Packed rows that end in a partial tile: tile the flat output instead (SPLIT).
         if split or not (
@@ -1025,11 +1029,14 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
         ):
             break
         split = True
-    til = (
-        Tiling(1, oh * ow, 0, 0, lanes, nv, max(1, 256 // (nv * lanes)), 1)
-        if split
-        else tiling(win, lanes, nv)
-    )
+    if split:
+        # Chunks of at most 256 pixels, and enough of them for every share of the cores.
+        tiles = oh * ow // (nv * lanes)
+        need = -(-lw.threads * CHUNKS_PER_THREAD // (n * group)) if lw.threads > 1 else 1
+        per_chunk = max(1, min(256 // (nv * lanes), tiles // need))
+        til = Tiling(1, oh * ow, 0, 0, lanes, nv, per_chunk, 1)
+    else:
+        til = tiling(win, lanes, nv)
     spec = ConvSpec(
         win,
         n,
