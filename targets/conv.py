@@ -158,6 +158,14 @@ def _span(size: int, out: int, stride: int, phase: int, pad: int) -> tuple[int, 
     return lo, hi
 
 
+# Phase planes of column strides 2 up to this are copied a vector at a time, through one wide
+# load and a shuffle (wider strides, as in patch embeddings, element by element; stride 1 is a
+# plain copy that LLVM vectorizes itself, better: 139 vs 207 µs on 8×144×28×28). Measured here:
+# MobileNetV2's 3×3 stride-2 depthwise planes, 8×96×56×56: 434 -> 394 µs; 8×144×28×28: 275 ->
+# 244 µs.
+PREP_VECTOR_STRIDE = 4
+
+
 def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, lanes: int) -> str:
     """LLVM IR writing the phase planes of every input plane (pads = ``padval``), then ``lanes``
     floats of slack (zeros) after the last one; parts split the input planes."""
@@ -203,7 +211,30 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, 
                     f"  store float {pv}, ptr %{part}p{t}",
                 ]
                 loops.close(f"{part}{t}", 1)
-            loops.open(f"cx{t}", f"%clo{t}", f"%chi{t}", 1)
+            # Whole vectors first: L plane floats from sx·L consecutive input floats (one wide
+            # load, one shuffle), as far as that load stays inside the input row.
+            nvec = 0
+            if 2 <= sx <= PREP_VECTOR_STRIDE:
+                last = (win.w - sx * lanes - px + win.pad[1]) // sx  # last start that fits
+                nvec = max(0, min(xhi - xlo, last - xlo + 1) // lanes) if last >= xlo else 0
+            if nvec:
+                wide, vty = f"<{sx * lanes} x float>", vec_type(lanes)
+                pick = ", ".join(f"i32 {j * sx}" for j in range(lanes))
+                allocas.append(f"cv{t}")
+                L.append(f"  %cve{t} = select i1 %yok{t}, i64 {xlo + nvec * lanes}, i64 {win.wq}")
+                loops.open(f"cv{t}", f"%clo{t}", f"%cve{t}", lanes)
+                L += [
+                    f"  %vx0{t} = mul i64 %cv{t}, {sx}",
+                    f"  %vx{t} = add i64 %vx0{t}, {px - win.pad[1]}",
+                    f"  %vp{t} = getelementptr float, ptr %srow{t}, i64 %vx{t}",
+                    f"  %vw{t} = load {wide}, ptr %vp{t}, align 4",
+                    f"  %vv{t} = shufflevector {wide} %vw{t}, {wide} poison, <{lanes} x i32> "
+                    f"<{pick}>",
+                    f"  %vq{t} = getelementptr float, ptr %row{t}, i64 %cv{t}",
+                    f"  store {vty} %vv{t}, ptr %vq{t}, align 4",
+                ]
+                loops.close(f"cv{t}", lanes)
+            loops.open(f"cx{t}", f"%cve{t}" if nvec else f"%clo{t}", f"%chi{t}", 1)
             L += [
                 f"  %ix0{t} = mul i64 %cx{t}, {sx}",
                 f"  %ix{t} = add i64 %ix0{t}, {px - win.pad[1]}",

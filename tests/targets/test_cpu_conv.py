@@ -92,6 +92,11 @@ def test_conv_grid(k, stride, groups):
         # collided
         ((1, 3, 48, 64), 8, 16, {"strides": (16, 16)}),
         ((1, 2, 23, 23), 4, 11, {"strides": (11, 11), "pads": (0, 0, 1, 1)}),
+        # rows long enough for the vector phase-plane copy of strides 2 to 4
+        ((2, 3, 21, 45), 5, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}),
+        ((1, 4, 13, 61), 6, 5, {"strides": (3, 3), "pads": (2, 2, 1, 1)}),
+        ((1, 3, 16, 96), 8, 4, {"strides": (4, 4)}),  # a Swin patch embedding
+        ((1, 8, 9, 40), 8, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1), "group": 8}),
     ],
 )
 def test_conv_cases(x, m, k, attrs):
@@ -236,6 +241,7 @@ POOLS = [
     ((1, 2, 7, 7), {"kernel": (7, 7)}),
     ((1, 3, 8, 40), {"kernel": (3, 3), "strides": (1, 1)}),
     ((1, 4, 30, 31), {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    ((2, 3, 9, 53), {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),  # vector prep
 ]
 
 
