@@ -897,17 +897,28 @@ PACK: bool | None = None
 SPLIT = True
 # Bytes of L1 that one channel block's input tile and weight block may fill together.
 L1_BUDGET = 24 << 10
-# A group's packed weights up to this size stay in L2 while work units walk its rows; larger
-# ones are cut into units of WEIGHT_UNIT bytes of channel blocks, each walking every row.
+# A group's packed weights up to this size stay in L2 while work units walk its rows; up to
+# WEIGHTS_BY_ROWS too, if the rows give every core two units or more; larger ones are cut into
+# units of WEIGHT_UNIT bytes of channel blocks, each walking every row. Measured here (3×3, A/B
+# in one process): walking rows with the weights in L3 runs 128→128 at 14×14 699 -> 646 µs,
+# 128→128 at 28×28 2865 -> 2456, 256→256 at 14×14 2903 -> 2493 on 1 thread (1593 -> 1297 µs
+# for 128 at 28×28 on 2); no change at 7×7; 2x slower on 2 threads when the rows are a single
+# unit (1×1 at 14×14), hence the unit count.
 WEIGHTS_IN_L2 = 320 << 10
+WEIGHTS_BY_ROWS = 4 << 20
 WEIGHT_UNIT = 128 << 10
 
 
-def blocks_per_unit(mblocks: int, block_bytes: int, outer: int, shares: int) -> int:
+def blocks_per_unit(
+    mblocks: int, block_bytes: int, outer: int, shares: int, threads: int, row_units: int
+) -> int:
     """Output-channel blocks per work unit: 0 (all; units are rows) while a group's weights fit
-    WEIGHTS_IN_L2, else as many as fit WEIGHT_UNIT, fewer if that leaves under ``shares`` units
-    for the cores."""
-    if mblocks * block_bytes <= WEIGHTS_IN_L2:
+    WEIGHTS_IN_L2 (or WEIGHTS_BY_ROWS, with ``row_units`` at least two per thread), else as many
+    as fit WEIGHT_UNIT, fewer if that leaves under ``shares`` units for the cores."""
+    weights = mblocks * block_bytes
+    if weights <= WEIGHTS_IN_L2 or (
+        weights <= WEIGHTS_BY_ROWS and (threads == 1 or row_units >= 2 * threads)
+    ):
         return 0
     per = max(1, WEIGHT_UNIT // block_bytes)
     while per > 1 and outer * -(-mblocks // per) < shares:
@@ -1045,7 +1056,12 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
         mr, nv = choose_tile(m // group, oh * ow if flat else ow, cg * kh * kw, lanes, flat)
         mblocks = -(-(m // group) // mr)
         per_unit = blocks_per_unit(
-            mblocks, 4 * mr * cg * kh * kw, n * group, lw.threads * CHUNKS_PER_THREAD
+            mblocks,
+            4 * mr * cg * kh * kw,
+            n * group,
+            lw.threads * CHUNKS_PER_THREAD,
+            lw.threads,
+            driver_units(tiling(win, lanes, nv), n * group, mblocks),
         )
         sharing = per_unit if 0 < per_unit < mblocks else mblocks
         pack = (
