@@ -86,3 +86,20 @@ def test_bench_any_onnx_file(tmp_path):
     assert row.max_diff < 1e-5
     assert row.times["satura"] > 0
     assert "torch" in row.notes
+
+
+def test_zoo_runs_a_torch_export_end_to_end():
+    """``benchmarks.zoo`` on the ViT (a 16×16 stride-16 patch conv, attention, LayerNorm):
+    satura agrees with onnxruntime and compiles every node."""
+    pytest.importorskip("torch", reason="the zoo exports torch models")
+    from benchmarks import zoo
+
+    printed: list[str] = []
+    rows = zoo.run(["vit_tiny"], [1], [1], budget=0.005, print_fn=printed.append)
+    assert [(r["name"], r["threads"], r["batch"]) for r in rows] == [("vit_tiny", 1, 1)]
+    assert rows[0]["max_diff"] < 1e-4
+    assert rows[0]["fallback"] == []
+    assert rows[0]["satura"] > 0
+    assert rows[0]["ort"] > 0
+    assert printed[0].startswith("| model |")
+    assert "vit_tiny" in printed[-1]

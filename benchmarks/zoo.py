@@ -1,0 +1,284 @@
+"""Time torch-exported architectures beyond the examples against onnxruntime, end to end.
+
+Each model is written here in torch (random weights, batch norms with non-trivial statistics),
+exported with ``torch.onnx.export`` (the TorchScript exporter, a dynamic batch dimension), loaded
+by satura (``optimize(load(model))``, compiled for the input's shape) and by onnxruntime (all
+graph optimizations), and run on the same input with the same thread count. Medians over
+interleaved repeats; ``ort/sat`` > 1: satura is faster; ``max Δ``: largest difference from
+onnxruntime relative to the largest output; ``fallback``: ops run by their numpy reference.
+
+    python -m benchmarks.zoo [--threads 1,2] [--batch 1,8] [--budget 0.4] [name ...]
+
+Needs torch (and onnxruntime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+except ImportError:  # pragma: no cover - the CLI says so
+    torch = None  # type: ignore[assignment]
+
+
+def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[int, ...]]]]:
+    class ConvNeXtBlock(nn.Module):
+        def __init__(self, c: int = 96) -> None:
+            super().__init__()
+            self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+            self.ln = nn.LayerNorm(c)
+            self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+            self.gamma = nn.Parameter(torch.full((c,), 0.1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.ln(self.dw(x).permute(0, 2, 3, 1))
+            h = self.fc2(nn.functional.gelu(self.fc1(h))) * self.gamma
+            return x + h.permute(0, 3, 1, 2)
+
+    def inverted_residual(cin: int, cout: int, e: int, stride: int) -> nn.Module:
+        h = cin * e
+        return nn.Sequential(
+            nn.Conv2d(cin, h, 1, bias=False),
+            nn.BatchNorm2d(h),
+            nn.ReLU6(),
+            nn.Conv2d(h, h, 3, stride, 1, groups=h, bias=False),
+            nn.BatchNorm2d(h),
+            nn.ReLU6(),
+            nn.Conv2d(h, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    class MobileNetV2Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()
+            )
+            self.b1 = inverted_residual(32, 16, 1, 1)
+            self.b2 = inverted_residual(16, 24, 6, 2)
+            self.b3 = inverted_residual(24, 24, 6, 1)
+            self.b4 = inverted_residual(24, 32, 6, 2)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.b2(self.b1(self.stem(x)))
+            x = self.b4(x + self.b3(x))
+            return self.head(x.mean((2, 3)))
+
+    class Basic(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.sc = (
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                if stride != 1 or cin != cout
+                else nn.Identity()
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+            return torch.relu(y + self.sc(x))
+
+    class ResNet18Stages12(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )
+            self.layers = nn.Sequential(
+                Basic(64, 64, 1), Basic(64, 64, 1), Basic(64, 128, 2), Basic(128, 128, 1)
+            )
+            self.fc = nn.Linear(128, 100)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1)
+            return self.fc(torch.flatten(x, 1))
+
+    def encoder(d: int = 256, heads: int = 4, layers: int = 2, pre: bool = False) -> nn.Module:
+        layer = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=0.0, batch_first=True, activation="gelu", norm_first=pre
+        )
+        return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    class CausalSdpa(nn.Module):
+        def __init__(self, d: int = 512, heads: int = 8) -> None:
+            super().__init__()
+            self.heads = heads
+            self.qkv, self.o = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, c = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+    class Conv1dSpeech(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Conv1d(80, 256, 5, padding=2),
+                nn.BatchNorm1d(256),
+                nn.ReLU(),
+                nn.Conv1d(256, 256, 5, padding=2, groups=256),
+                nn.Conv1d(256, 256, 1),
+                nn.BatchNorm1d(256),
+                nn.ReLU(),
+                nn.Conv1d(256, 256, 3, stride=2, padding=1),
+                nn.ReLU(),
+            )
+            self.fc = nn.Linear(256, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.net(x).transpose(1, 2)).log_softmax(-1)
+
+    class ViTTiny(nn.Module):
+        def __init__(self, d: int = 192) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, d, 16, 16)
+            self.cls = nn.Parameter(torch.zeros(1, 1, d))
+            self.pos = nn.Parameter(torch.randn(1, 197, d) * 0.02)
+            self.enc = encoder(d, 3, 2, pre=True)
+            self.head = nn.Linear(d, 1000)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+            return self.head(self.enc(x)[:, 0])
+
+    return {
+        "convnext_block": (ConvNeXtBlock, lambda b: (b, 96, 28, 28)),
+        "mobilenetv2_head": (MobileNetV2Head, lambda b: (b, 3, 112, 112)),
+        "resnet18_stages12": (ResNet18Stages12, lambda b: (b, 3, 112, 112)),
+        "transformer_encoder": (encoder, lambda b: (b, 128, 256)),
+        "causal_sdpa": (CausalSdpa, lambda b: (b, 128, 512)),
+        "conv1d_speech": (Conv1dSpeech, lambda b: (b, 80, 200)),
+        "vit_tiny": (ViTTiny, lambda b: (b, 3, 224, 224)),
+    }
+
+
+def export(name: str, path: str) -> None:
+    """Build ``name`` (seeded weights and batch-norm statistics) and export it to ``path``."""
+    make, shape = _models()[name]
+    torch.manual_seed(0)
+    module = make().eval()
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused fast path has no ONNX export
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.randn(*shape(1)),),
+            path,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def run(
+    names: list[str], threads: list[int], batches: list[int], budget: float, print_fn=print
+) -> list[dict]:
+    """Time every model at every batch and thread count; print and return the rows."""
+    import onnx
+    from satura.targets.runtime import compile_graph
+    from satura.targets.specialize import SpecializingModel
+
+    import satura
+    from benchmarks.run import _ort_session, median_times
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for name in names:
+            path = os.path.join(d, f"{name}.onnx")
+            export(name, path)
+            proto = onnx.load(path)
+            graph = satura.optimize(satura.load(proto)).graph
+            for t in threads:
+                compiled = compile_graph(graph, threads=t)
+                sess = _ort_session(proto.SerializeToString(), t)
+                for b in batches:
+                    x = np.random.default_rng(1).standard_normal(_models()[name][1](b))
+                    feeds = {"x": x.astype(np.float32)}
+                    m = (
+                        compiled.variant(feeds)
+                        if isinstance(compiled, SpecializingModel)
+                        else compiled
+                    )
+                    got, want = list(m(**feeds).values()), sess.run(None, feeds)
+                    diff = max(
+                        float(np.max(np.abs(g - w)) / max(float(np.max(np.abs(w))), 1.0))
+                        for g, w in zip(got, want, strict=True)
+                    )
+                    med = median_times(
+                        {
+                            "sat": lambda m=m, f=feeds: m(**f),
+                            "ort": lambda s=sess, f=feeds: s.run(None, f),
+                        },
+                        budget,
+                    )
+                    rows.append(
+                        {
+                            "name": name,
+                            "threads": t,
+                            "batch": b,
+                            "satura": med["sat"],
+                            "ort": med["ort"],
+                            "max_diff": diff,
+                            "fallback": list(m.fallback_ops),
+                        }
+                    )
+    print_fn("| model | threads | batch | satura ms | ort ms | ort/sat | max Δ | fallback |")
+    print_fn("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print_fn(
+            f"| {r['name']} | {r['threads']} | {r['batch']} | {r['satura'] * 1e3:.3f} | "
+            f"{r['ort'] * 1e3:.3f} | {r['ort'] / r['satura']:.2f} | {r['max_diff']:.0e} | "
+            f"{', '.join(r['fallback']) or '-'} |"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="models (default: all)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
+    args = ap.parse_args(argv)
+    if torch is None:
+        print("benchmarks.zoo needs torch (pip install torch)")
+        return 2
+    known = list(_models())
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        print(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        return 2
+    run(
+        args.names or known,
+        [int(t) for t in args.threads.split(",")],
+        [int(b) for b in args.batch.split(",")],
+        args.budget,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
