@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from satura.engine.graph import Node, Value
-from satura.targets.irmath import ACTIVATIONS, Emitter, fconst, vec_type
+from satura.targets.irmath import ACTIVATIONS, CHEAP_ACTIVATIONS, Emitter, fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
@@ -663,11 +663,12 @@ def _conv_ukernel(fname: str, s: ConvSpec, mr: int, vecs: list[Vec]) -> str:
                 f"  %bs{i} = load float, ptr %bp{i}, align 4",
             ]
             splat(o, lanes, f"%bs{i}", f"%bv{i}")
+    later = s.act not in CHEAP_ACTIVATIONS  # applied in a pass over the stored tile
     for i, v in cells:
         y = sums[(i, v)]
         if s.has_bias:
             y = em.add(y, f"%bv{i}")
-        y = em.unary(s.act, y)
+        y = em.unary("none" if later else s.act, y)
         o.append(f"  %f{i}_{v} = fadd {vty} {y}, zeroinitializer")
     if s.kblocks > 1:
         o += ["  br label %store", "store:"]
@@ -678,6 +679,25 @@ def _conv_ukernel(fname: str, s: ConvSpec, mr: int, vecs: list[Vec]) -> str:
             o.append(f"  %y{i}_{v} = fadd {vty} %f{i}_{v}, zeroinitializer")
     for i, v in cells:
         store_tile(o, f"%y{i}_{v}", f"%op{i}_{v}", lanes, vecs[v][2])
+    if later:
+        # One channel row of the tile a turn: few values live, no spills.
+        o += [
+            f"  br i1 {'%last' if s.kblocks > 1 else 'true'}, label %act, label %fin",
+            "act:",
+            f"  %ai = phi i64 [0, %{'store' if s.kblocks > 1 else 'done'}], [%ain, %act]",
+            f"  %aio = mul i64 %ai, {plane}",
+            "  %ab = getelementptr float, ptr %o, i64 %aio",
+        ]
+        for v, (_, oo, valid) in enumerate(vecs):
+            o.append(f"  %ap{v} = getelementptr float, ptr %ab, i64 {oo}")
+            x = load_tile(o, f"%ax{v}", f"%ap{v}", 0, lanes, valid, False)
+            store_tile(o, em.unary(s.act, x), f"%ap{v}", lanes, valid)
+        o += [
+            "  %ain = add i64 %ai, 1",
+            f"  %amore = icmp ult i64 %ain, {mr}",
+            "  br i1 %amore, label %act, label %fin",
+            "fin:",
+        ]
     o += ["  ret void", "}"]
     return "\n".join(o)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from satura.targets.irmath import Emitter, vec_type
+from satura.targets.irmath import CHEAP_ACTIVATIONS, Emitter, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 
 # K block: a KC×NR B panel of this many bytes (KC = 512 at NR = 16), half of it for products of
@@ -50,7 +50,6 @@ PF_L2_PANELS = 1  # every micro-kernel call prefetches the B panel this far ahea
 STREAM_PF_L1, STREAM_PF_L2 = 2, 16
 PACK_GROUP = 8  # B panels a part of the runtime B packing copies together, a row at a time
 MAX_PARTS = 64  # grid table size; more parts than this split rows only
-_CHEAP_ACTS = ("none", "relu")
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ class GemmSpec:
     def epilogue_in_registers(self) -> bool:
         """Bias, residual and a cheap activation go on the accumulators; a costly activation in
         a pass over the stored panel (``_epilogue``)."""
-        return self.act in _CHEAP_ACTS
+        return self.act in CHEAP_ACTIVATIONS
 
     def share_cost(self, row_shares: int, panel_shares: int) -> float:
         """Model of one part's cycles per k for a grid: its FMAs, plus streaming its B panels once

@@ -747,6 +747,10 @@ BINARY_OPS = frozenset({"add", "sub", "mul", "div", "max", "min", "pow", "fmod",
 # What a GEMM or convolution kernel may apply to its result before the store (by name, with
 # default attributes): every unary op of one value, and relu6 (MobileNet's clip).
 ACTIVATIONS = frozenset({"none", "gelu_tanh", "relu6"}) | (UNARY_OPS - KERNEL_ONLY - {"identity"})
+# Activations a register-tile epilogue applies on its accumulators; a costlier one (exp, division,
+# ...) needs enough registers that applying it to a whole tile at once spills, so kernels apply it
+# in a pass over the tile just stored (in L1).
+CHEAP_ACTIVATIONS = ("none", "relu")
 
 _INTRINSIC_ARITY = (
     ("fma", 3),

@@ -97,6 +97,10 @@ def test_conv_grid(k, stride, groups):
         ((1, 4, 13, 61), 6, 5, {"strides": (3, 3), "pads": (2, 2, 1, 1)}),
         ((1, 3, 16, 96), 8, 4, {"strides": (4, 4)}),  # a Swin patch embedding
         ((1, 8, 9, 40), 8, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1), "group": 8}),
+        # costly activations, applied in a pass over the stored tile: partial vectors, and
+        # several channel blocks (only the last one applies it)
+        ((2, 5, 9, 11), 7, 3, {"pads": (1, 1, 1, 1), "act": "tanh"}),
+        ((1, 256, 16, 16), 16, 3, {"pads": (1, 1, 1, 1), "act": "silu"}),
     ],
 )
 def test_conv_cases(x, m, k, attrs):
