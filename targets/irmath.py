@@ -216,6 +216,12 @@ class Emitter:
         """fp64 ``xd`` rounded to fp32 (to nearest; overflow to inf, underflow to subnormals)."""
         return self.emit(f"fptrunc {vec_type(self.lanes, 'double')} {xd} to {self.ty}")
 
+    def clamp(self, x: str, lo: float, hi: float) -> str:
+        """x limited to [lo, hi]; NaN stays NaN (two selects: one maxps and one minps on x86,
+        as many instructions as maxNum/minNum, which would turn NaN into a bound)."""
+        x = self.select_lt(x, self.const(lo), self.const(lo), x)
+        return self.select(self.cmp("ogt", x, self.const(hi)), self.const(hi), x)
+
     def maximum(self, a: str, b: str) -> str:
         """numpy's maximum: NaN if either operand is NaN (maxNum would drop it)."""
         t = self.select(self.cmp("ogt", a, b), a, b)  # b when either is NaN
@@ -253,9 +259,10 @@ class Emitter:
     def exp(self, x: str) -> str:
         """e**x: Cody-Waite range reduction, degree-6 polynomial, 2**n by exponent bits.
         The argument is clamped to [-87.34, 88.38]: below, the result is 1.2e-38 (not a
-        subnormal or 0); above, 2.4e38 (not inf); NaN gives 1.2e-38. Callers that need those
-        ends exact mask them (see softplus)."""
-        x = self.min(self.max(x, self.const(-87.33654)), self.const(88.37626))
+        subnormal or 0); above, 2.4e38 (not inf). NaN stays NaN (the clamp is two selects, one
+        maxps and one minps on x86, like maxNum's), so softmax, sigmoid, ... of NaN are NaN as in
+        numpy. Callers that need the other ends exact mask them (see softplus)."""
+        x = self.clamp(x, -87.33654, 88.37626)
         n, em1 = self._exp_reduced(x)
         y = self.add(em1, self.const(1.0))
         return self.mul(y, self.scale2(n))
@@ -450,7 +457,7 @@ class Emitter:
 
     def erf_scaled(self, x: str, s: float = 1.0, k: float = 1.0) -> str:
         """k·erf(s·x), with s and k folded into the polynomials' coefficients (no extra mul)."""
-        xc = self.min(self.max(x, self.const(-4.0 / s)), self.const(4.0 / s))
+        xc = self.clamp(x, -4.0 / s, 4.0 / s)
         x2 = self.mul(xc, xc)
         hp, hq = len(self._ERF_P) - 1, len(self._ERF_Q) - 1
         p = self.poly(x2, [c * s ** (2 * (hp - i) + 1) * k for i, c in enumerate(self._ERF_P)])
