@@ -730,3 +730,31 @@ def test_clip_0_6_is_the_relu6_of_conv_and_gemm(producer):
     )
     assert [k for k in model.kernels if k.endswith("_relu6")], model.kernels
     assert len([k for k in model.kernels if not k.endswith(("_prep", "_pack"))]) == 1
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs"),
+    [
+        ("softmax", {"axis": -1}),
+        ("log_softmax", {"axis": -1}),
+        ("sigmoid", {}),
+        ("tanh", {}),
+        ("erf", {}),
+        ("gelu", {}),
+        ("softplus", {}),
+        ("elu", {}),
+    ],
+)
+def test_nan_and_infinities_as_numpy(op, attrs):
+    """Rows holding a NaN, all -inf and all +inf: NaN propagates through the exp/erf clamps
+    (softmax of such a row is NaN throughout, as numpy's), infinities give numpy's limits."""
+    x = np.array(
+        [[1, 2, np.nan, 3, 0, 0, 0, 0, 1, -1], [-np.inf] * 10, [np.inf] * 10, [-3, 9] * 5],
+        np.float32,
+    )
+    g = Graph(op)
+    g.set_outputs(g.apply(op, g.add_input("x", x.shape), **attrs))
+    with np.errstate(all="ignore"):
+        want = next(iter(reference(g, {"x": x}).values()))
+    got = next(iter(compile_graph(g, threads=1)(x=x).values()))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-30)
