@@ -681,6 +681,22 @@ def _heap_fns(name: str, e: Elem, largest: bool) -> str:
         "}",
     ]
     w = f"@{name}_worse"
+
+    def load(p: str, pos: str) -> str:
+        """Heap entry ``pos``'s value and index as ``%{p}v``, ``%{p}i``."""
+        return f"""  %{p}o = mul i64 {pos}, %s
+  %{p}vp = getelementptr {t}, ptr %v, i64 %{p}o
+  %{p}v = load {t}, ptr %{p}vp, align {al}
+  %{p}ip = getelementptr i64, ptr %ix, i64 %{p}o
+  %{p}i = load i64, ptr %{p}ip, align 8"""
+
+    def store(p: str, pos: str, val: str, vi: str) -> str:
+        return f"""  %{p}o = mul i64 {pos}, %s
+  %{p}vp = getelementptr {t}, ptr %v, i64 %{p}o
+  store {t} {val}, ptr %{p}vp, align {al}
+  %{p}ip = getelementptr i64, ptr %ix, i64 %{p}o
+  store i64 {vi}, ptr %{p}ip, align 8"""
+
     sift = f"""define internal void @{name}_sift(ptr %v, ptr %ix, i64 %s, i64 %pos0, i64 %size, \
 {t} %val, i64 %vi) {{
 entry:
@@ -692,20 +708,12 @@ loop:
   %hasl = icmp slt i64 %l, %size
   br i1 %hasl, label %kids, label %done
 kids:
-  %lo = mul i64 %l, %s
-  %lvp = getelementptr {t}, ptr %v, i64 %lo
-  %lv = load {t}, ptr %lvp, align {al}
-  %lip = getelementptr i64, ptr %ix, i64 %lo
-  %li = load i64, ptr %lip, align 8
+{load("l", "%l")}
   %r = add i64 %l, 1
   %hasr = icmp slt i64 %r, %size
   br i1 %hasr, label %right, label %pick
 right:
-  %ro = mul i64 %r, %s
-  %rvp = getelementptr {t}, ptr %v, i64 %ro
-  %rv = load {t}, ptr %rvp, align {al}
-  %rip = getelementptr i64, ptr %ix, i64 %ro
-  %ri = load i64, ptr %rip, align 8
+{load("r", "%r")}
   %rw = call i1 {w}({t} %rv, i64 %ri, {t} %lv, i64 %li)
   %rc = select i1 %rw, i64 %r, i64 %l
   %rcv = select i1 %rw, {t} %rv, {t} %lv
@@ -718,18 +726,10 @@ pick:
   %up = call i1 {w}({t} %cv, i64 %ci, {t} %val, i64 %vi)
   br i1 %up, label %down, label %done
 down:
-  %po = mul i64 %pos, %s
-  %pvp = getelementptr {t}, ptr %v, i64 %po
-  store {t} %cv, ptr %pvp, align {al}
-  %pip = getelementptr i64, ptr %ix, i64 %po
-  store i64 %ci, ptr %pip, align 8
+{store("p", "%pos", "%cv", "%ci")}
   br label %loop
 done:
-  %fo = mul i64 %pos, %s
-  %fvp = getelementptr {t}, ptr %v, i64 %fo
-  store {t} %val, ptr %fvp, align {al}
-  %fip = getelementptr i64, ptr %ix, i64 %fo
-  store i64 %vi, ptr %fip, align 8
+{store("f", "%pos", "%val", "%vi")}
   ret void
 }}"""
     return "\n".join(worse) + "\n" + sift
