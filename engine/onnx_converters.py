@@ -219,6 +219,10 @@ def _conv(ctx: NodeCtx) -> Outs:
     strides = tuple(ctx.attr("strides", (1,) * nsp))
     dil = tuple(ctx.attr("dilations", (1,) * nsp))
     pads = _auto_pads(ctx, x, kernel, strides, dil)  # type: ignore[arg-type]
+    group = int(ctx.attr("group", 1))
+    patches = _patch_conv(ctx, x, kernel, strides, dil, pads, group)
+    if patches is not None:
+        return [patches]
     return [
         ctx.one(
             "conv",
@@ -231,6 +235,50 @@ def _conv(ctx: NodeCtx) -> Outs:
             group=int(ctx.attr("group", 1)),
         )
     ]
+
+
+# A patch embedding (kernel = stride, say 16×16/16) has one phase plane per tap in the direct
+# kernel: 256 loop nests and 256 unrolled taps took 25 s to compile. Its windows do not overlap,
+# so it is a space-to-depth copy and a 1×1 convolution, which compiles in well under a second.
+PATCH_MIN_TAPS = 16
+
+
+def _patch_conv(
+    ctx: NodeCtx,
+    x: Value,
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dil: tuple[int, ...],
+    pads: tuple[int, ...],
+    group: int,
+) -> Value | None:
+    """A 2-D conv whose kernel equals its stride (no pads, dilation or groups, constant weights,
+    static sizes the stride divides) as reshape, transpose, reshape and a 1×1 conv; else None."""
+    w = ctx.const(1)
+    shape = x.type.shape
+    if (
+        w is None
+        or len(kernel) != 2
+        or tuple(strides) != tuple(kernel)
+        or any(pads)
+        or any(d != 1 for d in dil)
+        or group != 1
+        or kernel[0] * kernel[1] < PATCH_MIN_TAPS
+        or not all(isinstance(d, int) for d in shape[1:])
+        or shape[2] % kernel[0]
+        or shape[3] % kernel[1]
+    ):
+        return None
+    (n, c, h, wd), (kh, kw) = shape, kernel
+    oh, ow = h // kh, wd // kw
+    t = ctx.one("reshape", x, shape=(n, c, oh, kh, ow, kw))
+    t = ctx.one("transpose", t, perm=(0, 1, 3, 5, 2, 4))
+    t = ctx.one("reshape", t, shape=(n, c * kh * kw, oh, ow))
+    m = w.shape[0]
+    w1 = ctx.imp.add_const(np.ascontiguousarray(w.reshape(m, c * kh * kw, 1, 1)), f"{ctx.name}_w")
+    return ctx.one(
+        "conv", t, w1, ctx.inp(2), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1
+    )
 
 
 @converter("MaxPool", "AveragePool")

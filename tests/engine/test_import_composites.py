@@ -207,6 +207,39 @@ def test_conv_transpose_matches_onnxruntime(xs, ws, attrs):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+PATCH_CONVS = [
+    # (x shape, weight shape, attrs, imported as a 1×1 conv of the patches)
+    ((2, 3, 64, 48), (8, 3, 16, 16), {"strides": (16, 16)}, True),  # ViT patch embedding
+    ((1, 5, 12, 20), (6, 5, 4, 4), {"strides": (4, 4)}, True),  # Swin's, no bias
+    ((1, 3, 20, 20), (4, 3, 4, 4), {"strides": (4, 4), "pads": (1, 1, 1, 1)}, False),
+    ((1, 3, 18, 16), (4, 3, 4, 4), {"strides": (4, 4)}, False),  # 18 rows: not whole patches
+    ((1, 4, 16, 16), (4, 2, 4, 4), {"strides": (4, 4), "group": 2}, False),
+    ((1, 3, 16, 16), (4, 3, 2, 2), {"strides": (2, 2)}, False),  # 4 taps: the direct kernel
+]
+
+
+@pytest.mark.parametrize(("xs", "ws", "attrs", "patches"), PATCH_CONVS)
+def test_patch_conv_is_a_one_by_one_conv_of_the_patches(xs, ws, attrs, patches):
+    """A conv whose kernel is its stride imports as space-to-depth and a 1×1 conv (the direct
+    kernel's phase planes, one a tap, took 25 s to compile at 16×16), matching onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs).astype(np.float32)
+    inits = {"w": rng.standard_normal(ws).astype(np.float32)}
+    if xs[1] != 5:
+        inits["b"] = rng.standard_normal(ws[0]).astype(np.float32)
+    model = _with_inits(_model("Conv", [xs], 4, **attrs), **inits)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
+    g = satura.load(model)
+    kernels = [tuple(n.inputs[1].type.shape[2:]) for n in g.nodes if n.op == "conv"]
+    assert kernels == [(1, 1) if patches else tuple(ws[2:])]
+    assert ("transpose" in [n.op for n in g.nodes]) == patches
+    for target in ("reference", "cpu"):
+        got = satura.compile(g, target=target)(x0=x)["y"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def _with_inits(model: onnx.ModelProto, **arrays: np.ndarray) -> onnx.ModelProto:
     """``model`` with the arrays as initializers appended to its node's inputs, in order."""
     from onnx import numpy_helper
