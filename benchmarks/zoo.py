@@ -170,9 +170,9 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
     }
 
 
-def export(name: str, path: str) -> None:
+def export(name: str, path: str, models: dict | None = None) -> None:
     """Build ``name`` (seeded weights and batch-norm statistics) and export it to ``path``."""
-    make, shape = _models()[name]
+    make, shape = (models or _models())[name]
     torch.manual_seed(0)
     module = make().eval()
     for m in module.modules():
@@ -205,17 +205,18 @@ def run(
     from benchmarks.run import _ort_session, median_times
 
     rows = []
+    models = _models()
     with tempfile.TemporaryDirectory() as d:
         for name in names:
             path = os.path.join(d, f"{name}.onnx")
-            export(name, path)
+            export(name, path, models)
             proto = onnx.load(path)
             graph = satura.optimize(satura.load(proto)).graph
             for t in threads:
                 compiled = compile_graph(graph, threads=t)
                 sess = _ort_session(proto.SerializeToString(), t)
                 for b in batches:
-                    x = np.random.default_rng(1).standard_normal(_models()[name][1](b))
+                    x = np.random.default_rng(1).standard_normal(models[name][1](b))
                     feeds = {"x": x.astype(np.float32)}
                     m = (
                         compiled.variant(feeds)

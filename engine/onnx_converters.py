@@ -259,6 +259,7 @@ def _patch_conv(
     if (
         w is None
         or len(kernel) != 2
+        or w.shape != (w.shape[0], shape[1], *kernel)  # else the conv op names the mismatch
         or tuple(strides) != tuple(kernel)
         or any(pads)
         or any(d != 1 for d in dil)

@@ -930,11 +930,12 @@ WEIGHT_UNIT = 128 << 10
 
 
 def blocks_per_unit(
-    mblocks: int, block_bytes: int, outer: int, shares: int, threads: int, row_units: int
+    mblocks: int, block_bytes: int, outer: int, threads: int, row_units: int
 ) -> int:
     """Output-channel blocks per work unit: 0 (all; units are rows) while a group's weights fit
     WEIGHTS_IN_L2 (or WEIGHTS_BY_ROWS, with ``row_units`` at least two per thread), else as many
-    as fit WEIGHT_UNIT, fewer if that leaves under ``shares`` units for the cores."""
+    as fit WEIGHT_UNIT, fewer if that leaves under a full set of shares for the cores."""
+    shares = threads * CHUNKS_PER_THREAD
     weights = mblocks * block_bytes
     if weights <= WEIGHTS_IN_L2 or (
         weights <= WEIGHTS_BY_ROWS and (threads == 1 or row_units >= 2 * threads)
@@ -1079,7 +1080,6 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
             mblocks,
             4 * mr * cg * kh * kw,
             n * group,
-            lw.threads * CHUNKS_PER_THREAD,
             lw.threads,
             driver_units(tiling(win, lanes, nv), n * group, mblocks),
         )

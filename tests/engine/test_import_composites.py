@@ -218,6 +218,18 @@ PATCH_CONVS = [
 ]
 
 
+def test_patch_conv_with_mismatched_weights_is_a_model_error():
+    """Weights whose input channels do not fit the input stay a conv, whose shape check names
+    the node (no numpy reshape error from the patch rewrite)."""
+    rng = np.random.default_rng(6)
+    model = _with_inits(
+        _model("Conv", [(1, 3, 32, 32)], 4, strides=(16, 16)),
+        w=rng.standard_normal((8, 4, 16, 16)).astype(np.float32),
+    )
+    with pytest.raises(ModelError, match="input channels differ from w's channels"):
+        satura.load(model)
+
+
 @pytest.mark.parametrize(("xs", "ws", "attrs", "patches"), PATCH_CONVS)
 def test_patch_conv_is_a_one_by_one_conv_of_the_patches(xs, ws, attrs, patches):
     """A conv whose kernel is its stride imports as space-to-depth and a 1×1 conv (the direct
