@@ -44,10 +44,15 @@ MC = 96  # row block: an MC×KC A block (192 KiB at KC = 512) stays in L2 across
 PACK_MIN_PANELS = 32
 PACK_MIN_PANELS_ALIASED = 16
 PF_L2_PANELS = 1  # every micro-kernel call prefetches the B panel this far ahead into L2
-# A product of one row panel (M <= MR: a matrix-vector product) reads each B line once: it
-# prefetches this many k steps ahead into L1 and L2. Measured here on the mlp example at batch 1
-# (768x3072 and 3072x768, B from L3): 2/16 ran 342 µs, the panel-ahead prefetch above 444 µs.
-STREAM_PF_L1, STREAM_PF_L2 = 2, 16
+# A product of at most STREAM_ROW_PANELS row panels (M <= 3·MR: a matrix-vector product, a
+# decoder step) reads B about once: it takes K in one block (B is one sequential stream) and
+# prefetches this many k steps ahead into L1 and L2. Measured here on the mlp example (768x3072
+# and 3072x768, 1 thread, A/B in one process): 1 row 0.491 -> 0.394 ms (K blocks of 256 and
+# 2/16 k steps ahead before), 4 rows 0.664 -> 0.448, 8 rows 1.115 -> 0.995, 16 rows 1-3%
+# faster, 24 rows 1-4% slower (so 3 row panels at most).
+STREAM_ROW_PANELS = 3
+STREAM_PF_L1, STREAM_PF_L2 = 4, 128
+STREAM_A_BYTES = 512 << 10  # at most this packed A block (MC×KC floats, on the stack)
 PACK_GROUP = 8  # B panels a part of the runtime B packing copies together, a row at a time
 MAX_PARTS = 64  # grid table size; more parts than this split rows only
 
@@ -85,10 +90,18 @@ class GemmSpec:
         return self.batch * -(-self.m // self.mr)
 
     @property
+    def streams_b(self) -> bool:
+        """Few rows: B is read about once, as one stream (see STREAM_ROW_PANELS)."""
+        return -(-self.m // self.mr) <= STREAM_ROW_PANELS
+
+    @property
     def kc(self) -> int:
-        """K block: K cut into equal blocks of at most KC (``B_PANEL_BYTES``), rounded up to 8."""
+        """K block: K cut into equal blocks of at most KC (``B_PANEL_BYTES``), rounded up to 8;
+        all of K (up to STREAM_A_BYTES of packed A) when B streams."""
         most = B_PANEL_BYTES // (4 * self.nr)
-        if -(-self.m // self.mr) < FEW_ROW_PANELS:
+        if self.streams_b:
+            most = STREAM_A_BYTES // (4 * self.mc)
+        elif -(-self.m // self.mr) < FEW_ROW_PANELS:
             most //= 2
         most = max(8, most // 8 * 8)
         blocks = -(-self.k // most)
@@ -680,8 +693,8 @@ def gemm_kernel(
         "  %rt = getelementptr float, ptr %rbp, i64 %co",
         "  %biasr = getelementptr float, ptr %a3, i64 %ir",
         f"  %biast = select i1 {'true' if s.bias_rows else 'false'}, ptr %biasr, ptr %biasp",
-        # The block's last row panel prefetches the next B panel; the others their own. One
-        # row panel in all streams B just once: it prefetches a few k steps ahead instead.
+        # The block's last row panel prefetches the next B panel; the others their own. A
+        # product whose B streams (few rows) prefetches k steps ahead in the panel instead.
         f"  %irl0 = add i64 %ir, {mr}",
         "  %irl = icmp sge i64 %irl0, %iend",
         *(
@@ -689,7 +702,7 @@ def gemm_kernel(
                 f"  %pfb = getelementptr float, ptr %bpt, i64 {STREAM_PF_L1 * s.nr}",
                 f"  %pf2 = getelementptr float, ptr %bpt, i64 {STREAM_PF_L2 * s.nr}",
             ]
-            if s.m <= s.mr
+            if s.streams_b
             else [
                 "  %pfb = select i1 %irl, ptr %bnext, ptr %bpt",
                 f"  %pf2 = getelementptr float, ptr %bpt, i64 {PF_L2_PANELS * s.k * s.nr}",
