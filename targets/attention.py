@@ -108,6 +108,11 @@ class AttentionSpec:
         return -(-per // self.mr) * self.mr
 
     @property
+    def br_padded(self) -> int:
+        """Query rows per block rounded up to a group of L (the softmax's running state)."""
+        return -(-self.br // self.lanes) * self.lanes
+
+    @property
     def qblocks(self) -> int:
         return -(-self.sq // self.br)
 
@@ -115,6 +120,17 @@ class AttentionSpec:
     def bc(self) -> int:
         n = self.sk if self.sk <= BC_ONE else BC
         return -(-n // self.nr) * self.nr
+
+    @property
+    def one_block(self) -> bool:
+        """All keys in one block: the softmax needs no rescale."""
+        return self.sk <= BC_ONE
+
+    @property
+    def direct(self) -> bool:
+        """One key block and whole v panels: p·v writes ``(P·V)/l`` straight to the output (no
+        O buffer)."""
+        return self.one_block and self.dv % self.nr == 0
 
     @property
     def dvp(self) -> int:
@@ -136,11 +152,11 @@ class AttentionSpec:
             self.kpanels * self.d * self.nr,
             self.sk * self.dvp if self.pack_v else 0,
             self.br * self.bc,
-            self.br * self.dvp,
-            self.br,
-            self.br,
-            self.br,
-            self.br * self.lanes,
+            0 if self.direct else self.br * self.dvp,
+            self.br_padded,
+            self.br_padded,
+            self.br_padded,
+            self.br_padded * self.lanes,
         ]
 
     def scratch_bytes_per_part(self) -> int:
@@ -300,7 +316,9 @@ def _ukernel(
 
     ``kind`` 'qk': C = (A·B)·scale, columns ``>= lim`` (``lim + i`` in row i when causal) set to
     -inf, and ``aux`` (one <L x float> per row) takes the running max of each row.
-    ``kind`` 'pv': C = aux[i]·C + A·B (aux: one float per row, the softmax rescale).
+    ``kind`` 'pv': C = aux[i]·C + A·B (aux: one float per row, the softmax rescale); 'pv0':
+    C = A·B (the first key block: C is not read); 'pv1': C = aux[i]·(A·B) (the only key block,
+    aux = 1/l: C is the output).
     A is row-major with stride lda (read one float at a time, broadcast), B rows of nr floats at
     stride ldb, C at stride ldc. The k loop is GEMM's (``fma_tile``); the epilogues are these.
     """
@@ -366,7 +384,7 @@ def _ukernel(
                 mx = f"%rx{i}_{v}"
             out.append(f"  store {vty} {mx}, ptr %rmp{i}, align 4")
     for i in range(mr):
-        if kind == "pv":
+        if kind in ("pv", "pv1"):
             out += [
                 f"  %alp{i} = getelementptr float, ptr %al, i64 {i}",
                 f"  %als{i} = load float, ptr %alp{i}, align 4",
@@ -380,6 +398,8 @@ def _ukernel(
             if kind == "pv":
                 out.append(f"  %old{i}_{v} = load {vty}, ptr %cp{i}_{v}, align 4")
                 x = em.fma(f"%old{i}_{v}", f"%alv{i}", x)
+            elif kind == "pv1":
+                x = em.mul(x, f"%alv{i}")
             out.append(f"  store {vty} {x}, ptr %cp{i}_{v}, align 4")
     out += ["  ret void", "}"]
     return "\n".join(out)
@@ -570,23 +590,19 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
     ``sb`` holds ``rows`` rows (stride BC) of scores, already ·scale·log2(e) and -inf past each
     row's limit; ``rm`` their row maxima (one <L x float> a row) unless there is a mask, whose
     row 0 (at this block's first key) is ``mk``: it is added (·log2 e) first. Updates the running
-    max ``m`` and sum ``l`` (log2 domain), writes ``alpha`` = 2^(m_old - m_new) and turns the
-    scores into p = 2^(x - m_new) for the first ``kb`` keys.
+    max ``m`` and sum ``l`` (log2 domain), writes ``alpha`` = 2^(m_old - m_new) (1/l when
+    ``s.direct``) and turns the scores into p = 2^(x - m_new) for the first ``kb`` keys.
     """
     ir, lanes, bc, nr = _IR(s.lanes), s.lanes, s.bc, s.nr
     vty = ir.vty
-    em, e1 = Emitter(ir.L, lanes), Emitter(ir.L, 1)
+    em = Emitter(ir.L, lanes)
     ninf = fconst(float("-inf"))
     vninf = "<" + ", ".join([f"float {ninf}"] * lanes) + ">"
     log2e = em.const(LOG2E)
     kbn = ir(f"and i64 {ir(f'add i64 %kb, {nr - 1}')}, {-nr}")
-    with ir.loop(0, "%rows") as r:
-        srow = ir.gep("%sb", ir.mul(r, bc))
-        if s.m_str is None:
-            bm = hreduce(
-                ir, em, ir(f"load {vty}, ptr {ir.gep('%rm', ir.mul(r, lanes))}, align 4"), "max"
-            )
-        else:
+    if s.m_str is not None:  # the mask first, a row at a time: each row's max into rm
+        with ir.loop(0, "%rows") as r:
+            srow = ir.gep("%sb", ir.mul(r, bc))
             m_s, m_t = s.m_str[-2], s.m_str[-1]
             boolean = s.mask_fill is not None  # a bool mask: bytes, 0 where masked
             mty = "i8" if boolean else "float"
@@ -653,33 +669,54 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
                 add_mask(j, False)
             with ir.when(ir(f"icmp ne i64 {kbf}, %kb")):
                 add_mask(kbf, True)
-            bm = hreduce(ir, em, ir(f"load {vty}, ptr {mx}"), "max")
-        mp, lp, ap = (ir.gep(x, r) for x in ("%m", "%l", "%alpha"))
-        m_old = ir(f"load float, ptr {mp}, align 4")
-        m_new = e1.max(m_old, bm)
-        isinf = ir(f"fcmp oeq float {m_new}, {ninf}")
-        ms = ir(f"select i1 {isinf}, float 0.0, float {m_new}")
-        alpha = exp2(e1, e1.sub(m_old, ms))
-        msv = ir.splat(ms)
-        # NR floats a step, one sum per vector (no serial chain of adds); the keys past kb up to
-        # the NR-padded end are -inf (set by the q·kᵀ kernel) and give p = 0.
-        sms = [ir.var(vty, "zeroinitializer") for _ in range(nr // lanes)]
-        with ir.loop(0, kbn, nr) as j:
-            for q, sm in enumerate(sms):
-                sp = ir.gep(srow, ir.add(j, q * lanes))
-                x = ir(f"load {vty}, ptr {sp}, align 4")
-                pv = exp2(em, em.sub(x, msv))
-                ir.do(f"store {vty} {pv}, ptr {sp}, align 4")
-                old = ir(f"load {vty}, ptr {sm}")
-                ir.do(f"store {vty} {em.add(old, pv)}, ptr {sm}")
-        acc = ir(f"load {vty}, ptr {sms[0]}")
-        for sm in sms[1:]:
-            acc = em.add(acc, ir(f"load {vty}, ptr {sm}"))
-        rs = hreduce(ir, em, acc, "add")
-        l_old = ir(f"load float, ptr {lp}, align 4")
-        ir.do(f"store float {e1.fma(l_old, alpha, rs)}, ptr {lp}, align 4")
-        ir.do(f"store float {m_new}, ptr {mp}, align 4")
-        ir.do(f"store float {alpha}, ptr {ap}, align 4")
+            ir.do(
+                f"store {vty} {ir(f'load {vty}, ptr {mx}')}, ptr {ir.gep('%rm', ir.mul(r, lanes))}"
+            )
+    # A group of L rows at a time: the running state (m, l, alpha) as one vector, a lane a row;
+    # rows past ``rows`` in the last group work on the buffers' padding.
+    ms_slot = ir.var(vty, "zeroinitializer")
+    sum_slots = ir.var(f"[{lanes} x {vty}]", "zeroinitializer")
+    with ir.loop(0, "%rows", lanes) as r0:
+        bm = "poison"
+        for e in range(lanes):
+            x = ir(f"load {vty}, ptr {ir.gep('%rm', ir.mul(ir.add(r0, e), lanes))}, align 4")
+            bm = ir(f"insertelement {vty} {bm}, float {hreduce(ir, em, x, 'max')}, i64 {e}")
+        mp, lp, ap = (ir.gep(x, r0) for x in ("%m", "%l", "%alpha"))
+        m_old = ir(f"load {vty}, ptr {mp}, align 4")
+        m_new = em.max(m_old, bm)
+        isinf = ir(f"fcmp oeq {vty} {m_new}, {vninf}")
+        ms = ir(f"select <{lanes} x i1> {isinf}, {vty} zeroinitializer, {vty} {m_new}")
+        alpha = exp2(em, em.sub(m_old, ms))
+        ir.do(f"store {vty} {ms}, ptr {ms_slot}")
+        ng = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'sub i64 %rows, {r0}')}, i64 {lanes})")
+        with ir.loop(0, ng) as i:
+            srow = ir.gep("%sb", ir.mul(ir.add(r0, i), bc))
+            msv = ir.splat(ir(f"load float, ptr {ir.gep(ms_slot, i)}, align 4"))
+            # NR floats a step, one sum per vector (no serial chain of adds); the keys past kb up
+            # to the NR-padded end are -inf (set by the q·kᵀ kernel) and give p = 0.
+            sms = [ir.var(vty, "zeroinitializer") for _ in range(nr // lanes)]
+            with ir.loop(0, kbn, nr) as j:
+                for q, sm in enumerate(sms):
+                    sp = ir.gep(srow, ir.add(j, q * lanes))
+                    x = ir(f"load {vty}, ptr {sp}, align 4")
+                    pv = exp2(em, em.sub(x, msv))
+                    ir.do(f"store {vty} {pv}, ptr {sp}, align 4")
+                    old = ir(f"load {vty}, ptr {sm}")
+                    ir.do(f"store {vty} {em.add(old, pv)}, ptr {sm}")
+            acc = ir(f"load {vty}, ptr {sms[0]}")
+            for sm in sms[1:]:
+                acc = em.add(acc, ir(f"load {vty}, ptr {sm}"))
+            ir.do(f"store {vty} {acc}, ptr {ir.gep(sum_slots, i, vty)}")
+        rs = "poison"
+        for e in range(lanes):
+            x = ir(f"load {vty}, ptr {ir.gep(sum_slots, e, vty)}")
+            rs = ir(f"insertelement {vty} {rs}, float {hreduce(ir, em, x, 'add')}, i64 {e}")
+        l_new = em.fma(ir(f"load {vty}, ptr {lp}, align 4"), alpha, rs)
+        ir.do(f"store {vty} {l_new}, ptr {lp}, align 4")
+        ir.do(f"store {vty} {m_new}, ptr {mp}, align 4")
+        # the only block: p·v scales by 1/l (inf when every key is masked: NaN, as numpy)
+        last = em.div(em.const(1.0), l_new) if s.direct else alpha
+        ir.do(f"store {vty} {last}, ptr {ap}, align 4")
     ir.do("ret void")
     return ir.func(
         f"define internal void @{fname}(ptr noalias %sb, ptr noalias %rm, "
@@ -708,25 +745,30 @@ def attention_kernel(
         _ukernel(f"{name}_qk{m}", m, nr, lanes, d, nr, bc, "qk", 1.0, s.causal)
         for m in range(1, mr + 1)
     ]
-    parts += [
-        _ukernel(f"{name}_pv{m}", m, nr, lanes, bc, ldv, dvp, "pv", 1.0, False)
-        for m in range(1, mr + 1)
-    ]
+    # p·v of the only key block into the output, or of the first and the later ones into O
+    pv_kinds = ["pv1"] if s.direct else ["pv0"] if s.one_block else ["pv0", "pv"]
+    for kind in pv_kinds:
+        parts += [
+            _ukernel(f"{name}_{kind}_u{m}", m, nr, lanes, bc, ldv, dvp, kind, 1.0, False)
+            for m in range(1, mr + 1)
+        ]
+        parts.append(
+            _tiles_driver(
+                f"{name}_{kind}r",
+                f"{name}_{kind}_u",
+                mr,
+                bc,
+                dvp,
+                1,
+                0,
+                sk * nr if s.pack_v else nr,
+                nr,
+                PV_ROWS_OUTER,
+            )
+        )
     parts += [
         _tiles_driver(
             f"{name}_qkr", f"{name}_qk", mr, d, bc, lanes, int(s.causal), d * nr, nr, QK_ROWS_OUTER
-        ),
-        _tiles_driver(
-            f"{name}_pvr",
-            f"{name}_pv",
-            mr,
-            bc,
-            dvp,
-            1,
-            0,
-            sk * nr if s.pack_v else nr,
-            nr,
-            PV_ROWS_OUTER,
         ),
         _pack_k(f"{name}_pk", s),
         _softmax_block(f"{name}_sm", s),
@@ -787,12 +829,11 @@ def attention_kernel(
         else:
             vsrc = ir.gep("%a3", vo)
         qp = ir.gep("%a1", ir.add(qo, ir.mul(i0, d)))
+        op = ir.gep("%a0", ir.add(ir.mul(bh, sq * dv), ir.mul(i0, dv)))
         # running state
         with ir.loop(0, rows) as r:
             ir.do(f"store float {ninf}, ptr {ir.gep(mbuf, r)}, align 4")
             ir.do(f"store float 0.0, ptr {ir.gep(lbuf, r)}, align 4")
-        with ir.loop(0, ir.mul(rows, dvp), lanes) as c:
-            ir.do(f"store {vty} zeroinitializer, ptr {ir.gep(obuf, c)}, align 4")
         # keys this block can see
         if s.causal:
             ke = ir(f"add i64 {i0}, {ir(f'add i64 {rows}, {sk - sq}')}")
@@ -825,26 +866,29 @@ def attention_kernel(
                 f"i64 {kb}, ptr {mbuf}, ptr {lbuf}, ptr {abuf})"
             )
             vj = ir.gep(vsrc, ir.mul(j0, ldv))
-            ir.do(
-                f"call void @{name}_pvr(ptr {sbuf}, ptr {vj}, ptr {obuf}, i64 {kb}, "
-                f"ptr {abuf}, i64 0, i64 {rows}, i64 {dvp // nr})"
-            )
-        # O / l into the output
-        op = ir.gep("%a0", ir.add(ir.mul(bh, sq * dv), ir.mul(i0, dv)))
-        dfull = dv // lanes * lanes
-        with ir.loop(0, rows) as r:
-            inv = e1.div(e1.const(1.0), ir(f"load float, ptr {ir.gep(lbuf, r)}, align 4"))
-            orow = ir.gep(obuf, ir.mul(r, dvp))
-            dst = ir.gep(op, ir.mul(r, dv))
-            if dfull:
-                invv = ir.splat(inv)
-                with ir.loop(0, dfull, lanes) as c:
-                    x = ir(f"load {vty}, ptr {ir.gep(orow, c)}, align 4")
-                    ir.do(f"store {vty} {em.mul(x, invv)}, ptr {ir.gep(dst, c)}, align 4")
-            if dfull < dv:
-                with ir.loop(dfull, dv) as c:
-                    x = ir(f"load float, ptr {ir.gep(orow, c)}, align 4")
-                    ir.do(f"store float {e1.mul(x, inv)}, ptr {ir.gep(dst, c)}, align 4")
+            args = f"ptr {vj}, {{}}, i64 {kb}, ptr {abuf}, i64 0, i64 {rows}, i64 {dvp // nr}"
+            if s.direct:
+                ir.do(f"call void @{name}_pv1r(ptr {sbuf}, {args.format('ptr ' + op)})")
+            else:
+                fn = f"@{name}_pv0r"
+                if not s.one_block:
+                    fn = ir(f"select i1 {ir(f'icmp eq i64 {j0}, 0')}, ptr {fn}, ptr @{name}_pvr")
+                ir.do(f"call void {fn}(ptr {sbuf}, {args.format('ptr ' + obuf)})")
+        if not s.direct:  # O / l into the output (p·v wrote it when direct)
+            dfull = dv // lanes * lanes
+            with ir.loop(0, rows) as r:
+                inv = e1.div(e1.const(1.0), ir(f"load float, ptr {ir.gep(lbuf, r)}, align 4"))
+                orow = ir.gep(obuf, ir.mul(r, dvp))
+                dst = ir.gep(op, ir.mul(r, dv))
+                if dfull:
+                    invv = ir.splat(inv)
+                    with ir.loop(0, dfull, lanes) as c:
+                        x = ir(f"load {vty}, ptr {ir.gep(orow, c)}, align 4")
+                        ir.do(f"store {vty} {em.mul(x, invv)}, ptr {ir.gep(dst, c)}, align 4")
+                if dfull < dv:
+                    with ir.loop(dfull, dv) as c:
+                        x = ir(f"load float, ptr {ir.gep(orow, c)}, align 4")
+                        ir.do(f"store float {e1.mul(x, inv)}, ptr {ir.gep(dst, c)}, align 4")
     ir.do("ret void")
     body = ir.func(body_header(name, 6))
     return "\n".join([wrapper(name, [out, q, k, v, mask, scratch]), body, *parts])
