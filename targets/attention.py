@@ -13,9 +13,13 @@ block then walks the keys in blocks of BC (all T at once up to BC_ONE keys):
 * online softmax (one call a block): the mask, read through its broadcast strides, is added
   (·log2 e) and the row max taken; the running max ``m`` and sum ``l`` are updated and the scores
   become ``p = 2^(x - m)`` in place (polynomial exp2, vectorized); ``alpha = 2^(m_old - m)``.
-* ``p·v``: the same micro-kernel shape accumulates ``O = alpha·O + P·V`` for the block.
+* ``p·v``: the same micro-kernel shape accumulates ``O = alpha·O + P·V`` for the block (``O =
+  P·V`` for the first: O is never zeroed).
 
-At the end of the query block ``O / l`` is written out. A row with every score masked (or, causal
+At the end of the query block ``O / l`` is written out. With one key block (T <= BC_ONE) and
+whole v panels, p·v writes ``(P·V)·(1/l)`` straight to the output (no O buffer, no final pass).
+The softmax's per-row scalars (row max, running max and sum, alpha) are computed for L rows at
+a time, a lane a row, so that rows do not each wait on a chain of horizontal reductions. A row with every score masked (or, causal
 with S > T, before the first key) has ``l = 0`` and gives NaN, as the numpy reference does
 (softmax of all -inf); a finite mask however large never does. Query heads share kv heads
 (grouped-query: head h reads kv head ``h // (Hq / Hkv)``) and q, k, v and the mask broadcast over
@@ -25,15 +29,14 @@ the batch dimensions through zero strides. All vectors are the host's ``<lanes x
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from satura.engine.graph import Node
 from satura.targets.gemm import fma_tile
 from satura.targets.irmath import Emitter, fconst, vec_type
-from satura.targets.kernel import Operand, body_header, share, wrapper
+from satura.targets.kernel import FuncIR, Operand, body_header, share, wrapper
 from satura.targets.lower import (
     CHUNKS_PER_THREAD,
     Lowerer,
@@ -163,103 +166,6 @@ class AttentionSpec:
         return sum(align(4 * max(f, 1)) for f in self.scratch_floats())
 
 
-class _IR:
-    """Lines of one function, fresh SSA names, structured loops and ifs over i64 allocas."""
-
-    def __init__(self, lanes: int) -> None:
-        self.L: list[str] = []
-        self.allocas: list[str] = []
-        self.n = 0
-        self.lanes = lanes
-        self.vty = vec_type(lanes)
-
-    def new(self, p: str = "v") -> str:
-        self.n += 1
-        return f"%{p}{self.n}"
-
-    def __call__(self, rhs: str, p: str = "v") -> str:
-        r = self.new(p)
-        self.L.append(f"  {r} = {rhs}")
-        return r
-
-    def do(self, s: str) -> None:
-        self.L.append(f"  {s}")
-
-    def label(self, name: str) -> None:
-        self.L.append(f"{name}:")
-
-    def var(self, ty: str, init: str) -> str:
-        a = self.new("st")
-        self.allocas.append(f"  {a} = alloca {ty}, align 64")
-        self.do(f"store {ty} {init}, ptr {a}")
-        return a
-
-    @contextmanager
-    def loop(self, start: str | int, end: str | int, step: int = 1) -> Iterator[str]:
-        n = self.new("l")[1:]
-        a = f"%{n}.a"
-        self.allocas.append(f"  {a} = alloca i64, align 8")
-        self.do(f"store i64 {start}, ptr {a}")
-        self.do(f"br label %{n}.h")
-        self.label(f"{n}.h")
-        i = f"%{n}.i"
-        self.do(f"{i} = load i64, ptr {a}")
-        self.do(f"%{n}.c = icmp slt i64 {i}, {end}")
-        self.do(f"br i1 %{n}.c, label %{n}.b, label %{n}.x")
-        self.label(f"{n}.b")
-        yield i
-        self.do(f"%{n}.n = add i64 {i}, {step}")
-        self.do(f"store i64 %{n}.n, ptr {a}")
-        self.do(f"br label %{n}.h")
-        self.label(f"{n}.x")
-
-    @contextmanager
-    def when(self, cond: str) -> Iterator[None]:
-        n = self.new("if")[1:]
-        self.do(f"br i1 {cond}, label %{n}.t, label %{n}.j")
-        self.label(f"{n}.t")
-        yield
-        self.do(f"br label %{n}.j")
-        self.label(f"{n}.j")
-
-    # integer and pointer helpers (constants folded in Python)
-    def add(self, a: str | int, b: str | int) -> str:
-        if isinstance(a, int) and isinstance(b, int):
-            return str(a + b)
-        if b == 0:
-            return str(a)
-        if a == 0:
-            return str(b)
-        return self(f"add i64 {a}, {b}")
-
-    def mul(self, a: str | int, b: int) -> str:
-        if isinstance(a, int):
-            return str(a * b)
-        if b == 1:
-            return a
-        if b == 0:
-            return "0"
-        return self(f"mul i64 {a}, {b}")
-
-    def gep(self, p: str, off: str | int, ty: str = "float") -> str:
-        if off in (0, "0"):
-            return p
-        return self(f"getelementptr {ty}, ptr {p}, i64 {off}", "p")
-
-    def splat(self, s: str, lanes: int | None = None) -> str:
-        lanes = lanes or self.lanes
-        vty = vec_type(lanes)
-        i = self(f"insertelement {vty} poison, float {s}, i64 0")
-        return self(f"shufflevector {vty} {i}, {vty} poison, <{lanes} x i32> zeroinitializer")
-
-    def iota(self) -> str:
-        return "<" + ", ".join(f"i64 {e}" for e in range(self.lanes)) + ">"
-
-    def func(self, head: str) -> str:
-        body = self.L
-        return "\n".join([head, "entry:", *self.allocas, "  br label %start", "start:", *body, "}"])
-
-
 def exp2(em: Emitter, t: str) -> str:
     """2**t for t <= 0 (float or <L x float>): -inf gives 0, NaN stays NaN.
 
@@ -288,7 +194,7 @@ def exp2(em: Emitter, t: str) -> str:
     return em.mul(p, sc)
 
 
-def hreduce(ir: _IR, em: Emitter, v: str, kind: str) -> str:
+def hreduce(ir: FuncIR, em: Emitter, v: str, kind: str) -> str:
     """Horizontal max or add of a <L x float> (shuffle halving; no extra intrinsics)."""
     n, w = ir.lanes, ir.lanes
     while w > 1:
@@ -488,7 +394,7 @@ _P20 = "<i32 0, i32 1, i32 2, i32 3, i32 8, i32 9, i32 10, i32 11>"
 _P31 = "<i32 4, i32 5, i32 6, i32 7, i32 12, i32 13, i32 14, i32 15>"
 
 
-def _transpose8(ir: _IR, rows: list[str]) -> list[str]:
+def _transpose8(ir: FuncIR, rows: list[str]) -> list[str]:
     v8 = "<8 x float>"
 
     def sh(a: str, b: str, m: str) -> str:
@@ -513,7 +419,7 @@ def _transpose8(ir: _IR, rows: list[str]) -> list[str]:
 def _pack_k(fname: str, s: AttentionSpec) -> str:
     """``fname(dst, src)``: kᵀ·scale·log2(e) of one kv head ([T, D]) into zero-padded
     ``[T/NR][D][NR]``."""
-    ir, nr, d, t = _IR(s.lanes), s.nr, s.d, s.sk
+    ir, nr, d, t = FuncIR(s.lanes), s.nr, s.d, s.sk
     k1 = fconst(s.scale * LOG2E)  # the scores' factor, applied here once per key
     k8 = "<" + ", ".join([f"float {k1}"] * 8) + ">"
     g_per = nr // 8
@@ -559,7 +465,7 @@ def _pack_k(fname: str, s: AttentionSpec) -> str:
 
 def _pack_v(fname: str, s: AttentionSpec) -> str:
     """``fname(dst, src)``: v of one kv head ([T, Dv]) into zero-padded ``[Dv/NR][T][NR]``."""
-    ir, nr, lanes, vty = _IR(s.lanes), s.nr, s.lanes, vec_type(s.lanes)
+    ir, nr, lanes, vty = FuncIR(s.lanes), s.nr, s.lanes, vec_type(s.lanes)
     full = s.dv // nr
     with ir.loop(0, s.sk) as j:
         src = ir.gep("%src", ir.mul(j, s.dv))
@@ -578,7 +484,7 @@ def _pack_v(fname: str, s: AttentionSpec) -> str:
     return ir.func(f"define internal void @{fname}(ptr noalias %dst, ptr noalias %src) {{")
 
 
-def _vmax(ir: _IR, a: str, b: str) -> str:
+def _vmax(ir: FuncIR, a: str, b: str) -> str:
     """``a > b ? a : b`` (one vmaxps; a NaN in ``a`` is dropped, the exp of it is not)."""
     c = ir(f"fcmp ogt {ir.vty} {a}, {b}")
     return ir(f"select <{ir.lanes} x i1> {c}, {ir.vty} {a}, {ir.vty} {b}")
@@ -593,7 +499,7 @@ def _softmax_block(fname: str, s: AttentionSpec) -> str:
     max ``m`` and sum ``l`` (log2 domain), writes ``alpha`` = 2^(m_old - m_new) (1/l when
     ``s.direct``) and turns the scores into p = 2^(x - m_new) for the first ``kb`` keys.
     """
-    ir, lanes, bc, nr = _IR(s.lanes), s.lanes, s.bc, s.nr
+    ir, lanes, bc, nr = FuncIR(s.lanes), s.lanes, s.bc, s.nr
     vty = ir.vty
     em = Emitter(ir.L, lanes)
     ninf = fconst(float("-inf"))
@@ -776,7 +682,7 @@ def attention_kernel(
     if s.pack_v:
         parts.append(_pack_v(f"{name}_pvk", s))
 
-    ir = _IR(lanes)
+    ir = FuncIR(lanes)
     em = Emitter(ir.L, lanes)
     e1 = Emitter(ir.L, 1)
     L = ir.L

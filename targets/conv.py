@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from satura.engine.graph import Node, Value
+from satura.targets import winograd
 from satura.targets.irmath import ACTIVATIONS, CHEAP_ACTIVATIONS, Emitter, fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 from satura.targets.lower import (
@@ -1069,8 +1070,11 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
         ):
             lw.absorbed.add(id(post[0]))
             out, act, name = post[0].outputs[0], post[1][0], f"{name}_{post[1][0]}"
-    win = Window(n * c, h, wd, kh, kw, oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
     lanes = lw.host.lanes
+    if winograd.applies(cg, m, (kh, kw), st, dil, pads, group, oh, ow, lanes):
+        winograd.lower(lw, name, node.op, x, out, wdata, bias, act, (n, c, h, wd), (oh, ow), pads)
+        return True
+    win = Window(n * c, h, wd, kh, kw, oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
     split = False
     while True:
         flat = win.flat or split

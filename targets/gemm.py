@@ -74,6 +74,18 @@ class GemmSpec:
     nr: int
     lanes: int
     bias_rows: bool = False  # bias indexed by row (conv: per output channel), not by column
+    # Floats between one batch's packed B (C and residual) and the next, past its end: a stride
+    # of whole 4 KiB pages would put the same line of every batch in one L1 set.
+    b_pad: int = 0
+    c_pad: int = 0
+
+    @property
+    def b_stride(self) -> int:
+        return self.packed_elems + self.b_pad
+
+    @property
+    def c_stride(self) -> int:
+        return self.m * self.n + self.c_pad
 
     @property
     def panels(self) -> int:
@@ -623,9 +635,9 @@ def gemm_kernel(
         f"  %r1 = call i64 @llvm.smin.i64(i64 %r1a, i64 {s.m})",
         f"  %ab = mul i64 %bi, {s.a_batch_stride}",
         "  %abp = getelementptr float, ptr %a1, i64 %ab",
-        f"  %bb = mul i64 %bi, {s.packed_elems if s.b_batched else 0}",
+        f"  %bb = mul i64 %bi, {s.b_stride if s.b_batched else 0}",
         "  %bbp = getelementptr float, ptr %a2, i64 %bb",
-        f"  %cb = mul i64 %bi, {s.m * s.n}",
+        f"  %cb = mul i64 %bi, {s.c_stride}",
         "  %cbp = getelementptr float, ptr %a0, i64 %cb",
         "  %rbp = getelementptr float, ptr %a4, i64 %cb",
     ]

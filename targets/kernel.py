@@ -18,7 +18,11 @@ one target ``target_support(arch)`` gives (the runtime appends them to every mod
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from satura.targets.irmath import vec_type
 
 BASE_ALIGN = 64  # bytes; the alignment of every written buffer's table entry
 
@@ -224,6 +228,7 @@ def report_error(
 
 PRELUDE = """declare i64 @llvm.umin.i64(i64, i64)
 declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)
+declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)
 declare i64 @llvm.smin.i64(i64, i64)
 declare float @llvm.vector.reduce.fadd.v8f32(float, <8 x float>)
 declare float @llvm.vector.reduce.fadd.v16f32(float, <16 x float>)
@@ -447,3 +452,100 @@ done:
 }
 """.replace("POOL_SPIN", str(POOL_SPIN))
 POOL_STATE_BYTES = 320 + 8 * 64
+
+
+class FuncIR:
+    """Lines of one function, fresh SSA names, structured loops and ifs over i64 allocas."""
+
+    def __init__(self, lanes: int) -> None:
+        self.L: list[str] = []
+        self.allocas: list[str] = []
+        self.n = 0
+        self.lanes = lanes
+        self.vty = vec_type(lanes)
+
+    def new(self, p: str = "v") -> str:
+        self.n += 1
+        return f"%{p}{self.n}"
+
+    def __call__(self, rhs: str, p: str = "v") -> str:
+        r = self.new(p)
+        self.L.append(f"  {r} = {rhs}")
+        return r
+
+    def do(self, s: str) -> None:
+        self.L.append(f"  {s}")
+
+    def label(self, name: str) -> None:
+        self.L.append(f"{name}:")
+
+    def var(self, ty: str, init: str) -> str:
+        a = self.new("st")
+        self.allocas.append(f"  {a} = alloca {ty}, align 64")
+        self.do(f"store {ty} {init}, ptr {a}")
+        return a
+
+    @contextmanager
+    def loop(self, start: str | int, end: str | int, step: int = 1) -> Iterator[str]:
+        n = self.new("l")[1:]
+        a = f"%{n}.a"
+        self.allocas.append(f"  {a} = alloca i64, align 8")
+        self.do(f"store i64 {start}, ptr {a}")
+        self.do(f"br label %{n}.h")
+        self.label(f"{n}.h")
+        i = f"%{n}.i"
+        self.do(f"{i} = load i64, ptr {a}")
+        self.do(f"%{n}.c = icmp slt i64 {i}, {end}")
+        self.do(f"br i1 %{n}.c, label %{n}.b, label %{n}.x")
+        self.label(f"{n}.b")
+        yield i
+        self.do(f"%{n}.n = add i64 {i}, {step}")
+        self.do(f"store i64 %{n}.n, ptr {a}")
+        self.do(f"br label %{n}.h")
+        self.label(f"{n}.x")
+
+    @contextmanager
+    def when(self, cond: str) -> Iterator[None]:
+        n = self.new("if")[1:]
+        self.do(f"br i1 {cond}, label %{n}.t, label %{n}.j")
+        self.label(f"{n}.t")
+        yield
+        self.do(f"br label %{n}.j")
+        self.label(f"{n}.j")
+
+    # integer and pointer helpers (constants folded in Python)
+    def add(self, a: str | int, b: str | int) -> str:
+        if isinstance(a, int) and isinstance(b, int):
+            return str(a + b)
+        if b == 0:
+            return str(a)
+        if a == 0:
+            return str(b)
+        return self(f"add i64 {a}, {b}")
+
+    def mul(self, a: str | int, b: int) -> str:
+        if isinstance(a, int):
+            return str(a * b)
+        if b == 1:
+            return a
+        if b == 0:
+            return "0"
+        return self(f"mul i64 {a}, {b}")
+
+    def gep(self, p: str, off: str | int, ty: str = "float") -> str:
+        if off in (0, "0"):
+            return p
+        return self(f"getelementptr {ty}, ptr {p}, i64 {off}", "p")
+
+    def splat(self, s: str, lanes: int | None = None) -> str:
+        lanes = lanes or self.lanes
+        vty = vec_type(lanes)
+        i = self(f"insertelement {vty} poison, float {s}, i64 0")
+        return self(f"shufflevector {vty} {i}, {vty} poison, <{lanes} x i32> zeroinitializer")
+
+    def iota(self) -> str:
+        return "<" + ", ".join(f"i64 {e}" for e in range(self.lanes)) + ">"
+
+    def func(self, head: str) -> str:
+        body = self.L
+        return "\n".join([head, "entry:", *self.allocas, "  br label %start", "start:", *body, "}"])
