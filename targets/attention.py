@@ -21,11 +21,11 @@ whole v panels, p·v writes ``(P·V)·(1/l)`` straight to the output (no O buffe
 The softmax's per-row scalars (row max, running max and sum, alpha) are computed for L rows at
 a time, a lane a row, so that rows do not each wait on a chain of horizontal reductions.
 
-A row with every score masked (or, causal with S > T, before the first key) has ``l = 0`` and
-gives NaN, as the numpy reference does (softmax of all -inf); a finite mask however large never does. Query heads share kv heads
-(grouped-query: head h reads kv head ``h // (Hq / Hkv)``) and q, k, v and the mask broadcast over
-the batch dimensions through zero strides. All vectors are the host's ``<lanes x float>``.
-"""
+A row with every score masked (or, causal with S > T, before the first key) has ``l = 0`` and gives
+NaN, as the numpy reference does (softmax of all -inf); a finite mask however large never does.
+Query heads share kv heads (grouped-query: head h reads kv head ``h // (Hq / Hkv)``) and q, k, v and
+the mask broadcast over the batch dimensions through zero strides. All vectors are the host's
+``<lanes x float>``. """
 
 from __future__ import annotations
 
