@@ -25,7 +25,8 @@ A row with every score masked (or, causal with S > T, before the first key) has 
 NaN, as the numpy reference does (softmax of all -inf); a finite mask however large never does.
 Query heads share kv heads (grouped-query: head h reads kv head ``h // (Hq / Hkv)``) and q, k, v and
 the mask broadcast over the batch dimensions through zero strides. All vectors are the host's
-``<lanes x float>``. """
+``<lanes x float>``.
+"""
 
 from __future__ import annotations
 
