@@ -1071,7 +1071,7 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
             lw.absorbed.add(id(post[0]))
             out, act, name = post[0].outputs[0], post[1][0], f"{name}_{post[1][0]}"
     lanes = lw.host.lanes
-    if winograd.applies(cg, m, (kh, kw), st, dil, pads, group, oh, ow, lanes):
+    if winograd.applies(n, cg, m, (kh, kw), st, dil, pads, group, oh, ow, lanes):
         winograd.lower(lw, name, node.op, x, out, wdata, bias, act, (n, c, h, wd), (oh, ow), pads)
         return True
     win = Window(n * c, h, wd, kh, kw, oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore

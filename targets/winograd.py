@@ -37,6 +37,9 @@ from satura.targets.lower import CHUNKS_PER_THREAD, Lowerer, Ref, Scratch, Step,
 ENABLED = True
 MIN_CHANNELS = 32  # input and output channels: a GEMM over fewer runs far below peak
 MIN_USEFUL = 0.75  # at least this fraction of the computed tile outputs must be real outputs
+# V and M hold 16 floats per tile and channel, 4x the input and output: a convolution whose two
+# buffers would pass this stays direct (the arena grows by the whole of them).
+MAX_BUFFER_BYTES = 96 << 20
 
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 
@@ -53,13 +56,20 @@ def geometry(h: int, w: int, oh: int, ow: int, lanes: int) -> tuple[int, int, in
     return th, tw, -(-tw // lanes) * lanes
 
 
+def buffer_bytes(n: int, cin: int, cout: int, oh: int, ow: int, lanes: int) -> int:
+    """Bytes of V and M (the GEMM's operand and result) for n images."""
+    th, _, twp = geometry(0, 0, oh, ow, lanes)
+    return 4 * 16 * n * th * twp * (cin + cout)
+
+
 def applies(
+    n: int,
     cin: int,
     cout: int,
-    kernel: tuple[int, int],
-    stride,
-    dil,
-    pads,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dil: tuple[int, ...],
+    pads: tuple[int, ...],
     group: int,
     oh: int,
     ow: int,
@@ -73,6 +83,8 @@ def applies(
     if min(cin, cout) < MIN_CHANNELS or min(oh, ow) < 2:
         return False
     th, _, twp = geometry(0, 0, oh, ow, lanes)
+    if buffer_bytes(n, cin, cout, oh, ow, lanes) > MAX_BUFFER_BYTES:
+        return False
     return oh * ow >= MIN_USEFUL * 4 * th * twp
 
 

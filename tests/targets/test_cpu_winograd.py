@@ -75,3 +75,11 @@ def test_weight_transform_is_exact_over_the_reals():
     y = at @ (u * (bt @ d @ bt.T)) @ at.T
     direct = np.array([[np.sum(d[i : i + 3, j : j + 3] * g) for j in range(2)] for i in range(2)])
     np.testing.assert_allclose(y, direct, rtol=1e-12, atol=1e-12)
+
+
+def test_buffers_past_the_budget_stay_direct():
+    """V and M are 4x the input and output: a large batch of large planes stays direct."""
+    args = ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1)
+    assert winograd.applies(1, 64, 64, *args, 56, 56, 8)
+    assert winograd.buffer_bytes(32, 64, 64, 112, 112, 8) > winograd.MAX_BUFFER_BYTES
+    assert not winograd.applies(32, 64, 64, *args, 112, 112, 8)
