@@ -20,8 +20,9 @@ and more), and ``roof`` = satura time / roofline floor for the kernels, where fl
 max(flops / peak, compulsory bytes / bandwidth): peak is the fp32 FLOP/s of a generated loop of
 independent vector FMAs, bandwidth that of a numpy copy, both measured at the start of each table
 with as many threads. The flops are the operation's direct count: a kernel that does fewer
-multiplications (the Winograd convolution: 2.25x fewer) shows a roof below 1. ``compile s`` is satura's compile time in this process (small when
-the same machine code was already built for the other thread count).
+multiplications (the Winograd convolution: 2.25x fewer) shows a roof below 1. ``compile s`` is
+satura's compile time in this process (small when the same machine code was already built for
+the other thread count).
 
     python -m benchmarks.run [--threads 1,2] [--quick] [--only ew,gpt2_block,...] [--list]
     python -m benchmarks.run --model model.onnx [--dim batch=8 --dim seq=128]   # any ONNX file
