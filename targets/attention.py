@@ -774,14 +774,13 @@ def attention_kernel(
                 f"i64 {kb}, ptr {mbuf}, ptr {lbuf}, ptr {abuf})"
             )
             vj = ir.gep(vsrc, ir.mul(j0, ldv))
-            args = f"ptr {vj}, {{}}, i64 {kb}, ptr {abuf}, i64 0, i64 {rows}, i64 {dvp // nr}"
-            if s.direct:
-                ir.do(f"call void @{name}_pv1r(ptr {sbuf}, {args.format('ptr ' + op)})")
-            else:
-                fn = f"@{name}_pv0r"
-                if not s.one_block:
-                    fn = ir(f"select i1 {ir(f'icmp eq i64 {j0}, 0')}, ptr {fn}, ptr @{name}_pvr")
-                ir.do(f"call void {fn}(ptr {sbuf}, {args.format('ptr ' + obuf)})")
+            fn, dst = (f"@{name}_pv1r", op) if s.direct else (f"@{name}_pv0r", obuf)
+            if not s.one_block:  # the first key block's p·v does not read O
+                fn = ir(f"select i1 {ir(f'icmp eq i64 {j0}, 0')}, ptr {fn}, ptr @{name}_pvr")
+            ir.do(
+                f"call void {fn}(ptr {sbuf}, ptr {vj}, ptr {dst}, i64 {kb}, ptr {abuf}, i64 0, "
+                f"i64 {rows}, i64 {dvp // nr})"
+            )
         if not s.direct:  # O / l into the output (p·v wrote it when direct)
             dfull = dv // lanes * lanes
             with ir.loop(0, rows) as r:

@@ -53,15 +53,15 @@ def transform_weights(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(16, *w.shape[:2]), np.float32)
 
 
-def geometry(h: int, w: int, oh: int, ow: int, lanes: int) -> tuple[int, int, int]:
-    """(TH, TW, TWp): tile rows, tile columns, and tile columns rounded up to a vector."""
-    th, tw = -(-oh // 2), -(-ow // 2)
-    return th, tw, -(-tw // lanes) * lanes
+def geometry(oh: int, ow: int, lanes: int) -> tuple[int, int]:
+    """(TH, TWp): tile rows, and tile columns rounded up to a vector."""
+    tw = -(-ow // 2)
+    return -(-oh // 2), -(-tw // lanes) * lanes
 
 
 def buffer_bytes(n: int, cin: int, cout: int, oh: int, ow: int, lanes: int) -> int:
     """Bytes of V and M (the GEMM's operand and result) for n images."""
-    th, _, twp = geometry(0, 0, oh, ow, lanes)
+    th, twp = geometry(oh, ow, lanes)
     return 4 * 16 * n * th * twp * (cin + cout)
 
 
@@ -85,7 +85,7 @@ def applies(
         return False
     if min(cin, cout) < MIN_CHANNELS or min(oh, ow) < 2:
         return False
-    th, _, twp = geometry(0, 0, oh, ow, lanes)
+    th, twp = geometry(oh, ow, lanes)
     if buffer_bytes(n, cin, cout, oh, ow, lanes) > MAX_BUFFER_BYTES:
         return False
     return oh * ow >= MIN_USEFUL * 4 * th * twp
@@ -126,7 +126,7 @@ def input_kernel(
     ``[c][4][Wp]`` (the part's scratch). Its tiles are then transformed a vector at a time, input
     channels innermost: each ξ's stores walk its panel rows in order.
     """
-    th, _, twp = geometry(h, w, oh, ow, lanes)
+    th, twp = geometry(oh, ow, lanes)
     wp = 2 * twp + 2
     band = 4 * c * wp  # floats
     ir = FuncIR(lanes)
@@ -156,7 +156,8 @@ def input_kernel(
                         f"i64 {4 * w}, i1 false)"
                     )
         trow = ir.mul(ir.add(ir.mul(img, th), ty), twp)
-        # a whole panel (NR tiles: whole 64-byte lines of V) a step when tile rows hold panels
+        # A whole panel (NR tiles: whole 64-byte lines of V) a step when tile rows hold panels:
+        # 64→64 at 56×56 238 -> 156 µs against a vector of tiles a step.
         step = nr if twp % nr == 0 else lanes
         with ir.loop(0, twp, step) as tx:
             t0 = ir.add(trow, tx)
@@ -209,7 +210,7 @@ def output_kernel(
     bias: Operand | None,
 ) -> str:
     """``Y = Aᵀ M A`` (+ bias, activation) of every output channel's tiles; parts share planes."""
-    th, _, twp = geometry(0, 0, oh, ow, lanes)
+    th, twp = geometry(oh, ow, lanes)
     tiles = n * th * twp
     ir = FuncIR(lanes)
     em = Emitter(ir.L, lanes)
@@ -293,7 +294,7 @@ def lower(
     m = wdata.shape[0]
     lanes = lw.host.lanes
     mr, nr = lw.host.gemm_tile
-    th, _, twp = geometry(h, w, oh, ow, lanes)
+    th, twp = geometry(oh, ow, lanes)
     tiles = n * th * twp
     panels = -(-tiles // nr)
     spec = GemmSpec(
