@@ -33,7 +33,7 @@ writes its phase planes in the same kernel.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from satura.engine.graph import Node, Value
@@ -904,6 +904,80 @@ def prep_conv_kernel(
     return "\n".join([wrapper(name, [out, x, wp, bias, planes, panels]), "\n".join(L), *parts])
 
 
+def plane_by_plane_kernel(
+    name: str,
+    one: Window,
+    planes: int,
+    pad: float,
+    lanes: int,
+    inner: str,
+    out: Operand,
+    out_stride: int,
+    x: Operand,
+    others: list[tuple[Operand | None, int, int]],
+    scratch: Operand,
+) -> str:
+    """LLVM IR of a window op (convolution, pooling) over ``planes`` input planes, one plane a
+    work unit: the part writes the plane's phase planes (pads ``pad``) into its own scratch
+    (``plane_bytes``: it stays in L1/L2) and runs ``inner`` on them at once, instead of a pass
+    writing every plane's phase planes to memory and the op reading them back.
+
+    ``inner`` is the IR of ``NAME_in`` over the single plane ``one`` (body operands: output,
+    phase planes, then ``others``). Plane p reads ``x + p·H·W``, writes ``out + p·out_stride``
+    and passes each of ``others`` at ``+ (p mod m)·stride`` floats for its (stride, m)."""
+    dummy = Operand(0)
+    L = [body_header(name, 3 + len(others)), "entry:", "  %p.a = alloca i64, align 8"]
+    loops = Loops(L)
+    share(L, planes, 1, "%p0", "%p1")
+    L += [
+        f"  %so = mul i64 %part, {plane_bytes(one, lanes)}",
+        f"  %scr = getelementptr i8, ptr %a{2 + len(others)}, i64 %so",
+    ]
+    loops.open("p", "%p0", "%p1", 1)
+    L += [
+        f"  %xo = mul i64 %p, {one.h * one.w}",
+        "  %xp = getelementptr float, ptr %a1, i64 %xo",
+        f"  %oo = mul i64 %p, {out_stride}",
+        "  %op = getelementptr float, ptr %a0, i64 %oo",
+    ]
+    args = ["ptr %op", "ptr %scr"]
+    for k, (op, stride, mod) in enumerate(others):
+        arg = f"%a{2 + k}"
+        if op is not None and stride:
+            L += [
+                f"  %g{k} = urem i64 %p, {mod}",
+                f"  %r{k}o = mul i64 %g{k}, {stride}",
+                f"  %r{k} = getelementptr float, ptr {arg}, i64 %r{k}o",
+            ]
+            arg = f"%r{k}"
+        args.append(f"ptr {arg}")
+    L += [
+        f"  call void @{name}_pp_body(ptr %scr, ptr %xp, i64 0, i64 1)",
+        f"  call void @{name}_in_body({', '.join(args)}, i64 0, i64 1)",
+    ]
+    loops.close("p", 1)
+    L += ["  ret void", "}"]
+    operands = [out, x, *(op for op, _, _ in others), scratch]
+    return "\n".join(
+        [
+            wrapper(name, operands),
+            "\n".join(L),
+            prep_kernel(f"{name}_pp", one, dummy, dummy, pad, lanes),
+            inner,
+        ]
+    )
+
+
+def plane_bytes(one: Window, lanes: int) -> int:
+    """One part's scratch in ``plane_by_plane_kernel``: the phase planes of one input plane."""
+    return align(prep_bytes(one, lanes))
+
+
+def plane_scratch(name: str, one: Window, lanes: int, threads: int) -> Scratch:
+    """The scratch of ``plane_by_plane_kernel``, for every part a kernel of ``threads`` has."""
+    return Scratch(f"{name}_planes", threads * CHUNKS_PER_THREAD * plane_bytes(one, lanes))
+
+
 # Copy each tile into a contiguous panel first when at least this many output-channel blocks
 # of a work unit read it and the window is flat or strided, or its rows end in a partial vector
 # while the weights stay in L2 (PACK forces it on or off). Measured here: 1.1-1.2x on 1×1 and
@@ -916,6 +990,9 @@ PACK: bool | None = None
 # Packed tiles may run over the flat output (no partial tile per row), each vector gathered from
 # the end of one row and the start of the next (rows of at least L pixels).
 SPLIT = True
+# Groups that read one input plane (depthwise) are convolved a plane at a time from the part's
+# own phase-plane scratch (``plane_conv_kernel``).
+PLANE_BY_PLANE = True
 # Bytes of L1 that one channel block's input tile and weight block may fill together.
 L1_BUDGET = 24 << 10
 # A group's packed weights up to this size stay in L2 while work units walk its rows; up to
@@ -1135,6 +1212,32 @@ def lower_conv(lw: Lowerer, node: Node, name: str) -> bool:
     parallel = worth_splitting(spec.flops)
     prep_parallel = parallel or worth_splitting(nbytes=prep_bytes(win, lanes))
     src: Ref = x
+    if PLANE_BY_PLANE and win.prep and cg == 1 and not pack:
+        one = replace(win, planes=1)
+        scratch = plane_scratch(name, one, lanes, lw.threads)
+        sub = replace(spec, win=one, n=1, c=1, m=spec.mg, group=1)
+
+        def gen_planes(loc: Callable[[Ref | None], Operand | None]) -> str:
+            dummy = Operand(0)
+            return plane_by_plane_kernel(
+                name,
+                one,
+                n * c,
+                0.0,
+                lanes,
+                conv_kernel(f"{name}_in", sub, dummy, dummy, dummy, bias and dummy),
+                loc(out),  # type: ignore
+                spec.mg * oh * ow,
+                loc(x),  # type: ignore
+                [(loc(packed), spec.mblocks * spec.kk * mr, group), (loc(bias), spec.mg, group)],
+                loc(scratch),  # type: ignore
+            )
+
+        reads = [x, packed, scratch, *([bias] if bias is not None else [])]
+        lw.steps.append(
+            Step(name, reads, [out], gen_planes, parallel=prep_parallel, op=node.op, units=n * c)
+        )
+        return True
     if win.prep and not parallel and not prep_parallel:
         # One kernel: the phase planes, then the convolution (one call from the runtime).
         planes = Scratch(f"{name}_planes", prep_bytes(win, lanes))

@@ -21,8 +21,8 @@ from satura.targets.conv import (
     Vec,
     Window,
     load_tile,
-    prep_bytes,
-    prep_kernel,
+    plane_by_plane_kernel,
+    plane_scratch,
     row_group,
     store_tile,
     tile_driver,
@@ -32,15 +32,12 @@ from satura.targets.conv import (
 from satura.targets.irmath import fconst, vec_type
 from satura.targets.kernel import Loops, Operand, body_header, share, wrapper
 from satura.targets.lower import (
-    CHUNKS_PER_THREAD,
     Lowerer,
     Ref,
-    Scratch,
     Step,
     numel,
     worth_splitting,
 )
-from satura.targets.memory import align
 
 
 def _pool_ukernel(
@@ -171,56 +168,28 @@ def lower_pool(lw: Lowerer, node: Node, name: str, kind: str) -> bool:
             return pool_kernel(name, kind, win, t, loc(out), loc(x), loc(rc))  # type: ignore
     else:
         one = Window(1, h, w, k[0], k[1], oh, ow, st, (pads[0], pads[1]), dil)  # type: ignore
-        per_part = align(prep_bytes(one, lanes))
-        scratch = Scratch(f"{name}_planes", lw.threads * CHUNKS_PER_THREAD * per_part)
+        scratch = plane_scratch(name, one, lanes, lw.threads)
         reads.append(scratch)
         pad = 0.0 if kind == "avg" else float("-inf")
 
         def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-            return fused_pool_kernel(
-                name, kind, one, t, n * c, per_part, pad, loc(out), loc(x), loc(rc), loc(scratch)
-            )  # type: ignore
+            dummy = Operand(0)
+            return plane_by_plane_kernel(
+                name,
+                one,
+                n * c,
+                pad,
+                lanes,
+                pool_kernel(f"{name}_in", kind, one, t, dummy, dummy, rc and dummy),
+                loc(out),  # type: ignore
+                oh * ow,
+                loc(x),  # type: ignore
+                [(loc(rc), 0, 1)],
+                loc(scratch),  # type: ignore
+            )
 
     lw.steps.append(Step(name, reads, [out], gen, parallel=parallel, op=node.op))
     return True
-
-
-def fused_pool_kernel(
-    name: str,
-    kind: str,
-    one: Window,
-    t: Tiling,
-    planes: int,
-    per_part: int,
-    pad: float,
-    out: Operand,
-    x: Operand,
-    rc: Operand | None,
-    scratch: Operand,
-) -> str:
-    """Pooling of strided or padded windows, one input plane at a time: the plane's phase planes
-    are written to this part's scratch (it stays in L2) and pooled from there at once."""
-    dummy = Operand(0)
-    parts = [
-        prep_kernel(f"{name}_pp", one, dummy, dummy, pad, t.lanes),
-        pool_kernel(f"{name}_pk", kind, one, t, dummy, dummy, rc and dummy),
-    ]
-    L = [body_header(name, 4), "entry:", "  %p.a = alloca i64, align 8"]
-    loops = Loops(L)
-    share(L, planes, 1, "%p0", "%p1")
-    L += [f"  %so = mul i64 %part, {per_part}", "  %scr = getelementptr i8, ptr %a3, i64 %so"]
-    loops.open("p", "%p0", "%p1", 1)
-    L += [
-        f"  %xo = mul i64 %p, {one.h * one.w}",
-        "  %xp = getelementptr float, ptr %a1, i64 %xo",
-        f"  %oo = mul i64 %p, {one.oh * one.ow}",
-        "  %op = getelementptr float, ptr %a0, i64 %oo",
-        f"  call void @{name}_pp_body(ptr %scr, ptr %xp, i64 0, i64 1)",
-        f"  call void @{name}_pk_body(ptr %op, ptr %scr, ptr %a2, i64 0, i64 1)",
-    ]
-    loops.close("p", 1)
-    L += ["  ret void", "}"]
-    return "\n".join([wrapper(name, [out, x, rc, scratch]), "\n".join(L), *parts])
 
 
 def gap_kernel(name: str, planes: int, size: int, lanes: int, out: Operand, x: Operand) -> str:

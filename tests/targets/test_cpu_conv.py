@@ -111,9 +111,29 @@ def test_conv_cases(x, m, k, attrs):
 @pytest.mark.parametrize(
     ("x", "m", "k", "attrs"),
     [
+        ((2, 24, 30, 30), 24, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1), "group": 24}),
+        ((1, 6, 9, 9), 12, 3, {"pads": (1, 1, 1, 1), "group": 6}),  # depth multiplier 2
+        ((3, 5, 15, 14), 5, 3, {"dilations": (2, 2), "pads": (2, 2, 2, 2), "group": 5}),
+        ((1, 7, 11, 13), 7, 3, {"pads": (0, 1, 2, 0), "group": 7, "act": "relu"}),
+        ((1, 16, 56, 56), 16, 5, {"pads": (2, 2, 2, 2), "group": 16, "act": "sigmoid"}),
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_depthwise_plane_by_plane(x, m, k, attrs, threads):
+    """Groups of one input plane: each plane's phase planes are written and convolved in one
+    work unit (no separate pass over the whole input)."""
+    g, feeds = conv_graph(x, m, k, seed=x[1] + m, **attrs)
+    model = check(g, feeds, threads=threads)
+    assert not any(name.endswith("_prep") for name in model.kernels), model.kernels
+
+
+@pytest.mark.parametrize(
+    ("x", "m", "k", "attrs"),
+    [
         ((2, 5, 37), 7, 3, {"pads": (1, 2), "act": "relu"}),
         ((1, 6, 50), 9, 5, {"strides": (2,), "dilations": (2,), "pads": (3, 0), "group": 3}),
         ((3, 4, 9), 4, 1, {}),
+        ((2, 8, 37), 8, 3, {"strides": (2,), "pads": (1, 1), "group": 8}),  # depthwise
     ],
 )
 def test_conv_1d(x, m, k, attrs):
