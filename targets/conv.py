@@ -213,11 +213,11 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, 
                 ]
                 loops.close(f"{part}{t}", 1)
             # Whole vectors first: L plane floats from sx·L consecutive input floats (one wide
-            # load, one shuffle), as far as that load stays inside the input row.
+            # load, one shuffle), every one whose load starts at or before ``last``.
             nvec = 0
             if 2 <= sx <= PREP_VECTOR_STRIDE:
                 last = (win.w - sx * lanes - px + win.pad[1]) // sx  # last start that fits
-                nvec = max(0, min(xhi - xlo, last - xlo + 1) // lanes) if last >= xlo else 0
+                nvec = min((xhi - xlo) // lanes, (last - xlo) // lanes + 1) if last >= xlo else 0
             if nvec:
                 wide, vty = f"<{sx * lanes} x float>", vec_type(lanes)
                 pick = ", ".join(f"i32 {j * sx}" for j in range(lanes))
