@@ -14,6 +14,10 @@ from satura.engine.onnx_converters import Outs, dims_product, reduce_axes_of
 from satura.engine.onnx_import import NodeCtx, converter
 from satura.engine.shapes import as_dim, normalize_axis
 
+# Strided ConvTranspose as one conv per output phase (``_sub_pixel``), not over a zero-spread
+# input.
+SUB_PIXEL = True
+
 
 @converter("ConvTranspose")
 def _conv_transpose(ctx: NodeCtx) -> Outs:
@@ -62,6 +66,10 @@ def _conv_transpose(ctx: NodeCtx) -> Outs:
     else:
         pads = tuple(ctx.attr("pads", (0,) * (2 * nsp))) if auto != "VALID" else (0,) * (2 * nsp)
     n, c = x.type.shape[:2]
+    if SUB_PIXEL and any(st > 1 for st in s) and all(v == 1 for v in d):
+        sub = _sub_pixel(ctx, x, w, g, k, s, op, pads, sp)
+        if sub is not None:
+            return [sub]
     # spread: [N, C, a, 1, b, 1] -> pad the 1s to the stride -> [N, C, a·s, b·t] -> drop the tail
     y = x
     if any(st > 1 for st in s):
@@ -110,6 +118,83 @@ def _conv_transpose(ctx: NodeCtx) -> Outs:
             group=g,
         )
     ]
+
+
+def _sub_pixel(
+    ctx: NodeCtx,
+    x: Value,
+    w: np.ndarray,
+    g: int,
+    k: tuple[int, ...],
+    s: tuple[int, ...],
+    op: tuple[int, ...],
+    pads: tuple[int, ...],
+    sp: tuple[int, ...],
+) -> Value | None:
+    """A strided, undilated ConvTranspose as one stride-1 convolution per output phase, all in
+    one conv (C -> S·M channels, S = the product of the strides, kernel ceil(k / s)), then
+    depth-to-space (reshape, transpose, reshape) and the crop of the pads. Output position
+    ``q·s + r`` (before the crop) is ``sum_j x[q - j]·w[r + j·s]``: a correlation with every
+    s-th tap of the kernel, flipped. Spreading the input with zeros instead would multiply
+    S times as many zeros as values. None (the caller spreads) for a bias that is not a
+    constant, or an empty output."""
+    nsp = len(k)
+    b_in = ctx.inp(2)
+    if b_in is not None and not b_in.is_const:
+        return None
+    bias = None if b_in is None else b_in.data
+    kp = [-(-k[i] // s[i]) for i in range(nsp)]
+    full = [s[i] * (sp[i] - 1) + op[i] + k[i] for i in range(nsp)]
+    out = [full[i] - pads[i] - pads[nsp + i] for i in range(nsp)]
+    if any(o < 1 for o in out):
+        return None
+    # phase outputs per axis: enough for the cropped end, at least the input's length
+    q = [max(sp[i], -(-(pads[i] + out[i]) // s[i])) for i in range(nsp)]
+    cin, mg = w.shape[0], w.shape[1]
+    cg, phases = cin // g, int(np.prod(s))
+    # wc[group, phase (r_0, r_1, ...), m, c, taps...] = w[group·Cg + c, m, r + (Kp - 1 - j)·s]
+    wc = np.zeros((g, *s, mg, cg, *kp), np.float32)
+    wg = w.reshape(g, cg, mg, *k).astype(np.float32)
+    for r in np.ndindex(*s):
+        for j in np.ndindex(*kp):
+            t = tuple(r[i] + (kp[i] - 1 - j[i]) * s[i] for i in range(nsp))
+            if all(t[i] < k[i] for i in range(nsp)):
+                wc[(slice(None), *r, slice(None), slice(None), *j)] = wg[
+                    (slice(None), slice(None), slice(None), *t)
+                ].swapaxes(1, 2)
+    wv = ctx.imp.add_const(
+        np.ascontiguousarray(wc.reshape(g * phases * mg, cg, *kp)), f"{ctx.name}_w"
+    )
+    bv = None
+    if bias is not None:
+        b = np.broadcast_to(np.asarray(bias, np.float32).reshape(g, 1, mg), (g, phases, mg))
+        bv = ctx.imp.add_const(np.ascontiguousarray(b).reshape(-1), f"{ctx.name}_b")
+    y = ctx.one(
+        "conv",
+        x,
+        wv,
+        bv,
+        strides=(1,) * nsp,
+        pads=tuple(kp[i] - 1 for i in range(nsp)) + tuple(q[i] - sp[i] for i in range(nsp)),
+        dilations=(1,) * nsp,
+        group=g,
+    )
+    n = x.type.shape[0]
+    y = ctx.one("reshape", y, shape=(n, g, *s, mg, *q))
+    # [N, g, s.., Mg, q..] -> [N, g, Mg, q_0, s_0, q_1, s_1, ...]
+    perm = [0, 1, 2 + nsp] + [v for i in range(nsp) for v in (3 + nsp + i, 2 + i)]
+    y = ctx.one("transpose", y, perm=tuple(perm))
+    y = ctx.one("reshape", y, shape=(n, g * mg, *[q[i] * s[i] for i in range(nsp)]))
+    if any(pads[i] or q[i] * s[i] != out[i] for i in range(nsp)):
+        y = ctx.one(
+            "slice",
+            y,
+            starts=tuple(pads[:nsp]),
+            ends=tuple(pads[i] + out[i] for i in range(nsp)),
+            axes=tuple(range(2, 2 + nsp)),
+            steps=(1,) * nsp,
+        )
+    return y
 
 
 @converter("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")

@@ -31,6 +31,29 @@ def contiguous_strides(shape: Sequence[int]) -> list[int]:
     return out
 
 
+def merge_dims(
+    shape: Sequence[int], strides: Sequence[int], ostr: Sequence[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """The same copy over fewer dims: size-1 dims dropped, and a dim merged into the one before
+    it where both the input and the output step over it as over that dim's whole extent."""
+    dims = [d for d in zip(shape, strides, ostr, strict=True) if d[0] != 1] or [(1, 0, 0)]
+    out = [dims[0]]
+    for n, si, so in dims[1:]:
+        pn, ps, po = out[-1]
+        if ps == si * n and po == so * n:
+            out[-1] = (pn * n, si, so)
+        else:
+            out.append((n, si, so))
+    return [d[0] for d in out], [d[1] for d in out], [d[2] for d in out]
+
+
+# A last dim of at most this many elements that the input reads across (not contiguous) while
+# it has the dim before contiguous (an interleave, as depth-to-space writes) is unrolled, the
+# loop running over the contiguous dim (row offsets are no longer decomposed per 2 elements).
+# Measured here: a ConvTranspose's depth-to-space, 64×28×2×28×2 floats, 557 -> 27 µs.
+MAX_UNROLL = 8
+
+
 def strided_copy_kernel(
     name: str,
     itemsize: int,
@@ -52,6 +75,17 @@ def strided_copy_kernel(
     shape = [int(s) for s in shape] or [1]
     strides = [int(s) for s in strides] or [0]
     ostr = [int(s) for s in out_strides] if out_strides else contiguous_strides(shape)
+    shape, strides, ostr = merge_dims(shape, strides, ostr)
+    unrolled: list[tuple[int, int]] = []  # (input, output) offsets of the unrolled elements
+    if (
+        cast is None
+        and len(shape) >= 2
+        and shape[-1] <= MAX_UNROLL
+        and strides[-1] != 1
+        and strides[-2] == 1
+    ):
+        unrolled = [(t * strides[-1], t * ostr[-1]) for t in range(shape[-1])]
+        shape, strides, ostr = shape[:-1], strides[:-1], ostr[:-1]
     n, sn, on = shape[-1], strides[-1], ostr[-1]
     rows = numel(tuple(shape[:-1]))
     L = [
@@ -83,17 +117,19 @@ def strided_copy_kernel(
         f"  %irow = getelementptr {ty}, ptr %a1, i64 {cur}",
     ]
     j = loops.open("j", "0", str(n), 1)
-    L += [
-        f"  %jo = mul i64 {j}, {sn}",
-        f"  %sp = getelementptr {ty}, ptr %irow, i64 %jo",
-        f"  %vv = load {ty}, ptr %sp, align 1",
-    ]
-    val = convert(L, "%vv", *cast) if cast is not None else "%vv"
-    L += [
-        f"  %ojo = mul i64 {j}, {on}",
-        f"  %dp = getelementptr {oty}, ptr %orow, i64 %ojo",
-        f"  store {oty} {val}, ptr %dp, align 1",
-    ]
+    L += [f"  %jo = mul i64 {j}, {sn}", f"  %ojo = mul i64 {j}, {on}"]
+    for t, (io, oo) in enumerate(unrolled or [(0, 0)]):
+        L += [
+            f"  %si{t} = add i64 %jo, {io}",
+            f"  %sp{t} = getelementptr {ty}, ptr %irow, i64 %si{t}",
+            f"  %vv{t} = load {ty}, ptr %sp{t}, align 1",
+        ]
+        val = convert(L, f"%vv{t}", *cast) if cast is not None else f"%vv{t}"
+        L += [
+            f"  %di{t} = add i64 %ojo, {oo}",
+            f"  %dp{t} = getelementptr {oty}, ptr %orow, i64 %di{t}",
+            f"  store {oty} {val}, ptr %dp{t}, align 1",
+        ]
     loops.close("j", 1)
     loops.close("r", 1)
     L += ["  ret void", "}"]

@@ -182,6 +182,15 @@ CONV_T = [  # (input shape, weight shape, attrs)
     ((1, 3, 4, 7), (3, 5, 3, 2), {"strides": [3, 1], "dilations": [2, 1], "pads": [0, 1, 2, 0]}),
     ((2, 3, 9), (3, 2, 5), {"strides": [4], "pads": [3, 4]}),  # pads past the kernel: crops
     ((1, 2, 3, 3), (2, 2, 3, 3), {"strides": [2, 2], "output_shape": [8, 8]}),
+    ((1, 8, 5, 5), (8, 4, 2, 2), {"strides": [2, 2]}),  # a U-Net's up-sampling
+    ((1, 4, 6, 5), (4, 6, 3, 3), {"strides": [2, 3], "pads": [0, 1, 2, 0], "group": 2}),
+    ((1, 4, 5, 5), (4, 2, 1, 1), {"strides": [2, 2]}),  # positions no tap reaches: the bias
+    ((1, 4, 4, 4), (4, 2, 3, 3), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
+    (
+        (1, 4, 5, 5),
+        (4, 3, 4, 4),
+        {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
+    ),
 ]
 
 
@@ -201,10 +210,38 @@ def test_conv_transpose_matches_onnxruntime(xs, ws, attrs):
     )
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
     g = satura.load(model)
+    # strided, undilated: one stride-1 conv of every phase (kernel ceil(k / s)), no zero spread
+    sub_pixel = max(attrs["strides"]) > 1 and max(attrs.get("dilations", [1])) == 1
+    kernels = [tuple(n.inputs[1].type.shape[2:]) for n in g.nodes if n.op == "conv"]
+    reduced = tuple(-(-k // s) for k, s in zip(ws[2:], attrs["strides"], strict=True))
+    assert kernels == [reduced if sub_pixel else tuple(ws[2:])]
+    assert ("pad" in [n.op for n in g.nodes]) == (not sub_pixel)
     for target in ("reference", "cpu"):
         got = satura.compile(g, target=target)(x0=x)["y"]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_with_a_runtime_bias_spreads_the_input():
+    """The sub-pixel form folds the bias into its conv: a bias known only at run time keeps
+    the zero-spread form, and still matches onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    model = _model("ConvTranspose", [(1, 4, 5, 5), (3,)], 4, strides=[2, 2], pads=[1, 1, 1, 1])
+    del model.graph.node[0].input[1:]
+    model.graph.node[0].input.extend(["w", "x1"])
+    model.graph.initializer.append(
+        numpy_helper.from_array(rng.standard_normal((4, 3, 4, 4)).astype(np.float32), "w")
+    )
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x, "x1": b})[0]
+    g = satura.load(model)
+    assert "pad" in [n.op for n in g.nodes]
+    got = satura.compile(g, target="cpu")(x0=x, x1=b)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 PATCH_CONVS = [

@@ -32,6 +32,12 @@ def _check(g, feeds):
         ((7, 9), (1, 0)),
         ((3, 1, 5), (2, 0, 1)),
         ((6,), (0,)),
+        # depth-to-space interleaves: a short last dim read across, unrolled
+        ((2, 2, 3, 5, 7), (2, 3, 0, 4, 1)),
+        ((1, 2, 2, 4, 6, 9), (0, 3, 4, 1, 5, 2)),
+        ((3, 8, 1, 10), (2, 3, 0, 1)),
+        ((9, 11), (1, 0)),  # 9 rows: one past the unrolled length
+        ((5, 8), (1, 0)),  # 5 rows, unrolled
     ],
 )
 def test_transpose(dtype, shape, perm):
