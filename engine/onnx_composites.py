@@ -131,13 +131,14 @@ def _sub_pixel(
     pads: tuple[int, ...],
     sp: tuple[int, ...],
 ) -> Value | None:
-    """A strided, undilated ConvTranspose as one stride-1 convolution per output phase, all in
-    one conv (C -> S·M channels, S = the product of the strides, kernel ceil(k / s)), then
+    """A strided, undilated ConvTranspose as stride-1 convolutions of its output phases, then
     depth-to-space (reshape, transpose, reshape) and the crop of the pads. Output position
     ``q·s + r`` (before the crop) is ``sum_j x[q - j]·w[r + j·s]``: a correlation with every
-    s-th tap of the kernel, flipped. Spreading the input with zeros instead would multiply
-    S times as many zeros as values. None (the caller spreads) for a bias that is not a
-    constant, or an empty output."""
+    s-th tap of the kernel, flipped, ``ceil((k - r) / s)`` taps. When s divides k the phases
+    are one conv (C -> S·M channels, S = the product of the strides, kernel k / s); else one
+    conv each (concatenated), so that no tap is a zero. Spreading the input with zeros instead
+    multiplies S times as many zeros as values. None (the caller spreads) for a bias that is
+    not a constant, or an empty output."""
     nsp = len(k)
     b_in = ctx.inp(2)
     if b_in is not None and not b_in.is_const:
@@ -151,38 +152,59 @@ def _sub_pixel(
     # phase outputs per axis: enough for the cropped end, at least the input's length
     q = [max(sp[i], -(-(pads[i] + out[i]) // s[i])) for i in range(nsp)]
     cin, mg = w.shape[0], w.shape[1]
-    cg, phases = cin // g, int(np.prod(s))
-    # wc[group, phase (r_0, r_1, ...), m, c, taps...] = w[group·Cg + c, m, r + (Kp - 1 - j)·s]
-    wc = np.zeros((g, *s, mg, cg, *kp), np.float32)
+    cg, phases, n = cin // g, int(np.prod(s)), x.type.shape[0]
     wg = w.reshape(g, cg, mg, *k).astype(np.float32)
-    for r in np.ndindex(*s):
-        for j in np.ndindex(*kp):
-            t = tuple(r[i] + (kp[i] - 1 - j[i]) * s[i] for i in range(nsp))
+    bias_g = None if bias is None else np.asarray(bias, np.float32).reshape(g, 1, mg)
+
+    def taps(r: tuple[int, ...], kr: tuple[int, ...]) -> np.ndarray:
+        """Phase r's [g, Mg, Cg, *kr] weights: w[group·Cg + c, m, r + (kr - 1 - j)·s]."""
+        wr = np.zeros((g, mg, cg, *kr), np.float32)
+        for j in np.ndindex(*kr):
+            t = tuple(r[i] + (kr[i] - 1 - j[i]) * s[i] for i in range(nsp))
             if all(t[i] < k[i] for i in range(nsp)):
-                wc[(slice(None), *r, slice(None), slice(None), *j)] = wg[
-                    (slice(None), slice(None), slice(None), *t)
-                ].swapaxes(1, 2)
-    wv = ctx.imp.add_const(
-        np.ascontiguousarray(wc.reshape(g * phases * mg, cg, *kp)), f"{ctx.name}_w"
-    )
-    bv = None
-    if bias is not None:
-        b = np.broadcast_to(np.asarray(bias, np.float32).reshape(g, 1, mg), (g, phases, mg))
-        bv = ctx.imp.add_const(np.ascontiguousarray(b).reshape(-1), f"{ctx.name}_b")
-    y = ctx.one(
-        "conv",
-        x,
-        wv,
-        bv,
-        strides=(1,) * nsp,
-        pads=tuple(kp[i] - 1 for i in range(nsp)) + tuple(q[i] - sp[i] for i in range(nsp)),
-        dilations=(1,) * nsp,
-        group=g,
-    )
-    n = x.type.shape[0]
-    y = ctx.one("reshape", y, shape=(n, g, *s, mg, *q))
-    # [N, g, s.., Mg, q..] -> [N, g, Mg, q_0, s_0, q_1, s_1, ...]
-    perm = [0, 1, 2 + nsp] + [v for i in range(nsp) for v in (3 + nsp + i, 2 + i)]
+                wr[(Ellipsis, *j)] = wg[(slice(None), slice(None), slice(None), *t)].swapaxes(1, 2)
+        return wr
+
+    def conv(wr: np.ndarray, reps: int, tag: str) -> Value:
+        """Stride-1 conv with [g, reps·Mg, Cg, *kr] weights, every phase output q long."""
+        kr = wr.shape[3:]
+        wv = ctx.imp.add_const(wr.reshape(g * wr.shape[1], cg, *kr), f"{ctx.name}_w{tag}")
+        bv = None
+        if bias_g is not None:
+            b = np.broadcast_to(bias_g, (g, reps, mg)).reshape(-1)
+            bv = ctx.imp.add_const(np.ascontiguousarray(b), f"{ctx.name}_b{tag}")
+        return ctx.one(
+            "conv",
+            x,
+            wv,
+            bv,
+            strides=(1,) * nsp,
+            pads=tuple(v - 1 for v in kr) + tuple(q[i] - sp[i] for i in range(nsp)),
+            dilations=(1,) * nsp,
+            group=g,
+        )
+
+    # taps of phase r along axis i: ceil((k - r) / s), all equal when s divides k
+    kr = [[-(-(k[i] - r) // s[i]) for r in range(s[i])] for i in range(nsp)]
+    if all(len(set(v)) == 1 for v in kr) or any(min(v) == 0 for v in kr):
+        # one conv of every phase at once (kernel ceil(k / s), zero taps where a phase has
+        # fewer): channels (g, phase, Mg)
+        kp = tuple(max(v) for v in kr)
+        wc = np.stack([taps(r, kp) for r in np.ndindex(*s)], axis=1)  # [g, S, Mg, Cg, *kp]
+        y = conv(wc.reshape(g, phases * mg, cg, *kp), phases, "")
+        y = ctx.one("reshape", y, shape=(n, g, *s, mg, *q))
+        head, s_at = [0, 1, 2 + nsp], 2  # the axes of N, g, Mg; where the phase axes start
+    else:
+        # phases of unequal taps (s does not divide k): one conv each, no zero taps; channels
+        # (phase, g, Mg) once concatenated
+        ys = [
+            conv(taps(r, tuple(kr[i][r[i]] for i in range(nsp))), 1, "_" + "_".join(map(str, r)))
+            for r in np.ndindex(*s)
+        ]
+        y = ctx.one("reshape", ctx.one("concat", *ys, axis=1), shape=(n, *s, g, mg, *q))
+        head, s_at = [0, 1 + nsp, 2 + nsp], 1
+    # -> [N, g, Mg, q_0, s_0, q_1, s_1, ...]
+    perm = head + [v for i in range(nsp) for v in (3 + nsp + i, s_at + i)]
     y = ctx.one("transpose", y, perm=tuple(perm))
     y = ctx.one("reshape", y, shape=(n, g * mg, *[q[i] * s[i] for i in range(nsp)]))
     if any(pads[i] or q[i] * s[i] != out[i] for i in range(nsp)):
