@@ -14,8 +14,8 @@ from satura.engine.onnx_converters import Outs, dims_product, reduce_axes_of
 from satura.engine.onnx_import import NodeCtx, converter
 from satura.engine.shapes import as_dim, normalize_axis
 
-# Strided ConvTranspose as one conv per output phase (``_sub_pixel``), not over a zero-spread
-# input.
+# Strided, undilated ConvTranspose as stride-1 convs of its output phases (``_sub_pixel``),
+# not as a conv over the zero-spread input.
 SUB_PIXEL = True
 
 
@@ -144,7 +144,6 @@ def _sub_pixel(
     if b_in is not None and not b_in.is_const:
         return None
     bias = None if b_in is None else b_in.data
-    kp = [-(-k[i] // s[i]) for i in range(nsp)]
     full = [s[i] * (sp[i] - 1) + op[i] + k[i] for i in range(nsp)]
     out = [full[i] - pads[i] - pads[nsp + i] for i in range(nsp)]
     if any(o < 1 for o in out):

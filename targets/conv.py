@@ -991,7 +991,7 @@ PACK: bool | None = None
 # the end of one row and the start of the next (rows of at least L pixels).
 SPLIT = True
 # Groups that read one input plane (depthwise) are convolved a plane at a time from the part's
-# own phase-plane scratch (``plane_conv_kernel``).
+# own phase-plane scratch (``plane_by_plane_kernel``).
 PLANE_BY_PLANE = True
 # Bytes of L1 that one channel block's input tile and weight block may fill together.
 L1_BUDGET = 24 << 10
