@@ -159,6 +159,27 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
             return self.head(self.enc(x)[:, 0])
 
+    class UNetDecoder(nn.Module):
+        """Up-sampling by the three usual ConvTranspose forms: k2 s2, k4 s2 p1, k3 s2 p1 op1."""
+
+        def __init__(self) -> None:
+            super().__init__()
+
+            def block(c: int) -> nn.Module:
+                return nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+
+            self.net = nn.Sequential(
+                nn.ConvTranspose2d(128, 64, 2, stride=2),
+                block(64),
+                nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+                block(32),
+                nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1),
+                nn.Conv2d(16, 2, 1),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
     return {
         "convnext_block": (ConvNeXtBlock, lambda b: (b, 96, 28, 28)),
         "mobilenetv2_head": (MobileNetV2Head, lambda b: (b, 3, 112, 112)),
@@ -167,6 +188,7 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
         "causal_sdpa": (CausalSdpa, lambda b: (b, 128, 512)),
         "conv1d_speech": (Conv1dSpeech, lambda b: (b, 80, 200)),
         "vit_tiny": (ViTTiny, lambda b: (b, 3, 224, 224)),
+        "unet_decoder": (UNetDecoder, lambda b: (b, 128, 14, 14)),
     }
 
 
