@@ -184,11 +184,11 @@ def _sub_pixel(
         )
 
     # taps of phase r along axis i: ceil((k - r) / s), all equal when s divides k
-    kr = [[-(-(k[i] - r) // s[i]) for r in range(s[i])] for i in range(nsp)]
-    if all(len(set(v)) == 1 for v in kr) or any(min(v) == 0 for v in kr):
+    phase_taps = [[-(-(k[i] - r) // s[i]) for r in range(s[i])] for i in range(nsp)]
+    if all(len(set(v)) == 1 for v in phase_taps) or any(min(v) == 0 for v in phase_taps):
         # one conv of every phase at once (kernel ceil(k / s), zero taps where a phase has
         # fewer): channels (g, phase, Mg)
-        kp = tuple(max(v) for v in kr)
+        kp = tuple(max(v) for v in phase_taps)
         wc = np.stack([taps(r, kp) for r in np.ndindex(*s)], axis=1)  # [g, S, Mg, Cg, *kp]
         y = conv(wc.reshape(g, phases * mg, cg, *kp), phases, "")
         y = ctx.one("reshape", y, shape=(n, g, *s, mg, *q))
@@ -197,7 +197,11 @@ def _sub_pixel(
         # phases of unequal taps (s does not divide k): one conv each, no zero taps; channels
         # (phase, g, Mg) once concatenated
         ys = [
-            conv(taps(r, tuple(kr[i][r[i]] for i in range(nsp))), 1, "_" + "_".join(map(str, r)))
+            conv(
+                taps(r, tuple(phase_taps[i][r[i]] for i in range(nsp))),
+                1,
+                "_" + "_".join(map(str, r)),
+            )
             for r in np.ndindex(*s)
         ]
         y = ctx.one("reshape", ctx.one("concat", *ys, axis=1), shape=(n, *s, g, mg, *q))

@@ -27,7 +27,9 @@ over each tile while the tile is in L1 and the group's weights in L2; when the w
 channels are cut into blocks that fit L1 with the weights (``L1_BUDGET``; partial sums added back
 in the output). For flat and strided windows each tile is first copied into a contiguous
 per-part panel (``PACK_BLOCKS``). Units are split between parts (cores); a serial convolution
-writes its phase planes in the same kernel.
+writes its phase planes in the same kernel. A group that reads one input plane (depthwise) is a
+unit of its own: its phase planes go into the part's scratch and are convolved at once
+(``plane_by_plane_kernel``, which pooling shares), with no pass over the whole input.
 """
 
 from __future__ import annotations
