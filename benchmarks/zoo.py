@@ -180,6 +180,18 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x)
 
+    class RecurrentSpeech(nn.Module):
+        """Frames through a bidirectional GRU, then a two-layer LSTM and a linear head."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(80, 128, batch_first=True, bidirectional=True)
+            self.lstm = nn.LSTM(256, 256, 2, batch_first=True)
+            self.fc = nn.Linear(256, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.lstm(self.gru(x)[0])[0])
+
     return {
         "convnext_block": (ConvNeXtBlock, lambda b: (b, 96, 28, 28)),
         "mobilenetv2_head": (MobileNetV2Head, lambda b: (b, 3, 112, 112)),
@@ -189,6 +201,7 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
         "conv1d_speech": (Conv1dSpeech, lambda b: (b, 80, 200)),
         "vit_tiny": (ViTTiny, lambda b: (b, 3, 224, 224)),
         "unet_decoder": (UNetDecoder, lambda b: (b, 128, 14, 14)),
+        "recurrent_speech": (RecurrentSpeech, lambda b: (b, 100, 80)),
     }
 
 

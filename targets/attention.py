@@ -208,7 +208,7 @@ def hreduce(ir: FuncIR, em: Emitter, v: str, kind: str) -> str:
     return ir(f"extractelement {ir.vty} {v}, i64 0")
 
 
-def _ukernel(
+def tile_kernel(
     fname: str,
     mr: int,
     nr: int,
@@ -219,6 +219,7 @@ def _ukernel(
     kind: str,
     scale: float,
     causal: bool,
+    ksets: int = 1,
 ) -> str:
     """The MR×NR register-tile micro-kernel ``fname(a, b, c, kc, aux, lim)``.
 
@@ -228,7 +229,8 @@ def _ukernel(
     C = A·B (the first key block: C is not read); 'pv1': C = aux[i]·(A·B) (the only key block,
     aux = 1/l: C is the output).
     A is row-major with stride lda (read one float at a time, broadcast), B rows of nr floats at
-    stride ldb, C at stride ldc. The k loop is GEMM's (``fma_tile``); the epilogues are these.
+    stride ldb, C at stride ldc. The k loop is GEMM's (``fma_tile``, ``ksets`` accumulator sets);
+    the epilogues are these.
     """
     nv, vty = nr // lanes, vec_type(lanes)
     out = [
@@ -236,7 +238,7 @@ def _ukernel(
         f"i64 %kc, ptr noalias %al, i64 %lim) noinline {{",
         "entry:",
     ]
-    res = fma_tile(out, lanes, mr, nv, a=("%a", lda, 1), b=("%b", ldb))
+    res = fma_tile(out, lanes, mr, nv, a=("%a", lda, 1), b=("%b", ldb), ksets=ksets)
     em = Emitter(out, lanes)
     ninf = "<" + ", ".join([f"float {fconst(float('-inf'))}"] * lanes) + ">"
     if kind == "qk":
@@ -313,7 +315,7 @@ def _ukernel(
     return "\n".join(out)
 
 
-def _tiles_driver(
+def tiles_driver(
     fname: str,
     uk: str,
     mr_max: int,
@@ -650,18 +652,18 @@ def attention_kernel(
     vty = vec_type(lanes)
     ninf = fconst(float("-inf"))
     parts = [
-        _ukernel(f"{name}_qk{m}", m, nr, lanes, d, nr, bc, "qk", 1.0, s.causal)
+        tile_kernel(f"{name}_qk{m}", m, nr, lanes, d, nr, bc, "qk", 1.0, s.causal)
         for m in range(1, mr + 1)
     ]
     # p·v of the only key block into the output, or of the first and the later ones into O
     pv_kinds = ["pv1"] if s.direct else ["pv0"] if s.one_block else ["pv0", "pv"]
     for kind in pv_kinds:
         parts += [
-            _ukernel(f"{name}_{kind}_u{m}", m, nr, lanes, bc, ldv, dvp, kind, 1.0, False)
+            tile_kernel(f"{name}_{kind}_u{m}", m, nr, lanes, bc, ldv, dvp, kind, 1.0, False)
             for m in range(1, mr + 1)
         ]
         parts.append(
-            _tiles_driver(
+            tiles_driver(
                 f"{name}_{kind}r",
                 f"{name}_{kind}_u",
                 mr,
@@ -675,7 +677,7 @@ def attention_kernel(
             )
         )
     parts += [
-        _tiles_driver(
+        tiles_driver(
             f"{name}_qkr", f"{name}_qk", mr, d, bc, lanes, int(s.causal), d * nr, nr, QK_ROWS_OUTER
         ),
         _pack_k(f"{name}_pk", s),

@@ -288,8 +288,11 @@ class Lowerer:
         bias: Value | None,
         res: Value | None,
         act: str,
+        out: Value | None = None,
     ) -> bool:
-        out = node.outputs[0]
+        """``out`` (default: the node's output) = act(a·b + bias + res); b a constant (packed
+        now) or a value (packed by a step of its own)."""
+        out = node.outputs[0] if out is None else out
         oshape = [int(d) for d in out.type.shape]
         ashape = [int(d) for d in a.type.shape]
         bshape = list(b.shape) if isinstance(b, np.ndarray) else [int(d) for d in b.type.shape]
@@ -923,5 +926,5 @@ def generate(
 # Lowerings kept in modules of their own add themselves to LOWERINGS when imported (they import
 # this module, so they are imported last). logic comes last of all: it wraps the lowerings that
 # can start a typed elementwise chain, which must all be registered by then.
-from satura.targets import indexing, reductions, resize, scatter  # noqa: E402,F401,I001
+from satura.targets import indexing, recurrent, reductions, resize, scatter  # noqa: E402,F401,I001
 from satura.targets import logic  # noqa: E402, F401
