@@ -30,8 +30,16 @@ from satura.targets.attention import tile, tile_kernel, tiles_driver
 from satura.targets.gemm import _ksets, pack_b_numpy
 from satura.targets.irmath import Emitter
 from satura.targets.kernel import FuncIR, Operand, body_header, share, wrapper
-from satura.targets.lower import LOWERINGS, Lowerer, Lowering, Ref, Scratch, Step, f32_only
+from satura.targets.lower import LOWERINGS, Lowerer, Lowering, Ref, Scratch, Step
 from satura.targets.memory import align
+
+ROWS_OUTER = True  # h·Rᵀ: each row tile over all panels (False: each panel over all row tiles)
+
+
+def batch_groups(batch: int, dirs: int, threads: int) -> int:
+    """Batch groups a direction is cut into: enough units for every core (rows are independent
+    sequences; each unit streams all of R every step)."""
+    return max(1, min(batch, -(-threads // dirs)))
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,16 @@ class RnnSpec:
     lbr: bool  # GRU's linear_before_reset
     peep: bool
     lanes: int
+    groups: int = 1  # the batch rows of a direction cut into this many units
+
+    @property
+    def gb(self) -> int:
+        """Batch rows of a unit (the last may have fewer)."""
+        return -(-self.batch // self.groups)
+
+    @property
+    def units(self) -> int:
+        return self.dirs * self.groups
 
     @property
     def g(self) -> int:
@@ -54,8 +72,10 @@ class RnnSpec:
 
     @property
     def mr(self) -> int:
-        """Rows (batch entries) of the micro-kernel's tile."""
-        return min(self.batch, tile(self.lanes)[0])
+        """Rows (batch entries) of the micro-kernel's tile: the batch in as few tiles as the
+        register tile allows, of near-equal height (8 rows: two of 4, not 6 and 2)."""
+        most = tile(self.lanes)[0]
+        return -(-self.gb // -(-self.gb // most))
 
     @property
     def nv(self) -> int:
@@ -85,10 +105,10 @@ class RnnSpec:
         return sum(self.padded(n) for _, n in self.blocks)
 
     def scratch_floats(self) -> list[int]:
-        """Per direction: h, c, the step's products, r·h (GRU without linear_before_reset)."""
-        bh = self.batch * self.hs
+        """Per unit: h, c, the step's products, r·h (GRU without linear_before_reset)."""
+        bh = self.gb * self.hs
         rh = bh if self.cell == "gru" and not self.lbr else 0
-        return [bh, bh if self.cell == "lstm" else 0, self.batch * self.ghp, rh]
+        return [bh, bh if self.cell == "lstm" else 0, self.gb * self.ghp, rh]
 
     def scratch_bytes(self) -> int:
         return sum(align(4 * max(f, 1)) for f in self.scratch_floats())
@@ -184,7 +204,8 @@ def rnn_kernel(
     yc: Operand | None,
     scratch: Operand,
 ) -> str:
-    """The recurrence: one direction a unit. Operands in the order of ``wrapper``'s list."""
+    """The recurrence: a unit is one direction over one group of batch rows. Operands in the
+    order of ``wrapper``'s list."""
     lanes, hs, batch, seq, dirs = s.lanes, s.hs, s.batch, s.seq, s.dirs
     gw = dirs * s.g * hs  # a row of G
     mr, nv, nr = s.mr, s.nv, s.nr
@@ -196,10 +217,12 @@ def rnn_kernel(
             tile_kernel(f"{kern}{m}", m, nr, lanes, hs, nr, s.ghp, "pv0", 1.0, False, ks)
             for m in range(1, mr + 1)
         ]
-        parts.append(tiles_driver(f"{name}_mm{bi}", kern, mr, hs, s.ghp, 0, 0, hs * nr, nr, True))
+        parts.append(
+            tiles_driver(f"{name}_mm{bi}", kern, mr, hs, s.ghp, 0, 0, hs * nr, nr, ROWS_OUTER)
+        )
     ir = FuncIR(lanes)
     em, e1 = Emitter(ir.L, lanes), Emitter(ir.L, 1)
-    share(ir.L, dirs, 1, "%u0", "%u1")
+    share(ir.L, s.units, 1, "%u0", "%u1")
     offs, acc = [], 0
     for f in s.scratch_floats():
         offs.append(acc)
@@ -215,8 +238,11 @@ def rnn_kernel(
     def copy(dst: str, src: str) -> None:
         ir.do(f"call void @llvm.memcpy.p0.p0.i64(ptr {dst}, ptr {src}, i64 {4 * hs}, i1 0)")
 
-    with ir.loop("%u0", "%u1") as d:
-        scr = ir(f"getelementptr i8, ptr %a9, i64 {ir.mul(d, acc)}")
+    with ir.loop("%u0", "%u1") as u:
+        d = ir(f"udiv i64 {u}, {s.groups}")
+        b0 = ir.mul(ir(f"urem i64 {u}, {s.groups}"), s.gb)
+        nb = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'sub i64 {batch}, {b0}')}, i64 {s.gb})")
+        scr = ir(f"getelementptr i8, ptr %a9, i64 {ir.mul(u, acc)}")
         hbuf, cbuf, ghbuf, rhbuf = (ir(f"getelementptr i8, ptr {scr}, i64 {o}") for o in offs)
         rev = (
             ir(f"icmp eq i64 {d}, 1")
@@ -226,10 +252,10 @@ def rnn_kernel(
         for buf, init, keep in ((hbuf, "%a4", h0), (cbuf, "%a5", c0)):
             if buf is cbuf and s.cell != "lstm":
                 continue
-            with ir.loop(0, batch) as b:
+            with ir.loop(0, nb) as b:
                 dst = ir.gep(buf, ir.mul(b, hs))
                 if keep is not None:
-                    copy(dst, state_row(init, d, b))
+                    copy(dst, state_row(init, d, ir.add(b0, b)))
                 else:
                     ir.do(f"call void @llvm.memset.p0.i64(ptr {dst}, i8 0, i64 {4 * hs}, i1 0)")
         rpd = ir.gep("%a1", ir.mul(d, per_dir_r))
@@ -242,19 +268,22 @@ def rnn_kernel(
                 a = hbuf if phase != 2 else rhbuf
                 ir.do(
                     f"call void @{name}_mm{bi}(ptr {a}, ptr {ir.gep(rpd, roff)}, "
-                    f"ptr {ir.gep(ghbuf, boff)}, i64 {hs}, ptr null, i64 0, i64 {batch}, "
+                    f"ptr {ir.gep(ghbuf, boff)}, i64 {hs}, ptr null, i64 0, i64 {nb}, "
                     f"i64 {s.padded(c0n[1]) // nr})"
                 )
                 boff += s.padded(c0n[1])
                 roff += hs * s.padded(c0n[1])
-                with ir.loop(0, batch) as b:
+                with ir.loop(0, nb) as b:
+                    bg = ir.add(b0, b)  # the batch row
                     xrow = (
-                        ir.add(ir.mul(t, batch), b) if s.layout == 0 else ir.add(ir.mul(b, seq), t)
+                        ir.add(ir.mul(t, batch), bg)
+                        if s.layout == 0
+                        else ir.add(ir.mul(bg, seq), t)
                     )
                     yrow = (
-                        ir.add(ir.mul(ir.add(ir.mul(t, dirs), d), batch), b)
+                        ir.add(ir.mul(ir.add(ir.mul(t, dirs), d), batch), bg)
                         if s.layout == 0
-                        else ir.add(ir.mul(ir.add(ir.mul(b, seq), t), dirs), d)
+                        else ir.add(ir.mul(ir.add(ir.mul(bg, seq), t), dirs), d)
                     )
                     ptrs = {
                         "gx": ir.gep("%a0", ir.add(ir.mul(xrow, gw), ir.mul(d, s.g * hs))),
@@ -277,8 +306,8 @@ def rnn_kernel(
         for buf, out, keep in ((hbuf, "%a7", yh), (cbuf, "%a8", yc)):
             if keep is None:
                 continue
-            with ir.loop(0, batch) as b:
-                copy(state_row(out, d, b), ir.gep(buf, ir.mul(b, hs)))
+            with ir.loop(0, nb) as b:
+                copy(state_row(out, d, ir.add(b0, b)), ir.gep(buf, ir.mul(b, hs)))
     ir.do("ret void")
     body = ir.func(body_header(name, 10))
     ops = [gx, rp, hb, p, h0, c0, y, yh, yc, scratch]
@@ -319,6 +348,7 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
         bool(at.get("linear_before_reset", 0)),
         pd is not None,
         lw.host.lanes,
+        batch_groups(batch, dirs, lw.threads),
     )
     gh = g * hs
     bd = np.zeros((dirs, 2 * gh), np.float32) if bd is None else bd
@@ -338,7 +368,7 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
     y, yh, yc = (
         o if o is not None and (id(o) in lw.outputs or lw.users.get(id(o))) else None for o in outs
     )
-    scratch = Scratch(f"{name}_state", dirs * s.scratch_bytes())
+    scratch = Scratch(f"{name}_state", s.units * s.scratch_bytes())
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
         return rnn_kernel(
@@ -354,12 +384,18 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
             [*reads, scratch],
             [v for v in (y, yh, yc) if v is not None],
             gen,
-            parallel=dirs > 1,
+            parallel=s.units > 1,
             op=node.op,
-            units=dirs,
+            units=s.units,
         )
     )
     return True
 
 
-LOWERINGS["rnn"] = Lowering(lower_rnn, f32_only)
+def _rnn_dtypes(node: Node) -> bool:
+    """fp32 operands but sequence_lens (input 4, an integer)."""
+    vals = [*node.inputs, *node.outputs]
+    return all(v is None or v.type.dtype == "float32" for k, v in enumerate(vals) if k != 4)
+
+
+LOWERINGS["rnn"] = Lowering(lower_rnn, _rnn_dtypes)

@@ -5,8 +5,7 @@ LayerNorm, GELU), a classifier head (embedding lookup, masked mean, LogSoftmax) 
 speech model (bidirectional GRU, LSTM).
 
 Each goes through satura (import, optimize, compiled CPU code) and must match onnxruntime on
-the exported model and torch's own forward, with every node compiled (no numpy fallback) but
-the recurrent layers, which run their numpy reference."""
+the exported model and torch's own forward, with every node compiled (no numpy fallback)."""
 
 from __future__ import annotations
 
@@ -130,8 +129,6 @@ ZOO = {
     "text": TextHead,
     "speech": SpeechRNN,
 }
-# ops that may still run as numpy fallbacks in the compiled model: the recurrent layers
-FALLBACK_OK = {"rnn"}
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
@@ -168,4 +165,4 @@ def test_zoo_export_compiles_and_matches(name, dynamo, tmp_path):
         f"{name} ({'dynamo' if dynamo else 'torchscript'}): {len(fallback)} fallback nodes "
         f"{fallback}"
     )
-    assert set(fallback) <= FALLBACK_OK, fallback
+    assert fallback == [], fallback

@@ -1,0 +1,135 @@
+"""RNN, GRU and LSTM through compiled code (targets/recurrent.py) against the numpy reference.
+
+The cases cover each cell in both layouts and all three directions, hidden sizes that are and
+are not a multiple of the vector width, batches of one, of several register tiles and split
+into batch groups on two threads, initial states, clip, peepholes, GRU's two
+``linear_before_reset`` forms, outputs nobody reads, and the inputs that keep the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from satura.engine.graph import Graph
+from satura.engine.ops.rnn import GATES
+from satura.targets import compile_graph
+from satura.targets.recurrent import RnnSpec
+
+from tests.targets.helpers import check_compiled, reference
+
+
+def rnn_graph(
+    cell: str,
+    hs: int,
+    inp: int,
+    seq: int,
+    batch: int,
+    direction: str = "forward",
+    layout: int = 0,
+    bias: bool = True,
+    h0: bool = False,
+    c0: bool = False,
+    peep: bool = False,
+    lens: np.ndarray | None = None,
+    lens_input: bool = False,
+    outputs: tuple[int, ...] = (0, 1, 2),
+    **attrs: object,
+) -> tuple[Graph, dict[str, np.ndarray]]:
+    """One ``rnn`` node with constant W, R (B, P) and run-time X (initial states)."""
+    rng = np.random.default_rng(hs * 1000 + seq * 10 + batch)
+    dirs, g = (2 if direction == "bidirectional" else 1), GATES[cell]
+    gr = Graph(cell)
+    xs = (batch, seq, inp) if layout else (seq, batch, inp)
+    st = (batch, dirs, hs) if layout else (dirs, batch, hs)
+    feeds = {"x": rng.standard_normal(xs).astype(np.float32)}
+
+    def const(name: str, shape: tuple[int, ...], scale: float):
+        return gr.add_const((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    ins = [
+        gr.add_input("x", xs),
+        const("w", (dirs, g * hs, inp), 0.4),
+        const("r", (dirs, g * hs, hs), 0.4),
+        const("b", (dirs, 2 * g * hs), 0.3) if bias else None,
+        None,
+        None,
+        None,
+        const("p", (dirs, 3 * hs), 0.3) if peep else None,
+    ]
+    if lens is not None:
+        if lens_input:
+            ins[4] = gr.add_input("lens", lens.shape, "int32")
+            feeds["lens"] = lens
+        else:
+            ins[4] = gr.add_const(lens, "lens")
+    for k, (name, on) in enumerate((("h0", h0), ("c0", c0))):
+        if on:
+            ins[5 + k] = gr.add_input(name, st)
+            feeds[name] = rng.standard_normal(st).astype(np.float32)
+    at = dict(cell=cell, hidden_size=hs, direction=direction, layout=layout, **attrs)
+    outs = gr.add("rnn", ins, at).outputs
+    gr.set_outputs(*(o for k, o in enumerate(outs) if k in outputs))
+    return gr, feeds
+
+
+CASES = [
+    pytest.param(cell, hs, d, layout, batch, id=f"{cell}-h{hs}-{d}-l{layout}-b{batch}")
+    for cell in ("rnn", "gru", "lstm")
+    for hs, batch in ((16, 1), (13, 3), (8, 13))
+    for d, layout in (("forward", 0), ("reverse", 0), ("bidirectional", 0), ("reverse", 1))
+]
+
+
+@pytest.mark.parametrize(("cell", "hs", "direction", "layout", "batch"), CASES)
+def test_rnn_compiled(cell, hs, direction, layout, batch):
+    g, feeds = rnn_graph(cell, hs, 5, 4, batch, direction, layout)
+    check_compiled(g, feeds)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(cell="lstm", h0=True, c0=True, peep=True, clip=1.5, direction="bidirectional"),
+        dict(cell="lstm", h0=True, c0=True, peep=True, layout=1),
+        dict(cell="gru", h0=True, clip=0.7, linear_before_reset=0),
+        dict(cell="gru", h0=True, clip=0.7, linear_before_reset=1, direction="bidirectional"),
+        dict(cell="gru", linear_before_reset=1, layout=1, batch=7),
+        dict(cell="rnn", bias=False, h0=True, clip=0.5, layout=1),
+        dict(cell="lstm", outputs=(0,)),
+        dict(cell="lstm", outputs=(1, 2), direction="reverse"),
+        dict(cell="gru", outputs=(1,), direction="bidirectional"),
+        dict(cell="rnn", lens=np.array([4, 4, 4], np.int32)),
+    ],
+    ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items() if k != "lens") or "lens",
+)
+def test_rnn_options_compiled(kw):
+    kw = {"hs": 10, "inp": 4, "seq": 4, "batch": 3, **kw}
+    g, feeds = rnn_graph(**kw)
+    check_compiled(g, feeds)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lens=np.array([4, 2, 3], np.int32)),  # a shorter sequence: the reference masks
+        dict(lens=np.array([4, 4, 4], np.int32), lens_input=True),  # known only at run time
+    ],
+    ids=["short-lens", "runtime-lens"],
+)
+def test_rnn_sequence_lens_keep_the_reference(kw):
+    g, feeds = rnn_graph("lstm", 6, 3, 4, 3, **kw)
+    want = reference(g, feeds)
+    model = compile_graph(g, threads=2)
+    assert model.fallback_ops == ["rnn"]
+    for name, w in want.items():
+        np.testing.assert_allclose(model(**feeds)[name], w, rtol=1e-5, atol=1e-6)
+
+
+def test_rnn_batch_groups_and_tiles():
+    """Two threads split one direction's batch into two units (13 rows: 7 and 6); a unit's rows
+    go into register tiles of near-equal height (7 rows: 4 and 3; 8 rows: 4 and 4, not 6 and 2);
+    one row gets a wide panel (8 vectors) to hide the FMA latency."""
+    spec = RnnSpec("lstm", 4, 13, 8, 1, "forward", 0, None, False, False, 8, groups=2)
+    assert (spec.units, spec.gb, spec.mr) == (2, 7, 4)
+    assert RnnSpec("lstm", 4, 8, 8, 1, "forward", 0, None, False, False, 8).mr == 4
+    assert RnnSpec("lstm", 4, 1, 8, 1, "forward", 0, None, False, False, 8).nr == 64
