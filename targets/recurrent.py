@@ -21,7 +21,7 @@ the reference, as do W and R known only at run time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from satura.engine.graph import Node, TensorType, Value
@@ -34,12 +34,22 @@ from satura.targets.lower import LOWERINGS, Lowerer, Lowering, Ref, Scratch, Ste
 from satura.targets.memory import align
 
 ROWS_OUTER = True  # h·Rᵀ: each row tile over all panels (False: each panel over all row tiles)
+MAX_TEAM = 4  # cores that may share one direction's hidden units (see ``team``)
 
 
 def batch_groups(batch: int, dirs: int, threads: int) -> int:
     """Batch groups a direction is cut into: enough units for every core (rows are independent
     sequences; each unit streams all of R every step)."""
     return max(1, min(batch, -(-threads // dirs)))
+
+
+def team(units: int, hs: int, lanes: int, threads: int) -> int:
+    """Cores that share one unit's hidden units, a slice each, meeting at a barrier every step:
+    all of them when there is one unit (one direction, one batch group) and a vector of hidden
+    units for each, else 1. Each then streams only its slice of R (which may now fit its L2)."""
+    if units > 1 or threads < 2:
+        return 1
+    return max(1, min(threads, MAX_TEAM, hs // lanes))
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class RnnSpec:
     peep: bool
     lanes: int
     groups: int = 1  # the batch rows of a direction cut into this many units
+    members: int = 1  # parts sharing a unit's hidden units (``team``)
 
     @property
     def gb(self) -> int:
@@ -88,38 +99,72 @@ class RnnSpec:
         return self.nv * self.lanes
 
     @property
-    def blocks(self) -> list[tuple[int, int]]:
-        """The products of a step as (first column, columns) of the dirs' ``g·hs`` gate columns:
-        one, or z/r and h for a GRU without linear_before_reset."""
-        gh = self.g * self.hs
+    def blocks(self) -> list[tuple[int, ...]]:
+        """The products of a step, as the gates whose columns each computes: all at once, or
+        z and r, then h, for a GRU without linear_before_reset."""
         if self.cell == "gru" and not self.lbr:
-            return [(0, 2 * self.hs), (2 * self.hs, self.hs)]
-        return [(0, gh)]
+            return [(0, 1), (2,)]
+        return [tuple(range(self.g))]
 
     def padded(self, n: int) -> int:
         return -(-n // self.nr) * self.nr
 
     @property
+    def slices(self) -> list[tuple[int, int]]:
+        """(first hidden unit, count) of each member: whole vectors, the last one shorter."""
+        w = -(-self.hs // self.members // self.lanes) * self.lanes
+        return [(j, min(w, self.hs - j)) for j in range(0, self.hs, w)]
+
+    def gate_offset(self, m: int, k: int) -> int:
+        """Where gate k's product for member m's first hidden unit is in a row of products:
+        the blocks one after another, each padded to whole panels."""
+        w, off = self.slices[m][1], 0
+        for bl in self.blocks:
+            if k in bl:
+                return off + bl.index(k) * w
+            off += self.padded(len(bl) * w)
+        raise AssertionError(k)
+
+    def row_floats(self, m: int) -> int:
+        return sum(self.padded(len(bl) * self.slices[m][1]) for bl in self.blocks)
+
+    @property
     def ghp(self) -> int:
-        """Floats a batch row of the step's products takes (each block padded to panels)."""
-        return sum(self.padded(n) for _, n in self.blocks)
+        """Floats a batch row of a member's products takes (the widest member's)."""
+        return max(self.row_floats(m) for m in range(len(self.slices)))
+
+    def r_offsets(self) -> tuple[list[list[int]], int]:
+        """Offsets (floats) of the packed Rᵀ of each (member, block) in a direction; its size."""
+        offs, at = [], 0
+        for _, w in self.slices:
+            offs.append([])
+            for bl in self.blocks:
+                offs[-1].append(at)
+                at += self.hs * self.padded(len(bl) * w)
+        return offs, at
 
     def scratch_floats(self) -> list[int]:
-        """Per unit: h, c, the step's products, r·h (GRU without linear_before_reset)."""
+        """Per unit: h (two: the step's old and new), c, every member's products, r·h (GRU
+        without linear_before_reset)."""
         bh = self.gb * self.hs
         rh = bh if self.cell == "gru" and not self.lbr else 0
-        return [bh, bh if self.cell == "lstm" else 0, self.gb * self.ghp, rh]
+        gh = len(self.slices) * self.gb * self.ghp
+        return [2 * bh, bh if self.cell == "lstm" else 0, gh, rh]
 
     def scratch_bytes(self) -> int:
         return sum(align(4 * max(f, 1)) for f in self.scratch_floats())
 
 
 def pack_recurrent(r: np.ndarray, s: RnnSpec) -> np.ndarray:
-    """R [dirs, g·hs, hs] as Rᵀ column panels, per direction one packing per product block."""
+    """R [dirs, g·hs, hs] as Rᵀ column panels: per direction, per member, per product block,
+    the block's gates' columns of the member's hidden units side by side."""
     out = []
     for d in range(s.dirs):
         rt = np.asarray(r[d], np.float32).T  # [hs, g·hs]
-        out += [pack_b_numpy(rt[:, c0 : c0 + n], s.nr) for c0, n in s.blocks]
+        for j0, w in s.slices:
+            for bl in s.blocks:
+                cols = np.concatenate([rt[:, k * s.hs + j0 : k * s.hs + j0 + w] for k in bl], 1)
+                out.append(pack_b_numpy(cols, s.nr))
     return np.concatenate(out)
 
 
@@ -127,15 +172,18 @@ def _gates(
     ir: FuncIR,
     em: Emitter,
     s: RnnSpec,
+    m: int,
     ptrs: dict[str, str],
     j: str,
     phase: int,
 ) -> None:
-    """The gate arithmetic for ``em.lanes`` hidden units from unit ``j`` of one batch row.
+    """The gate arithmetic for ``em.lanes`` hidden units from unit ``j`` of one batch row, of
+    member ``m``'s slice.
 
-    ``ptrs``: row pointers ``gx`` (this step's input projection), ``gh`` (the products), ``h``,
-    ``c`` (state), ``y``, ``hb`` (GRU's recurrent h bias), ``p`` (peepholes), ``rh``. ``phase``
-    0 is the whole step, except for a GRU without linear_before_reset: 1 (z, r; r·h) then 2.
+    ``ptrs``: row pointers ``gx`` (this step's input projection), ``gh`` (member m's products,
+    less its first hidden unit: indexed by j), ``h`` (the old state), ``hn`` (the new), ``c``,
+    ``y``, ``hb`` (GRU's recurrent h bias), ``p`` (peepholes), ``rh``. ``phase`` 0 is the whole
+    step, except for a GRU without linear_before_reset: 1 (z, r; r·h) then 2.
     """
     ty, hs = em.ty, s.hs
 
@@ -149,13 +197,8 @@ def _gates(
         return x if s.clip is None else em.clamp(x, -s.clip, s.clip)
 
     def pre(k: int) -> str:
-        """Gate k's pre-activation: input projection + product (the block holding column k·hs)."""
-        col, off = k * hs, 0
-        for c0, n in s.blocks:
-            if c0 <= col < c0 + n:
-                return em.add(ld("gx", col), ld("gh", off + col - c0))
-            off += s.padded(n)
-        raise AssertionError(k)
+        """Gate k's pre-activation: input projection + product."""
+        return em.add(ld("gx", k * hs), ld("gh", s.gate_offset(m, k)))
 
     if s.cell == "rnn":
         hn = em.tanh(clip(pre(0)))
@@ -173,21 +216,37 @@ def _gates(
     elif s.lbr:  # GRU, gates z, r, h: h~ = tanh(gx_h + r·(h·Rhᵀ + Rbh))
         h = ld("h", 0)
         z, r = (em.sigmoid(clip(pre(k))) for k in (0, 1))
-        rec = em.add(ld("gh", 2 * hs), ld("hb", 0))
+        rec = em.add(ld("gh", s.gate_offset(m, 2)), ld("hb", 0))
         hh = em.tanh(clip(em.fma(r, rec, ld("gx", 2 * hs))))
         hn = em.fma(z, em.sub(h, hh), hh)  # (1 - z)·h~ + z·h
     elif phase == 1:  # GRU: z (kept where its product was) and r·h
         h = ld("h", 0)
         z, r = (em.sigmoid(clip(pre(k))) for k in (0, 1))
-        st("gh", 0, z)
+        st("gh", s.gate_offset(m, 0), z)
         st("rh", 0, em.mul(r, h))
         return
     else:  # GRU phase 2: h~ = tanh(gx_h + (r·h)·Rhᵀ), Rbh folded into gx
-        h, z = ld("h", 0), ld("gh", 0)
-        hh = em.tanh(clip(em.add(ld("gx", 2 * hs), ld("gh", s.padded(2 * hs)))))
+        h, z = ld("h", 0), ld("gh", s.gate_offset(m, 0))
+        hh = em.tanh(clip(em.add(ld("gx", 2 * hs), ld("gh", s.gate_offset(m, 2)))))
         hn = em.fma(z, em.sub(h, hh), hh)
-    st("h", 0, hn)
+    st("hn", 0, hn)
     st("y", 0, hn)
+
+
+def _barrier(ir: FuncIR, sync: str, n: str) -> None:
+    """Wait until every part has arrived ``n`` times (``n``: this arrival's count): the parts
+    add to one counter, which reads nparts·n once the n-th barrier is passed by all."""
+    ir(f"atomicrmw add ptr {sync}, i64 1 acq_rel, align 8")
+    want = ir(f"mul i64 {n}, %nparts")
+    lb = ir.new("bar")[1:]
+    ir.do(f"br label %{lb}.h")
+    ir.label(f"{lb}.h")
+    got = ir(f"load atomic i64, ptr {sync} acquire, align 8")
+    ir.do(f"br i1 {ir(f'icmp uge i64 {got}, {want}')}, label %{lb}.x, label %{lb}.w")
+    ir.label(f"{lb}.w")
+    ir.do("call void @sat_spin_hint()")
+    ir.do(f"br label %{lb}.h")
+    ir.label(f"{lb}.x")
 
 
 def rnn_kernel(
@@ -202,13 +261,16 @@ def rnn_kernel(
     y: Operand | None,
     yh: Operand | None,
     yc: Operand | None,
+    sync: Operand | None,
     scratch: Operand,
 ) -> str:
-    """The recurrence: a unit is one direction over one group of batch rows. Operands in the
-    order of ``wrapper``'s list."""
+    """The recurrence: a unit is one direction over one group of batch rows. With members > 1
+    (one unit) every part takes the members ``m ≡ part (mod nparts)`` of the one unit and the
+    parts meet at a barrier on ``sync`` (two zeroed i64 words, zero again when the kernel
+    returns) after each phase. Operands in the order of ``wrapper``'s list."""
     lanes, hs, batch, seq, dirs = s.lanes, s.hs, s.batch, s.seq, s.dirs
-    gw = dirs * s.g * hs  # a row of G
     mr, nv, nr = s.mr, s.nv, s.nr
+    team_mode = s.members > 1
     parts = []
     for bi in range(len(s.blocks)):
         kern = f"{name}_u{bi}_"
@@ -222,96 +284,155 @@ def rnn_kernel(
         )
     ir = FuncIR(lanes)
     em, e1 = Emitter(ir.L, lanes), Emitter(ir.L, 1)
-    share(ir.L, s.units, 1, "%u0", "%u1")
+    if team_mode:  # every part works on the one unit
+        ir.L += ["  %u0 = add i64 0, 0", "  %u1 = add i64 0, 1"]
+    else:
+        share(ir.L, s.units, 1, "%u0", "%u1")
     offs, acc = [], 0
     for f in s.scratch_floats():
         offs.append(acc)
         acc += align(4 * max(f, 1))
-    per_dir_r = sum(hs * s.padded(n) for _, n in s.blocks)
-    vfull = hs // lanes * lanes
+    roffs, per_dir_r = s.r_offsets()
+    # the members this part takes (without a team, each part's units are all its own)
+    mine = (
+        [ir(f"icmp eq i64 {ir(f'urem i64 {m}, %nparts')}, %part") for m in range(s.members)]
+        if team_mode
+        else ["true"]
+    )
+    arrivals = ir.var("i64", "0")
+
+    def barrier() -> None:
+        if team_mode:
+            n = ir("add i64 " + ir(f"load i64, ptr {arrivals}") + ", 1")
+            ir.do(f"store i64 {n}, ptr {arrivals}")
+            _barrier(ir, "%a9", n)
 
     def state_row(base: str, d: str, b: str | int) -> str:
         """Row (d, b) of a [dirs, batch, hs] state (layout 0) or [batch, dirs, hs] (layout 1)."""
         row = ir.add(ir.mul(d, batch), b) if not s.layout else ir.add(ir.mul(b, dirs), d)
         return ir.gep(base, ir.mul(row, hs))
 
-    def copy(dst: str, src: str) -> None:
-        ir.do(f"call void @llvm.memcpy.p0.p0.i64(ptr {dst}, ptr {src}, i64 {4 * hs}, i1 0)")
+    def copy(dst: str, src: str, j0: int, w: int) -> None:
+        ir.do(
+            f"call void @llvm.memcpy.p0.p0.i64(ptr {ir.gep(dst, j0)}, ptr {ir.gep(src, j0)}, "
+            f"i64 {4 * w}, i1 0)"
+        )
 
     with ir.loop("%u0", "%u1") as u:
         d = ir(f"udiv i64 {u}, {s.groups}")
         b0 = ir.mul(ir(f"urem i64 {u}, {s.groups}"), s.gb)
         nb = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'sub i64 {batch}, {b0}')}, i64 {s.gb})")
-        scr = ir(f"getelementptr i8, ptr %a9, i64 {ir.mul(u, acc)}")
+        scr = ir(f"getelementptr i8, ptr %a10, i64 {ir.mul(u, acc)}")
         hbuf, cbuf, ghbuf, rhbuf = (ir(f"getelementptr i8, ptr {scr}, i64 {o}") for o in offs)
         rev = (
             ir(f"icmp eq i64 {d}, 1")
             if s.direction == "bidirectional"
             else ("true" if s.direction == "reverse" else "false")
         )
-        for buf, init, keep in ((hbuf, "%a4", h0), (cbuf, "%a5", c0)):
-            if buf is cbuf and s.cell != "lstm":
-                continue
-            with ir.loop(0, nb) as b:
-                dst = ir.gep(buf, ir.mul(b, hs))
-                if keep is not None:
-                    copy(dst, state_row(init, d, ir.add(b0, b)))
-                else:
-                    ir.do(f"call void @llvm.memset.p0.i64(ptr {dst}, i8 0, i64 {4 * hs}, i1 0)")
         rpd = ir.gep("%a1", ir.mul(d, per_dir_r))
+        for m, (j0, w) in enumerate(s.slices):  # initial state: each member its slice
+            with ir.when(mine[m]):
+                for buf, init, keep in ((hbuf, "%a4", h0), (cbuf, "%a5", c0)):
+                    if buf is cbuf and s.cell != "lstm":
+                        continue
+                    with ir.loop(0, nb) as b:
+                        dst = ir.gep(buf, ir.mul(b, hs))
+                        if keep is not None:
+                            copy(dst, state_row(init, d, ir.add(b0, b)), j0, w)
+                        else:
+                            ir.do(
+                                f"call void @llvm.memset.p0.i64(ptr {ir.gep(dst, j0)}, i8 0, "
+                                f"i64 {4 * w}, i1 0)"
+                            )
+        barrier()
         with ir.loop(0, seq) as step:
             t = ir(f"select i1 {rev}, i64 {ir(f'sub i64 {seq - 1}, {step}')}, i64 {step}")
+            par = ir(f"and i64 {step}, 1")  # h of this step in half par, the new one in 1 - par
+            hold = ir.gep(hbuf, ir.mul(par, s.gb * hs))
+            hnew = ir.gep(hbuf, ir.mul(ir(f"xor i64 {par}, 1"), s.gb * hs))
             phases = (1, 2) if len(s.blocks) == 2 else (0,)
-            boff, roff = 0, 0
             for bi, phase in enumerate(phases):
-                c0n = s.blocks[bi]
-                a = hbuf if phase != 2 else rhbuf
-                ir.do(
-                    f"call void @{name}_mm{bi}(ptr {a}, ptr {ir.gep(rpd, roff)}, "
-                    f"ptr {ir.gep(ghbuf, boff)}, i64 {hs}, ptr null, i64 0, i64 {nb}, "
-                    f"i64 {s.padded(c0n[1]) // nr})"
-                )
-                boff += s.padded(c0n[1])
-                roff += hs * s.padded(c0n[1])
-                with ir.loop(0, nb) as b:
-                    bg = ir.add(b0, b)  # the batch row
-                    xrow = (
-                        ir.add(ir.mul(t, batch), bg)
-                        if s.layout == 0
-                        else ir.add(ir.mul(bg, seq), t)
-                    )
-                    yrow = (
-                        ir.add(ir.mul(ir.add(ir.mul(t, dirs), d), batch), bg)
-                        if s.layout == 0
-                        else ir.add(ir.mul(ir.add(ir.mul(bg, seq), t), dirs), d)
-                    )
-                    ptrs = {
-                        "gx": ir.gep("%a0", ir.add(ir.mul(xrow, gw), ir.mul(d, s.g * hs))),
-                        "gh": ir.gep(ghbuf, ir.mul(b, s.ghp)),
-                        "h": ir.gep(hbuf, ir.mul(b, hs)),
-                        "c": ir.gep(cbuf, ir.mul(b, hs)),
-                        "rh": ir.gep(rhbuf, ir.mul(b, hs)),
-                        "y": ir.gep("%a6", ir.mul(yrow, hs)) if y is not None else "",
-                        "hb": ir.gep("%a2", ir.mul(d, hs)),
-                        "p": ir.gep("%a3", ir.mul(d, 3 * hs)),
-                    }
-                    if y is None:  # Y unused: its stores go to the state row (written anyway)
-                        ptrs["y"] = ptrs["h"]
-                    if vfull:
-                        with ir.loop(0, vfull, lanes) as j:
-                            _gates(ir, em, s, ptrs, j, phase)
-                    if vfull < hs:
-                        with ir.loop(vfull, hs) as j:
-                            _gates(ir, e1, s, ptrs, j, phase)
-        for buf, out, keep in ((hbuf, "%a7", yh), (cbuf, "%a8", yc)):
-            if keep is None:
-                continue
-            with ir.loop(0, nb) as b:
-                copy(state_row(out, d, ir.add(b0, b)), ir.gep(buf, ir.mul(b, hs)))
+                for m, (_, w) in enumerate(s.slices):
+                    with ir.when(mine[m]):
+                        gm = ir.gep(ghbuf, m * s.gb * s.ghp)
+                        blo = sum(s.padded(len(bl) * w) for bl in s.blocks[:bi])
+                        ir.do(
+                            f"call void @{name}_mm{bi}(ptr {hold if phase != 2 else rhbuf}, "
+                            f"ptr {ir.gep(rpd, roffs[m][bi])}, ptr {ir.gep(gm, blo)}, "
+                            f"i64 {hs}, ptr null, i64 0, i64 {nb}, "
+                            f"i64 {s.padded(len(s.blocks[bi]) * w) // nr})"
+                        )
+                        rows = (t, d, b0, nb)
+                        _gate_rows(ir, em, e1, s, m, phase, rows, gm, hold, hnew, cbuf, rhbuf, y)
+                barrier()
+        hfin = ir.gep(hbuf, (seq % 2) * s.gb * hs)
+        for m, (j0, w) in enumerate(s.slices):
+            with ir.when(mine[m]):
+                for buf, out, keep in ((hfin, "%a7", yh), (cbuf, "%a8", yc)):
+                    if keep is None:
+                        continue
+                    with ir.loop(0, nb) as b:
+                        copy(state_row(out, d, ir.add(b0, b)), ir.gep(buf, ir.mul(b, hs)), j0, w)
+    if team_mode:  # the last part out leaves both words zeroed for the next call
+        out = ir("getelementptr i8, ptr %a9, i64 64")
+        done = ir(f"atomicrmw add ptr {out}, i64 1 acq_rel, align 8")
+        with ir.when(ir(f"icmp eq i64 {done}, {ir('sub i64 %nparts, 1')}")):
+            ir.do("store atomic i64 0, ptr %a9 release, align 8")
+            ir.do(f"store atomic i64 0, ptr {out} release, align 8")
     ir.do("ret void")
-    body = ir.func(body_header(name, 10))
-    ops = [gx, rp, hb, p, h0, c0, y, yh, yc, scratch]
+    body = ir.func(body_header(name, 11))
+    ops = [gx, rp, hb, p, h0, c0, y, yh, yc, sync, scratch]
     return "\n".join([wrapper(name, ops), body, *parts])
+
+
+def _gate_rows(
+    ir: FuncIR,
+    em: Emitter,
+    e1: Emitter,
+    s: RnnSpec,
+    m: int,
+    phase: int,
+    rows: tuple[str, str, str, str],
+    gm: str,
+    hold: str,
+    hnew: str,
+    cbuf: str,
+    rhbuf: str,
+    y: Operand | None,
+) -> None:
+    """Member m's gates at time t for the unit's ``nb`` rows from ``b0`` of direction d
+    (``rows``), a vector of hidden units at a time, then single ones."""
+    t, d, b0, nb = rows
+    hs, lanes, batch, seq, dirs = s.hs, s.lanes, s.batch, s.seq, s.dirs
+    gw = dirs * s.g * hs  # a row of G
+    j0, w = s.slices[m]
+    with ir.loop(0, nb) as b:
+        bg = ir.add(b0, b)  # the batch row
+        xrow = ir.add(ir.mul(t, batch), bg) if s.layout == 0 else ir.add(ir.mul(bg, seq), t)
+        yrow = (
+            ir.add(ir.mul(ir.add(ir.mul(t, dirs), d), batch), bg)
+            if s.layout == 0
+            else ir.add(ir.mul(ir.add(ir.mul(bg, seq), t), dirs), d)
+        )
+        ptrs = {
+            "gx": ir.gep("%a0", ir.add(ir.mul(xrow, gw), ir.mul(d, s.g * hs))),
+            "gh": ir.gep(ir.gep(gm, ir.mul(b, s.ghp)), -j0),
+            "h": ir.gep(hold, ir.mul(b, hs)),
+            "hn": ir.gep(hnew, ir.mul(b, hs)),
+            "c": ir.gep(cbuf, ir.mul(b, hs)),
+            "rh": ir.gep(rhbuf, ir.mul(b, hs)),
+            "hb": ir.gep("%a2", ir.mul(d, hs)),
+            "p": ir.gep("%a3", ir.mul(d, 3 * hs)),
+        }
+        # Y unused: its stores go to the new state (written anyway)
+        ptrs["y"] = ir.gep("%a6", ir.mul(yrow, hs)) if y is not None else ptrs["hn"]
+        vend = j0 + w // lanes * lanes
+        if vend > j0:
+            with ir.loop(j0, vend, lanes) as j:
+                _gates(ir, em, s, m, ptrs, j, phase)
+        if vend < j0 + w:
+            with ir.loop(vend, j0 + w) as j:
+                _gates(ir, e1, s, m, ptrs, j, phase)
 
 
 def _const_data(v: Value | None) -> np.ndarray | None:
@@ -350,6 +471,7 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
         lw.host.lanes,
         batch_groups(batch, dirs, lw.threads),
     )
+    s = replace(s, members=team(s.units, hs, s.lanes, lw.threads))
     gh = g * hs
     bd = np.zeros((dirs, 2 * gh), np.float32) if bd is None else bd
     fold = bd[:, :gh] + bd[:, gh:]
@@ -369,24 +491,28 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
         o if o is not None and (id(o) in lw.outputs or lw.users.get(id(o))) else None for o in outs
     )
     scratch = Scratch(f"{name}_state", s.units * s.scratch_bytes())
+    # a team's barrier: two i64 words (a line apart) that start at zero and that the kernel
+    # leaves at zero; the model's own copy of this constant, written by no other kernel
+    sync = lw.const(f"{name}_sync", np.zeros(32, np.float32)) if s.members > 1 else None
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
         return rnn_kernel(
             name,
             s,
-            *(loc(v) for v in (gx, rp, hb, pv, h0, c0, y, yh, yc, scratch)),  # type: ignore[arg-type]
+            *(loc(v) for v in (gx, rp, hb, pv, h0, c0, y, yh, yc, sync, scratch)),  # type: ignore[arg-type]
         )
 
-    reads: list[Ref] = [v for v in (gx, rp, hb, pv, h0, c0) if v is not None]
+    reads: list[Ref] = [v for v in (gx, rp, hb, pv, h0, c0, sync) if v is not None]
     lw.steps.append(
         Step(
             name,
             [*reads, scratch],
             [v for v in (y, yh, yc) if v is not None],
             gen,
-            parallel=s.units > 1,
+            parallel=s.units > 1 or s.members > 1,
             op=node.op,
-            units=s.units,
+            # a team needs its parts at once: one share a core (never more shares than cores)
+            units=lw.threads if s.members > 1 else s.units,
         )
     )
     return True

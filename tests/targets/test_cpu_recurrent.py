@@ -13,7 +13,7 @@ import pytest
 from satura.engine.graph import Graph
 from satura.engine.ops.rnn import GATES
 from satura.targets import compile_graph
-from satura.targets.recurrent import RnnSpec
+from satura.targets.recurrent import RnnSpec, team
 
 from tests.targets.helpers import check_compiled, reference
 
@@ -99,6 +99,10 @@ def test_rnn_compiled(cell, hs, direction, layout, batch):
         dict(cell="lstm", outputs=(1, 2), direction="reverse"),
         dict(cell="gru", outputs=(1,), direction="bidirectional"),
         dict(cell="rnn", lens=np.array([4, 4, 4], np.int32)),
+        # batch 1, one direction: on two threads a team of two shares the hidden units
+        dict(cell="lstm", hs=20, batch=1, h0=True, c0=True, peep=True),
+        dict(cell="gru", hs=20, batch=1, linear_before_reset=0, h0=True),
+        dict(cell="gru", hs=24, batch=1, linear_before_reset=1, layout=1, seq=9),
     ],
     ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items() if k != "lens") or "lens",
 )
@@ -133,3 +137,15 @@ def test_rnn_batch_groups_and_tiles():
     assert (spec.units, spec.gb, spec.mr) == (2, 7, 4)
     assert RnnSpec("lstm", 4, 8, 8, 1, "forward", 0, None, False, False, 8).mr == 4
     assert RnnSpec("lstm", 4, 1, 8, 1, "forward", 0, None, False, False, 8).nr == 64
+
+
+def test_rnn_team_slices():
+    """One unit (batch 1, one direction) on two cores: a team of two, each a slice of whole
+    vectors of hidden units (the last shorter) with its own packed Rᵀ columns; no team with
+    two units, one thread, or less than a vector of hidden units each."""
+    assert team(1, 20, 8, 2) == 2
+    assert team(2, 20, 8, 2) == team(1, 20, 8, 1) == team(1, 8, 8, 2) == 1
+    spec = RnnSpec("gru", 4, 1, 20, 1, "forward", 0, None, False, False, 8, members=2)
+    assert spec.slices == [(0, 16), (16, 4)]
+    # z, r of member 1 (4 units each) padded to one 64-wide panel, then its h gate
+    assert [spec.gate_offset(1, k) for k in range(3)] == [0, 4, 64]
