@@ -11,8 +11,8 @@ table address (the runtime allocates them so); graph inputs and constants carry 
 ``PARALLEL_RUNNER`` is the IR of the persistent thread pool that every model's module carries.
 
 Kernels and the pool are target-neutral IR: what differs per ISA (the fence after streaming
-stores, the spin-loop hint, the futex system call number) is reached through three small
-functions, ``@sat_store_fence``, ``@sat_spin_hint`` and ``@sat_futex``, whose definitions for
+stores, the spin-loop hint, the system call numbers) is reached through four small functions,
+``@sat_store_fence``, ``@sat_spin_hint``, ``@sat_futex`` and ``@sat_yield``, whose definitions for
 one target ``target_support(arch)`` gives (the runtime appends them to every module).
 """
 
@@ -113,6 +113,7 @@ class ArchIR:
     store_fence: str  # orders streaming (non-temporal) stores before a share reports done
     spin_hint: str  # one spin-wait iteration's hint to the core
     futex_nr: int  # Linux system call number of futex(2)
+    yield_nr: int  # and of sched_yield(2)
 
 
 ARCH_IR = {
@@ -123,6 +124,7 @@ ARCH_IR = {
         "call void @llvm.x86.sse.sfence()",
         "call void @llvm.x86.sse2.pause()",
         202,
+        24,
     ),
     # AArch64: a release fence is ``dmb ish``, which orders STNP like any store; hint #1 is
     # ``yield``.
@@ -131,12 +133,14 @@ ARCH_IR = {
         "fence release",
         "call void @llvm.aarch64.hint(i32 1)",
         98,
+        124,
     ),
 }
 
 
 def target_support(arch: str) -> str:
-    """The IR of ``@sat_store_fence``, ``@sat_spin_hint`` and ``@sat_futex`` for ``arch``.
+    """The IR of ``@sat_store_fence``, ``@sat_spin_hint``, ``@sat_futex`` and ``@sat_yield``
+    (sched_yield(2)) for ``arch``.
 
     ``@sat_futex(ptr word, i64 op, i64 val)`` is futex(2) with a null timeout. Raises KeyError
     for an ISA without an entry in ``ARCH_IR``.
@@ -158,6 +162,11 @@ define internal void @sat_spin_hint() alwaysinline {{
 define internal i64 @sat_futex(ptr %w, i64 %op, i64 %v) {{
   %r = call i64 (i64, ...) @syscall(i64 {a.futex_nr}, ptr %w, i64 %op, i64 %v, ptr null)
   ret i64 %r
+}}
+
+define internal void @sat_yield() {{
+  %r = call i64 (i64, ...) @syscall(i64 {a.yield_nr})
+  ret void
 }}
 """
 

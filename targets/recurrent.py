@@ -35,6 +35,7 @@ from satura.targets.memory import align
 
 ROWS_OUTER = True  # h·Rᵀ: each row tile over all panels (False: each panel over all row tiles)
 MAX_TEAM = 4  # cores that may share one direction's hidden units (see ``team``)
+BARRIER_SPIN = 1024  # pauses (~25 µs here) a team's barrier spins between yields of its core
 
 
 def batch_groups(batch: int, dirs: int, threads: int) -> int:
@@ -233,9 +234,12 @@ def _gates(
     st("y", 0, hn)
 
 
-def _barrier(ir: FuncIR, sync: str, n: str) -> None:
+def _barrier(ir: FuncIR, sync: str, n: str, spins: str) -> None:
     """Wait until every part has arrived ``n`` times (``n``: this arrival's count): the parts
-    add to one counter, which reads nparts·n once the n-th barrier is passed by all."""
+    add to one counter, which reads nparts·n once the n-th barrier is passed by all. A part
+    spins, and yields its core every BARRIER_SPIN pauses (``spins`` counts them): a part that
+    shares its core with the one it waits for (more threads than cores) would otherwise spin
+    out its whole time slice."""
     ir(f"atomicrmw add ptr {sync}, i64 1 acq_rel, align 8")
     want = ir(f"mul i64 {n}, %nparts")
     lb = ir.new("bar")[1:]
@@ -245,6 +249,10 @@ def _barrier(ir: FuncIR, sync: str, n: str) -> None:
     ir.do(f"br i1 {ir(f'icmp uge i64 {got}, {want}')}, label %{lb}.x, label %{lb}.w")
     ir.label(f"{lb}.w")
     ir.do("call void @sat_spin_hint()")
+    k = ir(f"add i64 {ir(f'load i64, ptr {spins}')}, 1")
+    ir.do(f"store i64 {k}, ptr {spins}")
+    with ir.when(ir(f"icmp eq i64 {ir(f'and i64 {k}, {BARRIER_SPIN - 1}')}, 0")):
+        ir.do("call void @sat_yield()")
     ir.do(f"br label %{lb}.h")
     ir.label(f"{lb}.x")
 
@@ -299,13 +307,13 @@ def rnn_kernel(
         if team_mode
         else ["true"]
     )
-    arrivals = ir.var("i64", "0")
+    arrivals, spins = ir.var("i64", "0"), ir.var("i64", "0")
 
     def barrier() -> None:
         if team_mode:
             n = ir("add i64 " + ir(f"load i64, ptr {arrivals}") + ", 1")
             ir.do(f"store i64 {n}, ptr {arrivals}")
-            _barrier(ir, "%a9", n)
+            _barrier(ir, "%a9", n, spins)
 
     def state_row(base: str, d: str, b: str | int) -> str:
         """Row (d, b) of a [dirs, batch, hs] state (layout 0) or [batch, dirs, hs] (layout 1)."""

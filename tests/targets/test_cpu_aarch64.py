@@ -177,7 +177,24 @@ def test_target_support_spells_each_isa():
         assert a.spin_hint in text
         assert a.store_fence in text
         assert f"i64 {a.futex_nr}," in text
+        assert f"i64 {a.yield_nr})" in text
     assert "x86" not in target_support("aarch64")
+
+
+def test_lstm_team_cross_compiles():
+    """An LSTM of one sequence on two threads (a team sharing the hidden units, meeting at a
+    barrier each step): NEON FMAs in the recurrent product, the barrier's atomics, and
+    sched_yield as AArch64's system call 124."""
+    from tests.targets.test_cpu_recurrent import rnn_graph
+
+    g, _ = rnn_graph("lstm", 32, 8, 5, 1)
+    mod = emit_cross(g, threads=2)
+    _check_module(mod)
+    (rec,) = [k for k in mod.kernels if k.endswith("_rnn")]
+    assert re.search(rf"^{rec}_u0_1:$", mod.assembly, re.M)
+    assert re.search(r"\bfmla\s+v\d+\.4s", _function(mod.assembly, f"{rec}_u0_1"))
+    assert re.search(r"\b(ldaddal|ldaxr|casal)\b", mod.assembly)  # the barrier's counter
+    assert re.search(r"mov\s+w0, #124\b", mod.assembly)
 
 
 def test_x86_intrinsic_named_when_cross_compiling():
