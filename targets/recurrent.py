@@ -28,8 +28,17 @@ from satura.engine.graph import Node, TensorType, Value
 from satura.engine.ops.rnn import GATES
 from satura.targets.attention import tile, tile_kernel, tiles_driver
 from satura.targets.gemm import _ksets, pack_b_numpy
+from satura.targets.indexing import node_code
 from satura.targets.irmath import Emitter
-from satura.targets.kernel import FuncIR, Operand, body_header, share, wrapper
+from satura.targets.kernel import (
+    ERROR_SLOT,
+    FuncIR,
+    Operand,
+    body_header,
+    report_error,
+    share,
+    wrapper,
+)
 from satura.targets.lower import LOWERINGS, Lowerer, Lowering, Ref, Scratch, Step
 from satura.targets.memory import align
 
@@ -68,6 +77,7 @@ class RnnSpec:
     lanes: int
     groups: int = 1  # the batch rows of a direction cut into this many units
     members: int = 1  # parts sharing a unit's hidden units (``team``)
+    lens: str | None = None  # sequence_lens' LLVM type when the rows' lengths may differ
 
     @property
     def gb(self) -> int:
@@ -271,11 +281,16 @@ def rnn_kernel(
     yc: Operand | None,
     sync: Operand | None,
     scratch: Operand,
+    lens: Operand | None = None,
+    code: int = 0,
 ) -> str:
     """The recurrence: a unit is one direction over one group of batch rows. With members > 1
     (one unit) every part takes the members ``m ≡ part (mod nparts)`` of the one unit and the
     parts meet at a barrier on ``sync`` (two zeroed i64 words, zero again when the kernel
-    returns) after each phase. Operands in the order of ``wrapper``'s list."""
+    returns) after each phase. With ``lens`` (sequence_lens, ``s.lens`` its type) every part
+    first checks that each length is in [0, seq]; one that is not goes to the error record
+    (``code``: the node's) and no part does any work. Operands in the order of ``wrapper``'s
+    list."""
     lanes, hs, batch, seq, dirs = s.lanes, s.hs, s.batch, s.seq, s.dirs
     mr, nv, nr = s.mr, s.nv, s.nr
     team_mode = s.members > 1
@@ -308,6 +323,16 @@ def rnn_kernel(
         else ["true"]
     )
     arrivals, spins = ir.var("i64", "0"), ir.var("i64", "0")
+    tail: list[str] = []
+    if s.lens is not None:  # every part checks all: all return, or none does
+        with ir.loop(0, batch) as b:
+            n = ir(f"load {s.lens}, ptr {ir.gep('%a11', b, s.lens)}, align 4")
+            n = ir(f"sext {s.lens} {n} to i64") if s.lens != "i64" else n
+            ok = ir(f"icmp ule i64 {n}, {seq}")
+            lb = ir.new("lens")[1:]
+            ir.do(f"br i1 {ok}, label %{lb}.ok, label %{lb}.bad")
+            ir.label(f"{lb}.ok")
+            report_error(tail, f"{lb}.bad", "%a12", code, b, n, 0, seq, 4)
 
     def barrier() -> None:
         if team_mode:
@@ -370,7 +395,7 @@ def rnn_kernel(
                             f"i64 {hs}, ptr null, i64 0, i64 {nb}, "
                             f"i64 {s.padded(len(s.blocks[bi]) * w) // nr})"
                         )
-                        rows = (t, d, b0, nb)
+                        rows = (t, d, b0, nb, step, rev)
                         _gate_rows(ir, em, e1, s, m, phase, rows, gm, hold, hnew, cbuf, rhbuf, y)
                 barrier()
         hfin = ir.gep(hbuf, (seq % 2) * s.gb * hs)
@@ -388,8 +413,10 @@ def rnn_kernel(
             ir.do("store atomic i64 0, ptr %a9 release, align 8")
             ir.do(f"store atomic i64 0, ptr {out} release, align 8")
     ir.do("ret void")
-    body = ir.func(body_header(name, 11))
-    ops = [gx, rp, hb, p, h0, c0, y, yh, yc, sync, scratch]
+    ir.L += tail
+    body = ir.func(body_header(name, 13))
+    record = Operand(ERROR_SLOT) if lens is not None else None
+    ops = [gx, rp, hb, p, h0, c0, y, yh, yc, sync, scratch, lens, record]
     return "\n".join([wrapper(name, ops), body, *parts])
 
 
@@ -400,7 +427,7 @@ def _gate_rows(
     s: RnnSpec,
     m: int,
     phase: int,
-    rows: tuple[str, str, str, str],
+    rows: tuple[str, str, str, str, str, str],
     gm: str,
     hold: str,
     hnew: str,
@@ -409,19 +436,46 @@ def _gate_rows(
     y: Operand | None,
 ) -> None:
     """Member m's gates at time t for the unit's ``nb`` rows from ``b0`` of direction d
-    (``rows``), a vector of hidden units at a time, then single ones."""
-    t, d, b0, nb = rows
+    (``rows``: also the step and whether it runs backwards), a vector of hidden units at a time,
+    then single ones.
+
+    With sequence lengths (``s.lens``), row b is live while ``step < len_b`` and, backwards,
+    reads and writes time ``len_b - 1 - step``; a row past its length keeps its state and gets
+    zeros in Y at time ``step`` (the times its sequence never reaches), as the reference does."""
+    t, d, b0, nb, step, rev = rows
     hs, lanes, batch, seq, dirs = s.hs, s.lanes, s.batch, s.seq, s.dirs
     gw = dirs * s.g * hs  # a row of G
     j0, w = s.slices[m]
-    with ir.loop(0, nb) as b:
-        bg = ir.add(b0, b)  # the batch row
-        xrow = ir.add(ir.mul(t, batch), bg) if s.layout == 0 else ir.add(ir.mul(bg, seq), t)
-        yrow = (
+
+    def row_of_y(t: str, bg: str) -> str:
+        return (
             ir.add(ir.mul(ir.add(ir.mul(t, dirs), d), batch), bg)
             if s.layout == 0
             else ir.add(ir.mul(ir.add(ir.mul(bg, seq), t), dirs), d)
         )
+
+    with ir.loop(0, nb) as b:
+        bg = ir.add(b0, b)  # the batch row
+        live = "true"
+        if s.lens is not None:
+            n = ir(f"load {s.lens}, ptr {ir.gep('%a11', bg, s.lens)}, align 4")
+            n = ir(f"sext {s.lens} {n} to i64") if s.lens != "i64" else n
+            live = ir(f"icmp slt i64 {step}, {n}")
+            back = ir(f"sub i64 {ir.add(n, -1)}, {step}")  # < 0 only when not live: then 0
+            back = ir(f"select i1 {live}, i64 {back}, i64 0")
+            t = ir(f"select i1 {rev}, i64 {back}, i64 {step}")
+            if phase != 1:
+                with ir.when(ir(f"xor i1 {live}, true")):  # past its end: the state stays
+                    dst, src = ir.gep(hnew, ir.mul(b, hs)), ir.gep(hold, ir.mul(b, hs))
+                    ir.do(
+                        f"call void @llvm.memcpy.p0.p0.i64(ptr {ir.gep(dst, j0)}, "
+                        f"ptr {ir.gep(src, j0)}, i64 {4 * w}, i1 0)"
+                    )
+                    if y is not None:
+                        yz = ir.gep(ir.gep("%a6", ir.mul(row_of_y(step, bg), hs)), j0)
+                        ir.do(f"call void @llvm.memset.p0.i64(ptr {yz}, i8 0, i64 {4 * w}, i1 0)")
+        xrow = ir.add(ir.mul(t, batch), bg) if s.layout == 0 else ir.add(ir.mul(bg, seq), t)
+        yrow = row_of_y(t, bg)
         ptrs = {
             "gx": ir.gep("%a0", ir.add(ir.mul(xrow, gw), ir.mul(d, s.g * hs))),
             "gh": ir.gep(ir.gep(gm, ir.mul(b, s.ghp)), -j0),
@@ -435,12 +489,13 @@ def _gate_rows(
         # Y unused: its stores go to the new state (written anyway)
         ptrs["y"] = ir.gep("%a6", ir.mul(yrow, hs)) if y is not None else ptrs["hn"]
         vend = j0 + w // lanes * lanes
-        if vend > j0:
-            with ir.loop(j0, vend, lanes) as j:
-                _gates(ir, em, s, m, ptrs, j, phase)
-        if vend < j0 + w:
-            with ir.loop(vend, j0 + w) as j:
-                _gates(ir, e1, s, m, ptrs, j, phase)
+        with ir.when(live):
+            if vend > j0:
+                with ir.loop(j0, vend, lanes) as j:
+                    _gates(ir, em, s, m, ptrs, j, phase)
+            if vend < j0 + w:
+                with ir.loop(vend, j0 + w) as j:
+                    _gates(ir, e1, s, m, ptrs, j, phase)
 
 
 def _const_data(v: Value | None) -> np.ndarray | None:
@@ -458,10 +513,8 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
         return False
     xs = [int(d) for d in x.type.shape]
     seq, batch = (xs[1], xs[0]) if at["layout"] else (xs[0], xs[1])
-    if lens is not None:
-        ld = _const_data(lens)
-        if ld is None or not np.all(ld == seq):
-            return False
+    if lens is not None and lens.is_const and np.all(np.asarray(lens.data) == seq):
+        lens = None  # every row runs the whole sequence
     cell, hs = str(at["cell"]), int(at["hidden_size"])
     dirs, g = wd.shape[0], GATES[cell]
     clip = at.get("clip")
@@ -478,6 +531,7 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
         pd is not None,
         lw.host.lanes,
         batch_groups(batch, dirs, lw.threads),
+        lens={"int32": "i32", "int64": "i64"}[lens.type.dtype] if lens is not None else None,
     )
     s = replace(s, members=team(s.units, hs, s.lanes, lw.threads))
     gh = g * hs
@@ -507,10 +561,11 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
         return rnn_kernel(
             name,
             s,
-            *(loc(v) for v in (gx, rp, hb, pv, h0, c0, y, yh, yc, sync, scratch)),  # type: ignore[arg-type]
+            *(loc(v) for v in (gx, rp, hb, pv, h0, c0, y, yh, yc, sync, scratch, lens)),  # type: ignore[arg-type]
+            node_code(lw, node),
         )
 
-    reads: list[Ref] = [v for v in (gx, rp, hb, pv, h0, c0, sync) if v is not None]
+    reads: list[Ref] = [v for v in (gx, rp, hb, pv, h0, c0, sync, lens) if v is not None]
     lw.steps.append(
         Step(
             name,
@@ -527,9 +582,12 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
 
 
 def _rnn_dtypes(node: Node) -> bool:
-    """fp32 operands but sequence_lens (input 4, an integer)."""
+    """fp32 operands but sequence_lens (input 4: int32, or int64)."""
     vals = [*node.inputs, *node.outputs]
-    return all(v is None or v.type.dtype == "float32" for k, v in enumerate(vals) if k != 4)
+    lens = node.inputs[4] if len(node.inputs) > 4 else None
+    return (lens is None or lens.type.dtype in ("int32", "int64")) and all(
+        v is None or v.type.dtype == "float32" for k, v in enumerate(vals) if k != 4
+    )
 
 
 LOWERINGS["rnn"] = Lowering(lower_rnn, _rnn_dtypes)

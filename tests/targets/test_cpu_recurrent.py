@@ -2,14 +2,16 @@
 
 The cases cover each cell in both layouts and all three directions, hidden sizes that are and
 are not a multiple of the vector width, batches of one, of several register tiles and split
-into batch groups on two threads, initial states, clip, peepholes, GRU's two
-``linear_before_reset`` forms, outputs nobody reads, and the inputs that keep the reference.
+into batch groups on two threads, one sequence shared by a team of two threads, initial
+states, clip, peepholes, GRU's two ``linear_before_reset`` forms, outputs nobody reads, and
+sequence lengths (constant, at run time, and out of range).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from satura.engine.errors import InputError
 from satura.engine.graph import Graph
 from satura.engine.ops.rnn import GATES
 from satura.targets import compile_graph
@@ -98,7 +100,7 @@ def test_rnn_compiled(cell, hs, direction, layout, batch):
         dict(cell="lstm", outputs=(0,)),
         dict(cell="lstm", outputs=(1, 2), direction="reverse"),
         dict(cell="gru", outputs=(1,), direction="bidirectional"),
-        dict(cell="rnn", lens=np.array([4, 4, 4], np.int32)),
+        dict(cell="rnn", lens=np.array([4, 4, 4], np.int32)),  # all full: no lengths to read
         # batch 1, one direction: on two threads a team of two shares the hidden units
         dict(cell="lstm", hs=20, batch=1, h0=True, c0=True, peep=True),
         dict(cell="gru", hs=20, batch=1, linear_before_reset=0, h0=True),
@@ -115,18 +117,35 @@ def test_rnn_options_compiled(kw):
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(lens=np.array([4, 2, 3], np.int32)),  # a shorter sequence: the reference masks
-        dict(lens=np.array([4, 4, 4], np.int32), lens_input=True),  # known only at run time
+        dict(lens=np.array([4, 2, 0], np.int32)),
+        dict(lens=np.array([1, 4, 3], np.int32), lens_input=True, direction="bidirectional"),
+        dict(lens=np.array([3, 4, 2], np.int32), lens_input=True, layout=1, direction="reverse"),
+        dict(cell="gru", lens=np.array([2, 0, 4], np.int32), lens_input=True, h0=True),
+        dict(cell="gru", lens=np.array([3], np.int32), lens_input=True, batch=1, hs=24),
     ],
-    ids=["short-lens", "runtime-lens"],
+    ids=["const", "runtime-bidirectional", "runtime-reverse-batch-first", "gru", "gru-team"],
 )
-def test_rnn_sequence_lens_keep_the_reference(kw):
-    g, feeds = rnn_graph("lstm", 6, 3, 4, 3, **kw)
-    want = reference(g, feeds)
-    model = compile_graph(g, threads=2)
-    assert model.fallback_ops == ["rnn"]
-    for name, w in want.items():
-        np.testing.assert_allclose(model(**feeds)[name], w, rtol=1e-5, atol=1e-6)
+def test_rnn_sequence_lens_compiled(kw):
+    """Rows shorter than the sequence keep their state past their end, read their own times
+    backwards, and get zeros in Y where their sequence never reaches."""
+    kw = {"cell": "lstm", "hs": 6, "inp": 3, "seq": 4, "batch": 3, "h0": True, **kw}
+    g, feeds = rnn_graph(**kw)
+    check_compiled(g, feeds)
+
+
+@pytest.mark.parametrize("bad", [5, -1])
+def test_rnn_sequence_lens_out_of_range(bad):
+    """A length outside [0, seq] is an error naming the node, the row and the value; nothing
+    is computed from it (the reverse direction would read past X)."""
+    g, feeds = rnn_graph(
+        "lstm", 6, 3, 4, 3, "bidirectional", lens=np.array([4, 2, 3], np.int32), lens_input=True
+    )
+    feeds["lens"] = np.array([4, bad, 3], np.int32)
+    for threads in (1, 2):
+        model = compile_graph(g, threads=threads)
+        assert model.fallback_ops == []
+        with pytest.raises(InputError, match=rf"\(rnn\): index {bad} at lens\[1\] .*\[0, 4\]"):
+            model(**feeds)
 
 
 def test_rnn_batch_groups_and_tiles():
