@@ -13,9 +13,9 @@
    runs the z/r product, the z/r gates (``r·h`` into a buffer), then the h product and gates.
 
 Semantics are the reference's (``engine/ops/rnn.py``): default activations, ``clip`` on the
-pre-activations, LSTM peepholes, ``layout`` 0 and 1, initial states. A ``sequence_lens`` input
-that is not a constant equal to the sequence length for every batch row leaves the node to
-the reference, as do W and R known only at run time.
+pre-activations, LSTM peepholes, ``layout`` 0 and 1, initial states, ``sequence_lens`` (checked
+against [0, seq] before any work). W and R known only at run time leave the node to the
+reference.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from satura.engine.ops.rnn import GATES
 from satura.targets import compile_graph
 from satura.targets.recurrent import RnnSpec, team
 
-from tests.targets.helpers import check_compiled, reference
+from tests.targets.helpers import check_compiled
 
 
 def rnn_graph(
