@@ -583,10 +583,10 @@ def lower_rnn(lw: Lowerer, node: Node, name: str) -> bool:
 
 def _rnn_dtypes(node: Node) -> bool:
     """fp32 operands but sequence_lens (input 4: int32, or int64)."""
-    vals = [*node.inputs, *node.outputs]
     lens = node.inputs[4] if len(node.inputs) > 4 else None
+    floats = [v for k, v in enumerate(node.inputs) if k != 4] + list(node.outputs)
     return (lens is None or lens.type.dtype in ("int32", "int64")) and all(
-        v is None or v.type.dtype == "float32" for k, v in enumerate(vals) if k != 4
+        v is None or v.type.dtype == "float32" for v in floats
     )
 
 
