@@ -168,3 +168,37 @@ def test_rnn_team_slices():
     assert spec.slices == [(0, 16), (16, 4)]
     # z, r of member 1 (4 units each) padded to one 64-wide panel, then its h gate
     assert [spec.gate_offset(1, k) for k in range(3)] == [0, 4, 64]
+
+
+RECURRENT_NODE_TESTS = ("RNN", "GRU", "LSTM")
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onnx_node_tests_through_the_kernel(threads):
+    """ONNX's own RNN/GRU/LSTM node tests, checked against their expected outputs through the
+    compiled kernel: they feed W, R, B and P as inputs (which keep the reference), so these
+    become constants here; sequence lengths and initial states stay run-time inputs."""
+    from satura.engine.onnx_import import load_onnx
+
+    from tests.engine.node_cases import _array, _feeds, _freeze_inputs, family_cases
+
+    cases = {
+        name: c
+        for name, c in family_cases().items()
+        if [n.op_type for n in c.model.graph.node] in ([op] for op in RECURRENT_NODE_TESTS)
+    }
+    assert len(cases) >= 15, sorted(cases)
+    for name, case in sorted(cases.items()):
+        node = case.model.graph.node[0]
+        weights = {node.input[i] for i in (1, 2, 3, 7) if i < len(node.input) and node.input[i]}
+        for ins, outs in case.data_sets:
+            feeds = _feeds(case, ins)
+            model = _freeze_inputs(case.model, feeds, weights)
+            exe = compile_graph(load_onnx(model), threads=threads)
+            assert exe.fallback_ops == [], name
+            got = exe(**{k: v for k, v in feeds.items() if k not in weights})
+            for vo, want in zip(case.model.graph.output, outs, strict=True):
+                np.testing.assert_allclose(
+                    got[vo.name], _array(want), rtol=case.rtol, atol=case.atol, err_msg=name
+                )
