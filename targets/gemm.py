@@ -204,7 +204,7 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
         nv,
         a=("%a", rs, ks),
         b=("%bp", s.nr),
-        ksets=_ksets(mr, nv),
+        ksets=accumulator_sets(mr, nv),
         prefetch=("%pfb", "%pfl2"),
     )
     for i in range(mr):
@@ -266,7 +266,7 @@ def _ukernel(name: str, s: GemmSpec, mr: int, packed: bool) -> str:
     return "\n".join(out)
 
 
-def _ksets(mr: int, nv: int) -> int:
+def accumulator_sets(mr: int, nv: int) -> int:
     """k steps a micro-kernel loop turn takes into separate accumulators: enough chains (8) to
     keep two FMA pipes of latency 4 busy."""
     sets = 1
@@ -290,11 +290,11 @@ def fma_tile(
 
     Per k: nv vector loads of B row k (``b = (ptr, ldb)``: the row at ptr + k·ldb), mr broadcasts
     of A(i, k) (``a = (ptr, rs, ks)``: at ptr + i·rs + k·ks) and mr·nv FMAs. ``ksets`` > 1 (a tile
-    with too few accumulators to hide the FMA latency, see ``_ksets``): the loop takes that many k
-    steps a turn, each into its own accumulator set, summed after it; the last kc % ksets steps
-    go one at a time. ``prefetch = (l1, l2)``: every k also prefetches the line at the B row's
-    offset from these pointers, into L1 and into L2. ``%kc`` (the function's i64 argument) may
-    be 0.
+    with too few accumulators to hide the FMA latency, see ``accumulator_sets``): the loop takes
+    that many k steps a turn, each into its own accumulator set, summed after it; the last
+    kc % ksets steps go one at a time. ``prefetch = (l1, l2)``: every k also prefetches the line
+    at the B row's offset from these pointers, into L1 and into L2. ``%kc`` (the function's i64
+    argument) may be 0.
 
     Emitted in the open ``entry`` block; returns the tile's accumulators (``[i][v]``), defined in
     block ``kdone``, which is left open. Every name it defines starts with ``%k``.

@@ -5,12 +5,14 @@
    the reference adds outside any product are folded into ``b``: W's and R's for RNN and LSTM;
    for GRU W's, R's of the z and r gates, and R's of the h gate unless ``linear_before_reset``
    puts it inside ``r·(…)``.
-2. **The recurrence**, one direction a work unit (a bidirectional layer runs its two directions on
-   two cores): per time step ``h·Rᵀ`` by a register-tile micro-kernel (attention's, with enough
-   k-sets to hide the FMA latency when the batch is small), Rᵀ packed at compile time into
-   column panels, then the gates, one vector of hidden units at a time, into the state, Y and at
-   the end Y_h (and Y_c). A GRU without ``linear_before_reset`` needs ``(r·h)·Rhᵀ``: its step
-   runs the z/r product, the z/r gates (``r·h`` into a buffer), then the h product and gates.
+2. **The recurrence**: per time step ``h·Rᵀ`` by a register-tile micro-kernel (attention's,
+   with enough k-sets to hide the FMA latency when the batch is small), Rᵀ packed at compile
+   time into column panels, then the gates, one vector of hidden units at a time, into the
+   state, Y and at the end Y_h (and Y_c). A GRU without ``linear_before_reset`` needs
+   ``(r·h)·Rhᵀ``: its step runs the z/r product, the z/r gates (``r·h`` into a buffer), then
+   the h product and gates. A work unit is one direction over one group of batch rows
+   (``batch_groups``); a single unit is shared by a team of cores (``team``), each with a slice
+   of the hidden units, meeting at a barrier after every step.
 
 Semantics are the reference's (``engine/ops/rnn.py``): default activations, ``clip`` on the
 pre-activations, LSTM peepholes, ``layout`` 0 and 1, initial states, ``sequence_lens`` (checked
@@ -27,7 +29,7 @@ import numpy as np
 from satura.engine.graph import Node, TensorType, Value
 from satura.engine.ops.rnn import GATES
 from satura.targets.attention import tile, tile_kernel, tiles_driver
-from satura.targets.gemm import _ksets, pack_b_numpy
+from satura.targets.gemm import accumulator_sets, pack_b_numpy
 from satura.targets.indexing import node_code
 from satura.targets.irmath import Emitter
 from satura.targets.kernel import (
@@ -42,7 +44,6 @@ from satura.targets.kernel import (
 from satura.targets.lower import LOWERINGS, Lowerer, Lowering, Ref, Scratch, Step
 from satura.targets.memory import align
 
-ROWS_OUTER = True  # h·Rᵀ: each row tile over all panels (False: each panel over all row tiles)
 MAX_TEAM = 4  # cores that may share one direction's hidden units (see ``team``)
 BARRIER_SPIN = 1024  # pauses (~25 µs here) a team's barrier spins between yields of its core
 
@@ -244,6 +245,14 @@ def _gates(
     st("y", 0, hn)
 
 
+def _copy_floats(ir: FuncIR, dst: str, src: str, n: int) -> None:
+    ir.do(f"call void @llvm.memcpy.p0.p0.i64(ptr {dst}, ptr {src}, i64 {4 * n}, i1 0)")
+
+
+def _zero_floats(ir: FuncIR, dst: str, n: int) -> None:
+    ir.do(f"call void @llvm.memset.p0.i64(ptr {dst}, i8 0, i64 {4 * n}, i1 0)")
+
+
 def _barrier(ir: FuncIR, sync: str, n: str, spins: str) -> None:
     """Wait until every part has arrived ``n`` times (``n``: this arrival's count): the parts
     add to one counter, which reads nparts·n once the n-th barrier is passed by all. A part
@@ -297,20 +306,19 @@ def rnn_kernel(
     parts = []
     for bi in range(len(s.blocks)):
         kern = f"{name}_u{bi}_"
-        ks = _ksets(mr, nv)
+        ks = accumulator_sets(mr, nv)
         parts += [
             tile_kernel(f"{kern}{m}", m, nr, lanes, hs, nr, s.ghp, "pv0", 1.0, False, ks)
             for m in range(1, mr + 1)
         ]
-        parts.append(
-            tiles_driver(f"{name}_mm{bi}", kern, mr, hs, s.ghp, 0, 0, hs * nr, nr, ROWS_OUTER)
-        )
+        # each row tile over all panels (panels outer measured the same, A/B in one process)
+        parts.append(tiles_driver(f"{name}_mm{bi}", kern, mr, hs, s.ghp, 0, 0, hs * nr, nr, True))
     ir = FuncIR(lanes)
     em, e1 = Emitter(ir.L, lanes), Emitter(ir.L, 1)
-    if team_mode:  # every part works on the one unit
-        ir.L += ["  %u0 = add i64 0, 0", "  %u1 = add i64 0, 1"]
-    else:
+    u0, u1 = "0", "1"  # a team: every part works on the one unit
+    if not team_mode:
         share(ir.L, s.units, 1, "%u0", "%u1")
+        u0, u1 = "%u0", "%u1"
     offs, acc = [], 0
     for f in s.scratch_floats():
         offs.append(acc)
@@ -322,7 +330,8 @@ def rnn_kernel(
         if team_mode
         else ["true"]
     )
-    arrivals, spins = ir.var("i64", "0"), ir.var("i64", "0")
+    if team_mode:
+        arrivals, spins = ir.var("i64", "0"), ir.var("i64", "0")
     tail: list[str] = []
     if s.lens is not None:  # every part checks all: all return, or none does
         with ir.loop(0, batch) as b:
@@ -346,12 +355,10 @@ def rnn_kernel(
         return ir.gep(base, ir.mul(row, hs))
 
     def copy(dst: str, src: str, j0: int, w: int) -> None:
-        ir.do(
-            f"call void @llvm.memcpy.p0.p0.i64(ptr {ir.gep(dst, j0)}, ptr {ir.gep(src, j0)}, "
-            f"i64 {4 * w}, i1 0)"
-        )
+        _copy_floats(ir, ir.gep(dst, j0), ir.gep(src, j0), w)
 
-    with ir.loop("%u0", "%u1") as u:
+    phases = (1, 2) if len(s.blocks) == 2 else (0,)
+    with ir.loop(u0, u1) as u:
         d = ir(f"udiv i64 {u}, {s.groups}")
         b0 = ir.mul(ir(f"urem i64 {u}, {s.groups}"), s.gb)
         nb = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'sub i64 {batch}, {b0}')}, i64 {s.gb})")
@@ -373,22 +380,18 @@ def rnn_kernel(
                         if keep is not None:
                             copy(dst, state_row(init, d, ir.add(b0, b)), j0, w)
                         else:
-                            ir.do(
-                                f"call void @llvm.memset.p0.i64(ptr {ir.gep(dst, j0)}, i8 0, "
-                                f"i64 {4 * w}, i1 0)"
-                            )
+                            _zero_floats(ir, ir.gep(dst, j0), w)
         barrier()
         with ir.loop(0, seq) as step:
             t = ir(f"select i1 {rev}, i64 {ir(f'sub i64 {seq - 1}, {step}')}, i64 {step}")
             par = ir(f"and i64 {step}, 1")  # h of this step in half par, the new one in 1 - par
             hold = ir.gep(hbuf, ir.mul(par, s.gb * hs))
             hnew = ir.gep(hbuf, ir.mul(ir(f"xor i64 {par}, 1"), s.gb * hs))
-            phases = (1, 2) if len(s.blocks) == 2 else (0,)
             for bi, phase in enumerate(phases):
                 for m, (_, w) in enumerate(s.slices):
                     with ir.when(mine[m]):
                         gm = ir.gep(ghbuf, m * s.gb * s.ghp)
-                        blo = sum(s.padded(len(bl) * w) for bl in s.blocks[:bi])
+                        blo = s.gate_offset(m, s.blocks[bi][0])  # this block's products
                         ir.do(
                             f"call void @{name}_mm{bi}(ptr {hold if phase != 2 else rhbuf}, "
                             f"ptr {ir.gep(rpd, roffs[m][bi])}, ptr {ir.gep(gm, blo)}, "
@@ -467,13 +470,10 @@ def _gate_rows(
             if phase != 1:
                 with ir.when(ir(f"xor i1 {live}, true")):  # past its end: the state stays
                     dst, src = ir.gep(hnew, ir.mul(b, hs)), ir.gep(hold, ir.mul(b, hs))
-                    ir.do(
-                        f"call void @llvm.memcpy.p0.p0.i64(ptr {ir.gep(dst, j0)}, "
-                        f"ptr {ir.gep(src, j0)}, i64 {4 * w}, i1 0)"
-                    )
+                    _copy_floats(ir, ir.gep(dst, j0), ir.gep(src, j0), w)
                     if y is not None:
                         yz = ir.gep(ir.gep("%a6", ir.mul(row_of_y(step, bg), hs)), j0)
-                        ir.do(f"call void @llvm.memset.p0.i64(ptr {yz}, i8 0, i64 {4 * w}, i1 0)")
+                        _zero_floats(ir, yz, w)
         xrow = ir.add(ir.mul(t, batch), bg) if s.layout == 0 else ir.add(ir.mul(bg, seq), t)
         yrow = row_of_y(t, bg)
         ptrs = {
