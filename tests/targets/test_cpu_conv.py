@@ -101,6 +101,11 @@ def test_conv_grid(k, stride, groups):
         # several channel blocks (only the last one applies it)
         ((2, 5, 9, 11), 7, 3, {"pads": (1, 1, 1, 1), "act": "tanh"}),
         ((1, 256, 16, 16), 16, 3, {"pads": (1, 1, 1, 1), "act": "silu"}),
+        # more than MAX_UNROLLED_TAPS taps: the micro-kernel loops over kernel rows
+        ((2, 3, 30, 30), 16, 7, {"strides": (2, 2), "pads": (3, 3, 3, 3), "act": "relu"}),
+        ((1, 40, 20, 21), 24, 9, {"pads": (4, 4, 4, 4)}),
+        ((1, 3, 40, 40), 8, 11, {"strides": (4, 4), "pads": (2, 2, 2, 2)}),
+        ((1, 4, 3, 60), 5, (1, 40), {"pads": (0, 2, 0, 2)}),  # one kernel row: unrolled
     ],
 )
 def test_conv_cases(x, m, k, attrs):
