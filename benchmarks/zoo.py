@@ -1,13 +1,14 @@
 """Time torch-exported architectures beyond the examples against onnxruntime, end to end.
 
 Each model is written here in torch (random weights, batch norms with non-trivial statistics),
-exported with ``torch.onnx.export`` (the TorchScript exporter, a dynamic batch dimension), loaded
+exported with ``torch.onnx.export`` (a dynamic batch dimension; the TorchScript exporter at opset
+17, or torch.export at ``--opset`` 18 and up: at 23, SDPA and RMSNorm are ONNX ops), loaded
 by satura (``optimize(load(model))``, compiled for the input's shape) and by onnxruntime (all
 graph optimizations), and run on the same input with the same thread count. Medians over
 interleaved repeats; ``ort/sat`` > 1: satura is faster; ``max Δ``: largest difference from
 onnxruntime relative to the largest output; ``fallback``: ops run by their numpy reference.
 
-    python -m benchmarks.zoo [--threads 1,2] [--batch 1,8] [--budget 0.4] [name ...]
+    python -m benchmarks.zoo [--threads 1,2] [--batch 1,8] [--budget 0.4] [--opset 17] [name ...]
 
 Needs torch (and onnxruntime).
 """
@@ -126,6 +127,28 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.o(y.transpose(1, 2).reshape(b, t, c))
 
+    class LlamaDecoder(nn.Module):
+        """RMSNorm, grouped-query causal attention (8 query heads on 2 kv heads), SwiGLU."""
+
+        def __init__(self, d: int = 512, heads: int = 8, kv_heads: int = 2, ff: int = 1376) -> None:
+            super().__init__()
+            self.heads, self.kv_heads, self.dh = heads, kv_heads, d // heads
+            self.norm1, self.norm2 = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
+            self.q = nn.Linear(d, d, bias=False)
+            self.kv = nn.Linear(d, 2 * kv_heads * self.dh, bias=False)
+            self.o = nn.Linear(d, d, bias=False)
+            self.up, self.down = nn.Linear(d, 2 * ff, bias=False), nn.Linear(ff, d, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, d = x.shape
+            h = self.norm1(x)
+            q = self.q(h).view(b, t, self.heads, self.dh).transpose(1, 2)
+            k, v = self.kv(h).view(b, t, 2, self.kv_heads, self.dh).transpose(1, 3).unbind(1)
+            a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+            gate, up = self.up(self.norm2(x)).chunk(2, dim=-1)
+            return x + self.down(nn.functional.silu(gate) * up)
+
     class Conv1dSpeech(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -198,6 +221,7 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
         "resnet18_stages12": (ResNet18Stages12, lambda b: (b, 3, 112, 112)),
         "transformer_encoder": (encoder, lambda b: (b, 128, 256)),
         "causal_sdpa": (CausalSdpa, lambda b: (b, 128, 512)),
+        "llama_decoder": (LlamaDecoder, lambda b: (b, 128, 512)),
         "conv1d_speech": (Conv1dSpeech, lambda b: (b, 80, 200)),
         "vit_tiny": (ViTTiny, lambda b: (b, 3, 224, 224)),
         "unet_decoder": (UNetDecoder, lambda b: (b, 128, 14, 14)),
@@ -205,8 +229,10 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
     }
 
 
-def export(name: str, path: str, models: dict | None = None) -> None:
-    """Build ``name`` (seeded weights and batch-norm statistics) and export it to ``path``."""
+def export(name: str, path: str, models: dict | None = None, opset: int = 17) -> None:
+    """Build ``name`` (seeded weights and batch-norm statistics) and export it to ``path``:
+    with the TorchScript exporter at opset 17, or with torch.export (``dynamo=True``) at a later
+    ``opset`` (from 23 on, SDPA is ONNX Attention and RMSNorm is RMSNormalization)."""
     make, shape = (models or _models())[name]
     torch.manual_seed(0)
     module = make().eval()
@@ -217,19 +243,37 @@ def export(name: str, path: str, models: dict | None = None) -> None:
     torch.backends.mha.set_fastpath_enabled(False)  # the fused fast path has no ONNX export
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
+        if opset <= 17:
+            torch.onnx.export(
+                module,
+                (torch.randn(*shape(1)),),
+                path,
+                input_names=["x"],
+                dynamic_axes={"x": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+            return
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        program = torch.onnx.export(
             module,
-            (torch.randn(*shape(1)),),
-            path,
+            (torch.randn(*shape(2)),),
             input_names=["x"],
-            dynamic_axes={"x": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
         )
+        program.save(path, external_data=False)
 
 
 def run(
-    names: list[str], threads: list[int], batches: list[int], budget: float, print_fn=print
+    names: list[str],
+    threads: list[int],
+    batches: list[int],
+    budget: float,
+    print_fn=print,
+    opset: int = 17,
 ) -> list[dict]:
     """Time every model at every batch and thread count; print and return the rows."""
     import onnx
@@ -244,7 +288,7 @@ def run(
     with tempfile.TemporaryDirectory() as d:
         for name in names:
             path = os.path.join(d, f"{name}.onnx")
-            export(name, path, models)
+            export(name, path, models, opset)
             proto = onnx.load(path)
             graph = satura.optimize(satura.load(proto)).graph
             for t in threads:
@@ -298,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
+    ap.add_argument(
+        "--opset",
+        type=int,
+        default=17,
+        help="17: the TorchScript exporter (default); 18 and up: torch.export (dynamo=True)",
+    )
     args = ap.parse_args(argv)
     if torch is None:
         print("benchmarks.zoo needs torch (pip install torch)")
@@ -312,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         [int(t) for t in args.threads.split(",")],
         [int(b) for b in args.batch.split(",")],
         args.budget,
+        opset=args.opset,
     )
     return 0
 

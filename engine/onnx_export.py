@@ -172,10 +172,67 @@ def encode_attr(v: Any) -> Any:
     return v
 
 
-@writer("attention")
 def _satura(ctx: ExportCtx, node: Node) -> None:
+    """The node as itself in the ``ai.satura`` domain, which load_onnx reads back."""
     attrs = {k: encode_attr(v) for k, v in node.attrs.items()}
     ctx.add(camel(node.op), ctx.ins(node), ctx.outs(node), domain=SATURA_DOMAIN, **attrs)
+
+
+@writer("attention")
+def _attention(ctx: ExportCtx, node: Node) -> None:
+    """Standard nodes (shared kv heads repeated, MatMul, Mul, mask, causal Where, Softmax,
+    MatMul: the op's reference, step for step) when the shapes are static; the ``ai.satura`` op
+    otherwise."""
+    if not all(v.type.is_static for v in node.inputs if v is not None):
+        _satura(ctx, node)
+        return
+    a = OPS["attention"].with_defaults(node.attrs)
+    q, k, v = node.inputs[:3]
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    assert q is not None
+    assert k is not None
+    assert v is not None
+    dt = q.type.dtype
+    hq, sq = q.type.shape[-3], q.type.shape[-2]
+    hkv, sk = k.type.shape[-3], k.type.shape[-2]
+    kv = []
+    for t in (k, v):
+        name = t.name
+        if hkv != hq:  # query head h reads kv head h // (hq / hkv)
+            lead, rest = tuple(t.type.shape[:-3]), tuple(t.type.shape[-2:])
+            one, wide = ctx.fresh("kv1"), ctx.fresh("kvrep")
+            ctx.add("Reshape", [name, ctx.const((*lead, hkv, 1, *rest), "shape", np.int64)], [one])
+            ctx.add(
+                "Expand",
+                [one, ctx.const((*lead, hkv, hq // hkv, *rest), "shape", np.int64)],
+                [wide],
+            )
+            name = ctx.fresh("kvh")
+            ctx.add("Reshape", [wide, ctx.const((*lead, hq, *rest), "shape", np.int64)], [name])
+        kv.append(name)
+    r = q.type.rank
+    kt, s = ctx.fresh("kt"), ctx.fresh("s")
+    ctx.add("Transpose", [kv[0]], [kt], perm=[*range(r - 2), r - 1, r - 2])
+    ctx.add("MatMul", [q.name, kt], [s])
+    scaled = ctx.fresh("scaled")
+    ctx.add("Mul", [s, ctx.const(a["scale"], "scale", dt)], [scaled])
+    if mask is not None:
+        masked = ctx.fresh("masked")
+        if mask.type.dtype == "bool":
+            ctx.add("Where", [mask.name, scaled, ctx.const(a["mask_fill"], "fill", dt)], [masked])
+        else:
+            ctx.add("Add", [scaled, mask.name], [masked])
+        scaled = masked
+    if a["causal"]:
+        hidden = np.triu(np.ones((sq, sk), dtype=bool), k=1 + sk - sq)
+        causal = ctx.fresh("causal")
+        ctx.add(
+            "Where", [ctx.const(hidden, "future"), ctx.const(-np.inf, "ninf", dt), scaled], [causal]
+        )
+        scaled = causal
+    p = ctx.fresh("p")
+    ctx.add("Softmax", [scaled], [p], axis=-1)
+    ctx.add("MatMul", [p, kv[1]], [node.outputs[0].name])
 
 
 # -- standard ops ------------------------------------------------------------------------------

@@ -70,13 +70,24 @@ def optimize(
     return OptimizeResult(best, report, report.cost_before, report.cost_after)
 
 
-def compile(graph: Graph, target: str = "cpu") -> Callable[..., dict[str, np.ndarray]]:
+def compile(
+    graph: Graph | str | Path | onnx.ModelProto, target: str = "cpu"
+) -> Callable[..., dict[str, np.ndarray]]:
     """A callable running ``graph``: ``exe(name=array, ...) -> {output name: array}``.
 
-    ``target``: ``cpu`` (llvmlite kernels where lowered) or ``reference`` (numpy oracle).
+    ``graph``: a Graph, or an ONNX model (a file path or an ``onnx.ModelProto``), loaded as
+    :func:`load` does. ``target``: ``cpu`` (llvmlite kernels where lowered) or ``reference``
+    (numpy oracle).
     """
     if target not in TARGETS:
         raise SaturaError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
+    if isinstance(graph, str | Path | onnx.ModelProto):
+        graph = load(graph)
+    elif not isinstance(graph, Graph):
+        raise SaturaError(
+            f"compile takes a Graph, an ONNX file path or an onnx.ModelProto, "
+            f"not {type(graph).__name__}"
+        )
     from satura.engine.interpret import run_graph
 
     if target == "cpu":

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from satura.engine.graph import Node, Value
+from satura.engine.ops import OPS
 from satura.engine.ops.shape import _slice_params, slice_bounds
 from satura.engine.shapes import IntDims, normalize_axis
 from satura.targets.irmath import CAST_TYPES, convert
@@ -220,7 +221,7 @@ def lower_slice(lw: Lowerer, node: Node, name: str) -> bool:
     st = contiguous_strides(ins)
     strides, offset = list(st), 0
     d = IntDims()
-    for axis, s, e, step in _slice_params(len(ins), node.attrs):
+    for axis, s, e, step in _slice_params(len(ins), OPS["slice"].with_defaults(node.attrs)):
         begin, _, _ = slice_bounds(d, ins[axis], int(s), int(e), int(step))
         offset += int(begin) * st[axis]
         strides[axis] = st[axis] * int(step)

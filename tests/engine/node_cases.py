@@ -153,6 +153,10 @@ FAMILY_OPS = frozenset(
         "Hardmax",
         "LpNormalization",
         "MeanVarianceNormalization",
+        "Attention",
+        "RMSNormalization",
+        "RotaryEmbedding",
+        "LRN",
     )
 )
 

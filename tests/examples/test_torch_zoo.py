@@ -2,7 +2,8 @@
 a MobileNetV3 block (depthwise conv, HardSwish, squeeze-excite), a UNet decoder step
 (ConvTranspose, GroupNorm, SiLU, interpolate), a ViT-style block (patch conv, einsum attention,
 LayerNorm, GELU), a classifier head (embedding lookup, masked mean, LogSoftmax) and a recurrent
-speech model (bidirectional GRU, LSTM).
+speech model (bidirectional GRU, LSTM); and a Llama-style decoder block exported at opset 23
+(ONNX Attention and RMSNormalization).
 
 Each goes through satura (import, optimize, compiled CPU code) and must match onnxruntime on
 the exported model and torch's own forward, with every node compiled (no numpy fallback)."""
@@ -166,3 +167,53 @@ def test_zoo_export_compiles_and_matches(name, dynamo, tmp_path):
         f"{fallback}"
     )
     assert fallback == [], fallback
+
+
+class Decoder(nn.Module):
+    """A Llama-style block: RMSNorm, grouped-query causal attention under a padding mask
+    (``scaled_dot_product_attention``), SwiGLU MLP."""
+
+    def __init__(self, d: int = 64, heads: int = 4, kv_heads: int = 2, ff: int = 96) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.dh = heads, kv_heads, d // heads
+        self.norm1, self.norm2 = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
+        self.q = nn.Linear(d, d, bias=False)
+        self.kv = nn.Linear(d, 2 * kv_heads * self.dh, bias=False)
+        self.o = nn.Linear(d, d, bias=False)
+        self.up, self.down = nn.Linear(d, 2 * ff, bias=False), nn.Linear(ff, d, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.norm1(x)
+        q = self.q(h).view(b, t, self.heads, self.dh).transpose(1, 2)
+        k, v = self.kv(h).view(b, t, 2, self.kv_heads, self.dh).transpose(1, 3).unbind(1)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        gate, up = self.up(self.norm2(x)).chunk(2, dim=-1)
+        return x + self.down(nn.functional.silu(gate) * up)
+
+
+def test_opset_23_attention_and_rms_norm_compile(tmp_path):
+    """From opset 23 on, torch's exporter writes SDPA as ONNX Attention and RMSNorm as
+    RMSNormalization: they import, compile with no fallback and match onnxruntime and torch."""
+    torch.manual_seed(0)
+    module = Decoder().eval()
+    x = torch.randn(2, 10, 64)
+    mask = torch.ones(2, 1, 10, 10, dtype=torch.bool).tril()
+    mask[1, :, :, :3] = False  # the second sequence is left-padded by three tokens
+    mask[1, :, :3, :] = True
+    path = tmp_path / "decoder.onnx"
+    torch.onnx.export(
+        module, (x, mask), dynamo=True, opset_version=23, input_names=["x", "mask"], verbose=False
+    ).save(str(path), external_data=False)
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"Attention", "RMSNormalization"} <= ops, ops
+    feeds = {"x": x.numpy(), "mask": mask.numpy()}
+    with torch.no_grad():
+        want = module(x, mask).numpy()
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-4, atol=1e-5)
+    exe = satura.compile(satura.optimize(satura.load(model)).graph)
+    np.testing.assert_allclose(next(iter(exe(**feeds).values())), want, rtol=1e-4, atol=1e-5)
+    assert exe.fallback_ops == []
