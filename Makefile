@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m satura.cli demo
 
+# Test files run in parallel, one worker per core up to four (a file's tests share one worker:
+# some compute every case of the file once per process).
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check satura engine extract targets tests examples benchmarks

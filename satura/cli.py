@@ -161,6 +161,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else DEFAULT_VERIFY_CACHE,
         as_json=args.json,
         case_budget=cases,
+        jobs=args.jobs or len(os.sched_getaffinity(0)),
     )
 
 
@@ -286,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
     s.add_argument("--json", action="store_true", help="verdicts as JSON on stdout")
+    s.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes proving rules (default: one per core this process may use)",
+    )
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("show", help="an SVG of the graph before and after optimization")

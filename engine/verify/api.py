@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import pickle
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,54 +131,90 @@ def verify_rules(
     timeout_s: float = 30.0,
     cache_dir: str | Path | None = DEFAULT_CACHE,
     case_budget: int | None = VALUE_CASE_BUDGET,
+    jobs: int = 1,
 ) -> list[Verdict]:
     """Verify rules (``Rule`` objects or paths of rule files). ``cache_dir`` None disables the
     on-disk cache (keyed by the rule text, ``bound``, ``case_budget`` and the semantics and shape
-    functions it uses)."""
+    functions it uses); ``jobs`` processes prove the rules the cache lacks."""
+    return list(iter_verdicts(rules, bound, timeout_s, cache_dir, case_budget, jobs))
+
+
+def iter_verdicts(
+    rules: Iterable[Rule | str | Path],
+    bound: int = 3,
+    timeout_s: float = 30.0,
+    cache_dir: str | Path | None = DEFAULT_CACHE,
+    case_budget: int | None = VALUE_CASE_BUDGET,
+    jobs: int = 1,
+) -> Iterator[Verdict]:
+    """The verdicts of ``rules`` in order, each as soon as it and those before it are known."""
     flat: list[Rule] = []
     for r in rules:
         flat += load_rules(r) if isinstance(r, str | Path) else [r]
-    out = []
-    for rule in flat:
-        cache_file = None
-        if cache_dir is not None:
-            cache_file = Path(cache_dir) / f"{_cache_key(rule, bound, case_budget)}.pkl"
-            if cache_file.exists():
-                try:
-                    v = pickle.loads(cache_file.read_bytes())
-                    out.append(
-                        Verdict(
-                            rule,
-                            v["status"],
-                            v["check"],
-                            v["reason"],
-                            v["counterexample"],
-                            v["seconds"],
-                            cached=True,
-                        )
-                    )
-                    continue
-                except Exception:
-                    pass  # a stale or broken entry is recomputed
-        v = verify_rule(rule, bound, timeout_s, case_budget)
-        out.append(v)
+    files = [
+        Path(cache_dir) / f"{_cache_key(rule, bound, case_budget)}.pkl" if cache_dir else None
+        for rule in flat
+    ]
+    hits = [_load_verdict(rule, f) for rule, f in zip(flat, files, strict=True)]
+    misses = [rule for rule, hit in zip(flat, hits, strict=True) if hit is None]
+    fresh = _prove_all(misses, bound, timeout_s, case_budget, jobs)
+    for hit, cache_file in zip(hits, files, strict=True):
+        if hit is not None:
+            yield hit
+            continue
+        v = next(fresh)
         if cache_file is not None and v.status != "unknown":
-            try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                cache_file.write_bytes(
-                    pickle.dumps(
-                        {
-                            "status": v.status,
-                            "check": v.check,
-                            "reason": v.reason,
-                            "counterexample": v.counterexample,
-                            "seconds": v.seconds,
-                        }
-                    )
-                )
-            except OSError:
-                pass
-    return out
+            _store_verdict(v, cache_file)
+        yield v
+
+
+def _prove_all(
+    rules: list[Rule], bound: int, timeout_s: float, case_budget: int | None, jobs: int
+) -> Iterator[Verdict]:
+    """verify_rule over ``rules``, in order; on ``jobs`` worker processes when that is more
+    than one and there are several rules (each worker is a fresh interpreter: no Z3 state is
+    shared)."""
+    args = [(rule, bound, timeout_s, case_budget) for rule in rules]
+    if jobs <= 1 or len(rules) <= 1:
+        yield from (verify_rule(*a) for a in args)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(rules)), mp_context=ctx) as pool:
+        yield from pool.map(_verify_args, args)
+
+
+def _verify_args(a: tuple[Rule, int, float, int | None]) -> Verdict:
+    return verify_rule(*a)
+
+
+def _load_verdict(rule: Rule, cache_file: Path | None) -> Verdict | None:
+    if cache_file is None or not cache_file.exists():
+        return None
+    try:
+        v = pickle.loads(cache_file.read_bytes())
+        return Verdict(
+            rule, v["status"], v["check"], v["reason"], v["counterexample"], v["seconds"], True
+        )
+    except Exception:
+        return None  # a stale or broken entry is recomputed
+
+
+def _store_verdict(v: Verdict, cache_file: Path) -> None:
+    """Written to a temporary name and renamed: concurrent runs never read half an entry."""
+    data = {
+        "status": v.status,
+        "check": v.check,
+        "reason": v.reason,
+        "counterexample": v.counterexample,
+        "seconds": v.seconds,
+    }
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(data))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
 
 
 def verify_file(
@@ -256,9 +295,11 @@ def verify_command(
     cache_dir: str | Path | None = DEFAULT_CACHE,
     as_json: bool = False,
     case_budget: int | None = VALUE_CASE_BUDGET,
+    jobs: int = 1,
 ) -> int:
-    """``satura verify``: one line per rule; exit code 1 if any rule is refuted or unknown.
-    ``case_budget`` None (``--cases 0``) checks every value case."""
+    """``satura verify``: one line per rule, printed as each is known; exit code 1 if any rule
+    is refuted or unknown. ``case_budget`` None (``--cases 0``) checks every value case;
+    ``jobs`` processes prove the rules."""
     from satura.engine.rulelang import load_rules as _load
 
     if not paths:
@@ -267,30 +308,32 @@ def verify_command(
         paths = sorted(str(p) for p in files("satura.rules").iterdir() if str(p).endswith(".rules"))
     if bound < 1 or timeout_s <= 0:
         raise SaturaError(f"--bound must be >= 1 and --timeout > 0 (got {bound}, {timeout_s})")
+    if jobs < 1:
+        raise SaturaError(f"--jobs must be >= 1 (got {jobs})")
     if case_budget is not None and case_budget < 1:
         raise SaturaError(f"--cases must be >= 1, or 0 for no limit (got {case_budget})")
     bad = 0
-    everything: list[Verdict] = []
+    rules: list[Rule] = []
     for p in paths:
         try:
-            rules = _load(p)
+            rules += _load(p)
         except SaturaError as e:
             print(str(e))
             bad += 1
-            continue
-        verdicts = verify_rules(rules, bound, timeout_s, cache_dir, case_budget)
-        everything += verdicts
-        bad += sum(v.status != "proved" for v in verdicts)
+    everything: list[Verdict] = []
+    for v in iter_verdicts(rules, bound, timeout_s, cache_dir, case_budget, jobs):
+        everything.append(v)
+        bad += v.status != "proved"
         if as_json:
             continue
-        for v in verdicts:
-            mark = {"proved": "ok", "refuted": "REFUTED", "unknown": "UNKNOWN"}[v.status]
-            print(
-                f"{v.rule.where}  {v.name:<32} {mark:<8} {v.check:<6} {v.seconds:6.2f}s  {v.reason}"
-            )
-            if v.counterexample:
-                for line in format_counterexample(v.counterexample).splitlines():
-                    print(f"    {line}")
+        mark = {"proved": "ok", "refuted": "REFUTED", "unknown": "UNKNOWN"}[v.status]
+        print(
+            f"{v.rule.where}  {v.name:<32} {mark:<8} {v.check:<6} {v.seconds:6.2f}s  {v.reason}",
+            flush=True,
+        )
+        if v.counterexample:
+            for line in format_counterexample(v.counterexample).splitlines():
+                print(f"    {line}")
     if as_json:
         print(verdicts_json(everything))
     elif everything:

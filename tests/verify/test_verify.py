@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from satura.engine.errors import SaturaError
 from satura.engine.rulelang import parse_rules
 from satura.engine.verify import verify_command, verify_rules
 from satura.engine.verify.check import concrete_dims, numpy_sides, random_inputs, sides_differ
@@ -165,3 +166,27 @@ def test_verify_command_reports_a_bad_file(
     bad.write_text("rule nope [exact]:\n    frobnicate(x)  =>  x\n")
     assert verify_command([str(bad)], cache_dir=None) == 1
     assert "broken.rules:2" in capsys.readouterr().out
+
+
+def test_several_processes_give_the_same_verdicts_in_order(tmp_path: Path) -> None:
+    """``jobs`` workers prove the rules the cache lacks; verdicts come back in the rules' order
+    (a refuted rule's counterexample crosses the process boundary), and are cached."""
+    text = (
+        "rule neg-neg [exact]:\n    neg(neg(x))  =>  x\n"
+        "rule add-zero [exact]:\n    add(x, 0.0)  =>  x\n"
+        "rule mul-commute [exact]:\n    mul(x, y)  =>  mul(y, x)\n"
+    )
+    one = verify_rules(parse_rules(text), cache_dir=None)
+    two = verify_rules(parse_rules(text), cache_dir=tmp_path, jobs=2)
+    assert [(v.name, v.status, v.check) for v in two] == [(v.name, v.status, v.check) for v in one]
+    assert [v.status for v in two] == ["proved", "refuted", "proved"]
+    assert two[1].counterexample is not None
+    again = verify_rules(parse_rules(text), cache_dir=tmp_path, jobs=2)
+    assert [v.cached for v in again] == [True, True, True]
+
+
+def test_verify_command_rejects_no_jobs(tmp_path: Path) -> None:
+    rules = tmp_path / "r.rules"
+    rules.write_text("rule neg-neg [exact]:\n    neg(neg(x))  =>  x\n")
+    with pytest.raises(SaturaError, match="--jobs must be >= 1"):
+        verify_command([str(rules)], cache_dir=None, jobs=0)
