@@ -854,6 +854,6 @@ def satura_op(ctx: NodeCtx) -> Outs:
     return list(ctx.emit(name, [ctx.inp(i) for i in range(ctx.n_in)], **attrs))
 
 
-# the ONNX ops that import as compositions of satura ops (and opset 23's transformer ops)
-# register themselves
-from satura.engine import onnx_composites, onnx_transformer  # noqa: E402,F401
+# the ONNX ops that import as compositions of satura ops (opset 23's transformer ops and the
+# quantization ops among them) register themselves
+from satura.engine import onnx_composites, onnx_quant, onnx_transformer  # noqa: E402,F401

@@ -299,6 +299,14 @@ class NodeCtx:
             return tuple(v)
         return v
 
+    def dtype(self, code: int, what: str) -> str:
+        """satura's dtype of an ONNX element type code (an attribute); a ModelError naming the
+        node when satura has none."""
+        try:
+            return onnx_dtype(int(code), what)
+        except ModelError as e:
+            raise self.fail(str(e)) from None
+
     def param(self, attr: str, index: int, since: int, what: str) -> tuple[Any, ...] | None:
         """A parameter that is an attribute before opset ``since`` and input ``index`` after."""
         if self.opset >= since:

@@ -1,4 +1,4 @@
-"""ONNX's transformer ops (opset 23 on): Attention, RMSNormalization, RotaryEmbedding.
+"""ONNX's transformer ops (opset 23 on): Attention, RMSNormalization, RotaryEmbedding; and LRN.
 
 torch's exporter writes ``scaled_dot_product_attention`` as Attention and ``RMSNorm`` as
 RMSNormalization from opset 23 on. Attention imports as satura's fused ``attention`` op (scores
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from satura.engine.graph import Value
 from satura.engine.onnx_converters import Outs, dims_product
-from satura.engine.onnx_import import NodeCtx, converter, onnx_dtype
+from satura.engine.onnx_import import NodeCtx, converter
 from satura.engine.shapes import as_dim, normalize_axis
 
 
@@ -190,7 +190,7 @@ def _attention_steps(
         s = ctx.one("add", s, bias)
         if mode == 2:
             scores = s
-    wide = None if precision is None else onnx_dtype(int(precision), "softmax_precision")
+    wide = None if precision is None else ctx.dtype(precision, "softmax_precision")
     if wide is not None and wide != s.type.dtype:
         p = ctx.one(
             "cast", ctx.one("softmax", ctx.one("cast", s, to=wide), axis=-1), to=s.type.dtype

@@ -157,6 +157,9 @@ FAMILY_OPS = frozenset(
         "RMSNormalization",
         "RotaryEmbedding",
         "LRN",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
     )
 )
 

@@ -1,0 +1,133 @@
+"""QDQ models (onnxruntime's ``quantize_static`` default format) through QuantizeLinear and
+DequantizeLinear as float arithmetic: equal to ONNX's reference evaluator and to onnxruntime run
+without graph optimizations (its optimized run fuses int8 kernels that round differently)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from satura.engine.errors import ModelError
+
+import satura
+
+pytestmark = pytest.mark.onnx
+ort = pytest.importorskip("onnxruntime")
+
+
+def _float_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b1")
+    w2 = numpy_helper.from_array(
+        rng.standard_normal((16 * 8 * 8, 10)).astype(np.float32) / 20, "w2"
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("MatMul", ["f", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])],
+        [w1, b1, w2],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+@pytest.mark.llvm
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("qtype", ["QInt8", "QUInt8"])
+def test_a_quantize_static_model_matches_its_reference(tmp_path, per_channel, qtype):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    rng = np.random.default_rng(1)
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(
+                [{"x": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+            )
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    fp, qp = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(_float_model(), fp)
+    quantize_static(
+        str(fp),
+        str(qp),
+        Calibration(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=getattr(QuantType, qtype),
+        weight_type=getattr(QuantType, qtype),
+        per_channel=per_channel,
+    )
+    model = onnx.load(qp)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    np.testing.assert_allclose(ort.InferenceSession(str(qp), so).run(None, {"x": x})[0], want)
+    exe = satura.compile(satura.optimize(satura.load(model)).graph)
+    np.testing.assert_allclose(exe(x=x)["y"], want, rtol=1e-6, atol=1e-6)
+    assert exe.fallback_ops == []
+
+
+def _node_model(op: str, ins: list, attrs: dict) -> onnx.ModelProto:
+    names = [n for n, _, _ in ins]
+    node = helper.make_node(op, names, ["y"], name="q", **attrs)
+    inputs = [helper.make_tensor_value_info(n, t, s) for n, t, s in ins]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return helper.make_model(
+        helper.make_graph([node], "g", inputs, [out]),
+        opset_imports=[helper.make_opsetid("", 21)],
+        ir_version=10,
+    )
+
+
+F, I8 = TensorProto.FLOAT, TensorProto.INT8
+BAD = [
+    (
+        "QuantizeLinear",
+        [("x", F, (2, 3)), ("s", F, ())],
+        {"output_dtype": TensorProto.INT4},
+        "element type INT4 is not supported",
+    ),
+    (
+        "DequantizeLinear",
+        [("x", I8, (2, 3)), ("s", F, (2,))],
+        {"axis": 1},
+        "does not fit axis 1",
+    ),
+    (
+        "DequantizeLinear",
+        [("x", I8, (2, 3)), ("s", F, (3,))],
+        {"axis": 2},
+        "axis 2 is out of range",
+    ),
+    (
+        "DequantizeLinear",
+        [("x", I8, (2, 6)), ("s", F, (2, 2))],
+        {"axis": 1, "block_size": 2},
+        "blocked scale of shape",
+    ),
+]
+
+
+@pytest.mark.parametrize(("op", "ins", "attrs", "msg"), BAD, ids=[b[3][:24] for b in BAD])
+def test_bad_quantization_nodes_are_model_errors(op, ins, attrs, msg):
+    with pytest.raises(ModelError, match=msg) as e:
+        satura.load(_node_model(op, ins, attrs))
+    assert "node 'q'" in str(e.value)
