@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - the CLI says so
     torch = None  # type: ignore[assignment]
 
 
-def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[int, ...]]]]:
+def architectures() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[int, ...]]]]:
     class ConvNeXtBlock(nn.Module):
         def __init__(self, c: int = 96) -> None:
             super().__init__()
@@ -128,7 +128,8 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
             return self.o(y.transpose(1, 2).reshape(b, t, c))
 
     class LlamaDecoder(nn.Module):
-        """RMSNorm, grouped-query causal attention (8 query heads on 2 kv heads), SwiGLU."""
+        """RMSNorm, grouped-query attention (8 query heads on 2 kv heads), SwiGLU. Causal, or
+        under ``mask`` (bool, True where a query may see a key) when one is given."""
 
         def __init__(self, d: int = 512, heads: int = 8, kv_heads: int = 2, ff: int = 1376) -> None:
             super().__init__()
@@ -139,12 +140,14 @@ def _models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[
             self.o = nn.Linear(d, d, bias=False)
             self.up, self.down = nn.Linear(d, 2 * ff, bias=False), nn.Linear(ff, d, bias=False)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
             b, t, d = x.shape
             h = self.norm1(x)
             q = self.q(h).view(b, t, self.heads, self.dh).transpose(1, 2)
             k, v = self.kv(h).view(b, t, 2, self.kv_heads, self.dh).transpose(1, 3).unbind(1)
-            a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            a = nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True
+            )
             x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
             gate, up = self.up(self.norm2(x)).chunk(2, dim=-1)
             return x + self.down(nn.functional.silu(gate) * up)
@@ -237,7 +240,7 @@ def export(name: str, path: str, models: dict | None = None, opset: int = 17) ->
     """Build ``name`` (seeded weights and batch-norm statistics) and export it to ``path``:
     with the TorchScript exporter at opset 17, or with torch.export (``dynamo=True``) at a later
     ``opset`` (from 23 on, SDPA is ONNX Attention and RMSNorm is RMSNormalization)."""
-    make, shape = (models or _models())[name]
+    make, shape = (models or architectures())[name]
     torch.manual_seed(0)
     module = make().eval()
     for m in module.modules():
@@ -288,7 +291,7 @@ def run(
     from benchmarks.run import _ort_session, median_times
 
     rows = []
-    models = _models()
+    models = architectures()
     with tempfile.TemporaryDirectory() as d:
         for name in names:
             path = os.path.join(d, f"{name}.onnx")
@@ -356,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if torch is None:
         print("benchmarks.zoo needs torch (pip install torch)")
         return 2
-    known = list(_models())
+    known = list(architectures())
     unknown = [n for n in args.names if n not in known]
     if unknown:
         print(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(known)})")

@@ -201,6 +201,8 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, 
             tables.append(f"@{name}_{tab} = private unnamed_addr constant [{nx} x i64] [{items}]")
     for iy_, py in enumerate(win.phases_y):
         ylo, yhi = _span(win.h, win.hq, sy, py, win.pad[0])
+        # (name suffix, plane offset, first and end inner columns, input column offset, vectors)
+        phases: list[tuple[str, str, str, str, str, int]] = []
         if by_loop:
             t = f"_{py}_r_"
             allocas.append(f"ix{t}")
@@ -215,28 +217,9 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, 
                 f"  %pof0{t} = mul i64 %ix{t}, {win.hq * win.wq}",
                 f"  %pof{t} = add i64 %pof0{t}, {iy_ * nx * win.hq * win.wq}",
             ]
-            _phase_rows(
-                L,
-                loops,
-                allocas,
-                win,
-                t,
-                py,
-                ylo,
-                yhi,
-                lanes,
-                pv,
-                f"%pof{t}",
-                f"%xlo{t}",
-                f"%xhi{t}",
-                f"%px{t}",
-                0,
-            )
-            loops.close(f"ix{t}", 1)
-            continue
-        for ix_, px in enumerate(win.phases_x):
+            phases.append((t, f"%pof{t}", f"%xlo{t}", f"%xhi{t}", f"%px{t}", 0))
+        for ix_, px in enumerate(win.phases_x if not by_loop else ()):
             xlo, xhi = _span(win.w, win.wq, sx, px, win.pad[1])
-            t = f"_{py}_{px}_"  # "_"-delimited: no name is another plus a suffix
             # Whole vectors first: L plane floats from sx·L consecutive input floats (one wide
             # load, one shuffle), every one whose load starts at or before ``last``.
             nvec = 0
@@ -244,23 +227,16 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, 
                 last = (win.w - sx * lanes - px + win.pad[1]) // sx  # last start that fits
                 nvec = min((xhi - xlo) // lanes, (last - xlo) // lanes + 1) if last >= xlo else 0
             poff = (iy_ * nx + ix_) * win.hq * win.wq
-            _phase_rows(
-                L,
-                loops,
-                allocas,
-                win,
-                t,
-                py,
-                ylo,
-                yhi,
-                lanes,
-                pv,
-                str(poff),
-                str(xlo),
-                str(xhi),
-                str(px - win.pad[1]),
-                nvec,
+            # "_"-delimited: no name is another plus a suffix
+            phases.append(
+                (f"_{py}_{px}_", str(poff), str(xlo), str(xhi), str(px - win.pad[1]), nvec)
             )
+        for t, poff, xlo, xhi, xoff, nvec in phases:
+            _phase_rows(
+                L, loops, allocas, win, t, (py, ylo, yhi), lanes, pv, (poff, xlo, xhi, xoff), nvec
+            )
+        if by_loop:
+            loops.close(f"ix_{py}_r_", 1)
     loops.close("p", 1)
     # The slack after the last plane: partial tiles load whole vectors past a plane's end.
     L += [
@@ -284,20 +260,17 @@ def _phase_rows(
     allocas: list[str],
     win: Window,
     t: str,
-    py: int,
-    ylo: int,
-    yhi: int,
+    ys: tuple[int, int, int],
     lanes: int,
     pv: str,
-    poff: str,
-    xlo: str,
-    xhi: str,
-    xoff: str,
+    xs: tuple[str, str, str, str],
     nvec: int,
 ) -> None:
-    """The rows of one phase plane (y phase ``py``; x phase at input column offset ``xoff``,
-    plane offset ``poff``, inner columns [``xlo``, ``xhi``)): pads, then ``nvec`` vectors, then
-    scalars. The x values are constants or registers."""
+    """The rows of one phase plane: ``ys`` its y phase and inner rows [lo, hi); ``xs`` its plane
+    offset, inner columns [lo, hi) and input column offset, constants or registers. Pads, then
+    ``nvec`` vectors, then scalars."""
+    py, ylo, yhi = ys
+    poff, xlo, xhi, xoff = xs
     sy, sx = win.stride
     allocas += [f"qy{t}", f"z1{t}", f"z2{t}", f"cx{t}"]
     loops.open(f"qy{t}", "0", str(win.hq), 1)

@@ -169,35 +169,14 @@ def test_zoo_export_compiles_and_matches(name, dynamo, tmp_path):
     assert fallback == [], fallback
 
 
-class Decoder(nn.Module):
-    """A Llama-style block: RMSNorm, grouped-query causal attention under a padding mask
-    (``scaled_dot_product_attention``), SwiGLU MLP."""
-
-    def __init__(self, d: int = 64, heads: int = 4, kv_heads: int = 2, ff: int = 96) -> None:
-        super().__init__()
-        self.heads, self.kv_heads, self.dh = heads, kv_heads, d // heads
-        self.norm1, self.norm2 = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
-        self.q = nn.Linear(d, d, bias=False)
-        self.kv = nn.Linear(d, 2 * kv_heads * self.dh, bias=False)
-        self.o = nn.Linear(d, d, bias=False)
-        self.up, self.down = nn.Linear(d, 2 * ff, bias=False), nn.Linear(ff, d, bias=False)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.norm1(x)
-        q = self.q(h).view(b, t, self.heads, self.dh).transpose(1, 2)
-        k, v = self.kv(h).view(b, t, 2, self.kv_heads, self.dh).transpose(1, 3).unbind(1)
-        a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
-        gate, up = self.up(self.norm2(x)).chunk(2, dim=-1)
-        return x + self.down(nn.functional.silu(gate) * up)
-
-
 def test_opset_23_attention_and_rms_norm_compile(tmp_path):
     """From opset 23 on, torch's exporter writes SDPA as ONNX Attention and RMSNorm as
     RMSNormalization: they import, compile with no fallback and match onnxruntime and torch."""
+    from benchmarks.zoo import architectures
+
     torch.manual_seed(0)
-    module = Decoder().eval()
+    make = architectures()["llama_decoder"][0]
+    module = make(d=64, heads=4, kv_heads=2, ff=96).eval()
     x = torch.randn(2, 10, 64)
     mask = torch.ones(2, 1, 10, 10, dtype=torch.bool).tril()
     mask[1, :, :, :3] = False  # the second sequence is left-padded by three tokens
