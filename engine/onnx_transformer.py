@@ -99,13 +99,25 @@ def _attention(ctx: NodeCtx) -> Outs:
             fill = 0.0 if mask.type.dtype == "bool" else -np.inf
             mask = ctx.one("pad", mask, pads=tuple(pads), value=fill)
         bias = _neg_inf_where(ctx, mask, q) if mask.type.dtype == "bool" else mask
-    if not (isinstance(sq, int) and isinstance(skv, int)) and (
-        nonpad is not None or left >= 0 or right >= 0 or (causal and skv != sq)
-    ):
-        raise ctx.fail(f"this causal or window mask needs static lengths, got {sq} and {skv}")
+    steps = softcap > 0 or want_scores or q.type.dtype != "float32"
     past_len = 0 if past_k is None else past_k.type.shape[2]
-    fused_causal = causal and nonpad is None and as_dim(skv - sq) == as_dim(past_len)
-    if (causal and not fused_causal) or left >= 0 or right >= 0:
+    # The op's own causal flag (bottom-right aligned) serves where ONNX's offset is the same and
+    # nothing else masks: with a mask the two together may hide a row's every key, which the
+    # bias must show (such rows give zeros), so there the limit joins the bias, unless the
+    # lengths are symbolic (then a row hidden only by both is not zeroed).
+    windows = left >= 0 or right >= 0
+    static = isinstance(sq, int) and isinstance(skv, int)
+    fused_causal = (
+        causal
+        and not steps
+        and (bias is None or not static)
+        and nonpad is None
+        and not windows
+        and as_dim(skv - sq) == as_dim(past_len)
+    )
+    if (causal and not fused_causal) or windows:
+        if not static:
+            raise ctx.fail(f"this causal or window mask needs static lengths, got {sq} and {skv}")
         # position difference i + offset - j, per batch when the offset is
         rel = ctx.imp.add_const(
             (np.arange(sq)[:, None] - np.arange(skv)[None, :]).astype(np.float32), f"{ctx.name}_ij"
@@ -130,7 +142,7 @@ def _attention(ctx: NodeCtx) -> Outs:
         keep = ctx.one("reshape", ctx.one("less", cols, lens), shape=(batch, 1, 1, skv))
         bias = _add_bias(ctx, bias, _neg_inf_where(ctx, keep, q))
 
-    if softcap > 0 or want_scores or q.type.dtype != "float32":
+    if steps:
         precision = ctx.attr("softmax_precision")
         y, scores = _attention_steps(ctx, q, k, v, bias, scale, softcap, mode, precision)
     else:

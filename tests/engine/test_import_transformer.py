@@ -89,13 +89,35 @@ def test_a_run_time_mask_that_hides_every_key_of_a_row_gives_zeros():
 
 
 @pytest.mark.llvm
+def test_causal_and_a_mask_that_together_hide_a_row_give_zeros():
+    """Row 0 may see only key 0, which the mask hides: neither alone hides the row."""
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal((1, 2, 4, 8)).astype(np.float32) for _ in range(3))
+    mask = np.ones((1, 1, 4, 4), dtype=bool)
+    mask[..., 0] = False
+    ins = [("q", F, q.shape), ("k", F, k.shape), ("v", F, v.shape), ("m", B, mask.shape)]
+    exe = _check(_model("Attention", ins, ["y"], is_causal=1), {"q": q, "k": k, "v": v, "m": mask})
+    y = exe(q=q, k=k, v=v, m=mask)["y"]
+    assert np.all(y[0, :, 0] == 0)
+    assert np.all(y[0, :, 1:] != 0)
+
+
+@pytest.mark.llvm
+@pytest.mark.parametrize("causal", [0, 1])
 @pytest.mark.parametrize("mode", [0, 1, 2, 3])
-def test_attention_scores_output_and_softcap_take_the_steps(mode):
+def test_attention_scores_output_and_softcap_take_the_steps(mode, causal):
     rng = np.random.default_rng(2)
     q, k, v = (rng.standard_normal((1, 2, 3, 4)).astype(np.float32) for _ in range(3))
     mask = rng.standard_normal((3, 3)).astype(np.float32)
     ins = [("q", F, q.shape), ("k", F, k.shape), ("v", F, v.shape), ("m", F, mask.shape)]
-    model = _model("Attention", ins, ["y", "", "", "s"], qk_matmul_output_mode=mode, softcap=2.0)
+    model = _model(
+        "Attention",
+        ins,
+        ["y", "", "", "s"],
+        qk_matmul_output_mode=mode,
+        softcap=2.0,
+        is_causal=causal,
+    )
     exe = _check(model, {"q": q, "k": k, "v": v, "m": mask})
     assert exe.fallback_ops == []
 
@@ -136,6 +158,16 @@ def test_lrn_of_even_size_matches_the_reference_evaluator(size):
     x = np.random.default_rng(5).standard_normal((4, 4, 3, 5)).astype(np.float32)
     model = _model("LRN", [("x", F, x.shape)], ["y"], size=size, alpha=0.01, beta=0.6, bias=2.0)
     assert _check(model, {"x": x}).fallback_ops == []
+
+
+@pytest.mark.llvm
+def test_causal_softcap_without_a_mask():
+    """The step path with equal lengths: the causal limit is a bias there, not the op's flag."""
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal((2, 2, 5, 4)).astype(np.float32) for _ in range(3))
+    ins = [("q", F, q.shape), ("k", F, k.shape), ("v", F, v.shape)]
+    model = _model("Attention", ins, ["y"], is_causal=1, softcap=3.0)
+    assert _check(model, {"q": q, "k": k, "v": v}).fallback_ops == []
 
 
 BAD = [
