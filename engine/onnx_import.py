@@ -81,6 +81,9 @@ class Importer:
         self.values: dict[str, Value] = {}
         self.known: dict[int, np.ndarray] = {}  # id(Value) -> object array of ints / sympy
         self.symbols: dict[str, sympy.Symbol] = {}
+        # id(an integer Value QuantizeLinear made) -> the float it was cast from, which holds the
+        # same integers: DequantizeLinear reads that, and no cast pair runs
+        self.quantized: dict[int, Value] = {}
         self.opset = self._opset()
 
     def _opset(self) -> int:

@@ -68,7 +68,8 @@ def _dequantize_linear(ctx: NodeCtx) -> Outs:
     axis, block = _quant_attrs(ctx, x)
     out = ctx.attr("output_dtype")
     dt = ctx.dtype(out, "output_dtype") if out else scale.type.dtype
-    y = ctx.one("cast", x, to=dt)
+    exact = ctx.imp.quantized.get(id(x))
+    y = exact if exact is not None and exact.type.dtype == dt else ctx.one("cast", x, to=dt)
     if zp is not None:
         y = ctx.one("sub", y, ctx.one("cast", _per_axis(ctx, zp, x, axis, block), to=dt))
     s = _per_axis(ctx, scale, x, axis, block)
@@ -95,8 +96,11 @@ def _quantize_linear(ctx: NodeCtx) -> Outs:
     if zp is not None:
         q = ctx.one("add", q, ctx.one("cast", _per_axis(ctx, zp, x, axis, block), to=wide))
     lo, hi = QUANT_RANGES[to]
-    q = ctx.one("clip", q, ctx.scalar(lo, q, "lo"), ctx.scalar(hi, q, "hi"))
-    return [ctx.one("cast", q, to=to)]
+    # min/max rather than clip: both join the elementwise kernels around them
+    q = ctx.one("max", ctx.one("min", q, ctx.scalar(hi, q, "hi")), ctx.scalar(lo, q, "lo"))
+    y = ctx.one("cast", q, to=to)
+    ctx.imp.quantized[id(y)] = q
+    return [y]
 
 
 @converter("DynamicQuantizeLinear")

