@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,16 @@ def optimize(
     return OptimizeResult(best, report, report.cost_before, report.cost_after)
 
 
+def object_cache_dir() -> str | None:
+    """Where :func:`compile` caches machine code (keyed by a hash of the module's LLVM IR, the
+    host CPU and satura's version; a hit skips LLVM): ``$SATURA_CACHE_DIR``, else
+    ``~/.cache/satura/objects``; None (no disk cache) when ``SATURA_CACHE_DIR`` is set empty."""
+    env = os.environ.get("SATURA_CACHE_DIR")
+    if env is not None:
+        return env or None
+    return str(Path.home() / ".cache" / "satura" / "objects")
+
+
 def compile(
     graph: Graph | str | Path | onnx.ModelProto, target: str = "cpu"
 ) -> Callable[..., dict[str, np.ndarray]]:
@@ -93,7 +104,8 @@ def compile(
     if target == "cpu":
         from satura.targets import compile_graph
 
-        return compile_graph(graph, target="cpu")  # one variant per input shape if symbolic
+        # one variant per input shape if symbolic; machine code cached on disk across processes
+        return compile_graph(graph, target="cpu", cache_dir=object_cache_dir())
 
     def run(inputs: Mapping[str, Any] | None = None, /, **kw: Any) -> dict[str, np.ndarray]:
         return run_graph(graph, {**(inputs or {}), **kw})

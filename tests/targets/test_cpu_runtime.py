@@ -176,3 +176,19 @@ def test_parallel_shares_match_reference(monkeypatch, native):
         got = model(**feeds)
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_satura_compile_caches_machine_code_on_disk(tmp_path, monkeypatch):
+    """satura.compile uses the disk cache by default ($SATURA_CACHE_DIR; set empty: none)."""
+    import satura
+
+    monkeypatch.setenv("SATURA_CACHE_DIR", str(tmp_path))
+    runtime._OBJECTS.clear()
+    g = small_model()
+    satura.compile(g)
+    assert list(tmp_path.glob("*.o"))
+    runtime._OBJECTS.clear()
+    monkeypatch.setattr(codegen, "optimize_ir", lambda ir: pytest.fail("LLVM ran on a hit"))
+    assert satura.compile(g).cache_hit
+    monkeypatch.setenv("SATURA_CACHE_DIR", "")
+    assert satura.api.object_cache_dir() is None
