@@ -10,6 +10,7 @@ import ast
 from typing import Any
 
 import numpy as np
+import onnx
 import sympy
 from satura.engine.graph import Value
 from satura.engine.onnx_import import CONVERTERS, NodeCtx, converter, onnx_dtype
@@ -41,6 +42,43 @@ def _identity(ctx: NodeCtx) -> Outs:
     if ctx.op_type == "Dropout" and ctx.has(2) and bool(np.asarray(ctx.const(2)).any()):
         raise ctx.fail("training_mode=true is not supported (inference only)")
     return [ctx.one("identity", ctx.x())]
+
+
+@converter("If")
+def _if(ctx: NodeCtx) -> Outs:
+    """An If whose condition is known at import (a constant, or computed from static shapes,
+    as older exporters write shape checks): the taken branch's nodes, inlined. A condition known
+    only at run time is an error: satura compiles no control flow."""
+    cond = ctx.known(0)
+    if cond is None:
+        raise ctx.fail(
+            "the condition must be known at import (a constant or computed from shapes): "
+            "control flow on run-time values is not supported"
+        )
+    flat = np.asarray(cond).ravel()
+    if flat.size != 1:
+        raise ctx.fail(f"the condition must hold one value, got {flat.size}")
+    try:
+        taken = bool(flat[0])
+    except TypeError:  # a symbolic comparison that no size decides
+        raise ctx.fail(f"the condition {flat[0]} depends on symbolic sizes") from None
+    branch = ctx.attr("then_branch" if taken else "else_branch")
+    if branch is None:
+        raise ctx.fail("has no then_branch/else_branch graph")
+    imp = ctx.imp
+    for t in branch.initializer:
+        imp.values[t.name] = imp.add_const(imp.tensor_array(t), t.name)
+    for i, node in enumerate(branch.node):
+        if not node.name:
+            named = onnx.NodeProto()
+            named.CopyFrom(node)
+            named.name = f"{ctx.name}/{node.op_type}_{i}"
+            node = named
+        imp.convert(node, i)
+    missing = [o.name for o in branch.output if o.name not in imp.values]
+    if missing:
+        raise ctx.fail(f"branch output(s) {missing} are not produced by the branch")
+    return [imp.values[o.name] for o in branch.output]
 
 
 @converter("Gelu")

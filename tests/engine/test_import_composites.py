@@ -463,3 +463,66 @@ def test_reduce_log_sum_exp_of_infinite_slices_matches_onnxruntime(keepdims):
         got = satura.compile(satura.load(model), target=target)(x0=x)["y"]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _if_model(cond_from: str) -> onnx.ModelProto:
+    """y = x·2 if cond else x + c (c: the else branch's own initializer); cond is x's first size
+    == 2 (``shape``), a constant false (``const``), or a run-time input (``input``)."""
+    then_g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+        [helper.make_tensor("c", TensorProto.FLOAT, [], [1.0])],
+    )
+    nodes, inits = [], []
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])]
+    if cond_from == "shape":
+        nodes += [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+            helper.make_node("Equal", ["n", "want"], ["cond"]),
+        ]
+        inits += [helper.make_tensor("zero", TensorProto.INT64, [], [0])]
+        inits += [helper.make_tensor("want", TensorProto.INT64, [], [2])]
+    elif cond_from == "const":
+        inits.append(helper.make_tensor("cond", TensorProto.BOOL, [], [False]))
+    else:
+        ins.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    nodes.append(
+        helper.make_node(
+            "If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g
+        )
+    )
+    graph = helper.make_graph(
+        nodes, "g", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+@pytest.mark.llvm
+@pytest.mark.parametrize(
+    ("cond_from", "scale", "shift"), [("shape", 2.0, 0.0), ("const", 1.0, 1.0)]
+)
+def test_if_with_a_condition_known_at_import_inlines_its_branch(cond_from, scale, shift):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    model = _if_model(cond_from)
+    exe = satura.compile(model)
+    np.testing.assert_array_equal(exe(x=x)["y"], x * scale + shift)
+    assert exe.fallback_ops == []
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(exe(x=x)["y"], want)
+
+
+def test_if_on_a_run_time_condition_is_a_clear_error():
+    with pytest.raises(ModelError, match=r"node 'branch' \(If\): the condition must be known"):
+        satura.load(_if_model("input"))
