@@ -2,8 +2,9 @@
 
 Each satura op has one writer in ``WRITERS`` (a table keyed by op name). Ops with an ONNX
 equivalent become standard ONNX nodes (opset 21); fused ops are decomposed into standard nodes
-where that is exact (``linear``, ``ew``, ``rms_norm``, a conv's activation), and otherwise written
-in the ``ai.satura`` domain (``attention``, symbolic reshapes) with their attributes, which
+where that is exact (``linear``, ``ew``, ``rms_norm``, a conv's activation, ``attention`` of static
+shapes), and otherwise written in the ``ai.satura`` domain (``attention`` of symbolic shapes,
+symbolic reshapes) with their attributes, which
 :func:`~satura.engine.onnx_import.load_onnx` reads back. The file is written to a temporary name
 and renamed, so a failed export leaves nothing half-written.
 """
