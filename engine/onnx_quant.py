@@ -53,7 +53,7 @@ def _per_axis(ctx: NodeCtx, p: Value, x: Value, axis: int, block: int) -> Value:
     return y
 
 
-def _quant_attrs(ctx: NodeCtx, x: Value) -> tuple[int, int]:
+def _quant_attrs(ctx: NodeCtx) -> tuple[int, int]:
     """The axis (as given: it matters only for a per-axis or blocked scale) and block size."""
     return int(ctx.attr("axis", 1)), int(ctx.attr("block_size", 0))
 
@@ -65,7 +65,7 @@ def _dequantize_linear(ctx: NodeCtx) -> Outs:
     x, scale, zp = ctx.x(0), ctx.x(1), ctx.inp(2)
     if x.type.dtype not in (*QUANT_RANGES, "int32"):
         raise ctx.fail(f"quantized type {x.type.dtype} is not supported")
-    axis, block = _quant_attrs(ctx, x)
+    axis, block = _quant_attrs(ctx)
     out = ctx.attr("output_dtype")
     dt = ctx.dtype(out, "output_dtype") if out else scale.type.dtype
     exact = ctx.imp.quantized.get(id(x))
@@ -81,7 +81,7 @@ def _quantize_linear(ctx: NodeCtx) -> Outs:
     """saturate(round_half_even(x / scale) + zero_point) in the zero point's type (or
     ``output_dtype``, else uint8)."""
     x, scale, zp = ctx.x(0), ctx.x(1), ctx.inp(2)
-    axis, block = _quant_attrs(ctx, x)
+    axis, block = _quant_attrs(ctx)
     out = ctx.attr("output_dtype")
     to = zp.type.dtype if zp is not None else ctx.dtype(out, "output_dtype") if out else "uint8"
     if to not in QUANT_RANGES:

@@ -134,8 +134,7 @@ def _attention(ctx: NodeCtx) -> Outs:
         limits += [("greater_equal", -float(right))] if right >= 0 else []
         for cmp, at in limits:
             keep = ctx.one(cmp, rel, ctx.scalar(at, rel, "limit"))
-            more = ctx.one("cast", _neg_inf_where(ctx, keep, rel), to=q.type.dtype)
-            bias = _add_bias(ctx, bias, more)
+            bias = _add_bias(ctx, bias, _neg_inf_where(ctx, keep, q))
     if nonpad is not None:
         cols = ctx.imp.add_const(np.arange(skv, dtype=np.int64)[None, :], f"{ctx.name}_cols")
         lens = ctx.one("reshape", ctx.one("cast", nonpad, to="int64"), shape=(batch, 1))

@@ -169,6 +169,20 @@ def _span(size: int, out: int, stride: int, phase: int, pad: int) -> tuple[int, 
 PREP_VECTOR_STRIDE = 4
 
 
+def i64_table(name: str, values: list[int]) -> str:
+    """A module-level constant array ``@name`` of i64s (offsets a loop reads by index)."""
+    items = ", ".join(f"i64 {v}" for v in values)
+    return f"@{name} = private unnamed_addr constant [{len(values)} x i64] [{items}]"
+
+
+def table_entry(dst: str, name: str, n: int, index: str) -> list[str]:
+    """``dst`` = ``@name[index]`` of an :func:`i64_table` of ``n`` entries."""
+    return [
+        f"  {dst}.p = getelementptr [{n} x i64], ptr @{name}, i64 0, i64 {index}",
+        f"  {dst} = load i64, ptr {dst}.p, align 8",
+    ]
+
+
 def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, lanes: int) -> str:
     """LLVM IR writing the phase planes of every input plane (pads = ``padval``), then ``lanes``
     floats of slack (zeros) after the last one; parts split the input planes."""
@@ -197,8 +211,7 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, 
             ("xlo", [lo for lo, _ in spans]),
             ("xhi", [hi for _, hi in spans]),
         ):
-            items = ", ".join(f"i64 {v}" for v in vals)
-            tables.append(f"@{name}_{tab} = private unnamed_addr constant [{nx} x i64] [{items}]")
+            tables.append(i64_table(f"{name}_{tab}", vals))
     for iy_, py in enumerate(win.phases_y):
         ylo, yhi = _span(win.h, win.hq, sy, py, win.pad[0])
         # (name suffix, plane offset, first and end inner columns, input column offset, vectors)
@@ -208,11 +221,7 @@ def prep_kernel(name: str, win: Window, x: Operand, xp: Operand, padval: float, 
             allocas.append(f"ix{t}")
             loops.open(f"ix{t}", "0", str(nx), 1)
             for tab in ("px", "xlo", "xhi"):
-                L += [
-                    f"  %{tab}p{t} = getelementptr [{nx} x i64], ptr @{name}_{tab}, i64 0, "
-                    f"i64 %ix{t}",
-                    f"  %{tab}{t} = load i64, ptr %{tab}p{t}, align 8",
-                ]
+                L += table_entry(f"%{tab}{t}", f"{name}_{tab}", nx, f"%ix{t}")
             L += [
                 f"  %pof0{t} = mul i64 %ix{t}, {win.hq * win.wq}",
                 f"  %pof{t} = add i64 %pof0{t}, {iy_ * nx * win.hq * win.wq}",
@@ -670,9 +679,8 @@ def _conv_ukernel(fname: str, s: ConvSpec, mr: int, vecs: list[Vec]) -> str:
     rows = [taps[ky * kw] - taps[0] for ky in range(kh)]
     if by_rows:
         taps = taps[:kw]
-    table = ", ".join(f"i64 {r}" for r in rows)
     o = [
-        *([f"@{fname}_rows = private unnamed_addr constant [{kh} x i64] [{table}]"] * by_rows),
+        *([i64_table(f"{fname}_rows", rows)] * by_rows),
         f"define internal void @{fname}(ptr noalias %x, ptr noalias %w, ptr noalias %o, "
         "ptr noalias %bias, i64 %nc, i1 %accum, i1 %last) noinline {",
         "entry:",
@@ -692,8 +700,7 @@ def _conv_ukernel(fname: str, s: ConvSpec, mr: int, vecs: list[Vec]) -> str:
     o += [f"  %xo = mul i64 %ci, {cstride}", f"  %wo = mul i64 %ci, {s.kk * s.mr}"]
     if by_rows:
         o += [
-            f"  %rp = getelementptr [{kh} x i64], ptr @{fname}_rows, i64 0, i64 %ky",
-            "  %ro = load i64, ptr %rp, align 8",
+            *table_entry("%ro", f"{fname}_rows", kh, "%ky"),
             "  %xr = add i64 %xo, %ro",
             f"  %wr0 = mul i64 %ky, {kw * s.mr}",
             "  %wr = add i64 %wo, %wr0",

@@ -174,17 +174,14 @@ def _prove_all(
     """verify_rule over ``rules``, in order; on ``jobs`` worker processes when that is more
     than one and there are several rules (each worker is a fresh interpreter: no Z3 state is
     shared)."""
-    args = [(rule, bound, timeout_s, case_budget) for rule in rules]
-    if jobs <= 1 or len(rules) <= 1:
-        yield from (verify_rule(*a) for a in args)
+    n = len(rules)
+    args = (rules, [bound] * n, [timeout_s] * n, [case_budget] * n)
+    if jobs <= 1 or n <= 1:
+        yield from map(verify_rule, *args)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(rules)), mp_context=ctx) as pool:
-        yield from pool.map(_verify_args, args)
-
-
-def _verify_args(a: tuple[Rule, int, float, int | None]) -> Verdict:
-    return verify_rule(*a)
+    with ProcessPoolExecutor(min(jobs, n), mp_context=ctx) as pool:
+        yield from pool.map(verify_rule, *args)
 
 
 def _load_verdict(rule: Rule, cache_file: Path | None) -> Verdict | None:
