@@ -79,11 +79,15 @@ class Importer:
         self.model, self.base_dir = model, base_dir
         self.graph = Graph(model.graph.name or "model")
         self.values: dict[str, Value] = {}
-        self.known: dict[int, np.ndarray] = {}  # id(Value) -> object array of ints / sympy
+        # id(Value) -> (the Value, its known value: an object array of ints / sympy). The entry
+        # holds the Value, so its id is never reused for another while this import runs
+        # (constants that folding consumed are otherwise freed, and a stale entry once attached
+        # a freed constant's value to a new one).
+        self._known: dict[int, tuple[Value, np.ndarray]] = {}
         self.symbols: dict[str, sympy.Symbol] = {}
-        # id(an integer Value QuantizeLinear made) -> the float it was cast from, which holds the
-        # same integers: DequantizeLinear reads that, and no cast pair runs
-        self.quantized: dict[int, Value] = {}
+        # id(an integer Value QuantizeLinear made) -> (that Value, the float it was cast from,
+        # which holds the same integers): DequantizeLinear reads the float, and no cast pair runs
+        self.quantized: dict[int, tuple[Value, Value]] = {}
         self.opset = self._opset()
 
     def _opset(self) -> int:
@@ -152,7 +156,15 @@ class Importer:
 
     def note_known(self, v: Value) -> None:
         if v.data is not None and v.data.dtype.kind in "iub" and v.data.size <= MAX_KNOWN:
-            self.known[id(v)] = np.asarray(v.data.tolist(), dtype=object).reshape(v.data.shape)
+            self.set_known(v, np.asarray(v.data.tolist(), dtype=object).reshape(v.data.shape))
+
+    def set_known(self, v: Value, value: np.ndarray) -> None:
+        self._known[id(v)] = (v, value)
+
+    def known_of(self, v: Value | None) -> np.ndarray | None:
+        """``v``'s value when import knows it (ints and sympy dims), else None."""
+        entry = None if v is None else self._known.get(id(v))
+        return None if entry is None else entry[1]
 
     def value_shape(self, vi: onnx.ValueInfoProto) -> tuple[Any, ...]:
         tt = vi.type.tensor_type
@@ -269,7 +281,7 @@ class NodeCtx:
 
     def known(self, i: int) -> np.ndarray | None:
         v = self.inp(i)
-        return None if v is None else self.imp.known.get(id(v))
+        return self.imp.known_of(v)
 
     def dims(self, i: int, what: str) -> tuple[Any, ...] | None:
         """Input ``i`` as a tuple of dims (ints or sympy), None when absent; ModelError when it is
@@ -339,7 +351,7 @@ class NodeCtx:
         static tensor), so that computations on it fold."""
         if v is None or v.is_const:
             return v
-        k = _plain(self.imp.known.get(id(v)))
+        k = _plain(self.imp.known_of(v))
         if k is None or k.dtype == object:
             return v
         return Value(v.name, v.type, data=k.astype(v.type.dtype))
@@ -353,7 +365,7 @@ class NodeCtx:
         fn = KNOWN_FNS.get(op)
         if fn is None or len(outs) != 1:
             return
-        ks = [None if v is None else self.imp.known.get(id(v)) for v in inputs]
+        ks = [self.imp.known_of(v) for v in inputs]
         if op != "shape_of" and any(
             k is None for k, v in zip(ks, inputs, strict=True) if v is not None
         ):
@@ -363,7 +375,7 @@ class NodeCtx:
         except (TypeError, ValueError, IndexError):
             return
         if out is not None and out.size <= MAX_KNOWN:
-            self.imp.known[id(outs[0])] = np.asarray(out, dtype=object)
+            self.imp.set_known(outs[0], np.asarray(out, dtype=object))
 
     def scalar(self, value: Any, like: Value, hint: str = "c") -> Value:
         return self.imp.add_const(np.asarray(value, dtype=like.type.dtype), f"{self.name}_{hint}")

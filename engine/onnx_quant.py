@@ -68,7 +68,8 @@ def _dequantize_linear(ctx: NodeCtx) -> Outs:
     axis, block = _quant_attrs(ctx)
     out = ctx.attr("output_dtype")
     dt = ctx.dtype(out, "output_dtype") if out else scale.type.dtype
-    exact = ctx.imp.quantized.get(id(x))
+    made = ctx.imp.quantized.get(id(x))
+    exact = made[1] if made is not None and made[0] is x else None
     y = exact if exact is not None and exact.type.dtype == dt else ctx.one("cast", x, to=dt)
     if zp is not None:
         y = ctx.one("sub", y, ctx.one("cast", _per_axis(ctx, zp, x, axis, block), to=dt))
@@ -99,7 +100,7 @@ def _quantize_linear(ctx: NodeCtx) -> Outs:
     # min/max rather than clip: both join the elementwise kernels around them
     q = ctx.one("max", ctx.one("min", q, ctx.scalar(hi, q, "hi")), ctx.scalar(lo, q, "lo"))
     y = ctx.one("cast", q, to=to)
-    ctx.imp.quantized[id(y)] = q
+    ctx.imp.quantized[id(y)] = (y, q)
     return [y]
 
 

@@ -209,3 +209,21 @@ def test_torch_exports_import_and_match_onnxruntime(name: str, dynamo: bool, tmp
     want = ort.InferenceSession(str(path)).run(None, ins)
     for vo, w in zip(model.graph.output, want, strict=True):
         np.testing.assert_allclose(got[vo.name], w, rtol=1e-4, atol=1e-5)
+
+
+def test_a_freed_constant_leaves_no_known_value_behind():
+    """Import notes what it knows of a Value by the Value's id. A constant that folding consumed
+    is dropped; were its entry keyed to a freed object, the next Value at that address (CPython
+    reuses it at once) would inherit the old value: import once failed at random with "cannot
+    reshape array of size 24 into shape (2, 4, 4, 6)"."""
+    from satura.engine.graph import TensorType, Value
+    from satura.engine.onnx_import import Importer
+
+    model = helper.make_model(
+        helper.make_graph([], "g", [], []), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    imp = Importer(model, None)
+    for _ in range(100):
+        imp.add_const(np.arange(24, dtype=np.int64).reshape(4, 6), "c")  # dropped at once
+        fresh = Value("v", TensorType((2, 3), "int64"))
+        assert imp.known_of(fresh) is None
