@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from satura.engine.graph import Value
-from satura.engine.onnx_converters import Outs, dims_product, reduce_axes_of
+from satura.engine.onnx_converters import Outs, auto_pads, dims_product, reduce_axes_of
 from satura.engine.onnx_import import NodeCtx, converter
 from satura.engine.shapes import as_dim, normalize_axis
 
@@ -556,3 +556,70 @@ def _group_norm(ctx: NodeCtx) -> Outs:
     scale = ctx.one("reshape", scale, shape=pshape)
     bias = ctx.one("reshape", bias, shape=pshape)
     return [ctx.one("add", ctx.one("mul", y, scale), bias)]
+
+
+@converter("EyeLike")
+def _eye_like(ctx: NodeCtx) -> Outs:
+    """Ones on diagonal ``k`` of a matrix of the input's (static) shape: a constant."""
+    x = ctx.x()
+    shape = tuple(x.type.shape)
+    if len(shape) != 2 or not all(isinstance(d, int) for d in shape):
+        raise ctx.fail(f"input must be a matrix of static shape, got {shape}")
+    code = ctx.attr("dtype")
+    dtype = ctx.dtype(code, "dtype") if code is not None else x.type.dtype
+    eye = np.eye(*shape, k=int(ctx.attr("k", 0)), dtype=dtype)
+    return [ctx.imp.add_const(eye, f"{ctx.name}_eye")]
+
+
+def _p_power(ctx: NodeCtx, x: Value, p: int) -> tuple[Value, Value | None]:
+    """|x|^p, and the exponent 1/p that undoes it (None for p = 1)."""
+    if p < 1:
+        raise ctx.fail(f"p = {p} must be at least 1")
+    if p == 1:
+        return ctx.one("abs", x), None
+    xp = ctx.one("mul", x, x) if p == 2 else ctx.one("pow", ctx.one("abs", x), ctx.scalar(p, x))
+    return xp, ctx.scalar(1.0 / p, x, "inv_p")
+
+
+def _p_root(ctx: NodeCtx, s: Value, inv: Value | None, p: int) -> Value:
+    if inv is None:
+        return s
+    return ctx.one("sqrt", s) if p == 2 else ctx.one("pow", s, inv)
+
+
+@converter("GlobalLpPool")
+def _global_lp_pool(ctx: NodeCtx) -> Outs:
+    """(Σ |x|^p over the spatial axes)^(1/p), kept as 1s."""
+    x, p = ctx.x(), int(ctx.attr("p", 2))
+    xp, inv = _p_power(ctx, x, p)
+    s = ctx.one("reduce_sum", xp, axes=tuple(range(2, x.type.rank)), keepdims=1)
+    return [_p_root(ctx, s, inv, p)]
+
+
+@converter("LpPool")
+def _lp_pool(ctx: NodeCtx) -> Outs:
+    """(Σ |x|^p over each window)^(1/p): the window sums a depthwise conv by ones (padding adds
+    zeros), ceil_mode as extra end padding."""
+    x, p = ctx.x(), int(ctx.attr("p", 2))
+    kernel = tuple(int(k) for k in ctx.attr("kernel_shape"))
+    nsp = len(kernel)
+    c = x.type.shape[1]
+    if x.type.rank != nsp + 2 or not isinstance(c, int):
+        raise ctx.fail(f"input must be [N, C, {nsp} spatial] with a static C, got {x.type.shape}")
+    strides = tuple(ctx.attr("strides", (1,) * nsp))
+    dil = tuple(ctx.attr("dilations", (1,) * nsp))
+    pads = list(auto_pads(ctx, x, kernel, strides, dil))
+    if int(ctx.attr("ceil_mode", 0)):
+        for i in range(nsp):
+            size = x.type.shape[2 + i]
+            if not isinstance(size, int):
+                raise ctx.fail("ceil_mode needs static spatial sizes")
+            span = size + pads[i] + pads[nsp + i] - (dil[i] * (kernel[i] - 1) + 1)
+            out = -(-span // strides[i]) + 1
+            if (out - 1) * strides[i] >= size + pads[i]:  # ONNX: last window starts inside
+                out -= 1
+            pads[nsp + i] += max(0, (out - 1) * strides[i] - span)
+    xp, inv = _p_power(ctx, x, p)
+    ones = ctx.imp.add_const(np.ones((c, 1, *kernel), dtype=x.type.dtype), f"{ctx.name}_ones")
+    s = ctx.one("conv", xp, ones, None, strides=strides, pads=tuple(pads), dilations=dil, group=c)
+    return [_p_root(ctx, s, inv, p)]

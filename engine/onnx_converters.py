@@ -94,7 +94,8 @@ def _leaky(ctx: NodeCtx) -> Outs:
 @converter("Cast")
 def _cast(ctx: NodeCtx) -> Outs:
     to = onnx_dtype(int(ctx.attr("to")), f"node '{ctx.name}' (Cast)")
-    return [ctx.one("cast", ctx.x(), to=to)]
+    x = ctx.x()
+    return [ctx.imp.exact_float(x, to) or ctx.one("cast", x, to=to)]
 
 
 @converter("CastLike")
@@ -227,7 +228,7 @@ def _batch_norm(ctx: NodeCtx) -> Outs:
     return [ctx.one("batch_norm", *ins, epsilon=float(ctx.attr("epsilon", 1e-5)))]
 
 
-def _auto_pads(
+def auto_pads(
     ctx: NodeCtx, x: Value, kernel: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
 ) -> tuple[int, ...]:
     auto = ctx.attr("auto_pad", "NOTSET")
@@ -251,28 +252,22 @@ def _auto_pads(
 
 @converter("Conv")
 def _conv(ctx: NodeCtx) -> Outs:
-    x, w = ctx.x(0), ctx.x(1)
+    return [conv_value(ctx, ctx.x(0), ctx.x(1), ctx.inp(2))]
+
+
+def conv_value(ctx: NodeCtx, x: Value, w: Value, bias: Value | None) -> Value:
+    """The conv of ``x`` by ``w`` (+ ``bias``) under the node's Conv attributes (auto_pad,
+    strides, dilations, group, kernel_shape): also QLinearConv's and ConvInteger's."""
     nsp = x.type.rank - 2
     kernel = tuple(ctx.attr("kernel_shape", ())) or tuple(w.type.shape[2:])
     strides = tuple(ctx.attr("strides", (1,) * nsp))
     dil = tuple(ctx.attr("dilations", (1,) * nsp))
-    pads = _auto_pads(ctx, x, kernel, strides, dil)  # type: ignore[arg-type]
+    pads = auto_pads(ctx, x, kernel, strides, dil)  # type: ignore[arg-type]
     group = int(ctx.attr("group", 1))
-    patches = _patch_conv(ctx, x, kernel, strides, dil, pads, group)
+    patches = _patch_conv(ctx, x, w, bias, kernel, strides, dil, pads, group)
     if patches is not None:
-        return [patches]
-    return [
-        ctx.one(
-            "conv",
-            x,
-            w,
-            ctx.inp(2),
-            strides=strides,
-            pads=pads,
-            dilations=dil,
-            group=int(ctx.attr("group", 1)),
-        )
-    ]
+        return patches
+    return ctx.one("conv", x, w, bias, strides=strides, pads=pads, dilations=dil, group=group)
 
 
 # A patch embedding (kernel = stride, say 16×16/16) has one phase plane per tap in the direct
@@ -284,6 +279,8 @@ PATCH_MIN_TAPS = 16
 def _patch_conv(
     ctx: NodeCtx,
     x: Value,
+    wv: Value,
+    bias: Value | None,
     kernel: tuple[int, ...],
     strides: tuple[int, ...],
     dil: tuple[int, ...],
@@ -292,7 +289,7 @@ def _patch_conv(
 ) -> Value | None:
     """A 2-D conv whose kernel equals its stride (no pads, dilation or groups, constant weights,
     static sizes the stride divides) as reshape, transpose, reshape and a 1×1 conv; else None."""
-    w = ctx.const(1)
+    w = wv.data
     shape = x.type.shape
     if (
         w is None
@@ -316,7 +313,7 @@ def _patch_conv(
     m = w.shape[0]
     w1 = ctx.imp.add_const(np.ascontiguousarray(w.reshape(m, c * kh * kw, 1, 1)), f"{ctx.name}_w")
     return ctx.one(
-        "conv", t, w1, ctx.inp(2), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1
+        "conv", t, w1, bias, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1
     )
 
 
@@ -327,7 +324,7 @@ def _pool(ctx: NodeCtx) -> Outs:
     nsp = len(kernel)
     strides = tuple(ctx.attr("strides", (1,) * nsp))
     dil = tuple(ctx.attr("dilations", (1,) * nsp))
-    pads = _auto_pads(ctx, x, kernel, strides, dil)
+    pads = auto_pads(ctx, x, kernel, strides, dil)
     at: dict[str, Any] = {
         "kernel": kernel,
         "strides": strides,
@@ -518,15 +515,26 @@ def _mod(ctx: NodeCtx) -> Outs:
     return [ctx.one("mod", ctx.x(0), ctx.x(1), fmod=int(ctx.attr("fmod", 0)))]
 
 
+def _swish_of(ctx: NodeCtx, x: Value) -> Value:
+    """x·sigmoid(alpha·x) (silu at alpha 1)."""
+    alpha = float(ctx.attr("alpha", 1.0))
+    if alpha == 1.0:
+        return ctx.one("silu", x)
+    return ctx.one("mul", x, ctx.one("sigmoid", ctx.one("mul", x, ctx.scalar(alpha, x))))
+
+
 @converter("Swish")
 def _swish(ctx: NodeCtx) -> Outs:
-    x = ctx.x()
-    alpha = float(ctx.attr("alpha", 1.0))
-    return [
-        ctx.one("silu", x)
-        if alpha == 1.0
-        else ctx.one("mul", x, ctx.one("sigmoid", ctx.one("mul", x, ctx.scalar(alpha, x))))
-    ]
+    return [_swish_of(ctx, ctx.x())]
+
+
+@converter("SwiGLU")
+def _swiglu(ctx: NodeCtx) -> Outs:
+    """Swish_alpha(A)·B, A and B of one shape."""
+    a, b = ctx.x(0), ctx.x(1)
+    if tuple(a.type.shape) != tuple(b.type.shape):
+        raise ctx.fail(f"A {tuple(a.type.shape)} and B {tuple(b.type.shape)} differ in shape")
+    return [ctx.one("mul", _swish_of(ctx, a), b)]
 
 
 @converter("Elu", "HardSigmoid")

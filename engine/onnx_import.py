@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner
 import sympy
 from onnx import helper, numpy_helper
 from satura.engine.errors import (
@@ -102,6 +103,13 @@ class Importer:
                 "onnx.version_converter"
             )
         return v
+
+    def exact_float(self, v: Value, dtype: str) -> Value | None:
+        """The float of type ``dtype`` that a quantizing op cast integer ``v`` from, if any."""
+        made = self.quantized.get(id(v))
+        return (
+            made[1] if made is not None and made[0] is v and made[1].type.dtype == dtype else None
+        )
 
     def symbol(self, name: str) -> sympy.Symbol:
         if name not in self.symbols:
@@ -478,6 +486,11 @@ def load_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> Graph:
         base_dir = str(path.resolve().parent)
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise ModelError("not a valid ONNX model (no graph or ir_version)")
+    if proto.functions:  # model-local functions (exporters' modules): their bodies, inlined
+        try:
+            proto = onnx.inliner.inline_local_functions(proto)
+        except Exception as e:
+            raise ModelError(f"cannot inline the model's local functions: {e}") from None
     return Importer(proto, base_dir).run()
 
 

@@ -1,16 +1,22 @@
 """ONNX's quantization ops as float arithmetic: QuantizeLinear, DequantizeLinear and
-DynamicQuantizeLinear, so that QDQ models (onnxruntime's ``quantize_static`` default format) run.
+DynamicQuantizeLinear (QDQ models, onnxruntime's ``quantize_static`` default format), and the
+integer operator ops MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv (the operator
+format, and ``quantize_dynamic``'s output).
 
 A quantize-dequantize pair is the float computation ONNX defines (round half to even, saturate,
 subtract the zero point, scale), so results equal ONNX's reference; the products between them
-run in float32 kernels, not int8 ones. Registered in ``onnx_import.CONVERTERS`` when
-``onnx_converters`` imports this module (at its end).
+run in float32 kernels, not int8 ones. An integer product is a float32 product of the integers
+less their zero points: exact while its partial sums stay below 2**24 in magnitude, as they do
+for the usual sizes (K·|a|·|b|), else rounded as a float32 sum is. Every integer a quantizing op
+makes keeps the float it was cast from (``Importer.quantized``), so the next integer op, a
+DequantizeLinear or a Cast back to float reads that float and no cast pair runs. Registered in
+``onnx_import.CONVERTERS`` when ``onnx_converters`` imports this module (at its end).
 """
 
 from __future__ import annotations
 
 from satura.engine.graph import Value
-from satura.engine.onnx_converters import Outs
+from satura.engine.onnx_converters import Outs, conv_value
 from satura.engine.onnx_import import NodeCtx, converter
 
 # Integer ranges of the quantized types satura has (4-bit and float8 types it does not model).
@@ -68,9 +74,7 @@ def _dequantize_linear(ctx: NodeCtx) -> Outs:
     axis, block = _quant_attrs(ctx)
     out = ctx.attr("output_dtype")
     dt = ctx.dtype(out, "output_dtype") if out else scale.type.dtype
-    made = ctx.imp.quantized.get(id(x))
-    exact = made[1] if made is not None and made[0] is x else None
-    y = exact if exact is not None and exact.type.dtype == dt else ctx.one("cast", x, to=dt)
+    y = as_float(ctx, x, dt)
     if zp is not None:
         y = ctx.one("sub", y, ctx.one("cast", _per_axis(ctx, zp, x, axis, block), to=dt))
     s = _per_axis(ctx, scale, x, axis, block)
@@ -99,9 +103,7 @@ def _quantize_linear(ctx: NodeCtx) -> Outs:
     lo, hi = QUANT_RANGES[to]
     # min/max rather than clip: both join the elementwise kernels around them
     q = ctx.one("max", ctx.one("min", q, ctx.scalar(hi, q, "hi")), ctx.scalar(lo, q, "lo"))
-    y = ctx.one("cast", q, to=to)
-    ctx.imp.quantized[id(y)] = (y, q)
-    return [y]
+    return [quantized(ctx, q, to)]
 
 
 @converter("DynamicQuantizeLinear")
@@ -117,4 +119,137 @@ def _dynamic_quantize_linear(ctx: NodeCtx) -> Outs:
     top = ctx.scalar(255.0, x, "top")
     zp = ctx.one("clip", ctx.one("round", ctx.one("div", ctx.one("neg", lo), scale)), zero, top)
     q = ctx.one("clip", ctx.one("add", ctx.one("round", ctx.one("div", x, scale)), zp), zero, top)
-    return [ctx.one("cast", q, to="uint8"), scale, ctx.one("cast", zp, to="uint8")]
+    return [quantized(ctx, q, "uint8"), scale, quantized(ctx, zp, "uint8")]
+
+
+def as_float(ctx: NodeCtx, x: Value, dt: str) -> Value:
+    """Integer ``x`` as float type ``dt``: the float a quantizing op cast it from when there is
+    one (no cast runs), else a cast."""
+    return ctx.imp.exact_float(x, dt) or ctx.one("cast", x, to=dt)
+
+
+def quantized(ctx: NodeCtx, exact: Value, to: str) -> Value:
+    """``exact`` (a float holding integers) cast to integer type ``to``, remembered as made from
+    it (see ``as_float``)."""
+    y = ctx.one("cast", exact, to=to)
+    ctx.imp.quantized[id(y)] = (y, exact)
+    return y
+
+
+def _centred(ctx: NodeCtx, x: Value, zp: Value | None) -> Value:
+    """float32 ``x - zp`` of a uint8 or int8 ``x`` (``zp`` already shaped to broadcast)."""
+    if x.type.dtype not in ("uint8", "int8"):
+        raise ctx.fail(f"integer inputs must be uint8 or int8, got {x.type.dtype}")
+    xf = as_float(ctx, x, "float32")
+    if zp is None:
+        return xf
+    if zp.type.dtype != x.type.dtype:
+        raise ctx.fail(f"zero point of type {zp.type.dtype} for an input of {x.type.dtype}")
+    return ctx.one("sub", xf, as_float(ctx, zp, "float32"))
+
+
+def _per_row(ctx: NodeCtx, p: Value | None, a: Value) -> Value | None:
+    """A parameter of A [.., M, K] per tensor or per row: a vector of M as [M, 1]."""
+    if p is None or p.type.rank != 1 or p.type.shape[0] == 1 or a.type.rank < 2:
+        return p
+    return ctx.one("reshape", p, shape=(p.type.shape[0], 1))
+
+
+def _integer_out(ctx: NodeCtx, acc: Value) -> Value:
+    """An int32 output (MatMulInteger, ConvInteger) from its float32 value."""
+    return quantized(ctx, acc, "int32")
+
+
+def _requantize(
+    ctx: NodeCtx, acc: Value, scale: Value, y_scale: Value, y_zp: Value | None, like: Value
+) -> Value:
+    """saturate(round(acc · (x_scale·w_scale / y_scale)) + y_zp) in y_zp's type (else
+    ``like``'s), the scale product taken in the scales' type, as ONNX's reference does."""
+    m = ctx.one("div", scale, y_scale)
+    if m.type.dtype != "float32":
+        m = ctx.one("cast", m, to="float32")
+    q = ctx.one("mul", acc, m)
+    if y_zp is not None:
+        q = ctx.one("add", q, as_float(ctx, y_zp, "float32"))
+    to = y_zp.type.dtype if y_zp is not None else like.type.dtype
+    if to not in ("uint8", "int8"):
+        raise ctx.fail(f"quantized output type {to} is not supported (uint8, int8)")
+    lo, hi = QUANT_RANGES[to]
+    q = ctx.one("round", q)
+    q = ctx.one("max", ctx.one("min", q, ctx.scalar(hi, q, "hi")), ctx.scalar(lo, q, "lo"))
+    return quantized(ctx, q, to)
+
+
+@converter("MatMulInteger")
+def _matmul_integer(ctx: NodeCtx) -> Outs:
+    """int32 (A - a_zero_point) @ (B - b_zero_point); a_zero_point per row of A or per tensor,
+    b_zero_point per column of B or per tensor."""
+    a, b = ctx.x(0), ctx.x(1)
+    af = _centred(ctx, a, _per_row(ctx, ctx.inp(2), a))
+    bf = _centred(ctx, b, ctx.inp(3))
+    return [_integer_out(ctx, ctx.one("matmul", af, bf))]
+
+
+@converter("QLinearMatMul")
+def _qlinear_matmul(ctx: NodeCtx) -> Outs:
+    """saturate(round((a - a_zp) @ (b - b_zp) · a_scale·b_scale / y_scale) + y_zp); a's and
+    y's parameters per tensor or per row, b's per tensor or per column."""
+    a, b = ctx.x(0), ctx.x(3)
+    af = _centred(ctx, a, _per_row(ctx, ctx.inp(2), a))
+    bf = _centred(ctx, b, ctx.inp(5))
+    acc = ctx.one("matmul", af, bf)
+    scale = ctx.one("mul", _per_row(ctx, ctx.x(1), a), ctx.x(4))
+    y_scale, y_zp = _per_row(ctx, ctx.x(6), a), _per_row(ctx, ctx.inp(7), a)
+    return [_requantize(ctx, acc, scale, y_scale, y_zp, a)]
+
+
+def _channel_vector(ctx: NodeCtx, p: Value, w: Value, what: str) -> tuple[int, ...] | None:
+    """The shape a per-output-channel parameter takes against conv weights ``w`` (None for a
+    scalar one)."""
+    if p.type.rank == 0 or (p.type.rank == 1 and p.type.shape[0] == 1):
+        return None
+    if p.type.rank != 1 or p.type.shape[0] != w.type.shape[0]:
+        raise ctx.fail(
+            f"{what} of shape {tuple(p.type.shape)} is neither a scalar nor one per output "
+            f"channel ({w.type.shape[0]})"
+        )
+    return (p.type.shape[0],) + (1,) * (w.type.rank - 1)
+
+
+def _conv_operands(ctx: NodeCtx, xi: int, wi: int, xzi: int, wzi: int) -> tuple[Value, Value]:
+    """float32 x and w less their zero points (x's per tensor, w's per tensor or channel)."""
+    x, w = ctx.x(xi), ctx.x(wi)
+    xz, wz = ctx.inp(xzi), ctx.inp(wzi)
+    if xz is not None and xz.type.rank and tuple(xz.type.shape) != (1,):
+        raise ctx.fail(f"x's zero point must be a scalar, got shape {tuple(xz.type.shape)}")
+    if wz is not None:
+        shape = _channel_vector(ctx, wz, w, "w's zero point")
+        wz = wz if shape is None else ctx.one("reshape", wz, shape=shape)
+    return _centred(ctx, x, xz), _centred(ctx, w, wz)
+
+
+@converter("ConvInteger")
+def _conv_integer(ctx: NodeCtx) -> Outs:
+    """int32 conv of (x - x_zero_point) by (w - w_zero_point), w's per output channel or per
+    tensor; the padding is of zeros after the zero point is taken off."""
+    xf, wf = _conv_operands(ctx, 0, 1, 2, 3)
+    return [_integer_out(ctx, conv_value(ctx, xf, wf, None))]
+
+
+@converter("QLinearConv")
+def _qlinear_conv(ctx: NodeCtx) -> Outs:
+    """saturate(round((conv(x - x_zp, w - w_zp) + B) · x_scale·w_scale / y_scale) + y_zp),
+    w_scale and w_zp per output channel or per tensor, B int32."""
+    xf, wf = _conv_operands(ctx, 0, 3, 2, 5)
+    bias = ctx.inp(8)
+    if bias is not None:
+        if bias.type.dtype != "int32":
+            raise ctx.fail(f"bias must be int32, got {bias.type.dtype}")
+        bias = as_float(ctx, bias, "float32")
+    acc = conv_value(ctx, xf, wf, bias)
+    w_scale = ctx.x(4)
+    shape = _channel_vector(ctx, w_scale, ctx.x(3), "w_scale")
+    if shape is not None:  # against the output [N, M, ...]
+        w_scale = ctx.one("reshape", w_scale, shape=shape[:-1])
+    scale = ctx.one("mul", ctx.x(1), w_scale)
+    return [_requantize(ctx, acc, scale, ctx.x(6), ctx.inp(7), ctx.x(0))]

@@ -160,6 +160,14 @@ FAMILY_OPS = frozenset(
         "QuantizeLinear",
         "DequantizeLinear",
         "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearMatMul",
+        "QLinearConv",
+        "SwiGLU",
+        "EyeLike",
+        "LpPool",
+        "GlobalLpPool",
     )
 )
 

@@ -526,3 +526,26 @@ def test_if_with_a_condition_known_at_import_inlines_its_branch(cond_from, scale
 def test_if_on_a_run_time_condition_is_a_clear_error():
     with pytest.raises(ModelError, match=r"node 'branch' \(If\): the condition must be known"):
         satura.load(_if_model("input"))
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs"),
+    [
+        ("GlobalLpPool", {"p": 1}),
+        ("GlobalLpPool", {}),
+        ("GlobalLpPool", {"p": 3}),
+        ("LpPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+        ("LpPool", {"kernel_shape": [2, 3], "p": 3, "pads": [1, 0, 0, 1], "ceil_mode": 1}),
+        ("LpPool", {"kernel_shape": [3, 2], "p": 1, "auto_pad": "SAME_UPPER", "strides": [2, 1]}),
+    ],
+)
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_lp_pools_match_onnxruntime(op, attrs, target):
+    """Lp pooling (window sums a depthwise conv by ones; ceil_mode as end padding): the case
+    ONNX's node tests leave out included."""
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(4).standard_normal((2, 3, 7, 8)).astype(np.float32)
+    model = _typed_model(op, x, opset=18, **attrs)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
+    got = satura.compile(satura.load(model), target=target)(x0=x)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

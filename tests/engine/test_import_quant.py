@@ -1,6 +1,8 @@
-"""QDQ models (onnxruntime's ``quantize_static`` default format) through QuantizeLinear and
-DequantizeLinear as float arithmetic, against ONNX's reference evaluator, as onnxruntime run
-without graph optimizations is (its optimized run fuses int8 kernels that round differently)."""
+"""Quantized models as float arithmetic: QDQ models (onnxruntime's ``quantize_static`` default
+format), operator-format ones (QLinearConv, QLinearMatMul) and ``quantize_dynamic``'s
+(DynamicQuantizeLinear, ConvInteger, MatMulInteger), against ONNX's reference evaluator and
+onnxruntime run without graph optimizations (its optimized run fuses int8 kernels that round
+differently)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from satura.engine.errors import ModelError
+from satura.engine.interpret import run_graph
 
 import satura
 
@@ -92,6 +95,58 @@ def test_a_quantize_static_model_matches_its_reference(tmp_path, per_channel, qt
         np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.001)
 
 
+class _Calibration:
+    """Four random batches for ``quantize_static``."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.feeds = iter(
+            [{"x": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+        )
+
+    def get_next(self) -> dict | None:
+        return next(self.feeds, None)
+
+
+@pytest.mark.llvm
+@pytest.mark.parametrize("how", ["operator", "operator_per_channel", "dynamic"])
+def test_integer_operator_models_match_onnxruntime(tmp_path, how):
+    """The operator format and ``quantize_dynamic``: every integer op is read, the compiled
+    model runs no fallback and gives onnxruntime's output (unoptimized) to one step at most."""
+    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
+
+    rng = np.random.default_rng(2)
+    fp, qp = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(_float_model(), fp)
+    if how == "dynamic":
+        quantize_dynamic(str(fp), str(qp))
+        ops = {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
+    else:
+        quantize_static(
+            str(fp),
+            str(qp),
+            _Calibration(rng),
+            quant_format=QuantFormat.QOperator,
+            per_channel=how.endswith("per_channel"),
+        )
+        ops = {"QLinearConv", "QLinearMatMul"}
+    model = onnx.load(qp)
+    assert ops <= {n.op_type for n in model.graph.node}
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(str(qp), so).run(None, {"x": x})[0]
+    ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    exe = satura.compile(model)
+    assert exe.fallback_ops == []
+    got = exe(x=x)["y"]
+    step = np.abs(want).max() / 100  # far below one quantization step of the output
+    for have in (got, run_graph(satura.load(model), {"x": x})["y"]):
+        off = np.abs(have - want) > 1e-6 * np.abs(want).max()
+        assert off.mean() <= 0.05
+        np.testing.assert_allclose(have, want, rtol=0, atol=step)
+    np.testing.assert_allclose(ref, want, rtol=0, atol=step)
+
+
 def _node_model(op: str, ins: list, attrs: dict) -> onnx.ModelProto:
     names = [n for n, _, _ in ins]
     node = helper.make_node(op, names, ["y"], name="q", **attrs)
@@ -104,8 +159,41 @@ def _node_model(op: str, ins: list, attrs: dict) -> onnx.ModelProto:
     )
 
 
-F, I8 = TensorProto.FLOAT, TensorProto.INT8
+F, I8, U8 = TensorProto.FLOAT, TensorProto.INT8, TensorProto.UINT8
 BAD = [
+    (
+        "MatMulInteger",
+        [("a", U8, (2, 3)), ("b", I8, (3, 4)), ("az", I8, ())],
+        {},
+        "zero point of type int8 for an input of uint8",
+    ),
+    (
+        "MatMulInteger",
+        [("a", F, (2, 3)), ("b", I8, (3, 4))],
+        {},
+        "must be uint8 or int8, got float32",
+    ),
+    (
+        "QLinearConv",
+        [
+            ("x", U8, (1, 2, 5, 5)),
+            ("xs", F, ()),
+            ("xz", U8, ()),
+            ("w", I8, (4, 2, 3, 3)),
+            ("ws", F, (3,)),
+            ("wz", I8, ()),
+            ("ys", F, ()),
+            ("yz", U8, ()),
+        ],
+        {},
+        r"w_scale of shape \(3,\) is neither a scalar nor one per output channel \(4\)",
+    ),
+    (
+        "ConvInteger",
+        [("x", U8, (1, 2, 5, 5)), ("w", U8, (4, 2, 3, 3)), ("xz", U8, (2,))],
+        {},
+        "x's zero point must be a scalar",
+    ),
     (
         "QuantizeLinear",
         [("x", F, (2, 3)), ("s", F, ())],

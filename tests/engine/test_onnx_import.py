@@ -227,3 +227,58 @@ def test_a_freed_constant_leaves_no_known_value_behind():
         imp.add_const(np.arange(24, dtype=np.int64).reshape(4, 6), "c")  # dropped at once
         fresh = Value("v", TensorType((2, 3), "int64"))
         assert imp.known_of(fresh) is None
+
+
+def _with_local_function(body_op: str = "Tanh") -> onnx.ModelProto:
+    """y = Scaled(x) + x, where Scaled (domain 'local') is a model-local function calling
+    itself another one (as exporters write modules)."""
+    inner = helper.make_function(
+        "local",
+        "Act",
+        ["a"],
+        ["b"],
+        [helper.make_node(body_op, ["a"], ["b"])],
+        [helper.make_opsetid("", 18)],
+    )
+    outer = helper.make_function(
+        "local",
+        "Scaled",
+        ["x"],
+        ["y"],
+        [
+            helper.make_node("Constant", [], ["two"], value_float=2.0),
+            helper.make_node("Mul", ["x", "two"], ["x2"]),
+            helper.make_node("Act", ["x2"], ["y"], domain="local"),
+        ],
+        [helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+    )
+    g = helper.make_graph(
+        [
+            helper.make_node("Scaled", ["x"], ["s"], domain="local"),
+            helper.make_node("Add", ["s", "x"], ["y"]),
+        ],
+        "f",
+        [_f32("x", [3, 4])],
+        [_f32("y", [3, 4])],
+    )
+    return helper.make_model(
+        g,
+        functions=[inner, outer],
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+        ir_version=8,
+    )
+
+
+def test_model_local_functions_are_inlined() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    m = _with_local_function()
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    g = load_onnx(m)
+    assert sorted(n.op for n in g.nodes) == ["add", "mul", "tanh"]
+    want = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_graph(g, {"x": x})["y"], want, rtol=1e-6)
+
+
+def test_an_unsupported_op_inside_a_local_function_is_named() -> None:
+    with pytest.raises(UnsupportedOpError, match="unsupported ONNX op 'Det'"):
+        load_onnx(_with_local_function("Det"))
