@@ -528,7 +528,10 @@ def file_cases(paths: list[str], dims: dict[str, int]) -> list[ModelCase]:
         proto = onnx.load(path)
         feeds = synthetic_inputs(proto, dims)
         t0 = time.perf_counter()
-        graph = satura.optimize(satura.load(proto)).graph
+        try:
+            graph = satura.optimize(satura.load(proto)).graph
+        except satura.SaturaError as e:
+            raise ValueError(f"--model {path}: {e}") from None
         name = os.path.splitext(os.path.basename(path))[0]
         shapes = ", ".join(f"{list(a.shape)}" for a in feeds.values())
         cases.append(

@@ -1,8 +1,9 @@
 """Constant folding: evaluate nodes whose inputs are all constants with the ops' numpy references.
 
 Used by the ONNX importer while it builds a graph (``try_fold``) and on whole graphs after rewrites
-(``fold_constants``). Outputs larger than ``max_elems`` are not folded, so a broadcast of a scalar
-to a huge shape stays a node instead of becoming a huge constant.
+(``fold_constants``). An output larger than ``max_elems`` and than every input is not folded, so a
+broadcast of a scalar to a huge shape stays a node instead of becoming a huge constant, while a
+large weight's cast, transpose or dequantization folds.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ def try_fold(
     max_elems: int = MAX_FOLD_ELEMS,
 ) -> list[np.ndarray] | None:
     """Outputs of ``op`` on constant ``inputs``, or None when it cannot or should not be folded
-    (an input is not constant, an attribute is symbolic, or an output is too large)."""
+    (an input is not constant, an attribute is symbolic, or an output is too large: more than
+    ``max_elems`` elements and more than its largest input, so that a weight's cast or
+    dequantization folds but an expand or ConstantOfShape does not grow the model)."""
     if any(v is not None and not v.is_const for v in inputs):
         return None
     if any(has_symbols(a) for a in attrs.values()):
         return None
     types = infer_types(op, [None if v is None else v.type for v in inputs], attrs)
-    if any(not t.is_static or _numel(t.shape) > max_elems for t in types):
+    limit = max([max_elems] + [v.data.size for v in inputs if v is not None and v.data is not None])
+    if any(not t.is_static or _numel(t.shape) > limit for t in types):
         return None
     info = get_op(op)
     with np.errstate(all="ignore"):

@@ -335,6 +335,9 @@ def _pool(ctx: NodeCtx) -> Outs:
     if ctx.op_type == "MaxPool":
         if ctx.attr("storage_order", 0):
             raise ctx.fail("storage_order=1 is not supported")
+        exact = ctx.imp.exact_float(x, "float32")
+        if exact is not None:  # quantized integers: the max of their floats (kernels are float)
+            return [ctx.quantized(ctx.one("max_pool", exact, **at), x.type.dtype)]
         return [ctx.one("max_pool", x, **at)]
     at["count_include_pad"] = int(ctx.attr("count_include_pad", 0))
     return [ctx.one("avg_pool", x, **at)]

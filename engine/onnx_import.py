@@ -41,14 +41,21 @@ Converter = Callable[["NodeCtx"], list[Value | None]]
 CONVERTERS: dict[str, Converter] = {}
 SATURA_DOMAIN = "ai.satura"  # satura's own ops, as onnx_export writes them
 SATURA_CONVERTER: Converter | None = None  # set by onnx_converters
+# onnxruntime's contrib ops that exporters and its quantizer write into model files
+CONTRIB_DOMAIN = "com.microsoft"
+CONTRIB_CONVERTERS: dict[str, Converter] = {}
 
 
-def converter(*op_types: str) -> Callable[[Converter], Converter]:
-    """Register a function as the converter of the given ONNX op types."""
+def converter(*op_types: str, domain: str = "") -> Callable[[Converter], Converter]:
+    """Register a function as the converter of the given ONNX op types (of the default domain,
+    or of ``CONTRIB_DOMAIN``)."""
+    table = CONTRIB_CONVERTERS if domain == CONTRIB_DOMAIN else CONVERTERS
+    if table is CONVERTERS and domain:
+        raise ValueError(f"no converter table for domain '{domain}'")
 
     def deco(fn: Converter) -> Converter:
         for t in op_types:
-            CONVERTERS[t] = fn
+            table[t] = fn
         return fn
 
     return deco
@@ -221,11 +228,12 @@ class Importer:
 
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         name = node.name or f"{node.op_type}_{index}"
-        fn = (
-            CONVERTERS.get(node.op_type)
-            if node.domain in ("", "ai.onnx")
-            else (SATURA_CONVERTER if node.domain == SATURA_DOMAIN else None)
-        )
+        if node.domain in ("", "ai.onnx"):
+            fn = CONVERTERS.get(node.op_type)
+        elif node.domain == CONTRIB_DOMAIN:
+            fn = CONTRIB_CONVERTERS.get(node.op_type)
+        else:
+            fn = SATURA_CONVERTER if node.domain == SATURA_DOMAIN else None
         if fn is None:
             dom = f"{node.domain}." if node.domain else ""
             raise UnsupportedOpError(
@@ -337,6 +345,26 @@ class NodeCtx:
         a = self.attr(attr)
         return None if a is None else tuple(a)
 
+    def inner(
+        self, op_type: str, inputs: Sequence[Value | None], opset: int | None = None, **attrs: Any
+    ) -> list[Value | None]:
+        """The outputs of a default-domain ``op_type`` node over ``inputs`` with ``attrs``, as
+        its converter makes them; errors name this node."""
+        names = [f"{self.name}::{i}" if v is not None else "" for i, v in enumerate(inputs)]
+        node = helper.make_node(op_type, names, [f"{self.name}::out"], **attrs)
+        sub = NodeCtx(self.imp, node, self.name)
+        sub.created = self.created
+        if opset is not None:
+            sub.opset = opset
+        for n, v in zip(names, inputs, strict=True):
+            if v is not None:
+                self.imp.values[n] = v
+        try:
+            return CONVERTERS[op_type](sub)
+        finally:
+            for n in names:
+                self.imp.values.pop(n, None)
+
     # -- emitting --------------------------------------------------------------------------------
     def emit(self, op: str, inputs: Sequence[Value | None], **attrs: Any) -> list[Value]:
         """Add (or fold) one satura node; returns its outputs."""
@@ -384,6 +412,13 @@ class NodeCtx:
             return
         if out is not None and out.size <= MAX_KNOWN:
             self.imp.set_known(outs[0], np.asarray(out, dtype=object))
+
+    def quantized(self, exact: Value, to: str) -> Value:
+        """``exact`` (a float holding integers) cast to integer type ``to``, remembered as made
+        from it (``Importer.exact_float``): the next reader of the integers reads the float."""
+        y = self.one("cast", exact, to=to)
+        self.imp.quantized[id(y)] = (y, exact)
+        return y
 
     def scalar(self, value: Any, like: Value, hint: str = "c") -> Value:
         return self.imp.add_const(np.asarray(value, dtype=like.type.dtype), f"{self.name}_{hint}")

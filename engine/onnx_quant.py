@@ -1,7 +1,9 @@
 """ONNX's quantization ops as float arithmetic: QuantizeLinear, DequantizeLinear and
 DynamicQuantizeLinear (QDQ models, onnxruntime's ``quantize_static`` default format), and the
 integer operator ops MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv (the operator
-format, and ``quantize_dynamic``'s output).
+format, and ``quantize_dynamic``'s output), and the com.microsoft ops onnxruntime's quantizer
+writes in the operator format (QLinearAdd, QLinearMul, QLinearLeakyRelu, QLinearSigmoid,
+QLinearAveragePool, QLinearGlobalAveragePool, QLinearConcat, QLinearSoftmax, QLinearWhere, QGemm).
 
 A quantize-dequantize pair is the float computation ONNX defines (round half to even, saturate,
 subtract the zero point, scale), so results equal ONNX's reference; the products between them
@@ -9,15 +11,16 @@ run in float32 kernels, not int8 ones. An integer product is a float32 product o
 less their zero points: exact while its partial sums stay below 2**24 in magnitude, as they do
 for the usual sizes (K·|a|·|b|), else rounded as a float32 sum is. Every integer a quantizing op
 makes keeps the float it was cast from (``Importer.quantized``), so the next integer op, a
-DequantizeLinear or a Cast back to float reads that float and no cast pair runs. Registered in
-``onnx_import.CONVERTERS`` when ``onnx_converters`` imports this module (at its end).
+DequantizeLinear, a MaxPool or a Cast back to float reads that float and no cast pair runs.
+Registered in ``onnx_import.CONVERTERS`` when ``onnx_converters`` imports this module (at its
+end).
 """
 
 from __future__ import annotations
 
 from satura.engine.graph import Value
 from satura.engine.onnx_converters import Outs, conv_value
-from satura.engine.onnx_import import NodeCtx, converter
+from satura.engine.onnx_import import CONTRIB_DOMAIN, NodeCtx, converter
 
 # Integer ranges of the quantized types satura has (4-bit and float8 types it does not model).
 QUANT_RANGES = {
@@ -68,17 +71,30 @@ def _quant_attrs(ctx: NodeCtx) -> tuple[int, int]:
 def _dequantize_linear(ctx: NodeCtx) -> Outs:
     """(x - zero_point) · scale, per tensor, per axis or per block, in the scale's type (or
     ``output_dtype``)."""
-    x, scale, zp = ctx.x(0), ctx.x(1), ctx.inp(2)
+    x, scale = ctx.x(0), ctx.x(1)
     if x.type.dtype not in (*QUANT_RANGES, "int32"):
         raise ctx.fail(f"quantized type {x.type.dtype} is not supported")
     axis, block = _quant_attrs(ctx)
     out = ctx.attr("output_dtype")
     dt = ctx.dtype(out, "output_dtype") if out else scale.type.dtype
+    return [dequantize(ctx, x, scale, ctx.inp(2), axis, block, dt)]
+
+
+def dequantize(
+    ctx: NodeCtx,
+    x: Value,
+    scale: Value,
+    zp: Value | None,
+    axis: int = 1,
+    block: int = 0,
+    dt: str = "float32",
+) -> Value:
+    """(x - zp) · scale in float type ``dt``."""
     y = as_float(ctx, x, dt)
     if zp is not None:
         y = ctx.one("sub", y, ctx.one("cast", _per_axis(ctx, zp, x, axis, block), to=dt))
     s = _per_axis(ctx, scale, x, axis, block)
-    return [ctx.one("mul", y, s if s.type.dtype == dt else ctx.one("cast", s, to=dt))]
+    return ctx.one("mul", y, s if s.type.dtype == dt else ctx.one("cast", s, to=dt))
 
 
 @converter("QuantizeLinear")
@@ -89,10 +105,26 @@ def _quantize_linear(ctx: NodeCtx) -> Outs:
     axis, block = _quant_attrs(ctx)
     out = ctx.attr("output_dtype")
     to = zp.type.dtype if zp is not None else ctx.dtype(out, "output_dtype") if out else "uint8"
-    if to not in QUANT_RANGES:
-        raise ctx.fail(f"quantized type {to} is not supported (int8, uint8, int16, uint16)")
     precision = ctx.attr("precision")
     wide = ctx.dtype(precision, "precision") if precision else x.type.dtype
+    return [quantize(ctx, x, scale, zp, to, axis, block, wide)]
+
+
+def quantize(
+    ctx: NodeCtx,
+    x: Value,
+    scale: Value,
+    zp: Value | None,
+    to: str,
+    axis: int = 1,
+    block: int = 0,
+    wide: str | None = None,
+) -> Value:
+    """saturate(round_half_even(x / scale) + zp) as integer type ``to``, computed in ``wide``
+    (x's float type by default)."""
+    if to not in QUANT_RANGES:
+        raise ctx.fail(f"quantized type {to} is not supported (int8, uint8, int16, uint16)")
+    wide = wide or x.type.dtype
     xs = x if wide == x.type.dtype else ctx.one("cast", x, to=wide)
     s = _per_axis(ctx, scale, x, axis, block)
     q = ctx.one(
@@ -100,10 +132,15 @@ def _quantize_linear(ctx: NodeCtx) -> Outs:
     )
     if zp is not None:
         q = ctx.one("add", q, ctx.one("cast", _per_axis(ctx, zp, x, axis, block), to=wide))
+    return _saturated(ctx, q, to)
+
+
+def _saturated(ctx: NodeCtx, q: Value, to: str) -> Value:
+    """Rounded ``q`` clamped to the range of ``to`` and cast to it."""
     lo, hi = QUANT_RANGES[to]
     # min/max rather than clip: both join the elementwise kernels around them
     q = ctx.one("max", ctx.one("min", q, ctx.scalar(hi, q, "hi")), ctx.scalar(lo, q, "lo"))
-    return [quantized(ctx, q, to)]
+    return ctx.quantized(q, to)
 
 
 @converter("DynamicQuantizeLinear")
@@ -116,24 +153,15 @@ def _dynamic_quantize_linear(ctx: NodeCtx) -> Outs:
     hi = ctx.one("max", ctx.one("reduce_max", x, axes=every, keepdims=0), zero)
     lo = ctx.one("min", ctx.one("reduce_min", x, axes=every, keepdims=0), zero)
     scale = ctx.one("div", ctx.one("sub", hi, lo), ctx.scalar(255.0, x, "range"))
-    top = ctx.scalar(255.0, x, "top")
-    zp = ctx.one("clip", ctx.one("round", ctx.one("div", ctx.one("neg", lo), scale)), zero, top)
-    q = ctx.one("clip", ctx.one("add", ctx.one("round", ctx.one("div", x, scale)), zp), zero, top)
-    return [quantized(ctx, q, "uint8"), scale, quantized(ctx, zp, "uint8")]
+    zp = _saturated(ctx, ctx.one("round", ctx.one("div", ctx.one("neg", lo), scale)), "uint8")
+    q = ctx.one("add", ctx.one("round", ctx.one("div", x, scale)), as_float(ctx, zp, x.type.dtype))
+    return [_saturated(ctx, q, "uint8"), scale, zp]
 
 
 def as_float(ctx: NodeCtx, x: Value, dt: str) -> Value:
     """Integer ``x`` as float type ``dt``: the float a quantizing op cast it from when there is
     one (no cast runs), else a cast."""
     return ctx.imp.exact_float(x, dt) or ctx.one("cast", x, to=dt)
-
-
-def quantized(ctx: NodeCtx, exact: Value, to: str) -> Value:
-    """``exact`` (a float holding integers) cast to integer type ``to``, remembered as made from
-    it (see ``as_float``)."""
-    y = ctx.one("cast", exact, to=to)
-    ctx.imp.quantized[id(y)] = (y, exact)
-    return y
 
 
 def _centred(ctx: NodeCtx, x: Value, zp: Value | None) -> Value:
@@ -157,7 +185,7 @@ def _per_row(ctx: NodeCtx, p: Value | None, a: Value) -> Value | None:
 
 def _integer_out(ctx: NodeCtx, acc: Value) -> Value:
     """An int32 output (MatMulInteger, ConvInteger) from its float32 value."""
-    return quantized(ctx, acc, "int32")
+    return ctx.quantized(acc, "int32")
 
 
 def _requantize(
@@ -174,10 +202,7 @@ def _requantize(
     to = y_zp.type.dtype if y_zp is not None else like.type.dtype
     if to not in ("uint8", "int8"):
         raise ctx.fail(f"quantized output type {to} is not supported (uint8, int8)")
-    lo, hi = QUANT_RANGES[to]
-    q = ctx.one("round", q)
-    q = ctx.one("max", ctx.one("min", q, ctx.scalar(hi, q, "hi")), ctx.scalar(lo, q, "lo"))
-    return quantized(ctx, q, to)
+    return _saturated(ctx, ctx.one("round", q), to)
 
 
 @converter("MatMulInteger")
@@ -253,3 +278,116 @@ def _qlinear_conv(ctx: NodeCtx) -> Outs:
         w_scale = ctx.one("reshape", w_scale, shape=shape[:-1])
     scale = ctx.one("mul", ctx.x(1), w_scale)
     return [_requantize(ctx, acc, scale, ctx.x(6), ctx.inp(7), ctx.x(0))]
+
+
+# -- onnxruntime's quantized contrib ops (its quantizer's operator format) -----------------------
+# Each is its float op between a dequantize of every input and a quantize of the output: inputs
+# come as (x, scale, zero point) triples, the output's scale and zero point follow. onnxruntime
+# requantizes with fixed ratios of the scales, which can land one step apart on a boundary.
+_CONTRIB_UNARY = {"QLinearLeakyRelu": "LeakyRelu", "QLinearSigmoid": "Sigmoid"}
+_CONTRIB_BINARY = {"QLinearAdd": "add", "QLinearMul": "mul"}
+
+
+def _deq(ctx: NodeCtx, i: int) -> Value:
+    """Input ``i`` dequantized with inputs i + 1 (scale) and i + 2 (zero point)."""
+    x = ctx.x(i)
+    if x.type.dtype not in ("uint8", "int8"):
+        raise ctx.fail(f"quantized input {i} must be uint8 or int8, got {x.type.dtype}")
+    return dequantize(ctx, x, ctx.x(i + 1), ctx.inp(i + 2))
+
+
+def _req(ctx: NodeCtx, y: Value, i: int, like: Value) -> Value:
+    """Float ``y`` quantized with inputs i (scale) and i + 1 (zero point), to the zero point's
+    type (else ``like``'s)."""
+    zp = ctx.inp(i + 1)
+    return quantize(ctx, y, ctx.x(i), zp, zp.type.dtype if zp is not None else like.type.dtype)
+
+
+def _nchw(ctx: NodeCtx, x: Value, back: bool = False) -> Value:
+    """channels_last (NHWC...) to NCHW..., or back."""
+    r = x.type.rank
+    perm = (0, *range(2, r), 1) if back else (0, r - 1, *range(1, r - 1))
+    return ctx.one("transpose", x, perm=perm)
+
+
+@converter(*_CONTRIB_UNARY, *_CONTRIB_BINARY, domain=CONTRIB_DOMAIN)
+def _qlinear_elementwise(ctx: NodeCtx) -> Outs:
+    """QLinearAdd, QLinearMul (A, B triples, then C's scale and zero point) and QLinearLeakyRelu,
+    QLinearSigmoid (X triple, then Y's)."""
+    if ctx.op_type in _CONTRIB_BINARY:
+        y = ctx.one(_CONTRIB_BINARY[ctx.op_type], _deq(ctx, 0), _deq(ctx, 3))
+        return [_req(ctx, y, 6, ctx.x(0))]
+    attrs = {"alpha": float(ctx.attr("alpha", 0.01))} if ctx.op_type == "QLinearLeakyRelu" else {}
+    (y,) = ctx.inner(_CONTRIB_UNARY[ctx.op_type], [_deq(ctx, 0)], **attrs)
+    assert y is not None
+    return [_req(ctx, y, 3, ctx.x(0))]
+
+
+@converter(
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSoftmax", domain=CONTRIB_DOMAIN
+)
+def _qlinear_window(ctx: NodeCtx) -> Outs:
+    """The pools (``channels_last`` too) and softmax of a quantized X: the X triple, then Y's
+    scale and zero point."""
+    x = _deq(ctx, 0)
+    last = int(ctx.attr("channels_last", 0))
+    if ctx.op_type == "QLinearSoftmax":
+        (y,) = ctx.inner(
+            "Softmax", [x], opset=int(ctx.attr("opset", 13)), axis=int(ctx.attr("axis", -1))
+        )
+    elif ctx.op_type == "QLinearGlobalAveragePool":
+        axes = tuple(range(1, x.type.rank - 1)) if last else tuple(range(2, x.type.rank))
+        y = ctx.one("reduce_mean", x, axes=axes, keepdims=1)
+    else:
+        names = ("kernel_shape", "strides", "pads", "auto_pad", "ceil_mode", "count_include_pad")
+        attrs = {k: ctx.attrs[k] for k in names if k in ctx.attrs}
+        (y,) = ctx.inner("AveragePool", [_nchw(ctx, x) if last else x], **attrs)
+        assert y is not None
+        y = _nchw(ctx, y, back=True) if last else y
+    assert y is not None
+    return [_req(ctx, y, 3, ctx.x(0))]
+
+
+@converter("QLinearConcat", domain=CONTRIB_DOMAIN)
+def _qlinear_concat(ctx: NodeCtx) -> Outs:
+    """Y's scale and zero point, then an (X, scale, zero point) triple per input."""
+    if ctx.n_in < 5 or (ctx.n_in - 2) % 3:
+        raise ctx.fail(f"expected Y's scale and zero point then triples, got {ctx.n_in} inputs")
+    xs = [_deq(ctx, i) for i in range(2, ctx.n_in, 3)]
+    y = ctx.one("concat", *xs, axis=int(ctx.attr("axis")))
+    return [_req(ctx, y, 0, ctx.x(2))]
+
+
+@converter("QLinearWhere", domain=CONTRIB_DOMAIN)
+def _qlinear_where(ctx: NodeCtx) -> Outs:
+    """condition, the X and Y triples, then Z's scale and zero point."""
+    y = ctx.one("where", ctx.x(0), _deq(ctx, 1), _deq(ctx, 4))
+    return [_req(ctx, y, 7, ctx.x(1))]
+
+
+@converter("QGemm", domain=CONTRIB_DOMAIN)
+def _qgemm(ctx: NodeCtx) -> Outs:
+    """alpha·A·B + C of quantized A and B (B's scale per tensor or per output column), C an
+    int32 bias at scale a_scale·b_scale; quantized with y's scale and zero point when given,
+    else float."""
+    trans_b = int(ctx.attr("transB", 0))
+    a = _deq(ctx, 0)
+    b, b_scale = ctx.x(3), ctx.x(4)
+    if b.type.dtype not in ("uint8", "int8"):
+        raise ctx.fail(f"quantized input 3 must be uint8 or int8, got {b.type.dtype}")
+    b = dequantize(ctx, b, b_scale, ctx.inp(5), axis=0 if trans_b else 1)
+    c = ctx.inp(6)
+    if c is not None:
+        if c.type.dtype != "int32":
+            raise ctx.fail(f"bias C must be int32, got {c.type.dtype}")
+        cs = ctx.one("mul", ctx.x(1), b_scale)
+        c = ctx.one("mul", ctx.one("cast", c, to="float32"), cs)
+    (y,) = ctx.inner(
+        "Gemm",
+        [a, b, c],
+        alpha=float(ctx.attr("alpha", 1.0)),
+        transA=int(ctx.attr("transA", 0)),
+        transB=trans_b,
+    )
+    assert y is not None
+    return [_req(ctx, y, 7, ctx.x(0)) if ctx.has(7) else y]

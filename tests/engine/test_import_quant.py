@@ -11,12 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from satura.engine.errors import ModelError
+from satura.engine.errors import ModelError, UnsupportedOpError
 from satura.engine.interpret import run_graph
 
 import satura
 
 pytestmark = pytest.mark.onnx
+F, I8, U8 = TensorProto.FLOAT, TensorProto.INT8, TensorProto.UINT8
 ort = pytest.importorskip("onnxruntime")
 
 
@@ -147,6 +148,114 @@ def test_integer_operator_models_match_onnxruntime(tmp_path, how):
     np.testing.assert_allclose(ref, want, rtol=0, atol=step)
 
 
+def _contrib_float_model() -> onnx.ModelProto:
+    """A float model of every op onnxruntime's operator format writes as a com.microsoft op."""
+    rng = np.random.default_rng(0)
+
+    def w(name: str, shape: tuple, s: float = 0.3) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
+
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        n("Relu", ["c1"], ["r1"]),
+        n("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        n("Add", ["c2", "r1"], ["a"]),
+        n("LeakyRelu", ["a"], ["l"], alpha=0.1),
+        n("Sigmoid", ["l"], ["s"]),
+        n("Mul", ["l", "s"], ["m"]),
+        n("AveragePool", ["m"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("MaxPool", ["m"], ["q"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("Concat", ["p", "q"], ["cat"], axis=1),
+        n("GlobalAveragePool", ["cat"], ["g"]),
+        n("Flatten", ["g"], ["f"]),
+        n("Gemm", ["f", "wg", "bg"], ["z"]),
+        n("Softmax", ["z"], ["y"], axis=-1),
+    ]
+    inits = [
+        w("w1", (8, 3, 3, 3)),
+        w("b1", (8,), 0.1),
+        w("w2", (8, 8, 3, 3), 0.15),
+        w("b2", (8,), 0.1),
+        w("wg", (16, 10), 0.2),
+        w("bg", (10,), 0.1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+_MS = "com.microsoft"
+CONTRIB_OPS = {
+    "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearAveragePool",
+    "QLinearConcat",
+    "QLinearGlobalAveragePool",
+    "QLinearLeakyRelu",
+    "QLinearSigmoid",
+    "QLinearSoftmax",
+}
+
+
+@pytest.mark.llvm
+@pytest.mark.parametrize("qtype", ["QUInt8", "QInt8"])
+def test_onnxruntime_contrib_quantized_ops_match_onnxruntime(tmp_path, qtype):
+    """The com.microsoft ops of the operator format, each a float op between dequantize and
+    quantize: within one output step of onnxruntime (which requantizes with fixed scale ratios
+    and tables, landing a step apart on rounding boundaries)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(3)
+    fp, qp = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(_contrib_float_model(), fp)
+    quantize_static(
+        str(fp),
+        str(qp),
+        _Calibration(rng),
+        quant_format=QuantFormat.QOperator,
+        activation_type=getattr(QuantType, qtype),
+        weight_type=QuantType.QInt8,
+    )
+    model = onnx.load(qp)
+    assert {n.op_type for n in model.graph.node if n.domain == "com.microsoft"} == CONTRIB_OPS
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(str(qp), so).run(None, {"x": x})[0]
+    (last,) = [n for n in model.graph.node if n.output[0] == "y"]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    step = float(inits[last.input[1]])
+    exe = satura.compile(model)
+    assert exe.fallback_ops == []
+    for got in (exe(x=x)["y"], run_graph(satura.load(model), {"x": x})["y"]):
+        assert (np.abs(got - want) > 1e-6).mean() <= 0.25
+        np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.001)
+
+
+def test_an_unknown_contrib_op_is_named():
+    node = helper.make_node("QAttention", ["x"], ["y"], name="qa", domain="com.microsoft")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 3))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        ir_version=8,
+    )
+    with pytest.raises(UnsupportedOpError, match=r"'com.microsoft.QAttention' \(node 'qa'"):
+        satura.load(model)
+
+
 def _node_model(op: str, ins: list, attrs: dict) -> onnx.ModelProto:
     names = [n for n, _, _ in ins]
     node = helper.make_node(op, names, ["y"], name="q", **attrs)
@@ -159,7 +268,6 @@ def _node_model(op: str, ins: list, attrs: dict) -> onnx.ModelProto:
     )
 
 
-F, I8, U8 = TensorProto.FLOAT, TensorProto.INT8, TensorProto.UINT8
 BAD = [
     (
         "MatMulInteger",
@@ -226,3 +334,37 @@ def test_bad_quantization_nodes_are_model_errors(op, ins, attrs, msg):
     with pytest.raises(ModelError, match=msg) as e:
         satura.load(_node_model(op, ins, attrs))
     assert "node 'q'" in str(e.value)
+
+
+@pytest.mark.llvm
+def test_qlinear_where_matches_onnxruntime():
+    """QLinearWhere (condition, X and Y triples, then Z's scale and zero point)."""
+    node = helper.make_node(
+        "QLinearWhere", ["c", "x", "xs", "xz", "y", "ys", "yz", "zs", "zz"], ["z"], domain=_MS
+    )
+    params = [("xs", 0.05, np.float32), ("xz", 128, np.uint8), ("ys", 0.02, np.float32)]
+    params += [("yz", 100, np.uint8), ("zs", 0.04, np.float32), ("zz", 120, np.uint8)]
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, [4, 5]),
+            helper.make_tensor_value_info("x", U8, [4, 5]),
+            helper.make_tensor_value_info("y", U8, [4, 5]),
+        ],
+        [helper.make_tensor_value_info("z", U8, [4, 5])],
+        [numpy_helper.from_array(np.array(v, dt), n) for n, v, dt in params],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(_MS, 1)],
+        ir_version=8,
+    )
+    rng = np.random.default_rng(0)
+    feeds = {
+        "c": rng.random((4, 5)) > 0.5,
+        "x": rng.integers(0, 256, (4, 5)).astype(np.uint8),
+        "y": rng.integers(0, 256, (4, 5)).astype(np.uint8),
+    }
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_array_equal(satura.compile(model)(**feeds)["z"], want)
