@@ -69,6 +69,10 @@ _LOG_P = (
 )  # Cephes logf
 _SIN_P = (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)  # Cephes sinf on [-π/4, π/4]
 _COS_P = (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2)  # Cephes cosf
+# Cephes atanf on [-tan(π/8), tan(π/8)] and asinf on [-0.5, 0.5] (z = x², highest first)
+_ATAN_P = (8.05374449538e-2, -1.38776856032e-1, 1.99777106478e-1, -3.33329491539e-1)
+_ASIN_P = (4.2163199048e-2, 2.4181311049e-2, 4.5470025998e-2, 7.4953002686e-2, 1.6666752422e-1)
+_HYP_BIG = 4096.0  # past this asinh and acosh are log(2|x|) to fp32 precision (x² would overflow)
 # fdlibm's log: ln(1+f) = 2s + s·R(s²), s = f/(2+f), |R error| < 2^-58.
 _DLOG_P = (
     1.479819860511658591e-01,
@@ -436,6 +440,90 @@ class Emitter:
         """cos(x) = sin(x + π/2) by quadrant: the same reduction and error as :meth:`sin`."""
         return self._sincos(x, 1)
 
+    # -- inverse trigonometric and hyperbolic functions -------------------------------------------
+    def _with_sign_of(self, v: str, x: str) -> str:
+        """|v| with x's sign bit (v >= 0 or NaN here)."""
+        return self.call("copysign", v, x)
+
+    def atan(self, x: str) -> str:
+        """Cephes atanf: |x| past tan(3π/8) as π/2 - atan(1/|x|), past tan(π/8) as
+        π/4 + atan((|x| - 1)/(|x| + 1)), then an odd polynomial; x's sign. ~2e-7 relative;
+        atan(±inf) = ±π/2, NaN stays NaN."""
+        a = self.call("fabs", x)
+        big = self.cmp("ogt", a, self.const(2.414213562373095))
+        mid = self.cmp("ogt", a, self.const(0.4142135623730950))
+        one = self.const(1.0)
+        t = self.select(
+            big,
+            self.div(self.const(-1.0), a),
+            self.select(mid, self.div(self.sub(a, one), self.add(a, one)), a),
+        )
+        y0 = self.select(
+            big, self.const(math.pi / 2), self.select(mid, self.const(math.pi / 4), self.const(0.0))
+        )
+        z = self.mul(t, t)
+        y = self.fma(self.mul(self.mul(self.poly(z, _ATAN_P), z), t), one, t)
+        return self._with_sign_of(self.add(y0, y), x)
+
+    def _asin_small(self, t: str) -> str:
+        """asin(t) for |t| <= 0.5: Cephes' odd polynomial."""
+        z = self.mul(t, t)
+        return self.fma(self.mul(self.poly(z, _ASIN_P), z), t, t)
+
+    def asin(self, x: str) -> str:
+        """Cephes asinf: |x| <= 0.5 by the polynomial, else π/2 - 2·asin(sqrt((1 - |x|)/2)); x's
+        sign. |x| > 1 gives NaN. ~3e-7 relative."""
+        a = self.call("fabs", x)
+        high = self.cmp("ogt", a, self.const(0.5))
+        half = self.const(0.5)
+        t = self.select(high, self.call("sqrt", self.mul(half, self.sub(self.const(1.0), a))), a)
+        p = self._asin_small(t)
+        p = self.select(high, self.fma(p, self.const(-2.0), self.const(math.pi / 2)), p)
+        return self._with_sign_of(p, x)
+
+    def acos(self, x: str) -> str:
+        """Cephes acosf: 2·asin(sqrt((1 - x)/2)) above 0.5, π - that of -x below -0.5, else
+        π/2 - asin(x) (no cancellation near ±1). |x| > 1 gives NaN."""
+        a = self.call("fabs", x)
+        high = self.cmp("ogt", a, self.const(0.5))
+        t = self.select(
+            high, self.call("sqrt", self.mul(self.const(0.5), self.sub(self.const(1.0), a))), x
+        )
+        p = self._asin_small(t)
+        two_p = self.add(p, p)
+        neg = self.cmp("olt", x, self.const(0.0))
+        outer = self.select(neg, self.sub(self.const(math.pi), two_p), two_p)
+        return self.select(high, outer, self.sub(self.const(math.pi / 2), p))
+
+    def asinh(self, x: str) -> str:
+        """log1p(|x| + x²/(1 + sqrt(1 + x²))) (no cancellation near 0), log(2|x|) past 4096;
+        x's sign."""
+        a = self.call("fabs", x)
+        one = self.const(1.0)
+        z = self.mul(a, a)
+        small = self.log1p(
+            self.add(a, self.div(z, self.add(one, self.call("sqrt", self.add(one, z)))))
+        )
+        big = self.add(self.log(a), self.const(math.log(2.0)))
+        return self._with_sign_of(
+            self.select(self.cmp("ogt", a, self.const(_HYP_BIG)), big, small), x
+        )
+
+    def acosh(self, x: str) -> str:
+        """log1p(t + sqrt(2t + t²)) with t = x - 1 (exact near 1), log(2x) past 4096; x < 1
+        gives NaN."""
+        t = self.sub(x, self.const(1.0))
+        small = self.log1p(self.add(t, self.call("sqrt", self.fma(t, t, self.add(t, t)))))
+        big = self.add(self.log(x), self.const(math.log(2.0)))
+        r = self.select(self.cmp("ogt", x, self.const(_HYP_BIG)), big, small)
+        return self.select(self.cmp("olt", x, self.const(1.0)), self.const(math.nan), r)
+
+    def atanh(self, x: str) -> str:
+        """½·log1p(2|x|/(1 - |x|)), x's sign: ±inf at ±1, NaN past."""
+        a = self.call("fabs", x)
+        r = self.log1p(self.div(self.add(a, a), self.sub(self.const(1.0), a)))
+        return self._with_sign_of(self.mul(r, self.const(0.5)), x)
+
     # -- erf, GELU, sigmoid -----------------------------------------------------------------------
     # erf(x) = x·P(x²)/Q(x²) on [-4, 4] (rational minimax, absolute error ~3e-7), ±1 beyond.
     _ERF_P = (
@@ -676,6 +764,12 @@ class Emitter:
             "softplus": self.softplus,
             "expm1": self.expm1,
             "log1p": self.log1p,
+            "atan": self.atan,
+            "asin": self.asin,
+            "acos": self.acos,
+            "asinh": self.asinh,
+            "acosh": self.acosh,
+            "atanh": self.atanh,
         }
         if name in simple:
             return simple[name](x)
@@ -744,6 +838,12 @@ UNARY_OPS = frozenset(
         "sin",
         "cos",
         "round",
+        "atan",
+        "asin",
+        "acos",
+        "asinh",
+        "acosh",
+        "atanh",
         "softplus",
         "expm1",
         "log1p",

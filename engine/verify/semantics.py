@@ -345,7 +345,10 @@ _UNARY: dict[str, Callable[[Domain, Any], Any]] = {
     "silu": _silu,
     "identity": lambda d, x: x,
 }
-_UF_UNARY = ("sqrt", "exp", "log", "tanh", "erf", "sin", "cos", "floor", "ceil", "round")
+_UF_UNARY = (
+    *("sqrt", "exp", "log", "tanh", "erf", "sin", "cos", "floor", "ceil", "round"),
+    *("atan", "asin", "acos", "asinh", "acosh", "atanh"),
+)
 
 _BINARY: dict[str, Callable[[Domain, Any, Any], Any]] = {
     "add": lambda d, a, b: d.add(a, b),

@@ -168,6 +168,12 @@ FAMILY_OPS = frozenset(
         "EyeLike",
         "LpPool",
         "GlobalLpPool",
+        "Atan",
+        "Asin",
+        "Acos",
+        "Asinh",
+        "Acosh",
+        "Atanh",
     )
 )
 

@@ -1,4 +1,5 @@
 """Elementwise maths and ops compiled for the CPU: log, log1p, expm1, softplus, sin, cos, round,
+the inverse trigonometric and hyperbolic functions,
 pow, fmod, clip, leaky_relu, elu, hard_sigmoid, batch_norm and log_softmax.
 
 The maths functions run as bare elementwise kernels over wide ranges (random fp32 bit patterns,
@@ -123,6 +124,12 @@ def _wide(rng: np.random.Generator, n: int, hi: int = 0x7F800000) -> np.ndarray:
     return np.concatenate([sp, pos, -pos[: n // 2], sp])
 
 
+def _unit_interval(r: np.random.Generator) -> np.ndarray:
+    """Random bits in [-1, 1], an even grid of it, then specials and values past it."""
+    grid = np.linspace(-1, 1, 200_003, dtype=np.float32)
+    return np.concatenate([_wide(r, 100_001, 0x3F800000), grid, _wide(r, 1001)])
+
+
 # name, inputs, float64 truth, max ulp (measured, rounded up)
 MATHS: dict[
     str,
@@ -178,6 +185,34 @@ MATHS: dict[
         lambda r: np.concatenate([_wide(r, 300_001), np.arange(-8, 8, 0.25, dtype=np.float32)]),
         np.round,
         0.0,
+    ),
+    "atan": (
+        lambda r: np.concatenate(
+            [_wide(r, 300_001), np.linspace(-5, 5, 100_003, dtype=np.float32)]
+        ),
+        np.arctan,
+        2.7,
+    ),
+    "asin": (lambda r: _unit_interval(r), np.arcsin, 2.3),
+    "acos": (lambda r: _unit_interval(r), np.arccos, 1.3),
+    "atanh": (lambda r: _unit_interval(r), np.arctanh, 2.0),
+    "asinh": (
+        lambda r: np.concatenate(
+            [_wide(r, 300_001), np.linspace(-10, 10, 100_003, dtype=np.float32)]
+        ),
+        np.arcsinh,
+        1.6,
+    ),
+    "acosh": (
+        lambda r: np.concatenate(
+            [
+                _wide(r, 300_001),
+                np.linspace(0.9, 10, 100_003, dtype=np.float32),
+                1 + _bits(r, 10_001, 0, 0x3F000000),
+            ]
+        ),
+        np.arccosh,
+        1.9,
     ),
 }
 
@@ -758,3 +793,25 @@ def test_nan_and_infinities_as_numpy(op, attrs):
         want = next(iter(reference(g, {"x": x}).values()))
     got = next(iter(compile_graph(g, threads=1)(x=x).values()))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-30)
+
+
+def test_inverse_functions_fuse_into_one_kernel():
+    """acosh(asinh(atanh(acos(asin(atan(x)/2))/4)) + 2): one fused kernel after optimization,
+    no fallback, numpy's values."""
+    import satura
+
+    x = np.linspace(-30, 30, 4099, dtype=np.float32)
+    g = Graph("inv")
+    v = g.add_input("x", x.shape)
+    for op, c in (("atan", 0.5), ("asin", 1.0), ("acos", 0.25), ("atanh", 1.0), ("asinh", 1.0)):
+        v = g.apply(op, v)
+        if c != 1.0:
+            v = g.apply("mul", v, g.add_const(np.float32(c)))
+    v = g.apply("acosh", g.apply("add", v, g.add_const(np.float32(2.0))))
+    g.set_outputs(v)
+    model = satura.compile(satura.optimize(g).graph)
+    assert model.fallback_ops == []
+    assert len(model.kernels) == 1, model.kernels
+    t = np.arccos(np.arcsin(np.arctan(x.astype(np.float64)) * 0.5)) * 0.25
+    want = np.arccosh(np.arcsinh(np.arctanh(t)) + 2)
+    np.testing.assert_allclose(model(x=x)[v.name], want, rtol=2e-6)
