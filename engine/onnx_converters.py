@@ -712,14 +712,14 @@ def _rnn(ctx: NodeCtx) -> Outs:
     )
 
 
-@converter("CumSum")
+@converter("CumSum", "CumProd")
 def _cumsum(ctx: NodeCtx) -> Outs:
     axis = ctx.dims(1, "axis")
     if axis is None or len(axis) != 1:
         raise ctx.fail("axis (input 1) must be one integer")
     return [
         ctx.one(
-            "cumsum",
+            "cumsum" if ctx.op_type == "CumSum" else "cumprod",
             ctx.x(),
             axis=int(axis[0]),
             exclusive=int(ctx.attr("exclusive", 0)),

@@ -1,10 +1,10 @@
 """ONNX export: a satura Graph written as a valid ONNX model (``satura optimize --out OPT.onnx``).
 
 Each satura op has one writer in ``WRITERS`` (a table keyed by op name). Ops with an ONNX
-equivalent become standard ONNX nodes (opset 21); fused ops are decomposed into standard nodes
-where that is exact (``linear``, ``ew``, ``rms_norm``, a conv's activation, ``attention`` of static
-shapes), and otherwise written in the ``ai.satura`` domain (``attention`` of symbolic shapes,
-symbolic reshapes) with their attributes, which
+equivalent become standard ONNX nodes (opset 21; 26 when a CumProd is written); fused ops are
+decomposed into standard nodes where that is exact (``linear``, ``ew``, ``rms_norm``, a conv's
+activation, ``attention`` of static shapes), and otherwise written in the ``ai.satura``
+domain (``attention`` of symbolic shapes, symbolic reshapes) with their attributes, which
 :func:`~satura.engine.onnx_import.load_onnx` reads back. The file is written to a temporary name
 and renamed, so a failed export leaves nothing half-written.
 """
@@ -68,6 +68,7 @@ class ExportCtx:
         self.inits: list[onnx.TensorProto] = []
         self.names: set[str] = {v.name for v in graph.inputs}
         self.uses_satura = False
+        self.opset = OPSET  # raised by a writer of a newer op (CumProd: 26)
         self._n = 0
 
     def name_of(self, v: Value | None) -> str:
@@ -716,11 +717,13 @@ def _rnn(ctx: ExportCtx, node: Node) -> None:
     ctx.add({"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[cell], ins, ctx.outs(node), **a)
 
 
-@writer("cumsum")
+@writer("cumsum", "cumprod")
 def _cumsum(ctx: ExportCtx, node: Node) -> None:
-    a = OPS["cumsum"].with_defaults(node.attrs)
+    a = OPS[node.op].with_defaults(node.attrs)
+    if node.op == "cumprod":
+        ctx.opset = max(ctx.opset, 26)  # CumProd came in opset 26
     ctx.add(
-        "CumSum",
+        "CumSum" if node.op == "cumsum" else "CumProd",
         [*ctx.ins(node), ctx.const(a["axis"], "axis", np.int64)],
         ctx.outs(node),
         exclusive=a["exclusive"],
@@ -789,7 +792,7 @@ def to_model(graph: Graph) -> onnx.ModelProto:
         outputs,
         initializer=ctx.inits,
     )
-    opsets = [helper.make_opsetid("", OPSET)]
+    opsets = [helper.make_opsetid("", ctx.opset)]
     if ctx.uses_satura:
         opsets.append(helper.make_opsetid(SATURA_DOMAIN, 1))
     return helper.make_model(g, opset_imports=opsets, producer_name="satura", ir_version=10)

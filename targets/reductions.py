@@ -596,18 +596,22 @@ def _scan_tile(
     xb: str,
     ob: str,
     lanes: int,
+    prod: bool,
 ) -> None:
-    """Scan one tile of ``w`` lanes (stride ``plan.inner`` along the axis) from ``xb`` to ``ob``."""
+    """Scan one tile of ``w`` lanes (stride ``plan.inner`` along the axis) from ``xb`` to ``ob``:
+    running sums, or products with ``prod``."""
     e, n, s = plan.elem, plan.n, plan.inner
     pieces = _pieces(w, lanes)
     accs = [f.slot(f"acc{tag}{k}", e.vec(pw)) for k, (_, pw) in enumerate(pieces)]
-    for k, (_, pw) in enumerate(pieces):  # -0.0: the identity that keeps the first sign
-        f.store(e.vec(pw), e.splat(-0.0 if e.is_float else 0, pw), accs[k], 64)
+    # the identity (a sum's -0.0 keeps the first element's sign)
+    ident = 1 if prod else (-0.0 if e.is_float else 0)
+    for k, (_, pw) in enumerate(pieces):
+        f.store(e.vec(pw), e.splat(ident, pw), accs[k], 64)
     if exclusive:
         first = str((n - 1) * s) if reverse else "0"
         for po, pw in pieces:
             at = f.ins(f"add i64 {first}, {po}")
-            f.store(e.vec(pw), e.splat(0, pw), f.gep(ob, at, e.ir), e.size)
+            f.store(e.vec(pw), e.splat(1 if prod else 0, pw), f.gep(ob, at, e.ir), e.size)
     var = f"i{tag}"
     f.slot(var)
     i = f.loops.open(var, "0", str(n - 1 if exclusive else n), 1)
@@ -617,16 +621,25 @@ def _scan_tile(
     for k, (po, pw) in enumerate(pieces):
         ty = e.vec(pw)
         v = f.load(ty, f.gep(xb, f.ins(f"add i64 {off}, {po}"), e.ir), e.size)
-        a = f.ins(f"{'fadd' if e.is_float else 'add'} {ty} {f.load(ty, accs[k], 64)}, {v}")
+        opc = ("fmul" if e.is_float else "mul") if prod else ("fadd" if e.is_float else "add")
+        a = f.ins(f"{opc} {ty} {f.load(ty, accs[k], 64)}, {v}")
         f.store(ty, a, accs[k], 64)
         f.store(ty, a, f.gep(ob, f.ins(f"add i64 {qoff}, {po}"), e.ir), e.size)
     f.loops.close(var, 1)
 
 
 def scan_kernel(
-    name: str, plan: AxisPlan, exclusive: bool, reverse: bool, out: Operand, x: Operand, lanes: int
+    name: str,
+    plan: AxisPlan,
+    exclusive: bool,
+    reverse: bool,
+    out: Operand,
+    x: Operand,
+    lanes: int,
+    prod: bool = False,
 ) -> str:
-    """LLVM IR of CumSum along the middle axis of ``plan``: parts split (outer, tile) pairs."""
+    """LLVM IR of CumSum (CumProd with ``prod``) along the middle axis of ``plan``: parts split
+    (outer, tile) pairs."""
     f = _Fn(name, 2)
     e = plan.elem
     tw, tiles = scan_tiles(plan, lanes)
@@ -642,7 +655,7 @@ def scan_kernel(
             tiles,
             full,
             tail,
-            lambda w, tag: _scan_tile(f, plan, exclusive, reverse, w, tag, xb, ob, lanes),
+            lambda w, tag: _scan_tile(f, plan, exclusive, reverse, w, tag, xb, ob, lanes, prod),
         )
 
     _tiled(f, plan.outer * tiles, tiles, body)
@@ -839,7 +852,7 @@ def lower_reduction(lw: Lowerer, node: Node, name: str) -> bool:
 
 
 def lower_cumsum(lw: Lowerer, node: Node, name: str) -> bool:
-    """Append a CumSum kernel; False (fallback) for a rank-0 input (no axis to scan)."""
+    """Append a CumSum or CumProd kernel; False (fallback) for a rank-0 input (no axis)."""
     x, out = node.inputs[0], node.outputs[0]
     assert x is not None
     shape = tuple(int(d) for d in x.type.shape)
@@ -852,7 +865,16 @@ def lower_cumsum(lw: Lowerer, node: Node, name: str) -> bool:
     units = plan.outer * scan_tiles(plan, lanes)[1]
 
     def gen(loc: Callable[[Ref | None], Operand | None]) -> str:
-        return scan_kernel(name, plan, excl, rev, loc(out), loc(x), lanes)  # type: ignore[arg-type]
+        return scan_kernel(
+            name,
+            plan,
+            excl,
+            rev,
+            loc(out),  # type: ignore[arg-type]
+            loc(x),  # type: ignore[arg-type]
+            lanes,
+            node.op == "cumprod",
+        )
 
     lw.steps.append(
         Step(
@@ -937,6 +959,7 @@ def _register() -> None:
         accepts = _arg_dtypes if op.startswith("arg") else _reduce_dtypes
         LOWERINGS[op] = Lowering(lower_reduction, accepts)
     LOWERINGS["cumsum"] = Lowering(lower_cumsum, _reduce_dtypes)
+    LOWERINGS["cumprod"] = Lowering(lower_cumsum, _reduce_dtypes)
     LOWERINGS["topk"] = Lowering(lower_topk, _topk_dtypes)
 
 

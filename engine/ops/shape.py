@@ -3,7 +3,7 @@ shape ops (``shape_of``, ``constant_of_shape``). Every static parameter is an at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -480,39 +480,42 @@ def _same_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     return [tuple(_x(ins))]
 
 
-def _cumsum_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
-    x = ins[0]
-    assert x is not None
-    ax = normalize_axis(at["axis"], x.ndim)
-    y = np.flip(x, ax) if at["reverse"] else x
-    s = np.cumsum(y, axis=ax, dtype=x.dtype)
-    if at["exclusive"]:  # shift by one: the first sum along the axis is 0
-        s = (
-            np.concatenate(
-                [np.zeros_like(np.take(s, [0], axis=ax)), np.delete(s, -1, axis=ax)], axis=ax
-            )
-            if x.shape[ax]
-            else s
+def _scan_ref(op: str) -> Callable[[Sequence[np.ndarray | None], Any], list[np.ndarray]]:
+    """Reference of cumsum or cumprod (exclusive: shifted by one, the identity first)."""
+    fn, ident = (np.cumsum, 0) if op == "cumsum" else (np.cumprod, 1)
+
+    def ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+        x = ins[0]
+        assert x is not None
+        ax = normalize_axis(at["axis"], x.ndim)
+        y = np.flip(x, ax) if at["reverse"] else x
+        s = fn(y, axis=ax, dtype=x.dtype)
+        if at["exclusive"] and x.shape[ax]:
+            first = np.full_like(np.take(s, [0], axis=ax), ident)
+            s = np.concatenate([first, np.delete(s, -1, axis=ax)], axis=ax)
+        return [np.flip(s, ax) if at["reverse"] else s]
+
+    return ref
+
+
+for _op, _onnx, _what in (("cumsum", "CumSum", "sum"), ("cumprod", "CumProd", "product")):
+    register(
+        OpInfo(
+            name=_op,
+            shape=_same_shape,
+            reference=_scan_ref(_op),
+            work=move_work,
+            attrs={
+                "axis": AttrSpec("int"),
+                "exclusive": AttrSpec("int", 0),
+                "reverse": AttrSpec("int", 0),
+            },
+            onnx=(_onnx,),
+            traits=frozenset({"scan"}),
+            doc=f"running {_what} along axis (exclusive: without the element itself; reverse: "
+            "from the end)",
         )
-    return [np.flip(s, ax) if at["reverse"] else s]
-
-
-register(
-    OpInfo(
-        name="cumsum",
-        shape=_same_shape,
-        reference=_cumsum_ref,
-        work=move_work,
-        attrs={
-            "axis": AttrSpec("int"),
-            "exclusive": AttrSpec("int", 0),
-            "reverse": AttrSpec("int", 0),
-        },
-        onnx=("CumSum",),
-        traits=frozenset({"scan"}),
-        doc="running sum along axis (exclusive: without the element itself; reverse: from the end)",
     )
-)
 
 
 def _trilu_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:

@@ -174,6 +174,7 @@ FAMILY_OPS = frozenset(
         "Asinh",
         "Acosh",
         "Atanh",
+        "CumProd",
     )
 )
 

@@ -105,11 +105,13 @@ def test_depth_to_space_round_trip(mode):
         ("CumSum", {"exclusive": 1, "reverse": 1}, np.int64(-1)),
         ("Trilu", {"upper": 0}, np.int64(1)),
         ("Trilu", {}, np.int64(-1)),
+        ("CumProd", {}, np.int64(2)),
+        ("CumProd", {"exclusive": 1, "reverse": 1}, np.int64(1)),
     ],
 )
 def test_new_ops_round_trip_through_onnxruntime(op, attrs, extra, tmp_path):
-    """CumSum and Trilu: satura's reference equals onnxruntime on the original model and on the
-    model satura writes back."""
+    """CumSum, Trilu and CumProd (opset 26): satura's reference equals onnxruntime on the
+    original model and on the model satura writes back."""
     ort = pytest.importorskip("onnxruntime")
     from onnx import numpy_helper
     from satura.engine.interpret import run_graph
@@ -117,6 +119,8 @@ def test_new_ops_round_trip_through_onnxruntime(op, attrs, extra, tmp_path):
 
     x = np.random.default_rng(2).standard_normal((2, 4, 5)).astype(np.float32)
     model = _model(op, [x.shape], 3, **attrs)
+    if op == "CumProd":
+        model.opset_import[0].version = 26
     model.graph.node[0].input.append("p")
     model.graph.initializer.append(numpy_helper.from_array(np.asarray(extra), "p"))
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
