@@ -103,3 +103,36 @@ def test_zoo_runs_a_torch_export_end_to_end():
     assert rows[0]["ort"] > 0
     assert printed[0].startswith("| model |")
     assert "vit_tiny" in printed[-1]
+
+
+def test_quantized_benchmark_models_compile_without_fallback(tmp_path):
+    """``benchmarks.quantized``: onnxruntime's quantizer writes the operator-format and dynamic
+    variants; satura imports each (integer and com.microsoft ops), compiles every node and agrees
+    with onnxruntime to a few output steps (its int8 kernels round on their own)."""
+    pytest.importorskip("onnxruntime.quantization")
+    from benchmarks import quantized
+    from benchmarks import run as bench
+
+    files = quantized.quantized_files(str(tmp_path), batch=2, seq=8)
+    assert sorted(files) == [
+        "bert_block_dynamic",
+        "mlp_dynamic",
+        "resnet_small_dynamic",
+        "resnet_small_operator",
+    ]
+    cases = [c for path, dims in files.values() for c in bench.file_cases([path], dims)]
+    tables = bench.run(
+        [1],
+        budget=0.005,
+        quick=True,
+        only=set(),
+        torch_compile=False,
+        print_fn=lambda s: None,
+        extra=cases,
+    )
+    assert len(tables[1]) == 4
+    for row in tables[1]:
+        assert row.fallback == [], row.name
+        assert row.times["satura"] > 0
+        assert row.times["ort"] > 0
+        assert row.max_diff < 0.05, row.name
