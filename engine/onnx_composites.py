@@ -6,6 +6,7 @@ module (at its end).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -623,3 +624,162 @@ def _lp_pool(ctx: NodeCtx) -> Outs:
     ones = ctx.imp.add_const(np.ones((c, 1, *kernel), dtype=x.type.dtype), f"{ctx.name}_ones")
     s = ctx.one("conv", xp, ones, None, strides=strides, pads=tuple(pads), dilations=dil, group=c)
     return [_p_root(ctx, s, inv, p)]
+
+
+@converter("GridSample")
+def _grid_sample(ctx: NodeCtx) -> Outs:
+    """Sampling X [N, C, *spatial] at grid [N, *out, nd] (normalized coordinates, the last
+    spatial axis first), as ONNX's reference does: per spatial axis the coordinate is
+    denormalized, rounded (nearest), clamped or reflected into range (border, reflection), and
+    cut into taps (nearest 1, linear 2, cubic 4 with Keys' a = -0.75) whose indices are clamped
+    or reflected (zeros: an index out of range weighs 0). Each combination of taps is one gather
+    of X flattened over its spatial axes, weighted by the product of the taps' weights."""
+    x, grid = ctx.x(0), ctx.x(1)
+    mode = str(ctx.attr("mode", "linear" if ctx.opset >= 20 else "bilinear"))
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
+    pad = str(ctx.attr("padding_mode", "zeros"))
+    align = bool(int(ctx.attr("align_corners", 0)))
+    if mode not in ("nearest", "linear", "cubic") or pad not in ("zeros", "border", "reflection"):
+        raise ctx.fail(f"mode '{mode}' / padding_mode '{pad}' is not an ONNX GridSample mode")
+    spatial = tuple(x.type.shape[2:])
+    nd = len(spatial)
+    if not nd or not all(isinstance(d, int) for d in spatial):
+        raise ctx.fail(f"X needs static spatial sizes, got {tuple(x.type.shape)}")
+    if grid.type.rank != nd + 2 or grid.type.shape[-1] != nd:
+        raise ctx.fail(f"grid {tuple(grid.type.shape)} does not fit X {tuple(x.type.shape)}")
+    n, c = x.type.shape[0], x.type.shape[1]
+    out_sp = tuple(grid.type.shape[1:-1])
+    p = dims_product(out_sp)
+    g = grid if grid.type.dtype != "float16" else ctx.one("cast", grid, to="float32")
+
+    def k(v: float) -> Value:
+        return ctx.scalar(v, g, "k")
+
+    def fl(v: Value) -> Value:
+        return ctx.one("floor", v)
+
+    def reflect(v: Value, lo: float, hi: float) -> Value:
+        """Fold v into [lo, hi] by reflections at its ends."""
+        if hi == lo:
+            return ctx.one("add", ctx.one("mul", v, k(0.0)), k(lo))
+        below, above = ctx.one("less", v, k(lo)), ctx.one("greater", v, k(hi))
+        dx = ctx.one(
+            "where", below, ctx.one("sub", k(lo), v), ctx.one("max", ctx.one("sub", v, k(hi)), k(0))
+        )
+        turns = fl(ctx.one("div", dx, k(hi - lo)))
+        r = ctx.one("sub", dx, ctx.one("mul", turns, k(hi - lo)))
+        odd = ctx.one(
+            "greater",
+            ctx.one("sub", turns, ctx.one("mul", fl(ctx.one("mul", turns, k(0.5))), k(2.0))),
+            k(0.5),
+        )
+        from_lo, from_hi = ctx.one("add", k(lo), r), ctx.one("sub", k(hi), r)
+        # below: lo + r on an even count of turns; above: hi - r; odd counts swap the ends
+        low_side = ctx.one("where", odd, from_hi, from_lo)
+        high_side = ctx.one("where", odd, from_lo, from_hi)
+        return ctx.one("where", below, low_side, ctx.one("where", above, high_side, v))
+
+    taps_of: list[list[tuple[Value, Value | None]]] = []  # per axis: (index, weight) per tap
+    for i, d in enumerate(spatial):
+        comp = ctx.one("slice", g, starts=(nd - 1 - i,), ends=(nd - i,), axes=(g.type.rank - 1,))
+        v = ctx.one("reshape", comp, shape=(n, p))
+        v = (
+            ctx.one("mul", ctx.one("add", v, k(1.0)), k((d - 1) / 2.0))
+            if align
+            else ctx.one(
+                "mul",
+                ctx.one("sub", ctx.one("mul", ctx.one("add", v, k(1.0)), k(float(d))), k(1.0)),
+                k(0.5),
+            )
+        )
+        lo, hi = (0.0, d - 1.0) if align else (-0.5, d - 0.5)
+        if mode == "nearest":
+            v = ctx.one("round", v)
+        # border: the coordinate is clamped only outside [lo, hi] (lo = -0.5 keeps [-0.5, 0)),
+        # and not at all for cubic taps, which are clamped each: as torch and onnxruntime do
+        # (ONNX's reference clamps the cubic coordinate too, 0.3 away from both)
+        if pad == "border" and mode != "cubic":
+            v = ctx.one(
+                "where",
+                ctx.one("less", v, k(lo)),
+                k(0.0),
+                ctx.one("where", ctx.one("greater", v, k(hi)), k(d - 1.0), v),
+            )
+        elif pad == "reflection":
+            v = reflect(v, lo, hi)
+        if mode == "nearest":
+            starts, weights = [v], [None]
+        else:
+            v0 = fl(v)
+            f = ctx.one("sub", v, v0)
+            if mode == "linear":
+                starts = [v0, ctx.one("add", v0, k(1.0))]
+                weights = [ctx.one("sub", k(1.0), f), f]
+            else:
+                starts = [ctx.one("add", v0, k(float(o))) for o in (-1, 0, 1, 2)]
+                weights = _cubic_weights(ctx, f, k)
+        taps = []
+        for idx, w in zip(starts, weights, strict=True):
+            if pad == "zeros":
+                inside = ctx.one(
+                    "and",
+                    ctx.one("greater_equal", idx, k(0.0)),
+                    ctx.one("less", idx, k(float(d))),
+                )
+                keep = ctx.one("cast", inside, to=g.type.dtype)
+                w = keep if w is None else ctx.one("mul", w, keep)
+                idx = ctx.one("min", ctx.one("max", idx, k(0.0)), k(d - 1.0))
+            elif pad == "border":
+                idx = ctx.one("min", ctx.one("max", idx, k(0.0)), k(d - 1.0))
+            else:  # reflected into [lo, hi], then truncated toward zero (lo >= -0.5)
+                idx = fl(ctx.one("max", reflect(idx, lo, hi), k(0.0)))
+            taps.append((idx, w))
+        taps_of.append(taps)
+    strides = [int(np.prod(spatial[i + 1 :])) for i in range(nd)]
+    flat_x = ctx.one("reshape", x, shape=(n, c, int(np.prod(spatial))))
+    total: Value | None = None
+    for combo in itertools.product(*taps_of):
+        flat: Value | None = None
+        weight: Value | None = None
+        for (idx, w), st in zip(combo, strides, strict=True):
+            term = idx if st == 1 else ctx.one("mul", idx, k(float(st)))
+            flat = term if flat is None else ctx.one("add", flat, term)
+            if w is not None:
+                weight = w if weight is None else ctx.one("mul", weight, w)
+        assert flat is not None
+        ids = ctx.one("reshape", ctx.one("cast", flat, to="int64"), shape=(n, 1, p))
+        ids = ctx.one("expand", ids, shape=(n, c, p))
+        val = ctx.one("gather_elements", flat_x, ids, axis=2)
+        if weight is not None:
+            wx = (
+                weight
+                if weight.type.dtype == x.type.dtype
+                else ctx.one("cast", weight, to=x.type.dtype)
+            )
+            val = ctx.one("mul", val, ctx.one("reshape", wx, shape=(n, 1, p)))
+        total = val if total is None else ctx.one("add", total, val)
+    assert total is not None
+    return [ctx.one("reshape", total, shape=(n, c, *out_sp))]
+
+
+def _cubic_weights(ctx: NodeCtx, f: Value, k: Any) -> list[Value]:
+    """Keys' cubic convolution weights (a = -0.75) of the taps at -1, 0, 1, 2 from the fraction
+    ``f`` in [0, 1), in ONNX's reference form."""
+    a = -0.75
+
+    def outer(t: Value) -> Value:  # ((a·t - 5a)·t + 8a)·t - 4a, for 1 <= t <= 2
+        y = ctx.one("sub", ctx.one("mul", k(a), t), k(5 * a))
+        y = ctx.one("add", ctx.one("mul", y, t), k(8 * a))
+        return ctx.one("sub", ctx.one("mul", y, t), k(4 * a))
+
+    def inner(t: Value) -> Value:  # ((a + 2)·t - (a + 3))·t·t + 1, for 0 <= t <= 1
+        y = ctx.one("sub", ctx.one("mul", k(a + 2), t), k(a + 3))
+        return ctx.one("add", ctx.one("mul", ctx.one("mul", y, t), t), k(1.0))
+
+    one_minus = ctx.one("sub", k(1.0), f)
+    return [
+        outer(ctx.one("add", f, k(1.0))),
+        inner(f),
+        inner(one_minus),
+        outer(ctx.one("sub", k(2.0), f)),
+    ]

@@ -175,6 +175,7 @@ FAMILY_OPS = frozenset(
         "Acosh",
         "Atanh",
         "CumProd",
+        "GridSample",
     )
 )
 

@@ -553,3 +553,37 @@ def test_lp_pools_match_onnxruntime(op, attrs, target):
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x0": x})[0]
     got = satura.compile(satura.load(model), target=target)(x0=x)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("align", [0, 1])
+@pytest.mark.parametrize("pad", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_grid_sample_matches_onnxruntime(mode, pad, align):
+    """GridSample as gathers of the flattened input (every mode, padding and alignment, points
+    well outside the input included), compiled with no fallback; onnxruntime (as torch) clamps
+    only the taps of a cubic sample under border padding, where ONNX's reference differs."""
+    ort = pytest.importorskip("onnxruntime")
+    from satura.engine.interpret import run_graph
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    grid = rng.uniform(-1.6, 1.6, (2, 4, 6, 2)).astype(np.float32)
+    node = helper.make_node(
+        "GridSample", ["x", "g"], ["y"], mode=mode, padding_mode=pad, align_corners=align
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+            helper.make_tensor_value_info("g", TensorProto.FLOAT, grid.shape),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "g": grid})[0]
+    g = satura.load(model)
+    exe = satura.compile(g)
+    assert exe.fallback_ops == []
+    for got in (exe(x=x, g=grid)["y"], run_graph(g, {"x": x, "g": grid})["y"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
