@@ -15,6 +15,7 @@ import sympy
 from satura.engine.graph import Value
 from satura.engine.onnx_import import CONVERTERS, NodeCtx, converter, onnx_dtype
 from satura.engine.ops import OPS, get_op
+from satura.engine.ops.nn import RESIZE_COORDS, resize_matrix, resized_axes
 from satura.engine.shapes import as_dim, normalize_axis
 
 Outs = list[Value | None]
@@ -556,11 +557,13 @@ def _unary_with_attrs(ctx: NodeCtx) -> Outs:
 
 @converter("Resize", "Upsample")
 def _resize(ctx: NodeCtx) -> Outs:
-    """Resize (opset 10 on) and Upsample: output sizes from ``sizes`` or floor(input · scales);
-    nearest or linear. The scales (given, or output / input sizes) feed the coordinate
-    transform."""
+    """Resize (opset 10 on) and Upsample: output sizes from ``sizes`` (with a keep-aspect-ratio
+    policy: one scale, sizes rounded half up) or floor(input · scales). Nearest and linear are
+    the resize op; cubic and antialiased linear are products with weight matrices. The scales
+    (given, or output / input sizes) feed the coordinate transform."""
     x = ctx.x()
     rank = x.type.rank
+    policy = "stretch"
     if ctx.op_type == "Upsample" or ctx.opset < 11:
         scales_in, sizes_in = ctx.const(1), None
         mode = str(ctx.attr("mode", "nearest"))
@@ -573,10 +576,9 @@ def _resize(ctx: NodeCtx) -> Outs:
         mode = str(ctx.attr("mode", "nearest"))
         coord = str(ctx.attr("coordinate_transformation_mode", "half_pixel"))
         nearest = str(ctx.attr("nearest_mode", "round_prefer_floor"))
-        if int(ctx.attr("antialias", 0)):
-            raise ctx.fail("antialias=1 is not supported")
-        if str(ctx.attr("keep_aspect_ratio_policy", "stretch")) != "stretch":
-            raise ctx.fail("keep_aspect_ratio_policy other than stretch is not supported")
+        policy = str(ctx.attr("keep_aspect_ratio_policy", "stretch"))
+        if policy not in ("stretch", "not_larger", "not_smaller"):
+            raise ctx.fail(f"keep_aspect_ratio_policy '{policy}' is not an ONNX policy")
     if mode in ("bilinear", "trilinear"):
         mode = "linear"
     axes = tuple(normalize_axis(int(a), rank) for a in (ctx.attr("axes") or range(rank)))
@@ -594,6 +596,13 @@ def _resize(ctx: NodeCtx) -> Outs:
             if shape[a] == 0 and n:
                 raise ctx.fail(f"axis {a} is empty: it cannot be resized to {n}")
             shape[a], scales[a] = n, float(n) / shape[a] if shape[a] else 1.0
+        if policy != "stretch":
+            # one scale for the axes (the least or the greatest), sizes rounded half up
+            pick = min if policy == "not_larger" else max
+            common = pick(scales[a] for a in axes)
+            for a in axes:
+                shape[a] = int(common * x.type.shape[a] + 0.5)
+                scales[a] = common
     elif scales_in is not None and np.asarray(scales_in).size:
         sc = np.asarray(scales_in, np.float32).ravel()
         if len(sc) != len(axes):
@@ -610,6 +619,8 @@ def _resize(ctx: NodeCtx) -> Outs:
             scales[a] = float(s)
     else:
         raise ctx.fail("one of scales and sizes must be given (a constant)")
+    if mode == "cubic" or (mode == "linear" and int(ctx.attr("antialias", 0))):
+        return [_resize_by_matrices(ctx, x, shape, scales, mode, coord)]
     return [
         ctx.one(
             "resize",
@@ -621,6 +632,43 @@ def _resize(ctx: NodeCtx) -> Outs:
             nearest_mode=nearest,
         )
     ]
+
+
+def _resize_by_matrices(
+    ctx: NodeCtx, x: Value, shape: list[Any], scales: list[float], mode: str, coord: str
+) -> Value:
+    """Cubic or antialiased resizes: each resized axis a product with its constant [n_in, n_out]
+    weight matrix (``resize_matrix``: ONNX's taps, edge clamping, ``exclude_outside``), the axis
+    moved last for it; the products run in the GEMM kernel."""
+    if not x.type.dtype.startswith("float"):
+        raise ctx.fail(f"{mode} resizing needs a float input, got {x.type.dtype}")
+    at = {
+        "mode": mode,
+        "coordinate_transformation_mode": coord,
+        "cubic_coeff_a": float(ctx.attr("cubic_coeff_a", -0.75)),
+        "exclude_outside": int(ctx.attr("exclude_outside", 0)),
+        "antialias": int(ctx.attr("antialias", 0)),
+        "sizes": tuple(shape),
+        "scales": tuple(scales),
+    }
+    if coord not in RESIZE_COORDS:
+        raise ctx.fail(f"coordinate_transformation_mode {coord} is not supported")
+    y, rank = x, x.type.rank
+    for ax in resized_axes(tuple(x.type.shape), at):
+        n_in = x.type.shape[ax]
+        if not isinstance(n_in, int):
+            raise ctx.fail(f"axis {ax} is symbolic ({n_in}): resizing it needs a static size")
+        m = resize_matrix(n_in, int(shape[ax]), scales[ax], at)
+        w = ctx.imp.add_const(np.ascontiguousarray(m.T.astype(x.type.dtype)), f"{ctx.name}_w{ax}")
+        if ax == rank - 1:
+            y = ctx.one("matmul", y, w)
+            continue
+        perm = (*[i for i in range(rank) if i != ax], ax)
+        back = tuple(perm.index(i) for i in range(rank))
+        y = ctx.one(
+            "transpose", ctx.one("matmul", ctx.one("transpose", y, perm=perm), w), perm=back
+        )
+    return y
 
 
 @converter("GatherND")

@@ -579,8 +579,8 @@ def resize_source(n_in: int, n_out: int, scale: float, mode: str) -> np.ndarray:
     if mode == "half_pixel_symmetric":
         adj = n_out / (scale * n_in)
         return n_in / 2 * (1 - adj) + (o + 0.5) / scale - 0.5
-    if mode == "pytorch_half_pixel":
-        return (o + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(o)
+    if mode == "pytorch_half_pixel":  # a length-1 result (unrounded) samples at -0.5
+        return (o + 0.5) / scale - 0.5 if n_in * scale != 1 else np.full_like(o, -0.5)
     if mode == "align_corners":  # over the unrounded resized length, as ONNX defines it
         length = n_in * scale
         return o * (n_in - 1) / (length - 1) if length != 1 else np.zeros_like(o)
@@ -613,6 +613,61 @@ def resize_taps(
         np.clip(lo + 1, 0, n_in - 1).astype(np.int64),
         src - lo,
     )
+
+
+def _filter_taps(ratio: float, scale: float, mode: str, a: float, antialias: bool) -> np.ndarray:
+    """Weights of the taps around a source coordinate whose distance past its left tap is
+    ``ratio``, by ONNX's Resize definitions: Keys' cubic (``a``) or linear, and with
+    ``antialias`` (downsampling) the filter stretched by 1/scale, normalized."""
+    if not antialias:
+        if mode == "linear":
+            return np.array([1 - ratio, ratio])
+        r, q = ratio, 1 - ratio
+        return np.array(
+            [
+                ((a * (r + 1) - 5 * a) * (r + 1) + 8 * a) * (r + 1) - 4 * a,
+                ((a + 2) * r - (a + 3)) * r * r + 1,
+                ((a + 2) * q - (a + 3)) * q * q + 1,
+                ((a * (q + 1) - 5 * a) * (q + 1) + 8 * a) * (q + 1) - 4 * a,
+            ]
+        )
+    s = min(scale, 1.0)
+    reach = 1 if mode == "linear" else 2
+    first = int(np.floor(-reach / s) + 1)
+    d = np.abs((np.arange(first, 2 - first) - ratio) * s)
+    if mode == "linear":
+        w = np.clip(1 - d, 0, 1)
+    else:
+        w = np.where(
+            d <= 1,
+            (a + 2) * d**3 - (a + 3) * d**2 + 1,
+            np.where(d < 2, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a, 0.0),
+        )
+    return w / w.sum()
+
+
+def resize_matrix(n_in: int, n_out: int, scale: float, at: Any) -> np.ndarray:
+    """[n_out, n_in] weights of a linear or cubic resize along one axis (antialiased or not,
+    ``exclude_outside``), as ONNX's reference samples: the taps nearest the source coordinate
+    (an integer coordinate counts as ratio 1 past the tap before it), edge-clamped."""
+    src = resize_source(n_in, n_out, scale, at["coordinate_transformation_mode"])
+    mode, a = at["mode"], float(at.get("cubic_coeff_a", -0.75))
+    anti, exclude = bool(at.get("antialias", 0)), bool(at.get("exclude_outside", 0))
+    m = np.zeros((n_out, n_in))
+    for o, x in enumerate(src):
+        lo = np.floor(x)
+        w = _filter_taps(1.0 if x == lo else x - lo, scale, mode, a, anti)
+        n = len(w)
+        pad = -(-n // 2)
+        p = np.floor(x + pad)
+        frac = x + pad - p
+        start = p - n // 2 + (0 if frac == 0 else 1) - pad
+        idx = (start + np.arange(n)).astype(np.int64)
+        if exclude:
+            w = np.where((idx < 0) | (idx >= n_in), 0.0, w)
+            w = w / (w.sum() or 1.0)
+        np.add.at(m[o], np.clip(idx, 0, n_in - 1), w)
+    return m
 
 
 def resized_axes(in_shape: Sequence[Any], at: Any) -> list[int]:
