@@ -41,8 +41,15 @@ for _info in OPS.values():
 def _identity(ctx: NodeCtx) -> Outs:
     # Dropout's training_mode is input 2 (opset 12 on); it must be a constant false
     if ctx.op_type == "Dropout" and ctx.has(2) and bool(np.asarray(ctx.const(2)).any()):
-        raise ctx.fail("training_mode=true is not supported (inference only)")
-    return [ctx.one("identity", ctx.x())]
+        ratio = ctx.const(1) if ctx.has(1) else np.float32(0.5)
+        if ratio is None or float(np.asarray(ratio)) != 0.0:  # ratio 0 drops nothing
+            raise ctx.fail("training_mode=true is not supported (inference only)")
+    x = ctx.x()
+    if ctx.op_type == "Dropout" and len(ctx.node.output) > 1 and ctx.node.output[1]:
+        # the mask of an inference dropout keeps everything
+        keep = ctx.one("constant_of_shape", shape=tuple(x.type.shape), value=1.0, dtype="bool")
+        return [ctx.one("identity", x), keep]
+    return [ctx.one("identity", x)]
 
 
 @converter("If")
