@@ -626,8 +626,9 @@ def _resize(ctx: NodeCtx) -> Outs:
             scales[a] = float(s)
     else:
         raise ctx.fail("one of scales and sizes must be given (a constant)")
-    if mode == "cubic" or (mode == "linear" and int(ctx.attr("antialias", 0))):
-        return [_resize_by_matrices(ctx, x, shape, scales, mode, coord)]
+    crop = coord == "tf_crop_and_resize"
+    if mode == "cubic" or crop or (mode == "linear" and int(ctx.attr("antialias", 0))):
+        return [_resize_by_matrices(ctx, x, shape, scales, mode, coord, axes)]
     return [
         ctx.one(
             "resize",
@@ -642,13 +643,33 @@ def _resize(ctx: NodeCtx) -> Outs:
 
 
 def _resize_by_matrices(
-    ctx: NodeCtx, x: Value, shape: list[Any], scales: list[float], mode: str, coord: str
+    ctx: NodeCtx,
+    x: Value,
+    shape: list[Any],
+    scales: list[float],
+    mode: str,
+    coord: str,
+    axes: tuple[int, ...],
 ) -> Value:
-    """Cubic or antialiased resizes: each resized axis a product with its constant [n_in, n_out]
-    weight matrix (``resize_matrix``: ONNX's taps, edge clamping, ``exclude_outside``), the axis
-    moved last for it; the products run in the GEMM kernel."""
+    """Cubic, antialiased and tf_crop_and_resize resizes: each resized axis a product with its
+    constant [n_in, n_out] weight matrix (``resize_matrix``: ONNX's taps, edge clamping,
+    ``exclude_outside``), the axis moved last for it; the products run in the GEMM kernel. A
+    crop's outputs outside the input get ``extrapolation_value`` (added where the matrix has no
+    weights)."""
     if not x.type.dtype.startswith("float"):
         raise ctx.fail(f"{mode} resizing needs a float input, got {x.type.dtype}")
+    rois: dict[int, tuple[float, float]] = {}
+    if coord == "tf_crop_and_resize":
+        if mode == "nearest":
+            raise ctx.fail("tf_crop_and_resize with nearest is not supported (linear, cubic)")
+        roi = ctx.const(1) if ctx.has(1) else None
+        if roi is None or np.asarray(roi).size != 2 * len(axes):
+            raise ctx.fail(f"tf_crop_and_resize needs roi: a start and an end for {len(axes)} axes")
+        r = np.asarray(roi, np.float64).ravel()
+        rois = {a: (float(r[i]), float(r[i + len(axes)])) for i, a in enumerate(axes)}
+    elif coord not in RESIZE_COORDS:
+        raise ctx.fail(f"coordinate_transformation_mode {coord} is not supported")
+    fill = float(ctx.attr("extrapolation_value", 0.0))
     at = {
         "mode": mode,
         "coordinate_transformation_mode": coord,
@@ -658,23 +679,24 @@ def _resize_by_matrices(
         "sizes": tuple(shape),
         "scales": tuple(scales),
     }
-    if coord not in RESIZE_COORDS:
-        raise ctx.fail(f"coordinate_transformation_mode {coord} is not supported")
     y, rank = x, x.type.rank
-    for ax in resized_axes(tuple(x.type.shape), at):
+    moved = set(resized_axes(tuple(x.type.shape), at))
+    moved |= {a for a, lohi in rois.items() if lohi != (0.0, 1.0)}
+    for ax in sorted(moved):
         n_in = x.type.shape[ax]
         if not isinstance(n_in, int):
             raise ctx.fail(f"axis {ax} is symbolic ({n_in}): resizing it needs a static size")
-        m = resize_matrix(n_in, int(shape[ax]), scales[ax], at)
+        m, outside = resize_matrix(n_in, int(shape[ax]), scales[ax], at, rois.get(ax))
         w = ctx.imp.add_const(np.ascontiguousarray(m.T.astype(x.type.dtype)), f"{ctx.name}_w{ax}")
-        if ax == rank - 1:
-            y = ctx.one("matmul", y, w)
-            continue
         perm = (*[i for i in range(rank) if i != ax], ax)
-        back = tuple(perm.index(i) for i in range(rank))
-        y = ctx.one(
-            "transpose", ctx.one("matmul", ctx.one("transpose", y, perm=perm), w), perm=back
-        )
+        t = y if ax == rank - 1 else ctx.one("transpose", y, perm=perm)
+        t = ctx.one("matmul", t, w)
+        if outside is not None and outside.any() and fill != 0.0:
+            edge = np.where(outside, fill, 0.0).astype(x.type.dtype)
+            t = ctx.one("add", t, ctx.imp.add_const(edge, f"{ctx.name}_fill{ax}"))
+        if ax != rank - 1:
+            t = ctx.one("transpose", t, perm=tuple(perm.index(i) for i in range(rank)))
+        y = t
     return y
 
 

@@ -646,15 +646,31 @@ def _filter_taps(ratio: float, scale: float, mode: str, a: float, antialias: boo
     return w / w.sum()
 
 
-def resize_matrix(n_in: int, n_out: int, scale: float, at: Any) -> np.ndarray:
+def resize_matrix(
+    n_in: int, n_out: int, scale: float, at: Any, roi: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """[n_out, n_in] weights of a linear or cubic resize along one axis (antialiased or not,
     ``exclude_outside``), as ONNX's reference samples: the taps nearest the source coordinate
-    (an integer coordinate counts as ratio 1 past the tap before it), edge-clamped."""
-    src = resize_source(n_in, n_out, scale, at["coordinate_transformation_mode"])
+    (an integer coordinate counts as ratio 1 past the tap before it), edge-clamped. With
+    ``roi`` (tf_crop_and_resize: this axis's start and end) the outputs whose coordinate falls
+    outside the input get no weights; the mask of them is returned second (else None)."""
+    outside = None
+    if roi is None:
+        src = resize_source(n_in, n_out, scale, at["coordinate_transformation_mode"])
+    else:
+        o, width, (lo, hi) = np.arange(n_out, dtype=np.float64), n_in * scale, roi
+        if width == 1:
+            src = np.full(n_out, (hi - lo) * (n_in - 1) / 2)
+        else:
+            src = o * (hi - lo) * (n_in - 1) / (width - 1)
+        src = src + lo * (n_in - 1)
+        outside = (src < 0) | (src > n_in - 1)
     mode, a = at["mode"], float(at.get("cubic_coeff_a", -0.75))
     anti, exclude = bool(at.get("antialias", 0)), bool(at.get("exclude_outside", 0))
     m = np.zeros((n_out, n_in))
     for o, x in enumerate(src):
+        if outside is not None and outside[o]:
+            continue
         lo = np.floor(x)
         w = _filter_taps(1.0 if x == lo else x - lo, scale, mode, a, anti)
         n = len(w)
@@ -667,7 +683,7 @@ def resize_matrix(n_in: int, n_out: int, scale: float, at: Any) -> np.ndarray:
             w = np.where((idx < 0) | (idx >= n_in), 0.0, w)
             w = w / (w.sum() or 1.0)
         np.add.at(m[o], np.clip(idx, 0, n_in - 1), w)
-    return m
+    return m, outside
 
 
 def resized_axes(in_shape: Sequence[Any], at: Any) -> list[int]:

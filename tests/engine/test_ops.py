@@ -289,6 +289,7 @@ CASES: dict[str, Callable[[np.random.Generator], Case]] = {
     "cast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),
     "clip": lambda r: ([_f(r, 2, 3), np.float32(-0.5), np.float32(0.5)], {}),
     "cumsum": lambda r: ([_f(r, 3, 4)], {"axis": int(r.integers(-2, 2)), "exclusive": 1}),
+    "cumprod": lambda r: ([_f(r, 3, 4)], {"axis": int(r.integers(-2, 2)), "reverse": 1}),
     "trilu": lambda r: (
         [_f(r, 2, 3, 4)],
         {"upper": int(r.integers(0, 2)), "k": int(r.integers(-2, 3))},
