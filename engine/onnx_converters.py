@@ -230,10 +230,26 @@ def _nll(ctx: NodeCtx) -> Outs:
 
 @converter("BatchNormalization")
 def _batch_norm(ctx: NodeCtx) -> Outs:
-    if ctx.attr("training_mode", 0):
-        raise ctx.fail("training_mode=1 is not supported (inference only)")
     ins = [ctx.x(i) for i in range(5)]
-    return [ctx.one("batch_norm", *ins, epsilon=float(ctx.attr("epsilon", 1e-5)))]
+    eps = float(ctx.attr("epsilon", 1e-5))
+    if not ctx.attr("training_mode", 0):
+        return [ctx.one("batch_norm", *ins, epsilon=eps)]
+    # training mode: normalized by the batch's own mean and (population) variance over every
+    # axis but the channels; the running statistics come out blended by momentum
+    x, scale, bias, mean, var = ins
+    axes = tuple(i for i in range(x.type.rank) if i != 1)
+    bmean = ctx.one("reduce_mean", x, axes=axes, keepdims=0)
+    shape = (1, x.type.shape[1]) + (1,) * (x.type.rank - 2)
+    dev = ctx.one("sub", x, ctx.one("reshape", bmean, shape=shape))
+    bvar = ctx.one("reduce_mean", ctx.one("mul", dev, dev), axes=axes, keepdims=0)
+    momentum = float(ctx.attr("momentum", 0.9))
+
+    def blend(run: Value, batch: Value) -> Value:
+        kept = ctx.one("mul", run, ctx.scalar(momentum, run, "momentum"))
+        return ctx.one("add", kept, ctx.one("mul", batch, ctx.scalar(1 - momentum, batch, "rest")))
+
+    y = ctx.one("batch_norm", x, scale, bias, bmean, bvar, epsilon=eps)
+    return [y, blend(mean, bmean), blend(var, bvar)]
 
 
 def auto_pads(
