@@ -417,6 +417,32 @@ def _rnn_model(direction: str, w_dirs: int) -> onnx.ModelProto:
             ),
             r"scale -2.0 of axis 2 is not a positive number",
         ),
+        (
+            lambda: _model("GridSample", [(1, 2, 4, 4), (1, 3, 3, 3)], 4),
+            r"\(GridSample\): grid \(1, 3, 3, 3\) does not fit X \(1, 2, 4, 4\)",
+        ),
+        (
+            lambda: _model("GridSample", [(1, 2, 4, 4), (1, 3, 3, 2)], 4, mode="area"),
+            r"mode 'area' / padding_mode 'zeros' is not an ONNX GridSample mode",
+        ),
+        (
+            lambda: _with_inits(
+                _model(
+                    "Resize",
+                    [(1, 1, 4, 4)],
+                    4,
+                    mode="linear",
+                    coordinate_transformation_mode="tf_crop_and_resize",
+                ),
+                roi=np.zeros(2, np.float32),
+                scales=np.array([1, 1, 2, 2], np.float32),
+            ),
+            r"tf_crop_and_resize needs roi: a start and an end for 4 axes",
+        ),
+        (
+            lambda: _model("LpPool", [(1, 2, 5, 5)], 4, kernel_shape=[2, 2], p=0),
+            r"p = 0 must be at least 1",
+        ),
     ],
     ids=[
         "convtranspose-group",
@@ -425,6 +451,10 @@ def _rnn_model(direction: str, w_dirs: int) -> onnx.ModelProto:
         "onehot-values",
         "gru-directions",
         "resize-scale",
+        "gridsample-grid",
+        "gridsample-mode",
+        "resize-roi",
+        "lppool-p",
     ],
 )
 def test_bad_models_are_a_model_error_naming_the_node(build, msg):
