@@ -62,6 +62,21 @@ def test_bench_unknown_keys_are_reported():
     assert bench.unknown_keys({"mlp_layer", "ew", "mlp@3"}) == ["mlp@3", "mlp_layer"]
 
 
+def _time_once(cases: list) -> dict:
+    """``benchmarks.run`` over the file cases alone, one thread, a token budget, no output."""
+    from benchmarks import run as bench
+
+    return bench.run(
+        [1],
+        budget=0.005,
+        quick=True,
+        only=set(),
+        torch_compile=False,
+        print_fn=lambda s: None,
+        extra=cases,
+    )
+
+
 def test_bench_any_onnx_file(tmp_path):
     """``--model FILE --dim NAME=SIZE``: synthetic inputs bind the symbolic dims, the file's model
     is timed against onnxruntime, and a missing dim is a clear error."""
@@ -72,15 +87,7 @@ def test_bench_any_onnx_file(tmp_path):
         bench.file_cases([path], {})
     cases = bench.file_cases([path], {"batch": 3})
     assert [list(a.shape) for a in cases[0].feeds.values()] == [[3, 64]]
-    tables = bench.run(
-        [1],
-        budget=0.005,
-        quick=True,
-        only=set(),
-        torch_compile=False,
-        print_fn=lambda s: None,
-        extra=cases,
-    )
+    tables = _time_once(cases)
     (row,) = tables[1]
     assert row.name.startswith("mlp_small [3, 64]")
     assert row.max_diff < 1e-5
@@ -121,15 +128,7 @@ def test_quantized_benchmark_models_compile_without_fallback(tmp_path):
         "resnet_small_operator",
     ]
     cases = [c for path, dims in files.values() for c in bench.file_cases([path], dims)]
-    tables = bench.run(
-        [1],
-        budget=0.005,
-        quick=True,
-        only=set(),
-        torch_compile=False,
-        print_fn=lambda s: None,
-        extra=cases,
-    )
+    tables = _time_once(cases)
     assert len(tables[1]) == 4
     for row in tables[1]:
         assert row.fallback == [], row.name
