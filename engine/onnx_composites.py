@@ -309,12 +309,6 @@ def _einsum_terms(ctx: NodeCtx, eq: str, ranks: list[int]) -> tuple[list[str], s
         out = ell + "".join(
             sorted(ch for ch in set(joined) if joined.count(ch) == 1 and ch not in ell)
         )
-    for t in terms:
-        if len(set(t)) != len(t):
-            raise ctx.fail(
-                f"equation '{eq}': an index repeated within one operand (a diagonal) "
-                "is not supported"
-            )
     if len(set(out)) != len(out):
         raise ctx.fail(
             f"equation '{eq}': an index repeated in the output (a diagonal) is not supported"
@@ -325,15 +319,35 @@ def _einsum_terms(ctx: NodeCtx, eq: str, ranks: list[int]) -> tuple[list[str], s
     return terms, out
 
 
+def _einsum_diagonals(ctx: NodeCtx, x: Value, t: str) -> tuple[Value, str]:
+    """``x`` with index letters ``t`` reduced to the diagonal of every letter it repeats: the two
+    axes moved last, flattened, every (n + 1)-th element kept."""
+    while len(set(t)) != len(t):
+        ch = next(c for c in t if t.count(c) > 1)
+        i, j = t.index(ch), t.index(ch, t.index(ch) + 1)
+        n = x.type.shape[i]
+        if not isinstance(n, int) or x.type.shape[j] != n:
+            raise ctx.fail(f"index '{ch}' repeated within an operand needs equal static sizes")
+        rest = [a for a in range(len(t)) if a not in (i, j)]
+        x = ctx.one("transpose", x, perm=(*rest, i, j))
+        x = ctx.one("reshape", x, shape=(*[x.type.shape[a] for a in range(len(rest))], n * n))
+        x = ctx.one("slice", x, starts=(0,), ends=(n * n,), axes=(len(rest),), steps=(n + 1,))
+        t = "".join(t[a] for a in rest) + ch
+    return x, t
+
+
 @converter("Einsum")
 def _einsum(ctx: NodeCtx) -> Outs:
-    """One or two operands without diagonals, as reduce_sum, transpose, reshape and one (batched)
-    matmul: batch letters (in both operands and the output), contracted letters (in both, not the
-    output), and letters of one operand (summed away first when not in the output)."""
+    """One or two operands (an index repeated within one first taken as its diagonal), as
+    reduce_sum, transpose, reshape and one (batched) matmul: batch letters (in both operands and
+    the output), contracted letters (in both, not the output), and letters of one operand (summed
+    away first when not in the output)."""
     xs = [ctx.x(i) for i in range(ctx.n_in)]
     if len(xs) not in (1, 2):
         raise ctx.fail(f"{len(xs)} operands: only one or two are supported")
     terms, out = _einsum_terms(ctx, str(ctx.attr("equation")), [x.type.rank for x in xs])
+    for k, (x, t) in enumerate(zip(xs, terms, strict=True)):
+        xs[k], terms[k] = _einsum_diagonals(ctx, x, t)
     size: dict[str, Any] = {}
     for x, t in zip(xs, terms, strict=True):
         for ch, d in zip(t, x.type.shape, strict=True):

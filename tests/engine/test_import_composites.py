@@ -46,6 +46,10 @@ EINSUMS = [
     ("bik,bkj->bij", [(1, 4, 3), (1, 3, 2)]),
     ("abc,cd->abd", [(2, 3, 4), (4, 5)]),
     ("ijk,jl->il", [(2, 3, 4), (3, 5)]),  # k summed away in the first operand alone
+    ("ii->i", [(4, 4)]),  # diagonals: the repeated axes flattened, every (n + 1)-th kept
+    ("ii", [(3, 3)]),  # the trace
+    ("bjii->bij", [(2, 3, 4, 4)]),
+    ("iij,jk->ik", [(3, 3, 4), (4, 2)]),
 ]
 
 
@@ -66,7 +70,7 @@ def test_einsum_matches_numpy(eq, shapes, target):
 @pytest.mark.parametrize(
     ("eq", "shapes", "msg"),
     [
-        ("ii->i", [(3, 3)], "diagonal"),
+        ("ii->i", [(3, 4)], "index 'i' repeated within an operand needs equal static sizes"),
         ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)], "only one or two"),
         ("ij,jk->ik", [(2, 3), (4, 5)], "index 'j' has sizes 3 and 4"),
         ("ij->ijk", [(2, 3)], "output index 'k' is in no operand"),
