@@ -13,7 +13,8 @@ import numpy as np
 from satura.engine.graph import Value
 from satura.engine.onnx_converters import Outs, auto_pads, dims_product, reduce_axes_of
 from satura.engine.onnx_import import NodeCtx, converter
-from satura.engine.shapes import as_dim, normalize_axis
+from satura.engine.ops.nn import keys_cubic, window_out
+from satura.engine.shapes import IntDims, as_dim, normalize_axis
 
 # Strided, undilated ConvTranspose as stride-1 convs of its output phases (``_sub_pixel``),
 # not as a conv over the zero-spread input.
@@ -624,16 +625,15 @@ def _lp_pool(ctx: NodeCtx) -> Outs:
     strides = tuple(ctx.attr("strides", (1,) * nsp))
     dil = tuple(ctx.attr("dilations", (1,) * nsp))
     pads = list(auto_pads(ctx, x, kernel, strides, dil))
-    if int(ctx.attr("ceil_mode", 0)):
+    if int(ctx.attr("ceil_mode", 0)):  # the pools' output size; the end padded to reach it
         for i in range(nsp):
             size = x.type.shape[2 + i]
             if not isinstance(size, int):
                 raise ctx.fail("ceil_mode needs static spatial sizes")
-            span = size + pads[i] + pads[nsp + i] - (dil[i] * (kernel[i] - 1) + 1)
-            out = -(-span // strides[i]) + 1
-            if (out - 1) * strides[i] >= size + pads[i]:  # ONNX: last window starts inside
-                out -= 1
-            pads[nsp + i] += max(0, (out - 1) * strides[i] - span)
+            k, st, pb, pe = kernel[i], strides[i], pads[i], pads[nsp + i]
+            out = window_out(IntDims(), size, k, st, pb, pe, dil[i], ceil_mode=1)
+            span = size + pb + pe - (dil[i] * (k - 1) + 1)
+            pads[nsp + i] += max(0, (out - 1) * st - span)
     xp, inv = _p_power(ctx, x, p)
     ones = ctx.imp.add_const(np.ones((c, 1, *kernel), dtype=x.type.dtype), f"{ctx.name}_ones")
     s = ctx.one("conv", xp, ones, None, strides=strides, pads=tuple(pads), dilations=dil, group=c)
@@ -777,23 +777,19 @@ def _grid_sample(ctx: NodeCtx) -> Outs:
 
 
 def _cubic_weights(ctx: NodeCtx, f: Value, k: Any) -> list[Value]:
-    """Keys' cubic convolution weights (a = -0.75) of the taps at -1, 0, 1, 2 from the fraction
-    ``f`` in [0, 1), in ONNX's reference form."""
-    a = -0.75
+    """Keys' cubic convolution weights (a = -0.75, ``keys_cubic``) of the taps at -1, 0, 1, 2
+    from the fraction ``f`` in [0, 1): distances f + 1, f, 1 - f, 2 - f."""
+    inner, outer = keys_cubic(-0.75)
 
-    def outer(t: Value) -> Value:  # ((a·t - 5a)·t + 8a)·t - 4a, for 1 <= t <= 2
-        y = ctx.one("sub", ctx.one("mul", k(a), t), k(5 * a))
-        y = ctx.one("add", ctx.one("mul", y, t), k(8 * a))
-        return ctx.one("sub", ctx.one("mul", y, t), k(4 * a))
+    def horner(t: Value, coeffs: tuple[float, ...]) -> Value:
+        y = k(coeffs[0])
+        for c in coeffs[1:]:
+            y = ctx.one("add", ctx.one("mul", y, t), k(c))
+        return y
 
-    def inner(t: Value) -> Value:  # ((a + 2)·t - (a + 3))·t·t + 1, for 0 <= t <= 1
-        y = ctx.one("sub", ctx.one("mul", k(a + 2), t), k(a + 3))
-        return ctx.one("add", ctx.one("mul", ctx.one("mul", y, t), t), k(1.0))
-
-    one_minus = ctx.one("sub", k(1.0), f)
     return [
-        outer(ctx.one("add", f, k(1.0))),
-        inner(f),
-        inner(one_minus),
-        outer(ctx.one("sub", k(2.0), f)),
+        horner(ctx.one("add", f, k(1.0)), outer),
+        horner(f, inner),
+        horner(ctx.one("sub", k(1.0), f), inner),
+        horner(ctx.one("sub", k(2.0), f), outer),
     ]

@@ -41,9 +41,9 @@ for _info in OPS.values():
 def _identity(ctx: NodeCtx) -> Outs:
     # Dropout's training_mode is input 2 (opset 12 on); it must be a constant false
     if ctx.op_type == "Dropout" and ctx.has(2) and bool(np.asarray(ctx.const(2)).any()):
-        ratio = ctx.const(1) if ctx.has(1) else np.float32(0.5)
-        if ratio is None or float(np.asarray(ratio)) != 0.0:  # ratio 0 drops nothing
-            raise ctx.fail("training_mode=true is not supported (inference only)")
+        ratio = ctx.const(1) if ctx.has(1) else 0.5
+        if float(np.asarray(ratio)) != 0.0:  # ratio 0 drops nothing
+            raise ctx.fail("training_mode=true with a ratio above 0 drops at random: not supported")
     x = ctx.x()
     if ctx.op_type == "Dropout" and len(ctx.node.output) > 1 and ctx.node.output[1]:
         # the mask of an inference dropout keeps everything

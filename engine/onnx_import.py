@@ -43,15 +43,18 @@ SATURA_DOMAIN = "ai.satura"  # satura's own ops, as onnx_export writes them
 SATURA_CONVERTER: Converter | None = None  # set by onnx_converters
 # onnxruntime's contrib ops that exporters and its quantizer write into model files
 CONTRIB_DOMAIN = "com.microsoft"
-CONTRIB_CONVERTERS: dict[str, Converter] = {}
+# domain -> its converters (ai.onnx is the default domain spelled out)
+DOMAIN_CONVERTERS: dict[str, dict[str, Converter]] = {
+    "": CONVERTERS,
+    "ai.onnx": CONVERTERS,
+    CONTRIB_DOMAIN: {},
+}
 
 
 def converter(*op_types: str, domain: str = "") -> Callable[[Converter], Converter]:
-    """Register a function as the converter of the given ONNX op types (of the default domain,
-    or of ``CONTRIB_DOMAIN``)."""
-    table = CONTRIB_CONVERTERS if domain == CONTRIB_DOMAIN else CONVERTERS
-    if table is CONVERTERS and domain:
-        raise ValueError(f"no converter table for domain '{domain}'")
+    """Register a function as the converter of the given ONNX op types of ``domain`` (one of
+    ``DOMAIN_CONVERTERS``)."""
+    table = DOMAIN_CONVERTERS[domain]
 
     def deco(fn: Converter) -> Converter:
         for t in op_types:
@@ -228,12 +231,10 @@ class Importer:
 
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         name = node.name or f"{node.op_type}_{index}"
-        if node.domain in ("", "ai.onnx"):
-            fn = CONVERTERS.get(node.op_type)
-        elif node.domain == CONTRIB_DOMAIN:
-            fn = CONTRIB_CONVERTERS.get(node.op_type)
+        if node.domain == SATURA_DOMAIN:
+            fn = SATURA_CONVERTER
         else:
-            fn = SATURA_CONVERTER if node.domain == SATURA_DOMAIN else None
+            fn = DOMAIN_CONVERTERS.get(node.domain, {}).get(node.op_type)
         if fn is None:
             dom = f"{node.domain}." if node.domain else ""
             raise UnsupportedOpError(

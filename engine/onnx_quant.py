@@ -183,11 +183,6 @@ def _per_row(ctx: NodeCtx, p: Value | None, a: Value) -> Value | None:
     return ctx.one("reshape", p, shape=(p.type.shape[0], 1))
 
 
-def _integer_out(ctx: NodeCtx, acc: Value) -> Value:
-    """An int32 output (MatMulInteger, ConvInteger) from its float32 value."""
-    return ctx.quantized(acc, "int32")
-
-
 def _requantize(
     ctx: NodeCtx, acc: Value, scale: Value, y_scale: Value, y_zp: Value | None, like: Value
 ) -> Value:
@@ -212,7 +207,7 @@ def _matmul_integer(ctx: NodeCtx) -> Outs:
     a, b = ctx.x(0), ctx.x(1)
     af = _centred(ctx, a, _per_row(ctx, ctx.inp(2), a))
     bf = _centred(ctx, b, ctx.inp(3))
-    return [_integer_out(ctx, ctx.one("matmul", af, bf))]
+    return [ctx.quantized(ctx.one("matmul", af, bf), "int32")]
 
 
 @converter("QLinearMatMul")
@@ -258,7 +253,7 @@ def _conv_integer(ctx: NodeCtx) -> Outs:
     """int32 conv of (x - x_zero_point) by (w - w_zero_point), w's per output channel or per
     tensor; the padding is of zeros after the zero point is taken off."""
     xf, wf = _conv_operands(ctx, 0, 1, 2, 3)
-    return [_integer_out(ctx, conv_value(ctx, xf, wf, None))]
+    return [ctx.quantized(conv_value(ctx, xf, wf, None), "int32")]
 
 
 @converter("QLinearConv")

@@ -603,8 +603,9 @@ def _scan_tile(
     e, n, s = plan.elem, plan.n, plan.inner
     pieces = _pieces(w, lanes)
     accs = [f.slot(f"acc{tag}{k}", e.vec(pw)) for k, (_, pw) in enumerate(pieces)]
-    # the identity (a sum's -0.0 keeps the first element's sign)
+    # the identity (a sum's -0.0 keeps the first element's sign) and the step's instruction
     ident = 1 if prod else (-0.0 if e.is_float else 0)
+    opc = ("fmul" if e.is_float else "mul") if prod else ("fadd" if e.is_float else "add")
     for k, (_, pw) in enumerate(pieces):
         f.store(e.vec(pw), e.splat(ident, pw), accs[k], 64)
     if exclusive:
@@ -621,7 +622,6 @@ def _scan_tile(
     for k, (po, pw) in enumerate(pieces):
         ty = e.vec(pw)
         v = f.load(ty, f.gep(xb, f.ins(f"add i64 {off}, {po}"), e.ir), e.size)
-        opc = ("fmul" if e.is_float else "mul") if prod else ("fadd" if e.is_float else "add")
         a = f.ins(f"{opc} {ty} {f.load(ty, accs[k], 64)}, {v}")
         f.store(ty, a, accs[k], 64)
         f.store(ty, a, f.gep(ob, f.ins(f"add i64 {qoff}, {po}"), e.ir), e.size)

@@ -182,7 +182,7 @@ def _window_attrs(at: Any, nsp: int) -> tuple[tuple[int, ...], ...]:
     return tuple(strides), tuple(pads), tuple(dil)
 
 
-def _window_out(
+def window_out(
     d: DimOps, size: Any, k: Any, stride: int, pb: int, pe: int, dil: int, ceil_mode: int = 0
 ) -> Any:
     span = size + pb + pe - (dil * (k - 1) + 1)
@@ -211,7 +211,7 @@ def conv_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     if len(ins) > 2 and ins[2] is not None:
         d.same(ins[2], (w[0],), "conv: bias must be [M]")
     sp = tuple(
-        _window_out(d, x[2 + i], w[2 + i], strides[i], pads[i], pads[nsp + i], dil[i])
+        window_out(d, x[2 + i], w[2 + i], strides[i], pads[i], pads[nsp + i], dil[i])
         for i in range(nsp)
     )
     return [(x[0], w[0], *sp)]
@@ -296,7 +296,7 @@ def _pool_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     d.require(len(x) == nsp + 2, "pool: x's rank must be 2 + the kernel's rank")
     strides, pads, dil = _window_attrs(at, nsp)
     sp = tuple(
-        _window_out(d, x[2 + i], k[i], strides[i], pads[i], pads[nsp + i], dil[i], at["ceil_mode"])
+        window_out(d, x[2 + i], k[i], strides[i], pads[i], pads[nsp + i], dil[i], at["ceil_mode"])
         for i in range(nsp)
     )
     return [(x[0], x[1], *sp)]
@@ -615,35 +615,26 @@ def resize_taps(
     )
 
 
+def keys_cubic(a: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Keys' cubic convolution kernel with parameter ``a`` as two cubics in the distance t,
+    highest degree first: for t <= 1, and for 1 < t < 2 (0 beyond)."""
+    return (a + 2, -(a + 3), 0.0, 1.0), (a, -5 * a, 8 * a, -4 * a)
+
+
 def _filter_taps(ratio: float, scale: float, mode: str, a: float, antialias: bool) -> np.ndarray:
     """Weights of the taps around a source coordinate whose distance past its left tap is
     ``ratio``, by ONNX's Resize definitions: Keys' cubic (``a``) or linear, and with
-    ``antialias`` (downsampling) the filter stretched by 1/scale, normalized."""
-    if not antialias:
-        if mode == "linear":
-            return np.array([1 - ratio, ratio])
-        r, q = ratio, 1 - ratio
-        return np.array(
-            [
-                ((a * (r + 1) - 5 * a) * (r + 1) + 8 * a) * (r + 1) - 4 * a,
-                ((a + 2) * r - (a + 3)) * r * r + 1,
-                ((a + 2) * q - (a + 3)) * q * q + 1,
-                ((a * (q + 1) - 5 * a) * (q + 1) + 8 * a) * (q + 1) - 4 * a,
-            ]
-        )
-    s = min(scale, 1.0)
+    ``antialias`` the filter stretched by 1/scale when downsampling, normalized."""
+    s = min(scale, 1.0) if antialias else 1.0
     reach = 1 if mode == "linear" else 2
     first = int(np.floor(-reach / s) + 1)
     d = np.abs((np.arange(first, 2 - first) - ratio) * s)
     if mode == "linear":
         w = np.clip(1 - d, 0, 1)
     else:
-        w = np.where(
-            d <= 1,
-            (a + 2) * d**3 - (a + 3) * d**2 + 1,
-            np.where(d < 2, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a, 0.0),
-        )
-    return w / w.sum()
+        inner, outer = keys_cubic(a)
+        w = np.where(d <= 1, np.polyval(inner, d), np.where(d < 2, np.polyval(outer, d), 0.0))
+    return w / w.sum() if antialias else w
 
 
 def resize_matrix(
