@@ -176,6 +176,10 @@ FAMILY_OPS = frozenset(
         "Atanh",
         "CumProd",
         "GridSample",
+        "NegativeLogLikelihoodLoss",
+        "SoftmaxCrossEntropyLoss",
+        "Swish",
+        "Scatter",
     )
 )
 
@@ -276,9 +280,12 @@ def load_case(case: Any, feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, n
                 frozen and (named is None or named[1] in frozen)
             ):
                 raise
+            before = set(frozen)
             frozen |= {k for k, v in feeds.items() if v.dtype.kind in "iu"}
             if named is not None and named[1] in feeds:
                 frozen.add(named[1])
+            if frozen == before:  # nothing left to freeze
+                raise
             model = _freeze_inputs(case.model, feeds, frozen)
     return graph, {k: v for k, v in feeds.items() if k not in frozen}
 
