@@ -640,6 +640,116 @@ def _lp_pool(ctx: NodeCtx) -> Outs:
     return [_p_root(ctx, s, inv, p)]
 
 
+@converter("AffineGrid")
+def _affine_grid(ctx: NodeCtx) -> Outs:
+    """theta [N, nd, nd+1] applied to the constant homogeneous grid of the output's normalized
+    coordinates (x fastest): one batched product, [N, *size, nd]."""
+    theta = ctx.x(0)
+    size = ctx.dims(1, "size")
+    nd = len(size) - 2 if size else 0
+    if nd not in (2, 3) or not all(isinstance(d, int) and d > 0 for d in size[2:]):
+        raise ctx.fail(f"size must be [N, C, H, W] or [N, C, D, H, W] of positive ints, got {size}")
+    if tuple(theta.type.shape[1:]) != (nd, nd + 1):
+        raise ctx.fail(f"theta must be [N, {nd}, {nd + 1}], got {tuple(theta.type.shape)}")
+    sp = [int(d) for d in size[2:]]
+    align = bool(ctx.attr("align_corners", 0))
+
+    def coords(n: int) -> np.ndarray:
+        if align:
+            return np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
+        return (2.0 * np.arange(n) + 1.0) / n - 1.0
+
+    axes = np.meshgrid(*[coords(n) for n in sp], indexing="ij")
+    base = np.stack([*reversed(axes), np.ones(sp)], axis=-1).reshape(-1, nd + 1)
+    bv = ctx.imp.add_const(base.astype(theta.type.dtype), f"{ctx.name}_grid")
+    tt = ctx.one("transpose", theta, perm=(0, 2, 1))
+    grid = ctx.one("matmul", bv, tt)  # [N, prod(sp), nd]
+    return [ctx.one("reshape", grid, shape=(theta.type.shape[0], *sp, nd))]
+
+
+@converter("CenterCropPad")
+def _center_crop_pad(ctx: NodeCtx) -> Outs:
+    """Per axis, a centred slice (crop) or zero padding to the target length: the odd one of
+    a crop goes at the end, of a pad at the end too."""
+    x = ctx.x(0)
+    rank = x.type.rank
+    shape = ctx.dims(1, "shape")
+    axes = [normalize_axis(int(a), rank) for a in ctx.attr("axes", tuple(range(rank)))]
+    if shape is None or len(shape) != len(axes):
+        raise ctx.fail(f"shape {shape} must give one length per axis {tuple(axes)}")
+    starts, ends, cut, pads = [], [], [], [0] * (2 * rank)
+    for a, want in zip(axes, shape, strict=True):
+        have = x.type.shape[a]
+        if not isinstance(have, int) or not isinstance(want, int):
+            raise ctx.fail(f"axis {a}: lengths must be static, got {have} -> {want}")
+        if want < have:
+            cut.append(a)
+            starts.append((have - want) // 2)
+            ends.append((have - want) // 2 + want)
+        elif want > have:
+            pads[a], pads[rank + a] = (want - have) // 2, want - have - (want - have) // 2
+    y = x
+    if cut:
+        y = ctx.one(
+            "slice",
+            y,
+            starts=tuple(starts),
+            ends=tuple(ends),
+            axes=tuple(cut),
+            steps=(1,) * len(cut),
+        )
+    if any(pads):
+        y = ctx.one("pad", y, pads=tuple(pads), mode="constant", value=0.0)
+    return [y if y is not x else ctx.one("identity", x)]
+
+
+@converter("Col2Im")
+def _col2im(ctx: NodeCtx) -> Outs:
+    """Sums of blocks back into an image: a ConvTranspose of the blocks' grid [N, C·K, *L]
+    with one-hot weights [C·K, 1, *block] in C groups (each column entry lands on its block
+    position), output_padding making up a stride's remainder."""
+    x = ctx.x(0)
+    image, block = ctx.dims(1, "image_shape"), ctx.dims(2, "block_shape")
+    nsp = len(image or ())
+    if x.type.rank != 3 or not image or len(block or ()) != nsp:
+        raise ctx.fail(
+            f"input must be [N, C·prod(block), L] with image and block shapes of one length, "
+            f"got {tuple(x.type.shape)}, {image}, {block}"
+        )
+    image, block = [int(v) for v in image], [int(v) for v in block]
+    k = int(np.prod(block))
+    ck, cols = x.type.shape[1], x.type.shape[2]
+    if not isinstance(ck, int) or ck % k:
+        raise ctx.fail(f"input channels {ck} are not a multiple of prod(block_shape) {k}")
+    s = tuple(ctx.attr("strides", (1,) * nsp))
+    d = tuple(ctx.attr("dilations", (1,) * nsp))
+    pads = tuple(ctx.attr("pads", (0,) * (2 * nsp)))
+    grid = [
+        (image[i] + pads[i] + pads[nsp + i] - d[i] * (block[i] - 1) - 1) // s[i] + 1
+        for i in range(nsp)
+    ]
+    if min(grid) < 1 or cols != int(np.prod(grid)):
+        raise ctx.fail(f"{cols} columns do not fit the block grid {tuple(grid)}")
+    extra = [
+        image[i] + pads[i] + pads[nsp + i] - (s[i] * (grid[i] - 1) + d[i] * (block[i] - 1) + 1)
+        for i in range(nsp)
+    ]
+    c = ck // k
+    w = np.zeros((ck, 1, k), dtype=x.type.dtype)
+    w[np.arange(ck), 0, np.arange(ck) % k] = 1.0
+    wv = ctx.imp.add_const(w.reshape(ck, 1, *block), f"{ctx.name}_onehot")
+    xs = ctx.one("reshape", x, shape=(x.type.shape[0], ck, *grid))
+    return ctx.inner(
+        "ConvTranspose",
+        [xs, wv],
+        group=c,
+        strides=s,
+        dilations=d,
+        pads=pads,
+        output_padding=extra,
+    )
+
+
 @converter("GridSample")
 def _grid_sample(ctx: NodeCtx) -> Outs:
     """Sampling X [N, C, *spatial] at grid [N, *out, nd] (normalized coordinates, the last

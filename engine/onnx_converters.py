@@ -998,4 +998,4 @@ def satura_op(ctx: NodeCtx) -> Outs:
 
 # the ONNX ops that import as compositions of satura ops (opset 23's transformer ops and the
 # quantization ops among them) register themselves
-from satura.engine import onnx_composites, onnx_quant, onnx_transformer  # noqa: E402,F401
+from satura.engine import onnx_composites, onnx_quant, onnx_signal, onnx_transformer  # noqa: E402,F401

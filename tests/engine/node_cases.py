@@ -180,6 +180,14 @@ FAMILY_OPS = frozenset(
         "SoftmaxCrossEntropyLoss",
         "Swish",
         "Scatter",
+        "DFT",
+        "STFT",
+        "HannWindow",
+        "HammingWindow",
+        "BlackmanWindow",
+        "AffineGrid",
+        "CenterCropPad",
+        "Col2Im",
     )
 )
 
