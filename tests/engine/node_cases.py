@@ -188,6 +188,7 @@ FAMILY_OPS = frozenset(
         "AffineGrid",
         "CenterCropPad",
         "Col2Im",
+        "If",
     )
 )
 

@@ -561,9 +561,28 @@ def test_if_with_a_condition_known_at_import_inlines_its_branch(cond_from, scale
     np.testing.assert_array_equal(exe(x=x)["y"], want)
 
 
-def test_if_on_a_run_time_condition_is_a_clear_error():
-    with pytest.raises(ModelError, match=r"node 'branch' \(If\): the condition must be known"):
-        satura.load(_if_model("input"))
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_if_on_a_run_time_condition_runs_both_branches_and_picks(target):
+    import onnxruntime as ort
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    model = _if_model("input")
+    exe = satura.compile(model, target=target)
+    sess = ort.InferenceSession(model.SerializeToString())
+    for cond in (True, False):
+        c = np.array(cond)
+        want = sess.run(None, {"x": x, "cond": c})[0]
+        np.testing.assert_array_equal(exe(x=x, cond=c)["y"], want)
+
+
+def test_if_on_a_run_time_condition_needs_branches_of_one_shape():
+    model = _if_model("input")
+    else_g = model.graph.node[-1].attribute[0]  # else_branch (attributes sort by name)
+    assert else_g.name == "else_branch"
+    else_g.g.node.append(helper.make_node("ReduceSum", ["e0"], ["e"], keepdims=0))
+    else_g.g.node[0].output[0] = "e0"
+    with pytest.raises(ModelError, match=r"node 'branch' \(If\): .* output 0 must agree"):
+        satura.load(model)
 
 
 @pytest.mark.parametrize(
