@@ -10,7 +10,6 @@ import ast
 from typing import Any
 
 import numpy as np
-import onnx
 import sympy
 from satura.engine.graph import Value
 from satura.engine.onnx_import import CONVERTERS, NodeCtx, converter, onnx_dtype
@@ -50,66 +49,6 @@ def _identity(ctx: NodeCtx) -> Outs:
         keep = ctx.one("constant_of_shape", shape=tuple(x.type.shape), value=1.0, dtype="bool")
         return [ctx.one("identity", x), keep]
     return [ctx.one("identity", x)]
-
-
-@converter("If")
-def _if(ctx: NodeCtx) -> Outs:
-    """An If whose condition is known at import (a constant, or computed from static shapes, as
-    older exporters write shape checks) is its taken branch, inlined. On a run-time condition
-    both branches run and ``where`` picks (speculative execution: the branches are pure), which
-    needs their outputs to agree in shape and type."""
-    cond = ctx.known(0)
-    if cond is not None:
-        flat = np.asarray(cond).ravel()
-        if flat.size != 1:
-            raise ctx.fail(f"the condition must hold one value, got {flat.size}")
-        try:
-            taken = bool(flat[0])
-        except TypeError:  # a symbolic comparison that no size decides
-            raise ctx.fail(f"the condition {flat[0]} depends on symbolic sizes") from None
-        return _branch(ctx, "then_branch" if taken else "else_branch")
-    c = ctx.x(0)
-    if dims_product(c.type.shape) != 1:
-        raise ctx.fail(f"the condition must hold one value, got shape {tuple(c.type.shape)}")
-    then, other = _branch(ctx, "then_branch"), _branch(ctx, "else_branch")
-    if len(then) != len(other):
-        raise ctx.fail(f"the branches give {len(then)} and {len(other)} outputs")
-    c = ctx.one("reshape", c, shape=())
-    outs: Outs = []
-    for i, (a, b) in enumerate(zip(then, other, strict=True)):
-        if a.type.shape != b.type.shape or a.type.dtype != b.type.dtype:
-            raise ctx.fail(
-                f"on a run-time condition the branches' output {i} must agree: then gives "
-                f"{a.type.dtype}{list(a.type.shape)}, else {b.type.dtype}{list(b.type.shape)}"
-            )
-        outs.append(ctx.one("where", c, a, b))
-    return outs
-
-
-def _branch(ctx: NodeCtx, which: str) -> list[Value]:
-    """The outputs of subgraph attribute ``which``, its nodes inlined; names it defines are
-    dropped again afterwards (sibling subgraphs may reuse them)."""
-    branch = ctx.attr(which)
-    if branch is None:
-        raise ctx.fail(f"has no {which} graph")
-    imp = ctx.imp
-    saved = dict(imp.values)
-    try:
-        for t in branch.initializer:
-            imp.values[t.name] = imp.add_const(imp.tensor_array(t), t.name)
-        for i, node in enumerate(branch.node):
-            if not node.name:
-                named = onnx.NodeProto()
-                named.CopyFrom(node)
-                named.name = f"{ctx.name}/{which}/{node.op_type}_{i}"
-                node = named
-            imp.convert(node, i)
-        missing = [o.name for o in branch.output if o.name not in imp.values]
-        if missing:
-            raise ctx.fail(f"{which} output(s) {missing} are not produced by the branch")
-        return [imp.values[o.name] for o in branch.output]
-    finally:
-        imp.values = saved
 
 
 @converter("Gelu")
@@ -1021,4 +960,10 @@ def satura_op(ctx: NodeCtx) -> Outs:
 
 # the ONNX ops that import as compositions of satura ops (opset 23's transformer ops and the
 # quantization ops among them) register themselves
-from satura.engine import onnx_composites, onnx_quant, onnx_signal, onnx_transformer  # noqa: E402,F401
+from satura.engine import (  # noqa: E402,F401
+    onnx_composites,
+    onnx_control,
+    onnx_quant,
+    onnx_signal,
+    onnx_transformer,
+)

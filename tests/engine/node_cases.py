@@ -189,6 +189,8 @@ FAMILY_OPS = frozenset(
         "CenterCropPad",
         "Col2Im",
         "If",
+        "Loop",
+        "Scan",
     )
 )
 
