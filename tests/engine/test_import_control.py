@@ -13,7 +13,7 @@ import satura
 
 pytestmark = pytest.mark.onnx
 
-F, I, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+F, I64, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 
 
 def _vi(name: str, t: int, shape: list | None) -> onnx.ValueInfoProto:
@@ -55,7 +55,7 @@ def _loop_body(cond_expr: str) -> onnx.GraphProto:
     return helper.make_graph(
         nodes,
         "body",
-        [_vi("i", I, []), _vi("c", B, []), _vi("h", F, [2, 3])],
+        [_vi("i", I64, []), _vi("c", B, []), _vi("h", F, [2, 3])],
         [_vi("c2", B, []), _vi("h2", F, [2, 3]), _vi("s", F, [2])],
     )
 
@@ -68,9 +68,9 @@ def _loop_model(cond_expr: str, scans: bool) -> onnx.ModelProto:
         body.node.pop(4)  # the row sums
     inits = [
         helper.make_tensor("w", F, [3, 3], rng.standard_normal(9).astype(np.float32).tolist()),
-        helper.make_tensor("ax", I, [1], [1]),
+        helper.make_tensor("ax", I64, [1], [1]),
         helper.make_tensor("lim", F, [], [2.0]),
-        helper.make_tensor("m", I, [], [6]),
+        helper.make_tensor("m", I64, [], [6]),
     ]
     outs = ["hN", "ss"] if scans else ["hN"]
     node = helper.make_node("Loop", ["m", "c0", "h0"], outs, name="loop", body=body)
