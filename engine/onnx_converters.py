@@ -504,6 +504,17 @@ def _mod(ctx: NodeCtx) -> Outs:
     return [ctx.one("mod", ctx.x(0), ctx.x(1), fmod=int(ctx.attr("fmod", 0)))]
 
 
+@converter("BitShift")
+def _bit_shift(ctx: NodeCtx) -> Outs:
+    way = ctx.attr("direction")
+    if way not in ("LEFT", "RIGHT"):
+        raise ctx.fail(f"direction must be LEFT or RIGHT, got {way!r}")
+    x = ctx.x(0)
+    if np.dtype(x.type.dtype).kind not in "iu":
+        raise ctx.fail(f"shifts integers, got {x.type.dtype}")
+    return [ctx.one("shift_left" if way == "LEFT" else "shift_right", x, ctx.x(1))]
+
+
 def _swish_of(ctx: NodeCtx, x: Value) -> Value:
     """x·sigmoid(alpha·x) (silu at alpha 1)."""
     alpha = float(ctx.attr("alpha", 1.0))

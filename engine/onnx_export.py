@@ -514,6 +514,14 @@ def _mod(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Mod", ctx.ins(node), ctx.outs(node), fmod=int(node.attrs.get("fmod", 0)))
 
 
+@writer("shift_left", "shift_right")
+def _shift(ctx: ExportCtx, node: Node) -> None:
+    way = "LEFT" if node.op == "shift_left" else "RIGHT"
+    if np.dtype(node.outputs[0].type.dtype).kind == "i":
+        ctx.opset = max(ctx.opset, 28)  # signed shifts came in opset 28
+    ctx.add("BitShift", ctx.ins(node), ctx.outs(node), direction=way)
+
+
 @writer("gather_elements")
 def _gather_elements(ctx: ExportCtx, node: Node) -> None:
     ctx.add("GatherElements", ctx.ins(node), ctx.outs(node), axis=int(node.attrs.get("axis", 0)))

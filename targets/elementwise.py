@@ -120,9 +120,18 @@ COMPARISONS: dict[str, tuple[str, str, str]] = {
     "greater_equal": ("oge", "sge", "uge"),
 }
 LOGIC_OPS = frozenset({"and", "or"})
+# integer ops -> their LLVM instruction (shifts: see ``_Typed.shift``)
+BITWISE_OPS = {"bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor"}
+SHIFTS = frozenset({"shift_left", "shift_right"})
 FLOAT_UNARY = UNARY_OPS | {"gelu_tanh"}
 # The ops a typed expression may hold besides fp32 maths.
-TYPED_OPS = frozenset(COMPARISONS) | LOGIC_OPS | {"not", "isnan", "where"}
+TYPED_OPS = (
+    frozenset(COMPARISONS)
+    | LOGIC_OPS
+    | frozenset(BITWISE_OPS)
+    | SHIFTS
+    | {"not", "isnan", "where", "bitwise_not"}
+)
 # ("cast", child, dtype) converts between kernel dtypes (see ``cast_supported``).
 
 
@@ -201,6 +210,10 @@ def _infer(expr: Expr, in_dtypes: Sequence[str], memo: dict[Expr, str | None]) -
             t = "bool" if all(k == "bool" for k in kids) else None
         elif head == "where" and n == 3:
             t = kids[1] if kids[0] == "bool" and kids[1] == kids[2] else None
+        elif (head == "bitwise_not" and n == 1) or (
+            (head in BITWISE_OPS or head in SHIFTS) and n == 2 and kids[0] == kids[1]
+        ):
+            t = kids[0] if LEAF_TYPES[kids[0]][1] in "su" else None
     memo[expr] = t
     return t
 
@@ -302,7 +315,28 @@ class _Typed:
             return self.line(f"xor {ty} {kids[0]}, {self.const(True, 'bool')}")
         if head in LOGIC_OPS:
             return self.line(f"{head} {ty} {kids[0]}, {kids[1]}")
+        if head in BITWISE_OPS:
+            return self.line(f"{BITWISE_OPS[head]} {ty} {kids[0]}, {kids[1]}")
+        if head == "bitwise_not":
+            return self.line(f"xor {ty} {kids[0]}, {self.const(-1, kid_types[0])}")
+        if head in SHIFTS:
+            return self.shift(head == "shift_left", kids[0], kids[1], kid_types[0])
         raise CodegenError(f"no LLVM lowering for elementwise op '{head}'")
+
+    def shift(self, left: bool, a: str, b: str, dtype: str) -> str:
+        """ONNX's BitShift: an amount outside [0, bits) (unsigned compare: negatives too) gives
+        0, or for a signed right shift the sign (an arithmetic shift by bits - 1)."""
+        ty = self.ty(dtype)
+        bits = int(LEAF_TYPES[dtype][0][1:])
+        signed = LEAF_TYPES[dtype][1] == "s"
+        ok = self.line(f"icmp ult {ty} {b}, {self.const(bits, dtype)}")
+        cty = self.ty("bool")
+        if not left and signed:
+            amount = self.line(f"select {cty} {ok}, {ty} {b}, {ty} {self.const(bits - 1, dtype)}")
+            return self.line(f"ashr {ty} {a}, {amount}")
+        amount = self.line(f"select {cty} {ok}, {ty} {b}, {ty} {self.const(0, dtype)}")
+        moved = self.line(f"{'shl' if left else 'lshr'} {ty} {a}, {amount}")
+        return self.line(f"select {cty} {ok}, {ty} {moved}, {ty} {self.const(0, dtype)}")
 
 
 def _leaf_lines(L: list[str], dtype: str, name: str, ptr: str, lanes: int) -> None:

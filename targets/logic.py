@@ -1,7 +1,9 @@
-"""Comparisons, logical ops and Where as elementwise kernels over fp32, bool and integers.
+"""Comparisons, logical and bitwise ops and Where as elementwise kernels over fp32, bool and
+integers.
 
 Each of ``equal``, ``less``, ``less_equal``, ``greater``, ``greater_equal``, ``not``, ``and``,
-``or``, ``isnan`` and ``where`` becomes a typed :func:`~satura.targets.elementwise.ew_kernel`
+``or``, ``isnan``, ``where``, the integer ``bitwise_and``/``or``/``xor``/``not`` and the shifts
+becomes a typed :func:`~satura.targets.elementwise.ew_kernel`
 (fp32, bool and integer operands; bools are 0/1 bytes), and so does an ``ew`` node whose
 expression holds such ops or reads non-fp32 inputs.
 
@@ -26,9 +28,11 @@ from dataclasses import dataclass, field
 from satura.engine.graph import Node, Value
 from satura.engine.ops import OPS
 from satura.targets.elementwise import (
+    BITWISE_OPS,
     COMPARISONS,
     LEAF_TYPES,
     LOGIC_OPS,
+    SHIFTS,
     TYPED_OPS,
     Expr,
     ew_kernel,
@@ -40,7 +44,7 @@ from satura.targets.kernel import Operand
 from satura.targets.lower import LOWERINGS, Lowerer, Lowering, Ref, Step, numel, worth_splitting
 
 # The ops whose own nodes this module lowers.
-LOGIC_NODE_OPS = frozenset(COMPARISONS) | LOGIC_OPS | {"not", "isnan", "where"}
+LOGIC_NODE_OPS = TYPED_OPS
 # Ops cheap enough to recompute at every element of a broadcast consumer (an intermediate smaller
 # than the chain's output is evaluated once per output element, never stored).
 CHEAP_OPS = TYPED_OPS | {
@@ -83,9 +87,15 @@ def node_expr(node: Node) -> Expr | None:
     expr: Expr | None = None
     if op == "ew":
         expr = at["expr"]
-    elif op in COMPARISONS or op in LOGIC_OPS or (op in BINARY_OPS and plain_float_op(op)):
+    elif (
+        op in COMPARISONS
+        or op in LOGIC_OPS
+        or op in BITWISE_OPS
+        or op in SHIFTS
+        or (op in BINARY_OPS and plain_float_op(op))
+    ):
         expr = (op, *leaves) if len(ins) == 2 else None
-    elif op in ("not", "isnan"):
+    elif op in ("not", "isnan", "bitwise_not"):
         expr = (op, *leaves) if len(ins) == 1 else None
     elif op == "where":
         expr = (op, *leaves) if len(ins) == 3 else None

@@ -66,6 +66,7 @@ UNARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]] 
     "acosh": ("Acosh", np.arccosh, 16, ("transcendental",)),
     "atanh": ("Atanh", np.arctanh, 16, ("transcendental",)),
     "not": ("Not", np.logical_not, 1, ("logic",)),
+    "bitwise_not": ("BitwiseNot", np.bitwise_not, 1, ("bitwise",)),
     "isnan": ("IsNaN", np.isnan, 1, ("predicate",)),
     "identity": ("Identity", lambda x: x, 0, ("view",)),
 }
@@ -172,7 +173,27 @@ BINARY: dict[str, tuple[str, Callable[..., np.ndarray], float, tuple[str, ...]]]
     "greater_equal": ("GreaterOrEqual", np.greater_equal, 1, ("predicate",)),
     "and": ("And", np.logical_and, 1, ("commutative", "associative", "logic")),
     "or": ("Or", np.logical_or, 1, ("commutative", "associative", "logic")),
+    "bitwise_and": ("BitwiseAnd", np.bitwise_and, 1, ("bitwise",)),
+    "bitwise_or": ("BitwiseOr", np.bitwise_or, 1, ("bitwise",)),
+    "bitwise_xor": ("BitwiseXor", np.bitwise_xor, 1, ("bitwise",)),
+    # ONNX's BitShift (one op with a direction): an amount outside [0, bits) gives 0, or the
+    # sign for a right shift of a signed integer
+    "shift_left": ("", lambda a, b: _shift(a, b, left=True), 1, ("bitwise",)),
+    "shift_right": ("", lambda a, b: _shift(a, b, left=False), 1, ("bitwise",)),
 }
+
+
+def _shift(a: np.ndarray, b: np.ndarray, left: bool) -> np.ndarray:
+    a, b = np.broadcast_arrays(a, b.astype(a.dtype, copy=False))
+    bits = a.dtype.itemsize * 8
+    u = a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "i" else a
+    amount = b.astype(np.int64)
+    ok = (amount >= 0) & (amount < bits)
+    safe = np.where(ok, amount, 0).astype(u.dtype)
+    if left:
+        return np.where(ok, np.left_shift(u, safe).view(a.dtype), 0).astype(a.dtype)
+    fill = np.where(a < 0, -1, 0) if a.dtype.kind == "i" else 0
+    return np.where(ok, np.right_shift(a, safe.astype(a.dtype)), fill).astype(a.dtype)
 
 
 def _binary_ref(fn: Callable[..., np.ndarray]) -> Callable[..., list[np.ndarray]]:
@@ -197,7 +218,7 @@ for _name, (_onnx, _fn, _flops, _traits) in BINARY.items():
             inputs=(2, 2),
             dtype=_bool_dtype if "predicate" in _traits else same_dtype,
             work=(lambda f: lambda i, o, a: elementwise_work(i, o, a, f))(_flops),
-            onnx=(_onnx,),
+            onnx=(_onnx,) if _onnx else (),
             traits=frozenset({"elementwise", "binary", *_traits}),
             doc=f"elementwise {_name} with numpy broadcasting",
         )

@@ -191,6 +191,11 @@ FAMILY_OPS = frozenset(
         "If",
         "Loop",
         "Scan",
+        "BitShift",
+        "BitwiseAnd",
+        "BitwiseOr",
+        "BitwiseXor",
+        "BitwiseNot",
     )
 )
 

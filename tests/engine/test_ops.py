@@ -317,6 +317,8 @@ def _case(op: str, rng: np.random.Generator) -> Case:
     ins, attrs = _binary(rng) if "binary" in info.traits else _unary(rng)
     if "logic" in info.traits:
         ins = [np.asarray(a) > 0 for a in ins]  # type: ignore[operator]
+    if "bitwise" in info.traits:  # integers; shift amounts in and out of [0, 32)
+        ins = [(np.asarray(a) * 24).astype(np.int32) for a in ins]  # type: ignore[operator]
     return ins, attrs
 
 
