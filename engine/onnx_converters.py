@@ -319,14 +319,88 @@ def _pool(ctx: NodeCtx) -> Outs:
         "ceil_mode": int(ctx.attr("ceil_mode", 0)),
     }
     if ctx.op_type == "MaxPool":
-        if ctx.attr("storage_order", 0):
-            raise ctx.fail("storage_order=1 is not supported")
         exact = ctx.imp.exact_float(x, "float32")
         if exact is not None:  # quantized integers: the max of their floats (kernels are float)
             return [ctx.quantized(ctx.one("max_pool", exact, **at), x.type.dtype)]
-        return [ctx.one("max_pool", x, **at)]
+        y = ctx.one("max_pool", x, **at)
+        if len(ctx.node.output) > 1 and ctx.node.output[1]:
+            return [y, _max_pool_indices(ctx, x, y, at, bool(ctx.attr("storage_order", 0)))]
+        return [y]
     at["count_include_pad"] = int(ctx.attr("count_include_pad", 0))
     return [ctx.one("avg_pool", x, **at)]
+
+
+def _max_pool_indices(
+    ctx: NodeCtx, x: Value, y: Value, at: dict[str, Any], column_major: bool
+) -> Value:
+    """MaxPool's Indices output (flat positions in x, row- or column-major spatially): for each
+    kernel offset, the strided slice of x (padded with -inf) that it sees; the first offset
+    whose slice equals the max names the position (the first maximum, as ONNX scans)."""
+    shape, out = tuple(x.type.shape), tuple(y.type.shape)
+    if not all(isinstance(d, int) for d in (*shape, *out)):
+        raise ctx.fail(f"the Indices output needs static shapes, got {shape}")
+    n, c, sp = shape[0], shape[1], shape[2:]
+    k, s, d, pads = at["kernel"], at["strides"], at["dilations"], at["pads"]
+    nsp = len(sp)
+    ends = [(out[2 + i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 for i in range(nsp)]
+    pe = [max(0, ends[i] - pads[i] - sp[i]) for i in range(nsp)]
+    xp = ctx.one(
+        "pad", x, pads=(0, 0, *pads[:nsp], 0, 0, *pe), mode="constant", value=float("-inf")
+    )
+    order = range(nsp - 1, -1, -1) if not column_major else range(nsp)
+    stride, place = 1, [0] * nsp
+    for i in order:  # the flat stride of each spatial axis
+        place[i], stride = stride, stride * sp[i]
+    idx: Value | None = None
+    for off in reversed(list(np.ndindex(*k))):
+        starts = [off[i] * d[i] for i in range(nsp)]
+        seen = ctx.one(
+            "slice",
+            xp,
+            starts=tuple(starts),
+            ends=tuple(st + (out[2 + i] - 1) * s[i] + 1 for i, st in enumerate(starts)),
+            axes=tuple(range(2, 2 + nsp)),
+            steps=tuple(s),
+        )
+        grids = np.meshgrid(*[np.arange(out[2 + i]) for i in range(nsp)], indexing="ij")
+        flat = sum((g * s[i] - pads[i] + off[i] * d[i]) * place[i] for i, g in enumerate(grids))
+        pos = ctx.imp.add_const(np.asarray(flat, np.int64)[None, None], f"{ctx.name}_at")
+        idx = pos if idx is None else ctx.one("where", ctx.one("equal", seen, y), pos, idx)
+    assert idx is not None
+    base = (np.arange(n * c, dtype=np.int64) * int(np.prod(sp))).reshape(n, c, *[1] * nsp)
+    return ctx.one("add", idx, ctx.imp.add_const(base, f"{ctx.name}_base"))
+
+
+@converter("MaxUnpool")
+def _max_unpool(ctx: NodeCtx) -> Outs:
+    """X scattered into zeros at the flat positions I (MaxPool's Indices), [N, C, *size].
+    With ``output_shape`` the indices are positions in that shape, as in onnxruntime and torch's
+    ``max_unpool`` (ONNX's own test, test_maxunpool_export_with_output_shape, instead pads the
+    default shape at the end)."""
+    x, i = ctx.x(0), ctx.x(1)
+    kernel = tuple(int(v) for v in ctx.attr("kernel_shape"))
+    nsp = len(kernel)
+    s = tuple(ctx.attr("strides", (1,) * nsp))
+    pads = tuple(ctx.attr("pads", (0,) * (2 * nsp)))
+    shape = tuple(x.type.shape)
+    if not all(isinstance(v, int) for v in shape) or len(shape) != nsp + 2:
+        raise ctx.fail(f"input must be [N, C, {nsp} spatial] of static sizes, got {shape}")
+    if tuple(i.type.shape) != shape:
+        raise ctx.fail(f"indices {tuple(i.type.shape)} differ from the input's shape {shape}")
+    size = ctx.dims(2, "output_shape")
+    if size is None:
+        size = (
+            *shape[:2],
+            *[(shape[2 + a] - 1) * s[a] + kernel[a] - pads[a] - pads[nsp + a] for a in range(nsp)],
+        )
+    if len(size) != nsp + 2 or tuple(size[:2]) != shape[:2]:
+        raise ctx.fail(f"output_shape {tuple(size)} does not fit the input {shape}")
+    size = tuple(int(v) for v in size)
+    zeros = ctx.imp.add_const(np.zeros(int(np.prod(size)), x.type.dtype), f"{ctx.name}_zeros")
+    flat_x = ctx.one("reshape", x, shape=(int(np.prod(shape)),))
+    flat_i = ctx.one("reshape", i, shape=(int(np.prod(shape)),))
+    out = ctx.one("scatter_elements", zeros, flat_i, flat_x, axis=0)
+    return [ctx.one("reshape", out, shape=size)]
 
 
 @converter("GlobalAveragePool")

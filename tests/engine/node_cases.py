@@ -196,6 +196,7 @@ FAMILY_OPS = frozenset(
         "BitwiseOr",
         "BitwiseXor",
         "BitwiseNot",
+        "MaxUnpool",
     )
 )
 

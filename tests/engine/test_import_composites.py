@@ -683,3 +683,39 @@ def test_cubic_and_antialiased_resize_match_onnxruntime(mode, antialias, coord, 
     exe = satura.compile(satura.load(model))
     assert exe.fallback_ops == []
     np.testing.assert_allclose(exe(x=x)["y"], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "attrs"),
+    [
+        ((2, 3, 8, 9), {"kernel_shape": [3, 3], "strides": [2, 2]}),
+        ((1, 2, 7, 7), {"kernel_shape": [2, 3], "pads": [1, 0, 1, 2], "dilations": [2, 1]}),
+        ((1, 2, 7, 6), {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+        ((1, 2, 6, 5), {"kernel_shape": [3, 2], "storage_order": 1}),
+        ((1, 2, 5, 4, 6), {"kernel_shape": [2, 2, 3], "strides": [1, 2, 2]}),
+    ],
+)
+def test_max_pool_indices_and_unpool_match_onnxruntime(shape, attrs):
+    """MaxPool's Indices (ties included: x holds repeated values) and MaxUnpool of them."""
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(0).integers(0, 4, shape).astype(np.float32)
+    nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)]
+    outs = ["y", "i"]
+    if not attrs.get("storage_order") and not attrs.get("pads") and not attrs.get("ceil_mode"):
+        unpool = {k: v for k, v in attrs.items() if k in ("kernel_shape", "strides")}
+        nodes.append(helper.make_node("MaxUnpool", ["y", "i", "s"], ["u"], **unpool))
+        nodes.insert(0, helper.make_node("Shape", ["x"], ["s"]))
+        outs.append("u")
+    ty = {"i": TensorProto.INT64}
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(o, ty.get(o, TensorProto.FLOAT), None) for o in outs],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=8)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    for target in ("reference", "cpu"):
+        got = satura.compile(model, target=target)(x=x)
+        for name, w in zip(outs, want, strict=True):
+            np.testing.assert_array_equal(got[name], w, err_msg=f"{target} {name}")
