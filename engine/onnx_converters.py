@@ -1047,6 +1047,7 @@ def satura_op(ctx: NodeCtx) -> Outs:
 # quantization ops among them) register themselves
 from satura.engine import (  # noqa: E402,F401
     onnx_composites,
+    onnx_contrib,
     onnx_control,
     onnx_quant,
     onnx_signal,

@@ -1,0 +1,314 @@
+"""onnxruntime's com.microsoft fused ops, as its transformer optimizer and optimum write them.
+
+A model that onnxruntime's ``optimize_model`` (or ``optimum-cli ... --optimize O1..O4``) has
+rewritten holds fused contrib ops: SkipLayerNormalization, FastGelu, BiasGelu, Attention,
+EmbedLayerNormalization, SimplifiedLayerNormalization (RMSNorm), MatMulNBits (int4 weights) and
+more. Each imports as the satura ops it stands for; satura's own rules fuse them again. The
+quantized QLinear* contrib ops live in ``onnx_quant``.
+
+Registered in ``onnx_import.CONVERTERS`` when ``onnx_converters`` imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from satura.engine.graph import Value
+from satura.engine.onnx_converters import Outs
+from satura.engine.onnx_import import CONTRIB_DOMAIN, NodeCtx, converter
+from satura.engine.shapes import normalize_axis
+
+MS = {"domain": CONTRIB_DOMAIN}
+
+
+def _wants(ctx: NodeCtx, i: int) -> bool:
+    return len(ctx.node.output) > i and bool(ctx.node.output[i])
+
+
+def _plus(ctx: NodeCtx, x: Value, *more: Value | None) -> Value:
+    for m in more:
+        if m is not None:
+            x = ctx.one("add", x, m)
+    return x
+
+
+# -- activations --------------------------------------------------------------------------------
+@converter("Gelu", "FastGelu", "BiasGelu", "QuickGelu", **MS)
+def _gelus(ctx: NodeCtx) -> Outs:
+    """Gelu and BiasGelu: erf GELU (of x + bias); FastGelu: the tanh form (of x + bias);
+    QuickGelu: x·sigmoid(alpha·x)."""
+    x = _plus(ctx, ctx.x(0), ctx.inp(1))
+    if ctx.op_type == "QuickGelu":
+        alpha = float(ctx.attr("alpha", 1.702))
+        return [ctx.one("mul", x, ctx.one("sigmoid", ctx.one("mul", x, ctx.scalar(alpha, x))))]
+    return [ctx.one("gelu", x, approximate="tanh" if ctx.op_type == "FastGelu" else "none")]
+
+
+# -- normalizations -------------------------------------------------------------------------------
+def _stats(ctx: NodeCtx, x: Value, eps: float, rms: bool) -> tuple[Value | None, Value]:
+    """(mean or None for RMS, 1/sqrt(var + eps)) over the last axis, kept as 1."""
+    axes = (x.type.rank - 1,)
+    mean = None if rms else ctx.one("reduce_mean", x, axes=axes, keepdims=1)
+    d = x if mean is None else ctx.one("sub", x, mean)
+    var = ctx.one("reduce_mean", ctx.one("mul", d, d), axes=axes, keepdims=1)
+    inv = ctx.one("reciprocal", ctx.one("sqrt", ctx.one("add", var, ctx.scalar(eps, var))))
+    return mean, inv
+
+
+def _norm(ctx: NodeCtx, x: Value, gamma: Value, beta: Value | None, rms: bool) -> Outs:
+    """[y, mean, inv_std_var] of LayerNorm (or RMSNorm) over the last axis; the statistics
+    only where the node asks for them."""
+    eps = float(ctx.attr("epsilon", 1e-12 if ctx.node.domain else 1e-5))
+    axis = x.type.rank - 1
+    if rms:
+        y = ctx.one("rms_norm", x, gamma, axis=axis, epsilon=eps)
+        if beta is not None:
+            y = ctx.one("add", y, beta)
+    else:
+        y = ctx.one("layer_norm", x, gamma, beta, axis=axis, epsilon=eps)
+    outs: Outs = [y, None, None]
+    if _wants(ctx, 1) or _wants(ctx, 2):
+        mean, inv = _stats(ctx, x, eps, rms)
+        outs[1:] = [mean, inv]
+    return outs
+
+
+@converter("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", **MS)
+def _skip_norm(ctx: NodeCtx) -> Outs:
+    """LayerNorm (RMSNorm for the Simplified one) of input + skip + bias; outputs y, mean,
+    inv_std_var and the sum (onnxruntime's order)."""
+    rms = ctx.op_type == "SkipSimplifiedLayerNormalization"
+    x, skip, gamma = ctx.x(0), ctx.x(1), ctx.x(2)
+    beta, bias = (None, ctx.inp(3)) if rms else (ctx.inp(3), ctx.inp(4))
+    total = _plus(ctx, x, skip, bias)
+    y, mean, inv = _norm(ctx, total, gamma, beta, rms)
+    return [y, mean, inv, total]
+
+
+@converter("SimplifiedLayerNormalization")  # onnxruntime registers it in the ONNX domain
+def _simplified_norm(ctx: NodeCtx) -> Outs:
+    """RMSNorm over axis..end (onnxruntime's contrib op in the default domain): y, inv_std_var."""
+    x, gamma = ctx.x(0), ctx.x(1)
+    axis = normalize_axis(int(ctx.attr("axis", -1)), x.type.rank)
+    eps = float(ctx.attr("epsilon", 1e-5))
+    y = ctx.inner("RMSNormalization", [x, gamma], opset=23, axis=axis, epsilon=eps)[0]
+    outs: Outs = [y]
+    if _wants(ctx, 1):
+        axes = tuple(range(axis, x.type.rank))
+        var = ctx.one("reduce_mean", ctx.one("mul", x, x), axes=axes, keepdims=1)
+        outs.append(
+            ctx.one("reciprocal", ctx.one("sqrt", ctx.one("add", var, ctx.scalar(eps, var))))
+        )
+    return outs
+
+
+@converter("EmbedLayerNormalization", **MS)
+def _embed_layer_norm(ctx: NodeCtx) -> Outs:
+    """LayerNorm(word[ids] + position[position_ids or 0..S-1] + segment[segment_ids]);
+    outputs y, the mask index (each row's count of kept tokens, int32) and the sum."""
+    ids, seg_ids = ctx.x(0), ctx.inp(1)
+    word, pos, seg = ctx.x(2), ctx.x(3), ctx.inp(4)
+    gamma, beta, mask, pos_ids = ctx.x(5), ctx.inp(6), ctx.inp(7), ctx.inp(8)
+    if ids.type.rank != 2:
+        raise ctx.fail(f"input_ids must be [batch, sequence], got {tuple(ids.type.shape)}")
+    s = ids.type.shape[1]
+    if pos_ids is None:
+        if not isinstance(s, int):
+            raise ctx.fail(f"without position_ids the sequence length must be static, got {s}")
+        pos_ids = ctx.imp.add_const(np.arange(s, dtype=np.int64)[None], f"{ctx.name}_pos")
+    total = ctx.one("add", ctx.one("gather", word, ids, axis=0), ctx.one("gather", pos, pos_ids))
+    if seg is not None and seg_ids is not None:
+        total = ctx.one("add", total, ctx.one("gather", seg, seg_ids, axis=0))
+    eps = float(ctx.attr("epsilon", 1e-12))
+    y = ctx.one("layer_norm", total, gamma, beta, axis=2, epsilon=eps)
+    index = None
+    if _wants(ctx, 1):
+        m = (
+            mask
+            if mask is not None
+            else ctx.one("constant_of_shape", shape=tuple(ids.type.shape), value=1.0, dtype="int32")
+        )
+        count = ctx.one("reduce_sum", ctx.one("cast", m, to="int32"), axes=(1,), keepdims=0)
+        index = count
+    return [y, index, total]
+
+
+# -- products -----------------------------------------------------------------------------------
+@converter("FusedMatMul", **MS)
+def _fused_matmul(ctx: NodeCtx) -> Outs:
+    """alpha · op(A) @ op(B), op transposing the last two axes where transA/transB say."""
+    if ctx.attr("transBatchA", 0) or ctx.attr("transBatchB", 0):
+        raise ctx.fail("transBatchA/transBatchB are not supported")
+    a, b = ctx.x(0), ctx.x(1)
+
+    def t(v: Value) -> Value:
+        r = v.type.rank
+        return ctx.one("transpose", v, perm=(*range(r - 2), r - 1, r - 2))
+
+    if ctx.attr("transA", 0):
+        a = t(a)
+    if ctx.attr("transB", 0):
+        b = t(b)
+    y = ctx.one("matmul", a, b)
+    alpha = float(ctx.attr("alpha", 1.0))
+    return [y if alpha == 1.0 else ctx.one("mul", y, ctx.scalar(alpha, y))]
+
+
+@converter("MatMulNBits", **MS)
+def _matmul_nbits(ctx: NodeCtx) -> Outs:
+    """A @ dequantized(B)ᵀ (+ bias): B's blocks of ``block_size`` ``bits``-bit integers along K,
+    each with a scale and a zero point (default 2^(bits-1)), dequantized once at import."""
+    a = ctx.x(0)
+    k, n = int(ctx.attr("K")), int(ctx.attr("N"))
+    bits, block = int(ctx.attr("bits", 4)), int(ctx.attr("block_size"))
+    packed, scales = ctx.const(1), ctx.const(2)
+    if packed is None or scales is None:
+        raise ctx.fail("the packed weights and scales (inputs 1, 2) must be constants")
+    if bits not in (2, 4, 8) or ctx.has(4):
+        raise ctx.fail(f"bits={bits}{' with g_idx' if ctx.has(4) else ''} is not supported")
+    blocks = -(-k // block)
+    q = np.unpackbits(
+        np.asarray(packed, np.uint8).reshape(n, -1)[..., None], axis=-1, bitorder="little"
+    ).reshape(n, -1, bits)
+    q = (q * (1 << np.arange(bits))).sum(-1)[:, : blocks * block].reshape(n, blocks, block)
+    if ctx.has(3):
+        zp = ctx.const(3)
+        if zp is None:
+            raise ctx.fail("the zero points (input 3) must be a constant")
+        zp = np.asarray(zp)
+        if zp.dtype == np.uint8:  # packed like the weights, rows padded to whole bytes
+            z = np.unpackbits(zp.reshape(n, -1)[..., None], axis=-1, bitorder="little")
+            z = (z.reshape(n, -1, bits) * (1 << np.arange(bits))).sum(-1)[:, :blocks]
+        else:
+            z = zp.reshape(n, blocks)
+    else:
+        z = np.full((n, blocks), 1 << (bits - 1))
+    w = (q - z[..., None]) * np.asarray(scales, np.float32).reshape(n, blocks)[..., None]
+    wt = np.ascontiguousarray(w.reshape(n, -1)[:, :k].T).astype(a.type.dtype)
+    y = ctx.one("matmul", a, ctx.imp.add_const(wt, f"{ctx.name}_w"))
+    return [_plus(ctx, y, ctx.inp(5))]
+
+
+# -- attention ----------------------------------------------------------------------------------
+def _additive_mask(ctx: NodeCtx, mask: Value, batch: object, t: object) -> Value:
+    """A com.microsoft mask index as an additive [B, 1, S or 1, T] float mask: a raw 0/1 mask
+    ([B, T] or [B, S, T]) gives ``mask_filter_value`` where 0; [B] gives the keys' end."""
+    fill = float(ctx.attr("mask_filter_value", -10000.0))
+    if mask.type.rank == 1:  # each row's key count: keys at or past it are masked
+        if not isinstance(t, int):
+            raise ctx.fail(f"a 1-D mask index needs a static key length, got {t}")
+        keys = ctx.imp.add_const(np.arange(t, dtype=np.int64)[None], f"{ctx.name}_keys")
+        ends = ctx.one("reshape", ctx.one("cast", mask, to="int64"), shape=(batch, 1))
+        keep = ctx.one("less", keys, ends)
+        mask = ctx.one("cast", keep, to="float32")
+    elif mask.type.rank not in (2, 3):
+        raise ctx.fail(f"a mask index of rank {mask.type.rank} is not supported")
+    raw = ctx.one("cast", mask, to="float32")
+    one = ctx.imp.add_const(np.array(1.0, np.float32), f"{ctx.name}_one")
+    add = ctx.one("mul", ctx.one("sub", one, raw), ctx.scalar(fill, raw))
+    shape = (batch, 1, 1, t) if add.type.rank == 2 else (batch, 1, *add.type.shape[1:])
+    return ctx.one("reshape", add, shape=shape)
+
+
+def _mha(
+    ctx: NodeCtx,
+    q: Value,
+    k: Value,
+    v: Value,
+    heads: int,
+    mask: Value | None,
+    bias: Value | None,
+) -> Value:
+    """softmax(q·kᵀ·scale + mask + bias)·v over [B, S, heads·D] inputs, as ONNX's Attention."""
+    d = q.type.shape[-1]
+    if not isinstance(d, int) or d % heads:
+        raise ctx.fail(f"hidden size {d} is not a multiple of num_heads {heads}")
+    scale = ctx.attr("scale")
+    scale = float(scale) if scale else 1.0 / math.sqrt(d // heads)
+    extra = mask if bias is None else (bias if mask is None else ctx.one("add", mask, bias))
+    return ctx.inner(
+        "Attention",
+        [q, k, v, extra],
+        opset=23,
+        q_num_heads=heads,
+        kv_num_heads=heads,
+        scale=scale,
+        is_causal=int(ctx.attr("unidirectional", 0)),
+    )[0]
+
+
+@converter("Attention", **MS)
+def _ms_attention(ctx: NodeCtx) -> Outs:
+    """onnxruntime's BERT attention: q, k, v = split(x @ W + b), then multi-head attention with
+    the mask index and the attention bias (input 5)."""
+    if ctx.has(4) or _wants(ctx, 1):
+        raise ctx.fail("past/present (a key-value cache) is not supported")
+    if ctx.attr("do_rotary", 0):
+        raise ctx.fail("do_rotary is not supported")
+    x, w = ctx.x(0), ctx.x(1)
+    heads = int(ctx.attr("num_heads"))
+    h = w.type.shape[-1]
+    sizes = tuple(ctx.attr("qkv_hidden_sizes", ()) or (h // 3,) * 3)
+    if not isinstance(h, int) or sum(sizes) != h or sizes[0] != sizes[1]:
+        raise ctx.fail(f"weights of width {h} do not split as q, k, v sizes {sizes}")
+    qkv = _plus(ctx, ctx.one("matmul", x, w), ctx.inp(2))
+    q, k, v = ctx.emit("split", [qkv], axis=qkv.type.rank - 1, sizes=sizes)
+    mask = ctx.inp(3)
+    batch, s = x.type.shape[0], x.type.shape[1]
+    if mask is not None:
+        mask = _additive_mask(ctx, mask, batch, s)
+    return [_mha(ctx, q, k, v, heads, mask, ctx.inp(5))]
+
+
+@converter("MultiHeadAttention", **MS)
+def _ms_mha(ctx: NodeCtx) -> Outs:
+    """Separate [B, S, D] query, key and value (+ their packed bias), a key padding mask and an
+    attention bias: multi-head attention."""
+    if any(ctx.has(i) for i in (6, 7, 8, 9)) or _wants(ctx, 1):
+        raise ctx.fail("past/present (a key-value cache) is not supported")
+    q, k, v = ctx.x(0), ctx.inp(1), ctx.inp(2)
+    if k is None or v is None or k.type.rank != 3 or q.type.rank != 3:
+        raise ctx.fail("packed query/key/value layouts are not supported: give 3-D q, k and v")
+    bias = ctx.inp(3)
+    if bias is not None:
+        dq, dk = q.type.shape[-1], k.type.shape[-1]
+        bq, bk, bv = ctx.emit(
+            "split", [bias], axis=0, sizes=(dq, dk, int(bias.type.shape[0]) - dq - dk)
+        )
+        q, k, v = ctx.one("add", q, bq), ctx.one("add", k, bk), ctx.one("add", v, bv)
+    mask = ctx.inp(4)
+    if mask is not None:
+        mask = _additive_mask(ctx, mask, q.type.shape[0], k.type.shape[1])
+    return [_mha(ctx, q, k, v, int(ctx.attr("num_heads")), mask, ctx.inp(5))]
+
+
+# -- convolutions -------------------------------------------------------------------------------
+_ACTS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
+
+
+@converter("FusedConv", **MS)
+def _fused_conv(ctx: NodeCtx) -> Outs:
+    """Conv (+ Z) then the ``activation`` named by the attribute."""
+    conv = {
+        k: ctx.attrs[k]
+        for k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+        if k in ctx.attrs
+    }
+    y = ctx.inner("Conv", [ctx.x(0), ctx.x(1), ctx.inp(2)], **conv)[0]
+    assert y is not None
+    y = _plus(ctx, y, ctx.inp(3))
+    act = ctx.attr("activation", "")
+    params = list(ctx.attr("activation_params", ()) or ())
+    if not act:
+        return [y]
+    if act in _ACTS:
+        return [ctx.one(_ACTS[act], y)]
+    if act == "LeakyRelu":
+        return [ctx.one("leaky_relu", y, alpha=float(params[0]) if params else 0.01)]
+    if act == "Clip" and len(params) == 2:
+        return [ctx.one("clip", y, ctx.scalar(params[0], y, "lo"), ctx.scalar(params[1], y, "hi"))]
+    if act == "HardSigmoid":
+        alpha, beta = (params + [0.2, 0.5][len(params) :])[:2]
+        return [ctx.one("hard_sigmoid", y, alpha=float(alpha), beta=float(beta))]
+    raise ctx.fail(f"activation {act!r} is not supported")
