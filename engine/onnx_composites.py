@@ -660,10 +660,10 @@ def _affine_grid(ctx: NodeCtx) -> Outs:
         return (2.0 * np.arange(n) + 1.0) / n - 1.0
 
     axes = np.meshgrid(*[coords(n) for n in sp], indexing="ij")
-    base = np.stack([*reversed(axes), np.ones(sp)], axis=-1).reshape(-1, nd + 1)
+    base = np.stack([*reversed(axes), np.ones(sp)], axis=0).reshape(nd + 1, -1)
     bv = ctx.imp.add_const(base.astype(theta.type.dtype), f"{ctx.name}_grid")
-    tt = ctx.one("transpose", theta, perm=(0, 2, 1))
-    grid = ctx.one("matmul", bv, tt)  # [N, prod(sp), nd]
+    grid = ctx.one("matmul", theta, bv)  # [N, nd, prod(sp)]
+    grid = ctx.one("transpose", grid, perm=(0, 2, 1))
     return [ctx.one("reshape", grid, shape=(theta.type.shape[0], *sp, nd))]
 
 
