@@ -124,6 +124,9 @@ LOGIC_OPS = frozenset({"and", "or"})
 BITWISE_OPS = {"bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor"}
 SHIFTS = frozenset({"shift_left", "shift_right"})
 FLOAT_UNARY = UNARY_OPS | {"gelu_tanh"}
+# integer arithmetic, wrapping as numpy's (division truncates toward zero; by 0 gives 0)
+INT_BINARY = frozenset({"add", "sub", "mul", "div", "max", "min"})
+INT_UNARY = frozenset({"neg", "abs", "relu", "identity"})
 # The ops a typed expression may hold besides fp32 maths.
 TYPED_OPS = (
     frozenset(COMPARISONS)
@@ -202,6 +205,9 @@ def _infer(expr: Expr, in_dtypes: Sequence[str], memo: dict[Expr, str | None]) -
             t = None
         elif (head in FLOAT_UNARY and n == 1) or (head in BINARY_OPS and n == 2):
             t = "float32" if all(k == "float32" for k in kids) else None
+            if t is None and ((head in INT_UNARY and n == 1) or (head in INT_BINARY and n == 2)):
+                same = all(k == kids[0] for k in kids)
+                t = kids[0] if same and LEAF_TYPES[kids[0]][1] in "su" else None
         elif head in COMPARISONS and n == 2:
             t = "bool" if kids[0] == kids[1] else None
         elif head == "isnan" and n == 1:
@@ -296,6 +302,8 @@ class _Typed:
 
     def op(self, head: str, kids: list[str], kid_types: list[str]) -> str:
         em = self.em
+        if head in INT_BINARY | INT_UNARY and LEAF_TYPES[kid_types[0]][1] in "su":
+            return self.int_op(head, kids, kid_types[0])
         if head in FLOAT_UNARY:
             return em.unary(head, kids[0])
         if head in BINARY_OPS:
@@ -322,6 +330,44 @@ class _Typed:
         if head in SHIFTS:
             return self.shift(head == "shift_left", kids[0], kids[1], kid_types[0])
         raise CodegenError(f"no LLVM lowering for elementwise op '{head}'")
+
+    def int_op(self, head: str, kids: list[str], dtype: str) -> str:
+        """Integer arithmetic as numpy computes it: wrapping, division truncating toward zero,
+        a division by 0 giving 0 and INT_MIN / -1 wrapping (neither traps)."""
+        ty, cty = self.ty(dtype), self.ty("bool")
+        signed = LEAF_TYPES[dtype][1] == "s"
+        zero = self.const(0, dtype)
+        a = kids[0]
+        if head == "identity":
+            return a
+        if head == "neg":
+            return self.line(f"sub {ty} {zero}, {a}")
+        if head in ("abs", "relu"):
+            if not signed:
+                return a  # unsigned: never below 0
+            neg = self.line(f"icmp slt {ty} {a}, {zero}")
+            other = self.line(f"sub {ty} {zero}, {a}") if head == "abs" else zero
+            return self.line(f"select {cty} {neg}, {ty} {other}, {ty} {a}")
+        b = kids[1]
+        if head in ("add", "sub", "mul"):
+            return self.line(f"{head} {ty} {a}, {b}")
+        if head in ("max", "min"):
+            pred = ("s" if signed else "u") + ("gt" if head == "max" else "lt")
+            pick = self.line(f"icmp {pred} {ty} {a}, {b}")
+            return self.line(f"select {cty} {pick}, {ty} {a}, {ty} {b}")
+        # div: a safe divisor (1 where b is 0, or -1 for signed), the special cases selected
+        by_zero = self.line(f"icmp eq {ty} {b}, {zero}")
+        if not signed:
+            safe = self.line(f"select {cty} {by_zero}, {ty} {self.const(1, dtype)}, {ty} {b}")
+            q = self.line(f"udiv {ty} {a}, {safe}")
+            return self.line(f"select {cty} {by_zero}, {ty} {zero}, {ty} {q}")
+        by_m1 = self.line(f"icmp eq {ty} {b}, {self.const(-1, dtype)}")
+        odd = self.line(f"or {cty} {by_zero}, {by_m1}")
+        safe = self.line(f"select {cty} {odd}, {ty} {self.const(1, dtype)}, {ty} {b}")
+        q = self.line(f"sdiv {ty} {a}, {safe}")
+        neg = self.line(f"sub {ty} {zero}, {a}")
+        q = self.line(f"select {cty} {by_m1}, {ty} {neg}, {ty} {q}")
+        return self.line(f"select {cty} {by_zero}, {ty} {zero}, {ty} {q}")
 
     def shift(self, left: bool, a: str, b: str, dtype: str) -> str:
         """ONNX's BitShift: an amount outside [0, bits) (unsigned compare: negatives too) gives

@@ -355,7 +355,9 @@ def test_constant_typed_as_the_reference_types_it():
         typed_expr_dtype(("where", ("in", 0), ("in", 1), ("const", -1.0)), ["bool", "float32"])
         is None
     )  # the reference makes -1.0 a bool
-    assert typed_expr_dtype(("add", ("in", 0), ("in", 1)), ints) is None
+    assert typed_expr_dtype(("add", ("in", 0), ("in", 1)), ints) == "int64"
+    assert typed_expr_dtype(("add", ("in", 0), ("in", 1)), ["int64", "int32"]) is None
+    assert typed_expr_dtype(("exp", ("in", 0)), ints) is None  # no integer exp
     assert typed_expr_dtype(("less", ("in", 0), ("in", 1)), ["int64", "int32"]) is None
     g = Graph("c")
     x = g.add_input("x", (9,), "int64")
