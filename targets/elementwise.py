@@ -100,6 +100,7 @@ def apply_expr(expr: Expr, em: Emitter, leaves: list[str]) -> str:
 # loaded), "s" signed and "u" unsigned integers.
 LEAF_TYPES: dict[str, tuple[str, str]] = {
     "float32": ("float", "f"),
+    "float16": ("half", "h"),  # converted to and from fp32 only (``cast_supported``)
     "bool": ("i8", "b"),
     "int8": ("i8", "s"),
     "int16": ("i16", "s"),
@@ -182,7 +183,10 @@ def cast_supported(src: str, dst: str) -> bool:
     answer to match)."""
     if src not in LEAF_TYPES or dst not in LEAF_TYPES:
         return False
-    return not (LEAF_TYPES[src][1] == "f" and LEAF_TYPES[dst][1] in "su")
+    sk, dk = LEAF_TYPES[src][1], LEAF_TYPES[dst][1]
+    if "h" in (sk, dk):  # half converts to and from fp32 only
+        return src == dst or {sk, dk} == {"h", "f"}
+    return not (sk == "f" and dk in "su")
 
 
 def _infer(expr: Expr, in_dtypes: Sequence[str], memo: dict[Expr, str | None]) -> str | None:
@@ -201,7 +205,7 @@ def _infer(expr: Expr, in_dtypes: Sequence[str], memo: dict[Expr, str | None]) -
         t = expr[2] if src is not None and cast_supported(src, expr[2]) else None
     else:
         kids = [_infer(c, in_dtypes, memo) for c in expr[1:]]
-        if None in kids:
+        if None in kids or "float16" in kids:  # half is only ever cast
             t = None
         elif (head in FLOAT_UNARY and n == 1) or (head in BINARY_OPS and n == 2):
             t = "float32" if all(k == "float32" for k in kids) else None
@@ -291,6 +295,8 @@ class _Typed:
             return self.line(
                 f"fcmp une {a} {v}, {zero}" if sk == "f" else f"icmp ne {a} {v}, {zero}"
             )
+        if "h" in (sk, dk):  # to or from fp32 (``cast_supported``): exact, or rounded to even
+            return self.line(f"{'fpext' if sk == 'h' else 'fptrunc'} {a} {v} to {b}")
         if dk == "f":
             conv = "sitofp" if sk == "s" else "uitofp"  # bools convert as unsigned 0/1
             return self.line(f"{conv} {a} {v} to {b}")
@@ -388,7 +394,7 @@ class _Typed:
 def _leaf_lines(L: list[str], dtype: str, name: str, ptr: str, lanes: int) -> None:
     """Load ``lanes`` elements of ``dtype`` from ``ptr`` as the value ``name`` (bools: i1)."""
     ety, kind = LEAF_TYPES[dtype]
-    size = 4 if kind == "f" else int(ety[1:]) // 8
+    size = np.dtype(dtype).itemsize
     vty = _vec(ety, lanes)
     if kind != "b":
         L.append(f"  {name} = load {vty}, ptr {ptr}, align {size}")
@@ -431,7 +437,7 @@ def ew_kernel(
     else:
         out_dtype = "float32"
     oty, okind = LEAF_TYPES[out_dtype]
-    osize = 4 if okind == "f" else int(oty[1:]) // 8
+    osize = np.dtype(out_dtype).itemsize
     shape, strides = collapse(list(out_shape), [broadcast_strides(s, out_shape) for _, s in ins])
     n = shape[-1]
     rows = 1

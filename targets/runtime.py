@@ -48,6 +48,7 @@ from satura.targets.lower import (
     plan_inplace,
 )
 from satura.targets.memory import ALIGN, MemoryPlan, plan_memory
+from satura.targets.precision import compute_half_in_float
 from satura.targets.specialize import SpecializingModel, static_variant
 
 import satura
@@ -520,6 +521,7 @@ def compile_graph(
             f"unknown target '{target}' (this backend compiles for: cpu; it emits "
             "code for the cross target aarch64 through emit_cross)"
         )
+    graph = compute_half_in_float(graph)
     if any(not v.type.is_static for v in graph.inputs):
         return SpecializingModel(graph, lambda g: CompiledModel(g, threads, cache_dir))
     return CompiledModel(graph, threads, cache_dir)
@@ -599,7 +601,7 @@ def emit_cross(
     t = codegen.resolve_target(target)
     if threads < 1:
         raise CodegenError(f"threads={threads}: must be at least 1")
-    graph = bind_dims(graph, dims or {})
+    graph = compute_half_in_float(bind_dims(graph, dims or {}))
     build = build_module(graph, t, threads)
     x86 = _x86_user(build.ir) if t.arch != "x86_64" else None
     if x86 is not None:

@@ -216,6 +216,9 @@ EXCLUDED = (
 )
 
 
+HALF_RTOL = 4e-3  # 8 half ulps
+
+
 @dataclass
 class Outcome:
     ok: bool
@@ -327,7 +330,13 @@ def run_case(case: Any, target: str = "reference") -> Outcome:
                 if want.dtype != object and have.dtype != want.dtype:
                     return Outcome(False, f"{vo.name}: dtype {have.dtype} != {want.dtype}")
                 if want.dtype.kind in "fc":
-                    np.testing.assert_allclose(have, want, rtol=case.rtol, atol=case.atol)
+                    rtol = case.rtol
+                    if target == "cpu" and want.dtype == np.float16:
+                        # compiled half models compute in fp32 and round at the end
+                        # (targets/precision.py); the expected values carry half rounding at
+                        # every step: a few half ulps apart
+                        rtol = max(rtol, HALF_RTOL)
+                    np.testing.assert_allclose(have, want, rtol=rtol, atol=case.atol)
                 else:
                     np.testing.assert_array_equal(have, want)
     except SaturaError as e:
