@@ -436,7 +436,7 @@ def ew_kernel(
         expr = pinned
     else:
         out_dtype = "float32"
-    oty, okind = LEAF_TYPES[out_dtype]
+    oty = LEAF_TYPES[out_dtype][0]
     osize = np.dtype(out_dtype).itemsize
     shape, strides = collapse(list(out_shape), [broadcast_strides(s, out_shape) for _, s in ins])
     n = shape[-1]
