@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -920,7 +921,65 @@ def generate(
         if st.gen is not None:
             parts.append(st.gen(loc))
     parts.append(target_support(arch))
-    return "\n".join(parts) + "\n"
+    return share_functions("\n".join(parts) + "\n")
+
+
+_DEFINE = re.compile(r"\n(?=define )")
+_NAME = re.compile(r"define [^@]*@([\w.$]+)\(")
+_REF = re.compile(r"@([\w.$]+)")
+_LOCAL = re.compile(r"%[\w.$]+")
+_GLOBAL = re.compile(r"@([\w.$]+) = internal unnamed_addr constant ")
+
+
+def _alpha(fn: str) -> str:
+    """``fn`` with its local names numbered in order of first use: equal for two functions that
+    differ only in what their emitters named the values (a counter running over the module)."""
+    names: dict[str, str] = {}
+    return _LOCAL.sub(lambda m: names.setdefault(m.group(0), f"%{len(names)}"), fn)
+
+
+def share_functions(ir: str) -> str:
+    """``ir`` with each internal function that equals another one but for its name dropped, its
+    callers calling the one kept. A model's repeated layers lower to identical kernel bodies (they
+    differ in their exported wrappers' table slots only), so LLVM optimizes and compiles each body
+    once (functions equal up to the names of their local values count as equal). Repeats until
+    no function is left to merge (a merge can make callers equal)."""
+    keys: dict[str, str] = {}  # a function's text (its name taken out) -> its _alpha
+    while True:
+        seen: dict[str, str] = {}
+        rename: dict[str, str] = {}
+        for line in ir.splitlines():  # internal constants (a kernel's work grid)
+            g = _GLOBAL.match(line)
+            if g is not None:
+                key = line[g.end(1) :]
+                rename[g.group(1)] = seen.setdefault(key, g.group(1))
+        rename = {k: v for k, v in rename.items() if k != v}
+        if rename:
+            kept_lines = [
+                line
+                for line in ir.splitlines()
+                if (g := _GLOBAL.match(line)) is None or g.group(1) not in rename
+            ]
+            ir = "\n".join(kept_lines) + "\n"
+        pieces = _DEFINE.split(ir)
+        seen = {}
+        for p in pieces:
+            if not p.startswith("define internal"):
+                continue
+            name = _NAME.match(p)
+            if name is None:
+                continue
+            n = name.group(1)
+            text = p.replace(f"@{n}(", "@(", 1)
+            key = keys.get(text) or keys.setdefault(text, _alpha(text))
+            if key in seen:
+                rename[n] = seen[key]
+            else:
+                seen[key] = n
+        if not rename:
+            return ir
+        kept = [p for p in pieces if (m := _NAME.match(p)) is None or m.group(1) not in rename]
+        ir = _REF.sub(lambda m, r=rename: "@" + r.get(m.group(1), m.group(1)), "\n".join(kept))
 
 
 # Lowerings kept in modules of their own add themselves to LOWERINGS when imported (they import

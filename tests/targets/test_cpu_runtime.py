@@ -192,3 +192,39 @@ def test_satura_compile_caches_machine_code_on_disk(tmp_path, monkeypatch):
     assert satura.compile(g).cache_hit
     monkeypatch.setenv("SATURA_CACHE_DIR", "")
     assert satura.api.object_cache_dir() is None
+
+
+def _stacked(layers: int) -> Graph:
+    """``layers`` blocks of linear -> gelu -> linear -> add (weights differ, shapes do not)."""
+    rng = np.random.default_rng(0)
+    g = Graph("stack")
+    h = g.add_input("x", (64, 96))
+    for i in range(layers):
+        w1 = g.add_const(rng.standard_normal((96, 192)).astype(np.float32) * 0.1, f"w1_{i}")
+        w2 = g.add_const(rng.standard_normal((192, 96)).astype(np.float32) * 0.1, f"w2_{i}")
+        b = g.add_const(rng.standard_normal(192).astype(np.float32), f"b_{i}")
+        y = g.apply("matmul", g.apply("gelu", g.apply("add", g.apply("matmul", h, w1), b)), w2)
+        h = g.apply("add", y, h)
+    g.set_outputs(h)
+    return g
+
+
+def test_repeated_layers_share_their_kernel_bodies():
+    """Identical layers lower to one copy of each kernel body (only the exported wrappers,
+    which hold the table slots, repeat), and the model still computes each layer's weights."""
+    three, four = (compile_graph(_stacked(n), threads=1) for n in (3, 4))
+    # the first layer reads the graph's input and the last writes its output: a middle layer
+    # is where a fourth layer's kernels come from, and it adds no body
+    bodies = [len(re.findall(r"^define internal", m.llvm_ir, re.M)) for m in (three, four)]
+    assert bodies[1] == bodies[0]
+    assert len(re.findall(r"^define void @k", four.llvm_ir, re.M)) > len(
+        re.findall(r"^define void @k", three.llvm_ir, re.M)
+    )
+    x = np.random.default_rng(1).standard_normal((64, 96)).astype(np.float32)
+    g = _stacked(4)
+    np.testing.assert_allclose(
+        four(x=x)[four.graph.outputs[0].name],
+        reference(g, {"x": x})[g.outputs[0].name],
+        rtol=1e-4,
+        atol=1e-4,
+    )
