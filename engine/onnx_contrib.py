@@ -17,7 +17,7 @@ import numpy as np
 from satura.engine.graph import Value
 from satura.engine.onnx_converters import Outs
 from satura.engine.onnx_import import CONTRIB_DOMAIN, NodeCtx, converter
-from satura.engine.shapes import normalize_axis
+from satura.engine.shapes import as_dim, normalize_axis
 
 MS = {"domain": CONTRIB_DOMAIN}
 
@@ -219,33 +219,35 @@ def _mha(
     heads: int,
     mask: Value | None,
     bias: Value | None,
-) -> Value:
-    """softmax(q·kᵀ·scale + mask + bias)·v over [B, S, heads·D] inputs, as ONNX's Attention."""
+    past: tuple[Value, Value] | None = None,
+) -> list[Value | None]:
+    """softmax(q·kᵀ·scale + mask + bias)·v over [B, S, heads·D] inputs, as ONNX's Attention
+    (keys after the past ones, [B, heads, P, D]): [y, present key, present value]."""
     d = q.type.shape[-1]
     if not isinstance(d, int) or d % heads:
         raise ctx.fail(f"hidden size {d} is not a multiple of num_heads {heads}")
     scale = ctx.attr("scale")
     scale = float(scale) if scale else 1.0 / math.sqrt(d // heads)
     extra = mask if bias is None else (bias if mask is None else ctx.one("add", mask, bias))
+    pk, pv = past if past is not None else (None, None)
     return ctx.inner(
         "Attention",
-        [q, k, v, extra],
+        [q, k, v, extra, pk, pv],
         opset=23,
         q_num_heads=heads,
         kv_num_heads=heads,
         scale=scale,
         is_causal=int(ctx.attr("unidirectional", 0)),
-    )[0]
+    )
 
 
 @converter("Attention", **MS)
 def _ms_attention(ctx: NodeCtx) -> Outs:
-    """onnxruntime's BERT attention: q, k, v = split(x @ W + b), then multi-head attention with
-    the mask index and the attention bias (input 5)."""
-    if ctx.has(4) or _wants(ctx, 1):
-        raise ctx.fail("past/present (a key-value cache) is not supported")
-    if ctx.attr("do_rotary", 0):
-        raise ctx.fail("do_rotary is not supported")
+    """onnxruntime's BERT and GPT-2 attention: q, k, v = split(x @ W + b), then multi-head
+    attention with the mask index, the attention bias (input 5) and a key-value cache: past
+    [2, B, heads, P, D] in, present [2, B, heads, P + S, D] out."""
+    if ctx.attr("do_rotary", 0) or ctx.attr("past_present_share_buffer", 0):
+        raise ctx.fail("do_rotary and past_present_share_buffer are not supported")
     x, w = ctx.x(0), ctx.x(1)
     heads = int(ctx.attr("num_heads"))
     h = w.type.shape[-1]
@@ -254,11 +256,26 @@ def _ms_attention(ctx: NodeCtx) -> Outs:
         raise ctx.fail(f"weights of width {h} do not split as q, k, v sizes {sizes}")
     qkv = _plus(ctx, ctx.one("matmul", x, w), ctx.inp(2))
     q, k, v = ctx.emit("split", [qkv], axis=qkv.type.rank - 1, sizes=sizes)
+    past = None
+    if ctx.has(4):
+        kv = ctx.x(4)
+        if kv.type.rank != 5 or kv.type.shape[0] != 2:
+            raise ctx.fail(f"past must be [2, B, heads, P, D], got {tuple(kv.type.shape)}")
+        pk, pv = ctx.emit("split", [kv], axis=0, sizes=(1, 1))
+        shape = tuple(kv.type.shape[1:])
+        past = (ctx.one("reshape", pk, shape=shape), ctx.one("reshape", pv, shape=shape))
     mask = ctx.inp(3)
     batch, s = x.type.shape[0], x.type.shape[1]
     if mask is not None:
-        mask = _additive_mask(ctx, mask, batch, s)
-    return [_mha(ctx, q, k, v, heads, mask, ctx.inp(5))]
+        total = s if past is None else as_dim(s + past[0].type.shape[2])
+        mask = _additive_mask(ctx, mask, batch, total)
+    y, pk, pv = _mha(ctx, q, k, v, heads, mask, ctx.inp(5), past)[:3]
+    if not _wants(ctx, 1):
+        return [y]
+    assert pk is not None and pv is not None
+    shape = (1, *pk.type.shape)
+    both = [ctx.one("reshape", t, shape=shape) for t in (pk, pv)]
+    return [y, ctx.emit("concat", both, axis=0)[0]]
 
 
 @converter("MultiHeadAttention", **MS)
@@ -280,7 +297,7 @@ def _ms_mha(ctx: NodeCtx) -> Outs:
     mask = ctx.inp(4)
     if mask is not None:
         mask = _additive_mask(ctx, mask, q.type.shape[0], k.type.shape[1])
-    return [_mha(ctx, q, k, v, int(ctx.attr("num_heads")), mask, ctx.inp(5))]
+    return [_mha(ctx, q, k, v, int(ctx.attr("num_heads")), mask, ctx.inp(5))[0]]
 
 
 # -- convolutions -------------------------------------------------------------------------------
@@ -312,3 +329,25 @@ def _fused_conv(ctx: NodeCtx) -> Outs:
         alpha, beta = (params + [0.2, 0.5][len(params) :])[:2]
         return [ctx.one("hard_sigmoid", y, alpha=float(alpha), beta=float(beta))]
     raise ctx.fail(f"activation {act!r} is not supported")
+
+
+@converter("RotaryEmbedding", **MS)
+def _ms_rotary(ctx: NodeCtx) -> Outs:
+    """onnxruntime's rotary embedding (input, position_ids, cos_cache, sin_cache): ONNX's
+    RotaryEmbedding, a [1] position_ids being the first position of every row."""
+    if ctx.attr("is_packed_batching", 0) or float(ctx.attr("scale", 1.0)) != 1.0:
+        raise ctx.fail("is_packed_batching and scale != 1 are not supported")
+    x, pos = ctx.x(0), ctx.x(1)
+    b, s = x.type.shape[0], x.type.shape[2 if x.type.rank == 4 else 1]
+    if pos.type.rank < 2:  # an offset: positions offset .. offset + S - 1
+        if not isinstance(s, int):
+            raise ctx.fail(f"a position offset needs a static sequence length, got {s}")
+        steps = ctx.imp.add_const(np.arange(s, dtype=np.int64)[None], f"{ctx.name}_steps")
+        first = ctx.one("reshape", ctx.one("cast", pos, to="int64"), shape=(1, 1))
+        pos = ctx.one("expand", ctx.one("add", first, steps), shape=(b, s))
+    attrs = {
+        k: ctx.attrs[k]
+        for k in ("interleaved", "num_heads", "rotary_embedding_dim")
+        if k in ctx.attrs
+    }
+    return ctx.inner("RotaryEmbedding", [x, ctx.x(2), ctx.x(3), pos], opset=23, **attrs)

@@ -222,14 +222,51 @@ def test_other_fused_ops_match_onnxruntime(op, ins, consts, attrs):
     _check(_model(node, ins, consts), ins)
 
 
-def test_attention_with_a_key_value_cache_is_a_clear_error():
+@pytest.mark.parametrize("mask", [False, True])
+def test_attention_with_a_key_value_cache_matches_onnxruntime(mask):
+    """GPT-2's decoder step: past [2, B, heads, P, D] in, present with this step's keys out."""
+    b, s, p, h, heads = 2, 3, 4, 16, 2
+    ins = {"x": _rand(b, s, h), "past": _rand(2, b, heads, p, h // heads, seed=5)}
+    names = ["x", "w", "bias", "m" if mask else "", "past"]
+    if mask:
+        ins["m"] = np.array([[1] * 7, [0] * 2 + [1] * 5], np.int32)
     node = helper.make_node(
         "Attention",
-        ["x", "w", "", "", "past"],
+        names,
         ["y", "present"],
         domain="com.microsoft",
-        num_heads=2,
+        num_heads=heads,
+        unidirectional=1,
     )
-    ins = {"x": _rand(1, 3, 8), "past": _rand(2, 1, 2, 2, 4)}
-    with pytest.raises(ModelError, match=r"\(Attention\): past/present"):
-        satura.load(_model(node, ins, {"w": _rand(8, 24)}))
+    consts = {"w": _rand(h, 3 * h, seed=2, scale=0.3), "bias": _rand(3 * h, seed=3)}
+    _check(_model(node, ins, consts, n_out=2), ins)
+
+
+def test_attention_with_rotary_is_a_clear_error():
+    node = helper.make_node(
+        "Attention", ["x", "w"], ["y"], domain="com.microsoft", num_heads=2, do_rotary=1
+    )
+    with pytest.raises(ModelError, match=r"\(Attention\): do_rotary"):
+        satura.load(_model(node, {"x": _rand(1, 3, 8)}, {"w": _rand(8, 24)}))
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+@pytest.mark.parametrize("offset", [False, True])
+def test_rotary_embedding_matches_onnxruntime(interleaved, offset):
+    b, s, heads, d, max_pos = 2, 5, 2, 8, 16
+    angles = np.arange(max_pos)[:, None] * (0.5 ** np.arange(d // 2))[None]
+    consts = {"cos": np.cos(angles).astype(np.float32), "sin": np.sin(angles).astype(np.float32)}
+    ins = {"x": _rand(b, s, heads * d)}
+    if offset:
+        ins["p"] = np.array([3], np.int64)
+    else:
+        ins["p"] = np.random.default_rng(1).integers(0, max_pos, (b, s)).astype(np.int64)
+    node = helper.make_node(
+        "RotaryEmbedding",
+        ["x", "p", "cos", "sin"],
+        ["y"],
+        domain="com.microsoft",
+        interleaved=interleaved,
+        num_heads=heads,
+    )
+    _check(_model(node, ins, consts), ins)
