@@ -272,7 +272,8 @@ def _ms_attention(ctx: NodeCtx) -> Outs:
     y, pk, pv = _mha(ctx, q, k, v, heads, mask, ctx.inp(5), past)[:3]
     if not _wants(ctx, 1):
         return [y]
-    assert pk is not None and pv is not None
+    if pk is None or pv is None:
+        raise ctx.fail("the attention gave no present key/value")
     shape = (1, *pk.type.shape)
     both = [ctx.one("reshape", t, shape=shape) for t in (pk, pv)]
     return [y, ctx.emit("concat", both, axis=0)[0]]
