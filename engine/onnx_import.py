@@ -247,6 +247,11 @@ class Importer:
             raise
         except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
             raise ModelError(f"node '{name}' ({node.op_type}): cannot import: {e}") from None
+        except AssertionError:  # a converter's expectation of a required input or attribute
+            raise ModelError(
+                f"node '{name}' ({node.op_type}): cannot import: a required input or "
+                "attribute is missing or malformed"
+            ) from None
         for i, oname in enumerate(node.output):
             if not oname:
                 continue

@@ -308,7 +308,9 @@ class Lowerer:
             return False
         if 0 in (k, n, numel(tuple(oshape))):
             return False  # empty products: the reference handles them
-        if bias is not None and (numel(bias.type.shape) != n or int(bias.type.shape[-1]) != n):
+        if bias is not None and (
+            bias.type.rank == 0 or numel(bias.type.shape) != n or int(bias.type.shape[-1]) != n
+        ):
             return False
         if res is not None and [int(d) for d in res.type.shape] != oshape:
             return False

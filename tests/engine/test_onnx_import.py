@@ -191,6 +191,36 @@ def test_static_parameter_that_is_not_known_is_an_error() -> None:
         load_onnx(m)
 
 
+@pytest.mark.parametrize(
+    ("op", "ins"), [("Reshape", ["x"]), ("Slice", ["x", "st"]), ("Pad", ["x"])]
+)
+def test_a_missing_required_input_is_a_model_error(op: str, ins: list[str]) -> None:
+    """Found by mutating ONNX's node tests: a converter's expectation is an error naming the
+    node, not an AssertionError."""
+    m = _model(
+        [helper.make_node(op, ins, ["y"], name="n")],
+        [_f32("x", [4])],
+        [_f32("y", None)],
+        [_i64("st", [0])],
+    )
+    with pytest.raises(ModelError, match=rf"node 'n' \({op}\)"):
+        load_onnx(m)
+
+
+def test_gemm_with_a_scalar_bias_and_one_column_compiles() -> None:
+    import satura
+
+    m = _model(
+        [helper.make_node("Gemm", ["a", "b", "c"], ["y"])],
+        [_f32("a", [3, 5]), _f32("b", [5, 1])],
+        [_f32("y", None)],
+        [numpy_helper.from_array(np.array(0.5, np.float32), "c")],
+    )
+    a = np.arange(15, dtype=np.float32).reshape(3, 5)
+    b = np.ones((5, 1), np.float32)
+    np.testing.assert_allclose(satura.compile(m)(a=a, b=b)["y"], a @ b + 0.5)
+
+
 @pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "dynamo"), [("llama_block", False), ("gpt2_block", True)])
