@@ -574,6 +574,53 @@ def _group_norm(ctx: NodeCtx) -> Outs:
     return [ctx.one("add", ctx.one("mul", y, scale), bias)]
 
 
+@converter("Compress")
+def _compress(ctx: NodeCtx) -> Outs:
+    """The slices where ``condition`` is true: a gather of their constant indices, so the
+    condition must be known at import (a run-time one gives a run-time output shape)."""
+    x = ctx.x(0)
+    cond = ctx.known(1)
+    if cond is None:
+        raise ctx.fail(
+            "the condition must be known at import: a run-time one gives an output shape "
+            "known only at run time, which satura does not compile"
+        )
+    keep = np.nonzero(np.asarray(cond).astype(bool).ravel())[0].astype(np.int64)
+    axis = ctx.attr("axis")
+    if axis is None:
+        x = ctx.one("reshape", x, shape=(dims_product(x.type.shape),))
+        axis = 0
+    axis = normalize_axis(int(axis), x.type.rank)
+    length = x.type.shape[axis]
+    if isinstance(length, int) and keep.size and keep[-1] >= length:
+        raise ctx.fail(f"the condition selects index {keep[-1]} of an axis of {length}")
+    index = ctx.imp.add_const(keep, f"{ctx.name}_keep")
+    return [ctx.one("gather", x, index, axis=axis)]
+
+
+@converter("NonZero")
+def _non_zero(ctx: NodeCtx) -> Outs:
+    """The indices of the nonzero entries, [rank, count]: a constant, so the input must be
+    known at import (a run-time one gives a run-time output shape)."""
+    k = ctx.known(0)
+    if k is None:
+        v = ctx.inp(0)
+        k = None if v is None or v.data is None else v.data
+    if k is None:
+        raise ctx.fail(
+            "the input must be known at import: a run-time one gives an output shape known "
+            "only at run time, which satura does not compile"
+        )
+    k = np.asarray(k)
+    if k.dtype == object:
+        try:
+            k = k.astype(np.float64)
+        except TypeError:
+            raise ctx.fail("the input depends on symbolic sizes") from None
+    idx = np.array(np.nonzero(k), dtype=np.int64).reshape(k.ndim, -1)
+    return [ctx.imp.add_const(idx, f"{ctx.name}_nz")]
+
+
 @converter("EyeLike")
 def _eye_like(ctx: NodeCtx) -> Outs:
     """Ones on diagonal ``k`` of a matrix of the input's (static) shape: a constant."""

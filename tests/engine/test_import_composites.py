@@ -719,3 +719,45 @@ def test_max_pool_indices_and_unpool_match_onnxruntime(shape, attrs):
         got = satura.compile(model, target=target)(x=x)
         for name, w in zip(outs, want, strict=True):
             np.testing.assert_array_equal(got[name], w, err_msg=f"{target} {name}")
+
+
+def test_compress_and_nonzero_with_conditions_known_at_import_match_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    cond = np.array([True, False, True, True, False])
+    nodes = [
+        helper.make_node("Compress", ["x", "c"], ["a"], axis=1),
+        helper.make_node("Compress", ["x", "c6"], ["b"]),
+        helper.make_node("NonZero", ["c"], ["nz"]),
+        helper.make_node("Cast", ["nz"], ["nzf"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b", "nzf")],
+        [
+            helper.make_tensor("c", TensorProto.BOOL, [5], cond.tolist()),
+            helper.make_tensor("c6", TensorProto.BOOL, [6], [0, 1, 1, 0, 0, 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.arange(15, dtype=np.float32).reshape(3, 5)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    got = satura.compile(model)(x=x)
+    for name, w in zip(("a", "b", "nzf"), want, strict=True):
+        np.testing.assert_array_equal(got[name], w)
+
+
+def test_compress_on_a_run_time_condition_is_a_clear_error():
+    graph = helper.make_graph(
+        [helper.make_node("Compress", ["x", "c"], ["y"], axis=0, name="cmp")],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(ModelError, match=r"'cmp' \(Compress\): the condition must be known"):
+        satura.load(model)
