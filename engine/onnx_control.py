@@ -1,4 +1,5 @@
-"""ONNX control flow (If, Loop, Scan) as straight-line code: the importer inlines subgraphs.
+"""ONNX control flow (If, Loop, Scan) and sequences as straight-line code: the importer inlines
+subgraphs and holds sequences as lists of tensors.
 
 * If: a condition known at import is its taken branch; a run-time one runs both branches and
   picks with ``where`` (speculative execution: ops are pure).
@@ -6,6 +7,10 @@
   conditions, Scan's sequence length) must be known at import. A Loop whose condition is only
   known at run time runs all ``M`` iterations, each state kept by ``where`` once the loop has
   stopped (a loop-carried value must then keep its shape).
+* Sequences (``Seq``) exist only at import: SequenceEmpty, SequenceConstruct, SequenceInsert,
+  SequenceAt, SequenceErase, SequenceLength, SplitToSequence and ConcatFromSequence work on
+  lists of tensors, so positions must be known at import (an unrolled loop's counter is). A
+  graph input or output of a sequence type is not read.
 
 Registered in ``onnx_import.CONVERTERS`` when ``onnx_converters`` imports this module.
 """
@@ -18,7 +23,7 @@ import numpy as np
 import onnx
 from satura.engine.graph import Value
 from satura.engine.onnx_converters import Outs, dims_product
-from satura.engine.onnx_import import NodeCtx, converter
+from satura.engine.onnx_import import NodeCtx, Seq, converter
 from satura.engine.shapes import normalize_axis
 
 # Unrolling stops with an error past this many body nodes in all (iterations × body size).
@@ -72,6 +77,8 @@ def _scalar_known(ctx: NodeCtx, v: Value | None, what: str) -> bool | int | None
 
 
 def _agree(ctx: NodeCtx, a: Value, b: Value, what: str) -> None:
+    if isinstance(a, Seq) or isinstance(b, Seq):
+        raise ctx.fail(f"{what} is a sequence, which a run-time condition cannot pick")
     if a.type.shape != b.type.shape or a.type.dtype != b.type.dtype:
         raise ctx.fail(
             f"{what} must agree in shape and type: {a.type.dtype}{list(a.type.shape)} vs "
@@ -137,7 +144,7 @@ def _loop(ctx: NodeCtx) -> Outs:
         alive, going = None, True
     if trips is None and alive is not None:
         raise ctx.fail("a loop on a run-time condition needs a trip count M known at import")
-    states = [ctx.x(i) for i in range(2, ctx.n_in)]
+    states = [ctx.seq(i) if ctx.is_seq(i) else ctx.x(i) for i in range(2, ctx.n_in)]
     n_states = len(states)
     n_scan = len(body.output) - 1 - n_states
     if len(body.input) != 2 + n_states or n_scan < 0:
@@ -235,3 +242,100 @@ def _scan(ctx: NodeCtx) -> Outs:
         for acc, ax, rev in zip(ys, out_axes, out_dirs, strict=True)
     ]
     return [*states, *stacked]
+
+
+# -- sequences ----------------------------------------------------------------------------------
+def _position(ctx: NodeCtx, i: int, size: int, insert: bool = False) -> int:
+    """Input ``i`` as a position in a sequence of ``size`` (negative from the end; absent: the
+    end), checked against the sequence."""
+    if not ctx.has(i):
+        return size if insert else size - 1
+    p = _scalar_known(ctx, ctx.inp(i), "the position")
+    if p is None:
+        raise ctx.fail("the position must be known at import")
+    p = int(p)
+    hi = size if insert else size - 1
+    if not -size <= p <= hi:
+        raise ctx.fail(f"position {p} is outside a sequence of {size}")
+    return p + size if p < 0 else p
+
+
+@converter("SequenceEmpty")
+def _sequence_empty(ctx: NodeCtx) -> Outs:
+    return [Seq((), ctx.dtype(ctx.attr("dtype", 1), "dtype"))]
+
+
+@converter("SequenceConstruct")
+def _sequence_construct(ctx: NodeCtx) -> Outs:
+    items = [ctx.x(i) for i in range(ctx.n_in)]
+    if not items:
+        raise ctx.fail("needs at least one tensor")
+    return [Seq(items, items[0].type.dtype)]
+
+
+@converter("SequenceInsert")
+def _sequence_insert(ctx: NodeCtx) -> Outs:
+    seq, x = ctx.seq(0), ctx.x(1)
+    at = _position(ctx, 2, len(seq), insert=True)
+    return [Seq((*seq[:at], x, *seq[at:]), seq.dtype)]
+
+
+@converter("SequenceAt")
+def _sequence_at(ctx: NodeCtx) -> Outs:
+    seq = ctx.seq(0)
+    return [seq[_position(ctx, 1, len(seq))]]
+
+
+@converter("SequenceErase")
+def _sequence_erase(ctx: NodeCtx) -> Outs:
+    seq = ctx.seq(0)
+    at = _position(ctx, 1, len(seq))
+    return [Seq((*seq[:at], *seq[at + 1 :]), seq.dtype)]
+
+
+@converter("SequenceLength")
+def _sequence_length(ctx: NodeCtx) -> Outs:
+    return [ctx.imp.add_const(np.array(len(ctx.seq(0)), np.int64), f"{ctx.name}_len")]
+
+
+@converter("ConcatFromSequence")
+def _concat_from_sequence(ctx: NodeCtx) -> Outs:
+    seq = ctx.seq(0)
+    if not seq:
+        raise ctx.fail("the sequence is empty")
+    axis = int(ctx.attr("axis"))
+    if ctx.attr("new_axis", 0):
+        return [_stack(ctx, list(seq), axis)]
+    axis = normalize_axis(axis, seq[0].type.rank)
+    return [seq[0] if len(seq) == 1 else ctx.emit("concat", list(seq), axis=axis)[0]]
+
+
+@converter("SplitToSequence")
+def _split_to_sequence(ctx: NodeCtx) -> Outs:
+    """Pieces of ``split``'s sizes (a scalar: equal pieces, the last shorter; absent: pieces of
+    1, dropped axis unless keepdims)."""
+    x = ctx.x(0)
+    axis = normalize_axis(int(ctx.attr("axis", 0)), x.type.rank)
+    n = x.type.shape[axis]
+    if not isinstance(n, int):
+        raise ctx.fail(f"the split axis must have a static length, got {n}")
+    split = ctx.known(1) if ctx.has(1) else None
+    if ctx.has(1) and split is None:
+        raise ctx.fail("split must be known at import")
+    keep = True
+    if split is None:
+        sizes, keep = [1] * n, bool(ctx.attr("keepdims", 1))
+    elif np.asarray(split).ndim == 0:
+        step = int(np.asarray(split))
+        if step < 1:
+            raise ctx.fail(f"split {step} must be positive")
+        sizes = [min(step, n - i) for i in range(0, n, step)]
+    else:
+        sizes = [int(v) for v in np.asarray(split).ravel()]
+    if sum(sizes) != n or min(sizes, default=1) < 0:
+        raise ctx.fail(f"split sizes {sizes} do not add up to the axis length {n}")
+    parts = ctx.emit("split", [x], axis=axis, sizes=tuple(sizes)) if len(sizes) > 1 else [x]
+    if not keep:
+        shape = [d for i, d in enumerate(x.type.shape) if i != axis]
+        parts = [ctx.one("reshape", p, shape=tuple(shape)) for p in parts]
+    return [Seq(parts, x.type.dtype)]

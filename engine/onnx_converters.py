@@ -38,6 +38,8 @@ for _info in OPS.values():
 
 @converter("Identity", "Dropout")
 def _identity(ctx: NodeCtx) -> Outs:
+    if ctx.op_type == "Identity" and ctx.is_seq(0):
+        return [ctx.seq(0)]
     # Dropout's training_mode is input 2 (opset 12 on); it must be a constant false
     if ctx.op_type == "Dropout" and ctx.has(2) and bool(np.asarray(ctx.const(2)).any()):
         ratio = ctx.const(1) if ctx.has(1) else 0.5

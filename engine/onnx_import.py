@@ -43,6 +43,20 @@ SATURA_DOMAIN = "ai.satura"  # satura's own ops, as onnx_export writes them
 SATURA_CONVERTER: Converter | None = None  # set by onnx_converters
 # onnxruntime's contrib ops that exporters and its quantizer write into model files
 CONTRIB_DOMAIN = "com.microsoft"
+
+
+class Seq(tuple):  # type: ignore[type-arg]
+    """An ONNX sequence known at import: its tensors, in order (sequences live only at import;
+    the graph holds tensors). ``dtype`` is the element type (an empty sequence has one too)."""
+
+    dtype: str
+
+    def __new__(cls, items: Sequence[Value], dtype: str) -> Seq:
+        seq = super().__new__(cls, items)
+        seq.dtype = dtype
+        return seq
+
+
 # domain -> its converters (ai.onnx is the default domain spelled out)
 DOMAIN_CONVERTERS: dict[str, dict[str, Converter]] = {
     "": CONVERTERS,
@@ -222,6 +236,10 @@ class Importer:
             if vo.name not in self.values:
                 raise ModelError(f"graph output '{vo.name}' is not produced by any node")
             v = self.values[vo.name]
+            if isinstance(v, Seq):
+                raise ModelError(
+                    f"graph output '{vo.name}' is a sequence (satura's graphs output tensors)"
+                )
             if v.name != vo.name or v in self.graph.inputs:
                 v = self.graph.add("identity", [v], name=vo.name, out_names=[vo.name]).outputs[0]
             outs.append(v)
@@ -262,7 +280,7 @@ class Importer:
                 )
             v = outs[i]
             assert v is not None
-            if id(v) in ctx.created and v.name != oname:
+            if not isinstance(v, Seq) and id(v) in ctx.created and v.name != oname:
                 v.name = self.graph.fresh_name(oname)
             self.values[oname] = v
 
@@ -293,7 +311,21 @@ class NodeCtx:
         name = self.node.input[i]
         if name not in self.imp.values:
             raise self.fail(f"input '{name}' is not defined before use")
-        return self.imp.values[name]
+        v = self.imp.values[name]
+        if isinstance(v, Seq):
+            raise self.fail(f"input {i} ('{name}') is a sequence, where a tensor is expected")
+        return v
+
+    def seq(self, i: int) -> Seq:
+        """Input ``i`` as a sequence (ModelError when it is a tensor or absent)."""
+        name = self.node.input[i] if i < len(self.node.input) else ""
+        v = self.imp.values.get(name) if name else None
+        if not isinstance(v, Seq):
+            raise self.fail(f"input {i} ('{name}') must be a sequence")
+        return v
+
+    def is_seq(self, i: int) -> bool:
+        return self.has(i) and isinstance(self.imp.values.get(self.node.input[i]), Seq)
 
     def x(self, i: int = 0) -> Value:
         v = self.inp(i)

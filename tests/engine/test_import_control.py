@@ -148,3 +148,61 @@ def test_scan_matches_onnxruntime(in_axes, in_dirs, out_axes, out_dirs):
         [_vi("sN", F, None), _vi("y", F, None)],
     )
     _check(model, {"s0": np.ones(3, np.float32), "x": x, "u": u})
+
+
+def test_sequences_built_in_an_unrolled_loop_match_onnxruntime():
+    """The exporters' pattern for a loop that collects tensors: SequenceEmpty, a Loop whose body
+    inserts into the carried sequence, ConcatFromSequence; and SplitToSequence, SequenceAt,
+    SequenceErase, SequenceLength and a stacking ConcatFromSequence."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Cast", ["i"], ["fi"], to=F),
+            helper.make_node("Mul", ["x", "fi"], ["xi"]),
+            helper.make_node("SequenceInsert", ["acc", "xi"], ["acc2"]),
+            helper.make_node("Identity", ["c"], ["c2"]),
+        ],
+        "body",
+        [
+            _vi("i", I64, []),
+            _vi("c", B, []),
+            helper.make_tensor_sequence_value_info("acc", F, None),
+        ],
+        [_vi("c2", B, []), helper.make_tensor_sequence_value_info("acc2", F, None)],
+    )
+    nodes = [
+        helper.make_node("SequenceEmpty", [], ["s0"], dtype=F),
+        helper.make_node("Loop", ["m", "t", "s0"], ["s"], body=body),
+        helper.make_node("ConcatFromSequence", ["s"], ["cat"], axis=0),
+        helper.make_node("SplitToSequence", ["cat", "two"], ["parts"], axis=0),
+        helper.make_node("SequenceErase", ["parts", "zero"], ["rest"]),
+        helper.make_node("SequenceAt", ["rest", "last"], ["at"]),
+        helper.make_node("SequenceLength", ["rest"], ["n"]),
+        helper.make_node("Cast", ["n"], ["nf"], to=F),
+        helper.make_node("Mul", ["at", "nf"], ["y"]),
+        helper.make_node("ConcatFromSequence", ["rest"], ["stacked"], axis=1, new_axis=1),
+    ]
+    inits = [
+        helper.make_tensor("m", I64, [], [3]),
+        helper.make_tensor("t", B, [], [True]),
+        helper.make_tensor("two", I64, [], [2]),
+        helper.make_tensor("zero", I64, [], [0]),
+        helper.make_tensor("last", I64, [], [-1]),
+    ]
+    model = _model(
+        nodes,
+        [_vi("x", F, [2, 3])],
+        [_vi("cat", F, None), _vi("y", F, None), _vi("stacked", F, None)],
+        inits,
+    )
+    x = np.random.default_rng(5).standard_normal((2, 3)).astype(np.float32)
+    _check(model, {"x": x})
+
+
+def test_a_sequence_graph_output_is_a_clear_error():
+    model = _model(
+        [helper.make_node("SplitToSequence", ["x"], ["s"], axis=0)],
+        [_vi("x", F, [2, 3])],
+        [helper.make_tensor_sequence_value_info("s", F, None)],
+    )
+    with pytest.raises(ModelError, match="graph output 's' is a sequence"):
+        satura.load(model)
