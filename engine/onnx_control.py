@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
+from onnx import helper
+from satura.engine import onnx_import
 from satura.engine.graph import Value
 from satura.engine.onnx_converters import Outs, dims_product
 from satura.engine.onnx_import import NodeCtx, Seq, converter
@@ -339,3 +341,61 @@ def _split_to_sequence(ctx: NodeCtx) -> Outs:
         shape = [d for i, d in enumerate(x.type.shape) if i != axis]
         parts = [ctx.one("reshape", p, shape=tuple(shape)) for p in parts]
     return [Seq(parts, x.type.dtype)]
+
+
+# -- ops ONNX defines as functions --------------------------------------------------------------
+def _with_attrs(f: onnx.FunctionProto, attrs: dict[str, onnx.AttributeProto]) -> onnx.GraphProto:
+    """``f``'s body as a graph, each attribute reference replaced by the node's attribute (or
+    dropped, leaving the op's default)."""
+    nodes = []
+    for n in f.node:
+        m = onnx.NodeProto()
+        m.CopyFrom(n)
+        del m.attribute[:]
+        for a in n.attribute:
+            if a.ref_attr_name:
+                if a.ref_attr_name in attrs:
+                    b = onnx.AttributeProto()
+                    b.CopyFrom(attrs[a.ref_attr_name])
+                    b.name = a.name
+                    m.attribute.append(b)
+            else:
+                m.attribute.append(a)
+        nodes.append(m)
+    outs = [helper.make_value_info(o, onnx.TypeProto()) for o in f.output]
+    return helper.make_graph(nodes, f.name, [], outs)
+
+
+def expand_function(ctx: NodeCtx) -> Outs:
+    """An op ONNX defines as a function of other ops (CausalConvWithState, LinearAttention...)
+    that satura has no converter for: the schema's body for this node and its input types,
+    inlined."""
+    schema = onnx.defs.get_schema(ctx.op_type, ctx.opset, "")
+    if schema.has_context_dependent_function:
+        types = []
+        for i in range(ctx.n_in):
+            v = ctx.inp(i)
+            if v is None:
+                types.append(onnx.TypeProto().SerializeToString())
+                continue
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(v.type.dtype))
+            dims = [d if isinstance(d, int) else str(d) for d in v.type.shape]
+            types.append(helper.make_tensor_type_proto(elem, dims).SerializeToString())
+        body = schema.get_context_dependent_function(ctx.node.SerializeToString(), types)
+    else:
+        body = schema.function_body.SerializeToString()
+    f = onnx.FunctionProto()
+    f.ParseFromString(body)
+    if not f.node:
+        raise ctx.fail("ONNX gives no function body for this node")
+    feeds = {
+        formal: ctx.inp(i)
+        for i, formal in enumerate(f.input)
+        if i < ctx.n_in and ctx.has(i) and formal
+    }
+    graph = _with_attrs(f, {a.name: a for a in ctx.node.attribute})
+    outs = inline(ctx, graph, {k: v for k, v in feeds.items() if v is not None}, "function")
+    return list(outs)
+
+
+onnx_import.FUNCTION_CONVERTER = expand_function

@@ -41,6 +41,9 @@ Converter = Callable[["NodeCtx"], list[Value | None]]
 CONVERTERS: dict[str, Converter] = {}
 SATURA_DOMAIN = "ai.satura"  # satura's own ops, as onnx_export writes them
 SATURA_CONVERTER: Converter | None = None  # set by onnx_converters
+# An ONNX op satura has no converter for, but whose schema defines it as a function of other
+# ops, imports as that function's body (set by onnx_control).
+FUNCTION_CONVERTER: Converter | None = None
 # onnxruntime's contrib ops that exporters and its quantizer write into model files
 CONTRIB_DOMAIN = "com.microsoft"
 
@@ -247,12 +250,22 @@ class Importer:
         self.graph.prune()
         return self.graph
 
+    def schema_function(self, op_type: str) -> bool:
+        """Whether ONNX defines ``op_type`` (at this model's opset) as a function of other ops."""
+        try:
+            schema = onnx.defs.get_schema(op_type, self.opset, "")
+        except Exception:  # no such op at this opset
+            return False
+        return bool(schema.has_function or schema.has_context_dependent_function)
+
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         name = node.name or f"{node.op_type}_{index}"
         if node.domain == SATURA_DOMAIN:
             fn = SATURA_CONVERTER
         else:
             fn = DOMAIN_CONVERTERS.get(node.domain, {}).get(node.op_type)
+        if fn is None and node.domain in ("", "ai.onnx") and self.schema_function(node.op_type):
+            fn = FUNCTION_CONVERTER
         if fn is None:
             dom = f"{node.domain}." if node.domain else ""
             raise UnsupportedOpError(

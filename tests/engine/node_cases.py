@@ -197,6 +197,8 @@ FAMILY_OPS = frozenset(
         "BitwiseXor",
         "BitwiseNot",
         "MaxUnpool",
+        "CausalConvWithState",
+        "LinearAttention",
     )
 )
 
