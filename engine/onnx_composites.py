@@ -621,6 +621,33 @@ def _non_zero(ctx: NodeCtx) -> Outs:
     return [ctx.imp.add_const(idx, f"{ctx.name}_nz")]
 
 
+@converter("ReverseSequence")
+def _reverse_sequence(ctx: NodeCtx) -> Outs:
+    """Each batch row's first ``sequence_lens[b]`` steps reversed along the time axis: a
+    gather_elements by index t' = len - 1 - t where t < len, else t (integer kernels when the
+    lengths come at run time)."""
+    x, lens = ctx.x(0), ctx.x(1)
+    rank = x.type.rank
+    t_ax = normalize_axis(int(ctx.attr("time_axis", 0)), rank)
+    b_ax = normalize_axis(int(ctx.attr("batch_axis", 1)), rank)
+    if rank < 2 or {t_ax, b_ax} != {0, 1}:
+        raise ctx.fail(f"time_axis and batch_axis must be 0 and 1, got {t_ax} and {b_ax}")
+    steps, batch = x.type.shape[t_ax], x.type.shape[b_ax]
+    if not isinstance(steps, int):
+        raise ctx.fail(f"the time axis must be static, got {steps}")
+    t_shape = [1] * rank
+    t_shape[t_ax] = steps
+    t = ctx.imp.add_const(np.arange(steps, dtype=np.int64).reshape(t_shape), f"{ctx.name}_t")
+    b_shape = [1] * rank
+    b_shape[b_ax] = batch
+    n = ctx.one("reshape", ctx.one("cast", lens, to="int64"), shape=tuple(b_shape))
+    one = ctx.imp.add_const(np.array(1, np.int64), f"{ctx.name}_one")
+    back = ctx.one("sub", ctx.one("sub", n, one), t)
+    index = ctx.one("where", ctx.one("less", t, n), back, t)
+    index = ctx.one("expand", index, shape=tuple(x.type.shape))
+    return [ctx.one("gather_elements", x, index, axis=t_ax)]
+
+
 @converter("EyeLike")
 def _eye_like(ctx: NodeCtx) -> Outs:
     """Ones on diagonal ``k`` of a matrix of the input's (static) shape: a constant."""

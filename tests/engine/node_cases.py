@@ -199,6 +199,7 @@ FAMILY_OPS = frozenset(
         "MaxUnpool",
         "CausalConvWithState",
         "LinearAttention",
+        "ReverseSequence",
     )
 )
 

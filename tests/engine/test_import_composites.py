@@ -761,3 +761,29 @@ def test_compress_on_a_run_time_condition_is_a_clear_error():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(ModelError, match=r"'cmp' \(Compress\): the condition must be known"):
         satura.load(model)
+
+
+@pytest.mark.parametrize(("time_axis", "batch_axis"), [(0, 1), (1, 0)])
+def test_reverse_sequence_with_run_time_lengths_matches_onnxruntime(time_axis, batch_axis):
+    ort = pytest.importorskip("onnxruntime")
+    shape = [5, 3, 2] if time_axis == 0 else [3, 5, 2]
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "ReverseSequence", ["x", "n"], ["y"], time_axis=time_axis, batch_axis=batch_axis
+            )
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("n", TensorProto.INT64, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.arange(30, dtype=np.float32).reshape(shape)
+    n = np.array([5, 1, 3], np.int64)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "n": n})[0]
+    exe = satura.compile(model)
+    assert exe.fallback_ops == []
+    np.testing.assert_array_equal(exe(x=x, n=n)["y"], want)
