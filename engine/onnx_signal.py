@@ -56,6 +56,18 @@ def _complex_last(ctx: NodeCtx, x: Value, what: str) -> int:
     return int(c)
 
 
+# The largest DFT matrix built (elements: 256 MiB of fp32); a longer transform is an error.
+MAX_MATRIX = 1 << 26
+
+
+def check_size(ctx: NodeCtx, rows: int, cols: int) -> None:
+    if rows * cols > MAX_MATRIX:
+        raise ctx.fail(
+            f"a {rows}x{cols} DFT matrix exceeds {MAX_MATRIX} elements: transforms this long "
+            "are not supported (satura runs a DFT as a product with its matrix, not an FFT)"
+        )
+
+
 def _times_matrix(ctx: NodeCtx, x: Value, w: np.ndarray, lead: tuple, cout: int) -> Value:
     """``x`` [*lead, taps, cin] as [*lead, taps·cin] times ``w``, as [*lead, bins, cout]."""
     rows = w.shape[0]
@@ -93,6 +105,7 @@ def _dft(ctx: NodeCtx) -> Outs:
     else:
         taps, cout = min(n, length), 2
         bins = length // 2 + 1 if onesided else length
+    check_size(ctx, taps * cin, bins * cout)
     w = dft_matrix(taps, cin, length, bins, inverse, real_out=cout == 1)
     perm = [i for i in range(rank - 1) if i != axis] + [axis, rank - 1]
     y = ctx.one("transpose", x, perm=tuple(perm)) if axis != rank - 2 else x
@@ -134,6 +147,7 @@ def _stft(ctx: NodeCtx) -> Outs:
     bins = length // 2 + 1 if onesided else length
     idx = np.arange(frames)[:, None] * hop + np.arange(length)[None, :]
     framed = ctx.one("gather", x, ctx.imp.add_const(idx.astype(np.int64), f"{ctx.name}_i"), axis=1)
+    check_size(ctx, length * cin, bins * 2)
     w = dft_matrix(length, cin, length, bins, False, window=window)
     return [_times_matrix(ctx, framed, w, (x.type.shape[0], frames), 2)]
 
