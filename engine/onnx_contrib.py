@@ -352,3 +352,67 @@ def _ms_rotary(ctx: NodeCtx) -> Outs:
         if k in ctx.attrs
     }
     return ctx.inner("RotaryEmbedding", [x, ctx.x(2), ctx.x(3), pos], opset=23, **attrs)
+
+
+@converter("GroupQueryAttention", **MS)
+def _group_query_attention(ctx: NodeCtx) -> Outs:
+    """onnxruntime's GQA with separate past and present caches [B, kv_heads, P, D]: keys after
+    the past ones, query i of row b at position ``seqlens_k[b] + 1 - S + i`` (rotated there when
+    ``do_rotary``) seeing the keys up to it. Rows are taken as unpadded: a shared past/present
+    buffer, padded prompts and local windows are not supported."""
+    if ctx.attr("local_window_size", -1) != -1 or any(ctx.has(i) for i in range(9, 14)):
+        raise ctx.fail("local_window_size and inputs past the sin cache are not supported")
+    heads, kv_heads = int(ctx.attr("num_heads")), int(ctx.attr("kv_num_heads"))
+    q, k, v = ctx.x(0), ctx.inp(1), ctx.inp(2)
+    b, s = q.type.shape[0], q.type.shape[1]
+    if k is None or v is None:  # packed [B, S, (heads + 2 kv_heads) · D]
+        width = q.type.shape[-1]
+        if not isinstance(width, int) or width % (heads + 2 * kv_heads):
+            raise ctx.fail(f"packed width {width} does not split into {heads}+2x{kv_heads} heads")
+        d = width // (heads + 2 * kv_heads)
+        q, k, v = ctx.emit("split", [q], axis=2, sizes=(heads * d, kv_heads * d, kv_heads * d))
+    d = q.type.shape[-1] // heads
+    past_k, past_v = ctx.inp(3), ctx.inp(4)
+    if (past_k is None) != (past_v is None):
+        raise ctx.fail("past_key and past_value must be given together")
+    if not isinstance(s, int):
+        raise ctx.fail(f"the query length must be static, got {s}")
+    past = 0 if past_k is None else past_k.type.shape[2]
+    total = as_dim(s + past)
+    if not isinstance(total, int):
+        raise ctx.fail(f"the key length must be static, got {total}")
+    # positions: seqlens_k[b] + 1 - S + i, shape [B, S]
+    last = ctx.one("reshape", ctx.one("cast", ctx.x(5), to="int64"), shape=(b, 1))
+    first = ctx.one("sub", last, ctx.imp.add_const(np.array(s - 1, np.int64), f"{ctx.name}_s"))
+    steps = ctx.imp.add_const(np.arange(s, dtype=np.int64)[None], f"{ctx.name}_i")
+    pos = ctx.one("add", first, steps)
+    if ctx.attr("do_rotary", 0):
+        rot = {"interleaved": int(ctx.attr("rotary_interleaved", 0))}
+        cos, sin = ctx.x(7), ctx.x(8)
+        q = ctx.inner("RotaryEmbedding", [q, cos, sin, pos], opset=23, num_heads=heads, **rot)[0]
+        k = ctx.inner("RotaryEmbedding", [k, cos, sin, pos], opset=23, num_heads=kv_heads, **rot)[0]
+    # key j is seen by query i where j <= pos[b, i]: an additive [B, 1, S, T] mask
+    keys = ctx.imp.add_const(np.arange(total, dtype=np.int64)[None, None], f"{ctx.name}_j")
+    seen = ctx.one("less_equal", keys, ctx.one("reshape", pos, shape=(b, s, 1)))
+    zero = ctx.imp.add_const(np.array(0.0, np.float32), f"{ctx.name}_zero")
+    ninf = ctx.imp.add_const(np.array(-np.inf, np.float32), f"{ctx.name}_ninf")
+    mask = ctx.one("reshape", ctx.one("where", seen, zero, ninf), shape=(b, 1, s, total))
+    scale = ctx.attr("scale")
+    extra = {"softcap": float(ctx.attr("softcap"))} if ctx.attr("softcap") else {}
+    y, pk, pv = ctx.inner(
+        "Attention",
+        [q, k, v, mask, past_k, past_v],
+        opset=23,
+        q_num_heads=heads,
+        kv_num_heads=kv_heads,
+        scale=float(scale) if scale else 1.0 / math.sqrt(d),
+        **extra,
+    )[:3]
+    if pk is None:  # no past: the present is this step's keys, [B, kv_heads, S, D]
+        pk, pv = (
+            ctx.one(
+                "transpose", ctx.one("reshape", t, shape=(b, s, kv_heads, d)), perm=(0, 2, 1, 3)
+            )
+            for t in (k, v)
+        )
+    return [y, pk, pv]

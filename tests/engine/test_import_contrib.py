@@ -270,3 +270,48 @@ def test_rotary_embedding_matches_onnxruntime(interleaved, offset):
         num_heads=heads,
     )
     _check(_model(node, ins, consts), ins)
+
+
+@pytest.mark.parametrize(
+    ("past", "s", "rotary", "packed"),
+    [
+        (0, 5, 0, False),
+        (4, 1, 0, False),
+        (4, 3, 1, False),
+        (0, 4, 1, True),
+        (3, 1, 1, True),
+    ],
+)
+def test_group_query_attention_matches_onnxruntime(past, s, rotary, packed):
+    """A prompt (no past) and decode steps, 4 query heads sharing 2 kv heads."""
+    b, heads, kv, d, max_pos = 2, 4, 2, 16, 16
+    if past and s > 1:
+        b = 1  # onnxruntime runs a continued prompt for one row only
+    ins = {"q": _rand(b, s, heads * d)}
+    if packed:
+        ins["q"] = _rand(b, s, (heads + 2 * kv) * d)
+    else:
+        ins["k"], ins["v"] = _rand(b, s, kv * d, seed=1), _rand(b, s, kv * d, seed=2)
+    names = ["q", "" if packed else "k", "" if packed else "v", "pk", "pv", "sl", "tl"]
+    ins["pk"], ins["pv"] = _rand(b, kv, past, d, seed=3), _rand(b, kv, past, d, seed=4)
+    ins["sl"] = np.full(b, past + s - 1, np.int32)
+    ins["tl"] = np.array(past + s, np.int32)
+    consts = {}
+    if rotary:
+        angles = np.arange(max_pos)[:, None] * (0.5 ** np.arange(d // 2))[None]
+        consts = {
+            "cos": np.cos(angles).astype(np.float32),
+            "sin": np.sin(angles).astype(np.float32),
+        }
+        names += ["cos", "sin"]
+    node = helper.make_node(
+        "GroupQueryAttention",
+        names,
+        ["y", "pko", "pvo"],
+        domain="com.microsoft",
+        num_heads=heads,
+        kv_num_heads=kv,
+        do_rotary=rotary,
+    )
+    model = _model(node, ins, consts, n_out=3)
+    _check(model, ins)
