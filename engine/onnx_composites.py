@@ -824,6 +824,83 @@ def _col2im(ctx: NodeCtx) -> Outs:
     )
 
 
+@converter("DeformConv")
+def _deform_conv(ctx: NodeCtx) -> Outs:
+    """2-D deformable convolution: each kernel tap samples X bilinearly (zeros outside) at its
+    position plus the offset for that tap and output pixel, times the mask; the samples then
+    meet the weights in one (grouped) product. The sampling is GridSample's (align_corners=0
+    maps pixel p to (2p + 1) / size - 1), once per offset group."""
+    x, w, off = ctx.x(0), ctx.x(1), ctx.x(2)
+    bias, mask = ctx.inp(3), ctx.inp(4)
+    if x.type.rank != 4 or w.type.rank != 4 or off.type.rank != 4:
+        raise ctx.fail("only 2-D DeformConv ([N, C, H, W] input and weights) is supported")
+    n, c, h, wd = x.type.shape
+    oc, cg, kh, kw = w.type.shape
+    oh, ow = off.type.shape[2:]
+    if not all(isinstance(v, int) for v in (c, h, wd, oc, cg, kh, kw, oh, ow)):
+        raise ctx.fail(f"sizes must be static, got x {x.type.shape} and offset {off.type.shape}")
+    group, ogroups = int(ctx.attr("group", 1)), int(ctx.attr("offset_group", 1))
+    k = kh * kw
+    if c != cg * group or oc % group or c % ogroups or off.type.shape[1] != ogroups * 2 * k:
+        raise ctx.fail(
+            f"shapes do not fit: x {x.type.shape}, weights {w.type.shape}, offset "
+            f"{off.type.shape}, group {group}, offset_group {ogroups}"
+        )
+    sh, sw = ctx.attr("strides", (1, 1))
+    dh, dw = ctx.attr("dilations", (1, 1))
+    pt, pl = tuple(ctx.attr("pads", (0, 0, 0, 0)))[:2]
+    taps = np.array(list(np.ndindex(kh, kw)))  # [K, 2]
+    base_y = (np.arange(oh)[None, :] * sh - pt + taps[:, :1] * dh).reshape(1, k, oh, 1)
+    base_x = (np.arange(ow)[None, :] * sw - pl + taps[:, 1:] * dw).reshape(1, k, 1, ow)
+    dt = x.type.dtype
+    cols = []
+    per = c // ogroups
+    for g in range(ogroups):
+        og = ctx.one(
+            "slice", off, starts=(2 * k * g,), ends=(2 * k * (g + 1),), axes=(1,), steps=(1,)
+        )
+        og = ctx.one("reshape", og, shape=(n, k, 2, oh, ow))
+        coords = []
+        for axis, base, size in ((1, base_x, wd), (0, base_y, h)):  # x first: the grid's order
+            d = ctx.one("slice", og, starts=(axis,), ends=(axis + 1,), axes=(2,), steps=(1,))
+            d = ctx.one("reshape", d, shape=(n, k, oh, ow))
+            p = ctx.one("add", d, ctx.imp.add_const(base.astype(dt), f"{ctx.name}_base"))
+            # (2p + 1) / size - 1
+            scaled = ctx.one("mul", p, ctx.scalar(2.0 / size, p))
+            coords.append(ctx.one("add", scaled, ctx.scalar(1.0 / size - 1.0, p)))
+        grid = ctx.one(
+            "concat", *[ctx.one("reshape", v, shape=(n, k * oh, ow, 1)) for v in coords], axis=3
+        )
+        xs = (
+            x
+            if ogroups == 1
+            else ctx.one(
+                "slice", x, starts=(per * g,), ends=(per * (g + 1),), axes=(1,), steps=(1,)
+            )
+        )
+        sampled = ctx.inner(
+            "GridSample",
+            [xs, grid],
+            opset=20,
+            mode="linear",
+            padding_mode="zeros",
+            align_corners=0,
+        )[0]
+        assert sampled is not None
+        sampled = ctx.one("reshape", sampled, shape=(n, per, k, oh * ow))
+        if mask is not None:
+            mg = ctx.one("slice", mask, starts=(k * g,), ends=(k * (g + 1),), axes=(1,), steps=(1,))
+            sampled = ctx.one("mul", sampled, ctx.one("reshape", mg, shape=(n, 1, k, oh * ow)))
+        cols.append(sampled)
+    col = cols[0] if len(cols) == 1 else ctx.emit("concat", cols, axis=1)[0]
+    col = ctx.one("reshape", col, shape=(n, group, cg * k, oh * ow))
+    wg = ctx.one("reshape", w, shape=(group, oc // group, cg * k))
+    y = ctx.one("reshape", ctx.one("matmul", wg, col), shape=(n, oc, oh, ow))
+    if bias is not None:
+        y = ctx.one("add", y, ctx.one("reshape", bias, shape=(oc, 1, 1)))
+    return [y]
+
+
 @converter("GridSample")
 def _grid_sample(ctx: NodeCtx) -> Outs:
     """Sampling X [N, C, *spatial] at grid [N, *out, nd] (normalized coordinates, the last

@@ -200,6 +200,7 @@ FAMILY_OPS = frozenset(
         "CausalConvWithState",
         "LinearAttention",
         "ReverseSequence",
+        "DeformConv",
     )
 )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from satura.engine.errors import ModelError
 
 import satura
@@ -787,3 +787,56 @@ def test_reverse_sequence_with_run_time_lengths_matches_onnxruntime(time_axis, b
     exe = satura.compile(model)
     assert exe.fallback_ops == []
     np.testing.assert_array_equal(exe(x=x, n=n)["y"], want)
+
+
+@pytest.mark.parametrize(
+    ("group", "ogroups", "attrs", "with_mask"),
+    [
+        (1, 1, {}, False),
+        (2, 2, {"pads": [1, 1, 1, 1], "strides": [2, 1]}, True),
+        (1, 2, {"dilations": [2, 1], "pads": [2, 0, 1, 1]}, True),
+    ],
+)
+def test_deform_conv_matches_onnxruntime(group, ogroups, attrs, with_mask):
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    n, c, h, w, oc, kh, kw = 2, 4, 7, 6, 6, 3, 2
+    s, d = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    p = attrs.get("pads", [0, 0, 0, 0])
+    oh = (h + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (w + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1
+    feeds = {
+        "x": rng.standard_normal((n, c, h, w)).astype(np.float32),
+        "off": (rng.standard_normal((n, ogroups * 2 * kh * kw, oh, ow)) * 1.5).astype(np.float32),
+    }
+    names = ["x", "w", "off", "b"]
+    if with_mask:
+        feeds["m"] = rng.random((n, ogroups * kh * kw, oh, ow)).astype(np.float32)
+        names.append("m")
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "DeformConv",
+                names,
+                ["y"],
+                group=group,
+                offset_group=ogroups,
+                kernel_shape=[kh, kw],
+                **attrs,
+            )
+        ],
+        "g",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(
+                rng.standard_normal((oc, c // group, kh, kw)).astype(np.float32), "w"
+            ),
+            numpy_helper.from_array(rng.standard_normal(oc).astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    for target in ("reference", "cpu"):
+        got = satura.compile(model, target=target)(**feeds)["y"]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=target)
