@@ -173,3 +173,50 @@ def _window(ctx: NodeCtx) -> Outs:
     dtype = ctx.dtype(ctx.attr("output_datatype", 1), "output_datatype")
     w = window(ctx.op_type, int(size[0]), bool(ctx.attr("periodic", 1)))
     return [ctx.imp.add_const(w.astype(dtype), f"{ctx.name}_w")]
+
+
+def mel_weight_matrix(
+    mels: int, dft_length: int, rate: int, low_hz: float, high_hz: float
+) -> np.ndarray:
+    """[dft_length/2 + 1, mels] triangular filters, float64, as ONNX (and onnxruntime) build them:
+    mels + 2 edges equally spaced in mel (the step is the span over mels + 2), mapped back to
+    bin indices ``floor((dft_length + 1)·f / rate)``; each filter rises from its left edge to
+    its centre and falls to its right one."""
+
+    def mel(f: float) -> float:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    lo, hi = mel(low_hz), mel(high_hz)
+    points = lo + np.arange(mels + 2) * (hi - lo) / (mels + 2)
+    hz = 700.0 * (10.0 ** (points / 2595.0) - 1.0)
+    edges = np.floor((dft_length + 1) * hz / rate).astype(np.int64)
+    out = np.zeros((dft_length // 2 + 1, mels))
+    for i in range(mels):
+        left, centre, right = edges[i], edges[i + 1], edges[i + 2]
+        if centre == left:
+            out[centre, i] = 1.0
+        else:
+            j = np.arange(left, centre + 1)
+            out[j, i] = (j - left) / (centre - left)
+        if right > centre:
+            j = np.arange(centre, right)
+            out[j, i] = (right - j) / (right - centre)
+    return out
+
+
+@converter("MelWeightMatrix")
+def _mel_weight_matrix(ctx: NodeCtx) -> Outs:
+    vals = []
+    for i, what in enumerate(
+        ("num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz")
+    ):
+        v = ctx.const(i)
+        if v is None:
+            raise ctx.fail(f"{what} (input {i}) is required")
+        vals.append(np.asarray(v).item())
+    mels, dft, rate, low, high = vals
+    if int(mels) < 1 or int(dft) < 1 or int(rate) < 1 or not 0 <= low < high:
+        raise ctx.fail(f"bad parameters: {mels} mels, dft {dft}, rate {rate}, {low}..{high} Hz")
+    m = mel_weight_matrix(int(mels), int(dft), int(rate), float(low), float(high))
+    dtype = ctx.dtype(ctx.attr("output_datatype", 1), "output_datatype")
+    return [ctx.imp.add_const(m.astype(dtype), f"{ctx.name}_mel")]

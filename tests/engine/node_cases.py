@@ -201,6 +201,7 @@ FAMILY_OPS = frozenset(
         "LinearAttention",
         "ReverseSequence",
         "DeformConv",
+        "MelWeightMatrix",
     )
 )
 

@@ -221,3 +221,29 @@ def test_col2im_matches_onnxruntime(image, block, attrs):
 def test_bad_signal_nodes_are_a_model_error_naming_the_node(build, msg):
     with pytest.raises(ModelError, match=msg):
         satura.compile(build(), target="reference")
+
+
+@pytest.mark.parametrize(
+    ("mels", "dft", "rate", "low", "high"),
+    [(8, 64, 8000, 0.0, 4000.0), (40, 512, 16000, 20.0, 7600.0), (10, 32, 1000, 100.0, 500.0)],
+)
+def test_mel_weight_matrix_matches_onnxruntime(mels, dft, rate, low, high):
+    consts = [
+        numpy_helper.from_array(np.array(v, dtype), n)
+        for n, v, dtype in (
+            ("m", mels, np.int64),
+            ("d", dft, np.int64),
+            ("r", rate, np.int64),
+            ("lo", low, np.float32),
+            ("hi", high, np.float32),
+        )
+    ]
+    node = helper.make_node("MelWeightMatrix", ["m", "d", "r", "lo", "hi"], ["y"])
+    graph = helper.make_graph(
+        [node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], consts
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    ort = pytest.importorskip("onnxruntime")
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {})[0]
+    got = satura.compile(model, target="reference")()["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
