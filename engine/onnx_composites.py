@@ -901,6 +901,108 @@ def _deform_conv(ctx: NodeCtx) -> Outs:
     return [y]
 
 
+@converter("RoiAlign")
+def _roi_align(ctx: NodeCtx) -> Outs:
+    """Each region's bins sampled ``sampling_ratio``² times bilinearly (ONNX's rule: a sample
+    past [-1, size] is 0, the coordinate clamped at 0 and at size - 1), averaged (``max``: the
+    largest weighted corner, as onnxruntime). The regions may come at run time: their sample
+    positions are elementwise maths on them, the reads gathers of the selected images."""
+    x, rois, batch = ctx.x(0), ctx.x(1), ctx.x(2)
+    if x.type.rank != 4 or rois.type.rank != 2:
+        raise ctx.fail(
+            f"X must be [N, C, H, W] and rois [R, 4], got {x.type.shape}, {rois.type.shape}"
+        )
+    c, h, w = x.type.shape[1:]
+    r = rois.type.shape[0]
+    if not all(isinstance(v, int) for v in (c, h, w, r)):
+        raise ctx.fail(f"sizes must be static, got X {x.type.shape} and rois {rois.type.shape}")
+    oh, ow = int(ctx.attr("output_height", 1)), int(ctx.attr("output_width", 1))
+    ratio = int(ctx.attr("sampling_ratio", 0))
+    if ratio <= 0:
+        raise ctx.fail(
+            "sampling_ratio 0 (a sample count from each region's size) is not supported: it "
+            "gives regions different sample counts"
+        )
+    scale = float(ctx.attr("spatial_scale", 1.0))
+    half = (
+        ctx.opset >= 16 and ctx.attr("coordinate_transformation_mode", "half_pixel") == "half_pixel"
+    )
+    dt = x.type.dtype
+
+    def col(i: int) -> Value:  # roi coordinate i, scaled and shifted: [R, 1]
+        v = ctx.one("slice", rois, starts=(i,), ends=(i + 1,), axes=(1,), steps=(1,))
+        v = ctx.one("mul", v, ctx.scalar(scale, v))
+        return ctx.one("sub", v, ctx.scalar(0.5, v)) if half else v
+
+    def axis_weights(start: Value, end: Value, bins: int, size: int) -> list[tuple[Value, Value]]:
+        """[(index [R, S], weight [R, S]) for the low and the high neighbour] along one axis."""
+        length = ctx.one("sub", end, start)
+        if not half:
+            length = ctx.one("max", length, ctx.scalar(1.0, length))
+        frac = (np.arange(bins)[:, None] + (np.arange(ratio)[None, :] + 0.5) / ratio) / bins
+        pos = ctx.one(
+            "add",
+            start,
+            ctx.one(
+                "mul", length, ctx.imp.add_const(frac.reshape(1, -1).astype(dt), f"{ctx.name}_frac")
+            ),
+        )
+        inside = ctx.one(
+            "and",
+            ctx.one("greater_equal", pos, ctx.scalar(-1.0, pos)),
+            ctx.one("less_equal", pos, ctx.scalar(float(size), pos)),
+        )
+        p = ctx.one("max", pos, ctx.scalar(0.0, pos))
+        low = ctx.one("floor", p)
+        top = ctx.scalar(float(size - 1), p)
+        edge = ctx.one("greater_equal", low, top)
+        low = ctx.one("where", edge, top, low)
+        high = ctx.one("where", edge, top, ctx.one("add", low, ctx.scalar(1.0, low)))
+        p = ctx.one("where", edge, top, p)
+        lw = ctx.one("sub", p, low)
+        zero = ctx.scalar(0.0, lw)
+        hw = ctx.one("where", inside, lw, zero)
+        lw = ctx.one("where", inside, ctx.one("sub", ctx.scalar(1.0, lw), lw), zero)
+        return [(ctx.one("cast", low, to="int64"), lw), (ctx.one("cast", high, to="int64"), hw)]
+
+    ys = axis_weights(col(1), col(3), oh, h)  # [R, oh·ratio]
+    xs = axis_weights(col(0), col(2), ow, w)  # [R, ow·ratio]
+    sy, sx = oh * ratio, ow * ratio
+    images = ctx.one("reshape", ctx.one("gather", x, batch, axis=0), shape=(r, c, h * w))
+    corners = []
+    for iy, wy in ys:
+        for ix, wx in xs:
+            flat = ctx.one(
+                "add",
+                ctx.one(
+                    "mul",
+                    ctx.one("reshape", iy, shape=(r, sy, 1)),
+                    ctx.imp.add_const(np.array(w, np.int64), f"{ctx.name}_w"),
+                ),
+                ctx.one("reshape", ix, shape=(r, 1, sx)),
+            )
+            flat = ctx.one(
+                "expand", ctx.one("reshape", flat, shape=(r, 1, sy * sx)), shape=(r, c, sy * sx)
+            )
+            vals = ctx.one("gather_elements", images, flat, axis=2)
+            weight = ctx.one(
+                "mul",
+                ctx.one("reshape", wy, shape=(r, sy, 1)),
+                ctx.one("reshape", wx, shape=(r, 1, sx)),
+            )
+            corners.append(ctx.one("mul", vals, ctx.one("reshape", weight, shape=(r, 1, sy * sx))))
+    mode = ctx.attr("mode", "avg")
+    if mode not in ("avg", "max"):
+        raise ctx.fail(f"mode must be avg or max, got {mode!r}")
+    combine = "add" if mode == "avg" else "max"
+    total = corners[0]
+    for v in corners[1:]:
+        total = ctx.one(combine, total, v)
+    total = ctx.one("reshape", total, shape=(r, c, oh, ratio, ow, ratio))
+    reduce = "reduce_mean" if mode == "avg" else "reduce_max"
+    return [ctx.one(reduce, total, axes=(3, 5), keepdims=0)]
+
+
 @converter("GridSample")
 def _grid_sample(ctx: NodeCtx) -> Outs:
     """Sampling X [N, C, *spatial] at grid [N, *out, nd] (normalized coordinates, the last

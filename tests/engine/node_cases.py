@@ -202,6 +202,7 @@ FAMILY_OPS = frozenset(
         "ReverseSequence",
         "DeformConv",
         "MelWeightMatrix",
+        "RoiAlign",
     )
 )
 

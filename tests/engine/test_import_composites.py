@@ -840,3 +840,47 @@ def test_deform_conv_matches_onnxruntime(group, ogroups, attrs, with_mask):
     for target in ("reference", "cpu"):
         got = satura.compile(model, target=target)(**feeds)["y"]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=target)
+
+
+@pytest.mark.parametrize(
+    ("mode", "coords", "scale"),
+    [("avg", "half_pixel", 0.5), ("avg", "output_half_pixel", 1.0), ("max", "half_pixel", 1.0)],
+)
+def test_roi_align_with_run_time_regions_matches_onnxruntime(mode, coords, scale):
+    """Regions from another part of the model (a run-time input), partly outside the image."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+    rois = (
+        np.array([[0, 0, 8, 6], [2.5, 1.2, 10.4, 8.9], [-3, -2, 4, 5], [5, 5, 30, 25]], np.float32)
+        / scale
+    )
+    batch = np.array([0, 1, 1, 0], np.int64)
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "RoiAlign",
+                ["x", "rois", "b"],
+                ["y"],
+                mode=mode,
+                output_height=3,
+                output_width=4,
+                sampling_ratio=2,
+                spatial_scale=scale,
+                coordinate_transformation_mode=coords,
+            )
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+            helper.make_tensor_value_info("rois", TensorProto.FLOAT, rois.shape),
+            helper.make_tensor_value_info("b", TensorProto.INT64, batch.shape),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)], ir_version=8)
+    feeds = {"x": x, "rois": rois, "b": batch}
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    for target in ("reference", "cpu"):
+        got = satura.compile(model, target=target)(**feeds)["y"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=target)
