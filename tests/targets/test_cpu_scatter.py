@@ -149,6 +149,13 @@ def test_scatter_nd_duplicates_in_order(xshape, ishape, dtype, reduction, split_
     )
 
 
+def _exact_unless_half(dtype: str, reduction: str) -> float | None:
+    """Bit for bit, except float16 sums and products of duplicate indices: a half model computes
+    in fp32 and rounds once (targets/precision.py), the reference rounds every step, a few half
+    ulps of the largest partial result apart (more, relatively, where the sum cancels)."""
+    return 1e-2 if dtype == "float16" and reduction in ("add", "mul") else None
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", ["float16", "float64", "int32", "uint8"])
 def test_scatter_nd_more_dtypes(dtype, reduction):
@@ -161,7 +168,7 @@ def test_scatter_nd_more_dtypes(dtype, reduction):
             "b": np.array([[1], [-1], [1], [4], [0], [-4]], np.int32),
             "c": _data((6, 3), dtype, rng),
         },
-        rtol=None,
+        rtol=_exact_unless_half(dtype, reduction),
     )
 
 
@@ -262,7 +269,7 @@ def test_scatter_elements_more_dtypes(dtype, reduction):
             "b": rng.integers(-4, 4, (3, 5)),
             "c": _data((3, 5), dtype, rng),
         },
-        rtol=None,
+        rtol=_exact_unless_half(dtype, reduction),
     )
 
 
