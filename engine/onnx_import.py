@@ -268,8 +268,15 @@ class Importer:
             fn = FUNCTION_CONVERTER
         if fn is None:
             dom = f"{node.domain}." if node.domain else ""
+            hint = ""
+            if node.domain == "com.microsoft.nchwc":
+                hint = (
+                    ": onnxruntime's blocked layout for the machine that saved the model; save "
+                    "it at ORT_ENABLE_EXTENDED (or lower) instead of ORT_ENABLE_ALL"
+                )
             raise UnsupportedOpError(
-                f"unsupported ONNX op '{dom}{node.op_type}' (node '{name}', opset {self.opset})"
+                f"unsupported ONNX op '{dom}{node.op_type}' (node '{name}', opset "
+                f"{self.opset}){hint}"
             )
         ctx = NodeCtx(self, node, name)
         try:

@@ -386,3 +386,38 @@ def _qgemm(ctx: NodeCtx) -> Outs:
     )
     assert y is not None
     return [_req(ctx, y, 7, ctx.x(0)) if ctx.has(7) else y]
+
+
+@converter("MatMulIntegerToFloat", "DynamicQuantizeMatMul", domain=CONTRIB_DOMAIN)
+def _matmul_integer_to_float(ctx: NodeCtx) -> Outs:
+    """onnxruntime's fusions of a quantized MatMul with its dequantization: (A - a_zp) @
+    (B - b_zp) · a_scale·b_scale (+ bias), A given (MatMulIntegerToFloat: A, B, a_scale,
+    b_scale, a_zp, b_zp, bias) or quantized on the fly as DynamicQuantizeLinear does
+    (DynamicQuantizeMatMul: A, B, b_scale, b_zp, bias)."""
+    if ctx.op_type == "DynamicQuantizeMatMul":
+        a, a_scale, a_zp = ctx.inner("DynamicQuantizeLinear", [ctx.x(0)])
+        b, b_scale, b_zp, bias = ctx.x(1), ctx.x(2), ctx.inp(3), ctx.inp(4)
+        assert a is not None
+        assert a_scale is not None
+    else:
+        a, b, a_scale, b_scale = ctx.x(0), ctx.x(1), ctx.x(2), ctx.x(3)
+        a_zp, b_zp, bias = ctx.inp(4), ctx.inp(5), ctx.inp(6)
+    product = ctx.one("matmul", _centred(ctx, a, _per_row(ctx, a_zp, a)), _centred(ctx, b, b_zp))
+    y = ctx.one("mul", product, ctx.one("mul", a_scale, b_scale))
+    return [y if bias is None else ctx.one("add", y, bias)]
+
+
+@converter("FusedGemm", domain=CONTRIB_DOMAIN)
+def _fused_gemm(ctx: NodeCtx) -> Outs:
+    """onnxruntime's Gemm followed by the activation its attributes name."""
+    gemm = {k: ctx.attrs[k] for k in ("alpha", "beta", "transA", "transB") if k in ctx.attrs}
+    y = ctx.inner("Gemm", [ctx.x(0), ctx.x(1), ctx.inp(2)], **gemm)[0]
+    assert y is not None
+    act = ctx.attr("activation", "")
+    if not act:
+        return [y]
+    if act in ("Relu", "Tanh", "Sigmoid"):
+        return [ctx.one(act.lower(), y)]
+    if act == "LeakyRelu":
+        return [ctx.one("leaky_relu", y, alpha=float(ctx.attr("activation_alpha", 0.01)))]
+    raise ctx.fail(f"activation {act!r} is not supported")

@@ -315,3 +315,112 @@ def test_group_query_attention_matches_onnxruntime(past, s, rotary, packed):
     )
     model = _model(node, ins, consts, n_out=3)
     _check(model, ins)
+
+
+def test_matmul_integer_to_float_matches_onnxruntime():
+    """A below 128: onnxruntime's AVX2 u8×s8 product adds pairs in saturating int16
+    (``vpmaddubsw``), which only such operands keep exact."""
+    rng = np.random.default_rng(0)
+    ins = {"a": rng.integers(0, 128, (3, 6, 16)).astype(np.uint8)}
+    consts = {
+        "b": rng.integers(-128, 128, (16, 5)).astype(np.int8),
+        "sa": np.array(0.02, np.float32),
+        "sb": (rng.random(5) * 0.1).astype(np.float32),
+        "za": np.array(128, np.uint8),
+        "zb": np.zeros(5, np.int8),
+        "bias": _rand(5),
+    }
+    node = helper.make_node(
+        "MatMulIntegerToFloat",
+        ["a", "b", "sa", "sb", "za", "zb", "bias"],
+        ["y"],
+        domain="com.microsoft",
+    )
+    _check(_model(node, ins, consts), ins)
+
+
+def test_dynamic_quantize_matmul_matches_onnx_reference_composition():
+    """The fused op against ONNX's reference evaluator running the standard ops it fuses
+    (onnxruntime's own dynamic quantization rounds its scale differently: 0.05 off at most on
+    the example models)."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(1)
+    x = _rand(4, 16)
+    b = rng.integers(-128, 128, (16, 6)).astype(np.int8)
+    sb = (rng.random(6) * 0.05).astype(np.float32)
+    bias = _rand(6, seed=2)
+    consts = {"b": b, "sb": sb, "zb": np.zeros(6, np.int8), "bias": bias}
+    fused = helper.make_node(
+        "DynamicQuantizeMatMul", ["x", "b", "sb", "zb", "bias"], ["y"], domain="com.microsoft"
+    )
+    got = satura.compile(_model(fused, {"x": x}, consts))(x=x)["y"]
+    plain = helper.make_graph(
+        [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+            helper.make_node("MatMulInteger", ["q", "b", "z", "zb"], ["acc"]),
+            helper.make_node("Cast", ["acc"], ["accf"], to=F),
+            helper.make_node("Mul", ["s", "sb"], ["scale"]),
+            helper.make_node("Mul", ["accf", "scale"], ["p"]),
+            helper.make_node("Add", ["p", "bias"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", F, x.shape)],
+        [helper.make_tensor_value_info("y", F, None)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    ref = helper.make_model(plain, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    want = ReferenceEvaluator(ref).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["Relu", "Tanh", "LeakyRelu"])
+def test_fused_gemm_matches_onnxruntime(act):
+    ins = {"a": _rand(5, 4)}
+    consts = {"b": _rand(6, 4, seed=1), "c": _rand(6, seed=2)}
+    attrs = {"transB": 1, "alpha": 0.5}
+    if act:
+        attrs["activation"] = act
+    if act == "LeakyRelu":
+        attrs["activation_alpha"] = 0.2
+    node = helper.make_node("FusedGemm", ["a", "b", "c"], ["y"], domain="com.microsoft", **attrs)
+    _check(_model(node, ins, consts), ins)
+
+
+@pytest.mark.parametrize("name", ["mlp", "bert_block", "llama_block"])
+def test_models_saved_by_onnxruntime_after_its_extended_optimizations(name, tmp_path):
+    """onnxruntime's own session optimizations, saved (``optimized_model_filepath``): the float
+    model equals onnxruntime; its dynamically quantized model, rewritten into
+    DynamicQuantizeMatMul and MatMulIntegerToFloat, equals satura's run of the model before
+    the rewrite (onnxruntime's own int8 products saturate and round differently)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from examples.models import EXAMPLES, example_inputs
+
+    src = tmp_path / "m.onnx"
+    onnx.save(EXAMPLES[name](), src)
+    quant = tmp_path / "q.onnx"
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(str(src), str(quant), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+    feeds = example_inputs(name, batch=2)
+    for path in (src, quant):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(str(path), so)
+        optimized = onnx.load(tmp_path / "opt.onnx")
+        fused = {n.op_type for n in optimized.graph.node if n.domain == "com.microsoft"}
+        assert fused, "onnxruntime fused nothing: the test would not test the contrib ops"
+        if path == src:
+            _check(optimized, feeds, tol=2e-5)
+            continue
+        assert fused & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+        before = satura.compile(onnx.load(path))(**feeds)
+        after = satura.compile(optimized)(**feeds)
+        for o in optimized.graph.output:
+            # the rewrite reorders float sums (SkipLayerNormalization's input + skip + bias):
+            # an activation on a rounding boundary can then quantize one step apart
+            np.testing.assert_allclose(after[o.name], before[o.name], rtol=0, atol=5e-3)
