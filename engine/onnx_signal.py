@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from satura.engine.graph import Value
-from satura.engine.onnx_converters import Outs
+from satura.engine.onnx_converters import Outs, dims_product
 from satura.engine.onnx_import import NodeCtx, converter
 
 
@@ -22,14 +22,16 @@ def dft_matrix(
     inverse: bool,
     real_out: bool = False,
     window: np.ndarray | None = None,
+    freqs: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[taps·cin, bins·cout]`` float64: row ``(k, c)`` (input sample k, c = 0 real, 1
     imaginary) to column ``(j, c')`` of the ``length``-point DFT (``inverse``: e^{+2πijk/N}/N).
     ``real_out``: the real signal of a one-sided spectrum (irfft: bins 1 to N/2 - 1 stand for
     their conjugate twins too, so they count twice, and imaginary parts of bins 0 and N/2 drop
-    out through sin(0) = sin(πt) = 0). ``window`` scales row k."""
+    out through sin(0) = sin(πt) = 0). ``window`` scales row k; ``freqs`` are the columns'
+    frequencies (default 0..bins-1)."""
     k = np.arange(taps)[:, None]
-    j = np.arange(bins)[None, :]
+    j = (np.arange(bins) if freqs is None else np.asarray(freqs))[None, :]
     theta = 2.0 * np.pi * ((k * j) % length) / length
     sign = 1.0 if inverse else -1.0
     cos, sin = np.cos(theta), sign * np.sin(theta)
@@ -77,6 +79,62 @@ def _times_matrix(ctx: NodeCtx, x: Value, w: np.ndarray, lead: tuple, cout: int)
     return ctx.one("reshape", y, shape=(*lead, w.shape[1] // cout, cout))
 
 
+# Forward transforms at least this long run as two smaller products (a Cooley-Tukey split).
+SPLIT_MIN = 256
+
+
+def _split(length: int) -> tuple[int, int] | None:
+    """(N1, N2) with N1·N2 = length, N1 the largest divisor up to sqrt(length), both at least
+    8; None when the length is short or has no such factors."""
+    if length < SPLIT_MIN:
+        return None
+    n1 = max((d for d in range(8, int(length**0.5) + 1) if length % d == 0), default=0)
+    return (n1, length // n1) if n1 else None
+
+
+def forward_dft(
+    ctx: NodeCtx,
+    y: Value,
+    length: int,
+    cin: int,
+    bins: int,
+    lead: tuple,
+    window: np.ndarray | None = None,
+) -> Value:
+    """The forward DFT of ``y`` [*lead, length, cin] (times ``window``), its first ``bins``
+    bins: [*lead, bins, 2]. One product with the DFT matrix, or for a long transform two:
+    with n = N2·n1 + n2 and k = k1 + N1·k2, a length-N1 DFT over n1 for every n2, then for
+    every k1 a product over n2 whose matrix holds the twiddle e^{-2πi·n2·k/N} (the second
+    stage a product batched over k1)."""
+    parts = _split(length)
+    if parts is None:
+        check_size(ctx, length * cin, bins * 2)
+        w = dft_matrix(length, cin, length, bins, False, window=window)
+        return _times_matrix(ctx, y, w, lead, 2)
+    n1, n2 = parts
+    r = len(lead)
+    if window is not None:
+        wv = ctx.imp.add_const(window.reshape(length, 1).astype(y.type.dtype), f"{ctx.name}_win")
+        y = ctx.one("mul", y, wv)
+    y = ctx.one("reshape", y, shape=(*lead, n1, n2, cin))
+    y = ctx.one("transpose", y, perm=(*range(r), r + 1, r, r + 2))  # [*lead, N2, N1, cin]
+    y = _times_matrix(ctx, y, dft_matrix(n1, cin, n1, n1, False), (*lead, n2), 2)
+    y = ctx.one("transpose", y, perm=(r + 1, *range(r), r, r + 2))  # [N1, *lead, N2, 2]
+    rows = dims_product(lead)
+    y = ctx.one("reshape", y, shape=(n1, rows, n2 * 2))
+    k2s = min(n2, (bins - 1) // n1 + 1)  # the k2 that some kept bin needs
+    w2 = np.stack(
+        [dft_matrix(n2, 2, length, k2s, False, freqs=k1 + n1 * np.arange(k2s)) for k1 in range(n1)]
+    )
+    y = ctx.one("matmul", y, ctx.imp.add_const(w2.astype(y.type.dtype), f"{ctx.name}_dft2"))
+    y = ctx.one("reshape", y, shape=(n1, *lead, k2s, 2))
+    y = ctx.one("transpose", y, perm=(*range(1, r + 1), r + 1, 0, r + 2))  # [*lead, K2, N1, 2]
+    y = ctx.one("reshape", y, shape=(*lead, k2s * n1, 2))
+    if k2s * n1 > bins:
+        y = ctx.one("slice", y, starts=(0,), ends=(bins,), axes=(r,), steps=(1,))
+    return y
+
+
 @converter("DFT")
 def _dft(ctx: NodeCtx) -> Outs:
     """The DFT along ``axis`` as a product with a constant matrix (the axis moved last)."""
@@ -105,14 +163,17 @@ def _dft(ctx: NodeCtx) -> Outs:
     else:
         taps, cout = min(n, length), 2
         bins = length // 2 + 1 if onesided else length
-    check_size(ctx, taps * cin, bins * cout)
-    w = dft_matrix(taps, cin, length, bins, inverse, real_out=cout == 1)
     perm = [i for i in range(rank - 1) if i != axis] + [axis, rank - 1]
     y = ctx.one("transpose", x, perm=tuple(perm)) if axis != rank - 2 else x
     if taps < n:
         y = ctx.one("slice", y, starts=(0,), ends=(taps,), axes=(rank - 2,), steps=(1,))
     lead = tuple(y.type.shape[:-2])
-    y = _times_matrix(ctx, y, w, lead, cout)
+    if not inverse and taps == length:
+        y = forward_dft(ctx, y, length, cin, bins, lead)
+    else:
+        check_size(ctx, taps * cin, bins * cout)
+        w = dft_matrix(taps, cin, length, bins, inverse, real_out=cout == 1)
+        y = _times_matrix(ctx, y, w, lead, cout)
     if axis != rank - 2:
         y = ctx.one("transpose", y, perm=tuple(int(i) for i in np.argsort(perm)))
     return [y]
@@ -147,9 +208,7 @@ def _stft(ctx: NodeCtx) -> Outs:
     bins = length // 2 + 1 if onesided else length
     idx = np.arange(frames)[:, None] * hop + np.arange(length)[None, :]
     framed = ctx.one("gather", x, ctx.imp.add_const(idx.astype(np.int64), f"{ctx.name}_i"), axis=1)
-    check_size(ctx, length * cin, bins * 2)
-    w = dft_matrix(length, cin, length, bins, False, window=window)
-    return [_times_matrix(ctx, framed, w, (x.type.shape[0], frames), 2)]
+    return [forward_dft(ctx, framed, length, cin, bins, (x.type.shape[0], frames), window)]
 
 
 def window(kind: str, size: int, periodic: bool) -> np.ndarray:
