@@ -70,6 +70,12 @@ def _cast(ctx: NodeCtx) -> Outs:
     return [ctx.imp.exact_float(x, to) or ctx.one("cast", x, to=to)]
 
 
+@converter("BitCast")
+def _bitcast(ctx: NodeCtx) -> Outs:
+    to = onnx_dtype(int(ctx.attr("to")), f"node '{ctx.name}' (BitCast)")
+    return [ctx.one("bitcast", ctx.x(), to=to)]
+
+
 @converter("CastLike")
 def _cast_like(ctx: NodeCtx) -> Outs:
     return [ctx.one("cast", ctx.x(), to=ctx.x(1).type.dtype)]

@@ -514,6 +514,13 @@ def _mod(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Mod", ctx.ins(node), ctx.outs(node), fmod=int(node.attrs.get("fmod", 0)))
 
 
+@writer("bitcast")
+def _bitcast(ctx: ExportCtx, node: Node) -> None:
+    ctx.opset = max(ctx.opset, 26)  # BitCast came in opset 26
+    to = helper.np_dtype_to_tensor_dtype(np.dtype(node.attrs["to"]))
+    ctx.add("BitCast", ctx.ins(node), ctx.outs(node), to=to)
+
+
 @writer("shift_left", "shift_right")
 def _shift(ctx: ExportCtx, node: Node) -> None:
     way = "LEFT" if node.op == "shift_left" else "RIGHT"

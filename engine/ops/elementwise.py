@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from satura.engine.errors import ShapeError
 from satura.engine.ops.registry import AttrSpec, OpInfo, elementwise_work, register, same_dtype
 from satura.engine.shapes import DimOps, Shape
 
@@ -122,6 +123,33 @@ register(
         onnx=("Cast",),
         traits=frozenset({"elementwise", "unary"}),
         doc="convert to dtype `to`",
+    )
+)
+
+
+def _bitcast_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    x = ins[0]
+    assert x is not None
+    return [np.array(x, copy=True).view(at["to"])]
+
+
+def _bitcast_dtype(ins: Sequence[str | None], at: Any) -> list[str]:
+    src = ins[0] or "float32"
+    if np.dtype(src).itemsize != np.dtype(at["to"]).itemsize:
+        raise ShapeError(f"bitcast from {src} to {at['to']} changes the element width")
+    return [at["to"]]
+
+
+register(
+    OpInfo(
+        name="bitcast",
+        shape=unary_shape,
+        reference=_bitcast_ref,
+        dtype=_bitcast_dtype,
+        attrs={"to": AttrSpec("dtype")},
+        onnx=("BitCast",),
+        traits=frozenset({"elementwise", "unary"}),
+        doc="the same bits read as dtype `to` (of the same width)",
     )
 )
 

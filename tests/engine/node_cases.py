@@ -203,6 +203,7 @@ FAMILY_OPS = frozenset(
         "DeformConv",
         "MelWeightMatrix",
         "RoiAlign",
+        "BitCast",
     )
 )
 

@@ -287,6 +287,7 @@ CASES: dict[str, Callable[[np.random.Generator], Case]] = {
     "ew": _ew,
     "where": lambda r: ([r.random(3) < 0.5, _f(r, 2, 3), _f(r, 1)], {}),
     "cast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),
+    "bitcast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),
     "clip": lambda r: ([_f(r, 2, 3), np.float32(-0.5), np.float32(0.5)], {}),
     "cumsum": lambda r: ([_f(r, 3, 4)], {"axis": int(r.integers(-2, 2)), "exclusive": 1}),
     "cumprod": lambda r: ([_f(r, 3, 4)], {"axis": int(r.integers(-2, 2)), "reverse": 1}),
