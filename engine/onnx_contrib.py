@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 from satura.engine.graph import Value
-from satura.engine.onnx_converters import Outs
+from satura.engine.onnx_converters import Outs, norm_stats, swish_of
 from satura.engine.onnx_import import CONTRIB_DOMAIN, NodeCtx, converter
 from satura.engine.shapes import as_dim, normalize_axis
 
@@ -40,22 +40,11 @@ def _gelus(ctx: NodeCtx) -> Outs:
     QuickGelu: x·sigmoid(alpha·x)."""
     x = _plus(ctx, ctx.x(0), ctx.inp(1))
     if ctx.op_type == "QuickGelu":
-        alpha = float(ctx.attr("alpha", 1.702))
-        return [ctx.one("mul", x, ctx.one("sigmoid", ctx.one("mul", x, ctx.scalar(alpha, x))))]
+        return [swish_of(ctx, x, default_alpha=1.702)]
     return [ctx.one("gelu", x, approximate="tanh" if ctx.op_type == "FastGelu" else "none")]
 
 
 # -- normalizations -------------------------------------------------------------------------------
-def _stats(ctx: NodeCtx, x: Value, eps: float, rms: bool) -> tuple[Value | None, Value]:
-    """(mean or None for RMS, 1/sqrt(var + eps)) over the last axis, kept as 1."""
-    axes = (x.type.rank - 1,)
-    mean = None if rms else ctx.one("reduce_mean", x, axes=axes, keepdims=1)
-    d = x if mean is None else ctx.one("sub", x, mean)
-    var = ctx.one("reduce_mean", ctx.one("mul", d, d), axes=axes, keepdims=1)
-    inv = ctx.one("reciprocal", ctx.one("sqrt", ctx.one("add", var, ctx.scalar(eps, var))))
-    return mean, inv
-
-
 def _norm(ctx: NodeCtx, x: Value, gamma: Value, beta: Value | None, rms: bool) -> Outs:
     """[y, mean, inv_std_var] of LayerNorm (or RMSNorm) over the last axis; the statistics
     only where the node asks for them."""
@@ -69,8 +58,7 @@ def _norm(ctx: NodeCtx, x: Value, gamma: Value, beta: Value | None, rms: bool) -
         y = ctx.one("layer_norm", x, gamma, beta, axis=axis, epsilon=eps)
     outs: Outs = [y, None, None]
     if _wants(ctx, 1) or _wants(ctx, 2):
-        mean, inv = _stats(ctx, x, eps, rms)
-        outs[1:] = [mean, inv]
+        outs[1:] = list(norm_stats(ctx, x, (axis,), eps, rms))
     return outs
 
 
@@ -93,14 +81,9 @@ def _simplified_norm(ctx: NodeCtx) -> Outs:
     axis = normalize_axis(int(ctx.attr("axis", -1)), x.type.rank)
     eps = float(ctx.attr("epsilon", 1e-5))
     y = ctx.inner("RMSNormalization", [x, gamma], opset=23, axis=axis, epsilon=eps)[0]
-    outs: Outs = [y]
-    if _wants(ctx, 1):
-        axes = tuple(range(axis, x.type.rank))
-        var = ctx.one("reduce_mean", ctx.one("mul", x, x), axes=axes, keepdims=1)
-        outs.append(
-            ctx.one("reciprocal", ctx.one("sqrt", ctx.one("add", var, ctx.scalar(eps, var))))
-        )
-    return outs
+    if not _wants(ctx, 1):
+        return [y]
+    return [y, norm_stats(ctx, x, tuple(range(axis, x.type.rank)), eps, rms=True)[1]]
 
 
 @converter("EmbedLayerNormalization", **MS)
@@ -129,8 +112,7 @@ def _embed_layer_norm(ctx: NodeCtx) -> Outs:
             if mask is not None
             else ctx.one("constant_of_shape", shape=tuple(ids.type.shape), value=1.0, dtype="int32")
         )
-        count = ctx.one("reduce_sum", ctx.one("cast", m, to="int32"), axes=(1,), keepdims=0)
-        index = count
+        index = ctx.one("reduce_sum", ctx.one("cast", m, to="int32"), axes=(1,), keepdims=0)
     return [y, index, total]
 
 
@@ -168,26 +150,28 @@ def _matmul_nbits(ctx: NodeCtx) -> Outs:
     if bits not in (2, 4, 8) or ctx.has(4):
         raise ctx.fail(f"bits={bits}{' with g_idx' if ctx.has(4) else ''} is not supported")
     blocks = -(-k // block)
-    q = np.unpackbits(
-        np.asarray(packed, np.uint8).reshape(n, -1)[..., None], axis=-1, bitorder="little"
-    ).reshape(n, -1, bits)
-    q = (q * (1 << np.arange(bits))).sum(-1)[:, : blocks * block].reshape(n, blocks, block)
+    q = _unpack(packed, n, bits)[:, : blocks * block].reshape(n, blocks, block)
     if ctx.has(3):
         zp = ctx.const(3)
         if zp is None:
             raise ctx.fail("the zero points (input 3) must be a constant")
         zp = np.asarray(zp)
-        if zp.dtype == np.uint8:  # packed like the weights, rows padded to whole bytes
-            z = np.unpackbits(zp.reshape(n, -1)[..., None], axis=-1, bitorder="little")
-            z = (z.reshape(n, -1, bits) * (1 << np.arange(bits))).sum(-1)[:, :blocks]
-        else:
-            z = zp.reshape(n, blocks)
+        # uint8: packed like the weights, rows padded to whole bytes; else one per block
+        z = _unpack(zp, n, bits)[:, :blocks] if zp.dtype == np.uint8 else zp.reshape(n, blocks)
     else:
         z = np.full((n, blocks), 1 << (bits - 1))
     w = (q - z[..., None]) * np.asarray(scales, np.float32).reshape(n, blocks)[..., None]
     wt = np.ascontiguousarray(w.reshape(n, -1)[:, :k].T).astype(a.type.dtype)
     y = ctx.one("matmul", a, ctx.imp.add_const(wt, f"{ctx.name}_w"))
     return [_plus(ctx, y, ctx.inp(5))]
+
+
+def _unpack(packed: np.ndarray, rows: int, bits: int) -> np.ndarray:
+    """``rows`` rows of ``bits``-bit unsigned integers packed low bits first into bytes."""
+    b = np.unpackbits(
+        np.asarray(packed, np.uint8).reshape(rows, -1)[..., None], axis=-1, bitorder="little"
+    )
+    return (b.reshape(rows, -1, bits) * (1 << np.arange(bits))).sum(-1)
 
 
 # -- attention ----------------------------------------------------------------------------------
@@ -272,8 +256,8 @@ def _ms_attention(ctx: NodeCtx) -> Outs:
     y, pk, pv = _mha(ctx, q, k, v, heads, mask, ctx.inp(5), past)[:3]
     if not _wants(ctx, 1):
         return [y]
-    if pk is None or pv is None:
-        raise ctx.fail("the attention gave no present key/value")
+    assert pk is not None
+    assert pv is not None
     shape = (1, *pk.type.shape)
     both = [ctx.one("reshape", t, shape=shape) for t in (pk, pv)]
     return [y, ctx.emit("concat", both, axis=0)[0]]
@@ -316,19 +300,33 @@ def _fused_conv(ctx: NodeCtx) -> Outs:
     y = ctx.inner("Conv", [ctx.x(0), ctx.x(1), ctx.inp(2)], **conv)[0]
     assert y is not None
     y = _plus(ctx, y, ctx.inp(3))
+    return [_activation(ctx, y, list(ctx.attr("activation_params", ()) or ()))]
+
+
+@converter("FusedGemm", **MS)
+def _fused_gemm(ctx: NodeCtx) -> Outs:
+    """Gemm then the ``activation`` named by the attribute (its parameter ``activation_alpha``)."""
+    gemm = {k: ctx.attrs[k] for k in ("alpha", "beta", "transA", "transB") if k in ctx.attrs}
+    y = ctx.inner("Gemm", [ctx.x(0), ctx.x(1), ctx.inp(2)], **gemm)[0]
+    assert y is not None
+    alpha = ctx.attr("activation_alpha")
+    return [_activation(ctx, y, [] if alpha is None else [alpha])]
+
+
+def _activation(ctx: NodeCtx, y: Value, params: list) -> Value:
+    """``y`` through the node's ``activation`` attribute (none when absent)."""
     act = ctx.attr("activation", "")
-    params = list(ctx.attr("activation_params", ()) or ())
     if not act:
-        return [y]
+        return y
     if act in _ACTS:
-        return [ctx.one(_ACTS[act], y)]
+        return ctx.one(_ACTS[act], y)
     if act == "LeakyRelu":
-        return [ctx.one("leaky_relu", y, alpha=float(params[0]) if params else 0.01)]
+        return ctx.one("leaky_relu", y, alpha=float(params[0]) if params else 0.01)
     if act == "Clip" and len(params) == 2:
-        return [ctx.one("clip", y, ctx.scalar(params[0], y, "lo"), ctx.scalar(params[1], y, "hi"))]
+        return ctx.one("clip", y, ctx.scalar(params[0], y, "lo"), ctx.scalar(params[1], y, "hi"))
     if act == "HardSigmoid":
         alpha, beta = (params + [0.2, 0.5][len(params) :])[:2]
-        return [ctx.one("hard_sigmoid", y, alpha=float(alpha), beta=float(beta))]
+        return ctx.one("hard_sigmoid", y, alpha=float(alpha), beta=float(beta))
     raise ctx.fail(f"activation {act!r} is not supported")
 
 
@@ -391,15 +389,14 @@ def _group_query_attention(ctx: NodeCtx) -> Outs:
         cos, sin = ctx.x(7), ctx.x(8)
         q = ctx.inner("RotaryEmbedding", [q, cos, sin, pos], opset=23, num_heads=heads, **rot)[0]
         k = ctx.inner("RotaryEmbedding", [k, cos, sin, pos], opset=23, num_heads=kv_heads, **rot)[0]
-    # key j is seen by query i where j <= pos[b, i]: an additive [B, 1, S, T] mask
+    # key j is seen by query i where j <= pos[b, i]: a bool [B, 1, S, T] mask
     keys = ctx.imp.add_const(np.arange(total, dtype=np.int64)[None, None], f"{ctx.name}_j")
     seen = ctx.one("less_equal", keys, ctx.one("reshape", pos, shape=(b, s, 1)))
-    zero = ctx.imp.add_const(np.array(0.0, np.float32), f"{ctx.name}_zero")
-    ninf = ctx.imp.add_const(np.array(-np.inf, np.float32), f"{ctx.name}_ninf")
-    mask = ctx.one("reshape", ctx.one("where", seen, zero, ninf), shape=(b, 1, s, total))
+    mask = ctx.one("reshape", seen, shape=(b, 1, s, total))
     scale = ctx.attr("scale")
     extra = {"softcap": float(ctx.attr("softcap"))} if ctx.attr("softcap") else {}
-    y, pk, pv = ctx.inner(
+    # outputs: y and the present key and value (this step's after the past ones)
+    return ctx.inner(
         "Attention",
         [q, k, v, mask, past_k, past_v],
         opset=23,
@@ -408,11 +405,3 @@ def _group_query_attention(ctx: NodeCtx) -> Outs:
         scale=float(scale) if scale else 1.0 / math.sqrt(d),
         **extra,
     )[:3]
-    if pk is None:  # no past: the present is this step's keys, [B, kv_heads, S, D]
-        pk, pv = (
-            ctx.one(
-                "transpose", ctx.one("reshape", t, shape=(b, s, kv_heads, d)), perm=(0, 2, 1, 3)
-            )
-            for t in (k, v)
-        )
-    return [y, pk, pv]

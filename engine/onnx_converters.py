@@ -175,13 +175,19 @@ def _layer_norm(ctx: NodeCtx) -> Outs:
     outs: Outs = [y]
     if len(ctx.node.output) > 1 and any(ctx.node.output[1:]):
         # Mean and InvStdDev outputs, from the same statistics the op uses.
-        axes = tuple(range(axis, x.type.rank))
-        mean = ctx.one("reduce_mean", x, axes=axes, keepdims=1)
-        d = ctx.one("sub", x, mean)
-        var = ctx.one("reduce_mean", ctx.one("mul", d, d), axes=axes, keepdims=1)
-        inv = ctx.one("reciprocal", ctx.one("sqrt", ctx.one("add", var, ctx.scalar(eps, var))))
-        outs += [mean, inv]
+        outs += list(norm_stats(ctx, x, tuple(range(axis, x.type.rank)), eps))
     return outs
+
+
+def norm_stats(
+    ctx: NodeCtx, x: Value, axes: tuple[int, ...], eps: float, rms: bool = False
+) -> tuple[Value | None, Value]:
+    """(mean, 1/sqrt(var + eps)) of ``x`` over ``axes``, kept as 1s: a normalization's
+    statistics outputs. ``rms``: no mean (None), the mean square for the variance."""
+    mean = None if rms else ctx.one("reduce_mean", x, axes=axes, keepdims=1)
+    d = x if mean is None else ctx.one("sub", x, mean)
+    var = ctx.one("reduce_mean", ctx.one("mul", d, d), axes=axes, keepdims=1)
+    return mean, ctx.one("reciprocal", ctx.one("sqrt", ctx.one("add", var, ctx.scalar(eps, var))))
 
 
 @converter("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")
@@ -597,9 +603,9 @@ def _bit_shift(ctx: NodeCtx) -> Outs:
     return [ctx.one("shift_left" if way == "LEFT" else "shift_right", x, ctx.x(1))]
 
 
-def _swish_of(ctx: NodeCtx, x: Value) -> Value:
-    """x·sigmoid(alpha·x) (silu at alpha 1)."""
-    alpha = float(ctx.attr("alpha", 1.0))
+def swish_of(ctx: NodeCtx, x: Value, default_alpha: float = 1.0) -> Value:
+    """x·sigmoid(alpha·x), alpha the node's attribute (silu at alpha 1)."""
+    alpha = float(ctx.attr("alpha", default_alpha))
     if alpha == 1.0:
         return ctx.one("silu", x)
     return ctx.one("mul", x, ctx.one("sigmoid", ctx.one("mul", x, ctx.scalar(alpha, x))))
@@ -607,7 +613,7 @@ def _swish_of(ctx: NodeCtx, x: Value) -> Value:
 
 @converter("Swish")
 def _swish(ctx: NodeCtx) -> Outs:
-    return [_swish_of(ctx, ctx.x())]
+    return [swish_of(ctx, ctx.x())]
 
 
 @converter("SwiGLU")
@@ -616,7 +622,7 @@ def _swiglu(ctx: NodeCtx) -> Outs:
     a, b = ctx.x(0), ctx.x(1)
     if tuple(a.type.shape) != tuple(b.type.shape):
         raise ctx.fail(f"A {tuple(a.type.shape)} and B {tuple(b.type.shape)} differ in shape")
-    return [ctx.one("mul", _swish_of(ctx, a), b)]
+    return [ctx.one("mul", swish_of(ctx, a), b)]
 
 
 @converter("Elu", "HardSigmoid")

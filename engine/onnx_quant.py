@@ -405,19 +405,3 @@ def _matmul_integer_to_float(ctx: NodeCtx) -> Outs:
     product = ctx.one("matmul", _centred(ctx, a, _per_row(ctx, a_zp, a)), _centred(ctx, b, b_zp))
     y = ctx.one("mul", product, ctx.one("mul", a_scale, b_scale))
     return [y if bias is None else ctx.one("add", y, bias)]
-
-
-@converter("FusedGemm", domain=CONTRIB_DOMAIN)
-def _fused_gemm(ctx: NodeCtx) -> Outs:
-    """onnxruntime's Gemm followed by the activation its attributes name."""
-    gemm = {k: ctx.attrs[k] for k in ("alpha", "beta", "transA", "transB") if k in ctx.attrs}
-    y = ctx.inner("Gemm", [ctx.x(0), ctx.x(1), ctx.inp(2)], **gemm)[0]
-    assert y is not None
-    act = ctx.attr("activation", "")
-    if not act:
-        return [y]
-    if act in ("Relu", "Tanh", "Sigmoid"):
-        return [ctx.one(act.lower(), y)]
-    if act == "LeakyRelu":
-        return [ctx.one("leaky_relu", y, alpha=float(ctx.attr("activation_alpha", 0.01)))]
-    raise ctx.fail(f"activation {act!r} is not supported")
