@@ -31,6 +31,8 @@ def compute_half_in_float(graph: Graph) -> Graph:
         return graph
     g = Graph(graph.name)
     new: dict[int, Value] = {}
+    # a half output's fp32 value takes a suffix: the cast back to half takes the output's name
+    suffix = {id(v): "_f32" for v in graph.outputs if v.type.dtype in HALF}
     for v in graph.inputs:
         x = g.add_input(v.name, v.type.shape, v.type.dtype)
         new[id(v)] = g.apply("cast", x, to="float32") if v.type.dtype in HALF else x
@@ -38,17 +40,19 @@ def compute_half_in_float(graph: Graph) -> Graph:
     def mapped(v: Value) -> Value:
         if id(v) not in new:  # a constant
             data = v.data.astype("float32") if v.type.dtype in HALF else v.data
-            new[id(v)] = g.add_const(data, v.name)
+            new[id(v)] = g.add_const(data, v.name + suffix.get(id(v), ""))
         return new[id(v)]
 
     for n in graph.nodes:
         ins = [None if v is None else mapped(v) for v in n.inputs]
-        names = [o.name for o in n.outputs]
+        names = [o.name + suffix.get(id(o), "") for o in n.outputs]
         if n.op == "cast" and n.attrs["to"] in HALF:  # rounded to half, computed on in fp32
             if ins[0] is not None and ins[0].type.dtype not in ("float32", *HALF):
                 ins = [g.apply("cast", ins[0], to="float32")]  # integers: exact below 2**24
-            half = g.add("cast", ins, n.attrs, name=n.name).outputs[0]
-            new[id(n.outputs[0])] = g.apply("cast", half, to="float32")
+            half = g.add("cast", ins, n.attrs, name=n.name, out_names=[f"{names[0]}_half"])
+            new[id(n.outputs[0])] = g.add(
+                "cast", half.outputs, {"to": "float32"}, out_names=names
+            ).outputs[0]
             continue
         attrs = dict(n.attrs)
         if n.op == "constant_of_shape" and attrs.get("dtype") in HALF:
@@ -60,8 +64,6 @@ def compute_half_in_float(graph: Graph) -> Graph:
     for v in graph.outputs:
         w = mapped(v)
         if v.type.dtype in HALF and w.type.dtype != v.type.dtype:
-            w.name = g.fresh_name(f"{v.name}_f32")  # the cast takes the output's name
-            g._names.discard(v.name)
             w = g.add("cast", [w], {"to": v.type.dtype}, out_names=[v.name]).outputs[0]
         outs.append(w)
     g.set_outputs(*outs)
