@@ -983,14 +983,42 @@ def _constant_of_shape(ctx: NodeCtx) -> Outs:
 
 @converter("Range")
 def _range(ctx: NodeCtx) -> Outs:
-    start, limit, delta = ctx.const(0), ctx.const(1), ctx.const(2)
-    assert start is not None
-    assert limit is not None
-    assert delta is not None
-    arr = np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype)
-    v = ctx.imp.add_const(arr, ctx.node.output[0])
-    ctx.created.add(id(v))
-    return [v]
+    """A constant when its three scalars are; an ``arange`` node when start or limit is an
+    integer known only symbolically (torch's ``arange(x.shape[1])`` with a dynamic length)."""
+    vals: list[Any] = []
+    for i, what in enumerate(("start", "limit", "delta")):
+        k = ctx.known(i)
+        if k is None:
+            k = ctx.const(i)
+        if k is None or k.size != 1:
+            raise ctx.fail(f"{what} (input {i}) must be one number")
+        vals.append(k.ravel()[0])
+    dtype = ctx.x(0).type.dtype
+    start, limit, delta = vals
+    if all(isinstance(v, (int, float, np.number)) for v in vals):
+        if delta == 0:
+            raise ctx.fail("delta must not be 0")
+        arr = np.arange(start, limit, delta).astype(dtype)
+        v = ctx.imp.add_const(arr, ctx.node.output[0])
+        ctx.created.add(id(v))
+        return [v]
+    bounds = [_integral(ctx, v, what) for v, what in ((start, "start"), (limit, "limit"))]
+    step = _integral(ctx, delta, "delta")
+    if not isinstance(step, int) or step == 0:
+        raise ctx.fail("delta must be a nonzero number known at import")
+    return [ctx.one("arange", bounds=tuple(bounds), delta=step, dtype=dtype)]
+
+
+def _integral(ctx: NodeCtx, v: Any, what: str) -> Any:
+    """``v`` (a number or a symbolic dim) as an int or sympy integer; ModelError otherwise."""
+    if isinstance(v, sympy.Basic):
+        return as_dim(v)
+    f = float(v)
+    if not f.is_integer():
+        raise ctx.fail(
+            f"{what} {f} is not an integer, which a range of symbolic length needs"
+        )
+    return int(f)
 
 
 # -- satura's own domain (written by onnx_export) -----------------------------------------------

@@ -786,6 +786,27 @@ def _constant_of_shape(ctx: ExportCtx, node: Node) -> None:
     ctx.add("ConstantOfShape", [shape], ctx.outs(node), value=value)
 
 
+@writer("arange")
+def _arange(ctx: ExportCtx, node: Node) -> None:
+    a = OPS["arange"].with_defaults(node.attrs)
+    parts = [ctx._dim(b) for b in a["bounds"]]
+    if any(p is None for p in parts):
+        _satura(ctx, node)
+        return
+    to = helper.np_dtype_to_tensor_dtype(np.dtype(a["dtype"]))
+    scalars = []
+    for p in parts:
+        s = ctx.fresh("bound")
+        ctx.add("Squeeze", [p], [s])  # type: ignore[list-item]
+        if a["dtype"] != "int64":
+            c = ctx.fresh("bound")
+            ctx.add("Cast", [s], [c], to=to)
+            s = c
+        scalars.append(s)
+    delta = ctx.const(np.asarray(a["delta"], dtype=a["dtype"]), "delta")
+    ctx.add("Range", [*scalars, delta], ctx.outs(node))
+
+
 # -- the whole graph ---------------------------------------------------------------------------
 def to_model(graph: Graph) -> onnx.ModelProto:
     """The ONNX ModelProto of ``graph``. Raises ModelError for an op with no writer."""

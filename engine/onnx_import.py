@@ -539,11 +539,14 @@ KNOWN_FNS: dict[str, Callable[..., np.ndarray | None]] = {
     "reshape": lambda vs, ks, at: np.reshape(ks[0], tuple(int(d) for d in at["shape"])),
     "slice": _ref_on_objects("slice"),
     "identity": lambda vs, ks, at: ks[0],
-    "cast": lambda vs, ks, at: ks[0] if at["to"] in ("int64", "int32") else None,
+    # a float cast keeps integer values exact (torch casts a length to float for arange)
+    "cast": lambda vs, ks, at: ks[0] if at["to"] in ("int64", "int32", "float32", "float64") else None,
     "add": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a + b), otypes=[object])(*ks),
     "sub": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a - b), otypes=[object])(*ks),
     "mul": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a * b), otypes=[object])(*ks),
-    "div": lambda vs, ks, at: np.vectorize(_kdiv, otypes=[object])(*ks),
+    "div": lambda vs, ks, at: (
+        np.vectorize(_kdiv, otypes=[object])(*ks) if vs[0].type.dtype.startswith("int") else None
+    ),
     "reduce_prod": lambda vs, ks, at: (
         np.asarray(as_dim(sympy.Mul(*ks[0].ravel().tolist())))
         if at.get("axes") is None and not at.get("keepdims", 1)

@@ -476,6 +476,37 @@ register(
 )
 
 
+def _arange_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    (start, limit), delta = at["bounds"], at["delta"]
+    # ceil((limit - start) / delta), at least 0; the bounds are integers, delta a nonzero one
+    span = limit - start if delta > 0 else start - limit
+    step = abs(delta)
+    return [(d.max(d.floordiv(span + step - 1, step), 0),)]
+
+
+register(
+    OpInfo(
+        name="arange",
+        inputs=(0, 0),
+        work=move_work,
+        shape=_arange_shape,
+        reference=lambda ins, at: [
+            np.arange(*_concrete(at["bounds"]), at["delta"], dtype=at["dtype"])
+        ],
+        attrs={
+            "bounds": AttrSpec("dims"),
+            "delta": AttrSpec("int"),
+            "dtype": AttrSpec("dtype", "int64"),
+        },
+        dtype=lambda ins, at: [at["dtype"]],
+        onnx=("Range",),
+        traits=frozenset({"shape"}),
+        doc="start, start + delta, ... below limit (bounds = (start, limit), integers that may "
+        "be symbolic: torch's arange over a dynamic length)",
+    )
+)
+
+
 def _same_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     return [tuple(_x(ins))]
 

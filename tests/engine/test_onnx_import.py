@@ -312,3 +312,74 @@ def test_model_local_functions_are_inlined() -> None:
 def test_an_unsupported_op_inside_a_local_function_is_named() -> None:
     with pytest.raises(UnsupportedOpError, match="unsupported ONNX op 'Det'"):
         load_onnx(_with_local_function("Det"))
+
+
+def _range_model() -> onnx.ModelProto:
+    """Positions over a dynamic length, the way torch exports ``arange``: a float range
+    0..t (t cast from Shape), an int64 one from t to 3t by 2 and a descending one from t to 0."""
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "one"], ["t"], axis=0),
+        helper.make_node("Cast", ["t"], ["tf"], to=f32),
+        helper.make_node("Range", ["zf", "tf", "onef"], ["pos"]),
+        helper.make_node("Add", ["x", "pos"], ["y"]),
+        helper.make_node("Mul", ["t", "three"], ["t3"]),
+        helper.make_node("Range", ["t", "t3", "two"], ["r2"]),
+        helper.make_node("Range", ["t", "zero", "minus"], ["r3"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.asarray(v, dt), n)
+        for n, v, dt in [
+            ("one", 1, np.int64),
+            ("zero", 0, np.int64),
+            ("two", 2, np.int64),
+            ("three", 3, np.int64),
+            ("minus", -1, np.int64),
+            ("zf", 0.0, np.float32),
+            ("onef", 1.0, np.float32),
+        ]
+    ]
+    outs = [
+        _f32("y", None),
+        helper.make_tensor_value_info("r2", i64, None),
+        helper.make_tensor_value_info("r3", i64, None),
+    ]
+    return _model(nodes, [_f32("x", [2, "t"])], outs, inits)
+
+
+def test_range_over_a_symbolic_length_compiles_and_matches_onnxruntime() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    import satura
+
+    m = _range_model()
+    g = load_onnx(m)
+    assert g.op_counts().get("arange") == 3
+    sess = ort.InferenceSession(m.SerializeToString())
+    exe = satura.compile(m)
+    for t in (1, 5, 9):
+        x = np.random.default_rng(t).standard_normal((2, t)).astype(np.float32)
+        got = exe(x=x)
+        for name, want in zip(["y", "r2", "r3"], sess.run(None, {"x": x}), strict=True):
+            assert got[name].dtype == want.dtype
+            np.testing.assert_array_equal(got[name], want)
+
+
+def test_range_with_a_symbolic_bound_and_a_fractional_step_is_an_error() -> None:
+    m = _range_model()
+    m.graph.initializer[-1].CopyFrom(numpy_helper.from_array(np.asarray(0.5, np.float32), "onef"))
+    with pytest.raises(ModelError, match=r"Range.*delta 0.5 is not an integer"):
+        load_onnx(m)
+
+
+def test_a_symbolic_range_round_trips_through_onnx_export() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from satura.engine.onnx_export import to_model
+
+    m = _range_model()
+    back = to_model(load_onnx(m))
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})
+    got = ort.InferenceSession(back.SerializeToString()).run(None, {"x": x})
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(g, w)

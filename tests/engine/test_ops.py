@@ -284,6 +284,14 @@ CASES: dict[str, Callable[[np.random.Generator], Case]] = {
     "pad": lambda r: ([_f(r, 3, 4)], {"pads": (1, -1, 0, 2)}),
     "shape_of": lambda r: ([_f(r, *_shape(r, 3))], {"start": -2}),
     "constant_of_shape": lambda r: ([], {"shape": _shape(r, 2), "value": 2.0}),
+    "arange": lambda r: (
+        [],
+        {
+            "bounds": tuple(int(b) for b in r.integers(-6, 7, 2)),
+            "delta": int(r.choice([-3, -1, 1, 2])),
+            "dtype": "float32",
+        },
+    ),
     "ew": _ew,
     "where": lambda r: ([r.random(3) < 0.5, _f(r, 2, 3), _f(r, 1)], {}),
     "cast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),
