@@ -1015,9 +1015,7 @@ def _integral(ctx: NodeCtx, v: Any, what: str) -> Any:
         return as_dim(v)
     f = float(v)
     if not f.is_integer():
-        raise ctx.fail(
-            f"{what} {f} is not an integer, which a range of symbolic length needs"
-        )
+        raise ctx.fail(f"{what} {f} is not an integer, which a range of symbolic length needs")
     return int(f)
 
 

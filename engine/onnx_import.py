@@ -540,7 +540,9 @@ KNOWN_FNS: dict[str, Callable[..., np.ndarray | None]] = {
     "slice": _ref_on_objects("slice"),
     "identity": lambda vs, ks, at: ks[0],
     # a float cast keeps integer values exact (torch casts a length to float for arange)
-    "cast": lambda vs, ks, at: ks[0] if at["to"] in ("int64", "int32", "float32", "float64") else None,
+    "cast": lambda vs, ks, at: (
+        ks[0] if at["to"] in ("int64", "int32", "float32", "float64") else None
+    ),
     "add": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a + b), otypes=[object])(*ks),
     "sub": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a - b), otypes=[object])(*ks),
     "mul": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a * b), otypes=[object])(*ks),
