@@ -886,7 +886,22 @@ def _cumsum(ctx: NodeCtx) -> Outs:
 def _trilu(ctx: NodeCtx) -> Outs:
     k = ctx.dims(1, "k") if ctx.has(1) else (0,)
     assert k is not None
-    return [ctx.one("trilu", ctx.x(), upper=int(ctx.attr("upper", 1)), k=int(k[0]))]
+    x, upper = ctx.x(), int(ctx.attr("upper", 1))
+    if isinstance(k[0], int):
+        return [ctx.one("trilu", x, upper=upper, k=k[0])]
+    # A symbolic diagonal (a decoder's past length): keep x where col - row >= k (<= k for the
+    # lower triangle), from ranges that are constants once the sizes are bound.
+    if x.type.rank < 2:
+        raise ctx.fail("the input must have at least 2 dimensions")
+    rows, cols = x.type.shape[-2:]
+    r = ctx.one("arange", bounds=(0, rows), delta=1, dtype="int64")
+    c = ctx.one("arange", bounds=(0, cols), delta=1, dtype="int64")
+    diag = ctx.one("arange", bounds=(k[0], k[0] + 1), delta=1, dtype="int64")
+    off = ctx.one(
+        "sub", ctx.one("reshape", c, shape=(1, cols)), ctx.one("reshape", r, shape=(rows, 1))
+    )
+    keep = ctx.one("greater_equal" if upper else "less_equal", off, diag)
+    return [ctx.one("where", keep, x, ctx.scalar(0, x))]
 
 
 @converter("Gather")

@@ -383,3 +383,27 @@ def test_a_symbolic_range_round_trips_through_onnx_export() -> None:
     got = ort.InferenceSession(back.SerializeToString()).run(None, {"x": x})
     for w, g in zip(want, got, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("upper", [0, 1])
+def test_trilu_with_a_symbolic_diagonal_matches_onnxruntime(upper: int) -> None:
+    # A decoder step's causal mask: the diagonal is the past length T - t, known only at run time.
+    ort = pytest.importorskip("onnxruntime")
+    import satura
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "one"], ["t"], axis=0),
+        helper.make_node("Gather", ["s", "two"], ["tt"], axis=0),
+        helper.make_node("Sub", ["tt", "t"], ["past"]),
+        helper.make_node("Trilu", ["x", "past"], ["y"], upper=upper),
+    ]
+    inits = [
+        numpy_helper.from_array(np.asarray(1, np.int64), "one"),
+        numpy_helper.from_array(np.asarray(2, np.int64), "two"),
+    ]
+    m = _model(nodes, [_f32("x", [2, "t", "T"])], [_f32("y", None)], inits)
+    sess, exe = ort.InferenceSession(m.SerializeToString()), satura.compile(m)
+    for t, total in ((3, 5), (1, 7), (4, 4)):
+        x = np.random.default_rng(t).standard_normal((2, t, total)).astype(np.float32)
+        np.testing.assert_array_equal(exe(x=x)["y"], sess.run(None, {"x": x})[0])
