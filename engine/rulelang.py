@@ -19,6 +19,7 @@ one concrete, directed rewrite.
 from __future__ import annotations
 
 import ast
+import keyword
 import math
 import re
 from collections.abc import Mapping
@@ -381,6 +382,8 @@ class _Parser:
             return Lit(-float(node.operand.value))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             op = rename.get(node.func.id, node.func.id)
+            if op.endswith("_") and keyword.iskeyword(op[:-1]):
+                op = op[:-1]  # an op named by a Python keyword: 'not_' is 'not'
             if op not in OPS:
                 hint = _closest(op, list(OPS))
                 raise self.error(

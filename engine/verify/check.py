@@ -179,6 +179,8 @@ def symbolic_sides(rule: Rule, inst: Instance, dom: Domain) -> tuple[list, list,
             raise Unsupported(f"op '{op}' has no value semantics for {e}") from None
         except (ValueError, IndexError, ZeroDivisionError, np.exceptions.AxisError) as e:
             raise NotEvaluable(f"{op}: {e}") from None
+        except z3.Z3Exception as e:  # an operand of the wrong sort: a float fed to 'not'
+            raise NotEvaluable(f"{op}: {e.value if hasattr(e, 'value') else e}") from None
         return [o if isinstance(o, np.ndarray) else scalar(o) for o in outs]
 
     def lit(t: Lit) -> Any:

@@ -54,6 +54,22 @@ def _reshapes():
     return g
 
 
+def _masked_fill_attention():
+    # torch's masked_fill(~causal, min) over (q·kᵀ)·scale, softmax, ·v: the fill comes first
+    g = Graph("mfa")
+    q, k, v = (g.add_input(n, (1, 2, 8, 4)) for n in "qkv")
+    keep = g.add_const(np.tril(np.ones((8, 8), bool)), "causal")
+    s = g.apply(
+        "mul",
+        g.apply("matmul", q, g.apply("transpose", k, perm=(0, 1, 3, 2))),
+        g.add_const(np.float32(0.5), "scale"),
+    )
+    fill = g.add_const(np.float32(np.finfo(np.float32).min), "fill")
+    p = g.apply("softmax", g.apply("where", g.apply("not", keep), fill, s), axis=-1)
+    g.set_outputs(g.apply("matmul", p, v))
+    return g
+
+
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
@@ -62,6 +78,7 @@ def _reshapes():
         (_unary_chain, {"ew": 1}),  # tanh(exp(-x)) ⇒ one fused kernel
         (_transposes, {"relu": 1}),  # transpose∘transpose ⇒ gone
         (_reshapes, {"exp": 1}),  # reshape∘reshape back ⇒ gone
+        (_masked_fill_attention, {"attention": 1}),  # where(not m, fill, s) ⇒ a keep-mask
     ],
 )
 def test_golden(build, expected):

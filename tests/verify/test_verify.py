@@ -128,6 +128,22 @@ rule softplus-neg [exact]:
     assert "softplus" in v.reason
 
 
+def test_keyword_ops_parse_and_a_mistyped_operand_is_a_verdict() -> None:
+    # 'not_' names the op 'not'; the unguarded m is also tried as a float, which Z3's Not
+    # cannot take: that case does not apply (no crash), the bool ones prove the rule.
+    rules = parse_rules("""
+rule where-not [exact]:
+    where(not_(m), a, b)  =>  where(m, b, a)
+
+rule not-not-wrong [exact]:
+    not_(not_(m))  =>  not_(m)
+    if dtype(m) == "bool"
+""")
+    good, wrong = verify_rules(rules, cache_dir=None)
+    assert good.status == "proved"
+    assert wrong.status == "refuted"
+
+
 def test_cache_hits_and_invalidates(tmp_path: Path) -> None:
     text = "rule neg-neg [exact]:\n    neg(neg(x))  =>  x\n"
     (first,) = verify_rules(parse_rules(text), cache_dir=tmp_path)
