@@ -70,6 +70,17 @@ def _masked_fill_attention():
     return g
 
 
+def _prescaled_attention():
+    # torch's scaled_dot_product_attention as exported: q and kᵀ each times √scale (shape [1])
+    g = Graph("sdpa")
+    q, k, v = (g.add_input(n, (1, 2, 8, 4)) for n in "qkv")
+    root = g.add_const(np.full(1, 0.5**0.5, np.float32), "root")
+    kt = g.apply("mul", g.apply("transpose", k, perm=(0, 1, 3, 2)), root)
+    p = g.apply("softmax", g.apply("matmul", g.apply("mul", q, root), kt), axis=-1)
+    g.set_outputs(g.apply("matmul", p, v))
+    return g
+
+
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
@@ -79,6 +90,7 @@ def _masked_fill_attention():
         (_transposes, {"relu": 1}),  # transpose∘transpose ⇒ gone
         (_reshapes, {"exp": 1}),  # reshape∘reshape back ⇒ gone
         (_masked_fill_attention, {"attention": 1}),  # where(not m, fill, s) ⇒ a keep-mask
+        (_prescaled_attention, {"attention": 1}),  # (q·√s)·(kᵀ·√s) ⇒ scale s
     ],
 )
 def test_golden(build, expected):
