@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from satura.engine.graph import Node
+from satura.engine.graph import Node, Value
 from satura.targets.gemm import fma_tile
 from satura.targets.irmath import Emitter, fconst, vec_type
 from satura.targets.kernel import FuncIR, Operand, body_header, share, wrapper
@@ -813,6 +813,26 @@ def _bstrides(shape: list[int], batch: tuple[int, ...], inner: int) -> tuple[int
     return tuple(out)
 
 
+# A constant mask whose masked scores are at most this (or -inf) leaves exactly 0 after the
+# softmax's exp in fp32 (any real score is far above it): masking them equals skipping them.
+CAUSAL_FILL = -1e9
+
+
+def _is_causal_mask(mask: Value | None, sq: int, sk: int, fill: float | None) -> bool:
+    """A constant mask, the same for every batch and head, that keeps exactly the scores on
+    and below the diagonal ``j <= i + sk - sq`` (bool; or 0 there and <= CAUSAL_FILL above)."""
+    if mask is None or mask.data is None:
+        return False
+    m = np.asarray(mask.data)
+    if m.ndim < 2 or m.shape[-2:] != (sq, sk) or any(d != 1 for d in m.shape[:-2]):
+        return False
+    m = m.reshape(sq, sk)
+    keep = np.tril(np.ones((sq, sk), bool), sk - sq)
+    if m.dtype == np.bool_:
+        return fill is not None and float(fill) <= CAUSAL_FILL and bool(np.array_equal(m, keep))
+    return bool(np.all(m[keep] == 0) and np.all(m[~keep] <= CAUSAL_FILL))
+
+
 def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
@@ -838,6 +858,8 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     for sh in (qs, ks, vs):
         if any(a not in (1, b) for a, b in zip(sh[:-3], batch, strict=True)):
             return False
+    if not causal and _is_causal_mask(mask, sq, sk, node.attrs.get("mask_fill")):
+        causal, mask = True, None  # the kernel skips the keys past the diagonal instead
     m_str = None
     fill = None
     if mask is not None and mask.type.dtype == "bool":

@@ -154,3 +154,53 @@ def test_bool_mask(fill, const_mask, ms):
             np.testing.assert_allclose(
                 got[name], w, rtol=1e-4, atol=1e-5, err_msg=f"{name} threads={t}"
             )
+
+
+def _causal_masks(s: int, t: int) -> dict[str, tuple[np.ndarray, float | None]]:
+    keep = np.tril(np.ones((s, t), bool), t - s)
+    lowest = float(np.finfo(np.float32).min)
+    return {
+        "bool": (keep[None, None], lowest),
+        "additive -inf": (np.where(keep, 0, -np.inf).astype(np.float32), None),
+        "additive lowest": (np.where(keep, 0, lowest).astype(np.float32), None),
+    }
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive lowest"])
+@pytest.mark.parametrize(("s", "t"), [(20, 20), (7, 300), (300, 300)])
+def test_a_constant_causal_mask_runs_as_causal(kind, s, t):
+    """A constant mask that keeps exactly j <= i + T - S (torch's tril buffer, HF's additive
+    causal mask) becomes the kernel's causal flag: the keys past the diagonal are skipped."""
+    from satura.engine.graph import Value
+    from satura.targets.attention import _is_causal_mask
+
+    keep, fill = _causal_masks(s, t)[kind]
+    mv = Value("m", None, data=keep)  # type: ignore[arg-type]
+    assert _is_causal_mask(mv, s, t, fill)
+    rng = np.random.default_rng(s + t)
+    g = Graph("attn_causal_const")
+    q, k, v = (g.add_input(n, (1, 2, s if n == "q" else t, 16)) for n in "qkv")
+    attrs = {} if fill is None else {"mask_fill": fill}
+    g.set_outputs(g.apply("attention", q, k, v, g.add_const(keep, "m"), scale=0.25, **attrs))
+    feeds = {
+        n: rng.standard_normal((1, 2, s if n == "q" else t, 16)).astype(np.float32) for n in "qkv"
+    }
+    check(g, feeds)
+
+
+def test_masks_that_are_not_causal_keep_the_mask():
+    from satura.engine.graph import Value
+    from satura.targets.attention import _is_causal_mask
+
+    keep = np.tril(np.ones((6, 6), bool))
+    lowest = float(np.finfo(np.float32).min)
+
+    def causal(m, fill=None, s=6, t=6):
+        return _is_causal_mask(Value("m", None, data=m), s, t, fill)  # type: ignore[arg-type]
+
+    assert causal(keep, lowest)
+    assert not causal(keep, -1e4)  # a fill whose exp is not 0 next to large scores
+    assert not causal(np.tril(np.ones((6, 6), bool), 1), lowest)  # another diagonal
+    assert not causal(np.stack([keep, ~keep])[None], lowest)  # differs per head
+    assert not causal(np.where(keep, 0.5, -np.inf).astype(np.float32))  # a bias on kept scores
+    assert not causal(keep[:1], lowest, s=1)  # a broadcast row is a padding mask
