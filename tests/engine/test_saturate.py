@@ -81,6 +81,16 @@ def _prescaled_attention():
     return g
 
 
+def _t5_attention():
+    # T5: no scale, an additive position bias per head
+    g = Graph("t5")
+    q, k, v = (g.add_input(n, (1, 2, 8, 4)) for n in "qkv")
+    bias = g.add_const(np.random.default_rng(0).standard_normal((1, 2, 8, 8)), "bias", "float32")
+    s = g.apply("add", g.apply("matmul", q, g.apply("transpose", k, perm=(0, 1, 3, 2))), bias)
+    g.set_outputs(g.apply("matmul", g.apply("softmax", s, axis=-1), v))
+    return g
+
+
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
@@ -91,6 +101,7 @@ def _prescaled_attention():
         (_reshapes, {"exp": 1}),  # reshape∘reshape back ⇒ gone
         (_masked_fill_attention, {"attention": 1}),  # where(not m, fill, s) ⇒ a keep-mask
         (_prescaled_attention, {"attention": 1}),  # (q·√s)·(kᵀ·√s) ⇒ scale s
+        (_t5_attention, {"attention": 1}),  # softmax(q·kᵀ + bias)·v, no scale
     ],
 )
 def test_golden(build, expected):
