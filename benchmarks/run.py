@@ -225,26 +225,38 @@ def w_mlp(rng: np.random.Generator, rows: int = 256) -> Workload:
     )
 
 
-def w_attention(rng: np.random.Generator, seq: int, heads: int = 8) -> Workload:
+def w_attention(
+    rng: np.random.Generator, seq: int, heads: int = 8, causal: bool = False
+) -> Workload:
+    """softmax(q·kᵀ·scale)·v over [1, heads, seq, 64]; ``causal``: a constant tril mask applied
+    by where (the form torch exports), which satura runs as the kernel's causal flag."""
     q, k, v = (rng.standard_normal((1, heads, seq, 64)).astype(np.float32) for _ in range(3))
+    keep = np.tril(np.ones((seq, seq), bool))
     g = Graph("attn")
     qv, kv, vv = (g.add_input(n, q.shape) for n in "qkv")
-    g.set_outputs(g.apply("attention", qv, kv, vv, scale=0.125))
-    model = _onnx(
-        [
-            helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-            helper.make_node("MatMul", ["q", "kt"], ["s0"]),
-            helper.make_node("Mul", ["s0", "scale"], ["s1"]),
-            helper.make_node("Softmax", ["s1"], ["p"], axis=-1),
-            helper.make_node("MatMul", ["p", "v"], ["y"]),
-        ],
-        {"q": q, "k": k, "v": v},
-        "y",
-        {"scale": np.array(0.125, np.float32)},
-    )
+    masks = (g.add_const(keep, "keep"),) if causal else ()
+    fill = {"mask_fill": float("-inf")} if causal else {}
+    g.set_outputs(g.apply("attention", qv, kv, vv, *masks, scale=0.125, **fill))
+    scores = "s1"
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "kt"], ["s0"]),
+        helper.make_node("Mul", ["s0", "scale"], ["s1"]),
+    ]
+    inits = {"scale": np.array(0.125, np.float32)}
+    if causal:
+        nodes.append(helper.make_node("Where", ["keep", "s1", "ninf"], ["s2"]))
+        inits |= {"keep": keep, "ninf": np.array(-np.inf, np.float32)}
+        scores = "s2"
+    nodes += [
+        helper.make_node("Softmax", [scores], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"]),
+    ]
+    model = _onnx(nodes, {"q": q, "k": k, "v": v}, "y", inits)
+    additive = np.where(keep, 0.0, -np.inf).astype(np.float32) if causal else np.float32(0.0)
 
     def nf() -> Any:
-        s = (q @ np.swapaxes(k, -1, -2)) * np.float32(0.125)
+        s = (q @ np.swapaxes(k, -1, -2)) * np.float32(0.125) + additive
         e = np.exp(s - s.max(-1, keepdims=True))
         return (e / e.sum(-1, keepdims=True)) @ v
 
@@ -254,17 +266,19 @@ def w_attention(rng: np.random.Generator, seq: int, heads: int = 8) -> Workload:
         tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
 
         def tf() -> Any:
-            return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=0.125)
+            return torch.nn.functional.scaled_dot_product_attention(
+                tq, tk, tv, scale=0.125, is_causal=causal
+            )
 
     return Workload(
-        f"attention s={seq} h={heads} d=64",
+        f"{'causal ' if causal else ''}attention s={seq} h={heads} d=64",
         g,
         {"q": q, "k": k, "v": v},
         model,
         nf,
         tf,
         flops=4.0 * heads * seq * seq * 64,
-        key=f"attention{seq}",
+        key=f"attention{seq}{'c' if causal else ''}",
     )
 
 
@@ -751,6 +765,8 @@ def kernel_makers(quick: bool) -> list[tuple[str, Callable[[], Workload]]]:
         (f"attention{s}", lambda s=s: w_attention(rng, s))
         for s in ((128,) if quick else (128, 256, 512))
     ]
+    if not quick:
+        makers.append(("attention512c", lambda: w_attention(rng, 512, causal=True)))
     makers += [("conv", lambda: w_conv(rng)), ("gemm", lambda: w_gemm(rng))]
     return makers
 
