@@ -450,6 +450,7 @@ SEMANTICS["where"] = OpSemantics(_where)
 SEMANTICS["and"] = OpSemantics(lambda dom, ins, at: [ew(z3.And, *ins)])
 SEMANTICS["or"] = OpSemantics(lambda dom, ins, at: [ew(z3.Or, *ins)])
 SEMANTICS["not"] = OpSemantics(lambda dom, ins, at: [ew(z3.Not, ins[0])])
+SEMANTICS["isnan"] = OpSemantics(lambda dom, ins, at: [ew(dom.isnan, ins[0])])  # never, over R
 
 
 def _clip(dom: Domain, ins: list[Any], at: dict[str, Any]) -> list[Tensor]:

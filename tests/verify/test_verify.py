@@ -144,6 +144,19 @@ rule not-not-wrong [exact]:
     assert wrong.status == "refuted"
 
 
+def test_isnan_has_value_semantics() -> None:
+    rules = parse_rules("""
+rule isnan-neg [exact]:
+    isnan(neg(x))  =>  isnan(x)
+
+rule isnan-is-never-true-wrong [exact]:
+    where(isnan(x), y, x)  =>  x
+""")
+    good, wrong = verify_rules(rules, cache_dir=None)
+    assert good.status == "proved"
+    assert wrong.status == "refuted"  # a NaN x gives y: fp32 bits find it
+
+
 def test_cache_hits_and_invalidates(tmp_path: Path) -> None:
     text = "rule neg-neg [exact]:\n    neg(neg(x))  =>  x\n"
     (first,) = verify_rules(parse_rules(text), cache_dir=tmp_path)
