@@ -173,3 +173,35 @@ def test_limits_stop_reason():
     _, rep = saturate(g, [("t", rules)], Limits(iterations=3, nodes=10_000, seconds=60))
     assert rep.stop_reason == "iterations"
     assert rep.iterations == 3
+
+
+def test_sdpa_with_a_bool_mask_fuses_and_zeroes_fully_masked_rows():
+    # torch's SDPA export with attn_mask: (q·√s)(kᵀ·√s) + where(mask, 0, -inf), softmax, the
+    # NaN of a row masked whole set to 0, ·v. Batch 1's keys are all masked.
+    g = Graph("sdpa_mask")
+    q, k, v = (g.add_input(n, (2, 2, 8, 4)) for n in "qkv")
+    keep = np.ones((2, 1, 1, 8), bool)
+    keep[1] = False
+    keep[0, ..., 5:] = False
+    add_mask = g.apply(
+        "where",
+        g.add_const(keep, "keep"),
+        g.add_const(np.float32(0.0), "zero"),
+        g.add_const(np.float32(-np.inf), "ninf"),
+    )
+    root = g.add_const(np.full(1, 0.5**0.5, np.float32), "root")
+    kt = g.apply("mul", g.apply("transpose", k, perm=(0, 1, 3, 2)), root)
+    s = g.apply("add", g.apply("matmul", g.apply("mul", q, root), kt), add_mask)
+    p = g.apply("softmax", s, axis=-1)
+    p = g.apply("where", g.apply("isnan", p), g.add_const(np.float32(0.0), "z"), p)
+    g.set_outputs(g.apply("matmul", p, v))
+    r = satura.optimize(g)
+    assert r.graph.op_counts().get("attention") == 1
+    assert "softmax" not in r.graph.op_counts()
+    rng = np.random.default_rng(2)
+    feeds = {n: rng.standard_normal((2, 2, 8, 4)).astype(np.float32) for n in "qkv"}
+    want = run_graph(g, feeds)
+    got = satura.compile(r.graph)(**feeds)
+    for name, w in want.items():
+        assert not np.isnan(w).any() and np.all(w[1] == 0)
+        np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-6)
