@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from satura.engine.graph import Node, Value
+from satura.engine.ops import OPS
 from satura.targets.gemm import fma_tile
 from satura.targets.irmath import Emitter, fconst, vec_type
 from satura.targets.kernel import FuncIR, Operand, body_header, share, wrapper
@@ -818,9 +819,10 @@ def _bstrides(shape: list[int], batch: tuple[int, ...], inner: int) -> tuple[int
 CAUSAL_FILL = -1e9
 
 
-def _is_causal_mask(mask: Value | None, sq: int, sk: int, fill: float | None) -> bool:
+def _is_causal_mask(mask: Value | None, sq: int, sk: int, fill: float) -> bool:
     """A constant mask, the same for every batch and head, that keeps exactly the scores on
-    and below the diagonal ``j <= i + sk - sq`` (bool; or 0 there and <= CAUSAL_FILL above)."""
+    and below the diagonal ``j <= i + sk - sq`` (bool with a ``fill`` <= CAUSAL_FILL; or 0
+    there and <= CAUSAL_FILL above)."""
     if mask is None or mask.data is None:
         return False
     m = np.asarray(mask.data)
@@ -829,7 +831,7 @@ def _is_causal_mask(mask: Value | None, sq: int, sk: int, fill: float | None) ->
     m = m.reshape(sq, sk)
     keep = np.tril(np.ones((sq, sk), bool), sk - sq)
     if m.dtype == np.bool_:
-        return fill is not None and float(fill) <= CAUSAL_FILL and bool(np.array_equal(m, keep))
+        return fill <= CAUSAL_FILL and bool(np.array_equal(m, keep))
     return bool(np.all(m[keep] == 0) and np.all(m[~keep] <= CAUSAL_FILL))
 
 
@@ -840,8 +842,8 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     assert q is not None
     assert k is not None
     assert v is not None
-    scale = float(node.attrs["scale"])
-    causal = bool(node.attrs.get("causal", 0))
+    at = OPS["attention"].with_defaults(node.attrs)
+    scale, causal, mask_fill = float(at["scale"]), bool(at["causal"]), float(at["mask_fill"])
     qs, ks, vs = ([int(d) for d in t.type.shape] for t in (q, k, v))
     os_ = [int(d) for d in out.type.shape]
     r = len(qs)
@@ -858,13 +860,13 @@ def lower_attention(lw: Lowerer, node: Node, name: str) -> bool:
     for sh in (qs, ks, vs):
         if any(a not in (1, b) for a, b in zip(sh[:-3], batch, strict=True)):
             return False
-    if not causal and _is_causal_mask(mask, sq, sk, node.attrs.get("mask_fill")):
+    if not causal and _is_causal_mask(mask, sq, sk, mask_fill):
         causal, mask = True, None  # the kernel skips the keys past the diagonal instead
     m_str = None
     fill = None
     if mask is not None and mask.type.dtype == "bool":
         # A bool mask keeps True scores and sets the rest to mask_fill: the kernel reads its bytes.
-        fill = float(node.attrs.get("mask_fill", float("-inf")))
+        fill = mask_fill
     if mask is not None:
         ms = [int(x) for x in mask.type.shape]
         full = [*batch, hq, sq, sk]

@@ -161,27 +161,29 @@ def _causal_masks(s: int, t: int) -> dict[str, tuple[np.ndarray, float | None]]:
     lowest = float(np.finfo(np.float32).min)
     return {
         "bool": (keep[None, None], lowest),
+        "bool, default fill": (keep, None),  # the op's mask_fill default (-inf)
         "additive -inf": (np.where(keep, 0, -np.inf).astype(np.float32), None),
         "additive lowest": (np.where(keep, 0, lowest).astype(np.float32), None),
     }
 
 
-@pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive lowest"])
+@pytest.mark.parametrize("kind", ["bool", "bool, default fill", "additive -inf", "additive lowest"])
 @pytest.mark.parametrize(("s", "t"), [(20, 20), (7, 300), (300, 300)])
 def test_a_constant_causal_mask_runs_as_causal(kind, s, t):
     """A constant mask that keeps exactly j <= i + T - S (torch's tril buffer, HF's additive
     causal mask) becomes the kernel's causal flag: the keys past the diagonal are skipped."""
     from satura.engine.graph import Value
+    from satura.engine.ops import OPS
     from satura.targets.attention import _is_causal_mask
 
     keep, fill = _causal_masks(s, t)[kind]
     mv = Value("m", None, data=keep)  # type: ignore[arg-type]
-    assert _is_causal_mask(mv, s, t, fill)
+    attrs = {"scale": 0.25} | ({} if fill is None else {"mask_fill": fill})
+    assert _is_causal_mask(mv, s, t, OPS["attention"].with_defaults(attrs)["mask_fill"])
     rng = np.random.default_rng(s + t)
     g = Graph("attn_causal_const")
     q, k, v = (g.add_input(n, (1, 2, s if n == "q" else t, 16)) for n in "qkv")
-    attrs = {} if fill is None else {"mask_fill": fill}
-    g.set_outputs(g.apply("attention", q, k, v, g.add_const(keep, "m"), scale=0.25, **attrs))
+    g.set_outputs(g.apply("attention", q, k, v, g.add_const(keep, "m"), **attrs))
     feeds = {
         n: rng.standard_normal((1, 2, s if n == "q" else t, 16)).astype(np.float32) for n in "qkv"
     }
@@ -195,7 +197,7 @@ def test_masks_that_are_not_causal_keep_the_mask():
     keep = np.tril(np.ones((6, 6), bool))
     lowest = float(np.finfo(np.float32).min)
 
-    def causal(m, fill=None, s=6, t=6):
+    def causal(m, fill=-np.inf, s=6, t=6):
         return _is_causal_mask(Value("m", None, data=m), s, t, fill)  # type: ignore[arg-type]
 
     assert causal(keep, lowest)
