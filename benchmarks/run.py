@@ -282,6 +282,118 @@ def w_attention(
     )
 
 
+def w_decode(
+    rng: np.random.Generator, hidden: int = 768, heads: int = 12, past: int = 255
+) -> Workload:
+    """One decoder step with a KV cache, GPT-2 small's widths: a token ``x[1, 1, H]`` and the cache
+    ``past_k``/``past_v[1, heads, past, 64]`` in; the block's output and the grown cache out.
+    Its 28 MB of weights are read once per step: a matrix-vector product bound by bandwidth."""
+    h, d = hidden, hidden // heads
+    x = rng.standard_normal((1, 1, h)).astype(np.float32)
+    pk, pv = (rng.standard_normal((1, heads, past, d)).astype(np.float32) for _ in range(2))
+    wt = {
+        n: (rng.standard_normal(shape) * 0.03).astype(np.float32)
+        for n, shape in (
+            ("wqkv", (h, 3 * h)),
+            ("wo", (h, h)),
+            ("w1", (h, 4 * h)),
+            ("w2", (4 * h, h)),
+        )
+    }
+    bs = {f"b{n[1:]}": rng.standard_normal(wt[n].shape[1]).astype(np.float32) * 0.1 for n in wt}
+    ln = {n: np.ones(h, np.float32) for n in ("g1", "g2")} | {
+        n: np.zeros(h, np.float32) for n in ("be1", "be2")
+    }
+    gelu, gc = _onnx_gelu("f1", "f", "g")
+    heads_shape, merge = np.array([1, 1, heads, d]), np.array([1, 1, h])
+    mk = helper.make_node
+    nodes = [
+        mk("LayerNormalization", ["x", "g1", "be1"], ["h1"], axis=-1, epsilon=1e-5),
+        mk("MatMul", ["h1", "wqkv"], ["qkv0"]),
+        mk("Add", ["qkv0", "bqkv"], ["qkv"]),
+        mk("Split", ["qkv", "split3"], ["q0", "k0", "v0"], axis=2),
+        *(mk("Reshape", [f"{t}0", "heads_shape"], [f"{t}1"]) for t in "qkv"),
+        *(mk("Transpose", [f"{t}1"], [f"{t}2"], perm=[0, 2, 1, 3]) for t in "qkv"),
+        mk("Concat", ["past_k", "k2"], ["present_k"], axis=2),
+        mk("Concat", ["past_v", "v2"], ["present_v"], axis=2),
+        mk("Transpose", ["present_k"], ["kt"], perm=[0, 1, 3, 2]),
+        mk("MatMul", ["q2", "kt"], ["s0"]),
+        mk("Mul", ["s0", "scale"], ["s1"]),
+        mk("Softmax", ["s1"], ["p"], axis=-1),
+        mk("MatMul", ["p", "present_v"], ["a0"]),
+        mk("Transpose", ["a0"], ["a1"], perm=[0, 2, 1, 3]),
+        mk("Reshape", ["a1", "merge"], ["a2"]),
+        mk("MatMul", ["a2", "wo"], ["o0"]),
+        mk("Add", ["o0", "bo"], ["o1"]),
+        mk("Add", ["x", "o1"], ["x1"]),
+        mk("LayerNormalization", ["x1", "g2", "be2"], ["h2"], axis=-1, epsilon=1e-5),
+        mk("MatMul", ["h2", "w1"], ["f0"]),
+        mk("Add", ["f0", "b1"], ["f1"]),
+        *gelu,
+        mk("MatMul", ["f", "w2"], ["m0"]),
+        mk("Add", ["m0", "b2"], ["m1"]),
+        mk("Add", ["x1", "m1"], ["y"]),
+    ]
+    inits = {
+        **wt,
+        **bs,
+        **ln,
+        **gc,
+        "split3": np.array([h] * 3),
+        "heads_shape": heads_shape,
+        "merge": merge,
+        "scale": np.array(1.0 / math.sqrt(d), np.float32),
+    }
+    feeds = {"x": x, "past_k": pk, "past_v": pv}
+    proto = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "decode",
+            [
+                helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
+                for k, v in feeds.items()
+            ],
+            [
+                helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                for o in ("y", "present_k", "present_v")
+            ],
+            [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=9,
+    )
+    import satura
+
+    graph = satura.optimize(satura.load(proto)).graph
+    torch = _torch()
+    tf = None
+    if torch is not None:
+        fn = torch.nn.functional
+        t = {k: torch.from_numpy(v) for k, v in {**inits, **feeds}.items()}
+
+        def tf() -> Any:
+            with torch.no_grad():
+                x0 = t["x"]
+                qkv = fn.layer_norm(x0, (h,), t["g1"], t["be1"], 1e-5) @ t["wqkv"] + t["bqkv"]
+                q, k, v = (z.view(1, 1, heads, d).transpose(1, 2) for z in qkv.split(h, -1))
+                k, v = torch.cat([t["past_k"], k], 2), torch.cat([t["past_v"], v], 2)
+                a = fn.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 1, h)
+                x1 = x0 + a @ t["wo"] + t["bo"]
+                f = fn.gelu(fn.layer_norm(x1, (h,), t["g2"], t["be2"], 1e-5) @ t["w1"] + t["b1"])
+                return x1 + f @ t["w2"] + t["b2"], k, v
+
+    return Workload(
+        f"decode step H={hidden} past={past}",
+        graph,
+        feeds,
+        proto.SerializeToString(),
+        None,
+        tf,
+        flops=2.0 * 12 * h * h + 4.0 * heads * (past + 1) * d,
+        key="decode",
+    )
+
+
 def w_conv(rng: np.random.Generator) -> Workload:
     x = rng.standard_normal((1, 64, 56, 56)).astype(np.float32)
     w = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
@@ -767,7 +879,11 @@ def kernel_makers(quick: bool) -> list[tuple[str, Callable[[], Workload]]]:
     ]
     if not quick:
         makers.append(("attention512c", lambda: w_attention(rng, 512, causal=True)))
-    makers += [("conv", lambda: w_conv(rng)), ("gemm", lambda: w_gemm(rng))]
+    makers += [
+        ("decode", lambda: w_decode(rng)),
+        ("conv", lambda: w_conv(rng)),
+        ("gemm", lambda: w_gemm(rng)),
+    ]
     return makers
 
 
