@@ -91,6 +91,14 @@ def bind_attr(value: Any, env: Mapping[sympy.Symbol, int]) -> Any:
     return value
 
 
+def bind_data_dims(t: TensorType, shape: tuple[int, ...], env: dict[sympy.Symbol, int]) -> None:
+    """Bind the sizes an op's values decide (a nonzero count: a bare symbol no input binds) to
+    the computed array's."""
+    for d, n in zip(t.shape, shape, strict=False):
+        if isinstance(d, sympy.Symbol) and d not in env:
+            env[d] = int(n)
+
+
 def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run ``graph`` on ``inputs`` (name -> array) with the numpy references.
 
@@ -108,7 +116,11 @@ def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nd
 
     for node in graph.nodes:
         info = get_op(node.op)
-        attrs = info.with_defaults({k: bind_attr(a, env) for k, a in node.attrs.items()})
+        # a data-dependent op's size attributes are what its run decides (bound after it)
+        dd = "data_dependent" in info.traits
+        attrs = info.with_defaults(
+            {k: a if dd else bind_attr(a, env) for k, a in node.attrs.items()}
+        )
         ins = [get(v) for v in node.inputs]
         try:
             with np.errstate(all="ignore"):
@@ -117,6 +129,7 @@ def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nd
             raise ShapeError(f"node '{node.name}' ({node.op}): {e}") from None
         for o, arr in zip(node.outputs, outs, strict=True):
             vals[id(o)] = _as_type(np.asarray(arr), o.type)
+            bind_data_dims(o.type, vals[id(o)].shape, env)
     return {v.name: np.asarray(get(v)) for v in graph.outputs}
 
 

@@ -576,21 +576,23 @@ def _group_norm(ctx: NodeCtx) -> Outs:
 
 @converter("Compress")
 def _compress(ctx: NodeCtx) -> Outs:
-    """The slices where ``condition`` is true: a gather of their constant indices, so the
-    condition must be known at import (a run-time one gives a run-time output shape)."""
+    """The slices where ``condition`` is true: a gather of their indices, constant when the
+    condition is known at import, else the run-time ``nonzero`` of it (a data-dependent size)."""
     x = ctx.x(0)
     cond = ctx.known(1)
-    if cond is None:
-        raise ctx.fail(
-            "the condition must be known at import: a run-time one gives an output shape "
-            "known only at run time, which satura does not compile"
-        )
-    keep = np.nonzero(np.asarray(cond).astype(bool).ravel())[0].astype(np.int64)
     axis = ctx.attr("axis")
     if axis is None:
         x = ctx.one("reshape", x, shape=(dims_product(x.type.shape),))
         axis = 0
     axis = normalize_axis(int(axis), x.type.rank)
+    if cond is None:
+        c = ctx.x(1)
+        if c.type.rank != 1:
+            raise ctx.fail(f"the condition must be 1-D, got {c.type}")
+        nz = _nonzero_of(ctx, c)
+        count = nz.type.shape[1]
+        return [ctx.one("gather", x, ctx.one("reshape", nz, shape=(count,)), axis=axis)]
+    keep = np.nonzero(np.asarray(cond).astype(bool).ravel())[0].astype(np.int64)
     length = x.type.shape[axis]
     if isinstance(length, int) and keep.size and keep[-1] >= length:
         raise ctx.fail(f"the condition selects index {keep[-1]} of an axis of {length}")
@@ -598,19 +600,21 @@ def _compress(ctx: NodeCtx) -> Outs:
     return [ctx.one("gather", x, index, axis=axis)]
 
 
+def _nonzero_of(ctx: NodeCtx, x: Value) -> Value:
+    """``nonzero(x)``, [rank, count], with a fresh data-dependent count."""
+    return ctx.one("nonzero", x, count=(ctx.imp.data_symbol(f"{ctx.name}_count"),))
+
+
 @converter("NonZero")
 def _non_zero(ctx: NodeCtx) -> Outs:
-    """The indices of the nonzero entries, [rank, count]: a constant, so the input must be
-    known at import (a run-time one gives a run-time output shape)."""
+    """The indices of the nonzero entries, [rank, count]: a constant when the input is known at
+    import, else the run-time ``nonzero`` op, whose count is a data-dependent size."""
     k = ctx.known(0)
     if k is None:
         v = ctx.inp(0)
         k = None if v is None or v.data is None else v.data
     if k is None:
-        raise ctx.fail(
-            "the input must be known at import: a run-time one gives an output shape known "
-            "only at run time, which satura does not compile"
-        )
+        return [_nonzero_of(ctx, ctx.x(0))]
     k = np.asarray(k)
     if k.dtype == object:
         try:

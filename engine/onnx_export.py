@@ -251,6 +251,7 @@ for _info in OPS.values():
 WRITERS["where"] = _same("Where")
 WRITERS["matmul"] = _same("MatMul")
 WRITERS["global_avg_pool"] = _same("GlobalAveragePool")
+WRITERS["nonzero"] = _same("NonZero")
 
 
 def _act(ctx: ExportCtx, act: str, x: str, out: str) -> None:

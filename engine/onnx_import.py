@@ -12,6 +12,7 @@ ops' numpy references.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,15 @@ class Importer:
     def symbol(self, name: str) -> sympy.Symbol:
         if name not in self.symbols:
             self.symbols[name] = sympy.Symbol(name, positive=True, integer=True)
+        return self.symbols[name]
+
+    def data_symbol(self, hint: str) -> sympy.Symbol:
+        """A fresh size known only from the values at run time (NonZero's count), possibly 0."""
+        base = re.sub(r"\W", "_", hint).strip("_") or "n"
+        name, i = base, 1
+        while name in self.symbols:
+            name, i = f"{base}_{i}", i + 1
+        self.symbols[name] = sympy.Symbol(name, nonnegative=True, integer=True)
         return self.symbols[name]
 
     # -- tensors ---------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from satura.targets.lower import (
 from satura.targets.memory import ALIGN, MemoryPlan, plan_memory
 from satura.targets.precision import compute_half_in_float
 from satura.targets.specialize import SpecializingModel, static_variant
+from satura.targets.staged import StagedModel, has_data_dependent, is_data_dependent
 
 import satura
 
@@ -498,12 +499,13 @@ class CompiledModel:
 
 def compile_graph(
     graph: Graph, target: str = "cpu", threads: int | None = None, cache_dir: str | None = None
-) -> CompiledModel | SpecializingModel:
+) -> CompiledModel | SpecializingModel | StagedModel:
     """Compile ``graph`` for the host CPU.
 
     Static input shapes give a :class:`CompiledModel` at once. Symbolic input dimensions give a
     :class:`SpecializingModel` that compiles (and caches) one static variant per set of input
-    shapes on the first call with them.
+    shapes on the first call with them. Ops whose output size their values decide (NonZero) give
+    a :class:`~satura.targets.staged.StagedModel`: compiled stages cut at those ops.
 
     ``threads``: cores used by large kernels (default: all this process may use). ``cache_dir``:
     where object code is cached on disk, keyed by a hash of the module's LLVM IR, the host CPU
@@ -521,6 +523,8 @@ def compile_graph(
             f"unknown target '{target}' (this backend compiles for: cpu; it emits "
             "code for the cross target aarch64 through emit_cross)"
         )
+    if has_data_dependent(graph):
+        return StagedModel(graph, lambda g: compile_graph(g, target, threads, cache_dir))
     graph = compute_half_in_float(graph)
     if any(not v.type.is_static for v in graph.inputs):
         return SpecializingModel(graph, lambda g: CompiledModel(g, threads, cache_dir))
@@ -601,6 +605,13 @@ def emit_cross(
     t = codegen.resolve_target(target)
     if threads < 1:
         raise CodegenError(f"threads={threads}: must be at least 1")
+    dd = next((n for n in graph.nodes if is_data_dependent(n)), None)
+    if dd is not None:
+        raise CodegenError(
+            f"node '{dd.name}' ({dd.op}) gives an output whose size its input's values decide: "
+            "an object file holds one static program; satura.compile runs such a model in "
+            "stages (targets/staged.py)"
+        )
     graph = compute_half_in_float(bind_dims(graph, dims or {}))
     build = build_module(graph, t, threads)
     x86 = _x86_user(build.ir) if t.arch != "x86_64" else None

@@ -507,6 +507,28 @@ register(
 )
 
 
+def _nonzero_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    return [(len(_x(ins)), at["count"][0])]
+
+
+register(
+    OpInfo(
+        name="nonzero",
+        work=move_work,
+        shape=_nonzero_shape,
+        reference=lambda ins, at: [
+            np.array(np.nonzero(ins[0]), dtype=np.int64).reshape(np.ndim(ins[0]), -1)
+        ],
+        attrs={"count": AttrSpec("dims")},
+        dtype=lambda ins, at: ["int64"],
+        onnx=("NonZero",),
+        traits=frozenset({"data_dependent"}),
+        doc="the indices of the nonzero entries, [rank, count]: count = (symbol,) is known only "
+        "once the input's values are (a data-dependent size; see targets/staged.py)",
+    )
+)
+
+
 def _same_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     return [tuple(_x(ins))]
 
@@ -593,8 +615,8 @@ def _gather_nd_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray
     lead = x.shape[:b]
     axes = list(range(b, b + depth))
     idx = wrap_indices("gather_nd", idx, [x.shape[a] for a in axes], axes)
-    xb = x.reshape(-1, *x.shape[b:])
-    ib = idx.reshape(xb.shape[0] if b else 1, -1, depth)
+    xb = x.reshape(int(np.prod(lead)), *x.shape[b:])
+    ib = idx.reshape(xb.shape[0], int(np.prod(idx.shape[b:-1])), depth)
     out = [xb[i][tuple(ib[i].T)] for i in range(ib.shape[0])]
     res = np.stack(out)
     return [res.reshape(*lead, *idx.shape[b:-1], *x.shape[b + depth :])]

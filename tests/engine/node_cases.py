@@ -200,6 +200,8 @@ FAMILY_OPS = frozenset(
         "CausalConvWithState",
         "LinearAttention",
         "ReverseSequence",
+        "NonZero",
+        "Compress",
         "DeformConv",
         "MelWeightMatrix",
         "RoiAlign",

@@ -255,6 +255,12 @@ def _rnn(rng: np.random.Generator) -> Case:
     )
 
 
+def _nonzero(r: np.random.Generator) -> tuple[list[Any], dict[str, Any]]:
+    """A 0/1 tensor; the op's count attribute is the count the run will find."""
+    x = (r.random(_shape(r, int(r.integers(1, 4)), 0, 4)) < 0.4).astype(np.float32)
+    return [x], {"count": (int(np.count_nonzero(x)),)}
+
+
 CASES: dict[str, Callable[[np.random.Generator], Case]] = {
     "matmul": _matmul,
     "gemm": _gemm,
@@ -292,6 +298,7 @@ CASES: dict[str, Callable[[np.random.Generator], Case]] = {
             "dtype": "float32",
         },
     ),
+    "nonzero": _nonzero,
     "ew": _ew,
     "where": lambda r: ([r.random(3) < 0.5, _f(r, 2, 3), _f(r, 1)], {}),
     "cast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),
