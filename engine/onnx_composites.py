@@ -625,6 +625,20 @@ def _non_zero(ctx: NodeCtx) -> Outs:
     return [ctx.imp.add_const(idx, f"{ctx.name}_nz")]
 
 
+@converter("Unique")
+def _unique(ctx: NodeCtx) -> Outs:
+    """The distinct values or slices: the ``unique`` op, whose count is a data-dependent size
+    (folded to constants when the input is known at import)."""
+    axis = ctx.attr("axis")
+    return ctx.emit(
+        "unique",
+        [ctx.x(0)],
+        count=(ctx.imp.data_symbol(f"{ctx.name}_count"),),
+        axis=None if axis is None else int(axis),
+        sorted=int(ctx.attr("sorted", 1)),
+    )
+
+
 @converter("ReverseSequence")
 def _reverse_sequence(ctx: NodeCtx) -> Outs:
     """Each batch row's first ``sequence_lens[b]`` steps reversed along the time axis: a

@@ -291,6 +291,13 @@ def _cast(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Cast", ctx.ins(node), ctx.outs(node), to=to)
 
 
+@writer("unique")
+def _unique(ctx: ExportCtx, node: Node) -> None:
+    axis = node.attrs.get("axis")
+    at = {} if axis is None else {"axis": int(axis)}
+    ctx.add("Unique", ctx.ins(node), ctx.outs(node), sorted=int(node.attrs.get("sorted", 1)), **at)
+
+
 @writer("clip")
 def _clip(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Clip", ctx.ins(node), ctx.outs(node))

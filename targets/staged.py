@@ -112,7 +112,8 @@ class StagedModel:
             ins = [None if v is None else v.data if v.is_const else vals[v.name] for v in n.inputs]
             outs = info.reference(ins, info.with_defaults(n.attrs))
             vals |= {
-                o.name: np.asarray(a, o.type.dtype) for o, a in zip(n.outputs, outs, strict=True)
+                o.name: np.ascontiguousarray(a, o.type.dtype)
+                for o, a in zip(n.outputs, outs, strict=True)
             }
         if self.tail is not None:
             vals |= self.tail({k: vals[k] for k in self.tail_inputs})

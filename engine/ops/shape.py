@@ -529,6 +529,57 @@ register(
 )
 
 
+def _unique_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    x, n, axis = _x(ins), at["count"][0], at["axis"]
+    if axis is None:
+        return [(n,), (n,), (d.prod(x),), (n,)]
+    ax = normalize_axis(axis, len(x))
+    return [(*x[:ax], n, *x[ax + 1 :]), (n,), (x[ax],), (n,)]
+
+
+def _unique_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    """np.unique's values, first indices, inverse and counts; ``sorted=0``: in order of first
+    occurrence (ONNX Unique)."""
+    x = ins[0]
+    assert x is not None
+    axis = at["axis"]
+    if axis is not None:
+        axis = normalize_axis(axis, x.ndim)
+    y, first, inverse, counts = np.unique(
+        x, return_index=True, return_inverse=True, return_counts=True, axis=axis
+    )
+    inverse = inverse.reshape(-1)
+    if not at["sorted"]:
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        y = np.take(y, order, axis=0 if axis is None else axis)
+        first, counts, inverse = first[order], counts[order], rank[inverse]
+    return [y, *(a.astype(np.int64) for a in (first, inverse, counts))]
+
+
+register(
+    OpInfo(
+        name="unique",
+        shape=_unique_shape,
+        reference=_unique_ref,
+        outputs=4,
+        attrs={
+            "count": AttrSpec("dims"),
+            "axis": AttrSpec("int", None),
+            "sorted": AttrSpec("int", 1),
+        },
+        dtype=lambda ins, at: [ins[0] or "float32", "int64", "int64", "int64"],
+        work=move_work,
+        onnx=("Unique",),
+        traits=frozenset({"data_dependent"}),
+        doc="the distinct values (slices along axis; of the flattened input without one), the "
+        "index of each one's first occurrence, each entry's index among them, and their counts; "
+        "count = (symbol,) is a data-dependent size",
+    )
+)
+
+
 def _same_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     return [tuple(_x(ins))]
 

@@ -202,6 +202,7 @@ FAMILY_OPS = frozenset(
         "ReverseSequence",
         "NonZero",
         "Compress",
+        "Unique",
         "DeformConv",
         "MelWeightMatrix",
         "RoiAlign",

@@ -255,6 +255,15 @@ def _rnn(rng: np.random.Generator) -> Case:
     )
 
 
+def _unique(r: np.random.Generator) -> tuple[list[Any], dict[str, Any]]:
+    """Small integers (repeats) as floats; along an axis or flattened, sorted or not."""
+    x = r.integers(0, 3, _shape(r, 2, 1, 4)).astype(np.float32)
+    axis = [None, 0, -1][int(r.integers(0, 3))]
+    flat = x.reshape(-1) if axis is None else np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+    n = len(np.unique(flat, axis=0 if axis is not None else None))
+    return [x], {"count": (n,), "axis": axis, "sorted": int(r.integers(0, 2))}
+
+
 def _nonzero(r: np.random.Generator) -> tuple[list[Any], dict[str, Any]]:
     """A 0/1 tensor; the op's count attribute is the count the run will find."""
     x = (r.random(_shape(r, int(r.integers(1, 4)), 0, 4)) < 0.4).astype(np.float32)
@@ -299,6 +308,7 @@ CASES: dict[str, Callable[[np.random.Generator], Case]] = {
         },
     ),
     "nonzero": _nonzero,
+    "unique": _unique,
     "ew": _ew,
     "where": lambda r: ([r.random(3) < 0.5, _f(r, 2, 3), _f(r, 1)], {}),
     "cast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),
