@@ -639,6 +639,18 @@ def _unique(ctx: NodeCtx) -> Outs:
     )
 
 
+@converter("NonMaxSuppression")
+def _nms(ctx: NodeCtx) -> Outs:
+    """The ``nms`` op, whose count of kept boxes is a data-dependent size."""
+    ins = [ctx.inp(i) for i in range(min(len(ctx.node.input), 5))]
+    return ctx.emit(
+        "nms",
+        ins,
+        count=(ctx.imp.data_symbol(f"{ctx.name}_count"),),
+        center_point_box=int(ctx.attr("center_point_box", 0)),
+    )
+
+
 @converter("ReverseSequence")
 def _reverse_sequence(ctx: NodeCtx) -> Outs:
     """Each batch row's first ``sequence_lens[b]`` steps reversed along the time axis: a

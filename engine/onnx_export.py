@@ -298,6 +298,16 @@ def _unique(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Unique", ctx.ins(node), ctx.outs(node), sorted=int(node.attrs.get("sorted", 1)), **at)
 
 
+@writer("nms")
+def _nms(ctx: ExportCtx, node: Node) -> None:
+    ctx.add(
+        "NonMaxSuppression",
+        ctx.ins(node),
+        ctx.outs(node),
+        center_point_box=int(node.attrs.get("center_point_box", 0)),
+    )
+
+
 @writer("clip")
 def _clip(ctx: ExportCtx, node: Node) -> None:
     ctx.add("Clip", ctx.ins(node), ctx.outs(node))

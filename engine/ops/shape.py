@@ -580,6 +580,84 @@ register(
 )
 
 
+def _corners(boxes: np.ndarray, center: int) -> tuple[np.ndarray, ...]:
+    """(x_min, x_max, y_min, y_max) of [..., 4] boxes: [y1, x1, y2, x2] with either diagonal
+    (``center`` 0), or [x_center, y_center, width, height]."""
+    if center:
+        x, y, w, h = (boxes[..., i] for i in range(4))
+        return x - w / 2, x + w / 2, y - h / 2, y + h / 2
+    y1, x1, y2, x2 = (boxes[..., i] for i in range(4))
+    return np.minimum(x1, x2), np.maximum(x1, x2), np.minimum(y1, y2), np.maximum(y1, y2)
+
+
+def _suppresses(one: np.ndarray, many: np.ndarray, center: int, iou: float) -> np.ndarray:
+    """Which of ``many`` boxes overlap ``one`` with an IoU above ``iou`` (boxes that do not
+    intersect, or have no area, never do)."""
+    ax0, ax1, ay0, ay1 = _corners(one, center)
+    bx0, bx1, by0, by1 = _corners(many, center)
+    w = np.minimum(ax1, bx1) - np.maximum(ax0, bx0)
+    h = np.minimum(ay1, by1) - np.maximum(ay0, by0)
+    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
+    a, b = (ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0)
+    union = a + b - inter
+    ok = (inter > 0) & (a > 0) & (b > 0) & (union > 0)
+    with np.errstate(all="ignore"):
+        return ok & (inter / np.where(ok, union, 1.0) > iou)
+
+
+def _nms_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
+    """Greedy per batch and class: the highest score left (ties: the lower index) is kept, and
+    the candidates it overlaps by more than the IoU threshold are dropped; at most
+    ``max_output_boxes_per_class`` a class; candidates score above ``score_threshold``."""
+    boxes, scores = ins[0], ins[1]
+    assert boxes is not None
+    assert scores is not None
+
+    def scalar(i: int, default: float) -> float:
+        v = ins[i] if len(ins) > i else None
+        return default if v is None or np.size(v) == 0 else np.asarray(v).reshape(-1)[0].item()
+
+    most, iou = int(max(scalar(2, 0), 0)), float(scalar(3, 0.0))
+    threshold = None if len(ins) <= 4 or ins[4] is None or ins[4].size == 0 else scalar(4, 0.0)
+    out: list[tuple[int, int, int]] = []
+    for b in range(scores.shape[0]):
+        for c in range(scores.shape[1]):
+            s = scores[b, c]
+            cand = np.arange(s.size) if threshold is None else np.flatnonzero(s > threshold)
+            order = cand[np.argsort(-s[cand], kind="stable")]
+            kept = 0
+            while order.size and kept < most:
+                i, order = order[0], order[1:]
+                out.append((b, c, int(i)))
+                kept += 1
+                order = order[
+                    ~_suppresses(boxes[b, i], boxes[b, order], at["center_point_box"], iou)
+                ]
+    return [np.array(out, dtype=np.int64).reshape(-1, 3)]
+
+
+def _nms_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    return [(at["count"][0], 3)]
+
+
+register(
+    OpInfo(
+        name="nms",
+        shape=_nms_shape,
+        reference=_nms_ref,
+        inputs=(2, 5),
+        attrs={"count": AttrSpec("dims"), "center_point_box": AttrSpec("int", 0)},
+        dtype=lambda ins, at: ["int64"],
+        work=move_work,
+        onnx=("NonMaxSuppression",),
+        traits=frozenset({"data_dependent"}),
+        doc="non-maximum suppression of boxes [batch, n, 4] by scores [batch, classes, n] "
+        "(optional inputs: max boxes per class, IoU threshold, score threshold): the kept "
+        "(batch, class, box) indices, [count, 3]; count = (symbol,) is a data-dependent size",
+    )
+)
+
+
 def _same_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
     return [tuple(_x(ins))]
 

@@ -203,6 +203,7 @@ FAMILY_OPS = frozenset(
         "NonZero",
         "Compress",
         "Unique",
+        "NonMaxSuppression",
         "DeformConv",
         "MelWeightMatrix",
         "RoiAlign",

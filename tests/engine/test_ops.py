@@ -264,6 +264,17 @@ def _unique(r: np.random.Generator) -> tuple[list[Any], dict[str, Any]]:
     return [x], {"count": (n,), "axis": axis, "sorted": int(r.integers(0, 2))}
 
 
+def _nms(r: np.random.Generator) -> tuple[list[Any], dict[str, Any]]:
+    """Overlapping random boxes; the count attribute is what the run keeps."""
+    n, classes = int(r.integers(1, 7)), int(r.integers(1, 3))
+    boxes = r.random((2, n, 4)).astype(np.float32)
+    scores = r.random((2, classes, n)).astype(np.float32)
+    ins = [boxes, scores, np.array([3]), np.array([0.3], np.float32), np.array([0.2], np.float32)]
+    at = {"center_point_box": int(r.integers(0, 2))}
+    (kept,) = run_reference("nms", ins, {**at, "count": (0,)})
+    return ins, {**at, "count": (len(kept),)}
+
+
 def _nonzero(r: np.random.Generator) -> tuple[list[Any], dict[str, Any]]:
     """A 0/1 tensor; the op's count attribute is the count the run will find."""
     x = (r.random(_shape(r, int(r.integers(1, 4)), 0, 4)) < 0.4).astype(np.float32)
@@ -309,6 +320,7 @@ CASES: dict[str, Callable[[np.random.Generator], Case]] = {
     ),
     "nonzero": _nonzero,
     "unique": _unique,
+    "nms": _nms,
     "ew": _ew,
     "where": lambda r: ([r.random(3) < 0.5, _f(r, 2, 3), _f(r, 1)], {}),
     "cast": lambda r: ([_f(r, 2, 3)], {"to": "int32"}),

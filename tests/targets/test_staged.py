@@ -173,3 +173,63 @@ def test_cross_compiling_a_data_dependent_model_is_a_clear_error() -> None:
 
     with pytest.raises(CodegenError, match=r"\(nonzero\) gives an output whose size"):
         emit_cross(satura.load(_model()), "aarch64", dims={"b": 4})
+
+
+@pytest.mark.parametrize("center", [0, 1])
+def test_detection_post_process_matches_onnxruntime(center: int) -> None:
+    """Scores from a MatMul, NonMaxSuppression over many overlapping boxes, then a Gather of the
+    kept boxes' coordinates by the selected indices (a detector's tail), at two batch sizes."""
+    nodes = [
+        helper.make_node("MatMul", ["feat", "w"], ["logits"]),  # [b, n, classes]
+        helper.make_node("Sigmoid", ["logits"], ["probs"]),
+        helper.make_node("Transpose", ["probs"], ["scores"], perm=[0, 2, 1]),
+        helper.make_node(
+            "NonMaxSuppression",
+            ["boxes", "scores", "most", "iou", "thr"],
+            ["sel"],
+            center_point_box=center,
+        ),
+        helper.make_node("Gather", ["sel", "col2"], ["box_idx"], axis=1),
+        helper.make_node("Gather", ["flat_boxes", "box_idx"], ["kept"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "detect",
+        [
+            helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, "n", 8]),
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, "n", 4]),
+            helper.make_tensor_value_info("flat_boxes", TensorProto.FLOAT, ["n", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("sel", TensorProto.INT64, None),
+            helper.make_tensor_value_info("kept", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor(
+                "w",
+                TensorProto.FLOAT,
+                [8, 3],
+                np.random.default_rng(1).standard_normal(24).astype(np.float32),
+            ),
+            helper.make_tensor("most", TensorProto.INT64, [1], [5]),
+            helper.make_tensor("iou", TensorProto.FLOAT, [1], [0.4]),
+            helper.make_tensor("thr", TensorProto.FLOAT, [1], [0.3]),
+            helper.make_tensor("col2", TensorProto.INT64, [], [2]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    exe = satura.compile(satura.optimize(satura.load(model)).graph)
+    sess = _ort(model)
+    for n in (40, 25):
+        rng = np.random.default_rng(n)
+        boxes = rng.random((1, n, 4)).astype(np.float32)
+        boxes[..., 2:] = boxes[..., :2] + 0.3 * rng.random((1, n, 2)).astype(np.float32)
+        feeds = {
+            "feat": rng.standard_normal((1, n, 8)).astype(np.float32),
+            "boxes": boxes,
+            "flat_boxes": boxes[0],
+        }
+        got = exe(feeds)
+        for name, want in zip(["sel", "kept"], sess.run(None, feeds), strict=True):
+            assert got[name].shape == want.shape, name
+            np.testing.assert_allclose(got[name], want, rtol=1e-6, err_msg=name)
