@@ -29,7 +29,13 @@ def static_variant(graph: Graph, env: Mapping[Any, int]) -> Graph:
 
 
 class SpecializingModel:
-    """A model with symbolic input dimensions; compiles a static variant per input-shape set."""
+    """A model with symbolic input dimensions; compiles a static variant per input-shape set.
+
+    At most ``max_variants`` variants are kept: past that, the least recently used is dropped
+    (a stage after a data-dependent size meets a new size on many calls; each variant holds its
+    code and arena)."""
+
+    max_variants = 64
 
     def __init__(self, graph: Graph, compile_static: Callable[[Graph], Any]) -> None:
         self.graph = graph
@@ -44,6 +50,7 @@ class SpecializingModel:
         except (KeyError, AttributeError):
             seen = None
         if seen in self.variants:
+            self.variants[seen] = self.variants.pop(seen)  # most recently used last
             return self.variants[seen]
         env = bind_inputs(self.graph, inputs)
         key = tuple(tuple(int(d) for d in v.type.bind(env).shape) for v in self.graph.inputs)
@@ -53,6 +60,8 @@ class SpecializingModel:
             except ShapeError as e:
                 raise InputError(f"inputs give shapes the model rejects: {e}") from None
             self.variants[key] = self._compile(static)
+            while len(self.variants) > self.max_variants:
+                del self.variants[next(iter(self.variants))]
         return self.variants[key]
 
     def __call__(

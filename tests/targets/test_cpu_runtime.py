@@ -91,6 +91,19 @@ def test_symbolic_inputs_specialize_per_shape():
         model(x=np.zeros((2, 13), np.float32))
 
 
+def test_specializing_model_keeps_the_most_recently_used_variants():
+    batch = sympy.Symbol("batch")
+    g = Graph("sym")
+    x = g.add_input("x", (batch, 4))
+    g.set_outputs(g.apply("relu", x))
+    model = compile_graph(g)
+    model.max_variants = 2
+    for b in (1, 2, 1, 3):  # 2 is the least recently used when 3 comes
+        out = model(x=-np.ones((b, 4), np.float32))[g.outputs[0].name]
+        np.testing.assert_array_equal(out, np.zeros((b, 4), np.float32))
+    assert list(model.variants) == [((1, 4),), ((3, 4),)]
+
+
 def test_disk_cache_hit_skips_llvm(tmp_path, monkeypatch):
     runtime._OBJECTS.clear()
     g = small_model()
