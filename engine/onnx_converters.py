@@ -802,12 +802,12 @@ def _scatter(ctx: NodeCtx) -> Outs:
 @converter("TopK")
 def _topk(ctx: NodeCtx) -> Outs:
     k = ctx.dims(1, "k") if ctx.opset >= 10 else (ctx.attr("k"),)
-    if k is None or len(k) != 1 or not isinstance(k[0], int):
-        raise ctx.fail("k must be one integer known at import")
+    if k is None or len(k) != 1 or not isinstance(k[0], (int, sympy.Basic)):
+        raise ctx.fail("k must be one integer, or a size computed from shapes, known at import")
     return ctx.emit(
         "topk",
         [ctx.x()],
-        k=int(k[0]),
+        k=k[0],
         axis=int(ctx.attr("axis", -1)),
         largest=int(ctx.attr("largest", 1)),
         sorted=int(ctx.attr("sorted", 1)),

@@ -718,7 +718,10 @@ def _indexing(ctx: ExportCtx, node: Node) -> None:
 @writer("topk")
 def _topk(ctx: ExportCtx, node: Node) -> None:
     a = OPS["topk"].with_defaults(node.attrs)
-    k = ctx.const([a.pop("k")], "k", np.int64)
+    k = ctx.dims_tensor((a.pop("k"),))
+    if k is None:
+        _satura(ctx, node)
+        return
     ctx.add("TopK", [*ctx.ins(node), k], ctx.outs(node), **a)
 
 

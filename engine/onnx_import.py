@@ -556,6 +556,12 @@ KNOWN_FNS: dict[str, Callable[..., np.ndarray | None]] = {
     "add": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a + b), otypes=[object])(*ks),
     "sub": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a - b), otypes=[object])(*ks),
     "mul": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(a * b), otypes=[object])(*ks),
+    "min": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(sympy.Min(a, b)), otypes=[object])(
+        *ks
+    ),
+    "max": lambda vs, ks, at: np.vectorize(lambda a, b: as_dim(sympy.Max(a, b)), otypes=[object])(
+        *ks
+    ),
     "div": lambda vs, ks, at: (
         np.vectorize(_kdiv, otypes=[object])(*ks) if vs[0].type.dtype.startswith("int") else None
     ),

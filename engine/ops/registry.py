@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import sympy
 from satura.engine.errors import ShapeError
 from satura.engine.shapes import DimOps, Shape, SymDims
 
@@ -35,7 +36,7 @@ WorkFn = Callable[[Sequence[Any], Sequence[Any], Attrs], Work]  # (in TensorType
 REQUIRED = object()
 
 # Attribute kinds the rule language and the importer check values against.
-ATTR_KINDS = ("int", "float", "str", "ints", "floats", "dims", "dtype", "expr")
+ATTR_KINDS = ("int", "float", "str", "ints", "floats", "dim", "dims", "dtype", "expr")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class AttrSpec:
             "str": lambda v: isinstance(v, str),
             "ints": lambda v: isinstance(v, tuple) and all(isinstance(x, int) for x in v),
             "floats": lambda v: isinstance(v, tuple),
+            "dim": lambda v: (
+                (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, sympy.Basic)
+            ),
             "dims": lambda v: isinstance(v, tuple),
             "dtype": lambda v: isinstance(v, str),
             "expr": lambda v: isinstance(v, tuple),

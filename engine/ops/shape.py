@@ -872,7 +872,7 @@ register(
         reference=_topk_ref,
         outputs=2,
         attrs={
-            "k": AttrSpec("int"),
+            "k": AttrSpec("dim"),
             "axis": AttrSpec("int", -1),
             "largest": AttrSpec("int", 1),
             "sorted": AttrSpec("int", 1),

@@ -385,6 +385,42 @@ def test_a_symbolic_range_round_trips_through_onnx_export() -> None:
         np.testing.assert_array_equal(g, w)
 
 
+def test_topk_of_a_size_computed_from_shapes_matches_onnxruntime() -> None:
+    # k = min(Shape(x)[1], 6) and k = Shape(x)[1] // 2: torch's topk(min(k, n)) exported with a
+    # dynamic length (a detector keeping its top proposals).
+    ort = pytest.importorskip("onnxruntime")
+    import satura
+
+    i64 = TensorProto.INT64
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+        helper.make_node("Min", ["s", "six"], ["k1"]),
+        helper.make_node("Div", ["s", "two"], ["k2"]),
+        helper.make_node("TopK", ["x", "k1"], ["v1", "i1"], axis=1),
+        helper.make_node("TopK", ["x", "k2"], ["v2", "i2"], axis=1, largest=0),
+    ]
+    inits = [
+        numpy_helper.from_array(np.asarray([6], np.int64), "six"),
+        numpy_helper.from_array(np.asarray([2], np.int64), "two"),
+    ]
+    outs = [
+        _f32("v1", None),
+        helper.make_tensor_value_info("i1", i64, None),
+        _f32("v2", None),
+        helper.make_tensor_value_info("i2", i64, None),
+    ]
+    m = _model(nodes, [_f32("x", [2, "n"])], outs, inits)
+    (k1,) = {n.attrs["k"] for n in load_onnx(m).nodes if n.op == "topk" and n.attrs["largest"]}
+    assert isinstance(k1, sympy.Min)
+    sess, exe = ort.InferenceSession(m.SerializeToString()), satura.compile(m)
+    for n in (4, 11):
+        x = np.random.default_rng(n).standard_normal((2, n)).astype(np.float32)
+        got = exe(x=x)
+        for name, want in zip(["v1", "i1", "v2", "i2"], sess.run(None, {"x": x}), strict=True):
+            assert got[name].shape == want.shape
+            np.testing.assert_array_equal(got[name], want)
+
+
 @pytest.mark.parametrize("upper", [0, 1])
 def test_trilu_with_a_symbolic_diagonal_matches_onnxruntime(upper: int) -> None:
     # A decoder step's causal mask: the diagonal is the past length T - t, known only at run time.
