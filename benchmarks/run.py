@@ -73,8 +73,13 @@ def compulsory_bytes(g: Graph) -> int:
 
 
 def _onnx(
-    nodes: list[Any], inputs: dict[str, np.ndarray], output: str, inits: dict[str, np.ndarray]
+    nodes: list[Any],
+    inputs: dict[str, np.ndarray],
+    output: str | list[str],
+    inits: dict[str, np.ndarray],
 ) -> bytes:
+    """An opset-17 model of float inputs and outputs (``output``: one name or several)."""
+    outputs = [output] if isinstance(output, str) else output
     model = helper.make_model(
         helper.make_graph(
             nodes,
@@ -83,7 +88,7 @@ def _onnx(
                 helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
                 for k, v in inputs.items()
             ],
-            [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
             [numpy_helper.from_array(v, k) for k, v in inits.items()],
         ),
         opset_imports=[helper.make_opsetid("", 17)],
@@ -345,26 +350,12 @@ def w_decode(
         "scale": np.array(1.0 / math.sqrt(d), np.float32),
     }
     feeds = {"x": x, "past_k": pk, "past_v": pv}
-    proto = helper.make_model(
-        helper.make_graph(
-            nodes,
-            "decode",
-            [
-                helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
-                for k, v in feeds.items()
-            ],
-            [
-                helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
-                for o in ("y", "present_k", "present_v")
-            ],
-            [numpy_helper.from_array(v, k) for k, v in inits.items()],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-        ir_version=9,
-    )
+    model = _onnx(nodes, feeds, ["y", "present_k", "present_v"], inits)
+    import onnx
+
     import satura
 
-    graph = satura.optimize(satura.load(proto)).graph
+    graph = satura.optimize(satura.load(onnx.load_from_string(model))).graph
     torch = _torch()
     tf = None
     if torch is not None:
@@ -386,7 +377,7 @@ def w_decode(
         f"decode step H={hidden} past={past}",
         graph,
         feeds,
-        proto.SerializeToString(),
+        model,
         None,
         tf,
         flops=2.0 * 12 * h * h + 4.0 * heads * (past + 1) * d,
