@@ -265,13 +265,21 @@ class Graph:
         return dict(sorted(counts.items()))
 
     def prune(self) -> None:
-        """Drop nodes no output depends on."""
+        """Drop nodes no output depends on. A data-dependent op (NonZero) whose size a kept
+        node names stays too: its run is what binds that size (``len(x.nonzero())``)."""
+        from satura.engine.ops import get_op
+
         live: set[int] = {id(v) for v in self.outputs}
+        named: set[sympy.Symbol] = set().union(*(v.type.symbols for v in self.outputs))
         keep: list[Node] = []
         for n in reversed(self.nodes):
-            if any(id(o) in live for o in n.outputs):
+            decides = "data_dependent" in get_op(n.op).traits and any(
+                o.type.symbols & named for o in n.outputs
+            )
+            if decides or any(id(o) in live for o in n.outputs):
                 keep.append(n)
                 live |= {id(v) for v in n.inputs if v is not None}
+                named |= set().union(*(o.type.symbols for o in n.outputs), attr_symbols(n))
         self.nodes = keep[::-1]
 
     def validate(self) -> None:
@@ -296,6 +304,19 @@ class Graph:
         lines += [f"  {n!r}" for n in self.nodes]
         lines.append("  return " + ", ".join(f"%{v.name}" for v in self.outputs))
         return "\n".join(lines)
+
+
+def attr_symbols(node: Node) -> set[sympy.Symbol]:
+    """The symbols in a node's attributes."""
+    out: set[sympy.Symbol] = set()
+    stack = list(node.attrs.values())
+    while stack:
+        a = stack.pop()
+        if isinstance(a, tuple):
+            stack.extend(a)
+        elif isinstance(a, sympy.Basic):
+            out |= a.free_symbols  # type: ignore[arg-type]
+    return out
 
 
 def _subs_attr(v: Any, env: Mapping[sympy.Symbol, int]) -> Any:

@@ -619,16 +619,16 @@ def _non_zero(ctx: NodeCtx) -> Outs:
     if k.dtype == object:
         try:
             k = k.astype(np.float64)
-        except TypeError:
-            raise ctx.fail("the input depends on symbolic sizes") from None
-    idx = np.array(np.nonzero(k), dtype=np.int64).reshape(k.ndim, -1)
+        except TypeError:  # sizes known only symbolically: at run time
+            return [_nonzero_of(ctx, ctx.x(0))]
+    idx = np.array(np.nonzero(np.atleast_1d(k)), dtype=np.int64).reshape(max(k.ndim, 1), -1)
     return [ctx.imp.add_const(idx, f"{ctx.name}_nz")]
 
 
 @converter("Unique")
 def _unique(ctx: NodeCtx) -> Outs:
     """The distinct values or slices: the ``unique`` op, whose count is a data-dependent size
-    (folded to constants when the input is known at import)."""
+    (on a constant input too: the run computes it)."""
     axis = ctx.attr("axis")
     return ctx.emit(
         "unique",

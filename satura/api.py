@@ -13,6 +13,7 @@ import onnx
 
 from satura.engine.errors import SaturaError
 from satura.engine.graph import Graph
+from satura.engine.ops import get_op
 from satura.engine.saturate import Limits, Report, load_rule_sets, saturate
 
 TARGETS = ("cpu", "reference")
@@ -57,9 +58,21 @@ def optimize(
 
     profile = _profile_for(target)
     rule_sets = load_rule_sets(rules, fp)
-    eg, report = saturate(graph, rule_sets, limits or Limits())
+    # A data-dependent op's outputs are extracted too: when only its size is used (the
+    # length of a nonzero), no data edge would keep it, and its run is what binds that size.
+    roots = Graph(graph.name)
+    roots.inputs, roots.nodes = graph.inputs, graph.nodes
+    roots.outputs = graph.outputs + [
+        o
+        for n in graph.nodes
+        if "data_dependent" in get_op(n.op).traits
+        for o in n.outputs
+        if o not in graph.outputs
+    ]
+    eg, report = saturate(roots, rule_sets, limits or Limits())
     snap = eg.snapshot()
     best, _, seconds = extract_graph(snap, profile, hints)
+    best.outputs = best.outputs[: len(graph.outputs)]
     fold_constants(best)  # what rules computed over weights (folded BatchNorm, ...) is data
     best.prune()
     report.cost_before = graph_time(graph, profile, hints)

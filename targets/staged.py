@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from satura.engine.graph import Graph, Node, Value
+from satura.engine.errors import InputError, ShapeError
+from satura.engine.graph import Graph, Node, Value, attr_symbols
 from satura.engine.interpret import bind_inputs
 from satura.engine.ops import get_op
 
@@ -50,16 +51,30 @@ class StagedModel:
 
     def __init__(self, graph: Graph, compile_fn: Callable[[Graph], Any]) -> None:
         self.graph = graph
+        # Sizes only the data-dependent ops decide: a node that names one in an attribute or
+        # an output type runs after them, even with no data edge from them.
+        bound = set().union(*(v.type.symbols for v in graph.inputs))
+        decided = {
+            s
+            for n in graph.nodes
+            if is_data_dependent(n)
+            for o in n.outputs
+            for s in o.type.symbols
+        } - bound
         # The cut: data-dependent nodes none of whose inputs depends on another one.
         late: set[int] = set()  # values that depend on a cut node's outputs
         self.cut: list[Node] = []
         head: list[Node] = []
         tail: list[Node] = []
         for n in graph.nodes:
-            if any(v is not None and id(v) in late for v in n.inputs):
+            dd = is_data_dependent(n)
+            if any(v is not None and id(v) in late for v in n.inputs) or (
+                not dd
+                and (attr_symbols(n) | set().union(*(o.type.symbols for o in n.outputs))) & decided
+            ):
                 tail.append(n)
                 late |= {id(o) for o in n.outputs}
-            elif is_data_dependent(n):
+            elif dd:
                 self.cut.append(n)
                 late |= {id(o) for o in n.outputs}
             else:
@@ -80,7 +95,10 @@ class StagedModel:
             else None
         )
         self.head_inputs = [v.name for v in graph.inputs]
+        # Every graph input goes to the tail too: its shapes bind the sizes the tail's
+        # attributes and input types name (a reshape to (batch, ...), an input [n - 1]).
         tail_ins = [*cut_outs, *needed.values()]
+        tail_ins += [v for v in graph.inputs if id(v) not in needed]
         tail_outs = [v for v in graph.outputs if id(v) in late]
         self.tail = (
             compile_fn(_subgraph(f"{graph.name}_tail", tail_ins, tail, tail_outs))
@@ -110,7 +128,11 @@ class StagedModel:
         for n in self.cut:
             info = get_op(n.op)
             ins = [None if v is None else v.data if v.is_const else vals[v.name] for v in n.inputs]
-            outs = info.reference(ins, info.with_defaults(n.attrs))
+            try:
+                with np.errstate(all="ignore"):
+                    outs = info.reference(ins, info.with_defaults(n.attrs))
+            except (ValueError, IndexError, TypeError, ShapeError) as e:
+                raise InputError(f"node '{n.name}' ({n.op}) failed on these inputs: {e}") from None
             vals |= {
                 o.name: np.ascontiguousarray(a, o.type.dtype)
                 for o, a in zip(n.outputs, outs, strict=True)

@@ -508,7 +508,7 @@ register(
 
 
 def _nonzero_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
-    return [(len(_x(ins)), at["count"][0])]
+    return [(max(len(_x(ins)), 1), at["count"][0])]  # a scalar counts as [1]
 
 
 register(
@@ -517,7 +517,9 @@ register(
         work=move_work,
         shape=_nonzero_shape,
         reference=lambda ins, at: [
-            np.array(np.nonzero(ins[0]), dtype=np.int64).reshape(np.ndim(ins[0]), -1)
+            np.array(np.nonzero(np.atleast_1d(ins[0])), dtype=np.int64).reshape(
+                max(np.ndim(ins[0]), 1), -1
+            )
         ],
         attrs={"count": AttrSpec("dims")},
         dtype=lambda ins, at: ["int64"],
@@ -637,6 +639,12 @@ def _nms_ref(ins: Sequence[np.ndarray | None], at: Any) -> list[np.ndarray]:
 
 
 def _nms_shape(d: DimOps, ins: Sequence[Shape | None], at: Any) -> list[Shape]:
+    boxes, scores = _x(ins), ins[1]
+    d.require(len(boxes) == 3 and d.eq(boxes[2], 4), "nms: boxes must be [batch, n, 4]")
+    d.require(scores is not None and len(scores) == 3, "nms: scores must be [batch, classes, n]")
+    assert scores is not None
+    d.require(d.eq(scores[0], boxes[0]), "nms: boxes and scores differ in batch")
+    d.require(d.eq(scores[2], boxes[1]), "nms: boxes and scores differ in the number of boxes")
     return [(at["count"][0], 3)]
 
 

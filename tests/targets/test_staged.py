@@ -233,3 +233,85 @@ def test_detection_post_process_matches_onnxruntime(center: int) -> None:
         for name, want in zip(["sel", "kept"], sess.run(None, feeds), strict=True):
             assert got[name].shape == want.shape, name
             np.testing.assert_allclose(got[name], want, rtol=1e-6, err_msg=name)
+
+
+def _one_model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
+        list(inits),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def _agree(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
+    """Reference, and compiled after optimize, against onnxruntime."""
+    sess = _ort(model)
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    g = satura.load(model)
+    for got in (run_graph(g, feeds), satura.compile(satura.optimize(g).graph)(feeds)):
+        for k, w in want.items():
+            assert got[k].shape == w.shape, k
+            np.testing.assert_allclose(got[k], w, rtol=1e-6, err_msg=k)
+
+
+def test_a_count_used_only_as_a_size_keeps_its_op() -> None:
+    # len(x.nonzero()) sizing a new tensor: no data edge from the nonzero; it must still run.
+    nodes = [
+        helper.make_node("NonZero", ["x"], ["nz"]),
+        helper.make_node("Shape", ["nz"], ["s"], start=1, end=2),
+        helper.make_node(
+            "ConstantOfShape", ["s"], ["z"], value=helper.make_tensor("v", 1, [1], [1.0])
+        ),
+        helper.make_node("Add", ["z", "z"], ["y"]),
+    ]
+    model = _one_model(nodes, [("x", [6])], [("y", TensorProto.FLOAT)])
+    _agree(model, {"x": np.array([0, 1, 0, 2, 3, 0], np.float32)})
+
+
+def test_the_tail_binds_sizes_from_the_model_inputs() -> None:
+    # The tail reads no value of shape [B, ...] but expands to B rows; and a tail input of an
+    # expression size ([N - 1]) is checked against N from the model input.
+    i64 = TensorProto.INT64
+    consts = [
+        helper.make_tensor("ones", i64, [2], [1, 1]),
+        helper.make_tensor("one", i64, [1], [1]),
+        helper.make_tensor("zero", i64, [1], [0]),
+        helper.make_tensor("big", i64, [1], [1 << 40]),
+        helper.make_tensor("m1", i64, [1], [-1]),
+        helper.make_tensor("fz", TensorProto.FLOAT, [], [0.0]),
+    ]
+    nodes = [
+        helper.make_node("NonZero", ["m"], ["nz"]),
+        helper.make_node("Cast", ["nz"], ["nzf"], to=TensorProto.FLOAT),
+        helper.make_node("Shape", ["x"], ["s"], start=0, end=1),
+        helper.make_node("Concat", ["s", "ones"], ["shp"], axis=0),
+        helper.make_node("Expand", ["nzf", "shp"], ["y"]),
+        helper.make_node("Slice", ["m", "one", "big"], ["a"]),
+        helper.make_node("Slice", ["m", "zero", "m1"], ["b"]),
+        helper.make_node("Sub", ["a", "b"], ["d"]),
+        helper.make_node("Greater", ["d", "fz"], ["up"]),
+        helper.make_node("Compress", ["d", "up"], ["steps"], axis=0),
+    ]
+    model = _one_model(
+        nodes,
+        [("x", ["B", 4]), ("m", ["N"])],
+        [("y", TensorProto.FLOAT), ("steps", TensorProto.FLOAT)],
+        consts,
+    )
+    m = np.array([0, 1, 0, 2, 3, 0], np.float32)
+    _agree(model, {"x": np.ones((3, 4), np.float32), "m": m})
+
+
+def test_nonzero_of_a_scalar_is_one_row() -> None:
+    model = _one_model([helper.make_node("NonZero", ["x"], ["y"])], [("x", [])], [("y", 7)])
+    _agree(model, {"x": np.array(2.0, np.float32)})
+
+
+def test_nms_of_mismatched_boxes_and_scores_is_a_clear_error() -> None:
+    nodes = [helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="nms")]
+    model = _one_model(nodes, [("boxes", [1, 5, 4]), ("scores", [1, 2, 6])], [("sel", 7)])
+    with pytest.raises(satura.SaturaError, match="differ in the number of boxes"):
+        satura.load(model)
