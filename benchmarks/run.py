@@ -576,6 +576,7 @@ class ModelCase:
     graph: Graph  # satura.optimize(satura.load(proto)).graph
     feeds: dict[str, np.ndarray]
     optimize_seconds: float
+    report: Any = None  # the saturation Report of satura.optimize
     label: str = ""  # the table's name column (default: "NAME batch B")
     example: bool = True  # an example architecture (torch can run its twin)
 
@@ -593,10 +594,11 @@ def model_cases(names: list[str], batches: tuple[int, ...]) -> list[ModelCase]:
     for name in names:
         proto = EXAMPLES[name]()
         t0 = time.perf_counter()
-        graph = satura.optimize(satura.load(proto)).graph
+        res = satura.optimize(satura.load(proto))
         secs = time.perf_counter() - t0
         for b in batches:
-            cases.append(ModelCase(name, b, proto, graph, example_inputs(name, batch=b), secs))
+            feeds = example_inputs(name, batch=b)
+            cases.append(ModelCase(name, b, proto, res.graph, feeds, secs, res.report))
     return cases
 
 
@@ -646,7 +648,7 @@ def file_cases(paths: list[str], dims: dict[str, int]) -> list[ModelCase]:
         feeds = synthetic_inputs(proto, dims)
         t0 = time.perf_counter()
         try:
-            graph = satura.optimize(satura.load(proto)).graph
+            res = satura.optimize(satura.load(proto))
         except satura.SaturaError as e:
             raise ValueError(f"--model {path}: {e}") from None
         name = os.path.splitext(os.path.basename(path))[0]
@@ -656,9 +658,10 @@ def file_cases(paths: list[str], dims: dict[str, int]) -> list[ModelCase]:
                 name,
                 dims.get("batch", 0),
                 proto,
-                graph,
+                res.graph,
                 feeds,
                 time.perf_counter() - t0,
+                res.report,
                 label=f"{name} {shapes}"[:30],
                 example=False,
             )
@@ -927,7 +930,36 @@ def run(
         rows += [model_row(c, t, budget, torch_compile and not quick) for c in cases]
         tables[t] = rows
         print_fn(format_table(t, rows, bw, peak))
+    if cases:
+        print_fn(format_optimize(cases))
     return tables
+
+
+def format_optimize(cases: list[ModelCase]) -> str:
+    """One row per model: the time of ``satura.optimize`` (saturation and extraction) and what
+    it did: e-nodes before and after, iterations, rule applications, estimated time before and
+    after on the CPU profile."""
+    out = [
+        "\n## satura.optimize per model (load + saturate + extract; one run each)",
+        "| model | seconds | stop | e-nodes | iterations | rules fired | est. µs before -> after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    seen: set[str] = set()
+    for c in cases:
+        if c.name in seen or c.report is None:
+            continue
+        seen.add(c.name)
+        r = c.report
+        est = (
+            f"{r.cost_before * 1e6:.1f} -> {r.cost_after * 1e6:.1f}"
+            if r.cost_before is not None and r.cost_after is not None
+            else "-"
+        )
+        out.append(
+            f"| {c.name} | {c.optimize_seconds:.2f} | {r.stop_reason} | "
+            f"{r.nodes_before} -> {r.nodes} | {r.iterations} | {sum(r.fired.values())} | {est} |"
+        )
+    return "\n".join(out)
 
 
 def parallel_overhead(budget: float, print_fn: Callable[[str], None] = print) -> None:
