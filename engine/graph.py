@@ -267,19 +267,15 @@ class Graph:
     def prune(self) -> None:
         """Drop nodes no output depends on. A data-dependent op (NonZero) whose size a kept
         node names stays too: its run is what binds that size (``len(x.nonzero())``)."""
-        from satura.engine.ops import get_op
-
         live: set[int] = {id(v) for v in self.outputs}
         named: set[sympy.Symbol] = set().union(*(v.type.symbols for v in self.outputs))
         keep: list[Node] = []
         for n in reversed(self.nodes):
-            decides = "data_dependent" in get_op(n.op).traits and any(
-                o.type.symbols & named for o in n.outputs
-            )
+            decides = is_data_dependent(n) and any(o.type.symbols & named for o in n.outputs)
             if decides or any(id(o) in live for o in n.outputs):
                 keep.append(n)
                 live |= {id(v) for v in n.inputs if v is not None}
-                named |= set().union(*(o.type.symbols for o in n.outputs), attr_symbols(n))
+                named |= node_symbols(n)
         self.nodes = keep[::-1]
 
     def validate(self) -> None:
@@ -306,9 +302,17 @@ class Graph:
         return "\n".join(lines)
 
 
-def attr_symbols(node: Node) -> set[sympy.Symbol]:
-    """The symbols in a node's attributes."""
-    out: set[sympy.Symbol] = set()
+def is_data_dependent(node: Node) -> bool:
+    """Whether the node's output size is decided by its input's values (NonZero, Unique, NMS:
+    the op's ``data_dependent`` trait)."""
+    from satura.engine.ops import get_op
+
+    return "data_dependent" in get_op(node.op).traits
+
+
+def node_symbols(node: Node) -> set[sympy.Symbol]:
+    """The symbols a node names: in its attributes and its output types."""
+    out: set[sympy.Symbol] = set().union(*(o.type.symbols for o in node.outputs))
     stack = list(node.attrs.values())
     while stack:
         a = stack.pop()

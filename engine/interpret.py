@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import sympy
 from satura.engine.errors import InputError, ShapeError
-from satura.engine.graph import Graph, TensorType, Value
+from satura.engine.graph import Graph, TensorType, Value, is_data_dependent
 from satura.engine.ops import get_op
 
 
@@ -117,7 +117,7 @@ def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nd
     for node in graph.nodes:
         info = get_op(node.op)
         # a data-dependent op's size attributes are what its run decides (bound after it)
-        dd = "data_dependent" in info.traits
+        dd = is_data_dependent(node)
         attrs = info.with_defaults(
             {k: a if dd else bind_attr(a, env) for k, a in node.attrs.items()}
         )

@@ -12,8 +12,7 @@ import numpy as np
 import onnx
 
 from satura.engine.errors import SaturaError
-from satura.engine.graph import Graph
-from satura.engine.ops import get_op
+from satura.engine.graph import Graph, is_data_dependent
 from satura.engine.saturate import Limits, Report, load_rule_sets, saturate
 
 TARGETS = ("cpu", "reference")
@@ -63,11 +62,7 @@ def optimize(
     roots = Graph(graph.name)
     roots.inputs, roots.nodes = graph.inputs, graph.nodes
     roots.outputs = graph.outputs + [
-        o
-        for n in graph.nodes
-        if "data_dependent" in get_op(n.op).traits
-        for o in n.outputs
-        if o not in graph.outputs
+        o for n in graph.nodes if is_data_dependent(n) for o in n.outputs if o not in graph.outputs
     ]
     eg, report = saturate(roots, rule_sets, limits or Limits())
     snap = eg.snapshot()

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from satura.engine.errors import CodegenError, InputError
-from satura.engine.graph import Graph, Value
+from satura.engine.graph import Graph, Value, is_data_dependent
 from satura.engine.ops import run_reference
 from satura.targets import codegen
 from satura.targets.codegen import CpuTarget
@@ -50,7 +50,7 @@ from satura.targets.lower import (
 from satura.targets.memory import ALIGN, MemoryPlan, plan_memory
 from satura.targets.precision import compute_half_in_float
 from satura.targets.specialize import SpecializingModel, static_variant
-from satura.targets.staged import StagedModel, has_data_dependent, is_data_dependent
+from satura.targets.staged import StagedModel
 
 import satura
 
@@ -523,7 +523,7 @@ def compile_graph(
             f"unknown target '{target}' (this backend compiles for: cpu; it emits "
             "code for the cross target aarch64 through emit_cross)"
         )
-    if has_data_dependent(graph):
+    if any(is_data_dependent(n) for n in graph.nodes):
         return StagedModel(graph, lambda g: compile_graph(g, target, threads, cache_dir))
     graph = compute_half_in_float(graph)
     if any(not v.type.is_static for v in graph.inputs):

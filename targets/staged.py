@@ -17,17 +17,9 @@ from typing import Any
 
 import numpy as np
 from satura.engine.errors import InputError, ShapeError
-from satura.engine.graph import Graph, Node, Value, attr_symbols
+from satura.engine.graph import Graph, Node, Value, is_data_dependent, node_symbols
 from satura.engine.interpret import bind_inputs
 from satura.engine.ops import get_op
-
-
-def is_data_dependent(node: Node) -> bool:
-    return "data_dependent" in get_op(node.op).traits
-
-
-def has_data_dependent(graph: Graph) -> bool:
-    return any(is_data_dependent(n) for n in graph.nodes)
 
 
 def _subgraph(name: str, inputs: list[Value], nodes: list[Node], outputs: list[Value]) -> Graph:
@@ -69,8 +61,7 @@ class StagedModel:
         for n in graph.nodes:
             dd = is_data_dependent(n)
             if any(v is not None and id(v) in late for v in n.inputs) or (
-                not dd
-                and (attr_symbols(n) | set().union(*(o.type.symbols for o in n.outputs))) & decided
+                not dd and node_symbols(n) & decided
             ):
                 tail.append(n)
                 late |= {id(o) for o in n.outputs}
